@@ -1,0 +1,1 @@
+"""Domain types shared by every layer. Imports neither torch nor fastapi."""

@@ -1,0 +1,122 @@
+"""One error hierarchy for the whole server side. Each dialect renders these in its own shape.
+
+    SdgateError                    500 internal_error
+    ├── InvalidRequest             400 invalid_request      (a field is wrong; ``field`` names it)
+    │   └── PayloadTooLarge        413 payload_too_large
+    ├── Unauthorized               401 unauthorized
+    ├── NotFound                   404 not_found
+    │   └── ModelNotFound          404 model_not_found
+    ├── Conflict                   409 conflict
+    ├── QueueFull                  429 queue_full           (``retry_after`` seconds)
+    ├── JobCancelled               409 job_cancelled
+    ├── GenerationFailed           500 generation_failed
+    │   └── OutOfMemory            507 out_of_memory        (names what to lower)
+    └── ServiceUnavailable         503 unavailable
+
+Only these become 4xx responses: a stray ValueError from a library is a bug, and is a 500.
+"""
+
+from __future__ import annotations
+
+
+class SdgateError(Exception):
+    status_code: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def to_dict(self) -> dict[str, str]:
+        out = {"code": self.code, "message": self.message}
+        if self.field:
+            out["field"] = self.field
+        return out
+
+
+class InvalidRequest(SdgateError):
+    status_code = 400
+    code = "invalid_request"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class Unauthorized(SdgateError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class NotFound(SdgateError):
+    status_code = 404
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class Conflict(SdgateError):
+    status_code = 409
+    code = "conflict"
+
+
+class QueueFull(SdgateError):
+    status_code = 429
+    code = "queue_full"
+
+    def __init__(self, message: str, *, retry_after: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class JobCancelled(SdgateError):
+    status_code = 409
+    code = "job_cancelled"
+
+
+class GenerationFailed(SdgateError):
+    status_code = 500
+    code = "generation_failed"
+
+
+class OutOfMemory(GenerationFailed):
+    status_code = 507
+    code = "out_of_memory"
+
+
+class ServiceUnavailable(SdgateError):
+    status_code = 503
+    code = "unavailable"
+
+
+ERROR_CLASSES: dict[str, type[SdgateError]] = {
+    cls.code: cls
+    for cls in (
+        SdgateError,
+        InvalidRequest,
+        PayloadTooLarge,
+        Unauthorized,
+        NotFound,
+        ModelNotFound,
+        Conflict,
+        QueueFull,
+        JobCancelled,
+        GenerationFailed,
+        OutOfMemory,
+        ServiceUnavailable,
+    )
+}
+
+
+def error_from_dict(data: dict[str, str]) -> SdgateError:
+    """Rebuild an error stored with a job (``to_dict``) as the matching class."""
+    cls = ERROR_CLASSES.get(data.get("code", ""), SdgateError)
+    err = cls.__new__(cls)
+    SdgateError.__init__(err, data.get("message", ""), field=data.get("field"))
+    if isinstance(err, QueueFull):
+        err.retry_after = 5.0
+    return err

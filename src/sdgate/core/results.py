@@ -1,0 +1,45 @@
+"""What a finished job holds: references to stored images plus the facts about how they were made."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StoredImage(BaseModel):
+    """One generated image, already in the image store."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    seed: int
+    subseed: int = 0
+    width: int
+    height: int
+    infotext: str
+
+
+class GenerationResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    images: tuple[StoredImage, ...] = ()
+    prompts: tuple[str, ...] = ()
+    negative_prompts: tuple[str, ...] = ()
+    model_name: str = ""
+    model_hash: str | None = None
+    sampler: str = ""
+    scheduler: str = ""
+    width: int = 0
+    height: int = 0
+    steps: int = 0
+    # True when the job was interrupted and holds fewer images than asked for.
+    interrupted: bool = False
+    notes: tuple[str, ...] = ()
+    timings: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def seeds(self) -> list[int]:
+        return [img.seed for img in self.images]
+
+    @property
+    def infotexts(self) -> list[str]:
+        return [img.infotext for img in self.images]

@@ -1,0 +1,94 @@
+"""Typed settings for every sdgate process. Every default lives here.
+
+Built by ``load_settings`` (CLI flags override ``SDGATE_*`` environment variables, which override
+these defaults), never at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PORT = 7860
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SDGATE_", extra="ignore")
+
+    # Where things live.
+    data_dir: Path = Path("./sdgate-data")
+    models_dir: Path | None = None  # None: <data_dir>/models
+    model: Path | None = None  # one checkpoint (file or diffusers folder) instead of / besides models_dir
+    default_model: str | None = None  # name of the default model; None: the first found, else the demo
+
+    # Serving.
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    api_auth: str | None = None  # "user:pass,user2:pass2": HTTP Basic on every route
+    cors_allow_origins: list[str] = Field(default_factory=list)
+    enable_server_stop: bool = False
+    cancel_on_disconnect: bool = False  # blocking routes: cancel the job when the client goes away
+    strict_models: bool = False  # unknown model names: 404 instead of the default model
+
+    # The engine.
+    engine: Literal["diffusers", "null"] = "diffusers"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
+    model_cache_bytes: int | None = None  # memory budget for loaded models; None: derived from the device
+    workers: int = 1  # worker threads (one per device)
+
+    # Limits on what one request may ask for.
+    max_pixels: int = 2048 * 2048
+    max_side: int = 4096
+    max_steps: int = 1000
+    max_batch_images: int = 64  # batch_size * n_iter
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_queue: int = 1000  # queued jobs before 429
+
+    # Jobs.
+    job_max_attempts: int = 3  # a job that was running when the process died is retried this often
+    worker_poll_s: float = 0.5
+
+    log_level: str = "INFO"
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        ok = value in ("auto", "cpu", "cuda", "mps") or (
+            value.startswith("cuda:") and value[5:].isdigit()
+        )
+        if not ok:
+            raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+        return value
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return self.models_dir if self.models_dir is not None else self.data_dir / "models"
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite:///{(self.data_dir / 'sdgate.db').resolve()}"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    def auth_pairs(self) -> dict[str, str]:
+        """``--api-auth`` parsed as A1111 does: split on "," then on ":"."""
+        if not self.api_auth:
+            return {}
+        pairs: dict[str, str] = {}
+        for item in self.api_auth.split(","):
+            user, sep, password = item.strip().partition(":")
+            if not sep or not user:
+                raise ValueError("api_auth must look like user:pass[,user2:pass2]")
+            pairs[user] = password
+        return pairs
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Environment first, then explicit overrides (CLI flags); ``None`` overrides are ignored."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
