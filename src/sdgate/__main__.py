@@ -1,0 +1,3 @@
+from sdgate.cli.main import main
+
+main()

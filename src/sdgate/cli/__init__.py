@@ -1,0 +1,1 @@
+"""The ``sdgate`` command line. Imports without torch."""

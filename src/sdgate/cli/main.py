@@ -1,0 +1,179 @@
+"""``sdgate``: one typer app composed of one sub-app per command group.
+
+Exit codes: 0 ok, 1 API/network/runtime error, 2 usage error. Errors go to stderr as one line,
+``ErrorClass: message``, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from sdgate import __version__
+from sdgate.settings import DEFAULT_PORT, Settings, load_settings
+
+app = typer.Typer(
+    name="sdgate",
+    help="A self-hosted Stable Diffusion server that speaks the APIs existing clients use.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+err_console = Console(stderr=True)
+
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="Jobs database, images and state. [env: SDGATE_DATA_DIR]")
+]
+ModelsDirOpt = Annotated[
+    Path | None,
+    typer.Option("--models-dir", help="A1111 or ComfyUI models folder. [default: <data-dir>/models]"),
+]
+ModelOpt = Annotated[
+    Path | None, typer.Option("--model", help="One checkpoint: .safetensors/.ckpt file or diffusers folder.")
+]
+
+
+def fail(message: str, *, code: int = 1, kind: str = "Error") -> typer.Exit:
+    err_console.print(f"[red]{kind}[/red]: {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def build_settings(**overrides: object) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise fail(f"{field}: {first['msg']}", code=2, kind="UsageError") from None
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind. [default: 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help=f"Port. [default: {DEFAULT_PORT}]")] = None,
+    listen: Annotated[bool, typer.Option("--listen", help="Bind 0.0.0.0 (all interfaces).")] = False,
+    data_dir: DataDirOpt = None,
+    models_dir: ModelsDirOpt = None,
+    model: ModelOpt = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
+    engine: Annotated[
+        str | None, typer.Option(help="diffusers, or null (blank images at once, for benchmarks).")
+    ] = None,
+    api_auth: Annotated[
+        str | None, typer.Option("--api-auth", help="user:pass[,user2:pass2]: HTTP Basic on every route.")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Run the server: the AUTOMATIC1111 API on one port, jobs in a durable queue."""
+    settings = build_settings(
+        host="0.0.0.0" if listen else host,
+        port=port,
+        data_dir=data_dir,
+        models_dir=models_dir,
+        model=model,
+        device=device,
+        engine=engine,
+        api_auth=api_auth,
+    )
+    try:
+        settings.auth_pairs()
+    except ValueError as exc:
+        raise fail(f"--api-auth: {exc}", code=2, kind="UsageError") from None
+    if settings.model is not None and not settings.model.exists():
+        raise fail(f"--model: {settings.model} does not exist", code=2, kind="UsageError")
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    import uvicorn
+
+    from sdgate.core.errors import ModelNotFound
+    from sdgate.core.models import ModelCatalog
+    from sdgate.server.app import create_app
+
+    catalog = ModelCatalog(settings)
+    try:
+        default = catalog.resolve(None)
+        model_line = f"model: {default.title} ({default.filename})"
+    except ModelNotFound:
+        if settings.engine != "null":
+            raise fail(
+                f"no model found in {settings.resolved_models_dir} and no built-in model; "
+                "pass --model PATH or --models-dir DIR",
+                code=2,
+                kind="UsageError",
+            ) from None
+        model_line = "model: none (null engine)"
+    typer.echo(f"sdgate {__version__}: engine {settings.engine} on {settings.device}; {model_line}")
+    typer.echo(f"data: {settings.data_dir.resolve()}; models: {settings.resolved_models_dir.resolve()}")
+    typer.echo(f"listening on http://{settings.host}:{settings.port} (A1111 API at /sdapi/v1, docs at /docs)")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level.lower(),
+        timeout_keep_alive=30,
+    )
+
+
+@app.command()
+def models(
+    data_dir: DataDirOpt = None,
+    models_dir: ModelsDirOpt = None,
+    model: ModelOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """List the checkpoints the server would offer (A1111 and ComfyUI layouts, and --model)."""
+    from sdgate.core.models import ModelCatalog
+
+    settings = build_settings(data_dir=data_dir, models_dir=models_dir, model=model)
+    catalog = ModelCatalog(settings)
+    items = catalog.list()
+    try:
+        default_name: str | None = catalog.resolve(None).name
+    except Exception:  # noqa: BLE001 - an empty catalog simply has no default
+        default_name = None
+    if as_json:
+        rows = [
+            {"name": m.name, "title": m.title, "filename": str(m.filename), "format": m.format,
+             "family": m.family, "default": m.name == default_name}
+            for m in items
+        ]
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not items:
+        typer.echo(f"no models in {settings.resolved_models_dir}")
+        return
+    for m in items:
+        mark = "*" if m.name == default_name else " "
+        typer.echo(f"{mark} {m.name:40s} {m.family or '?':5s} {m.format:12s} {m.filename}")
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def _mount_optional_apps() -> None:
+    try:
+        from sdgate.cli.demo import app as demo_app
+    except ImportError:  # the demo CLI is optional while it is being built
+        return
+    app.add_typer(demo_app, name="demo", help="The built-in demo model: train and evaluate it.")
+
+
+_mount_optional_apps()
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+

@@ -1,0 +1,86 @@
+"""Connecting to the jobs database and bringing its schema to the newest Alembic migration.
+
+SQLite (embedded mode) gets WAL, a busy timeout and transactions begun by us rather than by the
+``sqlite3`` module: reads use ``BEGIN`` and writes ``BEGIN IMMEDIATE``, so a write transaction takes
+the write lock up front and two threads or processes never interleave a read-then-write (a claim).
+PostgreSQL (cluster mode) needs nothing special here: the claim uses ``FOR UPDATE SKIP LOCKED``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+SQLITE_BUSY_TIMEOUT_S = 30.0
+# Execution option that makes ``begin`` take SQLite's write lock at once.
+_WRITE = "sdgate_write"
+# Any constant: serialises concurrent ``upgrade_schema`` calls on one PostgreSQL database.
+_PG_MIGRATION_LOCK = 0x5D6A7E
+
+
+def create_db_engine(url: str) -> sa.Engine:
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(parsed, pool_pre_ping=True)
+
+    memory = parsed.database in (None, "", ":memory:")
+    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}}
+    if memory:
+        # One shared connection, or every thread would see its own empty database.
+        kwargs["poolclass"] = sa.StaticPool
+    else:
+        Path(parsed.database or "").parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(parsed, **kwargs)
+
+    @sa.event.listens_for(engine, "connect")
+    def _configure(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves, see _begin
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        if not memory:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: sa.Connection) -> None:
+        immediate = conn.get_execution_options().get(_WRITE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+@contextmanager
+def transaction(engine: sa.Engine, *, write: bool) -> Iterator[sa.Connection]:
+    """One transaction; ``write=True`` takes SQLite's write lock before the first statement."""
+    with engine.connect() as conn:
+        if write:
+            conn.execution_options(**{_WRITE: True})
+        with conn.begin():
+            yield conn
+
+
+def alembic_config(url: str | None = None) -> Config:
+    """An Alembic config built in code: no alembic.ini is needed at run time."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if url is not None:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def upgrade_schema(engine: sa.Engine) -> None:
+    """``alembic upgrade head`` in one transaction; safe to run from several processes at once."""
+    config = alembic_config()
+    with transaction(engine, write=True) as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")

@@ -1,0 +1,151 @@
+"""``JobEvents``: in-process delivery of job changes, from the threads that make them (the store,
+called by workers and request handlers) to whoever waits (worker wake-ups, blocking HTTP routes,
+event streams).
+
+An optimisation, never the source of truth: a job finished by another process publishes nothing
+here, so ``wait_terminal`` also polls the store.
+
+    events = JobEvents()
+    store = SqlJobStore(url, events=events)          # the store publishes every change
+    events.add_listener(fn)                          # fn(kind, job) on the publishing thread
+    job = await events.wait_terminal(store, job_id)  # asyncio: wakes on an event or a poll
+    with events.subscribe(job_id) as sub:            # asyncio: an event stream (SSE)
+        async for kind, job in sub: ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from types import TracebackType
+
+from sdgate.core.jobs import Job, JobEventKind, JobStore
+
+logger = logging.getLogger(__name__)
+
+Listener = Callable[[JobEventKind, Job], None]
+
+TERMINAL_EVENTS = frozenset({JobEventKind.SUCCEEDED, JobEventKind.FAILED, JobEventKind.CANCELLED})
+# A subscriber this far behind loses progress events (never state changes) instead of memory.
+MAX_BACKLOG = 256
+DEFAULT_POLL_S = 0.5
+
+
+class JobEvents:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._listeners: list[Listener] = []
+        self._subscriptions: set[Subscription] = set()
+
+    def publish(self, kind: JobEventKind, job: Job) -> None:
+        """Thread-safe; returns at once (listeners are expected to be quick)."""
+        with self._lock:
+            listeners = list(self._listeners)
+            subscriptions = [s for s in self._subscriptions if s.job_id in (None, job.id)]
+        for listener in listeners:
+            try:
+                listener(kind, job)
+            except Exception:
+                logger.exception("job %s: event listener failed", job.id)
+        for subscription in subscriptions:
+            subscription.deliver(kind, job)
+
+    def add_listener(self, listener: Listener) -> Callable[[], None]:
+        """Calls ``listener(kind, job)`` on the publishing thread; returns the function that removes it."""
+        with self._lock:
+            self._listeners.append(listener)
+
+        def remove() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return remove
+
+    def subscribe(self, job_id: str | None = None) -> Subscription:
+        """Events for one job (the iteration ends after its terminal event) or, with ``None``, for
+        all jobs. Call from a running event loop; use as a ``with`` block so it is removed."""
+        subscription = Subscription(self, job_id, asyncio.get_running_loop())
+        with self._lock:
+            self._subscriptions.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        with self._lock:
+            self._subscriptions.discard(subscription)
+
+    async def wait_terminal(
+        self,
+        store: JobStore,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        poll_s: float = DEFAULT_POLL_S,
+    ) -> Job:
+        """The job once it is succeeded, failed or cancelled. Raises ``NotFound``, and
+        ``TimeoutError`` after ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        # Subscribe before the first read, so a change between the two is not missed.
+        with self.subscribe(job_id) as subscription:
+            job = await asyncio.to_thread(store.get, job_id)
+            while not job.state.terminal:
+                wait = poll_s if deadline is None else min(poll_s, deadline - loop.time())
+                if wait <= 0:
+                    raise TimeoutError(f"job {job_id} did not finish within {timeout} s")
+                try:
+                    async with asyncio.timeout(wait):
+                        _, job = await subscription.__anext__()
+                except TimeoutError:
+                    job = await asyncio.to_thread(store.get, job_id)
+        return job
+
+
+class Subscription:
+    """An async iterator of ``(kind, job)``; made by ``JobEvents.subscribe``."""
+
+    def __init__(self, events: JobEvents, job_id: str | None, loop: asyncio.AbstractEventLoop) -> None:
+        self.job_id = job_id
+        self._events = events
+        self._loop = loop
+        self._queue: asyncio.Queue[tuple[JobEventKind, Job]] = asyncio.Queue()
+        self._finished = False
+
+    def deliver(self, kind: JobEventKind, job: Job) -> None:
+        """From any thread."""
+        try:
+            self._loop.call_soon_threadsafe(self._put, kind, job)
+        except RuntimeError:  # the loop is closed: its reader is gone
+            self._events.unsubscribe(self)
+
+    def _put(self, kind: JobEventKind, job: Job) -> None:
+        if kind is JobEventKind.PROGRESS and self._queue.qsize() >= MAX_BACKLOG:
+            return
+        self._queue.put_nowait((kind, job))
+
+    def close(self) -> None:
+        self._events.unsubscribe(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> tuple[JobEventKind, Job]:
+        if self._finished:
+            raise StopAsyncIteration
+        kind, job = await self._queue.get()
+        if self.job_id is not None and kind in TERMINAL_EVENTS:
+            self._finished = True
+        return kind, job

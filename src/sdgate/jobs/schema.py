@@ -1,0 +1,78 @@
+"""The ``jobs`` table as SQLAlchemy Core metadata: what the store queries and what Alembic
+autogenerate compares against. Schema changes go through a new file in ``migrations/versions``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware UTC in, timezone-aware UTC out, also on SQLite (which stores naive text)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# JSON text on SQLite, JSONB on PostgreSQL. Seeds (up to 2**64-1) live only inside these documents,
+# never in a signed 64-bit INTEGER column.
+JsonDoc: sa.types.TypeEngine[Any] = sa.JSON().with_variant(JSONB(), "postgresql")
+# SQLite only aliases the rowid (and so auto-increments) for a column typed exactly INTEGER.
+SeqInt: sa.types.TypeEngine[int] = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    # Monotonic insertion order: FIFO ties within a priority are broken by this, never by clocks.
+    sa.Column("seq", SeqInt, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(40), nullable=False, unique=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("dialect", sa.String(32), nullable=False),
+    sa.Column("owner", sa.String(255), nullable=True),
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("request", JsonDoc, nullable=False),
+    sa.Column("meta", JsonDoc, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=True),
+    sa.Column("finished_at", UTCDateTime, nullable=True),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("worker_id", sa.String(255), nullable=True),
+    sa.Column("control", sa.String(16), nullable=True),
+    sa.Column("progress", JsonDoc, nullable=True),
+    sa.Column("result", JsonDoc, nullable=True),
+    sa.Column("error", JsonDoc, nullable=True),
+    # Listing a caller's jobs newest first.
+    sa.Index("ix_jobs_owner_seq", "owner", "seq"),
+    sa.Index("ix_jobs_dialect_seq", "dialect", "seq"),
+)
+# The claim query and position(): WHERE state = 'queued' ORDER BY priority DESC, seq.
+sa.Index("ix_jobs_claim", jobs.c.state, jobs.c.priority.desc(), jobs.c.seq)

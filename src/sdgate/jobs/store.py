@@ -1,0 +1,379 @@
+"""``SqlJobStore``: the ``JobStore`` contract on SQLAlchemy Core, for SQLite now and PostgreSQL later.
+
+Every method is one short transaction. Writes that change a job return the new row (``UPDATE ...
+RETURNING``) and, once committed, publish it to ``JobEvents`` when the store was given one, so an
+in-process waiter wakes at once; waiters in other processes poll ``get``.
+
+Claiming is portable: ``SELECT ... FOR UPDATE SKIP LOCKED`` (a no-op on SQLite, where the write
+transaction itself is ``BEGIN IMMEDIATE`` and so already exclusive) followed by a conditional
+``UPDATE ... WHERE state = 'queued'``. No two workers, threads or processes claim the same job.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from sdgate.core.errors import Conflict, NotFound, QueueFull
+from sdgate.core.jobs import ControlAction, Job, JobEventKind, JobState, Progress
+from sdgate.core.requests import GenerationRequest
+from sdgate.core.results import GenerationResult
+from sdgate.jobs.database import create_db_engine, transaction, upgrade_schema
+from sdgate.jobs.events import JobEvents
+from sdgate.jobs.schema import jobs
+
+logger = logging.getLogger(__name__)
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# A later request never weakens an earlier one: a cancel is not turned back into a skip.
+_CONTROL_RANK = {ControlAction.SKIP: 0, ControlAction.INTERRUPT: 1, ControlAction.CANCEL: 2}
+_STATE_EVENT = {
+    JobState.QUEUED: JobEventKind.QUEUED,
+    JobState.RUNNING: JobEventKind.STARTED,
+    JobState.SUCCEEDED: JobEventKind.SUCCEEDED,
+    JobState.FAILED: JobEventKind.FAILED,
+    JobState.CANCELLED: JobEventKind.CANCELLED,
+}
+
+
+def new_job_id() -> str:
+    """``job_`` + a ULID: 48 bits of milliseconds then 80 random bits, Crockford base32, so ids
+    sort by creation time (to the millisecond; the ``seq`` column orders within one)."""
+    value = (int(datetime.now(UTC).timestamp() * 1000) << 80) | int.from_bytes(os.urandom(10))
+    chars = [_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5)]
+    return "job_" + "".join(chars)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _to_job(row: sa.Row[Any]) -> Job:
+    m = row._mapping
+    return Job(
+        id=m["id"],
+        state=JobState(m["state"]),
+        request=GenerationRequest.model_validate(m["request"]),
+        dialect=m["dialect"],
+        owner=m["owner"],
+        priority=m["priority"],
+        metadata=m["meta"],
+        created_at=m["created_at"],
+        started_at=m["started_at"],
+        finished_at=m["finished_at"],
+        attempts=m["attempts"],
+        worker_id=m["worker_id"],
+        control=ControlAction(m["control"]) if m["control"] else None,
+        progress=Progress.model_validate(m["progress"]) if m["progress"] else None,
+        result=GenerationResult.model_validate(m["result"]) if m["result"] else None,
+        error=m["error"],
+    )
+
+
+class SqlJobStore:
+    """Durable jobs in one table. Thread-safe; open one per process and share it.
+
+    ``events``: where state changes and progress are published (pass the same ``JobEvents`` to the
+    worker). ``max_queue``: ``submit`` raises ``QueueFull`` when this many jobs are queued.
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        events: JobEvents | None = None,
+        max_queue: int | None = None,
+        migrate: bool = True,
+    ) -> None:
+        self._engine = create_db_engine(database_url)
+        self._events = events
+        self._max_queue = max_queue
+        # An in-memory SQLite database is one shared connection: its transactions must take turns.
+        single = isinstance(self._engine.pool, sa.StaticPool)
+        self._serial: threading.Lock | None = threading.Lock() if single else None
+        if migrate:
+            upgrade_schema(self._engine)
+
+    @property
+    def engine(self) -> sa.Engine:
+        return self._engine
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> SqlJobStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job:
+        with self._tx() as conn:
+            row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).one_or_none()
+        if row is None:
+            raise NotFound(f"job {job_id} not found")
+        return _to_job(row)
+
+    def list(
+        self,
+        *,
+        states: tuple[JobState, ...] | None = None,
+        dialect: str | None = None,
+        owner: str | None = None,
+        limit: int = 50,
+    ) -> builtins.list[Job]:
+        query = sa.select(jobs).order_by(jobs.c.seq.desc()).limit(limit)
+        if states is not None:
+            query = query.where(jobs.c.state.in_([s.value for s in states]))
+        if dialect is not None:
+            query = query.where(jobs.c.dialect == dialect)
+        if owner is not None:
+            query = query.where(jobs.c.owner == owner)
+        with self._tx() as conn:
+            return [_to_job(row) for row in conn.execute(query)]
+
+    def position(self, job_id: str) -> int | None:
+        with self._tx() as conn:
+            row = conn.execute(
+                sa.select(jobs.c.state, jobs.c.priority, jobs.c.seq).where(jobs.c.id == job_id)
+            ).one_or_none()
+            if row is None:
+                raise NotFound(f"job {job_id} not found")
+            if row.state != JobState.QUEUED:
+                return None
+            ahead = sa.or_(
+                jobs.c.priority > row.priority,
+                sa.and_(jobs.c.priority == row.priority, jobs.c.seq < row.seq),
+            )
+            return self._count_queued(conn, ahead)
+
+    def queue_depth(self) -> int:
+        with self._tx() as conn:
+            return self._count_queued(conn)
+
+    def pending_control(self, job_id: str) -> ControlAction | None:
+        with self._tx() as conn:
+            row = conn.execute(sa.select(jobs.c.control).where(jobs.c.id == job_id)).one_or_none()
+        if row is None:
+            raise NotFound(f"job {job_id} not found")
+        return ControlAction(row.control) if row.control else None
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        request: GenerationRequest,
+        *,
+        dialect: str = "native",
+        owner: str | None = None,
+        priority: int = 0,
+        metadata: dict[str, Any] | None = None,
+    ) -> Job:
+        now = _now()
+        values = {
+            "id": new_job_id(),
+            "state": JobState.QUEUED.value,
+            "dialect": dialect,
+            "owner": owner,
+            "priority": priority,
+            "request": request.model_dump(mode="json"),
+            "meta": metadata or {},
+            "created_at": now,
+            "updated_at": now,
+            "attempts": 0,
+        }
+        with self._tx(write=True) as conn:
+            if self._max_queue is not None and self._count_queued(conn) >= self._max_queue:
+                raise QueueFull(f"the queue is full ({self._max_queue} jobs waiting)")
+            row = conn.execute(sa.insert(jobs).values(values).returning(jobs)).one()
+        return self._published(row)
+
+    def claim_next(self, worker_id: str) -> Job | None:
+        now = _now()
+        with self._tx(write=True) as conn:
+            while True:
+                seq = conn.execute(
+                    sa.select(jobs.c.seq)
+                    .where(jobs.c.state == JobState.QUEUED.value)
+                    .order_by(jobs.c.priority.desc(), jobs.c.seq)
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
+                ).scalar_one_or_none()
+                if seq is None:
+                    return None
+                # The state guard keeps this exactly-once even on a backend that did not lock.
+                row = conn.execute(
+                    sa.update(jobs)
+                    .where(jobs.c.seq == seq, jobs.c.state == JobState.QUEUED.value)
+                    .values(
+                        state=JobState.RUNNING.value,
+                        worker_id=worker_id,
+                        attempts=jobs.c.attempts + 1,
+                        started_at=now,
+                        updated_at=now,
+                        progress=None,
+                    )
+                    .returning(jobs)
+                ).one_or_none()
+                if row is not None:
+                    break
+        return self._published(row)
+
+    def update_progress(self, job_id: str, progress: Progress) -> None:
+        row = self._update(
+            job_id,
+            (JobState.RUNNING,),
+            {"progress": progress.model_dump(mode="json")},
+        )
+        if row is not None:
+            self._publish(JobEventKind.PROGRESS, _to_job(row))
+
+    def request_control(self, job_id: str, action: ControlAction) -> Job:
+        now = _now()
+        with self._tx(write=True) as conn:
+            current = conn.execute(
+                sa.select(jobs.c.state, jobs.c.control).where(jobs.c.id == job_id)
+            ).one_or_none()
+            if current is None:
+                raise NotFound(f"job {job_id} not found")
+            state = JobState(current.state)
+            if state.terminal:
+                raise Conflict(f"job {job_id} is already {state.value}")
+            values: dict[str, Any] = {"updated_at": now}
+            if action is ControlAction.CANCEL and state is JobState.QUEUED:
+                values.update(state=JobState.CANCELLED.value, control=action.value, finished_at=now)
+            else:
+                held = ControlAction(current.control) if current.control else None
+                if held is None or _CONTROL_RANK[action] > _CONTROL_RANK[held]:
+                    values["control"] = action.value
+            row = conn.execute(
+                sa.update(jobs).where(jobs.c.id == job_id).values(values).returning(jobs)
+            ).one()
+        job = _to_job(row)
+        if job.state is not state:
+            self._publish(_STATE_EVENT[job.state], job)
+        return job
+
+    def clear_control(self, job_id: str, action: ControlAction) -> None:
+        """The worker consumed ``action`` (a skip applies to one iteration). A different request
+        made meanwhile (a cancel after the skip) is kept."""
+        with self._tx(write=True) as conn:
+            conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.control == action.value)
+                .values(control=None, updated_at=_now())
+            )
+
+    def succeed(self, job_id: str, result: GenerationResult) -> Job:
+        return self._finish(
+            job_id, JobState.SUCCEEDED, (JobState.RUNNING,), result=result.model_dump(mode="json")
+        )
+
+    def fail(self, job_id: str, error: dict[str, str]) -> Job:
+        return self._finish(job_id, JobState.FAILED, (JobState.QUEUED, JobState.RUNNING), error=error)
+
+    def cancelled(self, job_id: str, result: GenerationResult | None = None) -> Job:
+        return self._finish(
+            job_id,
+            JobState.CANCELLED,
+            (JobState.QUEUED, JobState.RUNNING),
+            result=result.model_dump(mode="json") if result is not None else None,
+        )
+
+    def recover(self, *, max_attempts: int) -> builtins.list[str]:
+        """Embedded mode, at start-up: every running job was left by a process that died (a
+        cluster needs leases instead). A job whose cancel was pending becomes cancelled."""
+        now = _now()
+        changed: builtins.list[sa.Row[Any]] = []
+        with self._tx(write=True) as conn:
+            stranded = conn.execute(
+                sa.select(jobs.c.id, jobs.c.attempts, jobs.c.control).where(
+                    jobs.c.state == JobState.RUNNING.value
+                )
+            ).all()
+            for job_id, attempts, control in stranded:
+                values: dict[str, Any] = {"updated_at": now}
+                if control == ControlAction.CANCEL:
+                    values.update(state=JobState.CANCELLED.value, finished_at=now)
+                elif attempts >= max_attempts:
+                    values.update(
+                        state=JobState.FAILED.value,
+                        finished_at=now,
+                        error={
+                            "code": "worker_lost",
+                            "message": f"the worker died while running this job ({attempts} attempts)",
+                        },
+                    )
+                else:
+                    values.update(
+                        state=JobState.QUEUED.value,
+                        worker_id=None,
+                        started_at=None,
+                        progress=None,
+                        control=None,
+                    )
+                changed.append(
+                    conn.execute(
+                        sa.update(jobs).where(jobs.c.id == job_id).values(values).returning(jobs)
+                    ).one()
+                )
+        requeued: builtins.list[str] = []
+        for row in changed:
+            job = self._published(row)
+            logger.warning("job %s: left running by a dead worker, now %s", job.id, job.state.value)
+            if job.state is JobState.QUEUED:
+                requeued.append(job.id)
+        return requeued
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self, *, write: bool = False) -> Iterator[sa.Connection]:
+        if self._serial is None:
+            with transaction(self._engine, write=write) as conn:
+                yield conn
+        else:
+            with self._serial, transaction(self._engine, write=write) as conn:
+                yield conn
+
+    @staticmethod
+    def _count_queued(conn: sa.Connection, *where: sa.ColumnElement[bool]) -> int:
+        query = sa.select(sa.func.count()).where(jobs.c.state == JobState.QUEUED.value, *where)
+        return int(conn.execute(query).scalar_one())
+
+    def _update(
+        self, job_id: str, from_states: tuple[JobState, ...], values: Mapping[str, Any]
+    ) -> sa.Row[Any] | None:
+        with self._tx(write=True) as conn:
+            return conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.state.in_([s.value for s in from_states]))
+                .values({**values, "updated_at": _now()})
+                .returning(jobs)
+            ).one_or_none()
+
+    def _finish(self, job_id: str, state: JobState, from_states: tuple[JobState, ...], **values: Any) -> Job:
+        row = self._update(job_id, from_states, {**values, "state": state.value, "finished_at": _now()})
+        if row is None:
+            current = self.get(job_id)  # raises NotFound
+            raise Conflict(f"job {job_id} is {current.state.value}; it cannot become {state.value}")
+        return self._published(row)
+
+    def _published(self, row: sa.Row[Any]) -> Job:
+        job = _to_job(row)
+        self._publish(_STATE_EVENT[job.state], job)
+        return job
+
+    def _publish(self, kind: JobEventKind, job: Job) -> None:
+        if self._events is not None:
+            self._events.publish(kind, job)

@@ -1,0 +1,1 @@
+"""One package per wire format; each is protocol (wire models), translate (pure), router (thin)."""

@@ -1,0 +1,228 @@
+"""``/sdapi/v1`` routes: translate, delegate, render. Nothing else lives here."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from sdgate.core import images as core_images
+from sdgate.core.errors import SdgateError
+from sdgate.core.infotext import parse_infotext
+from sdgate.core.jobs import ControlAction, Job, JobState
+from sdgate.core.samplers import samplers_listing, schedulers_listing
+from sdgate.server import jobflow
+from sdgate.server.deps import ServicesDep, UserDep, image_limits
+from sdgate.server.dialects.a1111 import system, translate
+from sdgate.server.dialects.a1111.options import A1111Options
+from sdgate.server.dialects.a1111.protocol import (
+    GenerationResponse,
+    PngInfoRequest,
+    PngInfoResponse,
+    ProgressResponse,
+    ProgressState,
+    SamplerItem,
+    SchedulerItem,
+    SDModelItem,
+    Txt2ImgRequest,
+)
+from sdgate.server.errors import DialectRoute
+from sdgate.server.services import Services
+
+log = logging.getLogger("sdgate.a1111")
+DIALECT = "a1111"
+
+
+class A1111Route(DialectRoute):
+    """A1111 renders every error as ``{error, detail, body, errors}`` (its api_middleware); schema
+    errors keep FastAPI's own 422 body."""
+
+    dialect = DIALECT
+
+    @staticmethod
+    def render_error(err: SdgateError) -> JSONResponse:
+        body = {"error": type(err).__name__, "detail": err.message, "body": "", "errors": err.message}
+        return JSONResponse(body, status_code=err.status_code)
+
+    @staticmethod
+    def render_validation(errors: list[dict[str, Any]]) -> JSONResponse:
+        return JSONResponse({"detail": errors}, status_code=422)
+
+
+router = APIRouter(prefix="/sdapi/v1", route_class=A1111Route, tags=["AUTOMATIC1111"])
+
+
+def get_options(services: ServicesDep) -> A1111Options:
+    options = services.state.get("a1111_options")
+    if options is None:
+        options = A1111Options(services.settings.data_dir / "a1111-options.json", services.catalog)
+        services.state["a1111_options"] = options
+    return options
+
+
+OptionsDep = Annotated[A1111Options, Depends(get_options)]
+_warned_fields: set[str] = set()
+
+
+def _log_unknown_fields(body: Txt2ImgRequest) -> None:
+    fresh = [f for f in translate.unknown_fields(body) if f not in _warned_fields]
+    if fresh:
+        _warned_fields.update(fresh)
+        log.info("accepting and ignoring unknown txt2img field(s): %s", ", ".join(fresh))
+
+
+@router.post("/txt2img", response_model=GenerationResponse)
+async def txt2img(
+    request: Request,
+    services: ServicesDep,
+    options: OptionsDep,
+    user: UserDep,
+    body: Annotated[Txt2ImgRequest, Body()] = Txt2ImgRequest(),  # noqa: B008 - A1111: {} is valid
+) -> dict[str, Any]:
+    _log_unknown_fields(body)
+    override = translate.override_value(body, "sd_model_checkpoint")
+    model = (
+        options.resolve_checkpoint(override, field="override_settings.sd_model_checkpoint")
+        if override
+        else options.current_model()
+    )
+    gen = translate.txt2img_request(
+        body, model=model.name, defaults=services.model_defaults(model), settings=services.settings
+    )
+    job = await jobflow.run_blocking(services, gen, request, dialect=DIALECT, owner=user)
+    return await _render(services, job, body, model.name)
+
+
+async def _render(services: Services, job: Job, body: Txt2ImgRequest, model_name: str) -> dict[str, Any]:
+    assert job.result is not None
+    images = await jobflow.image_bytes(services, job) if body.send_images else []
+    return {
+        "images": [jobflow.b64(data) for data in images],
+        "parameters": translate.parameters_echo(body),
+        "info": translate.info_json(body, job.request, job.result, model_name=model_name,
+                                    created_at=job.created_at),
+    }
+
+
+def _running_job(services: Services, user: str | None) -> Job | None:
+    """The oldest running A1111 job of this caller (A1111's /progress, /interrupt and /skip)."""
+    running = services.store.list(states=(JobState.RUNNING,), dialect=DIALECT, owner=user, limit=100)
+    return running[-1] if running else None
+
+
+@router.get("/progress", response_model=ProgressResponse)
+async def progress(services: ServicesDep, user: UserDep, skip_current_image: bool = False) -> dict[str, Any]:
+    job = await run_in_threadpool(_running_job, services, user)
+    if job is None:
+        queued = await run_in_threadpool(
+            lambda: services.store.list(states=(JobState.QUEUED,), dialect=DIALECT, owner=user, limit=1)
+        )
+        state = ProgressState(job_count=1 if queued else 0)
+        text = "In queue" if queued else None
+        return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": text}
+    prog = job.progress
+    iteration, iterations = (prog.iteration, prog.iterations) if prog else (0, job.request.n_iter)
+    step, steps = (prog.step, prog.steps) if prog else (0, job.request.steps or 0)
+    fraction = translate.progress_fraction(iteration, iterations, step, steps)
+    started = job.started_at or job.created_at
+    elapsed = (datetime.now(UTC) - started).total_seconds()
+    eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
+    state = ProgressState(
+        job="scripts_txt2img",
+        job_count=iterations,
+        job_no=iteration,
+        job_timestamp=started.strftime("%Y%m%d%H%M%S"),
+        sampling_step=step,
+        sampling_steps=steps,
+        interrupted=job.control == ControlAction.INTERRUPT,
+        skipped=job.control == ControlAction.SKIP,
+    )
+    image = None
+    if not skip_current_image:
+        preview = await run_in_threadpool(services.current_preview, job.id)
+        image = core_images.image_to_base64_png(preview) if preview is not None else None
+    return {"progress": fraction, "eta_relative": eta, "state": state, "current_image": image,
+            "textinfo": None}
+
+
+async def _control(services: Services, user: str | None, action: ControlAction) -> None:
+    job = await run_in_threadpool(_running_job, services, user)
+    if job is not None:
+        await run_in_threadpool(services.store.request_control, job.id, action)
+
+
+@router.post("/interrupt")
+async def interrupt(services: ServicesDep, user: UserDep) -> dict[str, Any]:
+    await _control(services, user, ControlAction.INTERRUPT)
+    return {}
+
+
+@router.post("/skip")
+async def skip(services: ServicesDep, user: UserDep) -> None:
+    await _control(services, user, ControlAction.SKIP)
+
+
+@router.get("/options")
+async def get_options_route(options: OptionsDep) -> dict[str, Any]:
+    return await run_in_threadpool(options.snapshot)
+
+
+@router.post("/options")
+async def set_options(options: OptionsDep, body: Annotated[dict[str, Any], Body()]) -> None:
+    await run_in_threadpool(options.update, body)
+
+
+@router.get("/cmd-flags")
+async def cmd_flags(services: ServicesDep) -> dict[str, Any]:
+    return system.cmd_flags(services.settings)
+
+
+@router.get("/samplers", response_model=list[SamplerItem])
+async def samplers() -> list[dict[str, Any]]:
+    return samplers_listing()
+
+
+@router.get("/schedulers", response_model=list[SchedulerItem])
+async def schedulers() -> list[dict[str, Any]]:
+    return schedulers_listing()
+
+
+@router.get("/sd-models", response_model=list[SDModelItem])
+async def sd_models(services: ServicesDep) -> list[dict[str, Any]]:
+    return [translate.sd_model_item(info) for info in services.catalog.list()]
+
+
+@router.post("/refresh-checkpoints")
+async def refresh_checkpoints(services: ServicesDep) -> None:
+    await run_in_threadpool(services.catalog.refresh)
+
+
+@router.post("/png-info", response_model=PngInfoResponse)
+async def png_info(services: ServicesDep, body: PngInfoRequest) -> dict[str, Any]:
+    def read() -> dict[str, Any]:
+        data = core_images.decode_base64_bytes(body.image, field="image", limits=image_limits(services))
+        info, items = core_images.read_png_info(data)
+        return {"info": info, "items": items, "parameters": parse_infotext(info)}
+
+    return await run_in_threadpool(read)
+
+
+@router.get("/memory")
+async def memory(services: ServicesDep) -> dict[str, Any]:
+    return await run_in_threadpool(system.memory, services.engine)
+
+
+@router.get("/scripts")
+async def scripts() -> dict[str, list[str]]:
+    # Honest: we run no selectable or always-on scripts, and webuiapi injects arguments for any
+    # name it finds here.
+    return {"txt2img": [], "img2img": []}
+
+
+@router.get("/script-info")
+async def script_info() -> list[dict[str, Any]]:
+    return []

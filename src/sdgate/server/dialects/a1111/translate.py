@@ -1,0 +1,237 @@
+"""Pure translation between A1111 wire models and sdgate's core types."""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sdgate.core.engine import ModelDefaults
+from sdgate.core.errors import InvalidRequest
+from sdgate.core.infotext import A1111_VERSION
+from sdgate.core.requests import MAX_SEED, GenerationRequest, Mode
+from sdgate.core.results import GenerationResult
+from sdgate.core.samplers import resolve_sampler
+from sdgate.server.dialects.a1111.protocol import CommonProcessing, Txt2ImgRequest
+from sdgate.settings import Settings
+
+# A1111 draws random seeds from [0, 4294967294].
+RANDOM_SEED_BOUND = 4294967295
+
+# Fields whose non-default values we cannot honour yet: (field, default, reason).
+_UNSUPPORTED: tuple[tuple[str, object, str], ...] = (
+    ("enable_hr", False, "hires fix is not supported yet"),
+    ("restore_faces", (None, False), "no face restorer is installed"),
+    ("tiling", (None, False), "tiling is not supported yet"),
+    ("subseed_strength", 0.0, "variation seeds are not supported yet"),
+    ("refiner_checkpoint", (None, "", "None"), "refiners are not supported yet"),
+    ("firstphase_width", 0, "firstphase sizes need hires fix, which is not supported yet"),
+    ("firstphase_height", 0, "firstphase sizes need hires fix, which is not supported yet"),
+)
+
+
+def resolve_seed(value: int | str | None, *, field: str) -> int:
+    """-1, "" and null mean random (A1111); anything else must be an integer in [0, 2**64-1]."""
+    if value is None or value == "" or value == -1 or value == "-1":
+        return secrets.randbelow(RANDOM_SEED_BOUND)
+    try:
+        seed = int(value)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"{field}: must be an integer, got {value!r}", field=field) from None
+    if not 0 <= seed <= MAX_SEED:
+        raise InvalidRequest(f"{field}: must be -1 (random) or between 0 and 2**64-1", field=field)
+    return seed
+
+
+def check_unsupported(body: CommonProcessing) -> None:
+    data = body.model_dump()
+    for name, default, reason in _UNSUPPORTED:
+        if name not in data:
+            continue
+        allowed = default if isinstance(default, tuple) else (default,)
+        if data[name] not in allowed:
+            raise InvalidRequest(f"{name}: {reason}", field=name)
+    if body.script_name:
+        raise InvalidRequest(f"script_name: Script '{body.script_name}' not found", field="script_name")
+    for key in body.alwayson_scripts or {}:
+        raise InvalidRequest(f"alwayson_scripts: always on script {key} not found", field="alwayson_scripts")
+
+
+def check_size(width: int, height: int, defaults: ModelDefaults, settings: Settings) -> None:
+    factor = defaults.vae_scale_factor
+    for name, value in (("width", width), ("height", height)):
+        if value < factor or value > settings.max_side:
+            raise InvalidRequest(
+                f"{name}: must be between {factor} and {settings.max_side}, got {value}", field=name
+            )
+        if value % factor:
+            raise InvalidRequest(
+                f"{name}: must be a multiple of {factor} for model {defaults.name}, got {value}", field=name
+            )
+    if width * height > settings.max_pixels:
+        raise InvalidRequest(
+            f"width: {width}x{height} is more than the {settings.max_pixels} pixels allowed", field="width"
+        )
+
+
+def check_counts(steps: int, batch_size: int, n_iter: int, cfg_scale: float, settings: Settings) -> None:
+    if not 1 <= steps <= settings.max_steps:
+        raise InvalidRequest(f"steps: must be between 1 and {settings.max_steps}, got {steps}", field="steps")
+    if batch_size < 1:
+        raise InvalidRequest(f"batch_size: must be at least 1, got {batch_size}", field="batch_size")
+    if n_iter < 1:
+        raise InvalidRequest(f"n_iter: must be at least 1, got {n_iter}", field="n_iter")
+    if batch_size * n_iter > settings.max_batch_images:
+        raise InvalidRequest(
+            f"batch_size: batch_size x n_iter must be at most {settings.max_batch_images}",
+            field="batch_size",
+        )
+    if not math.isfinite(cfg_scale) or not 0 <= cfg_scale <= 100:
+        raise InvalidRequest(f"cfg_scale: must be between 0 and 100, got {cfg_scale}", field="cfg_scale")
+
+
+def override_value(body: CommonProcessing, key: str) -> Any:
+    return (body.override_settings or {}).get(key)
+
+
+def txt2img_request(
+    body: Txt2ImgRequest, *, model: str, defaults: ModelDefaults, settings: Settings
+) -> GenerationRequest:
+    """An A1111 txt2img payload as a resolved ``GenerationRequest`` (seeds drawn, names canonical)."""
+    check_unsupported(body)
+    check_counts(body.steps, body.batch_size, body.n_iter, body.cfg_scale, settings)
+    check_size(body.width, body.height, defaults, settings)
+    choice = resolve_sampler(body.sampler_name or body.sampler_index, body.scheduler)
+    if choice.fell_back:
+        raise InvalidRequest(
+            f"sampler_name: unknown sampler {choice.requested!r}; GET /sdapi/v1/samplers lists them",
+            field="sampler_name",
+        )
+    clip_skip = override_value(body, "CLIP_stop_at_last_layers")
+    ensd = override_value(body, "eta_noise_seed_delta")
+    return GenerationRequest(
+        mode=Mode.TXT2IMG,
+        prompt=body.prompt,
+        negative_prompt=body.negative_prompt,
+        model=model,
+        width=body.width,
+        height=body.height,
+        steps=body.steps,
+        cfg_scale=body.cfg_scale,
+        sampler=choice.sampler,
+        scheduler=choice.scheduler,
+        seed=resolve_seed(body.seed, field="seed"),
+        subseed=resolve_seed(body.subseed, field="subseed"),
+        batch_size=body.batch_size,
+        n_iter=body.n_iter,
+        clip_skip=_int_setting(clip_skip, 1, "override_settings.CLIP_stop_at_last_layers"),
+        eta=body.eta,
+        s_churn=body.s_churn,
+        s_tmin=body.s_tmin,
+        s_tmax=body.s_tmax,
+        s_noise=body.s_noise,
+        eta_noise_seed_delta=_int_setting(ensd, 0, "override_settings.eta_noise_seed_delta"),
+        styles=tuple(body.styles or ()),
+    )
+
+
+def _int_setting(value: Any, default: int, field: str) -> int:
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"{field}: must be a number, got {value!r}", field=field) from None
+    if not number.is_integer() or number < 0:
+        raise InvalidRequest(f"{field}: must be a whole number >= 0, got {value!r}", field=field)
+    return int(number)
+
+
+def parameters_echo(body: CommonProcessing) -> dict[str, Any]:
+    """A1111's ``parameters``: the request with defaults filled in, as sent (seed stays -1)."""
+    return body.model_dump(mode="json")
+
+
+def info_json(
+    body: CommonProcessing,
+    request: GenerationRequest,
+    result: GenerationResult,
+    *,
+    model_name: str,
+    created_at: datetime | None = None,
+) -> str:
+    """``info``: a JSON *string* with ``Processed.js()``'s keys in A1111's order."""
+    images = result.images
+    seeds = [img.seed for img in images] or request.seeds()
+    subseeds = [img.subseed for img in images] or request.subseeds()
+    prompts = list(result.prompts) or [request.prompt] * len(seeds)
+    negatives = list(result.negative_prompts) or [request.negative_prompt] * len(seeds)
+    timestamp = (created_at or datetime.now(UTC)).strftime("%Y%m%d%H%M%S")
+    info: dict[str, Any] = {
+        "prompt": request.prompt,
+        "all_prompts": prompts,
+        "negative_prompt": request.negative_prompt,
+        "all_negative_prompts": negatives,
+        "seed": seeds[0] if seeds else request.seed,
+        "all_seeds": seeds,
+        "subseed": subseeds[0] if subseeds else request.subseed,
+        "all_subseeds": subseeds,
+        "subseed_strength": request.subseed_strength,
+        "width": result.width or request.width,
+        "height": result.height or request.height,
+        "sampler_name": result.sampler or request.sampler,
+        "cfg_scale": request.cfg_scale,
+        "steps": result.steps or request.steps,
+        "batch_size": request.batch_size,
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": result.model_name or model_name,
+        "sd_model_hash": result.model_hash,
+        "sd_vae_name": None,
+        "sd_vae_hash": None,
+        "seed_resize_from_w": body.seed_resize_from_w,
+        "seed_resize_from_h": body.seed_resize_from_h,
+        "denoising_strength": body.denoising_strength,
+        "extra_generation_params": _extra_params(result),
+        "index_of_first_image": 0,
+        "infotexts": [img.infotext for img in images],
+        "styles": list(request.styles),
+        "job_timestamp": timestamp,
+        "clip_skip": request.clip_skip,
+        "is_using_inpainting_conditioning": False,
+        "version": A1111_VERSION,
+    }
+    return json.dumps(info)
+
+
+def _extra_params(result: GenerationResult) -> dict[str, Any]:
+    extra: dict[str, Any] = {"Schedule type": result.scheduler} if result.scheduler else {}
+    if result.notes:
+        extra["Notes"] = "; ".join(result.notes)
+    return extra
+
+
+def progress_fraction(iteration: int, iterations: int, step: int, steps: int) -> float:
+    """A1111's formula: 0.01 + job_no/job_count + (step/steps)/job_count, capped at 1."""
+    if iterations <= 0:
+        return 0.0
+    within = step / steps if steps > 0 else 0.0
+    return min(1.0, 0.01 + iteration / iterations + within / iterations)
+
+
+def sd_model_item(info: Any) -> dict[str, Any]:
+    return {
+        "title": info.title,
+        "model_name": info.name,
+        "hash": info.short_hash,
+        "sha256": info.sha256,
+        "filename": str(info.filename),
+        "config": str(info.config) if info.config else None,
+    }
+
+
+def unknown_fields(body: CommonProcessing) -> Sequence[str]:
+    return sorted((body.model_extra or {}).keys())

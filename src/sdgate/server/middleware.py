@@ -1,0 +1,194 @@
+"""Pure ASGI middleware: request ids, timing, HTTP Basic auth, and the request-body limit.
+
+Written as raw ASGI (not ``BaseHTTPMiddleware``) so streaming responses and progress polling pay
+almost nothing for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import secrets
+import time
+import uuid
+from contextvars import ContextVar
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sdgate.core.errors import PayloadTooLarge
+from sdgate.server.errors import DialectRoute, WrappedError
+
+log = logging.getLogger("sdgate.server")
+
+request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+
+_PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+class RequestContextMiddleware:
+    """Sets ``X-Request-ID`` (echoing a sane caller value) and A1111's ``X-Process-Time``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = _header(scope, b"x-request-id")
+        request_id = incoming if incoming and len(incoming) <= 128 and incoming.isprintable() else None
+        request_id = request_id or uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                headers.append((b"x-process-time", f"{time.perf_counter() - started:.4f}".encode()))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            request_id_var.reset(token)
+
+
+class DefaultJsonMiddleware:
+    """A body sent with no Content-Type is read as JSON, as A1111's FastAPI did: ``requests.post(url,
+    data=json.dumps(payload))`` sends none, and newer FastAPI would otherwise see raw bytes."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] in ("POST", "PUT", "PATCH")
+            and _header(scope, b"content-type") is None
+        ):
+            scope = {**scope, "headers": [*scope.get("headers", ()), (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
+
+
+class BasicAuthMiddleware:
+    """``--api-auth``: HTTP Basic on every route (A1111 leaves /loras open; we do not)."""
+
+    def __init__(self, app: ASGIApp, credentials: dict[str, str]) -> None:
+        self.app = app
+        self.credentials = {u.encode(): p.encode() for u, p in credentials.items()}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or scope["path"] in _PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        header = _header(scope, b"authorization")
+        if not header:
+            await self._deny(scope, receive, send, "Not authenticated")
+            return
+        user = self._check(header)
+        if user is None:
+            await self._deny(scope, receive, send, "Incorrect username or password")
+            return
+        scope.setdefault("state", {})["user"] = user
+        await self.app(scope, receive, send)
+
+    def _check(self, header: str) -> str | None:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "basic":
+            return None
+        try:
+            user, sep, password = base64.b64decode(value.strip(), validate=True).partition(b":")
+        except (binascii.Error, ValueError):
+            return None
+        expected = self.credentials.get(user)
+        # Compare against a dummy for unknown users so timing does not reveal valid names.
+        ok = secrets.compare_digest(password, expected if expected is not None else b"\0" * 16)
+        return user.decode("utf-8", "replace") if sep and expected is not None and ok else None
+
+    async def _deny(self, scope: Scope, receive: Receive, send: Send, detail: str) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        response = JSONResponse({"detail": detail}, status_code=401, headers={"WWW-Authenticate": "Basic"})
+        await response(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over ``max_bytes`` (by Content-Length, or while streaming) with a 413
+    rendered by the dialect of the route the request would have reached."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = _header(scope, b"content-length")
+        if length and length.isdigit() and int(length) > self.max_bytes:
+            await self._too_large(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise WrappedError(self._error())
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _error(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"request body is larger than {self.max_bytes} bytes", field="body")
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response: Response = route_class_for(scope).render_error(self._error())
+        await response(scope, receive, send)
+
+
+def route_class_for(scope: Scope) -> type[DialectRoute]:
+    """The dialect route class a request would be routed to (for errors raised before routing)."""
+    app: Any = scope.get("app")
+    route = _match_route(getattr(getattr(app, "router", None), "routes", ()), scope)
+    return type(route) if isinstance(route, DialectRoute) else DialectRoute
+
+
+def _match_route(routes: Any, scope: Scope) -> Any:
+    for route in routes:
+        match, child = route.matches(scope)
+        if match != Match.FULL:
+            continue
+        if isinstance(route, DialectRoute):
+            return route
+        if child.get("route") is not None:
+            return child["route"]
+        # An included router (FastAPI keeps the prefixed routes on ``original_router``) or a mount.
+        inner = getattr(getattr(route, "original_router", None), "routes", None)
+        inner = inner if inner is not None else getattr(route, "routes", None)
+        if inner is not None:
+            return _match_route(inner, {**scope, **child})
+        return route
+    return None
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def current_user(request: Request) -> str | None:
+    return request.scope.get("state", {}).get("user")

@@ -1,0 +1,259 @@
+"""``Worker``: one thread that claims jobs and runs them on one engine (one worker per device).
+
+    claim_next -> load init images / mask -> engine.generate(request, inputs, control)
+               -> encode_png + ImageStore.put per image -> succeed | fail | cancelled
+
+A job's failure is that job's alone: the loop logs it, records it, and claims the next. Interrupt
+follows A1111: the job succeeds with the images finished so far (``interrupted=True``); cancel
+leaves it cancelled with no result. The store publishes every change to the ``JobEvents`` it was
+built with, so pass the worker the same ``JobEvents`` (it listens there for new submissions).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, MutableMapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sdgate.core.engine import Engine, EngineInputs, EngineOutput
+from sdgate.core.errors import InvalidRequest, JobCancelled, NotFound, SdgateError
+from sdgate.core.jobs import Job, JobEventKind
+from sdgate.core.requests import GenerationRequest
+from sdgate.core.results import GenerationResult, StoredImage
+from sdgate.jobs.events import JobEvents
+from sdgate.jobs.images import ImageStore
+from sdgate.settings import Settings
+from sdgate.worker.control import PROGRESS_INTERVAL_S, JobControl, WorkerJobStore
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+logger = logging.getLogger("sdgate.worker")
+
+PngEncoder = Callable[["Image", str], bytes]
+_numbers = itertools.count()
+
+
+class _JobLog(logging.LoggerAdapter[logging.Logger]):
+    """Prefixes messages with the job id and adds ``job_id`` to the record for structured logs."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        assert self.extra is not None
+        kwargs["extra"] = {**kwargs.get("extra", {}), **self.extra}
+        return f"job {self.extra['job_id']}: {msg}", kwargs
+
+
+class Worker:
+    def __init__(
+        self,
+        store: WorkerJobStore,
+        engine: Engine,
+        images: ImageStore,
+        events: JobEvents,
+        settings: Settings,
+        *,
+        worker_id: str | None = None,
+        encode_png: PngEncoder | None = None,
+        progress_interval_s: float = PROGRESS_INTERVAL_S,
+    ) -> None:
+        if encode_png is None:
+            from sdgate.core.images import encode_png as default_encoder
+
+            encode_png = default_encoder
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{next(_numbers)}"
+        self._store = store
+        self._engine = engine
+        self._images = images
+        self._events = events
+        self._encode_png = encode_png
+        self._poll_s = settings.worker_poll_s
+        self._progress_interval_s = progress_interval_s
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._remove_listener: Callable[[], None] | None = None
+        self._current: JobControl | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError(f"worker {self.worker_id} already started")
+        self._remove_listener = self._events.add_listener(self._on_event)
+        self._thread = threading.Thread(target=self._loop, name=f"sdgate-{self.worker_id}", daemon=True)
+        self._thread.start()
+        logger.info("worker %s: started (engine %s)", self.worker_id, self._engine.name)
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Finishes the job in hand, then stops. Returns False if that took longer than ``timeout``
+        (the thread then stops on its own once the job is done)."""
+        self._stopping.set()
+        self._wake.set()
+        if self._remove_listener is not None:
+            self._remove_listener()
+            self._remove_listener = None
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                logger.warning("worker %s: still running a job after %s s", self.worker_id, timeout)
+                return False
+        logger.info("worker %s: stopped", self.worker_id)
+        return True
+
+    @property
+    def current_job_id(self) -> str | None:
+        current = self._current
+        return current.job_id if current is not None else None
+
+    def current_preview(self, job_id: str) -> Image | None:
+        """The live preview of ``job_id`` if this worker runs it (A1111's ``current_image``);
+        rendered on the caller's thread, only when asked for."""
+        current = self._current
+        if current is None or current.job_id != job_id:
+            return None
+        return current.preview()
+
+    def run_once(self) -> bool:
+        """Claims and runs one job; False when none was queued."""
+        self._wake.clear()  # before the claim: a submission after this point wakes the next wait
+        job = self._store.claim_next(self.worker_id)
+        if job is None:
+            return False
+        self._run(job)
+        return True
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                if self.run_once():
+                    continue
+            except Exception:  # the store is unreachable or locked: wait and try again
+                logger.exception("worker %s: claiming a job failed", self.worker_id)
+            self._wake.wait(self._poll_s)
+
+    def _on_event(self, kind: JobEventKind, job: Job) -> None:
+        if kind is JobEventKind.QUEUED:
+            self._wake.set()
+
+    # -- one job -----------------------------------------------------------------------------
+
+    def _run(self, job: Job) -> None:
+        log = _JobLog(logger, {"job_id": job.id})
+        log.info("started on %s (attempt %d)", self.worker_id, job.attempts)
+        control = JobControl(self._store, job.id, interval_s=self._progress_interval_s)
+        self._current = control
+        try:
+            # 1. Decode the inputs the request refers to.
+            inputs = self._load_inputs(job.request)
+            # 2. Generate.
+            started = time.perf_counter()
+            output = self._engine.generate(job.request, inputs, control)
+            generated = time.perf_counter()
+            if control.cancelled or control.cancel_requested():
+                raise JobCancelled(f"job {job.id} was cancelled")
+            # 3. Store the images, each a PNG carrying its infotext.
+            stored = self._store_images(output)
+            # 4. Record the result.
+            timings = {
+                **output.timings,
+                "queued_s": _seconds_between(job.created_at, job.started_at),
+                "generate_s": generated - started,
+                "store_s": time.perf_counter() - generated,
+            }
+            result = _result(job.request, output, stored, control, timings)
+            self._finish(log, self._store.succeed, job.id, result)
+            log.info("succeeded: %d image(s)%s", len(stored), " (interrupted)" if result.interrupted else "")
+        except JobCancelled:
+            log.info("cancelled")
+            self._finish(log, self._store.cancelled, job.id)
+        except SdgateError as exc:
+            log.warning("failed: %s: %s", exc.code, exc.message)
+            self._finish(log, self._store.fail, job.id, exc.to_dict())
+        except Exception as exc:
+            log.exception("failed with an unexpected error")
+            error = {"code": "internal_error", "message": str(exc) or type(exc).__name__}
+            self._finish(log, self._store.fail, job.id, error)
+        finally:
+            self._current = None
+
+    @staticmethod
+    def _finish(log: _JobLog, record: Callable[..., Job], *args: Any) -> None:
+        try:
+            record(*args)
+        except Exception:  # e.g. Conflict: someone else already finished it; the loop goes on
+            log.exception("could not record the outcome")
+
+    def _load_inputs(self, request: GenerationRequest) -> EngineInputs:
+        if not request.init_images and request.mask is None:
+            return EngineInputs()
+        init_images = tuple(self._open_image(i, "init_images") for i in request.init_images)
+        mask = self._open_image(request.mask, "mask") if request.mask is not None else None
+        return EngineInputs(init_images=init_images, mask=mask)
+
+    def _open_image(self, image_id: str, field: str) -> Image:
+        from PIL import Image as PILImage
+
+        try:
+            data = self._images.get(image_id)
+        except NotFound as exc:
+            raise NotFound(exc.message, field=field) from exc
+        try:
+            image = PILImage.open(io.BytesIO(data))
+            image.load()
+        except (OSError, ValueError, PILImage.DecompressionBombError) as exc:
+            raise InvalidRequest(f"image {image_id} cannot be decoded: {exc}", field=field) from exc
+        return image
+
+    def _store_images(self, output: EngineOutput) -> tuple[StoredImage, ...]:
+        stored = []
+        for generated in output.images:
+            png = self._encode_png(generated.image, generated.infotext)
+            stored.append(
+                StoredImage(
+                    id=self._images.put(png, content_type="image/png"),
+                    seed=generated.seed,
+                    subseed=generated.subseed,
+                    width=generated.image.width,
+                    height=generated.image.height,
+                    infotext=generated.infotext,
+                )
+            )
+        return tuple(stored)
+
+
+def _result(
+    request: GenerationRequest,
+    output: EngineOutput,
+    stored: tuple[StoredImage, ...],
+    control: JobControl,
+    timings: dict[str, float],
+) -> GenerationResult:
+    # Interrupted means "fewer images than asked for": an interrupt on the very last step that still
+    # let every image finish is not reported.
+    interrupted = output.interrupted or (control.interrupted and len(stored) < request.image_count)
+    return GenerationResult(
+        images=stored,
+        prompts=tuple(g.prompt for g in output.images),
+        negative_prompts=tuple(g.negative_prompt for g in output.images),
+        model_name=output.model_name,
+        model_hash=output.model_hash,
+        sampler=output.sampler,
+        scheduler=output.scheduler,
+        width=output.width,
+        height=output.height,
+        steps=output.steps,
+        interrupted=interrupted,
+        notes=tuple(output.notes),
+        timings=timings,
+    )
+
+
+def _seconds_between(start: datetime, end: datetime | None) -> float:
+    return (end - start).total_seconds() if end is not None else 0.0

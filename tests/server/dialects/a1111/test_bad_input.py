@@ -1,0 +1,101 @@
+"""Bad input gets a 4xx naming the field, in A1111's shapes; the server keeps serving."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from sdgate.settings import Settings
+
+URL = "/sdapi/v1/txt2img"
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"width": 500}, "width"),
+        ({"height": 4}, "height"),
+        ({"width": 8192, "height": 8192}, "width"),
+        ({"steps": 0}, "steps"),
+        ({"steps": 1001}, "steps"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"n_iter": 0}, "n_iter"),
+        ({"batch_size": 16, "n_iter": 8}, "batch_size"),
+        ({"cfg_scale": 1e9}, "cfg_scale"),
+        ({"seed": "abc"}, "seed"),
+        ({"seed": -5}, "seed"),
+        ({"seed": 2**64}, "seed"),
+        ({"sampler_name": "No Such Sampler"}, "sampler_name"),
+        ({"enable_hr": True}, "enable_hr"),
+        ({"script_name": "x/y/z plot"}, "script_name"),
+        ({"alwayson_scripts": {"controlnet": {"args": []}}}, "alwayson_scripts"),
+        ({"override_settings": {"sd_model_checkpoint": "nope"}}, "override_settings.sd_model_checkpoint"),
+        ({"override_settings": {"CLIP_stop_at_last_layers": "x"}}, "override_settings.CLIP_stop_at_last_layers"),
+    ],
+)
+async def test_out_of_range_values_name_the_field(
+    client: httpx.AsyncClient, payload: dict, field: str
+) -> None:
+    r = await client.post(URL, json={"steps": 1, **payload})
+    assert 400 <= r.status_code < 500, r.text
+    body = r.json()
+    assert set(body) == {"error", "detail", "body", "errors"}
+    assert field.split(".")[-1] in body["detail"] or body["detail"].startswith(field), body
+
+
+@pytest.mark.parametrize(
+    ("payload", "loc"),
+    [
+        ({"prompt": ["a", "b"]}, ["body", "prompt"]),
+        ({"steps": "many"}, ["body", "steps"]),
+        ({"width": 1.5}, ["body", "width"]),
+        ({"cfg_scale": {"x": 1}}, ["body", "cfg_scale"]),
+    ],
+)
+async def test_schema_errors_keep_fastapis_422(client: httpx.AsyncClient, payload: dict, loc: list) -> None:
+    r = await client.post(URL, json=payload)
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert isinstance(detail, list)
+    assert detail[0]["loc"] == loc
+
+
+async def test_malformed_json(client: httpx.AsyncClient) -> None:
+    r = await client.post(URL, content=b'{"prompt": "x",', headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["type"] == "json_invalid"
+
+
+async def test_numeric_strings_are_coerced_like_pydantic_v1(client: httpx.AsyncClient) -> None:
+    r = await client.post(URL, json={"steps": "2", "width": "64", "height": 64.0})
+    assert r.status_code == 200, r.text
+
+
+async def test_body_too_large_is_413_in_a1111_shape(settings: Settings, tmp_path) -> None:
+    from sdgate.server.app import create_app
+    from tests.server.fakes import FakeEngine
+
+    small = settings.model_copy(update={"max_body_bytes": 1000})
+    app = create_app(small, engine=FakeEngine())
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            r = await c.post(URL, json={"prompt": "x" * 5000})
+            assert r.status_code == 413
+            assert r.json()["error"] == "PayloadTooLarge"
+
+            async def chunks():
+                for _ in range(10):
+                    yield b" " * 500
+
+            r2 = await c.post(URL, content=chunks(), headers={"content-type": "application/json"})
+            assert r2.status_code == 413
+            assert r2.json()["error"] == "PayloadTooLarge"
+            ok = await c.post(URL, json={"steps": 1, "width": 64, "height": 64})
+            assert ok.status_code == 200
+
+
+async def test_unknown_route_and_method_keep_fastapi_bodies(client: httpx.AsyncClient) -> None:
+    r = await client.get("/sdapi/v1/nope")
+    assert (r.status_code, r.json()) == (404, {"detail": "Not Found"})
+    r = await client.get("/sdapi/v1/txt2img")
+    assert (r.status_code, r.json()) == (405, {"detail": "Method Not Allowed"})

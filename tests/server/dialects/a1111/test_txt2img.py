@@ -1,0 +1,123 @@
+"""/sdapi/v1/txt2img through the real app, store and worker, on the fake engine."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+
+import httpx
+from PIL import Image
+
+from tests.server.fakes import FakeEngine
+
+
+def decode(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+async def test_minimal_payload_uses_a1111_defaults(client: httpx.AsyncClient, engine: FakeEngine) -> None:
+    r = await client.post("/sdapi/v1/txt2img", json={"prompt": "a red circle", "steps": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"images", "parameters", "info"}
+    assert len(body["images"]) == 1
+    image = decode(body["images"][0])
+    assert image.size == (512, 512)
+    assert "a red circle" in image.info["parameters"]
+    info = json.loads(body["info"])
+    assert isinstance(body["info"], str)
+    assert list(info)[:6] == ["prompt", "all_prompts", "negative_prompt", "all_negative_prompts", "seed",
+                              "all_seeds"]
+    assert info["version"] == "v1.10.1"
+    assert body["parameters"]["seed"] == -1  # an echo of the request, not the resolved value
+    assert 0 <= info["seed"] < 4294967295
+    assert engine.calls[0].sampler == "Euler"  # sampler_index's API default
+
+
+async def test_empty_body_is_valid(client: httpx.AsyncClient, engine: FakeEngine) -> None:
+    r = await client.post("/sdapi/v1/txt2img", json={})
+    assert r.status_code == 200, r.text
+    assert engine.calls[0].steps == 50
+
+
+async def test_body_without_content_type(client: httpx.AsyncClient) -> None:
+    payload = json.dumps({"prompt": "x", "steps": 2, "width": 64, "height": 64}).encode()
+    r = await client.post("/sdapi/v1/txt2img", content=payload)
+    assert r.status_code == 200, r.text
+    assert decode(r.json()["images"][0]).size == (64, 64)
+
+
+async def test_batch_and_iterations_use_consecutive_seeds(client: httpx.AsyncClient) -> None:
+    r = await client.post(
+        "/sdapi/v1/txt2img",
+        json={"prompt": "x", "seed": 1000, "batch_size": 2, "n_iter": 2, "steps": 2, "width": 64, "height": 64},
+    )
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert info["all_seeds"] == [1000, 1001, 1002, 1003]
+    assert len(r.json()["images"]) == 4
+    assert len(info["infotexts"]) == 4
+    assert "Seed: 1002" in info["infotexts"][2]
+
+
+async def test_seed_beyond_int64_is_kept(client: httpx.AsyncClient) -> None:
+    seed = 2**64 - 1
+    r = await client.post("/sdapi/v1/txt2img", json={"seed": seed, "steps": 1, "width": 64, "height": 64,
+                                                     "batch_size": 2})
+    assert r.status_code == 200, r.text
+    assert json.loads(r.json()["info"])["all_seeds"] == [seed, 0]
+
+
+async def test_old_combined_sampler_name(client: httpx.AsyncClient, engine: FakeEngine) -> None:
+    r = await client.post("/sdapi/v1/txt2img", json={"sampler_name": "DPM++ 2M Karras", "steps": 1,
+                                                     "width": 64, "height": 64})
+    assert r.status_code == 200, r.text
+    assert (engine.calls[0].sampler, engine.calls[0].scheduler) == ("DPM++ 2M", "karras")
+
+
+async def test_send_images_false(client: httpx.AsyncClient) -> None:
+    r = await client.post("/sdapi/v1/txt2img", json={"send_images": False, "steps": 1, "width": 64,
+                                                     "height": 64})
+    assert r.status_code == 200
+    assert r.json()["images"] == []
+
+
+async def test_request_id_is_echoed_or_created(client: httpx.AsyncClient) -> None:
+    r = await client.get("/sdapi/v1/samplers", headers={"X-Request-ID": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+    r2 = await client.get("/sdapi/v1/samplers")
+    assert len(r2.headers["x-request-id"]) >= 16
+    assert float(r2.headers["x-process-time"]) >= 0
+
+
+async def test_eight_concurrent_clients_all_succeed(client: httpx.AsyncClient, engine: FakeEngine) -> None:
+    async def one(i: int) -> httpx.Response:
+        return await client.post("/sdapi/v1/txt2img", json={"prompt": f"slow {i}", "seed": i, "steps": 3,
+                                                            "width": 64, "height": 64})
+
+    responses = await asyncio.gather(*(one(i) for i in range(8)))
+    assert [r.status_code for r in responses] == [200] * 8
+    assert sorted(json.loads(r.json()["info"])["seed"] for r in responses) == list(range(8))
+    assert len(engine.calls) == 8
+
+
+async def test_failed_job_fails_alone(client: httpx.AsyncClient) -> None:
+    bad = client.post("/sdapi/v1/txt2img", json={"prompt": "boom", "steps": 1, "width": 64, "height": 64})
+    good = client.post("/sdapi/v1/txt2img", json={"prompt": "fine", "steps": 1, "width": 64, "height": 64})
+    r_bad, r_good = await asyncio.gather(bad, good)
+    assert r_bad.status_code == 500
+    assert set(r_bad.json()) == {"error", "detail", "body", "errors"}
+    assert "exploded" in r_bad.json()["errors"]
+    assert "Traceback" not in r_bad.text
+    assert r_good.status_code == 200
+
+
+async def test_out_of_memory_names_what_to_lower(client: httpx.AsyncClient) -> None:
+    r = await client.post("/sdapi/v1/txt2img", json={"prompt": "oom", "steps": 1, "width": 64, "height": 64})
+    assert r.status_code == 507
+    assert r.json()["error"] == "OutOfMemory"
+    assert "batch_size" in r.json()["detail"]
+    ok = await client.post("/sdapi/v1/txt2img", json={"steps": 1, "width": 64, "height": 64})
+    assert ok.status_code == 200

@@ -1,0 +1,55 @@
+"""The process ``test_worker_crash`` kills: an embedded store + worker over a slow fake engine.
+
+    python -m tests.worker.crash_child DATA_DIR MARKS_DIR serve   # run until killed
+    python -m tests.worker.crash_child DATA_DIR MARKS_DIR drain   # run until nothing is left, exit 0
+
+Both start as ``sdgate serve`` does: recover what a dead process left running, then start a worker.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from tests.worker.fakes import FakeEngine, png_encoder
+
+from sdgate.core.jobs import JobState
+from sdgate.jobs.events import JobEvents
+from sdgate.jobs.images import LocalImageStore
+from sdgate.jobs.store import SqlJobStore
+from sdgate.settings import Settings
+from sdgate.worker.runner import Worker
+
+STEPS = 10
+STEP_S = 0.03
+
+
+def main(data_dir: Path, marks_dir: Path, mode: str) -> None:
+    settings = Settings(data_dir=data_dir, worker_poll_s=0.02)
+    events = JobEvents()
+    store = SqlJobStore(settings.database_url, events=events)
+    store.recover(max_attempts=settings.job_max_attempts)
+    worker = Worker(
+        store,
+        FakeEngine(steps=STEPS, step_s=STEP_S, done_dir=marks_dir),
+        LocalImageStore(settings.images_dir),
+        events,
+        settings,
+        worker_id=f"{mode}-{os.getpid()}",
+        encode_png=png_encoder(),
+        progress_interval_s=0,  # every step, so the test can kill mid-job
+    )
+    worker.start()
+    if mode == "serve":
+        while True:
+            time.sleep(1)
+    while store.list(states=(JobState.QUEUED, JobState.RUNNING), limit=1):
+        time.sleep(0.02)
+    worker.stop(timeout=10)
+    store.close()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])

@@ -1,0 +1,122 @@
+"""``JobControl`` alone, over a recording store and a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from sdgate.core.engine import StepAction, StepReport
+from sdgate.core.jobs import ControlAction, Progress
+from sdgate.worker.control import JobControl
+
+
+class RecordingStore:
+    def __init__(self) -> None:
+        self.progress: list[Progress] = []
+        self.control: ControlAction | None = None
+        self.control_reads = 0
+
+    def update_progress(self, job_id: str, progress: Progress) -> None:
+        self.progress.append(progress)
+
+    def pending_control(self, job_id: str) -> ControlAction | None:
+        self.control_reads += 1
+        return self.control
+
+    def clear_control(self, job_id: str, action: ControlAction) -> None:
+        if self.control is action:
+            self.control = None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def store() -> RecordingStore:
+    return RecordingStore()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def control(store: RecordingStore, clock: Clock) -> JobControl:
+    return JobControl(store, "job_1", interval_s=0.2, clock=clock)  # type: ignore[arg-type]
+
+
+def report(step: int, steps: int = 10, iteration: int = 0, iterations: int = 1) -> StepReport:
+    return StepReport(iteration=iteration, iterations=iterations, step=step, steps=steps)
+
+
+def test_progress_is_written_first_last_and_at_most_every_interval(
+    control: JobControl, store: RecordingStore, clock: Clock
+) -> None:
+    for step in range(1, 11):
+        control.on_step(report(step))
+        clock.now += 0.0625  # exact in binary: the 4th step after a write is the first past 0.2 s
+    assert [p.step for p in store.progress] == [1, 5, 9, 10]
+    assert store.control_reads == 10  # the control flag is read at every step
+
+
+def test_eta_comes_from_the_rate_since_the_first_step(
+    control: JobControl, store: RecordingStore, clock: Clock
+) -> None:
+    control.on_step(report(1))
+    clock.now += 4.0  # 4 more steps of 10, 1 s each
+    control.on_step(report(5))
+    first, second = store.progress
+    assert first.eta_s is None
+    assert second.eta_s == pytest.approx(5.0)
+    assert second.fraction == pytest.approx(0.5)
+
+
+def test_actions_map_to_step_actions(control: JobControl, store: RecordingStore) -> None:
+    assert control.on_step(report(1)) is StepAction.CONTINUE
+    store.control = ControlAction.SKIP
+    assert control.on_step(report(2)) is StepAction.SKIP
+    assert store.control is None  # a skip is consumed: the next iteration runs
+    assert control.on_step(report(3)) is StepAction.CONTINUE
+    store.control = ControlAction.INTERRUPT
+    assert control.on_step(report(4)) is StepAction.INTERRUPT
+    assert control.interrupted and not control.cancelled
+    store.control = ControlAction.CANCEL
+    assert control.on_step(report(5)) is StepAction.CANCEL
+    assert control.cancelled
+
+
+def test_cancel_requested_reads_the_store_once_more(control: JobControl, store: RecordingStore) -> None:
+    assert not control.cancel_requested()
+    store.control = ControlAction.CANCEL
+    assert control.cancel_requested()
+
+
+def test_preview_is_lazy_cached_per_step_and_never_raises(control: JobControl) -> None:
+    renders: list[int] = []
+
+    def preview_of(step: int) -> StepReport:
+        def render() -> Image.Image:
+            renders.append(step)
+            if step == 3:
+                raise RuntimeError("decode failed")
+            return Image.new("RGB", (2, 2))
+
+        return StepReport(iteration=0, iterations=1, step=step, steps=10, preview=render)
+
+    assert control.preview() is None
+    control.on_step(preview_of(1))
+    control.on_step(preview_of(2))
+    assert renders == []  # nothing rendered until asked
+    image = control.preview()
+    assert control.preview() is image
+    assert renders == [2]
+    control.on_step(report(3))  # a step without a preview keeps the last one
+    assert control.preview() is image
+    control.on_step(preview_of(3))
+    assert control.preview() is None
