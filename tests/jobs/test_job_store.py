@@ -187,7 +187,7 @@ def test_recover_requeues_or_fails_stranded_jobs(store: SqlJobStore) -> None:
     for _ in range(4):
         store.claim_next("dead-worker")
     # ``retried`` ran once before; ``exhausted`` used all its attempts.
-    with store.engine.begin() as conn:
+    with store.database.begin() as conn:
         conn.execute(jobs.update().where(jobs.c.id == retried.id).values(attempts=2))
         conn.execute(jobs.update().where(jobs.c.id == exhausted.id).values(attempts=3))
     store.request_control(cancelling.id, ControlAction.CANCEL)

@@ -95,3 +95,57 @@ def test_plain_requests_script_with_and_without_json_header(live: LiveServer) ->
     a, b = (Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))) for r in (r1, r2))
     assert a.tobytes() == b.tobytes()
     assert r1.headers["x-request-id"]
+
+
+def test_kill_9_then_restart_finishes_every_job_once(tmp_path: Path, tiny_models_dir: Path) -> None:
+    import threading
+
+    from sdgate.core.jobs import JobState
+    from sdgate.jobs.store import SqlJobStore
+
+    data = tmp_path / "data"
+    args = ["--models-dir", str(tiny_models_dir), "--device", "cpu"]
+    server = LiveServer(args, data)
+    payloads = [{"prompt": f"job {i}", "seed": 100 + i, "steps": 60, "width": 64, "height": 64}
+                for i in range(4)]
+
+    def post(payload: dict) -> None:
+        try:
+            requests.post(server.url + "/sdapi/v1/txt2img", json=payload, timeout=120)
+        except requests.RequestException:
+            pass  # the server is killed under this request
+
+    threads = [threading.Thread(target=post, args=(p,), daemon=True) for p in payloads]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)
+    store = SqlJobStore(f"sqlite:///{(data / 'sdgate.db').resolve()}", migrate=False)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        jobs = store.list(limit=10)
+        states = [j.state for j in jobs]
+        if len(jobs) == 4 and JobState.RUNNING in states and states.count(JobState.QUEUED) >= 2:
+            break
+        time.sleep(0.02)
+    else:
+        raise AssertionError(f"never saw a running job with others queued: {states}")
+    running_id = next(j.id for j in jobs if j.state == JobState.RUNNING)
+    server.kill(signal.SIGKILL)
+
+    restarted = LiveServer(args, data)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            jobs = store.list(limit=10)
+            if all(j.state.terminal for j in jobs):
+                break
+            time.sleep(0.1)
+        assert [j.state for j in jobs] == [JobState.SUCCEEDED] * 4
+        assert sorted(j.result.images[0].seed for j in jobs) == [100, 101, 102, 103]
+        assert all(len(j.result.images) == 1 for j in jobs)
+        attempts = {j.id: j.attempts for j in jobs}
+        assert attempts.pop(running_id) == 2  # re-run once after the kill
+        assert set(attempts.values()) == {1}  # the queued ones ran once
+    finally:
+        restarted.kill()
+        store.close()

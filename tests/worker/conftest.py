@@ -4,7 +4,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tests.worker.fakes import FakeEngine, png_encoder
+from tests.worker.fakes import FakeEngine
 
 from sdgate.jobs.events import JobEvents
 from sdgate.jobs.images import LocalImageStore
@@ -42,7 +42,7 @@ def make_worker(
     started: list[Worker] = []
 
     def make(engine: FakeEngine, *, start: bool = True, **kwargs: object) -> Worker:
-        worker = Worker(store, engine, images, events, settings, encode_png=png_encoder(), **kwargs)  # type: ignore[arg-type]
+        worker = Worker(store, engine, images, events, settings, **kwargs)  # type: ignore[arg-type]
         if start:
             worker.start()
             started.append(worker)

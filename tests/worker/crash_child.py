@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.worker.fakes import FakeEngine, png_encoder
+from tests.worker.fakes import FakeEngine
 
 from sdgate.core.jobs import JobState
 from sdgate.jobs.events import JobEvents
@@ -38,7 +38,6 @@ def main(data_dir: Path, marks_dir: Path, mode: str) -> None:
         events,
         settings,
         worker_id=f"{mode}-{os.getpid()}",
-        encode_png=png_encoder(),
         progress_interval_s=0,  # every step, so the test can kill mid-job
     )
     worker.start()

@@ -1,15 +1,14 @@
-"""Test doubles for the worker tests: a scriptable engine and a PNG encoder."""
+"""Test doubles for the worker tests."""
 
 from __future__ import annotations
 
-import io
+import functools
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from sdgate.core.engine import (
     EngineInputs,
@@ -23,24 +22,10 @@ from sdgate.core.engine import (
 from sdgate.core.errors import InvalidRequest, JobCancelled
 from sdgate.core.requests import GenerationRequest
 
-PngEncoder = Callable[[Image.Image, str], bytes]
 
-
-def _stand_in_encode_png(image: Image.Image, infotext: str) -> bytes:
-    info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", infotext)
-    out = io.BytesIO()
-    image.save(out, format="PNG", pnginfo=info)
-    return out.getvalue()
-
-
-def png_encoder() -> PngEncoder:
-    """``sdgate.core.images.encode_png`` once it exists, a local stand-in until then."""
-    try:
-        from sdgate.core.images import encode_png
-    except ImportError:
-        return _stand_in_encode_png
-    return encode_png
+def _preview(step: int) -> Image.Image:
+    """A tiny image whose green channel tells which step it shows."""
+    return Image.new("RGB", (4, 4), (0, step * 10 % 256, 0))
 
 
 class FakeEngine:
@@ -140,7 +125,7 @@ class FakeEngine:
                     iterations=iterations,
                     step=step,
                     steps=steps,
-                    preview=lambda step=step: Image.new("RGB", (4, 4), (0, step * 10 % 256, 0)),
+                    preview=functools.partial(_preview, step),
                 )
             )
             if action is not StepAction.CONTINUE:

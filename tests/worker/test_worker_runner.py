@@ -8,8 +8,9 @@ from collections.abc import Callable
 
 import pytest
 from PIL import Image
-from tests.worker.fakes import FakeEngine, png_encoder
+from tests.worker.fakes import FakeEngine
 
+from sdgate.core.images import encode_png
 from sdgate.core.jobs import ControlAction, Job, JobEventKind, JobState
 from sdgate.core.requests import MAX_SEED, GenerationRequest, Mode
 from sdgate.jobs.events import JobEvents
@@ -163,8 +164,8 @@ def test_init_images_and_mask_are_decoded_from_the_image_store(
 ) -> None:
     engine = FakeEngine()
     make_worker(engine)
-    init = images.put(png_encoder()(Image.new("RGB", (24, 8), "blue"), ""))
-    mask = images.put(png_encoder()(Image.new("L", (24, 8), 255), ""))
+    init = images.put(encode_png(Image.new("RGB", (24, 8), "blue"), ""))
+    mask = images.put(encode_png(Image.new("L", (24, 8), 255), ""))
     job = store.submit(GenerationRequest(mode=Mode.INPAINT, init_images=(init,), mask=mask))
 
     assert finished(store, job.id).state is JobState.SUCCEEDED
@@ -250,7 +251,7 @@ def test_the_worker_survives_store_errors(
     store: SqlJobStore, images: LocalImageStore, events: JobEvents, settings: object
 ) -> None:
     flaky = FlakyStore(store)
-    worker = Worker(flaky, FakeEngine(), images, events, settings, encode_png=png_encoder())  # type: ignore[arg-type]
+    worker = Worker(flaky, FakeEngine(), images, events, settings)  # type: ignore[arg-type]
     worker.start()
     try:
         job = store.submit(GenerationRequest())

@@ -20,7 +20,7 @@ import re
 import struct
 import threading
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -276,18 +276,18 @@ def is_diffusers_folder(path: Path) -> bool:
     return path.is_dir() and (path / "model_index.json").is_file()
 
 
-def _walk_checkpoints(root: Path) -> Iterator[tuple[Path, str]]:
-    """(path, relpath) of checkpoint files and diffusers folders under ``root``, sorted."""
+def _walk_checkpoints(root: Path) -> list[tuple[Path, str]]:
+    """(path, relpath) of checkpoint files and diffusers folders under ``root``, by relpath."""
+    found: list[tuple[Path, str]] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         here = Path(dirpath)
-        dirnames.sort(key=str.lower)
         for d in list(dirnames):
             if is_diffusers_folder(here / d):
-                dirnames.remove(d)
-                yield here / d, (here / d).relative_to(root).as_posix()
-        for f in sorted(filenames, key=str.lower):
-            if f.endswith(CHECKPOINT_EXTENSIONS):
-                yield here / f, (here / f).relative_to(root).as_posix()
+                dirnames.remove(d)  # a model, not a folder of models
+                found.append((here / d, (here / d).relative_to(root).as_posix()))
+        found += [(here / f, (here / f).relative_to(root).as_posix())
+                  for f in filenames if f.endswith(CHECKPOINT_EXTENSIONS)]
+    return sorted(found, key=lambda item: item[1].lower())
 
 
 def list_files(models_dir: Path, kind: str) -> list[AssetFile]:

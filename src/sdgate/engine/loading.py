@@ -78,8 +78,9 @@ def read_state_dict(path: Path) -> StateDict:
     return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
 
 
-def _materialize(module_factory: Any, state: StateDict, what: str) -> Any:
-    """Build a module without allocating weights, then adopt the checkpoint's tensors."""
+def _materialize(module_factory: Any, state: StateDict, what: str, dtype: torch.dtype) -> Any:
+    """Build a module without allocating weights, then adopt the checkpoint's tensors (in ``dtype``:
+    casting here, not with ``.to()`` later, keeps diffusers' own dtype rules out of the way)."""
     with init_empty_weights():
         module = module_factory()
     expected = module.state_dict()
@@ -89,19 +90,21 @@ def _materialize(module_factory: Any, state: StateDict, what: str) -> Any:
     wrong = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
     if wrong:
         raise UnsupportedModel(f"{what}: unexpected tensor shapes, e.g. {wrong[:3]}")
-    module.load_state_dict({k: state[k] for k in expected}, strict=True, assign=True)
+    module.load_state_dict({k: state[k].to(dtype) for k in expected}, strict=True, assign=True)
     return module.eval()
 
 
 # --- single files ---------------------------------------------------------------------------------
 
 
-def _text_encoder(state: StateDict, family: Family, config: dict[str, Any], second: bool = False) -> Any:
+def _text_encoder(
+    state: StateDict, family: Family, config: dict[str, Any], dtype: torch.dtype, second: bool = False
+) -> Any:
     conf = CLIPTextConfig(**{k: v for k, v in config.items() if not k.startswith("_")})
     if family == "sd1" or (family == "sdxl" and not second):
         converted = convert_ldm_clip_checkpoint(state)
         converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
-        return _materialize(lambda: CLIPTextModel(conf), converted, "text encoder")
+        return _materialize(lambda: CLIPTextModel(conf), converted, "text encoder", dtype)
     if family == "sd2":
         prefix = cfgs.SD2_OPENCLIP
         last = f"{prefix}transformer.resblocks.{conf.num_hidden_layers}."
@@ -111,11 +114,11 @@ def _text_encoder(state: StateDict, family: Family, config: dict[str, Any], seco
         converted = convert_open_clip_checkpoint(shell, state, prefix=prefix)
         converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
         converted.pop("text_projection.weight", None)
-        return _materialize(lambda: CLIPTextModel(conf), converted, "text encoder")
+        return _materialize(lambda: CLIPTextModel(conf), converted, "text encoder", dtype)
     with init_empty_weights():
         shell = CLIPTextModelWithProjection(conf)
     converted = convert_open_clip_checkpoint(shell, state, prefix=cfgs.XL_OPENCLIP)
-    return _materialize(lambda: CLIPTextModelWithProjection(conf), converted, "text encoder 2")
+    return _materialize(lambda: CLIPTextModelWithProjection(conf), converted, "text encoder 2", dtype)
 
 
 def _tokenizer(config: dict[str, Any]) -> CLIPTokenizer:
@@ -123,9 +126,9 @@ def _tokenizer(config: dict[str, Any]) -> CLIPTokenizer:
     return CLIPTokenizer(str(TOKENIZER_DIR / "vocab.json"), str(TOKENIZER_DIR / "merges.txt"), **kwargs)
 
 
-def _unet(state: StateDict, config: dict[str, Any]) -> Any:
+def _unet(state: StateDict, config: dict[str, Any], dtype: torch.dtype) -> Any:
     converted = convert_ldm_unet_checkpoint(state, config)
-    return _materialize(lambda: UNet2DConditionModel.from_config(config), converted, "UNet")
+    return _materialize(lambda: UNet2DConditionModel.from_config(config), converted, "UNet", dtype)
 
 
 def is_v_prediction(unet: Any) -> bool:
@@ -142,30 +145,31 @@ def is_v_prediction(unet: Any) -> bool:
     return bool((out.float() - x.float()).mean().item() < -1)
 
 
-def load_single_file(info: ModelInfo) -> LoadedPipeline:
-    """A ``.safetensors``/``.ckpt`` in the LDM layout -> a pipeline on the CPU (checkpoint dtype)."""
+def load_single_file(info: ModelInfo, dtype: torch.dtype, vae_dtype: torch.dtype) -> LoadedPipeline:
+    """A ``.safetensors``/``.ckpt`` in the LDM layout -> a pipeline on the CPU."""
     state = read_state_dict(info.filename)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     family = detect_family(shapes)
     if family is None:
         raise UnsupportedModel(f"{info.filename.name} is not an SD 1.x, 2.x or XL checkpoint")
     configs = cfgs.component_configs(shapes, family, v_prediction=info.v_prediction)
-    unet = _unet(state, configs["unet"])
+    unet = _unet(state, configs["unet"], dtype)
     vae = _materialize(
         lambda: AutoencoderKL.from_config(configs["vae"]),
         convert_ldm_vae_checkpoint(state, configs["vae"]),
         "VAE",
+        vae_dtype,
     )
     scheduler = EulerDiscreteScheduler.from_config(configs["scheduler"])
     parts = dict(
         unet=unet, vae=vae, scheduler=scheduler,
-        text_encoder=_text_encoder(state, family, configs["text_encoder"]),
+        text_encoder=_text_encoder(state, family, configs["text_encoder"], dtype),
         tokenizer=_tokenizer(configs["tokenizer"]),
     )
     if family == "sdxl":
         pipe: Any = StableDiffusionXLPipeline(
             **parts,
-            text_encoder_2=_text_encoder(state, family, configs["text_encoder_2"], second=True),
+            text_encoder_2=_text_encoder(state, family, configs["text_encoder_2"], dtype, second=True),
             tokenizer_2=_tokenizer(configs["tokenizer_2"]),
             force_zeros_for_empty_prompt=configs["model_index"].get("force_zeros_for_empty_prompt", True),
             add_watermarker=False,
@@ -182,7 +186,7 @@ def load_single_file(info: ModelInfo) -> LoadedPipeline:
 # --- diffusers folders ----------------------------------------------------------------------------
 
 
-def load_diffusers_folder(info: ModelInfo, dtype: torch.dtype) -> LoadedPipeline:
+def load_diffusers_folder(info: ModelInfo, dtype: torch.dtype, vae_dtype: torch.dtype) -> LoadedPipeline:
     folder = info.filename
     index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     cls_name = index.get("_class_name")
@@ -193,10 +197,12 @@ def load_diffusers_folder(info: ModelInfo, dtype: torch.dtype) -> LoadedPipeline
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     else:
         kwargs.update(add_watermarker=False)
+    if vae_dtype != dtype:
+        kwargs["vae"] = AutoencoderKL.from_pretrained(str(folder / "vae"), dtype=vae_dtype, local_files_only=True)
     for name, pad in (("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")):
         if name in index and not (folder / name).is_dir():
             kwargs[name] = _tokenizer({"pad_token": pad, "model_max_length": 77})
-    pipe = DiffusionPipeline.from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True, **kwargs)
+    pipe = DiffusionPipeline.from_pretrained(str(folder), dtype=dtype, local_files_only=True, **kwargs)
     factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     v_pred = pipe.scheduler.config.get("prediction_type") == "v_prediction"
     return LoadedPipeline(pipe, info.family, v_pred, factor, int(pipe.unet.config.sample_size) * factor)
@@ -205,13 +211,12 @@ def load_diffusers_folder(info: ModelInfo, dtype: torch.dtype) -> LoadedPipeline
 def load_pipeline(info: ModelInfo, *, device: torch.device, dtype: torch.dtype, vae_dtype: torch.dtype) -> LoadedPipeline:
     """Load ``info`` onto ``device``: weights in ``dtype``, the VAE in ``vae_dtype``."""
     if info.format == "diffusers":
-        loaded = load_diffusers_folder(info, dtype)
+        loaded = load_diffusers_folder(info, dtype, vae_dtype)
     else:
-        loaded = load_single_file(info)
+        loaded = load_single_file(info, dtype, vae_dtype)
     pipe = loaded.pipeline
     pipe.set_progress_bar_config(disable=True)
-    pipe.to(device=device, dtype=dtype)
-    pipe.vae.to(dtype=vae_dtype)
+    pipe.to(device)
     if loaded.check_v_prediction and is_v_prediction(pipe.unet):
         log.info("%s: v-prediction detected (SD 2.x 768-v)", info.name)
         _use_v_prediction(loaded)

@@ -27,7 +27,8 @@ from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedule
 from diffusers.utils.torch_utils import randn_tensor
 
 from sdgate.core.errors import InvalidRequest
-from sdgate.core.samplers import AUTOMATIC, get_sampler, get_scheduler
+from sdgate.core.samplers import AUTOMATIC, get_scheduler
+from sdgate.engine.common import concrete_schedule
 
 # k-diffusion samplers discretise with model_wrap.get_sigmas (timesteps 999..0, "linspace"); A1111's
 # timesteps samplers (DDIM, PLMS, UniPC) use range(0, 1000, 1000 // n) + 1 ("leading", offset 1).
@@ -205,7 +206,7 @@ def build_scheduler(
         cls_name = "DPMSolverSinglestepScheduler"
         notes.append("DPM++ SDE needs torchsde, which is not installed; ran DPM++ 2S (singlestep)")
     cls = scheduler_class(cls_name)
-    schedule = _concrete_schedule(sampler, schedule)
+    schedule = concrete_schedule(sampler, schedule)
     kwargs: dict[str, Any] = {**spec.options, **{f: False for f in ALL_FLAGS if _accepts(cls, f)}}
     kwargs["timestep_spacing"] = spec.automatic_spacing
     custom: SigmaMaker | None = None
@@ -220,13 +221,6 @@ def build_scheduler(
     if seeds is not None and hasattr(scheduler, "noise_sampler_seed"):
         scheduler.noise_sampler_seed = list(seeds)
     return SchedulerPlan(scheduler, sampler, schedule, notes)
-
-
-def _concrete_schedule(sampler: str, schedule: str) -> str:
-    """"automatic" -> the sampler's default schedule in A1111 (Karras for DPM++ 2M...), if any."""
-    if schedule == AUTOMATIC:
-        return get_sampler(sampler).default_scheduler or AUTOMATIC
-    return schedule
 
 
 def _apply_schedule(

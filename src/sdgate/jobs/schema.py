@@ -32,9 +32,11 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-# JSON text on SQLite, JSONB on PostgreSQL. Seeds (up to 2**64-1) live only inside these documents,
-# never in a signed 64-bit INTEGER column.
-JsonDoc: sa.types.TypeEngine[Any] = sa.JSON().with_variant(JSONB(), "postgresql")
+# JSON text on SQLite, JSONB on PostgreSQL; Python None is SQL NULL. Seeds (up to 2**64-1) live only
+# inside these documents, never in a signed 64-bit INTEGER column.
+JsonDoc: sa.types.TypeEngine[Any] = sa.JSON(none_as_null=True).with_variant(
+    JSONB(none_as_null=True), "postgresql"
+)
 # SQLite only aliases the rowid (and so auto-increments) for a column typed exactly INTEGER.
 SeqInt: sa.types.TypeEngine[int] = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 

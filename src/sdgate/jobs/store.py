@@ -103,7 +103,8 @@ class SqlJobStore:
             upgrade_schema(self._engine)
 
     @property
-    def engine(self) -> sa.Engine:
+    def database(self) -> sa.Engine:
+        """The SQLAlchemy engine (for migrations tooling and tests)."""
         return self._engine
 
     def close(self) -> None:

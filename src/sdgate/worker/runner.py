@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from sdgate.core.engine import Engine, EngineInputs, EngineOutput
 from sdgate.core.errors import InvalidRequest, JobCancelled, NotFound, SdgateError
+from sdgate.core.images import encode_png
 from sdgate.core.jobs import Job, JobEventKind
 from sdgate.core.requests import GenerationRequest
 from sdgate.core.results import GenerationResult, StoredImage
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("sdgate.worker")
 
-PngEncoder = Callable[["Image", str], bytes]
 _numbers = itertools.count()
 
 
@@ -60,19 +60,13 @@ class Worker:
         settings: Settings,
         *,
         worker_id: str | None = None,
-        encode_png: PngEncoder | None = None,
         progress_interval_s: float = PROGRESS_INTERVAL_S,
     ) -> None:
-        if encode_png is None:
-            from sdgate.core.images import encode_png as default_encoder
-
-            encode_png = default_encoder
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{next(_numbers)}"
         self._store = store
         self._engine = engine
         self._images = images
         self._events = events
-        self._encode_png = encode_png
         self._poll_s = settings.worker_poll_s
         self._progress_interval_s = progress_interval_s
         self._wake = threading.Event()
@@ -214,7 +208,7 @@ class Worker:
     def _store_images(self, output: EngineOutput) -> tuple[StoredImage, ...]:
         stored = []
         for generated in output.images:
-            png = self._encode_png(generated.image, generated.infotext)
+            png = encode_png(generated.image, generated.infotext)
             stored.append(
                 StoredImage(
                     id=self._images.put(png, content_type="image/png"),

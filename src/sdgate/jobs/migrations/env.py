@@ -2,7 +2,7 @@
 
 At run time ``sdgate.jobs.database.upgrade_schema`` hands in an open connection (already inside a
 write transaction). From the command line (``alembic -c alembic.ini upgrade head`` at the repo
-root, or ``revision --autogenerate``) the URL comes from the config.
+root, or ``revision --autogenerate``) the URL comes from ``-x url=...`` or the config.
 """
 
 from __future__ import annotations
@@ -25,15 +25,21 @@ def _run(connection: sa.Connection) -> None:
         context.run_migrations()
 
 
+def _url() -> str:
+    url = context.get_x_argument(as_dictionary=True).get("url") or context.config.get_main_option(
+        "sqlalchemy.url"
+    )
+    if not url:
+        raise RuntimeError("give a database URL: alembic -x url=sqlite:///path/to/sdgate.db ...")
+    return url
+
+
 def _run_online() -> None:
     connection = context.config.attributes.get("connection")
     if connection is not None:
         _run(connection)
         return
-    url = context.config.get_main_option("sqlalchemy.url")
-    if not url:
-        raise RuntimeError("set sqlalchemy.url in the Alembic config")
-    engine = create_db_engine(url)
+    engine = create_db_engine(_url())
     try:
         with transaction(engine, write=True) as conn:
             _run(conn)
@@ -43,7 +49,7 @@ def _run_online() -> None:
 
 def _run_offline() -> None:
     context.configure(
-        url=context.config.get_main_option("sqlalchemy.url"),
+        url=_url(),
         target_metadata=metadata,
         literal_binds=True,
     )

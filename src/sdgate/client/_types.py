@@ -1,0 +1,204 @@
+"""The SDK's data types: what a caller builds (``ImageRequest``) and gets back."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from PIL import Image
+
+ImageInput = bytes | str | Path | Image.Image
+Mode = Literal["txt2img", "img2img", "inpaint"]
+TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def to_png_bytes(image: ImageInput | None) -> bytes | None:
+    """Any image a caller passes (PNG/JPEG bytes, a path, a PIL image) as encoded bytes."""
+    if image is None:
+        return None
+    if isinstance(image, bytes):
+        return image
+    if isinstance(image, str | Path):
+        return Path(image).read_bytes()
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRequest:
+    """One generation, in the native API's field names. ``None`` means "the service's default"."""
+
+    prompt: str
+    negative_prompt: str = ""
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    cfg_scale: float | None = None
+    sampler: str | None = None
+    scheduler: str | None = None
+    seed: int | None = None  # None: a random seed chosen by the service
+    batch_size: int = 1
+    model: str | None = None
+    init_image: bytes | None = None  # encoded image bytes (use ``ImageRequest.build`` for paths/PIL)
+    mask: bytes | None = None
+    denoising_strength: float | None = None
+    priority: int = 0
+    metadata: dict[str, Any] | None = None
+
+    @classmethod
+    def build(cls, prompt: str, *, init_image: ImageInput | None = None, mask: ImageInput | None = None,
+              **fields: Any) -> ImageRequest:
+        unknown = set(fields) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown request field(s): {', '.join(sorted(unknown))}")
+        return cls(prompt=prompt, init_image=to_png_bytes(init_image), mask=to_png_bytes(mask), **fields)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ImageRequest:
+        """From a JSON object (a ``prompts.jsonl`` line); ``n`` is accepted for ``batch_size``."""
+        data = dict(data)
+        if "n" in data:
+            data["batch_size"] = data.pop("n")
+        prompt = data.pop("prompt", None)
+        if not isinstance(prompt, str):
+            raise TypeError("a request needs a 'prompt' string")
+        return cls.build(prompt, **data)
+
+    @property
+    def mode(self) -> Mode:
+        if self.mask is not None:
+            return "inpaint"
+        return "img2img" if self.init_image is not None else "txt2img"
+
+    def replace(self, **changes: Any) -> ImageRequest:
+        return replace(self, **changes)
+
+    def fingerprint(self) -> str:
+        """A content hash of everything that decides the pixels (images by their hash)."""
+        data = asdict(self)
+        for key in ("init_image", "mask"):
+            if data[key] is not None:
+                data[key] = hashlib.sha256(data[key]).hexdigest()
+        data.pop("priority")
+        data.pop("metadata")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(slots=True)
+class GenerationResult:
+    """Images and what made them. ``images`` are PIL images; ``data`` their encoded bytes."""
+
+    images: list[Image.Image]
+    seeds: list[int | None]
+    infotexts: list[str]
+    data: list[bytes] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    job_id: str | None = None
+    backend: str = ""
+    ignored_fields: tuple[str, ...] = ()  # request fields the backend could not honour
+    cached: bool = False
+
+    def save(self, directory: str | Path, *, prefix: str = "image") -> list[Path]:
+        """Write each image as ``<prefix>-<i>.png`` (original bytes, so the infotext is kept)."""
+        out_dir = Path(directory)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths: list[Path] = []
+        for i, image in enumerate(self.images):
+            path = out_dir / f"{prefix}-{i}.png"
+            raw = self.data[i] if i < len(self.data) else None
+            if raw is not None and raw[:8] == b"\x89PNG\r\n\x1a\n":
+                path.write_bytes(raw)
+            else:
+                image.save(path, format="PNG")
+            paths.append(path)
+        return paths
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    step: int = 0
+    total: int = 0
+    eta_s: float | None = None
+
+    @property
+    def fraction(self) -> float:
+        return self.step / self.total if self.total else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A native job as the server describes it."""
+
+    id: str
+    state: str
+    position: int | None = None
+    progress: Progress | None = None
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    created_at: datetime | str | None = None
+    request: dict[str, Any] | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Job:
+        prog = data.get("progress")
+        progress = None
+        if isinstance(prog, dict):
+            progress = Progress(step=int(prog.get("step") or 0), total=int(prog.get("total") or 0),
+                                eta_s=prog.get("eta_s"))
+        return cls(id=str(data["id"]), state=str(data.get("state", "")), position=data.get("position"),
+                   progress=progress, result=data.get("result"), error=data.get("error"),
+                   created_at=data.get("created_at"), request=data.get("request"), raw=data)
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressEvent:
+    """One step of a job's life: ``kind`` is queued, started, progress, succeeded, failed or cancelled."""
+
+    kind: str
+    job_id: str | None = None
+    step: int = 0
+    total: int = 0
+    eta_s: float | None = None
+    data: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def terminal(self) -> bool:
+        return self.kind in TERMINAL_STATES
+
+    @property
+    def fraction(self) -> float:
+        return self.step / self.total if self.total else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    name: str
+    title: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(slots=True)
+class BatchItem:
+    """One request of a batch: exactly one of ``result`` / ``error`` is set, unless ``skipped``."""
+
+    index: int
+    request: ImageRequest
+    result: GenerationResult | None = None
+    error: BaseException | None = None
+    paths: list[Path] = field(default_factory=list)
+    skipped: bool = False  # already on disk from an earlier run
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None

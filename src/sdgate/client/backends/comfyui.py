@@ -1,0 +1,9 @@
+from __future__ import annotations
+
+from typing import ClassVar
+
+from sdgate.client.backends._base import Backend
+
+
+class ComfyUIBackend(Backend):
+    kind: ClassVar[str] = "comfyui"

@@ -1,0 +1,307 @@
+"""``DiffusersEngine``: runs jobs on diffusers pipelines, with a memory-bounded model cache.
+
+One job reads as numbered steps: check the request, get the model (cached or loaded), fill the
+model's defaults, then per iteration build a fresh scheduler, draw seeded noise, run the pipeline
+with a step callback, decode and write infotexts. The engine runs one job at a time (pipelines and
+schedulers hold per-call state); a second worker thread on the same engine waits its turn.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from sdgate.core.engine import (
+    EngineInputs,
+    EngineOutput,
+    GeneratedImage,
+    GenerationControl,
+    ModelDefaults,
+    StepAction,
+)
+from sdgate.core.errors import InvalidRequest, OutOfMemory
+from sdgate.core.models import ModelCatalog, ModelInfo
+from sdgate.core.requests import GenerationRequest, Mode
+from sdgate.engine.cache import ModelCache
+from sdgate.engine.common import JobShape, StepTracker, infotext, infotext_params, resolve_shape
+from sdgate.engine.configs import UnsupportedCheckpoint
+from sdgate.engine.devices import (
+    default_cache_budget,
+    free_memory,
+    is_oom,
+    memory_stats,
+    resolve_device,
+    resolve_dtype,
+    vae_dtype,
+)
+from sdgate.engine.loading import LoadedPipeline, UnsupportedModel, load_pipeline, pipeline_bytes
+from sdgate.engine.sampling import StepCallback, decode_latents, initial_noise
+from sdgate.engine.schedulers import SchedulerPlan, build_scheduler
+from sdgate.settings import Settings
+
+log = logging.getLogger("sdgate.engine")
+
+
+@dataclass
+class LoadedModel:
+    info: ModelInfo  # with its sha256
+    loaded: LoadedPipeline
+    base_scheduler_config: dict[str, Any]  # as loaded: every job's scheduler starts from this
+
+    @property
+    def pipeline(self) -> Any:
+        return self.loaded.pipeline
+
+
+@dataclass
+class _Iteration:
+    images: list[GeneratedImage]
+    action: StepAction
+    plan: SchedulerPlan
+
+
+class DiffusersEngine:
+    name = "diffusers"
+
+    def __init__(self, settings: Settings, catalog: ModelCatalog) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.device = resolve_device(settings.device)
+        self.dtype = resolve_dtype(self.device, settings.precision)
+        budget = settings.model_cache_bytes or default_cache_budget(self.device)
+        self.cache: ModelCache[LoadedModel] = ModelCache(budget, on_evict=self._on_evict)
+        self._lock = threading.Lock()
+        _quiet_loading()
+        log.info("diffusers engine on %s (%s), model cache %.1f GiB", self.device, self.dtype, budget / 2**30)
+
+    # --- the Engine protocol -------------------------------------------------------------------
+
+    def model_defaults(self, model: str | None) -> ModelDefaults:
+        return self._defaults(self.catalog.resolve(model))
+
+    def unload(self) -> None:
+        with self._lock:
+            self.cache.clear()
+            free_memory(self.device)
+
+    def memory_stats(self) -> dict[str, Any] | None:
+        """The ``cuda`` part of A1111's ``/memory``; None off CUDA."""
+        return memory_stats(self.device)
+
+    def generate(
+        self, request: GenerationRequest, inputs: EngineInputs, control: GenerationControl
+    ) -> EngineOutput:
+        # 1. What can run now.
+        self.check_request(request)
+        info = self.catalog.resolve(request.model)
+        with self._lock:
+            started = time.perf_counter()
+            # 2. The model, and its defaults for what the request left out.
+            model = self._get_model(info)
+            loaded_at = time.perf_counter()
+            shape = resolve_shape(request, self._defaults(model.info))
+            # 3. Sample, iteration by iteration.
+            try:
+                return self._run(request, model, shape, control, started, loaded_at)
+            except Exception as exc:
+                if not is_oom(exc):
+                    raise
+            # Outside the except block, so the traceback no longer pins the tensors being freed.
+            free_memory(self.device)
+            raise OutOfMemory(
+                f"out of memory drawing {request.batch_size} image(s) of {shape.width}x{shape.height}: "
+                "lower width/height or batch_size"
+            )
+
+    # --- steps ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def check_request(request: GenerationRequest) -> None:
+        """Reject what this engine cannot do yet, rather than quietly doing something else."""
+        if request.mode != Mode.TXT2IMG:
+            raise InvalidRequest(f"{request.mode.value} is not supported yet", field="mode")
+        unsupported = {
+            "hires": request.hires is not None,
+            "loras": bool(request.loras),
+            "vae": request.vae is not None,
+            "tiling": request.tiling,
+        }
+        for field, asked in unsupported.items():
+            if asked:
+                raise InvalidRequest(f"{field} is not supported yet", field=field)
+        if request.batch_size < 1 or request.n_iter < 1:
+            raise InvalidRequest("batch_size and n_iter must be at least 1", field="batch_size")
+
+    def _defaults(self, info: ModelInfo) -> ModelDefaults:
+        """The catalog's defaults, corrected by what loading found out (SD 2.x 768-v detection)."""
+        defaults = self.catalog.defaults_for(info)
+        model = self.cache.get(str(info.filename))
+        if model is not None and model.loaded.v_prediction and not info.v_prediction:
+            size = model.loaded.native_size
+            defaults = replace(defaults, width=size, height=size)
+        return defaults
+
+    def _get_model(self, info: ModelInfo) -> LoadedModel:
+        key = str(info.filename)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        info = self.catalog.ensure_hash(info)  # A1111 hashes a checkpoint when it loads it
+        self.cache.make_room(_file_bytes(info))
+        loaded = self._load_with_retry(info)
+        model = LoadedModel(info, loaded, dict(loaded.pipeline.scheduler.config))
+        self.cache.put(key, model, pipeline_bytes(loaded.pipeline))
+        return model
+
+    def _load_with_retry(self, info: ModelInfo) -> LoadedPipeline:
+        """Load; on OOM unload every other model and try once more, then give up clearly."""
+        for attempt in range(2):
+            try:
+                return self._load(info)
+            except Exception as exc:
+                if not is_oom(exc):
+                    raise
+            free_memory(self.device)  # outside the except block: see generate()
+            if attempt == 0:
+                log.warning("out of memory loading %s; unloading every other model and retrying", info.name)
+                self.cache.clear()
+        raise OutOfMemory(f"not enough memory on {self.device} to load model {info.name}")
+
+    def _on_evict(self, key: str, model: LoadedModel) -> None:
+        model.loaded.pipeline = None  # drop the last reference before returning memory
+        free_memory(self.device)
+
+    def _load(self, info: ModelInfo) -> LoadedPipeline:
+        log.info("loading %s (%s, %s) on %s", info.name, info.format, info.family or "unknown family", self.device)
+        try:
+            return load_pipeline(
+                info, device=self.device, dtype=self.dtype, vae_dtype=vae_dtype(self.device, self.dtype, info.family)
+            )
+        except (UnsupportedModel, UnsupportedCheckpoint) as exc:
+            raise InvalidRequest(f"model {info.name} cannot be loaded: {exc}", field="model") from exc
+
+    def _run(
+        self,
+        request: GenerationRequest,
+        model: LoadedModel,
+        shape: JobShape,
+        control: GenerationControl,
+        started: float,
+        loaded_at: float,
+    ) -> EngineOutput:
+        images: list[GeneratedImage] = []
+        notes: list[str] = []
+        interrupted = False
+        plan: SchedulerPlan | None = None
+        for it in range(request.n_iter):
+            result = self._iteration(request, model, shape, control, it)
+            plan = result.plan
+            for note in plan.notes:
+                if note not in notes:
+                    log.warning("%s", note)
+                    notes.append(note)
+            if result.action == StepAction.SKIP:
+                continue
+            images.extend(result.images)
+            if result.action == StepAction.INTERRUPT:
+                interrupted = True
+                break
+        assert plan is not None  # n_iter >= 1
+        done = time.perf_counter()
+        return EngineOutput(
+            images=images,
+            model_name=model.info.name,
+            model_hash=model.info.short_hash,
+            sampler=request.sampler,
+            scheduler=plan.schedule,
+            width=shape.width,
+            height=shape.height,
+            steps=shape.steps,
+            interrupted=interrupted,
+            notes=notes,
+            timings={"load": loaded_at - started, "sample": done - loaded_at, "total": done - started},
+        )
+
+    def _iteration(
+        self, request: GenerationRequest, model: LoadedModel, shape: JobShape, control: GenerationControl, it: int
+    ) -> _Iteration:
+        """One pipeline call: ``batch_size`` images with seeds seed + it * batch_size + i."""
+        pipe, family = model.pipeline, model.loaded.family
+        batch = slice(it * request.batch_size, (it + 1) * request.batch_size)
+        seeds, subseeds = request.seeds()[batch], request.subseeds()[batch]
+        plan = build_scheduler(
+            request.sampler, request.scheduler, model.base_scheduler_config,
+            family=family, seeds=seeds, eta=request.eta, s_noise=request.s_noise,
+        )
+        pipe.scheduler = plan.scheduler
+        factor = model.loaded.vae_scale_factor
+        latent_shape = (pipe.unet.config.in_channels, shape.height // factor, shape.width // factor)
+        noise, generators = initial_noise(
+            seeds, subseeds, request.subseed_strength, latent_shape, ensd=request.eta_noise_seed_delta
+        )
+        tracker = StepTracker(control, it, request.n_iter, shape.steps)
+        latents = pipe(
+            **_prompt_kwargs(request, family),
+            height=shape.height,
+            width=shape.width,
+            num_inference_steps=shape.steps,
+            guidance_scale=request.cfg_scale,
+            latents=noise.to(device=self.device, dtype=pipe.unet.dtype),
+            generator=generators,
+            output_type="latent",
+            callback_on_step_end=StepCallback(tracker, family),
+            clip_skip=request.clip_skip - 1 if request.clip_skip > 1 else None,
+            **_eta_kwargs(request, plan),
+        ).images
+        if tracker.action == StepAction.SKIP:
+            return _Iteration([], tracker.action, plan)
+        pictures = decode_latents(pipe, latents)
+        out = []
+        for picture, seed, subseed in zip(pictures, seeds, subseeds, strict=True):
+            params = infotext_params(
+                request, shape, seed=seed, subseed=subseed, schedule_label=plan.schedule_label,
+                model_name=model.info.stem, model_hash=model.info.short_hash, notes=plan.notes,
+            )
+            out.append(GeneratedImage(picture, seed, subseed, infotext(request, params),
+                                      request.prompt, request.negative_prompt))
+        return _Iteration(out, tracker.action, plan)
+
+
+def _quiet_loading() -> None:
+    """No tqdm bars from from_pretrained in a server's log (process-wide, as both libraries offer)."""
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _prompt_kwargs(request: GenerationRequest, family: str | None) -> dict[str, Any]:
+    """Prompts for a batch. SDXL zeroes an empty negative prompt (as A1111 does) when it gets None."""
+    negative: list[str] | None = [request.negative_prompt] * request.batch_size
+    if family == "sdxl" and not request.negative_prompt:
+        negative = None
+    return {"prompt": [request.prompt] * request.batch_size, "negative_prompt": negative}
+
+
+def _eta_kwargs(request: GenerationRequest, plan: SchedulerPlan) -> dict[str, Any]:
+    """DDIM takes eta per call (A1111's eta_ddim, default 0); other samplers get it at build time."""
+    if request.eta is not None and "eta" in _step_params(plan.scheduler):
+        return {"eta": request.eta}
+    return {}
+
+
+def _step_params(scheduler: Any) -> set[str]:
+    return set(inspect.signature(scheduler.step).parameters)
+
+
+def _file_bytes(info: ModelInfo) -> int:
+    """What loading ``info`` will roughly take: the size of its weight files."""
+    path = info.filename
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*.safetensors"))

@@ -1,0 +1,75 @@
+"""Every example in the README runs (the two set-up commands are what CI itself runs)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.server.test_live import LiveServer, free_port
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+pytestmark = pytest.mark.slow
+
+
+def blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+
+
+def usage_commands() -> list[list[str]]:
+    commands = []
+    for block in blocks("bash")[1:]:  # the first block is the two set-up commands
+        for line in block.splitlines():
+            line = line.split("  #")[0].strip()
+            if line.startswith("sdgate "):
+                commands.append(shlex.split(line))
+    return commands
+
+
+def test_setup_block_has_exactly_two_commands() -> None:
+    setup = [ln for ln in blocks("bash")[0].splitlines() if ln and not ln.startswith("#")]
+    assert len(setup) == 2
+    assert setup[0].endswith("sdgate serve")
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert setup[1] in ci
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, tiny_models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models_dir, models)
+    src = next((models / "Stable-diffusion").glob("*sd15*.safetensors"))
+    shutil.copy(src, models / "Stable-diffusion" / "my-model.safetensors")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv", usage_commands(), ids=lambda a: " ".join(a[1:3]))
+def test_usage_command_runs(argv: list[str], workdir: Path) -> None:
+    if argv[1] == "serve":
+        server = LiveServer(argv[2:], workdir / f"data-{free_port()}")
+        server.kill()
+        assert server.proc.returncode in (0, -15), server.log.read_text()
+        output = server.log.read_text()
+        assert "listening on http://" in output and "model:" in output
+    else:
+        out = subprocess.run([sys.executable, "-m", "sdgate", *argv[1:]], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "my-model" in out.stdout
+
+
+def test_python_example_runs_against_a_live_server(workdir: Path) -> None:
+    server = LiveServer(["--models-dir", "./models", "--device", "cpu"], workdir / "data")
+    try:
+        (code,) = blocks("python")
+        code = code.replace("http://127.0.0.1:7860", server.url)
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=workdir)
+        assert (workdir / "out.png").stat().st_size > 0
+    finally:
+        server.kill()
