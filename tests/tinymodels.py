@@ -272,12 +272,11 @@ def write_header_only(path: Path, shapes: dict[str, tuple[int, ...]], metadata: 
     return path
 
 
-def real_ldm_shapes(family: str) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of a full-size SD 1.5 / 2.x / XL checkpoint, built on the meta device (no memory)."""
+def real_ldm_meta(family: str) -> dict[str, Tensor]:
+    """A full-size SD 1.5 / 2.x / XL checkpoint in the LDM layout, as meta tensors (no memory)."""
     from accelerate import init_empty_weights
 
-    key = family
-    cfg = shipped_configs(key)
+    cfg = shipped_configs(family)
     with init_empty_weights(include_buffers=True):
         unet = UNet2DConditionModel.from_config(cfg["unet"])
         vae = AutoencoderKL.from_config(cfg["vae"])
@@ -286,4 +285,9 @@ def real_ldm_shapes(family: str) -> dict[str, tuple[int, ...]]:
         if "text_encoder_2" in cfg:
             parts["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig(**cfg["text_encoder_2"]))
     pipe = type("MetaPipe", (), parts)()
-    return {k: tuple(v.shape) for k, v in pipeline_to_ldm(pipe, family).items()}
+    return pipeline_to_ldm(pipe, family)
+
+
+def real_ldm_shapes(family: str) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a full-size SD 1.5 / 2.x / XL checkpoint."""
+    return {k: tuple(v.shape) for k, v in real_ldm_meta(family).items()}

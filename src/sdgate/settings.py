@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     enable_server_stop: bool = False
     cancel_on_disconnect: bool = False  # blocking routes: cancel the job when the client goes away
     strict_models: bool = False  # unknown model names: 404 instead of the default model
+    public_url: str | None = None  # how clients reach us (signed image URLs); None: the request's own URL
+    url_signing_secret: str | None = None  # HMAC key for signed image URLs; None: <data_dir>/url-signing.key
+    signed_url_ttl_s: int = 3600  # signed image URLs expire after this long (OpenAI: 60 minutes)
 
     # The engine.
     engine: Literal["diffusers", "null"] = "diffusers"
@@ -51,6 +54,19 @@ class Settings(BaseSettings):
     # Jobs.
     job_max_attempts: int = 3  # a job that was running when the process died is retried this often
     worker_poll_s: float = 0.5
+
+    # The native job API (/api/v1).
+    public_url: str | None = None  # e.g. https://sd.example.com: links become absolute
+    idempotency_ttl_s: float = 24 * 3600  # how long an Idempotency-Key is remembered
+    retention_ttl_s: float | None = None  # finished jobs, their images and uploads; None: keep forever
+    retention_interval_s: float = 300.0  # how often the cleanup task runs
+    webhook_secret: str | None = None  # HMAC-SHA256 key; None: one is made and kept in the data dir
+    webhook_max_attempts: int = 6
+    webhook_backoff_s: float = 2.0  # first retry delay; doubles per attempt
+    webhook_timeout_s: float = 10.0
+    allow_private_callbacks: bool = False  # callback_url may point at loopback / private networks
+    preview_every_n_steps: int = 0  # SSE progress events carry a small preview every N steps; 0: never
+    max_metadata_bytes: int = 16 * 1024
 
     log_level: str = "INFO"
 

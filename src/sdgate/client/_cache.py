@@ -39,17 +39,31 @@ class ImageCache:
         except (OSError, ValueError, KeyError):
             return None
         images = [decode_image(blob, where=f"cache {key[:12]}")[0] for blob in blobs]
-        return GenerationResult(images=images, seeds=meta.get("seeds", []), infotexts=meta.get("infotexts", []),
-                                data=blobs, timings={}, job_id=meta.get("job_id"), backend=meta.get("backend", ""),
-                                ignored_fields=tuple(meta.get("ignored_fields", ())), cached=True)
+        return GenerationResult(
+            images=images,
+            seeds=meta.get("seeds", []),
+            infotexts=meta.get("infotexts", []),
+            data=blobs,
+            timings={},
+            job_id=meta.get("job_id"),
+            backend=meta.get("backend", ""),
+            ignored_fields=tuple(meta.get("ignored_fields", ())),
+            cached=True,
+        )
 
     def put(self, key: str, result: GenerationResult) -> None:
         entry = self._entry(key)
         entry.mkdir(parents=True, exist_ok=True)
         for i, blob in enumerate(result.data):
             (entry / f"{i}.png").write_bytes(blob)
-        meta = {"count": len(result.data), "seeds": result.seeds, "infotexts": result.infotexts,
-                "job_id": result.job_id, "backend": result.backend, "ignored_fields": list(result.ignored_fields)}
+        meta = {
+            "count": len(result.data),
+            "seeds": result.seeds,
+            "infotexts": result.infotexts,
+            "job_id": result.job_id,
+            "backend": result.backend,
+            "ignored_fields": list(result.ignored_fields),
+        }
         tmp = entry / f"meta.json.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(meta))
         os.replace(tmp, entry / "meta.json")

@@ -61,7 +61,9 @@ def _message_and_code(body: Any) -> tuple[str | None, str | None]:
         err = body.get("error")
         if isinstance(err, dict):  # native, OpenAI
             code = err.get("code")
-            return (str(err.get("message") or err.get("type") or "")) or None, None if code is None else str(code)
+            return (str(err.get("message") or err.get("type") or "")) or None, None if code is None else str(
+                code
+            )
         detail = body.get("detail")
         if isinstance(detail, str):  # A1111, FastAPI
             return detail, err if isinstance(err, str) else None
@@ -74,7 +76,9 @@ def _message_and_code(body: Any) -> tuple[str | None, str | None]:
             return body["message"], body.get("name") if isinstance(body.get("name"), str) else None
         errors = body.get("errors")
         if isinstance(errors, list) and errors:  # Stability v2beta
-            return "; ".join(str(e) for e in errors), body.get("name") if isinstance(body.get("name"), str) else None
+            return "; ".join(str(e) for e in errors), body.get("name") if isinstance(
+                body.get("name"), str
+            ) else None
         if isinstance(err, str):  # Hugging Face
             return err, None
         if isinstance(err, list) and err:
@@ -91,13 +95,23 @@ def make_status_error(response: httpx.Response) -> APIStatusError:
         body = response.text
     message, code = _message_and_code(body)
     cls = status_error_class(response.status_code)
-    return cls(message or response.reason_phrase or "error", status=response.status_code, body=body,
-               request_id=response.headers.get(REQUEST_ID_HEADER), code=code)
+    return cls(
+        message or response.reason_phrase or "error",
+        status=response.status_code,
+        body=body,
+        request_id=response.headers.get(REQUEST_ID_HEADER),
+        code=code,
+    )
 
 
 def resolve_chain(
-    base_url: str | None, backend: str | Backend | None, backends: Sequence[str | Backend] | None,
-    *, api_key: str | None, auth: tuple[str, str] | None, rate_limit: float | TokenBucket | None,
+    base_url: str | None,
+    backend: str | Backend | None,
+    backends: Sequence[str | Backend] | None,
+    *,
+    api_key: str | None,
+    auth: tuple[str, str] | None,
+    rate_limit: float | TokenBucket | None,
     model: str | None,
 ) -> list[Backend]:
     kw: dict[str, Any] = {"api_key": api_key, "auth": auth, "rate_limit": rate_limit, "model": model}
@@ -135,8 +149,9 @@ class BaseClient:
     ) -> None:
         if api_key is None:
             api_key = os.environ.get(DEFAULT_API_KEY_ENV) or None
-        self.backends = resolve_chain(base_url, backend, backends, api_key=api_key, auth=auth,
-                                      rate_limit=rate_limit, model=model)
+        self.backends = resolve_chain(
+            base_url, backend, backends, api_key=api_key, auth=auth, rate_limit=rate_limit, model=model
+        )
         self.timeout = float(timeout)
         self.connect_timeout = float(connect_timeout)
         self.max_retries = int(max_retries)
@@ -144,8 +159,12 @@ class BaseClient:
         self.strict = strict
         self.default_headers = dict(headers or {})
         self._options: dict[str, Any] = {
-            "timeout": self.timeout, "connect_timeout": self.connect_timeout, "max_retries": self.max_retries,
-            "cache": self.cache, "strict": strict, "headers": self.default_headers,
+            "timeout": self.timeout,
+            "connect_timeout": self.connect_timeout,
+            "max_retries": self.max_retries,
+            "cache": self.cache,
+            "strict": strict,
+            "headers": self.default_headers,
         }
 
     @property
@@ -169,22 +188,28 @@ class BaseClient:
     def _http_defaults(self) -> dict[str, Any]:
         return {
             "timeout": httpx.Timeout(self.timeout, connect=self.connect_timeout),
-            "limits": httpx.Limits(max_connections=MAX_CONNECTIONS,
-                                   max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS),
+            "limits": httpx.Limits(
+                max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS
+            ),
             "follow_redirects": True,
             "headers": {"User-Agent": f"{USER_AGENT}/{__version__}"},
         }
 
     def _timeout(self, call: Call) -> httpx.Timeout:
         read = self.timeout if call.long else min(self.timeout, DEFAULT_WRITE_TIMEOUT)
-        return httpx.Timeout(connect=self.connect_timeout, read=read, write=DEFAULT_WRITE_TIMEOUT,
-                             pool=DEFAULT_POOL_TIMEOUT)
+        return httpx.Timeout(
+            connect=self.connect_timeout, read=read, write=DEFAULT_WRITE_TIMEOUT, pool=DEFAULT_POOL_TIMEOUT
+        )
 
     def _headers(self, call: Call, backend: Backend) -> dict[str, str]:
         return {**self.default_headers, **backend.auth_headers(), **backend.headers, **call.headers}
 
     def _retry_delay(
-        self, attempt: int, call: Call, *, response: httpx.Response | None = None,
+        self,
+        attempt: int,
+        call: Call,
+        *,
+        response: httpx.Response | None = None,
         error: APIConnectionError | None = None,
     ) -> float | None:
         """Seconds to wait before trying ``call`` again, or ``None`` to give up."""
@@ -192,15 +217,27 @@ class BaseClient:
             return None
         headers = response.headers if response is not None else None
         retry_after = retry_after_from_headers(headers) if headers is not None else None
-        ok = should_retry(attempt, self.max_retries, status=None if response is None else response.status_code,
-                          connection_error=error is not None, headers=headers, retry_after=retry_after)
+        ok = should_retry(
+            attempt,
+            self.max_retries,
+            status=None if response is None else response.status_code,
+            connection_error=error is not None,
+            headers=headers,
+            retry_after=retry_after,
+        )
         if not ok:
             return None
         delay = backoff_delay(attempt, retry_after=retry_after)
         target = f"{call.method} {call.url}"
         cause = f"status {response.status_code}" if response is not None else type(error).__name__
-        log.info("retrying %s in %.2fs after %s (retry %d of %d)", target, delay, cause, attempt + 1,
-                 self.max_retries)
+        log.info(
+            "retrying %s in %.2fs after %s (retry %d of %d)",
+            target,
+            delay,
+            cause,
+            attempt + 1,
+            self.max_retries,
+        )
         return delay
 
     # -- generation plan --------------------------------------------------------------------------
@@ -224,8 +261,11 @@ class BaseClient:
                 log.info("fallback %s skipped: it cannot run this request", b.identity)
         for b, ignored in plan:
             if ignored:
-                log.warning("%s cannot honour: %s", b.identity,
-                            "; ".join(f"{name} ({b.unsupported[name]})" for name in ignored))
+                log.warning(
+                    "%s cannot honour: %s",
+                    b.identity,
+                    "; ".join(f"{name} ({b.unsupported[name]})" for name in ignored),
+                )
         return plan
 
     def _context(self, progress: bool) -> Context:

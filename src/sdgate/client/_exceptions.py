@@ -57,7 +57,12 @@ class APIStatusError(APIError):
     status: int = 0
 
     def __init__(
-        self, message: str, *, status: int, body: Any = None, request_id: str | None = None,
+        self,
+        message: str,
+        *,
+        status: int,
+        body: Any = None,
+        request_id: str | None = None,
         code: str | None = None,
     ) -> None:
         super().__init__(message)

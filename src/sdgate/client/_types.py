@@ -52,8 +52,14 @@ class ImageRequest:
     metadata: dict[str, Any] | None = None
 
     @classmethod
-    def build(cls, prompt: str, *, init_image: ImageInput | None = None, mask: ImageInput | None = None,
-              **fields: Any) -> ImageRequest:
+    def build(
+        cls,
+        prompt: str,
+        *,
+        init_image: ImageInput | None = None,
+        mask: ImageInput | None = None,
+        **fields: Any,
+    ) -> ImageRequest:
         unknown = set(fields) - set(cls.__dataclass_fields__)
         if unknown:
             raise TypeError(f"unknown request field(s): {', '.join(sorted(unknown))}")
@@ -154,11 +160,20 @@ class Job:
         prog = data.get("progress")
         progress = None
         if isinstance(prog, dict):
-            progress = Progress(step=int(prog.get("step") or 0), total=int(prog.get("total") or 0),
-                                eta_s=prog.get("eta_s"))
-        return cls(id=str(data["id"]), state=str(data.get("state", "")), position=data.get("position"),
-                   progress=progress, result=data.get("result"), error=data.get("error"),
-                   created_at=data.get("created_at"), request=data.get("request"), raw=data)
+            progress = Progress(
+                step=int(prog.get("step") or 0), total=int(prog.get("total") or 0), eta_s=prog.get("eta_s")
+            )
+        return cls(
+            id=str(data["id"]),
+            state=str(data.get("state", "")),
+            position=data.get("position"),
+            progress=progress,
+            result=data.get("result"),
+            error=data.get("error"),
+            created_at=data.get("created_at"),
+            request=data.get("request"),
+            raw=data,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +186,7 @@ class ProgressEvent:
     total: int = 0
     eta_s: float | None = None
     data: dict[str, Any] = field(default_factory=dict, repr=False)
+    result: GenerationResult | None = field(default=None, repr=False)  # on the final event of stream()
 
     @property
     def terminal(self) -> bool:

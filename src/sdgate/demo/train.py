@@ -318,10 +318,12 @@ def _train_unet(ckpt_dir: Path, cfg: TrainConfig, comps: dict[str, Any], state: 
     running: float | None = None
     while not _phase_done(cfg, "unet", step, time.time() - t0):
         batch = next(batches)
-        size = cfg.sizes[step % 2]
+        # one step in three at the larger size, with half the batch (it costs four times as much)
+        size = cfg.sizes[step % 3 == 2]
+        n = cfg.unet_batch if size == cfg.sizes[0] else max(1, cfg.unet_batch // 2)
         gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
-        ids = batch["ids"].to(device, non_blocking=True)
-        packed = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "ids"}
+        ids = batch["ids"][:n].to(device, non_blocking=True)
+        packed = {k: v[:n].to(device, non_blocking=True) for k, v in batch.items() if k != "ids"}
         for g in opt.param_groups:
             g["lr"] = cfg.unet_lr * _lr_factor(step - warm_from, cfg.warmup)
         with torch.no_grad(), _autocast(device):

@@ -65,7 +65,10 @@ def read_state_dict(path: Path) -> StateDict:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:  # safetensors' own error type is not public API
+            raise UnsupportedModel(f"{path.name} is not a readable safetensors file: {exc}") from exc
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for foreign pickles
@@ -147,6 +150,8 @@ def is_v_prediction(unet: Any) -> bool:
 
 def load_single_file(info: ModelInfo, dtype: torch.dtype, vae_dtype: torch.dtype) -> LoadedPipeline:
     """A ``.safetensors``/``.ckpt`` in the LDM layout -> a pipeline on the CPU."""
+    if info.family is None:  # known from the header already: do not read gigabytes to find out
+        raise UnsupportedModel(f"{info.filename.name} is not an SD 1.x, 2.x or XL checkpoint")
     state = read_state_dict(info.filename)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     family = detect_family(shapes)

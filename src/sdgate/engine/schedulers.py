@@ -11,11 +11,14 @@ Schedulers hold per-call state, so ``build_scheduler`` is called for every pipel
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import inspect
+import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
@@ -52,6 +55,8 @@ class SamplerSpec:
 
 _DPM2M = _frozen(algorithm_type="dpmsolver++", solver_order=2)
 _SDE2M = _frozen(algorithm_type="sde-dpmsolver++", solver_order=2)
+# Plain DPM-Solver cannot step to sigma 0; A1111's DPM fast also stops at sigma_min.
+_DPM_SOLVER3 = _frozen(algorithm_type="dpmsolver", solver_order=3, final_sigmas_type="sigma_min")
 
 SAMPLERS: Mapping[str, SamplerSpec] = MappingProxyType({
     "DPM++ 2M": SamplerSpec("DPMSolverMultistepScheduler", _DPM2M),
@@ -74,11 +79,11 @@ SAMPLERS: Mapping[str, SamplerSpec] = MappingProxyType({
     "DPM2": SamplerSpec("KDPM2DiscreteScheduler"),
     "DPM2 a": SamplerSpec("KDPM2AncestralDiscreteScheduler"),
     "DPM fast": SamplerSpec(
-        "DPMSolverSinglestepScheduler", _frozen(algorithm_type="dpmsolver", solver_order=3),
+        "DPMSolverSinglestepScheduler", _DPM_SOLVER3,
         note="DPM fast is not available in diffusers; ran DPM-Solver (singlestep, order 3)",
     ),
     "DPM adaptive": SamplerSpec(
-        "DPMSolverSinglestepScheduler", _frozen(algorithm_type="dpmsolver", solver_order=3),
+        "DPMSolverSinglestepScheduler", _DPM_SOLVER3,
         note="DPM adaptive is not available in diffusers; ran DPM-Solver (singlestep, order 3, fixed steps)",
     ),
     "Restart": SamplerSpec(
@@ -90,8 +95,11 @@ SAMPLERS: Mapping[str, SamplerSpec] = MappingProxyType({
         note="DDIM CFG++ is not available in diffusers; ran DDIM",
     ),
     "PLMS": SamplerSpec("PNDMScheduler", _frozen(skip_prk_steps=True), LEADING, fixed_schedule=True),
+    # A1111's UniPC defaults (bh1, order 3). It ends at the last timestep, not at sigma 0, and
+    # diffusers' bh1 turns NaN stepping to sigma 0 anyway.
     "UniPC": SamplerSpec(
-        "UniPCMultistepScheduler", _frozen(solver_type="bh1", solver_order=3), LEADING, fixed_schedule=True
+        "UniPCMultistepScheduler", _frozen(solver_type="bh1", solver_order=3, final_sigmas_type="sigma_min"),
+        LEADING, fixed_schedule=True,
     ),
     "LCM": SamplerSpec("LCMScheduler", automatic_spacing=LEADING, fixed_schedule=True),
 })
@@ -212,7 +220,7 @@ def build_scheduler(
     custom: SigmaMaker | None = None
     if schedule != AUTOMATIC:
         schedule, custom = _apply_schedule(sampler, spec, cls, schedule, kwargs, notes, family)
-    scheduler = cls.from_config(dict(base_config), **kwargs)
+    scheduler = _new_scheduler(cls_name, dict(base_config), kwargs)
     if custom is not None:
         _install_sigmas(scheduler, custom)
     if isinstance(scheduler, EulerAncestralScheduler):
@@ -221,6 +229,24 @@ def build_scheduler(
     if seeds is not None and hasattr(scheduler, "noise_sampler_seed"):
         scheduler.noise_sampler_seed = list(seeds)
     return SchedulerPlan(scheduler, sampler, schedule, notes)
+
+
+def _new_scheduler(cls_name: str, config: dict[str, Any], kwargs: dict[str, Any]) -> Any:
+    """A fresh scheduler: a copy of a pristine one built once per class, config and options.
+
+    Some schedulers (KDPM2...) precompute 1000-step tables in ``__init__``, half a second of
+    Python; a deep copy of the untouched instance is the same object in a millisecond. The options
+    go in as ``from_config`` keywords: merged into the config, diffusers would drop those the
+    base config lists under ``_use_default_values``.
+    """
+    key = json.dumps([config, kwargs], sort_keys=True, default=str)
+    return copy.deepcopy(_pristine_scheduler(cls_name, key))
+
+
+@lru_cache(maxsize=128)
+def _pristine_scheduler(cls_name: str, key: str) -> Any:
+    config, kwargs = json.loads(key)
+    return scheduler_class(cls_name).from_config(config, **kwargs)
 
 
 def _apply_schedule(

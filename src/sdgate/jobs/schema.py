@@ -78,3 +78,60 @@ jobs = sa.Table(
 )
 # The claim query and position(): WHERE state = 'queued' ORDER BY priority DESC, seq.
 sa.Index("ix_jobs_claim", jobs.c.state, jobs.c.priority.desc(), jobs.c.seq)
+
+# -- the native job API (migration 0002) -----------------------------------------------------------
+
+# One row per (caller, Idempotency-Key): the primary key is what makes concurrent duplicates atomic.
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("scope", sa.String(255), nullable=False),  # the caller ("" without auth)
+    sa.Column("key", sa.String(255), nullable=False),
+    sa.Column("body_hash", sa.String(64), nullable=False),
+    sa.Column("job_id", sa.String(40), nullable=True),  # None while the first request submits
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.PrimaryKeyConstraint("scope", "key"),
+    sa.Index("ix_idempotency_keys_expires_at", "expires_at"),
+)
+
+# The per-job event log behind SSE resume (``Last-Event-ID`` is ``seq``).
+job_events = sa.Table(
+    "job_events",
+    metadata,
+    sa.Column("seq", SeqInt, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String(40), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("data", JsonDoc, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_job_events_job_id_seq", "job_id", "seq"),
+)
+
+# One callback per job, delivered once the job is terminal; every attempt is kept in ``attempt_log``.
+webhooks = sa.Table(
+    "webhooks",
+    metadata,
+    sa.Column("job_id", sa.String(40), primary_key=True),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # pending | delivered | failed
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=True),
+    sa.Column("last_status", sa.Integer, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("attempt_log", JsonDoc, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("delivered_at", UTCDateTime, nullable=True),
+    sa.Index("ix_webhooks_state_next_attempt_at", "state", "next_attempt_at"),
+)
+
+# Images clients uploaded (``POST /api/v1/uploads``), for retention.
+uploads = sa.Table(
+    "uploads",
+    metadata,
+    sa.Column("image_id", sa.String(40), primary_key=True),
+    sa.Column("owner", sa.String(255), nullable=True),
+    sa.Column("content_type", sa.String(32), nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_uploads_created_at", "created_at"),
+)

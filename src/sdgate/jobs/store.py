@@ -336,6 +336,51 @@ class SqlJobStore:
                 requeued.append(job.id)
         return requeued
 
+    def delete(self, job_id: str) -> Job:
+        """Removes a terminal job's row and returns what it was. Raises ``NotFound``, and
+        ``Conflict`` while the job is still queued or running (cancel it first)."""
+        with self._tx(write=True) as conn:
+            row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).one_or_none()
+            if row is None:
+                raise NotFound(f"job {job_id} not found")
+            job = _to_job(row)
+            if not job.state.terminal:
+                raise Conflict(f"job {job_id} is {job.state.value}; cancel it before deleting it")
+            conn.execute(sa.delete(jobs).where(jobs.c.id == job_id))
+        return job
+
+    def page(
+        self,
+        *,
+        states: tuple[JobState, ...] | None = None,
+        owner: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        metadata: Mapping[str, str] | None = None,
+        before_seq: int | None = None,
+        limit: int = 50,
+    ) -> tuple[builtins.list[Job], int | None]:
+        """Newest first, for cursor pagination: the jobs and, when more may follow, the ``seq`` to
+        pass as ``before_seq`` for the next page. ``metadata`` matches top-level string values."""
+        query = sa.select(jobs).order_by(jobs.c.seq.desc()).limit(limit + 1)
+        if states is not None:
+            query = query.where(jobs.c.state.in_([s.value for s in states]))
+        if owner is not None:
+            query = query.where(jobs.c.owner == owner)
+        if created_after is not None:
+            query = query.where(jobs.c.created_at >= created_after)
+        if created_before is not None:
+            query = query.where(jobs.c.created_at < created_before)
+        for key, value in (metadata or {}).items():
+            query = query.where(jobs.c.meta[key].as_string() == value)
+        if before_seq is not None:
+            query = query.where(jobs.c.seq < before_seq)
+        with self._tx() as conn:
+            rows = conn.execute(query).all()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return [_to_job(row) for row in rows], (rows[-1].seq if more and rows else None)
+
     # -- helpers -----------------------------------------------------------------------------
 
     @contextmanager

@@ -5,16 +5,21 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
-from fastapi.responses import JSONResponse
 
 import sdgate
 from sdgate.core.engine import Engine
 from sdgate.server.dialects.a1111.router import router as a1111_router
+from sdgate.server.dialects.hf.router import router as hf_router
+from sdgate.server.dialects.native.ops import router as ops_router
+from sdgate.server.dialects.native.router import router as native_router
+from sdgate.server.dialects.native.runtime import NativeRuntime
+from sdgate.server.dialects.openai.router import router as openai_router
+from sdgate.server.dialects.stability.router import router as stability_router
+from sdgate.server.dialects.stability.router import v2_router as stability_v2_router
 from sdgate.server.errors import install_error_handlers
 from sdgate.server.middleware import (
     BasicAuthMiddleware,
@@ -38,11 +43,15 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = Services.build(settings, engine=engine, run_workers=run_workers)
         app.state.services = services
+        native = NativeRuntime.attach(services)  # before start(): recovered jobs' events are logged
         services.start()
+        await native.start()
         try:
             yield
         finally:
+            await native.stop()
             services.stop()
+            native.detach()
 
     app = FastAPI(
         title="sdgate",
@@ -51,8 +60,13 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.include_router(stability_router)
+    app.include_router(stability_v2_router)
+    app.include_router(openai_router)
+    app.include_router(hf_router)
     app.include_router(a1111_router)
-    _add_ops_routes(app)
+    app.include_router(native_router)
+    app.include_router(ops_router)
 
     # Outermost first: the request id wraps everything, so even a 401 or 413 carries one.
     app.add_middleware(DefaultJsonMiddleware)
@@ -72,14 +86,3 @@ def create_app(
     app.add_middleware(RequestContextMiddleware)
     return app
 
-
-def _add_ops_routes(app: FastAPI) -> None:
-    @app.get("/healthz", tags=["ops"])
-    async def healthz() -> dict[str, Any]:
-        return {"status": "ok"}
-
-    @app.get("/readyz", tags=["ops"])
-    async def readyz() -> JSONResponse:
-        services: Services | None = getattr(app.state, "services", None)
-        ready = services is not None and (services.engine is None or bool(services.workers))
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)

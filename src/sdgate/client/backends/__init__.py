@@ -19,7 +19,7 @@ from sdgate.client.backends.comfyui import ComfyUIBackend
 from sdgate.client.backends.huggingface import HuggingFaceBackend
 from sdgate.client.backends.native import NativeBackend
 from sdgate.client.backends.openai import OpenAIBackend
-from sdgate.client.backends.stability import StabilityBackend
+from sdgate.client.backends.stability import StabilityBackend, StabilityV2Backend
 
 KINDS: dict[str, type[Backend]] = {
     "sdgate": NativeBackend,
@@ -29,6 +29,9 @@ KINDS: dict[str, type[Backend]] = {
     "comfyui": ComfyUIBackend,
     "comfy": ComfyUIBackend,
     "stability": StabilityBackend,
+    "stability-v1": StabilityBackend,
+    "stability-v2beta": StabilityV2Backend,
+    "stability-v2": StabilityV2Backend,
     "openai": OpenAIBackend,
     "hf": HuggingFaceBackend,
     "huggingface": HuggingFaceBackend,
@@ -40,7 +43,9 @@ def guess_kind(url: str) -> str:
     host, path = (parts.hostname or "").lower(), parts.path.rstrip("/")
     if path.endswith("/sdapi/v1"):
         return "a1111"
-    if host.endswith("stability.ai") or "/v2beta/" in path + "/" or "/v1/generation" in path:
+    if "/v2beta" in path:
+        return "stability-v2beta"
+    if host.endswith("stability.ai") or "/v1/generation" in path:
         return "stability"
     if host.endswith("openai.com") or path.endswith("/v1/images"):
         return "openai"
@@ -68,6 +73,16 @@ def resolve_backend(spec: str | Backend, *, kind: str | None = None, **options: 
 
 
 __all__ = [
-    "A1111Backend", "Backend", "ComfyUIBackend", "Context", "HuggingFaceBackend", "KINDS", "NativeBackend",
-    "OpenAIBackend", "StabilityBackend", "guess_kind", "resolve_backend",
+    "A1111Backend",
+    "Backend",
+    "ComfyUIBackend",
+    "Context",
+    "HuggingFaceBackend",
+    "KINDS",
+    "NativeBackend",
+    "OpenAIBackend",
+    "StabilityBackend",
+    "StabilityV2Backend",
+    "guess_kind",
+    "resolve_backend",
 ]

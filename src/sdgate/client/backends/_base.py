@@ -21,7 +21,7 @@ from sdgate.client._constants import IDEMPOTENCY_HEADER, POLL_FACTOR, POLL_INITI
 from sdgate.client._exceptions import APIResponseError, UnsupportedFeatureError
 from sdgate.client._ops import Op
 from sdgate.client._ratelimit import TokenBucket
-from sdgate.client._types import GenerationResult, ImageRequest, Job, Model, ProgressEvent
+from sdgate.client._types import GenerationResult, ImageRequest, Job, ProgressEvent
 
 Gen = Generator[Op, Any, Any]
 
@@ -131,16 +131,13 @@ class Backend:
     def ignored_fields(self, request: ImageRequest) -> tuple[str, ...]:
         """Fields set on ``request`` that this backend cannot honour (they are left out)."""
         defaults = ImageRequest(prompt="")
-        return tuple(
-            name for name in self.unsupported
-            if getattr(request, name) != getattr(defaults, name)
-        )
+        return tuple(name for name in self.unsupported if getattr(request, name) != getattr(defaults, name))
 
     def check(self, request: ImageRequest, *, strict: bool = False) -> tuple[str, ...]:
         if request.mode not in self.modes:
+            can = ", ".join(sorted(self.modes))
             raise UnsupportedFeatureError(
-                f"the {self.kind} backend cannot do {request.mode} (it does: {', '.join(sorted(self.modes))})",
-                backend=self.kind,
+                f"the {self.kind} backend cannot do {request.mode} (it does: {can})", backend=self.kind
             )
         ignored = self.ignored_fields(request)
         if ignored and strict:
@@ -193,8 +190,13 @@ class Backend:
 
 
 def result_from_images(
-    blobs: list[bytes], seeds: list[int | None], *, backend: str, where: str,
-    job_id: str | None = None, timings: dict[str, float] | None = None,
+    blobs: list[bytes],
+    seeds: list[int | None],
+    *,
+    backend: str,
+    where: str,
+    job_id: str | None = None,
+    timings: dict[str, float] | None = None,
     infotexts: list[str] | None = None,
 ) -> GenerationResult:
     images, texts = [], []
@@ -202,12 +204,15 @@ def result_from_images(
         image, info = decode_image(blob, where=f"{where} image {i}")
         images.append(image)
         texts.append(infotexts[i] if infotexts and i < len(infotexts) and infotexts[i] else info)
-    return GenerationResult(images=images, seeds=seeds, infotexts=texts, data=blobs,
-                            timings=timings or {}, job_id=job_id, backend=backend)
-
-
-def as_models(rows: list[Model]) -> list[Model]:
-    return rows
+    return GenerationResult(
+        images=images,
+        seeds=seeds,
+        infotexts=texts,
+        data=blobs,
+        timings=timings or {},
+        job_id=job_id,
+        backend=backend,
+    )
 
 
 __all__ = ["Backend", "Context", "Gen", "ProgressEvent", "decode_image", "poll_delays", "result_from_images"]

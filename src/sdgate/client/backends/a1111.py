@@ -14,7 +14,6 @@ from sdgate.client.backends._base import Backend, Context, Gen, b64encode, poll_
 PREFIX = "/sdapi/v1"
 
 
-
 def request_body(request: ImageRequest, default_model: str | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "prompt": request.prompt,
@@ -23,9 +22,15 @@ def request_body(request: ImageRequest, default_model: str | None = None) -> dic
         "batch_size": request.batch_size,
         "n_iter": 1,
     }
-    for ours, theirs in (("width", "width"), ("height", "height"), ("steps", "steps"),
-                         ("cfg_scale", "cfg_scale"), ("sampler", "sampler_name"), ("scheduler", "scheduler"),
-                         ("denoising_strength", "denoising_strength")):
+    for ours, theirs in (
+        ("width", "width"),
+        ("height", "height"),
+        ("steps", "steps"),
+        ("cfg_scale", "cfg_scale"),
+        ("sampler", "sampler_name"),
+        ("scheduler", "scheduler"),
+        ("denoising_strength", "denoising_strength"),
+    ):
         value = getattr(request, ours)
         if value is not None:
             body[theirs] = value
@@ -93,12 +98,17 @@ class A1111Backend(Backend):
             state = data.get("state") or {}
             step, total = int(state.get("sampling_step") or 0), int(state.get("sampling_steps") or 0)
             if (step, total) != last and total:
-                yield Emit(ProgressEvent(kind="progress", step=step, total=total, eta_s=data.get("eta_relative"),
-                                         data=data))
+                yield Emit(
+                    ProgressEvent(
+                        kind="progress", step=step, total=total, eta_s=data.get("eta_relative"), data=data
+                    )
+                )
                 last = (step, total)
             yield Sleep(delay)
         return (yield Join(task))
 
     def list_models(self) -> Gen:
         resp = yield Call("GET", self.url(f"{PREFIX}/sd-models"))
-        return [Model(name=str(r.get("model_name")), title=str(r.get("title", "")), raw=r) for r in resp.json()]
+        return [
+            Model(name=str(r.get("model_name")), title=str(r.get("title", "")), raw=r) for r in resp.json()
+        ]

@@ -17,10 +17,24 @@ MAX_RESUBSCRIBE = 3
 
 def request_body(request: ImageRequest) -> dict[str, Any]:
     """The wire body of ``POST /api/v1/jobs``: flat fields; ``None`` left out (server defaults)."""
-    body: dict[str, Any] = {"prompt": request.prompt, "negative_prompt": request.negative_prompt,
-                            "batch_size": request.batch_size, "priority": request.priority}
-    for name in ("width", "height", "steps", "cfg_scale", "sampler", "scheduler", "seed", "model",
-                 "denoising_strength", "metadata"):
+    body: dict[str, Any] = {
+        "prompt": request.prompt,
+        "negative_prompt": request.negative_prompt,
+        "batch_size": request.batch_size,
+        "priority": request.priority,
+    }
+    for name in (
+        "width",
+        "height",
+        "steps",
+        "cfg_scale",
+        "sampler",
+        "scheduler",
+        "seed",
+        "model",
+        "denoising_strength",
+        "metadata",
+    ):
         value = getattr(request, name)
         if value is not None:
             body[name] = value
@@ -38,16 +52,29 @@ def event_from_sse(sse: ServerSentEvent, job_id: str) -> ProgressEvent:
         data = {}
     if not isinstance(data, dict):
         data = {}
-    return ProgressEvent(kind=sse.event, job_id=str(data.get("job_id", job_id)),
-                         step=int(data.get("step") or 0), total=int(data.get("total") or 0),
-                         eta_s=data.get("eta_s"), data=data)
+    return ProgressEvent(
+        kind=sse.event,
+        job_id=str(data.get("job_id", job_id)),
+        step=int(data.get("step") or 0),
+        total=int(data.get("total") or 0),
+        eta_s=data.get("eta_s"),
+        data=data,
+    )
 
 
 def event_from_job(job: Job) -> ProgressEvent:
     prog = job.progress
-    kind = "progress" if job.state == "running" and prog and prog.step else job.state
-    return ProgressEvent(kind=kind, job_id=job.id, step=prog.step if prog else 0,
-                         total=prog.total if prog else 0, eta_s=prog.eta_s if prog else None, data=job.raw)
+    kind = job.state
+    if job.state == "running":  # the event names of issue 6: a running job has started or progressed
+        kind = "progress" if prog and prog.step else "started"
+    return ProgressEvent(
+        kind=kind,
+        job_id=job.id,
+        step=prog.step if prog else 0,
+        total=prog.total if prog else 0,
+        eta_s=prog.eta_s if prog else None,
+        data=job.raw,
+    )
 
 
 class NativeBackend(Backend):
@@ -100,8 +127,9 @@ class NativeBackend(Backend):
             if last_id is not None:
                 headers["Last-Event-ID"] = last_id
             try:
-                handle = yield Subscribe(Call("GET", self._job_url(job_id, "/events"), headers=headers,
-                                              long=True, retry=True))
+                handle = yield Subscribe(
+                    Call("GET", self._job_url(job_id, "/events"), headers=headers, long=True, retry=True)
+                )
             except APIStatusError as exc:
                 if exc.status in (404, 405, 406, 501):  # no SSE here: poll instead
                     return None
@@ -142,7 +170,8 @@ class NativeBackend(Backend):
             error = job.error or {}
             raise JobFailedError(
                 f"job {job.id} {job.state}: {error.get('message', 'no message')}",
-                code=str(error.get("code", job.state)), job_id=job.id,
+                code=str(error.get("code", job.state)),
+                job_id=job.id,
             )
         result = job.result or {}
         rows = result.get("images") or []
@@ -151,10 +180,18 @@ class NativeBackend(Backend):
             url = row.get("url") or f"{API}/images/{quote(str(row['id']), safe='')}"
             resp = yield Call("GET", self.url(url))
             blobs.append(resp.content)
-        timings = {k: float(v) for k, v in (result.get("timings") or {}).items()
-                   if isinstance(v, int | float)}
-        return result_from_images(blobs, [row.get("seed") for row in rows], backend=self.kind,
-                                  where=f"job {job.id}", job_id=job.id, timings=timings)
+        timings = {
+            k: float(v) for k, v in (result.get("timings") or {}).items() if isinstance(v, int | float)
+        }
+        return result_from_images(
+            blobs,
+            [row.get("seed") for row in rows],
+            backend=self.kind,
+            where=f"job {job.id}",
+            job_id=job.id,
+            timings=timings,
+            infotexts=[str(row.get("infotext") or "") for row in rows],
+        )
 
     # -- the one-call path ----------------------------------------------------------------------
 
@@ -170,8 +207,14 @@ class NativeBackend(Backend):
         resp = yield Call("GET", self.url(f"{API}/models"))
         data = _json(resp, "models")
         rows = data.get("data", data.get("models")) if isinstance(data, dict) else data
-        return [Model(name=str(r.get("name") or r.get("id")), title=str(r.get("title") or r.get("name") or ""),
-                      raw=r) for r in rows or []]
+        return [
+            Model(
+                name=str(r.get("name") or r.get("id")),
+                title=str(r.get("title") or r.get("name") or ""),
+                raw=r,
+            )
+            for r in rows or []
+        ]
 
 
 def _json(resp: Any, where: str) -> Any:

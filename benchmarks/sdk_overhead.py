@@ -1,0 +1,210 @@
+"""SDK overhead: 200 jobs through ``Client.batch(concurrency=8)`` against ``sdgate serve --engine null``.
+
+    python benchmarks/sdk_overhead.py [--url http://127.0.0.1:7860] [--jobs 200] [--concurrency 8]
+                                      [--backend sdgate|a1111] [--size 64]
+
+Without ``--url`` it starts the server itself (a subprocess on a free loopback port, a temporary
+data dir) and stops it at the end. It prints jobs/s and the client overhead per job: the wall time
+of each ``generate()`` minus the time its thread spent inside the transport (waiting for and
+reading the server's bytes), i.e. what the SDK itself costs: building requests, retries logic,
+JSON, SSE parsing, base64 and PNG decoding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from sdgate.client import Client, ImageRequest
+
+
+class TimedStream(httpx.SyncByteStream):
+    def __init__(self, inner: httpx.SyncByteStream, add: object) -> None:
+        self.inner, self.add = inner, add
+
+    def __iter__(self) -> Iterator[bytes]:
+        it = iter(self.inner)
+        while True:
+            start = time.perf_counter()
+            try:
+                chunk = next(it)
+            except StopIteration:
+                self.add(time.perf_counter() - start)  # type: ignore[operator]
+                return
+            self.add(time.perf_counter() - start)  # type: ignore[operator]
+            yield chunk
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class TimingTransport(httpx.BaseTransport):
+    """Counts, per thread, the seconds spent inside the network transport."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport(
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32)
+        )
+        self.local = threading.local()
+
+    def add(self, seconds: float) -> None:
+        self.local.seconds = getattr(self.local, "seconds", 0.0) + seconds
+
+    def take(self) -> float:
+        seconds = getattr(self.local, "seconds", 0.0)
+        self.local.seconds = 0.0
+        return seconds
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        start = time.perf_counter()
+        response = self.inner.handle_request(request)
+        self.add(time.perf_counter() - start)
+        response.stream = TimedStream(response.stream, self.add)  # type: ignore[arg-type]
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def null_server() -> Iterator[str]:
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [
+            sys.executable,
+            "-m",
+            "sdgate",
+            "serve",
+            "--engine",
+            "null",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(Path(tmp) / "data"),
+            "--log-level",
+            "warning",
+        ]
+        log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115 - closed below
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                if proc.poll() is not None:
+                    raise SystemExit(f"the server exited:\n{(Path(tmp) / 'server.log').read_text()}")
+                try:
+                    if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise SystemExit("the server did not become ready in 120 s")
+                time.sleep(0.2)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+
+
+def run(url: str, *, jobs: int, concurrency: int, backend: str, size: int) -> dict[str, float]:
+    transport = TimingTransport()
+    overheads: list[float] = []
+    latencies: list[float] = []
+    lock = threading.Lock()
+    target = url if backend == "sdgate" else f"{backend}+{url}"
+    with Client(target, transport=transport) as client:
+        original = client.generate
+
+        def timed_generate(request: ImageRequest, **kw: object) -> object:
+            transport.take()
+            start = time.perf_counter()
+            result = original(request, **kw)  # type: ignore[arg-type]
+            wall = time.perf_counter() - start
+            with lock:
+                latencies.append(wall)
+                overheads.append(wall - transport.take())
+            return result
+
+        client.generate = timed_generate  # type: ignore[method-assign]
+        warm = [ImageRequest(prompt="warm-up", width=size, height=size, steps=1)] * concurrency
+        client.batch(warm, concurrency=concurrency)
+        overheads.clear()
+        latencies.clear()
+        requests = [
+            ImageRequest(prompt=f"benchmark {i}", width=size, height=size, steps=1, seed=i)
+            for i in range(jobs)
+        ]
+        start = time.perf_counter()
+        items = client.batch(requests, concurrency=concurrency)
+        elapsed = time.perf_counter() - start
+    failed = [it for it in items if not it.ok]
+    if failed:
+        raise SystemExit(f"{len(failed)} jobs failed, e.g. {failed[0].error!r}")
+    return {
+        "jobs": jobs,
+        "seconds": elapsed,
+        "jobs_per_s": jobs / elapsed,
+        "latency_ms_p50": statistics.median(latencies) * 1000,
+        "overhead_ms_mean": statistics.fmean(overheads) * 1000,
+        "overhead_ms_p50": statistics.median(overheads) * 1000,
+        "overhead_ms_p95": sorted(overheads)[int(len(overheads) * 0.95) - 1] * 1000,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--url", help="an already running server (default: start `sdgate serve --engine null`)"
+    )
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--backend", choices=["sdgate", "a1111"], default="sdgate")
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    args = parser.parse_args()
+    if args.url:
+        stats = run(
+            args.url, jobs=args.jobs, concurrency=args.concurrency, backend=args.backend, size=args.size
+        )
+    else:
+        with null_server() as url:
+            stats = run(
+                url, jobs=args.jobs, concurrency=args.concurrency, backend=args.backend, size=args.size
+            )
+    print(
+        f"backend {args.backend}: {stats['jobs']} jobs, concurrency {args.concurrency}, {args.size}x{args.size}"
+    )
+    print(
+        f"  {stats['jobs_per_s']:.1f} jobs/s ({stats['seconds']:.2f} s); latency p50 {stats['latency_ms_p50']:.1f} ms"
+    )
+    print(
+        f"  client overhead per job: mean {stats['overhead_ms_mean']:.2f} ms, p50 {stats['overhead_ms_p50']:.2f} ms,"
+        f" p95 {stats['overhead_ms_p95']:.2f} ms (target < 5 ms)"
+    )
+
+
+if __name__ == "__main__":
+    main()

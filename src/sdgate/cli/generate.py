@@ -1,0 +1,208 @@
+"""``sdgate generate``: one prompt in, images on disk. Also the SDK plumbing the other client
+commands share (``client_options``, ``make_client``, ``handle_errors``, ``progress_bar``).
+
+Exit codes: 0 ok, 1 API or network error, 2 usage. Errors go to stderr as one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+from sdgate.client import Client, ConfigurationError, SdgateError, UnsupportedFeatureError
+from sdgate.client._constants import DEFAULT_BASE_URL_ENV, DEFAULT_MAX_RETRIES, DEFAULT_PORT
+
+DEFAULT_CLI_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+SIZE_RE = re.compile(r"^(\d+)[xX](\d+)$")
+err_console = Console(stderr=True)
+
+BackendOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--backend",
+        "-b",
+        help=f"Server URL; kind+URL picks a backend (a1111+, comfyui+, stability+, "
+        f"openai+, hf+). [env: {DEFAULT_BASE_URL_ENV}; default: {DEFAULT_CLI_URL}]",
+    ),
+]
+ApiKeyOpt = Annotated[str | None, typer.Option("--api-key", help="Bearer key. [env: SDGATE_API_KEY]")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+RetriesOpt = Annotated[int, typer.Option("--retries", help="Retries on network errors, 408, 429, 5xx.")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds to wait for one generation.")]
+
+
+@dataclass
+class ClientOptions:
+    backend: str | None = None
+    api_key: str | None = None
+    retries: int = DEFAULT_MAX_RETRIES
+    timeout: float = 600.0
+
+
+def make_client(options: ClientOptions) -> Client:
+    """The SDK client the commands use (tests replace this to inject a transport)."""
+    url = options.backend or os.environ.get(DEFAULT_BASE_URL_ENV) or DEFAULT_CLI_URL
+    return Client(url, api_key=options.api_key, max_retries=options.retries, timeout=options.timeout)
+
+
+def fail(message: str, *, code: int, kind: str) -> NoReturn:
+    err_console.print(f"[red]{kind}[/red]: {message}", highlight=False, soft_wrap=True, markup=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def handle_errors() -> Iterator[None]:
+    """SDK errors -> one line on stderr and exit 1 (2 for usage errors); never a traceback."""
+    try:
+        yield
+    except (ConfigurationError, UnsupportedFeatureError) as exc:
+        fail(exc.message, code=2, kind=type(exc).__name__)
+    except SdgateError as exc:
+        fail(str(exc), code=1, kind=type(exc).__name__)
+    except OSError as exc:
+        fail(str(exc), code=1, kind=type(exc).__name__)
+
+
+@contextmanager
+def progress_bar(enabled: bool, description: str, total: float | None = None) -> Iterator[Any]:
+    """A rich progress bar on stderr, shown only on a terminal (so scripts and pipes get no noise)."""
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+        disable=not (enabled and err_console.is_terminal),
+    )
+    with progress:
+        task = progress.add_task(description, total=total)
+        yield lambda **kw: progress.update(task, **kw)
+
+
+def on_event(update: Callable[..., None]) -> Callable[[Any], None]:
+    def handle(event: Any) -> None:
+        if event.total:
+            update(completed=event.step, total=event.total, description=event.kind)
+        else:
+            update(description=event.kind)
+
+    return handle
+
+
+def parse_size(size: str | None) -> tuple[int | None, int | None]:
+    if size is None:
+        return None, None
+    match = SIZE_RE.match(size.strip())
+    if not match:
+        fail(f"--size: expected WIDTHxHEIGHT such as 768x512, got {size!r}", code=2, kind="UsageError")
+    return int(match.group(1)), int(match.group(2))
+
+
+def result_json(result: Any, paths: list[Path]) -> dict[str, Any]:
+    return {
+        "job_id": result.job_id,
+        "backend": result.backend,
+        "images": [str(p) for p in paths],
+        "seeds": result.seeds,
+        "infotexts": result.infotexts,
+        "timings": result.timings,
+        "ignored_fields": list(result.ignored_fields),
+        "cached": result.cached,
+    }
+
+
+def generate(
+    prompt: Annotated[str, typer.Argument(help="What to draw.")],
+    n: Annotated[int, typer.Option("-n", "--n", min=1, help="Images to make.")] = 1,
+    negative: Annotated[str, typer.Option("--negative", help="Negative prompt.")] = "",
+    steps: Annotated[
+        int | None, typer.Option("--steps", min=1, help="Sampling steps. [default: the model's]")
+    ] = None,
+    size: Annotated[
+        str | None, typer.Option("--size", help="WIDTHxHEIGHT, e.g. 768x512. [default: the model's]")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, help="Fixed seed. [default: random]")] = None,
+    cfg: Annotated[float | None, typer.Option("--cfg", help="Guidance scale.")] = None,
+    sampler: Annotated[
+        str | None, typer.Option("--sampler", help="An A1111 sampler name, e.g. 'DPM++ 2M'.")
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model name on the server.")] = None,
+    init: Annotated[
+        Path | None, typer.Option("--init", exists=True, dir_okay=False, help="Init image (img2img).")
+    ] = None,
+    strength: Annotated[
+        float | None, typer.Option("--strength", min=0.0, max=1.0, help="Denoising strength.")
+    ] = None,
+    mask: Annotated[
+        Path | None,
+        typer.Option("--mask", exists=True, dir_okay=False, help="Mask (white = repaint); needs --init."),
+    ] = None,
+    out: Annotated[Path, typer.Option("-o", "--out", file_okay=False, help="Output folder.")] = Path("."),
+    backend: BackendOpt = None,
+    api_key: ApiKeyOpt = None,
+    retries: RetriesOpt = DEFAULT_MAX_RETRIES,
+    timeout: TimeoutOpt = 600.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate images from a prompt and save them (PNG, with the infotext)."""
+    if mask is not None and init is None:
+        fail("--mask needs --init (the image to repaint)", code=2, kind="UsageError")
+    width, height = parse_size(size)
+    fields: dict[str, Any] = {
+        "negative_prompt": negative,
+        "batch_size": n,
+        "steps": steps,
+        "width": width,
+        "height": height,
+        "seed": seed,
+        "cfg_scale": cfg,
+        "sampler": sampler,
+        "model": model,
+        "denoising_strength": strength,
+    }
+    with handle_errors():
+        from sdgate.client import ImageRequest
+
+        request = ImageRequest.build(
+            prompt, init_image=init, mask=mask, **{k: v for k, v in fields.items() if v is not None}
+        )
+        options = ClientOptions(backend, api_key, retries, timeout)
+        with make_client(options) as client, progress_bar(not as_json, "queued") as update:
+            result = client.generate(request, on_progress=on_event(update))
+        prefix = result.job_id or f"sdgate-{time.strftime('%Y%m%d-%H%M%S')}"
+        paths = result.save(out, prefix=_safe(prefix))
+    if result.ignored_fields:
+        err_console.print(
+            f"note: {result.backend} ignored: {', '.join(result.ignored_fields)}", highlight=False
+        )
+    if as_json:
+        typer.echo(json.dumps(result_json(result, paths), indent=2))
+    else:
+        for path, s in zip(paths, result.seeds, strict=False):
+            typer.echo(f"{path}" + (f"  seed {s}" if s is not None else ""))
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def mount(app: typer.Typer) -> None:
+    """Add the client commands to the ``sdgate`` app: generate, batch, info and the jobs group."""
+    from sdgate.cli import batch, info, jobs
+
+    app.command("generate")(generate)
+    app.command("batch")(batch.batch)
+    app.command("info")(info.info)
+    app.add_typer(jobs.app, name="jobs", help="List, inspect, cancel and follow jobs on an sdgate server.")

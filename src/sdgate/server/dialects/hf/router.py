@@ -1,0 +1,98 @@
+"""Hugging Face Inference routes: ``POST /models/{model_id}`` answering raw image bytes."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from sdgate.core.errors import SdgateError
+from sdgate.server import jobflow
+from sdgate.server.deps import ServicesDep, UserDep
+from sdgate.server.dialects.hf import translate
+from sdgate.server.dialects.hf.protocol import TextToImageRequest
+from sdgate.server.dialects.stability import translate as images_io
+from sdgate.server.errors import DialectRoute
+from sdgate.server.model_aliases import resolve_model
+from sdgate.server.services import Services
+
+log = logging.getLogger("sdgate.hf")
+DIALECT = "hf"
+DEFAULT_LOAD_ESTIMATE_S = 20.0
+_warned_fields: set[str] = set()
+
+
+class HfRoute(DialectRoute):
+    """``{"error": "<message>"}``; schema errors as ``{"error": [...]}`` with 422, as the service did."""
+
+    dialect = DIALECT
+
+    @staticmethod
+    def render_error(err: SdgateError) -> JSONResponse:
+        return JSONResponse(
+            translate.error_body(err), status_code=err.status_code, headers={"X-Error-Code": err.code}
+        )
+
+    @staticmethod
+    def render_validation(errors: list[dict[str, Any]]) -> JSONResponse:
+        messages = []
+        for e in errors:
+            loc = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "path", "query"))
+            messages.append(f"{loc or 'body'}: {e.get('msg', 'invalid')}")
+        return JSONResponse({"error": messages}, status_code=422)
+
+
+router = APIRouter(route_class=HfRoute, tags=["Hugging Face"])
+
+
+def _log_unknown(body: TextToImageRequest) -> None:
+    names = [f"parameters.{k}" for k in sorted(body.parameters.model_extra or {})]
+    names += sorted(body.model_extra or {})
+    fresh = [n for n in names if n not in _warned_fields]
+    if fresh:
+        _warned_fields.update(fresh)
+        log.info("accepting and ignoring unknown Hugging Face field(s): %s", ", ".join(fresh))
+
+
+def _loading(services: Services, model: str) -> float | None:
+    """Seconds until ``model`` is loaded, if the engine says it is loading now, else None.
+
+    Engines may expose ``is_loading(name) -> bool`` and ``estimated_load_time(name) -> float``;
+    today's do not, so this answers None and requests simply wait in the queue.
+    """
+    is_loading = getattr(services.engine, "is_loading", None)
+    if not callable(is_loading) or not is_loading(model):
+        return None
+    estimate = getattr(services.engine, "estimated_load_time", None)
+    return float(estimate(model)) if callable(estimate) else DEFAULT_LOAD_ESTIMATE_S
+
+
+@router.post("/models/{model_id:path}")
+async def text_to_image(
+    model_id: str,
+    request: Request,
+    services: ServicesDep,
+    user: UserDep,
+    body: Annotated[TextToImageRequest, Body()],
+) -> Response:
+    _log_unknown(body)
+    info = resolve_model(services.catalog, services.settings, model_id, dialect=DIALECT)
+    wait = translate.truthy(request.headers.get("x-wait-for-model")) or bool(
+        body.options and body.options.wait_for_model
+    )
+    estimate = None if wait else _loading(services, info.name)
+    if estimate is not None:
+        return JSONResponse(
+            {"error": f"Model {model_id} is currently loading", "estimated_time": estimate}, status_code=503
+        )
+    gen = translate.text_to_image_request(
+        body, model=info.name, defaults=services.model_defaults(info), settings=services.settings
+    )
+    job = await jobflow.run_blocking(services, gen, request, dialect=DIALECT, owner=user)
+    png = (await jobflow.image_bytes(services, job))[0]
+    fmt = translate.output_format(request.headers.get("accept"))
+    data = await run_in_threadpool(images_io.reencode, png, fmt, 95)
+    return Response(data, media_type=f"image/{fmt}")

@@ -1,0 +1,173 @@
+"""Live job events: Server-Sent Events per job, and a WebSocket for all of a caller's jobs.
+
+SSE (``GET /api/v1/jobs/{id}/events``)::
+
+    id: 7
+    event: progress
+    data: {"job_id": "job_01J...", "step": 5, "total": 25, "eta_s": 1.2, ...}
+
+A new stream starts with the job's current state (its latest state event, then its latest
+progress); one that sends ``Last-Event-ID`` gets every logged event after that id instead. The
+stream ends after the terminal event (``succeeded``, ``failed``, ``cancelled``). The log is read
+again on every wake-up and every ``poll_s``, so events written by another process arrive too, and
+a job that ended without a logged event (its process was killed) still ends the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from sdgate.core.errors import InvalidRequest, NotFound
+from sdgate.core.jobs import Job, JobEventKind, JobState
+from sdgate.server.dialects.native import images as native_images
+from sdgate.server.dialects.native import translate
+from sdgate.server.dialects.native.eventlog import LoggedEvent
+from sdgate.server.dialects.native.runtime import NativeRuntime
+
+log = logging.getLogger("sdgate.native")
+
+POLL_S = 1.0
+KEEPALIVE_S = 15.0
+_STATE_KIND = {
+    JobState.QUEUED: JobEventKind.QUEUED,
+    JobState.RUNNING: JobEventKind.STARTED,
+    JobState.SUCCEEDED: JobEventKind.SUCCEEDED,
+    JobState.FAILED: JobEventKind.FAILED,
+    JobState.CANCELLED: JobEventKind.CANCELLED,
+}
+
+
+def parse_last_event_id(value: str | None) -> int | None:
+    if value is None or not value.strip():
+        return None
+    try:
+        seq = int(value.strip())
+    except ValueError:
+        raise InvalidRequest(
+            "Last-Event-ID: must be an event id this stream sent", field="Last-Event-ID"
+        ) from None
+    if seq < 0:
+        raise InvalidRequest("Last-Event-ID: must not be negative", field="Last-Event-ID")
+    return seq
+
+
+def sse_message(kind: JobEventKind, data: dict[str, Any], seq: int | None = None) -> str:
+    lines = [f"id: {seq}"] if seq is not None else []
+    lines += [f"event: {kind.value}", "data: " + json.dumps(data, separators=(",", ":"))]
+    return "\n".join(lines) + "\n\n"
+
+
+def _synthetic(runtime: NativeRuntime, job: Job) -> LoggedEvent:
+    """An event made from the job row itself (no logged event says it)."""
+    kind = _STATE_KIND[job.state]
+    data = translate.event_data(kind, job, base=runtime.base)
+    return LoggedEvent(seq=0, job_id=job.id, kind=kind, data=data)
+
+
+class _Previews:
+    """Attaches a small live preview to progress events every ``every`` steps, rendered here (on
+    the API's thread pool) from the worker's latest latents, never on the generating thread."""
+
+    def __init__(self, runtime: NativeRuntime, job_id: str, every: int) -> None:
+        self._runtime = runtime
+        self._job_id = job_id
+        self._every = every
+        self._bucket = 0
+
+    async def attach(self, event: LoggedEvent) -> dict[str, Any]:
+        if self._every <= 0 or event.kind is not JobEventKind.PROGRESS:
+            return event.data
+        bucket = int(event.data.get("step", 0)) // self._every
+        if bucket <= self._bucket:
+            return event.data
+        self._bucket = bucket
+        try:
+            image = await run_in_threadpool(self._runtime.services.current_preview, self._job_id)
+            if image is None:
+                return event.data
+            uri = await run_in_threadpool(native_images.preview_data_uri, image)
+        except Exception:  # a preview is a nicety
+            log.debug("job %s: no preview", self._job_id, exc_info=True)
+            return event.data
+        return {**event.data, "preview": uri}
+
+
+async def job_stream(runtime: NativeRuntime, job: Job, last_event_id: int | None,
+                     *, poll_s: float = POLL_S) -> AsyncIterator[str]:
+    """The SSE body for one job (the caller checked the job exists and is theirs)."""
+    events = runtime.events
+    previews = _Previews(runtime, job.id, runtime.services.settings.preview_every_n_steps)
+    with events.subscribe(job_id=job.id) as doorbell:
+        yield "retry: 2000\n\n"
+        if last_event_id is None:
+            backlog = await run_in_threadpool(events.snapshot, job.id)
+            if not backlog:
+                backlog = [_synthetic(runtime, job)]
+        else:
+            backlog = await run_in_threadpool(events.read, job.id, last_event_id)
+        cursor = last_event_id or 0
+        quiet_s = 0.0
+        terminal_unlogged = 0
+        while True:
+            for event in backlog:
+                cursor = max(cursor, event.seq)
+                yield sse_message(event.kind, await previews.attach(event), event.seq or None)
+                if event.terminal:
+                    return
+            woke = await doorbell.next(timeout=poll_s)
+            backlog = await run_in_threadpool(events.read, job.id, cursor)
+            if backlog:
+                quiet_s = 0.0
+                continue
+            if woke is not None:
+                continue
+            quiet_s += poll_s
+            if quiet_s >= KEEPALIVE_S:
+                quiet_s = 0.0
+                yield ": keep-alive\n\n"
+            # Nothing logged for a while: ask the job itself (another process, or a kill -9).
+            try:
+                current = await run_in_threadpool(runtime.services.store.get, job.id)
+            except NotFound:
+                return  # deleted under us
+            terminal_unlogged = terminal_unlogged + 1 if current.state.terminal else 0
+            if terminal_unlogged >= 2:  # a logged terminal event would have shown up by now
+                backlog = [_synthetic(runtime, current)]
+
+
+async def fan_out(runtime: NativeRuntime, websocket: WebSocket, user: str | None) -> None:
+    """``/api/v1/events``: every event of the caller's jobs (every job without auth), as JSON
+    messages ``{"id", "event", "data"}``, until the client goes away."""
+    await websocket.accept()
+    with runtime.events.subscribe(owner=user, any_owner=user is None) as subscription:
+        closed = asyncio.Event()
+
+        async def watch_close() -> None:
+            try:
+                while True:
+                    message = await websocket.receive()
+                    if message["type"] == "websocket.disconnect":
+                        break
+            except (WebSocketDisconnect, RuntimeError):
+                pass
+            closed.set()
+
+        watcher = asyncio.create_task(watch_close())
+        try:
+            await websocket.send_json({"event": "hello", "data": {"user": user}})
+            while not closed.is_set():
+                event = await subscription.next(timeout=0.5)
+                if event is not None:
+                    message = {"id": event.seq, "event": event.kind.value, "data": event.data}
+                    await websocket.send_json(message)
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            watcher.cancel()

@@ -1,0 +1,241 @@
+"""The native job lifecycle, as steps the routes call: submit, find, cancel, delete, retry, list.
+
+Routes stay a few lines; everything here talks to the store through a thread (the store is sync).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from starlette.concurrency import run_in_threadpool
+
+from sdgate.core.errors import Conflict, InvalidRequest, ModelNotFound, NotFound
+from sdgate.core.jobs import ControlAction, Job, JobState
+from sdgate.core.models import ModelInfo
+from sdgate.core.requests import GenerationRequest
+from sdgate.jobs.database import transaction
+from sdgate.jobs.idempotency import canonical_hash
+from sdgate.jobs.retention import purge_job
+from sdgate.jobs.schema import uploads as uploads_table
+from sdgate.jobs.webhooks import check_callback_url
+from sdgate.server import jobflow
+from sdgate.server.deps import image_limits
+from sdgate.server.dialects.native import images as native_images
+from sdgate.server.dialects.native import translate
+from sdgate.server.dialects.native.protocol import JobCreate
+from sdgate.server.dialects.native.runtime import NativeRuntime
+from sdgate.server.services import Services
+
+log = logging.getLogger("sdgate.native")
+DIALECT = "native"
+# DELETE of a running job waits this long for it to stop at its next step.
+DELETE_WAIT_S = 60.0
+_PLACEHOLDER = "img_" + "0" * 24
+
+
+# -- submit -----------------------------------------------------------------------------------------
+
+
+def resolve_model(services: Services, name: str | None) -> ModelInfo:
+    """The model a name means; an unknown one means the default (logged) unless ``strict_models``."""
+    try:
+        return services.catalog.resolve(name)
+    except ModelNotFound:
+        if services.settings.strict_models or name is None:
+            raise
+        log.warning("unknown model %r: using the default model", name)
+        return services.catalog.resolve(None)
+
+
+def build_request(services: Services, body: JobCreate) -> GenerationRequest:
+    """Checks the body and stores its images; the resolved request (sync: run it in a thread)."""
+    model = resolve_model(services, body.model)
+    inits, mask = translate.image_inputs(body)
+    # Check everything cheap before storing any image.
+    checked = translate.generation_request(
+        body, model=model.name, defaults=services.model_defaults(model), settings=services.settings,
+        init_images=tuple(_PLACEHOLDER for _ in inits), mask=_PLACEHOLDER if mask else None,
+    )
+    if body.callback_url is not None:
+        check_callback_url(body.callback_url, allow_private=services.settings.allow_private_callbacks)
+    if not inits and mask is None:
+        return checked
+    limits = image_limits(services)
+    init_ids = tuple(
+        native_images.store_job_input(services.images, value, field=field, limits=limits, mode="RGB")
+        for field, value in inits
+    )
+    mask_id = (
+        native_images.store_job_input(services.images, mask[1], field="mask", limits=limits, mode="L")
+        if mask else None
+    )
+    return checked.model_copy(update={"init_images": init_ids, "mask": mask_id})
+
+
+async def submit(runtime: NativeRuntime, body: JobCreate, *, user: str | None,
+                 idempotency_key: str | None) -> tuple[Job, bool]:
+    """The job for ``body`` and whether it is new (False: an ``Idempotency-Key`` replay)."""
+    services = runtime.services
+
+    async def create() -> str:
+        request = await run_in_threadpool(build_request, services, body)
+        job = await jobflow.submit(services, request, dialect=DIALECT, owner=user, priority=body.priority,
+                                   metadata=body.metadata)
+        if body.callback_url is not None:
+            await run_in_threadpool(runtime.webhooks.register, job.id, body.callback_url)
+        return job.id
+
+    if idempotency_key is None:
+        job_id, created = await create(), True
+    else:
+        body_hash = canonical_hash(translate.body_for_hash(body))
+        job_id, created = await runtime.keys.run(user or "", idempotency_key, body_hash, create)
+    return await run_in_threadpool(get, services, job_id, user), created
+
+
+# -- reading ----------------------------------------------------------------------------------------
+
+
+def get(services: Services, job_id: str, user: str | None) -> Job:
+    """The job, if the caller may see it (with auth on, only their own)."""
+    job = services.store.get(job_id)
+    if user is not None and job.owner != user:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+def render(runtime: NativeRuntime, job: Job) -> dict[str, Any]:
+    """One job as the API shows it (sync)."""
+    position = runtime.services.store.position(job.id) if job.state is JobState.QUEUED else None
+    webhook = runtime.webhooks.status([job.id]).get(job.id)
+    return translate.job_out(job, base=runtime.base, position=position, webhook=webhook)
+
+
+def render_many(runtime: NativeRuntime, jobs: list[Job]) -> list[dict[str, Any]]:
+    hooks = runtime.webhooks.status([j.id for j in jobs])
+    store = runtime.services.store
+    return [
+        translate.job_out(j, base=runtime.base, webhook=hooks.get(j.id),
+                          position=store.position(j.id) if j.state is JobState.QUEUED else None)
+        for j in jobs
+    ]
+
+
+def parse_metadata_filters(filters: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in filters:
+        key, sep, value = item.partition(":")
+        if not sep or not key:
+            raise InvalidRequest("metadata: filters look like key:value", field="metadata")
+        out[key] = value
+    return out
+
+
+def page(runtime: NativeRuntime, *, user: str | None, states: list[JobState] | None,
+         created_after: datetime | None, created_before: datetime | None, metadata: list[str],
+         limit: int, cursor: str | None) -> dict[str, Any]:
+    jobs, next_seq = runtime.services.store.page(
+        states=tuple(states) if states else None,
+        owner=user,
+        created_after=created_after,
+        created_before=created_before,
+        metadata=parse_metadata_filters(metadata),
+        before_seq=translate.decode_cursor(cursor) if cursor else None,
+        limit=limit,
+    )
+    return {
+        "jobs": render_many(runtime, jobs),
+        "next_cursor": translate.encode_cursor(next_seq) if next_seq is not None else None,
+    }
+
+
+# -- changing ---------------------------------------------------------------------------------------
+
+
+async def cancel(services: Services, job_id: str, user: str | None) -> Job:
+    """Queued: cancelled at once, never runs. Running: stops at its next step."""
+    await run_in_threadpool(get, services, job_id, user)
+    return await run_in_threadpool(services.store.request_control, job_id, ControlAction.CANCEL)
+
+
+async def delete(runtime: NativeRuntime, job_id: str, user: str | None) -> None:
+    """Cancels the job if needed, waits for it to stop, then deletes it and the images only it used."""
+    services = runtime.services
+    job = await run_in_threadpool(get, services, job_id, user)
+    if not job.state.terminal:
+        with contextlib.suppress(Conflict):  # it finished meanwhile
+            await run_in_threadpool(services.store.request_control, job_id, ControlAction.CANCEL)
+        try:
+            await services.events.wait_terminal(services.store, job_id, timeout=DELETE_WAIT_S)
+        except TimeoutError:
+            raise Conflict(f"job {job_id} did not stop within {DELETE_WAIT_S:.0f} s; try again") from None
+    await run_in_threadpool(purge_job, services.store, services.images, job_id)
+    log.info("job %s deleted", job_id)
+
+
+async def retry(runtime: NativeRuntime, job_id: str, user: str | None) -> Job:
+    """A new job with the same resolved request (so the same seeds), priority, metadata and callback."""
+    services = runtime.services
+    job = await run_in_threadpool(get, services, job_id, user)
+    if not job.state.terminal:
+        raise Conflict(f"job {job_id} is {job.state.value}; only a finished job can be retried")
+    missing = [i for i in (*job.request.init_images, job.request.mask) if i and not services.images.exists(i)]
+    if missing:
+        raise Conflict(f"job {job_id}'s input image {missing[0]} is gone; submit it again")
+    new = await jobflow.submit(services, job.request, dialect=DIALECT, owner=user or job.owner,
+                               priority=job.priority, metadata=job.metadata)
+    hook = (await run_in_threadpool(runtime.webhooks.status, [job_id])).get(job_id)
+    if hook is not None:
+        await run_in_threadpool(runtime.webhooks.register, new.id, hook["url"])
+    log.info("job %s retried as %s", job_id, new.id)
+    return new
+
+
+# -- uploads and the queue --------------------------------------------------------------------------
+
+
+def upload(runtime: NativeRuntime, data: bytes, user: str | None) -> native_images.StoredUpload:
+    """Validates and stores an uploaded image once (by content hash), and starts its retention clock."""
+    services = runtime.services
+    stored = native_images.store_upload(services.images, data, limits=image_limits(services))
+    now = datetime.now(UTC)
+    with transaction(services.store.database, write=True) as conn:
+        known = conn.execute(
+            sa.select(uploads_table.c.image_id).where(uploads_table.c.image_id == stored.id)
+        ).first()
+        if known is None:
+            conn.execute(sa.insert(uploads_table).values(
+                image_id=stored.id, owner=user, content_type=stored.content_type, size=stored.size,
+                created_at=now,
+            ))
+        else:
+            conn.execute(
+                sa.update(uploads_table).where(uploads_table.c.image_id == stored.id).values(created_at=now)
+            )
+    return stored
+
+
+def queue_status(runtime: NativeRuntime) -> dict[str, Any]:
+    """Depth, running job ids and a rough ETA: what the running jobs say they need, plus the queued
+    jobs at the mean duration of recent ones, spread over the workers."""
+    services = runtime.services
+    store = services.store
+    depth = store.queue_depth()
+    running = store.list(states=(JobState.RUNNING,), limit=100)
+    recent = store.list(states=(JobState.SUCCEEDED,), limit=20)
+    durations = [
+        (j.finished_at - j.started_at).total_seconds() for j in recent if j.started_at and j.finished_at
+    ]
+    workers = len(services.workers)
+    eta: float | None = None
+    if durations or (not depth and not running):
+        mean = sum(durations) / len(durations) if durations else 0.0
+        left = sum(
+            j.progress.eta_s if j.progress and j.progress.eta_s is not None else mean for j in running
+        )
+        eta = round((left + depth * mean) / max(1, workers), 3)
+    return {"depth": depth, "running": [j.id for j in running], "workers": workers, "eta_s": eta}

@@ -1,0 +1,47 @@
+"""``/healthz`` (the process answers) and ``/readyz`` (it can take and run jobs)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+import sdgate
+from sdgate.server.services import Services
+
+log = logging.getLogger("sdgate.server")
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, Any]:
+    return {"status": "ok", "version": sdgate.__version__}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """Ready when the job store answers and, in a process that generates, its workers run and the
+    default model is known. An API-only process (no engine) is ready when the store answers."""
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is None:
+        return JSONResponse({"ready": False, "checks": {"started": False}}, status_code=503)
+    checks: dict[str, Any] = {}
+    try:
+        checks["queue_depth"] = await run_in_threadpool(services.store.queue_depth)
+        checks["store"] = True
+    except Exception as exc:
+        log.warning("readyz: the job store does not answer: %s", exc)
+        checks["store"] = False
+    if services.engine is not None:
+        checks["engine"] = services.engine.name
+        checks["workers"] = len(services.workers)
+        try:
+            checks["model"] = (await run_in_threadpool(lambda: services.catalog.default)).name
+        except Exception as exc:
+            log.warning("readyz: no default model: %s", exc)
+            checks["model"] = None
+    ready = checks["store"] and (services.engine is None or bool(services.workers and checks["model"]))
+    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)

@@ -1,0 +1,209 @@
+"""``/api/v1`` routes: translate, delegate, render. Nothing else lives here."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, Query, Request, Response, WebSocket
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from sdgate.core.errors import InvalidRequest
+from sdgate.core.jobs import JobState
+from sdgate.core.samplers import samplers_listing, schedulers_listing
+from sdgate.server.deps import ServicesDep, UserDep
+from sdgate.server.dialects.native import events as native_events
+from sdgate.server.dialects.native import images as native_images
+from sdgate.server.dialects.native import jobs as native_jobs
+from sdgate.server.dialects.native import translate
+from sdgate.server.dialects.native.protocol import (
+    JobCreate,
+    JobOut,
+    JobPage,
+    ModelOut,
+    QueueOut,
+    SamplerOut,
+    SchedulerOut,
+    UploadOut,
+)
+from sdgate.server.dialects.native.runtime import RuntimeDep
+from sdgate.server.errors import DialectRoute
+
+router = APIRouter(prefix="/api/v1", route_class=DialectRoute, tags=["native"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", max_length=255, description="same key + same body: the same job"),
+]
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": "an error: {\"error\": {\"code\", \"message\", \"field\"?}}"}
+    for code in (400, 404, 409, 413, 422, 429)
+}
+
+
+@router.post("/jobs", status_code=202, response_model=JobOut, responses=_ERRORS)
+async def submit_job(
+    body: JobCreate, runtime: RuntimeDep, user: UserDep, response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> dict[str, Any]:
+    job, created = await native_jobs.submit(runtime, body, user=user, idempotency_key=idempotency_key)
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = translate.link(runtime.base, f"{translate.API}/jobs/{job.id}")
+    return await run_in_threadpool(native_jobs.render, runtime, job)
+
+
+@router.get("/jobs", response_model=JobPage, responses=_ERRORS)
+async def list_jobs(
+    runtime: RuntimeDep,
+    user: UserDep,
+    state: Annotated[list[JobState] | None, Query(description="repeat for several")] = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    metadata: Annotated[list[str], Query(description="key:value, repeat for several")] = [],  # noqa: B006
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> dict[str, Any]:
+    return await run_in_threadpool(
+        lambda: native_jobs.page(runtime, user=user, states=state, created_after=_utc(created_after),
+                                 created_before=_utc(created_before), metadata=metadata, limit=limit,
+                                 cursor=cursor)
+    )
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=_ERRORS)
+async def get_job(job_id: str, runtime: RuntimeDep, user: UserDep) -> dict[str, Any]:
+    job = await run_in_threadpool(native_jobs.get, runtime.services, job_id, user)
+    return await run_in_threadpool(native_jobs.render, runtime, job)
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=_ERRORS)
+async def cancel_job(job_id: str, runtime: RuntimeDep, user: UserDep) -> dict[str, Any]:
+    job = await native_jobs.cancel(runtime.services, job_id, user)
+    return await run_in_threadpool(native_jobs.render, runtime, job)
+
+
+@router.delete("/jobs/{job_id}", status_code=204, responses=_ERRORS)
+async def delete_job(job_id: str, runtime: RuntimeDep, user: UserDep) -> Response:
+    await native_jobs.delete(runtime, job_id, user)
+    return Response(status_code=204)
+
+
+@router.post("/jobs/{job_id}/retry", status_code=202, response_model=JobOut, responses=_ERRORS)
+async def retry_job(job_id: str, runtime: RuntimeDep, user: UserDep) -> dict[str, Any]:
+    job = await native_jobs.retry(runtime, job_id, user)
+    return await run_in_threadpool(native_jobs.render, runtime, job)
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}, **_ERRORS},
+)
+async def job_events(
+    job_id: str,
+    runtime: RuntimeDep,
+    user: UserDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
+) -> StreamingResponse:
+    after = native_events.parse_last_event_id(last_event_id)
+    job = await run_in_threadpool(native_jobs.get, runtime.services, job_id, user)
+    return StreamingResponse(
+        native_events.job_stream(runtime, job, after),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.websocket("/events")
+async def events_socket(websocket: WebSocket) -> None:
+    runtime = websocket.app.state.services.state["native"]
+    await native_events.fan_out(runtime, websocket, websocket.scope.get("state", {}).get("user"))
+
+
+@router.post("/uploads", status_code=201, response_model=UploadOut, responses=_ERRORS)
+async def upload_image(
+    request: Request,
+    runtime: RuntimeDep,
+    user: UserDep,
+    body: Annotated[bytes, Body(media_type="application/octet-stream",
+                                description="the image file's bytes (any Content-Type)")] = b"",
+) -> dict[str, Any]:
+    data = await _upload_bytes(request, body)
+    stored = await run_in_threadpool(native_jobs.upload, runtime, data, user)
+    return {"id": stored.id, "url": translate.image_url(runtime.base, stored.id),
+            "content_type": stored.content_type, "width": stored.width, "height": stored.height,
+            "size": stored.size}
+
+
+@router.get(
+    "/images/{image_id}",
+    response_class=Response,
+    responses={200: {"content": {t: {} for t in native_images.MEDIA_TYPES.values()}}, **_ERRORS},
+)
+async def get_image(
+    image_id: str,
+    services: ServicesDep,
+    format: native_images.OutputFormat | None = None,
+    quality: Annotated[int, Query(ge=1, le=100)] = 90,
+) -> Response:
+    def load() -> tuple[bytes, str]:
+        data = services.images.get(image_id)
+        stored_type = services.images.content_type(image_id)
+        if format is None or native_images.MEDIA_TYPES[format] == stored_type:
+            return data, stored_type
+        return native_images.convert(data, to=format, quality=quality), native_images.MEDIA_TYPES[format]
+
+    data, media_type = await run_in_threadpool(load)
+    tag = f'"{image_id}-{format or "orig"}-{quality if format else ""}"'
+    return Response(data, media_type=media_type,
+                    headers={"Cache-Control": "public, max-age=31536000, immutable", "ETag": tag})
+
+
+@router.get("/models", response_model=list[ModelOut])
+async def models(services: ServicesDep) -> list[dict[str, Any]]:
+    def listing() -> list[dict[str, Any]]:
+        default = services.catalog.default.name if services.catalog.list() else None
+        out = []
+        for info in services.catalog.list():
+            d = services.model_defaults(info)
+            out.append({"name": info.name, "title": info.title, "family": info.family, "format": info.format,
+                        "default": info.name == default, "width": d.width, "height": d.height,
+                        "steps": d.steps, "vae_scale_factor": d.vae_scale_factor})
+        return out
+
+    return await run_in_threadpool(listing)
+
+
+@router.get("/samplers", response_model=list[SamplerOut])
+async def samplers() -> list[dict[str, Any]]:
+    return [{"name": s["name"], "aliases": s["aliases"]} for s in samplers_listing()]
+
+
+@router.get("/schedulers", response_model=list[SchedulerOut])
+async def schedulers() -> list[dict[str, Any]]:
+    return [{"name": s["name"], "label": s["label"]} for s in schedulers_listing()]
+
+
+@router.get("/queue", response_model=QueueOut)
+async def queue(runtime: RuntimeDep) -> dict[str, Any]:
+    return await run_in_threadpool(native_jobs.queue_status, runtime)
+
+
+async def _upload_bytes(request: Request, body: bytes) -> bytes:
+    """A multipart form's ``file`` (or first file) field, else the raw body."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form()
+        for value in [form.get("file"), *form.values()]:
+            if value is not None and not isinstance(value, str):
+                return await value.read()
+        raise InvalidRequest("file: send the image as a multipart field named file", field="file")
+    return body
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+

@@ -1,0 +1,103 @@
+"""What the native API keeps while the server runs: the event log, idempotency keys, webhooks and
+the retention task. Built and started by the app's lifespan, found by routes through ``RuntimeDep``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends
+
+from sdgate.core.jobs import Job, JobEventKind
+from sdgate.jobs.idempotency import IdempotencyKeys
+from sdgate.jobs.retention import Retention
+from sdgate.jobs.webhooks import Webhooks, load_secret
+from sdgate.server.deps import ServicesDep
+from sdgate.server.dialects.native import translate
+from sdgate.server.dialects.native.eventlog import TERMINAL, EventLog
+from sdgate.server.services import Services
+
+log = logging.getLogger("sdgate.native")
+_KEY = "native"
+
+
+@dataclass
+class NativeRuntime:
+    services: Services
+    events: EventLog
+    keys: IdempotencyKeys
+    webhooks: Webhooks
+    retention: Retention
+    base: str  # the public URL links start with ("" for relative links)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _remove_listener: Callable[[], None] | None = None
+
+    @classmethod
+    def attach(cls, services: Services) -> NativeRuntime:
+        """Builds the runtime and starts logging job events. Call before ``services.start()``, so
+        the events of jobs recovered at start-up are logged too."""
+        settings = services.settings
+        base = (settings.public_url or "").rstrip("/")
+        db = services.store.database
+
+        def render_event(kind: JobEventKind, job: Job) -> dict[str, Any]:
+            return translate.event_data(kind, job, base=base)
+
+        runtime = cls(
+            services=services,
+            events=EventLog(db, render_event),
+            keys=IdempotencyKeys(db, ttl_s=settings.idempotency_ttl_s),
+            webhooks=Webhooks(
+                db,
+                secret=load_secret(settings.webhook_secret, settings.data_dir),
+                render=lambda job: translate.job_out(job, base=base),
+                allow_private=settings.allow_private_callbacks,
+                max_attempts=settings.webhook_max_attempts,
+                backoff_s=settings.webhook_backoff_s,
+                timeout_s=settings.webhook_timeout_s,
+            ),
+            retention=Retention(services.store, services.images, ttl_s=settings.retention_ttl_s,
+                                interval_s=settings.retention_interval_s),
+            base=base,
+        )
+        runtime._remove_listener = services.events.add_listener(runtime._on_event)
+        services.state[_KEY] = runtime
+        return runtime
+
+    def _on_event(self, kind: JobEventKind, job: Job) -> None:
+        self.events.on_event(kind, job)
+        if kind in TERMINAL:
+            self.webhooks.notify()
+
+    async def start(self) -> None:
+        """The background tasks: webhook delivery and retention cleanup."""
+        self._tasks = [
+            asyncio.create_task(self.webhooks.run(self.services.store), name="sdgate-webhooks"),
+            asyncio.create_task(self.retention.run(), name="sdgate-retention"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    def detach(self) -> None:
+        if self._remove_listener is not None:
+            self._remove_listener()
+            self._remove_listener = None
+
+
+def get_runtime(services: ServicesDep) -> NativeRuntime:
+    runtime: NativeRuntime = services.state[_KEY]
+    return runtime
+
+
+RuntimeDep = Annotated[NativeRuntime, Depends(get_runtime)]

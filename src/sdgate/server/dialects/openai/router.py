@@ -1,0 +1,250 @@
+"""OpenAI Images routes: ``/v1/images/{generations,edits,variations}``, ``/v1/models``, and the
+signed image links that ``response_format=url`` hands out. Translate, delegate, render."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
+
+from sdgate.core.errors import InvalidRequest, NotFound, SdgateError
+from sdgate.core.images import decode_image_bytes
+from sdgate.core.jobs import Job
+from sdgate.core.models import ModelInfo
+from sdgate.core.requests import GenerationRequest
+from sdgate.server import jobflow
+from sdgate.server.deps import ServicesDep, UserDep, image_limits
+from sdgate.server.dialects.openai import translate
+from sdgate.server.dialects.openai.protocol import (
+    ImageEditParams,
+    ImageGenerationRequest,
+    ImagesResponse,
+    ImageVariationParams,
+    ModelList,
+)
+from sdgate.server.dialects.stability import translate as images_io
+from sdgate.server.errors import DialectRoute
+from sdgate.server.model_aliases import ALIASES, resolve_model
+from sdgate.server.services import Services
+from sdgate.server.signing import SIGNED_PATH, UrlSigner
+
+log = logging.getLogger("sdgate.openai")
+DIALECT = "openai"
+_warned_fields: set[str] = set()
+OPENAI_MODELS = tuple(name for name in ALIASES if name.startswith(("dall-e", "gpt-image")))
+
+
+class OpenAIRoute(DialectRoute):
+    dialect = DIALECT
+
+    @staticmethod
+    def render_error(err: SdgateError) -> JSONResponse:
+        status, body, headers = translate.error_body(err)
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    @staticmethod
+    def render_validation(errors: list[dict[str, Any]]) -> JSONResponse:
+        first = errors[0] if errors else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        field = loc[0] if loc else None
+        message = f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid')}"
+        return OpenAIRoute.render_error(InvalidRequest(message, field=field))
+
+
+router = APIRouter(prefix="/v1", route_class=OpenAIRoute, tags=["OpenAI"])
+
+
+def _log_unknown(kind: str, body: BaseModel) -> None:
+    fresh = [f"{kind}.{f}" for f in sorted(body.model_extra or {}) if f"{kind}.{f}" not in _warned_fields]
+    if fresh:
+        _warned_fields.update(fresh)
+        log.info("accepting and ignoring unknown OpenAI field(s): %s", ", ".join(fresh))
+
+
+def _model(services: Services, name: str | None) -> tuple[ModelInfo, Any]:
+    info = resolve_model(services.catalog, services.settings, name, dialect=DIALECT)
+    return info, services.model_defaults(info)
+
+
+def _signer(services: Services) -> UrlSigner:
+    signer = services.state.get("url_signer")
+    if signer is None:
+        signer = services.state["url_signer"] = UrlSigner.from_settings(services.settings)
+    return signer
+
+
+async def _respond(
+    request: Request,
+    services: Services,
+    job: Job,
+    *,
+    fmt: str,
+    output_format: str | None,
+    quality: int | None,
+) -> dict[str, Any]:
+    """``{"created", "data"}`` with base64 images or signed links, in the asked image format."""
+    images = await jobflow.image_bytes(services, job)
+    kind = output_format or "png"
+
+    def encode() -> list[str]:
+        out = []
+        for png in images:
+            data = images_io.reencode(png, kind, quality if quality is not None else 100)
+            if fmt == "b64_json":
+                out.append(jobflow.b64(data))
+            else:
+                image_id = services.images.put(data, content_type=f"image/{kind}")
+                base = services.settings.public_url or str(request.base_url)
+                out.append(base.rstrip("/") + _signer(services).path(image_id))
+        return out
+
+    body: dict[str, Any] = {
+        "created": int(time.time()),
+        "data": translate.image_items(await run_in_threadpool(encode), fmt),
+    }
+    if output_format:
+        body["output_format"] = output_format
+    return body
+
+
+async def _run(request: Request, services: Services, user: str | None, gen: GenerationRequest) -> Job:
+    return await jobflow.run_blocking(services, gen, request, dialect=DIALECT, owner=user)
+
+
+@router.post("/images/generations", response_model=ImagesResponse, response_model_exclude_none=True)
+async def generations(
+    request: Request, services: ServicesDep, user: UserDep, body: Annotated[ImageGenerationRequest, Body()]
+) -> dict[str, Any]:
+    _log_unknown("generations", body)
+    info, defaults = _model(services, body.model)
+    gen = translate.generation_request(body, model=info.name, defaults=defaults, settings=services.settings)
+    job = await _run(request, services, user, gen)
+    fmt = body.response_format or translate.default_response_format(body.model)
+    return await _respond(
+        request, services, job, fmt=fmt, output_format=body.output_format, quality=body.output_compression
+    )
+
+
+@router.post("/images/edits", response_model=ImagesResponse, response_model_exclude_none=True)
+async def edits(request: Request, services: ServicesDep, user: UserDep) -> dict[str, Any]:
+    form = await _read_form(request)
+    body = _validate(ImageEditParams, form)
+    _log_unknown("edits", body)
+    info, defaults = _model(services, body.model)
+    uploads = [v for k, v in form.multi_items() if k in ("image", "image[]") and isinstance(v, UploadFile)]
+    if not uploads:
+        raise InvalidRequest("image: is required", field="image")
+    if len(uploads) > 1:
+        log.info("openai: edits got %d images; using the first (no reference-image support)", len(uploads))
+    image = await uploads[0].read()
+    mask = await _file(form, "mask")
+
+    def store() -> tuple[str, str | None, tuple[int, int]]:
+        limits = image_limits(services)
+        rgb = decode_image_bytes(image, field="image", limits=limits)
+        image_alpha = images_io.alpha_channel(images_io.open_upload(image, field="image", limits=limits))
+        mask_image = mask_alpha = None
+        if mask is not None:
+            mask_image = decode_image_bytes(mask, field="mask", limits=limits, mode="L")
+            mask_alpha = images_io.alpha_channel(images_io.open_upload(mask, field="mask", limits=limits))
+        edit = translate.edit_mask(image_alpha, mask_image, mask_alpha, rgb.size)
+        mask_id = services.images.put(images_io.to_png(edit)) if edit is not None else None
+        return services.images.put(images_io.to_png(rgb)), mask_id, rgb.size
+
+    init_id, mask_id, size = await run_in_threadpool(store)
+    gen = translate.edit_request(
+        body,
+        init_image=init_id,
+        mask=mask_id,
+        init_size=size,
+        model=info.name,
+        defaults=defaults,
+        settings=services.settings,
+    )
+    job = await _run(request, services, user, gen)
+    fmt = body.response_format or translate.default_response_format(body.model)
+    return await _respond(
+        request, services, job, fmt=fmt, output_format=body.output_format, quality=body.output_compression
+    )
+
+
+@router.post("/images/variations", response_model=ImagesResponse, response_model_exclude_none=True)
+async def variations(request: Request, services: ServicesDep, user: UserDep) -> dict[str, Any]:
+    form = await _read_form(request)
+    body = _validate(ImageVariationParams, form)
+    _log_unknown("variations", body)
+    info, defaults = _model(services, body.model)
+    image = await _file(form, "image")
+    if image is None:
+        raise InvalidRequest("image: is required", field="image")
+
+    def store() -> tuple[str, tuple[int, int]]:
+        rgb = decode_image_bytes(image, field="image", limits=image_limits(services))
+        return services.images.put(images_io.to_png(rgb)), rgb.size
+
+    init_id, size = await run_in_threadpool(store)
+    gen = translate.variation_request(
+        body,
+        init_image=init_id,
+        init_size=size,
+        model=info.name,
+        defaults=defaults,
+        settings=services.settings,
+    )
+    job = await _run(request, services, user, gen)
+    fmt = body.response_format or translate.default_response_format(body.model)
+    return await _respond(request, services, job, fmt=fmt, output_format=None, quality=None)
+
+
+@router.get("/models", response_model=ModelList)
+async def models(services: ServicesDep) -> dict[str, Any]:
+    created = int(time.time())
+    names = [info.name for info in services.catalog.list()] + list(OPENAI_MODELS)
+    return {
+        "object": "list",
+        "data": [{"id": n, "object": "model", "created": created, "owned_by": "sdgate"} for n in names],
+    }
+
+
+@router.get(SIGNED_PATH.removeprefix("/v1") + "/{image_id}", include_in_schema=False)
+async def signed_image(
+    image_id: str, services: ServicesDep, expires: int = 0, signature: str = ""
+) -> Response:
+    """A signed link from a ``url`` response. Wrong or expired links are all the same 404."""
+    if not _signer(services).verify(image_id, expires, signature):
+        raise NotFound("this image link is invalid or has expired")
+    try:
+        data = await run_in_threadpool(services.images.get, image_id)
+    except (FileNotFoundError, KeyError, ValueError):
+        raise NotFound("this image no longer exists") from None
+    return Response(
+        data,
+        media_type=services.images.content_type(image_id),
+        headers={"Cache-Control": "private, max-age=60"},
+    )
+
+
+async def _read_form(request: Request) -> FormData:
+    try:
+        return await request.form()
+    except SdgateError:
+        raise
+    except Exception as exc:  # a malformed multipart body is the client's
+        raise InvalidRequest(f"body: is not valid multipart/form-data ({exc})", field="body") from exc
+
+
+def _validate(model: type[images_io.Model], form: FormData) -> images_io.Model:
+    return images_io.validate(model, dict((k, v) for k, v in form.multi_items() if isinstance(v, str)))
+
+
+async def _file(form: FormData, name: str) -> bytes | None:
+    value = form.get(name)
+    if isinstance(value, UploadFile):
+        return (await value.read()) or None
+    return None

@@ -1,0 +1,324 @@
+"""Stability routes: v1 ``/v1/generation/...``, ``/v1/engines/list``, ``/v1/user/...`` and v2beta
+``/v2beta/stable-image/generate/{core,sd3,ultra}``. Translate, delegate, render."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
+
+from sdgate.core.errors import InvalidRequest, NotFound, SdgateError
+from sdgate.core.images import decode_image_bytes
+from sdgate.core.models import ModelInfo
+from sdgate.core.requests import GenerationRequest
+from sdgate.server import jobflow
+from sdgate.server.deps import ServicesDep, UserDep, image_limits
+from sdgate.server.dialects.stability import translate
+from sdgate.server.dialects.stability.protocol import (
+    ArtifactsResponse,
+    ImageToImageParams,
+    MaskingParams,
+    StableImageParams,
+    TextToImageRequest,
+    UpscaleParams,
+)
+from sdgate.server.errors import DialectRoute
+from sdgate.server.middleware import request_id_var
+from sdgate.server.model_aliases import ALIASES, resolve_model
+from sdgate.server.services import Services
+
+log = logging.getLogger("sdgate.stability")
+DIALECT = "stability"
+_warned_fields: set[str] = set()
+
+
+class StabilityV1Route(DialectRoute):
+    """v1 errors: ``{id, name, message}``."""
+
+    dialect = DIALECT
+
+    @staticmethod
+    def render_error(err: SdgateError) -> JSONResponse:
+        status, name = translate.v1_error(err)
+        return JSONResponse(
+            {"id": request_id_var.get(), "name": name, "message": err.message}, status_code=status
+        )
+
+    @staticmethod
+    def render_validation(errors: list[dict[str, Any]]) -> JSONResponse:
+        field, message = translate.validation_message(errors)
+        return StabilityV1Route.render_error(InvalidRequest(message, field=field))
+
+
+class StabilityV2Route(DialectRoute):
+    """v2beta errors: ``{id, name, errors: [...]}``."""
+
+    dialect = DIALECT
+
+    @staticmethod
+    def render_error(err: SdgateError) -> JSONResponse:
+        status, name = translate.v2_error(err)
+        return JSONResponse(
+            {"id": request_id_var.get(), "name": name, "errors": [err.message]}, status_code=status
+        )
+
+    @staticmethod
+    def render_validation(errors: list[dict[str, Any]]) -> JSONResponse:
+        field, message = translate.validation_message(errors)
+        return StabilityV2Route.render_error(InvalidRequest(message, field=field))
+
+
+router = APIRouter(prefix="/v1", route_class=StabilityV1Route, tags=["Stability"])
+v2_router = APIRouter(prefix="/v2beta/stable-image", route_class=StabilityV2Route, tags=["Stability"])
+
+
+def _log_unknown(kind: str, body: Any) -> None:
+    fresh = [f"{kind}.{f}" for f in translate.unknown_fields(body) if f"{kind}.{f}" not in _warned_fields]
+    if fresh:
+        _warned_fields.update(fresh)
+        log.info("accepting and ignoring unknown Stability field(s): %s", ", ".join(fresh))
+
+
+def _model(services: Services, name: str) -> tuple[ModelInfo, Any]:
+    info = resolve_model(services.catalog, services.settings, name, dialect=DIALECT)
+    return info, services.model_defaults(info)
+
+
+def _wants_image(request: Request) -> bool:
+    """v1: ``image/png`` (or ``image/*``) means bytes; JSON is the default."""
+    accept = request.headers.get("accept", "").lower()
+    return "application/json" not in accept and ("image/png" in accept or "image/*" in accept)
+
+
+async def _run_v1(request: Request, services: Services, user: str | None, gen: GenerationRequest) -> Response:
+    as_image = _wants_image(request)
+    if as_image and gen.image_count > 1:
+        raise InvalidRequest("samples: image/png responses hold one image; ask for JSON", field="samples")
+    job = await jobflow.run_blocking(services, gen, request, dialect=DIALECT, owner=user)
+    assert job.result is not None
+    images = await jobflow.image_bytes(services, job)
+    seeds = job.result.seeds
+    return _render_v1(as_image, images, seeds)
+
+
+def _render_v1(as_image: bool, images: list[bytes], seeds: list[int]) -> Response:
+    if as_image:
+        headers = {"Finish-Reason": translate.FINISH_SUCCESS, "Seed": str(seeds[0] if seeds else 0)}
+        return Response(images[0], media_type="image/png", headers=headers)
+    artifacts = [
+        {"base64": jobflow.b64(data), "seed": seed, "finishReason": translate.FINISH_SUCCESS}
+        for data, seed in zip(images, seeds, strict=False)
+    ]
+    return JSONResponse({"artifacts": artifacts})
+
+
+async def _read_form(request: Request) -> FormData:
+    try:
+        return await request.form()
+    except SdgateError:
+        raise
+    except Exception as exc:  # a malformed multipart body is the client's
+        raise InvalidRequest(f"body: is not valid multipart/form-data ({exc})", field="body") from exc
+
+
+async def _file(form: FormData, name: str, *, required: bool = True) -> bytes | None:
+    value = form.get(name)
+    if isinstance(value, UploadFile):
+        data = await value.read()
+        if data:
+            return data
+    if required:
+        raise InvalidRequest(f"{name}: is required", field=name)
+    return None
+
+
+def _text_items(form: FormData) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+
+
+# -- v1 -------------------------------------------------------------------------------------------
+
+
+@router.get("/engines/list")
+async def engines_list(services: ServicesDep) -> list[dict[str, Any]]:
+    default = services.catalog.default.name
+    engines = [
+        {
+            "id": name,
+            "name": name,
+            "type": "PICTURE",
+            "description": f"Stability engine id, served by sdgate with {default} or a model of its family",
+        }
+        for name in ALIASES
+        if name.startswith(("stable-", "esrgan"))
+    ]
+    engines += [
+        {"id": info.name, "name": info.name, "type": "PICTURE", "description": f"sdgate model {info.title}"}
+        for info in services.catalog.list()
+    ]
+    return engines
+
+
+@router.get("/user/account")
+async def user_account(user: UserDep) -> dict[str, Any]:
+    name = user or "local"
+    org = {"id": "org-sdgate", "name": "sdgate", "role": "OWNER", "is_default": True}
+    return {
+        "id": f"user-{name}",
+        "email": f"{name}@sdgate.local",
+        "profile_picture": "",
+        "organizations": [org],
+    }
+
+
+@router.get("/user/balance")
+async def user_balance() -> dict[str, float]:
+    return {"credits": 1_000_000.0}  # self-hosted: nothing is billed
+
+
+@router.post("/generation/{engine_id}/text-to-image", response_model=ArtifactsResponse)
+async def text_to_image(
+    engine_id: str,
+    request: Request,
+    services: ServicesDep,
+    user: UserDep,
+    body: Annotated[TextToImageRequest, Body()],
+) -> Response:
+    _log_unknown("text-to-image", body)
+    info, defaults = _model(services, engine_id)
+    gen = translate.text_to_image_request(
+        body, model=info.name, defaults=defaults, settings=services.settings
+    )
+    return await _run_v1(request, services, user, gen)
+
+
+@router.post("/generation/{engine_id}/image-to-image", response_model=ArtifactsResponse)
+async def image_to_image(engine_id: str, request: Request, services: ServicesDep, user: UserDep) -> Response:
+    form = await _read_form(request)
+    body = translate.validate(ImageToImageParams, translate.form_fields(_text_items(form)))
+    _log_unknown("image-to-image", body)
+    info, defaults = _model(services, engine_id)
+    init_id, init_size, _ = await _store_init(services, await _file(form, "init_image"))
+    gen = translate.image_to_image_request(
+        body,
+        init_image=init_id,
+        init_size=init_size,
+        model=info.name,
+        defaults=defaults,
+        settings=services.settings,
+    )
+    return await _run_v1(request, services, user, gen)
+
+
+@router.post("/generation/{engine_id}/image-to-image/masking", response_model=ArtifactsResponse)
+async def masking(engine_id: str, request: Request, services: ServicesDep, user: UserDep) -> Response:
+    form = await _read_form(request)
+    body = translate.validate(MaskingParams, translate.form_fields(_text_items(form)))
+    _log_unknown("masking", body)
+    info, defaults = _model(services, engine_id)
+    init_id, init_size, alpha = await _store_init(services, await _file(form, "init_image"))
+    mask_data = await _file(form, "mask_image", required=False)
+
+    def store_mask() -> str:
+        mask_image = None
+        if mask_data is not None:
+            mask_image = decode_image_bytes(
+                mask_data, field="mask_image", limits=image_limits(services), mode="L"
+            )
+        mask = translate.mask_from_source(
+            body.mask_source, init_alpha=alpha, mask_image=mask_image, init_size=init_size
+        )
+        return services.images.put(translate.to_png(mask))
+
+    mask_id = await run_in_threadpool(store_mask)
+    gen = translate.masking_request(
+        body,
+        init_image=init_id,
+        mask=mask_id,
+        init_size=init_size,
+        model=info.name,
+        defaults=defaults,
+        settings=services.settings,
+    )
+    return await _run_v1(request, services, user, gen)
+
+
+@router.post("/generation/{engine_id}/image-to-image/upscale", response_model=ArtifactsResponse)
+async def upscale(engine_id: str, request: Request, services: ServicesDep, user: UserDep) -> Response:
+    form = await _read_form(request)
+    body = translate.validate(UpscaleParams, translate.form_fields(_text_items(form)))
+    _log_unknown("upscale", body)
+    data = await _file(form, "image")
+    assert data is not None
+    if engine_id.startswith("esrgan"):
+        # No ESRGAN weights ship with sdgate: a Lanczos resize, said so in the log, not a silent swap.
+        def resized() -> bytes:
+            image = translate.open_upload(data, field="image", limits=image_limits(services))
+            size = translate.upscale_size(image.size, body.width, body.height)
+            return translate.to_png(translate.resize(image, size))
+
+        log.info("stability: %s upscale served as a Lanczos resize (no ESRGAN model installed)", engine_id)
+        return _render_v1(_wants_image(request), [await run_in_threadpool(resized)], [0])
+    info, defaults = _model(services, engine_id)
+    init_id, init_size, _ = await _store_init(services, data, field="image")
+    size = translate.upscale_size(init_size, body.width, body.height)
+    gen = translate.latent_upscale_request(
+        body, init_image=init_id, size=size, model=info.name, defaults=defaults, settings=services.settings
+    )
+    return await _run_v1(request, services, user, gen)
+
+
+async def _store_init(
+    services: Services, data: bytes | None, *, field: str = "init_image"
+) -> tuple[str, tuple[int, int], Any]:
+    """(image-store id of the flattened RGB init image, its size, its alpha channel or None)."""
+    assert data is not None
+
+    def store() -> tuple[str, tuple[int, int], Any]:
+        limits = image_limits(services)
+        rgb = decode_image_bytes(data, field=field, limits=limits)
+        alpha = translate.alpha_channel(translate.open_upload(data, field=field, limits=limits))
+        return services.images.put(translate.to_png(rgb)), rgb.size, alpha
+
+    return await run_in_threadpool(store)
+
+
+# -- v2beta ---------------------------------------------------------------------------------------
+
+
+@v2_router.post("/generate/{service}")
+async def generate(service: str, request: Request, services: ServicesDep, user: UserDep) -> Response:
+    if service not in ("core", "sd3", "ultra"):
+        raise NotFound(f"generate/{service}: no such service; use core, sd3 or ultra")
+    form = await _read_form(request)
+    body = translate.validate(StableImageParams, translate.form_fields(_text_items(form)))
+    _log_unknown(f"generate/{service}", body)
+    info, defaults = _model(services, body.model or service)
+    image = await _file(form, "image", required=False)
+    init_id, init_size = None, None
+    if image is not None:
+        init_id, init_size, _ = await _store_init(services, image, field="image")
+    gen = translate.stable_image_request(
+        service,
+        body,
+        model=info.name,
+        defaults=defaults,
+        settings=services.settings,
+        init_image=init_id,
+        init_size=init_size,
+    )
+    job = await jobflow.run_blocking(services, gen, request, dialect=DIALECT, owner=user)
+    assert job.result is not None
+    png = (await jobflow.image_bytes(services, job))[0]
+    data = await run_in_threadpool(translate.reencode, png, body.output_format.value)
+    seed = job.result.seeds[0] if job.result.seeds else gen.seed
+    if "application/json" in request.headers.get("accept", "").lower():
+        return JSONResponse(
+            {"image": jobflow.b64(data), "finish_reason": translate.FINISH_SUCCESS, "seed": seed}
+        )
+    headers = {"finish-reason": translate.FINISH_SUCCESS, "seed": str(seed)}
+    return Response(data, media_type=f"image/{body.output_format.value}", headers=headers)

@@ -1,0 +1,169 @@
+"""The sampler table: every A1111 sampler x schedule pair runs something, and says so when it differs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import EulerAncestralDiscreteScheduler
+
+from sdgate.core.errors import InvalidRequest
+from sdgate.core.samplers import SAMPLERS, SCHEDULERS
+from sdgate.engine import schedulers as sch
+from sdgate.engine.configs import shipped_configs
+from sdgate.engine.diffusers_engine import DiffusersEngine
+from tests.engine.conftest import generate
+
+BASE = shipped_configs("sd1")["scheduler"]
+SAMPLER_NAMES = [s.name for s in SAMPLERS]
+SCHEDULE_NAMES = [s.name for s in SCHEDULERS]
+STEPS = 8
+
+
+def _sigmas(scheduler: object) -> np.ndarray:
+    scheduler.set_timesteps(STEPS)  # type: ignore[attr-defined]
+    return scheduler.sigmas.numpy()  # type: ignore[attr-defined]
+
+
+def test_the_table_covers_every_a1111_sampler() -> None:
+    assert set(sch.SAMPLERS) == set(SAMPLER_NAMES)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULE_NAMES)
+@pytest.mark.parametrize("sampler", SAMPLER_NAMES)
+def test_every_pair_builds_a_working_scheduler_or_says_why_not(sampler: str, schedule: str) -> None:
+    plan = sch.build_scheduler(sampler, schedule, BASE, seeds=[1])
+    plan.scheduler.set_timesteps(STEPS)
+    timesteps = plan.scheduler.timesteps
+    assert len(timesteps) >= STEPS and torch.isfinite(torch.as_tensor(timesteps, dtype=torch.float64)).all()
+    assert plan.sampler == sampler
+    spec = sch.SAMPLERS[sampler]
+    if spec.note:
+        assert spec.note in plan.notes
+    requested = sch.concrete_schedule(sampler, schedule)
+    if plan.schedule != requested:  # a schedule that did not run must be explained
+        assert any(requested.replace("_", " ") in n.lower() or "schedule" in n for n in plan.notes), plan.notes
+    if not plan.notes:
+        assert spec.note is None
+
+
+def test_automatic_means_the_samplers_a1111_default() -> None:
+    assert sch.build_scheduler("DPM++ 2M", "automatic", BASE).schedule == "karras"
+    assert sch.build_scheduler("DPM++ 2M SDE", "automatic", BASE).schedule == "exponential"
+    plan = sch.build_scheduler("Euler", "automatic", BASE)
+    assert plan.schedule == "automatic" and plan.schedule_label == "Automatic"
+    assert plan.scheduler.config.timestep_spacing == "linspace"  # k-diffusion's get_sigmas
+    ddim = sch.build_scheduler("DDIM", "automatic", BASE).scheduler
+    assert ddim.config.timestep_spacing == "leading" and ddim.config.steps_offset == 1
+
+
+def test_schedules_reach_the_scheduler_config() -> None:
+    cfg = sch.build_scheduler("DPM++ 2M", "karras", BASE).scheduler.config
+    assert cfg.use_karras_sigmas and cfg.algorithm_type == "dpmsolver++" and cfg.solver_order == 2
+    cfg = sch.build_scheduler("DPM++ 2M SDE Heun", "beta", BASE).scheduler.config
+    assert cfg.use_beta_sigmas and not cfg.use_karras_sigmas and cfg.solver_type == "heun"
+    assert sch.build_scheduler("Euler", "sgm_uniform", BASE).scheduler.config.timestep_spacing == "trailing"
+    assert sch.build_scheduler("LMS", "polyexponential", BASE).scheduler.config.use_exponential_sigmas
+    assert sch.build_scheduler("DPM++ 2M", "karras", BASE).schedule_label == "Karras"
+
+
+def test_a_previous_jobs_options_never_leak_into_the_next() -> None:
+    heun = sch.build_scheduler("DPM++ 2M SDE Heun", "karras", BASE).scheduler
+    plain = sch.build_scheduler("DPM++ 2M", "exponential", dict(heun.config))
+    assert plain.scheduler.config.solver_type != "heun" or "solver_type" not in sch.SAMPLERS["DPM++ 2M"].options
+    assert plain.scheduler.config.algorithm_type == "dpmsolver++"
+    assert not plain.scheduler.config.use_karras_sigmas
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "Euler a", "DPM++ 2M", "Heun", "LMS", "DPM2", "UniPC"])
+def test_align_your_steps_sigmas_arrive(sampler: str) -> None:
+    plan = sch.build_scheduler(sampler, "align_your_steps", BASE)
+    sigmas = np.unique(_sigmas(plan.scheduler).round(4))[::-1]
+    expected = sch.loglinear_sigmas(sch.AYS_SD1, STEPS)
+    lo, hi = sch._sigma_range(plan.scheduler)  # the model's own range bounds every schedule
+    np.testing.assert_allclose(sigmas[: len(expected)], np.clip(expected, lo, hi), rtol=2e-3)
+    xl = sch.build_scheduler(sampler, "align_your_steps", BASE, family="sdxl")
+    assert not np.allclose(_sigmas(xl.scheduler)[1], _sigmas(plan.scheduler)[1])
+
+
+def test_kl_optimal_sigmas_arrive() -> None:
+    sigmas = _sigmas(sch.build_scheduler("Euler", "kl_optimal", BASE).scheduler)
+    lo, hi = sch._sigma_range(sch.build_scheduler("Euler", "karras", BASE).scheduler)
+    np.testing.assert_allclose(sigmas[:-1], sch.kl_optimal_sigmas(STEPS, lo, hi), rtol=1e-4)
+    assert sigmas[-1] == 0
+
+
+def test_loglinear_interpolation_keeps_the_table_at_its_own_length() -> None:
+    np.testing.assert_allclose(sch.loglinear_sigmas(sch.AYS_SD1, len(sch.AYS_SD1)), sch.AYS_SD1)
+    five = sch.loglinear_sigmas(sch.AYS_SD1, 5)
+    assert len(five) == 5 and five[0] == pytest.approx(14.615) and five[-1] == pytest.approx(0.029)
+    assert all(np.diff(five) < 0)
+
+
+def test_timestep_samplers_ignore_a_schedule_they_cannot_run_and_say_so() -> None:
+    plan = sch.build_scheduler("DDIM", "karras", BASE)
+    assert plan.schedule == "automatic" and any("ignored" in n for n in plan.notes)
+    assert sch.build_scheduler("UniPC", "karras", BASE).scheduler.config.use_karras_sigmas  # it can
+
+
+def test_missing_torchsde_is_a_note_not_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sch, "HAS_TORCHSDE", False)
+    plan = sch.build_scheduler("DPM++ SDE", "karras", BASE)
+    assert type(plan.scheduler).__name__ == "DPMSolverSinglestepScheduler"
+    assert any("torchsde" in n for n in plan.notes)
+
+
+def test_dpm_sde_gets_one_brownian_tree_per_image() -> None:
+    pytest.importorskip("torchsde")
+    plan = sch.build_scheduler("DPM++ SDE", "karras", BASE, seeds=[5, 6, 2**64 - 1])
+    assert plan.scheduler.noise_sampler_seed == [5, 6, 2**64 - 1]
+
+
+def test_unknown_names_are_client_errors() -> None:
+    with pytest.raises(InvalidRequest) as err:
+        sch.build_scheduler("Euler Karras", "karras", BASE)
+    assert err.value.field == "sampler"
+    with pytest.raises(InvalidRequest) as err:
+        sch.build_scheduler("Euler", "Karras", BASE)
+    assert err.value.field == "scheduler"
+
+
+def test_our_euler_a_is_diffusers_euler_a_on_the_same_schedule() -> None:
+    ours = sch.build_scheduler("Euler a", "automatic", BASE).scheduler
+    theirs = EulerAncestralDiscreteScheduler.from_config(BASE, timestep_spacing="linspace")
+    sample = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    results = []
+    for scheduler in (ours, theirs):
+        scheduler.set_timesteps(STEPS)
+        x = sample * scheduler.init_noise_sigma
+        gen = torch.Generator().manual_seed(1)
+        for t in scheduler.timesteps:
+            eps = torch.tanh(scheduler.scale_model_input(x, t))  # any deterministic "model"
+            x = scheduler.step(eps, t, x, generator=gen).prev_sample
+        results.append(x)
+    torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-4)
+
+
+def test_euler_a_eta_zero_is_deterministic_euler() -> None:
+    plan = sch.build_scheduler("Euler a", "karras", BASE, eta=0.0)
+    euler = sch.build_scheduler("Euler", "karras", BASE).scheduler
+    sample = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    outs = []
+    for scheduler in (plan.scheduler, euler):
+        scheduler.set_timesteps(STEPS)
+        x = sample.clone()
+        for t in scheduler.timesteps:
+            x = scheduler.step(torch.tanh(x), t, x).prev_sample
+        outs.append(x)
+    torch.testing.assert_close(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("sampler", SAMPLER_NAMES)
+def test_every_sampler_draws_through_the_pipeline(engine: DiffusersEngine, sampler: str) -> None:
+    out = generate(engine, sampler=sampler, steps=4, width=32, height=32)
+    image = np.asarray(out.images[0].image)
+    assert image.shape == (32, 32, 3)
+    assert f"Sampler: {sampler}," in out.images[0].infotext
+    note = sch.SAMPLERS[sampler].note
+    assert (note is not None) == ("Sampler note" in out.images[0].infotext)
+    assert out.notes == ([note] if note else [])

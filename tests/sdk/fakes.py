@@ -1,0 +1,200 @@
+"""Fakes for the SDK tests: a native job API that follows issue 6's wire format (on MockTransport),
+a PNG maker, a recorder of sleeps, and a fake clock."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+
+def png_bytes(
+    colour: tuple[int, int, int] = (255, 0, 0), size: tuple[int, int] = (8, 8), infotext: str | None = None
+) -> bytes:
+    out = io.BytesIO()
+    info = None
+    if infotext is not None:
+        info = PngInfo()
+        info.add_text("parameters", infotext)
+    Image.new("RGB", size, colour).save(out, format="PNG", pnginfo=info)
+    return out.getvalue()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Sleeps(list[float]):
+    """A sleep that records instead of sleeping."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+class AsyncSleeps(list[float]):
+    async def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+@dataclass
+class FakeJob:
+    id: str
+    body: dict[str, Any]
+    polls_left: int
+    state: str = "queued"
+    events: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
+
+
+class FakeNative:
+    """``/api/v1`` as issue 6 fixes it. Each GET of a job moves it one step on (queued -> running
+    -> succeeded after ``steps`` polls); the SSE stream replays every event to the terminal one.
+
+    Prompts: "fail" fails the job; "cut" drops the SSE stream after the first event once.
+    """
+
+    def __init__(self, *, steps: int = 2, sse: bool = True) -> None:
+        self.steps = steps
+        self.sse = sse
+        self.jobs: dict[str, FakeJob] = {}
+        self.keys: dict[str, tuple[str, str]] = {}
+        self.requests: list[httpx.Request] = []
+        self.ids = itertools.count(1)
+        self.event_ids = itertools.count(1)
+        self.cut_done: set[str] = set()
+
+    @property
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handle)
+
+    def _event(self, job: FakeJob, name: str, **data: Any) -> None:
+        job.events.append((next(self.event_ids), name, {"job_id": job.id, **data}))
+
+    def _advance(self, job: FakeJob) -> None:
+        if job.state in ("succeeded", "failed", "cancelled"):
+            return
+        if job.state == "queued":
+            job.state = "running"
+            self._event(job, "started")
+            return
+        job.polls_left -= 1
+        step = self.steps - job.polls_left
+        self._event(job, "progress", step=step, total=self.steps, eta_s=0.1)
+        if job.polls_left <= 0:
+            job.state = "failed" if "fail" in job.body["prompt"] else "succeeded"
+            self._event(job, job.state)
+
+    def view(self, job: FakeJob) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": job.id,
+            "state": job.state,
+            "position": 0 if job.state == "queued" else None,
+            "created_at": "2026-01-01T00:00:00Z",
+            "request": job.body,
+            "progress": None,
+            "result": None,
+            "error": None,
+            "links": {"self": f"/api/v1/jobs/{job.id}", "events": f"/api/v1/jobs/{job.id}/events"},
+        }
+        if job.state == "running":
+            out["progress"] = {"step": self.steps - job.polls_left, "total": self.steps, "eta_s": 0.1}
+        if job.state == "succeeded":
+            seed = int(job.body.get("seed", 7))
+            out["result"] = {
+                "images": [
+                    {
+                        "id": f"img_{job.id}_{i}",
+                        "url": f"/api/v1/images/img_{job.id}_{i}",
+                        "seed": seed + i,
+                        "width": 8,
+                        "height": 8,
+                    }
+                    for i in range(int(job.body.get("batch_size", 1)))
+                ],
+                "timings": {"total_s": 0.5},
+            }
+        if job.state == "failed":
+            out["error"] = {"code": "generation_failed", "message": "the engine exploded"}
+        return out
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        path = request.url.path
+        if request.method == "POST" and path == "/api/v1/jobs":
+            return self._submit(request)
+        if request.method == "GET" and path == "/api/v1/jobs":
+            return httpx.Response(
+                200, json={"data": [self.view(j) for j in self.jobs.values()], "next_cursor": None}
+            )
+        if path.startswith("/api/v1/images/img_"):
+            job_id, _, index = path.removeprefix("/api/v1/images/img_").rpartition("_")
+            seed = int(self.jobs[job_id].body.get("seed", 7)) + int(index)
+            return httpx.Response(
+                200,
+                content=png_bytes(infotext=f"{self.jobs[job_id].body['prompt']}\nSeed: {seed}"),
+                headers={"content-type": "image/png"},
+            )
+        if path == "/api/v1/models":
+            return httpx.Response(200, json={"data": [{"name": "sdgate-demo-shapes", "title": "Demo"}]})
+        parts = path.split("/")
+        if len(parts) >= 5 and parts[3] == "jobs":
+            job = self.jobs.get(parts[4])
+            if job is None:
+                return httpx.Response(404, json={"error": {"code": "not_found", "message": "no such job"}})
+            if len(parts) == 5 and request.method == "GET":
+                self._advance(job)
+                return httpx.Response(200, json=self.view(job))
+            if parts[5:] == ["cancel"] and request.method == "POST":
+                if job.state not in ("succeeded", "failed"):
+                    job.state = "cancelled"
+                    self._event(job, "cancelled")
+                return httpx.Response(200, json=self.view(job))
+            if parts[5:] == ["events"]:
+                return self._events(job, request)
+        return httpx.Response(404, json={"error": {"code": "not_found", "message": f"no route {path}"}})
+
+    def _submit(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        key = request.headers.get("idempotency-key")
+        if key and key in self.keys:
+            job_id, old = self.keys[key]
+            if old != digest:
+                return httpx.Response(409, json={"error": {"code": "conflict", "message": "key reused"}})
+            return httpx.Response(202, json=self.view(self.jobs[job_id]))
+        job = FakeJob(id=f"job_{next(self.ids):04d}", body=body, polls_left=self.steps)
+        self.jobs[job.id] = job
+        self._event(job, "queued", position=0)
+        if key:
+            self.keys[key] = (job.id, digest)
+        return httpx.Response(202, json=self.view(job))
+
+    def _events(self, job: FakeJob, request: httpx.Request) -> httpx.Response:
+        if not self.sse:
+            return httpx.Response(404, json={"error": {"code": "not_found", "message": "no SSE"}})
+        cut = "cut" in job.body["prompt"] and job.id not in self.cut_done
+        if cut:  # the connection drops after the first event, mid-job
+            self.cut_done.add(job.id)
+        while not cut and job.state not in ("succeeded", "failed", "cancelled"):
+            self._advance(job)
+        after = int(request.headers.get("last-event-id", "0"))
+        events = [e for e in job.events if e[0] > after][: 1 if cut else None]
+        text = "".join(
+            f"id: {eid}\nevent: {name}\ndata: {json.dumps(data)}\n\n" for eid, name, data in events
+        )
+        return httpx.Response(
+            200, content=(": hello\n\n" + text).encode(), headers={"content-type": "text/event-stream"}
+        )

@@ -1,0 +1,120 @@
+"""Hugging Face text-to-image through a real uvicorn: ``InferenceClient`` unchanged, raw shapes."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+import pytest
+from huggingface_hub import InferenceClient
+from huggingface_hub.errors import HfHubHTTPError
+from PIL import Image
+from tests.server.dialects.stability.loopback import serve
+from tests.server.fakes import FakeEngine
+
+from sdgate.settings import Settings
+
+REPO = "stabilityai/stable-diffusion-xl-base-1.0"
+
+
+@pytest.fixture
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite sets HF_HUB_OFFLINE=1, which blocks every request the client makes; these go to
+    our own server on loopback only."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
+@pytest.mark.usefixtures("loopback_only")
+def test_inference_client_text_to_image(live: str, engine: FakeEngine) -> None:
+    client = InferenceClient(model=f"{live}/models/{REPO}", token="hf_local")
+    image = client.text_to_image(
+        "an astronaut riding a horse",
+        negative_prompt="low quality",
+        width=384,
+        height=256,
+        num_inference_steps=12,
+        guidance_scale=5.5,
+        seed=99,
+        scheduler="EulerAncestralDiscreteScheduler",
+    )
+    assert image.size == (384, 256)
+    gen = engine.calls[-1]
+    assert (gen.prompt, gen.negative_prompt, gen.steps, gen.cfg_scale, gen.seed, gen.sampler) == (
+        "an astronaut riding a horse",
+        "low quality",
+        12,
+        5.5,
+        99,
+        "Euler a",
+    )
+
+
+def test_old_spellings_and_accept(live: str, engine: FakeEngine) -> None:
+    body = {
+        "inputs": "a cat",
+        "parameters": {
+            "negative_prompt": ["dog", "bird"],
+            "target_size": {"width": 320, "height": 192},
+            "seed": 1,
+            "guidance_scale": 6,
+        },
+        "options": {"use_cache": False, "wait_for_model": True},
+    }
+    r = httpx.post(
+        f"{live}/models/runwayml/stable-diffusion-v1-5", json=body, headers={"Accept": "image/jpeg"}
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(r.content)).size == (320, 192)
+    assert engine.calls[-1].negative_prompt == "dog, bird"
+    r = httpx.post(f"{live}/models/x", json={"inputs": "a", "parameters": {}}, headers={"accept": "*/*"})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(r.content)).size == (512, 512)  # the model's native size
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"parameters": {}}, 422),
+        ({"inputs": "a", "parameters": {"width": "wide"}}, 422),
+        ({"inputs": "a", "parameters": {"width": 500}}, 400),
+        ({"inputs": "a", "parameters": {"scheduler": "NoSuchScheduler"}}, 400),
+        ({"inputs": "boom"}, 500),
+    ],
+)
+def test_error_shapes(live: str, body: dict[str, object], status: int) -> None:
+    r = httpx.post(f"{live}/models/{REPO}", json=body)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert isinstance(error, list if status == 422 else str) and error
+
+
+class LoadingEngine(FakeEngine):
+    def is_loading(self, model: str) -> bool:
+        return True
+
+    def estimated_load_time(self, model: str) -> float:
+        return 12.5
+
+
+@pytest.mark.usefixtures("loopback_only")
+def test_503_while_loading(settings: Settings) -> None:
+    with serve(settings, LoadingEngine()) as url:
+        r = httpx.post(f"{url}/models/{REPO}", json={"inputs": "a"})
+        assert r.status_code == 503
+        assert r.json() == {"error": f"Model {REPO} is currently loading", "estimated_time": 12.5}
+        with pytest.raises(HfHubHTTPError):
+            InferenceClient(model=f"{url}/models/{REPO}").text_to_image("a")
+        waited = httpx.post(
+            f"{url}/models/{REPO}", json={"inputs": "a"}, headers={"x-wait-for-model": "true"}
+        )
+        assert waited.status_code == 200
+
+
+def test_strict_unknown_repo_is_404(settings: Settings, engine: FakeEngine) -> None:
+    with serve(settings.model_copy(update={"strict_models": True}), engine) as url:
+        r = httpx.post(f"{url}/models/someone/unknown-model", json={"inputs": "a"})
+        assert r.status_code == 404 and "unknown-model" in r.json()["error"]
+        assert httpx.post(f"{url}/models/{REPO}", json={"inputs": "a"}).status_code == 200
