@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,18 @@ from sdgate.core.models import ModelCatalog
 from sdgate.core.requests import GenerationRequest
 from sdgate.engine.diffusers_engine import DiffusersEngine
 from sdgate.settings import Settings
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models gain nothing from threads, and on a shared CPU a second thread spinning on a busy
+    core makes each call ~30x slower: the engine tests run single-threaded (and restore it)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -261,3 +261,27 @@ def test_a_second_store_on_the_same_file_sees_the_same_jobs(store: SqlJobStore, 
         claimed = other.claim_next("elsewhere")
     assert claimed is not None
     assert store.get(job.id).state is JobState.RUNNING
+
+
+def test_delete_removes_a_terminal_job_only(store: SqlJobStore) -> None:
+    from sdgate.core.errors import Conflict, NotFound
+
+    job = store.submit(GenerationRequest(prompt="bye"))
+    with pytest.raises(Conflict):
+        store.delete(job.id)
+    store.request_control(job.id, ControlAction.CANCEL)
+    assert store.delete(job.id).id == job.id
+    with pytest.raises(NotFound):
+        store.get(job.id)
+    with pytest.raises(NotFound):
+        store.delete(job.id)
+
+
+def test_page_walks_newest_first_with_filters(store: SqlJobStore) -> None:
+    ids = [store.submit(GenerationRequest(prompt=str(i)), metadata={"k": f"v{i % 2}"}).id for i in range(5)]
+    first, cursor = store.page(limit=2)
+    assert [j.id for j in first] == ids[::-1][:2] and cursor is not None
+    rest, end = store.page(limit=10, before_seq=cursor)
+    assert [j.id for j in rest] == ids[::-1][2:] and end is None
+    odd, _ = store.page(metadata={"k": "v1"})
+    assert [j.id for j in odd] == [ids[3], ids[1]]

@@ -32,7 +32,7 @@ async def test_async_txt2img_models_and_stream(asgi_transport: httpx.ASGITranspo
         assert [im.size for im in result.images] == [(64, 48), (64, 48)]
         assert result.infotexts[0].startswith("a red circle\nSteps: 3, Sampler: Euler a")
         assert result.images[0].getpixel((0, 0)) == (42, 0, 0)  # the fake engine paints the seed
-        assert [m.name for m in await client.models.list()] == ["alpha"]
+        assert "alpha" in [m.name for m in await client.models.list()]
         events = [e async for e in client.stream("a slow circle", seed=1, steps=5, width=64, height=64)]
         assert events[0].kind == "queued" and events[-1].kind == "succeeded"
         assert events[-1].result is not None and events[-1].result.seeds == [1]
@@ -60,7 +60,7 @@ def test_sync_client_against_a_live_server(live_server: ThreadedServer) -> None:
     with Client(live_server.url + "/sdapi/v1") as client:
         result = client.txt2img("a red circle", seed=7, width=64, height=64, steps=2)
         assert result.seeds == [7] and result.images[0].size == (64, 64)
-        assert [m.name for m in client.models.list()] == ["alpha"]
+        assert "alpha" in [m.name for m in client.models.list()]
         events: list = []
         client.txt2img("a slow circle", seed=7, width=64, height=64, steps=20, on_progress=events.append)
         kinds = [e.kind for e in events]
@@ -73,7 +73,7 @@ def test_basic_auth_against_a_live_server(sd_settings: Settings) -> None:
     settings = sd_settings.model_copy(update={"api_auth": "alice:secret"})
     with ThreadedServer(settings) as server:
         with Client(f"a1111+http://alice:secret@127.0.0.1:{server.port}") as client:
-            assert [m.name for m in client.models.list()] == ["alpha"]
+            assert "alpha" in [m.name for m in client.models.list()]
         with Client(f"a1111+{server.url}", max_retries=0) as client, pytest.raises(AuthenticationError):
             client.models.list()
 

@@ -8,10 +8,10 @@ import asyncio
 
 import httpx
 import pytest
-
-from sdgate.client import AsyncClient, Client, JobFailedError, NotFoundError, UnprocessableEntityError
 from tests.sdk.conftest import ThreadedServer
 from tests.sdk.fakes import png_bytes
+
+from sdgate.client import AsyncClient, Client, JobFailedError, NotFoundError, UnprocessableEntityError
 
 
 async def test_async_every_method(asgi_transport: httpx.ASGITransport) -> None:
@@ -20,15 +20,24 @@ async def test_async_every_method(asgi_transport: httpx.ASGITransport) -> None:
         assert result.seeds == [42, 43] and result.job_id and result.job_id.startswith("job_")
         assert result.images[1].getpixel((0, 0)) == (43, 0, 0)  # the fake engine paints the seed
         assert result.infotexts[0].startswith("a red circle\nSteps: 3") and "generate_s" in result.timings
-        img = await client.img2img("x", init_image=png_bytes(size=(64, 64)), denoising_strength=0.5, seed=1, steps=2)
+        img = await client.img2img(
+            "x", init_image=png_bytes(size=(64, 64)), denoising_strength=0.5, seed=1, steps=2
+        )
         assert img.seeds == [1]
-        inp = await client.inpaint("x", init_image=png_bytes(size=(64, 64)), mask=png_bytes((255, 255, 255), (64, 64)),
-                                   seed=2, steps=2)
+        inp = await client.inpaint(
+            "x",
+            init_image=png_bytes(size=(64, 64)),
+            mask=png_bytes((255, 255, 255), (64, 64)),
+            seed=2,
+            steps=2,
+        )
         assert inp.seeds == [2]
         assert "alpha" in [m.name for m in await client.models.list()]
         events = [e async for e in client.stream("a slow circle", steps=3, width=64, height=64)]
         assert [e.kind for e in events][-1] == "succeeded" and any(e.kind == "progress" for e in events)
-        job = await client.jobs.submit("a slow circle", steps=200, width=64, height=64, metadata={"user": "abc"})
+        job = await client.jobs.submit(
+            "a slow circle", steps=200, width=64, height=64, metadata={"user": "abc"}
+        )
         assert (await client.jobs.get(job.id)).id == job.id
         await client.jobs.cancel(job.id)
         done = await asyncio.wait_for(client.jobs.wait(job.id), 10)
@@ -53,8 +62,9 @@ async def test_async_validation_errors(asgi_transport: httpx.ASGITransport) -> N
 async def test_idempotency_key_makes_one_job(asgi_transport: httpx.ASGITransport) -> None:
     async with httpx.AsyncClient(transport=asgi_transport, base_url="http://sdgate") as raw:
         body = {"prompt": "same", "width": 64, "height": 64, "steps": 2}
-        answers = await asyncio.gather(*(raw.post("/api/v1/jobs", json=body, headers={"Idempotency-Key": "k1"})
-                                         for _ in range(4)))
+        answers = await asyncio.gather(
+            *(raw.post("/api/v1/jobs", json=body, headers={"Idempotency-Key": "k1"}) for _ in range(4))
+        )
     assert len({a.json()["id"] for a in answers}) == 1
 
 
@@ -69,8 +79,9 @@ def test_sync_client_every_method(live_server: ThreadedServer) -> None:
         assert client.jobs.result(job.id).job_id == job.id
         assert [e.kind for e in client.jobs.stream(job.id)][-1] == "succeeded"
         assert job.id in [j.id for j in client.jobs.list()]
-        items = client.batch([{"prompt": f"p{i}", "width": 64, "height": 64, "steps": 2} for i in range(8)],
-                             concurrency=4)
+        items = client.batch(
+            [{"prompt": f"p{i}", "width": 64, "height": 64, "steps": 2} for i in range(8)], concurrency=4
+        )
         assert all(it.ok for it in items)
 
 
@@ -83,8 +94,9 @@ def test_sync_client_every_method(live_server: ThreadedServer) -> None:
         ("hf+http://sdgate/models/alpha", {"width": 64, "height": 64, "steps": 2}, ()),
     ],
 )
-async def test_other_backends_against_our_own_dialects(asgi_transport: httpx.ASGITransport, url: str,
-                                                       fields: dict, ignored: tuple) -> None:
+async def test_other_backends_against_our_own_dialects(
+    asgi_transport: httpx.ASGITransport, url: str, fields: dict, ignored: tuple
+) -> None:
     async with AsyncClient(url, transport=asgi_transport, max_retries=0) as client:
         result = await client.txt2img("a red circle", seed=42, **fields)
     assert len(result.images) == 1 and result.ignored_fields == ignored

@@ -27,6 +27,7 @@ from sdgate.client._types import (
     Model,
     ProgressEvent,
 )
+from sdgate.client._ws import AsyncWebSocket
 from sdgate.client.backends._base import Backend, Context, Gen
 
 log = logging.getLogger("sdgate.client")
@@ -130,7 +131,7 @@ class AsyncClient(BaseClient):
         self, gen: Gen, backend: Backend, box: _Box, *, deadline: float | None = None
     ) -> AsyncIterator[Any]:
         """Run a backend protocol; yields ``Emit`` events and leaves its value in ``box``."""
-        streams: dict[int, tuple[httpx.Response, AsyncIterator[Any]]] = {}
+        streams: dict[int, tuple[Callable[[], Awaitable[None]], AsyncIterator[Any]]] = {}
         tasks: dict[int, asyncio.Task[httpx.Response]] = {}
         handles = itertools.count()
         value: Any = None
@@ -153,15 +154,14 @@ class AsyncClient(BaseClient):
                             raise APITimeoutError(f"gave up waiting after {self.timeout:g}s")
                         await asyncio.sleep(op.seconds)
                     elif isinstance(op, Subscribe):
-                        response = await self._send(op.call, backend, stream=True)
                         value = next(handles)
-                        streams[value] = (response, _sse_events(response))
+                        streams[value] = await self._subscribe(op, backend)
                     elif isinstance(op, NextEvent):
                         value = await anext(streams[op.handle][1], None)
                     elif isinstance(op, Close):
-                        response, events = streams.pop(op.handle)
+                        close, events = streams.pop(op.handle)
                         await events.aclose()  # type: ignore[attr-defined]
-                        await response.aclose()
+                        await close()
                     elif isinstance(op, Start):
                         value = next(handles)
                         tasks[value] = asyncio.create_task(self._send(op.call, backend))
@@ -175,11 +175,23 @@ class AsyncClient(BaseClient):
                     error = exc
         finally:
             gen.close()
-            for response, events in streams.values():
+            for close, events in streams.values():
                 await events.aclose()  # type: ignore[attr-defined]
-                await response.aclose()
+                await close()
             for task in tasks.values():
                 task.cancel()
+
+    async def _subscribe(
+        self, op: Subscribe, backend: Backend
+    ) -> tuple[Callable[[], Awaitable[None]], AsyncIterator[Any]]:
+        """An open event stream: (its async close, an async iterator of its events)."""
+        if op.kind == "ws":
+            if backend.limiter is not None and (delay := backend.limiter.reserve()) > 0:
+                await self._sleep(delay)
+            ws = await AsyncWebSocket.connect(op.call.url, **self._ws_options(op.call, backend))
+            return ws.close, ws.messages()
+        response = await self._send(op.call, backend, stream=True)
+        return response.aclose, _sse_events(response)
 
     async def _run(
         self,

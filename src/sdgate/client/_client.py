@@ -27,6 +27,7 @@ from sdgate.client._types import (
     Model,
     ProgressEvent,
 )
+from sdgate.client._ws import SyncWebSocket
 from sdgate.client.backends._base import Backend, Context, Gen
 
 log = logging.getLogger("sdgate.client")
@@ -130,7 +131,7 @@ class Client(BaseClient):
         self, gen: Gen, backend: Backend, *, deadline: float | None = None
     ) -> Generator[Any, None, Any]:
         """Run a backend protocol: perform each op, yield ``Emit`` events, return its value."""
-        streams: dict[int, tuple[httpx.Response, Iterator[Any]]] = {}
+        streams: dict[int, tuple[Any, Iterator[Any]]] = {}
         tasks: dict[int, Future[httpx.Response]] = {}
         handles = itertools.count()
         value: Any = None
@@ -152,9 +153,8 @@ class Client(BaseClient):
                             raise APITimeoutError(f"gave up waiting after {self.timeout:g}s")
                         time.sleep(op.seconds)
                     elif isinstance(op, Subscribe):
-                        response = self._send(op.call, backend, stream=True)
                         value = next(handles)
-                        streams[value] = (response, _sse_events(response))
+                        streams[value] = self._subscribe(op, backend)
                     elif isinstance(op, NextEvent):
                         value = next(streams[op.handle][1], None)
                     elif isinstance(op, Close):
@@ -177,6 +177,16 @@ class Client(BaseClient):
                 response.close()
             for task in tasks.values():
                 task.cancel()
+
+    def _subscribe(self, op: Subscribe, backend: Backend) -> tuple[Any, Iterator[Any]]:
+        """An open event stream: (something with ``close()``, an iterator of its events)."""
+        if op.kind == "ws":
+            if backend.limiter is not None:
+                backend.limiter.acquire(self._sleep)
+            ws = SyncWebSocket(op.call.url, **self._ws_options(op.call, backend))
+            return ws, ws.messages()
+        response = self._send(op.call, backend, stream=True)
+        return response, _sse_events(response)
 
     def _run(
         self,

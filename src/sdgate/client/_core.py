@@ -204,6 +204,14 @@ class BaseClient:
     def _headers(self, call: Call, backend: Backend) -> dict[str, str]:
         return {**self.default_headers, **backend.auth_headers(), **backend.headers, **call.headers}
 
+    def _ws_options(self, call: Call, backend: Backend) -> dict[str, Any]:
+        return {
+            "params": call.params,
+            "headers": self._headers(call, backend),
+            "connect_timeout": self.connect_timeout,
+            "read_timeout": self.timeout,
+        }
+
     def _retry_delay(
         self,
         attempt: int,

@@ -36,6 +36,7 @@ class Region:
     fill: float
     solidity: float
     hole: float
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the image
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ def _describe(pixels: np.ndarray, labels: np.ndarray, nearest: np.ndarray, bg: i
         fill=float(fill),
         solidity=float(solidity),
         hole=float(hole),
+        box=(c0 / GRID, r0 / GRID, (cols.max() + 1) / GRID, (rows.max() + 1) / GRID),
     )
 
 

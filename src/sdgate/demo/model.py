@@ -3,8 +3,9 @@
 The VAE downsamples by 16 (five blocks), so a 512x512 image is a 32x32 latent and a 256x256 one is
 16x16; the UNet has three levels with cross-attention; the text encoder is a small CLIP text model
 trained from scratch over the real CLIP BPE tokenizer (its 49408-row embedding is most of its size,
-hence the narrow width). The VAE normalises over few, wide groups: with one channel per group, a
-plain background's colour would be normalised away before the decoder's last layer. The scheduler is Stable Diffusion's own ("scaled_linear" betas, epsilon).
+hence the narrow width). The VAE normalises over few, wide groups: with one channel per group a
+plain background's colour is normalised away before the decoder's last layer. The scheduler is
+Stable Diffusion's own ("scaled_linear" betas, epsilon prediction).
 """
 
 from __future__ import annotations

@@ -38,7 +38,8 @@ class TrainConfig:
     unet_lr: float = 5e-4
     warmup: int = 300
     ema_decay: float = 0.999
-    sizes: tuple[int, int] = (256, 512)  # rendered sizes, alternated step by step
+    sizes: tuple[int, int] = (256, 512)  # rendered sizes: the larger one every `large_every` steps
+    large_every: int = 3
     cfg_dropout: float = 0.1
     offset_noise: float = 0.1
     min_snr_gamma: float = 5.0
@@ -318,8 +319,8 @@ def _train_unet(ckpt_dir: Path, cfg: TrainConfig, comps: dict[str, Any], state: 
     running: float | None = None
     while not _phase_done(cfg, "unet", step, time.time() - t0):
         batch = next(batches)
-        # one step in three at the larger size, with half the batch (it costs four times as much)
-        size = cfg.sizes[step % 3 == 2]
+        # the larger size with half the batch (it costs four times as much)
+        size = cfg.sizes[step % cfg.large_every == cfg.large_every - 1]
         n = cfg.unet_batch if size == cfg.sizes[0] else max(1, cfg.unet_batch // 2)
         gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
         ids = batch["ids"][:n].to(device, non_blocking=True)

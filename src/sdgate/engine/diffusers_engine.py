@@ -39,6 +39,7 @@ from sdgate.engine.devices import (
     vae_dtype,
 )
 from sdgate.engine.loading import LoadedPipeline, UnsupportedModel, load_pipeline, pipeline_bytes
+from sdgate.engine.prompts import prompt_kwargs
 from sdgate.engine.sampling import StepCallback, decode_latents, initial_noise
 from sdgate.engine.schedulers import SchedulerPlan, build_scheduler
 from sdgate.settings import Settings
@@ -245,7 +246,7 @@ class DiffusersEngine:
         )
         tracker = StepTracker(control, it, request.n_iter, shape.steps)
         latents = pipe(
-            **_prompt_kwargs(request, family),
+            **prompt_kwargs(pipe, family, request),
             height=shape.height,
             width=shape.width,
             num_inference_steps=shape.steps,
@@ -254,7 +255,6 @@ class DiffusersEngine:
             generator=generators,
             output_type="latent",
             callback_on_step_end=StepCallback(tracker, family),
-            clip_skip=request.clip_skip - 1 if request.clip_skip > 1 else None,
             **_eta_kwargs(request, plan),
         ).images
         if tracker.action == StepAction.SKIP:
@@ -278,14 +278,6 @@ def _quiet_loading() -> None:
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
-
-
-def _prompt_kwargs(request: GenerationRequest, family: str | None) -> dict[str, Any]:
-    """Prompts for a batch. SDXL zeroes an empty negative prompt (as A1111 does) when it gets None."""
-    negative: list[str] | None = [request.negative_prompt] * request.batch_size
-    if family == "sdxl" and not request.negative_prompt:
-        negative = None
-    return {"prompt": [request.prompt] * request.batch_size, "negative_prompt": negative}
 
 
 def _eta_kwargs(request: GenerationRequest, plan: SchedulerPlan) -> dict[str, Any]:

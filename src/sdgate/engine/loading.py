@@ -17,14 +17,7 @@ from typing import Any
 
 import torch
 from accelerate import init_empty_weights
-from diffusers import (
-    AutoencoderKL,
-    DiffusionPipeline,
-    EulerDiscreteScheduler,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
-    UNet2DConditionModel,
-)
+from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import (
     convert_ldm_clip_checkpoint,
     convert_ldm_unet_checkpoint,
@@ -35,11 +28,11 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from sdgate.core.models import Family, ModelInfo, detect_family
 from sdgate.engine import configs as cfgs
+from sdgate.engine.pipelines import PIPELINES, SDPipeline, SDXLPipeline
 
 log = logging.getLogger("sdgate.engine")
 
 TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "assets" / "tokenizer"
-SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 StateDict = dict[str, torch.Tensor]
 
 
@@ -172,7 +165,7 @@ def load_single_file(info: ModelInfo, dtype: torch.dtype, vae_dtype: torch.dtype
         tokenizer=_tokenizer(configs["tokenizer"]),
     )
     if family == "sdxl":
-        pipe: Any = StableDiffusionXLPipeline(
+        pipe: Any = SDXLPipeline(
             **parts,
             text_encoder_2=_text_encoder(state, family, configs["text_encoder_2"], dtype, second=True),
             tokenizer_2=_tokenizer(configs["tokenizer_2"]),
@@ -180,7 +173,7 @@ def load_single_file(info: ModelInfo, dtype: torch.dtype, vae_dtype: torch.dtype
             add_watermarker=False,
         )
     else:
-        pipe = StableDiffusionPipeline(
+        pipe = SDPipeline(
             **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
         )
     factor = 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
@@ -195,7 +188,7 @@ def load_diffusers_folder(info: ModelInfo, dtype: torch.dtype, vae_dtype: torch.
     folder = info.filename
     index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     cls_name = index.get("_class_name")
-    if cls_name not in SUPPORTED_PIPELINES:
+    if cls_name not in PIPELINES:
         raise UnsupportedModel(f"{folder.name}: {cls_name} is not a text-to-image SD pipeline sdgate runs")
     kwargs: dict[str, Any] = {}
     if cls_name == "StableDiffusionPipeline":
@@ -207,7 +200,7 @@ def load_diffusers_folder(info: ModelInfo, dtype: torch.dtype, vae_dtype: torch.
     for name, pad in (("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")):
         if name in index and not (folder / name).is_dir():
             kwargs[name] = _tokenizer({"pad_token": pad, "model_max_length": 77})
-    pipe = DiffusionPipeline.from_pretrained(str(folder), dtype=dtype, local_files_only=True, **kwargs)
+    pipe = PIPELINES[cls_name].from_pretrained(str(folder), dtype=dtype, local_files_only=True, **kwargs)
     factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     v_pred = pipe.scheduler.config.get("prediction_type") == "v_prediction"
     return LoadedPipeline(pipe, info.family, v_pred, factor, int(pipe.unet.config.sample_size) * factor)

@@ -13,6 +13,7 @@ from sdgate.client.backends._base import Backend, Context, Gen, b64encode, poll_
 
 API = "/api/v1"
 MAX_RESUBSCRIBE = 3
+DRAIN_EVENTS = 4
 
 
 def request_body(request: ImageRequest) -> dict[str, Any]:
@@ -60,6 +61,14 @@ def event_from_sse(sse: ServerSentEvent, job_id: str) -> ProgressEvent:
         eta_s=data.get("eta_s"),
         data=data,
     )
+
+
+def job_from_event(event: ProgressEvent) -> Job | None:
+    """The job a terminal event carries (issue 6: state events hold the whole job), if it does."""
+    data = event.data
+    if data.get("id") and data.get("state") in TERMINAL_STATES:
+        return Job.from_json(data)
+    return None
 
 
 def event_from_job(job: Job) -> ProgressEvent:
@@ -135,18 +144,29 @@ class NativeBackend(Backend):
                     return None
                 raise
             terminal = False
+            final: Job | None = None
             try:
                 while not terminal:
                     sse = yield NextEvent(handle)
                     if sse is None:
                         break
                     last_id = sse.id or last_id
+                    event = event_from_sse(sse, job_id)
                     if ctx.progress and sse.event:
-                        yield Emit(event_from_sse(sse, job_id))
+                        yield Emit(event)
                     terminal = sse.event in TERMINAL_STATES
+                    if terminal:
+                        final = job_from_event(event)
+                # The server ends the stream after the terminal event: reading to its end lets the
+                # connection go back to the pool instead of being dropped.
+                for _ in range(DRAIN_EVENTS):
+                    if terminal and (yield NextEvent(handle)) is None:
+                        break
             except APIError:
                 pass  # the stream broke: resume from the last event id
             yield Close(handle)
+            if final is not None:  # a state event carries the whole job: no need to ask again
+                return final
             job = yield from self.get_job(job_id)
             if job.done:
                 return job

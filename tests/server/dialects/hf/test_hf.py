@@ -9,7 +9,7 @@ import pytest
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import HfHubHTTPError
 from PIL import Image
-from tests.server.dialects.stability.loopback import serve
+from tests.server.dialects.stability.loopback import default_model_defaults, serve
 from tests.server.fakes import FakeEngine
 
 from sdgate.settings import Settings
@@ -51,7 +51,8 @@ def test_inference_client_text_to_image(live: str, engine: FakeEngine) -> None:
     )
 
 
-def test_old_spellings_and_accept(live: str, engine: FakeEngine) -> None:
+def test_old_spellings_and_accept(live: str, engine: FakeEngine, settings: Settings) -> None:
+    defaults = default_model_defaults(settings)
     body = {
         "inputs": "a cat",
         "parameters": {
@@ -71,7 +72,7 @@ def test_old_spellings_and_accept(live: str, engine: FakeEngine) -> None:
     assert engine.calls[-1].negative_prompt == "dog, bird"
     r = httpx.post(f"{live}/models/x", json={"inputs": "a", "parameters": {}}, headers={"accept": "*/*"})
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
-    assert Image.open(io.BytesIO(r.content)).size == (512, 512)  # the model's native size
+    assert Image.open(io.BytesIO(r.content)).size == (defaults.width, defaults.height)  # native size
 
 
 @pytest.mark.parametrize(

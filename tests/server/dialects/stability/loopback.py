@@ -10,7 +10,8 @@ from contextlib import contextmanager
 
 import uvicorn
 
-from sdgate.core.engine import Engine
+from sdgate.core.engine import Engine, ModelDefaults
+from sdgate.core.models import ModelCatalog
 from sdgate.server.app import create_app
 from sdgate.settings import Settings
 
@@ -41,3 +42,9 @@ def serve(settings: Settings, engine: Engine) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def default_model_defaults(settings: Settings) -> ModelDefaults:
+    """What the default model's own defaults are (native size, steps, VAE factor) under ``settings``."""
+    catalog = ModelCatalog(settings)
+    return catalog.defaults_for(catalog.default)

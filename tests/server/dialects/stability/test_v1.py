@@ -8,7 +8,7 @@ import io
 import httpx
 import pytest
 from PIL import Image
-from tests.server.dialects.stability.loopback import serve
+from tests.server.dialects.stability.loopback import default_model_defaults, serve
 from tests.server.fakes import FakeEngine
 
 from sdgate.core.requests import Mode
@@ -87,15 +87,16 @@ def test_text_to_image_json(live: str, engine: FakeEngine) -> None:
     )
 
 
-def test_text_to_image_png_headers_and_defaults(live: str, engine: FakeEngine) -> None:
+def test_text_to_image_png_headers_and_defaults(live: str, engine: FakeEngine, settings: Settings) -> None:
+    defaults = default_model_defaults(settings)
     r = httpx.post(live + T2I, json={"text_prompts": [{"text": "a cat"}]}, headers={"Accept": "image/png"})
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/png"
     assert r.headers["finish-reason"] == "SUCCESS"
     seed = int(r.headers["seed"])
     assert 0 < seed <= 4294967295  # seed 0 (the default) means random
-    assert Image.open(io.BytesIO(r.content)).size == (512, 512)  # the model's native size
-    assert engine.calls[-1].steps == 20  # the model's default steps, not Stability's
+    assert Image.open(io.BytesIO(r.content)).size == (defaults.width, defaults.height)  # native size
+    assert engine.calls[-1].steps == defaults.steps  # the model's default steps, not Stability's
     assert engine.calls[-1].sampler == "Euler"
 
 
@@ -163,7 +164,7 @@ def form_prompts(**extra: str) -> dict[str, str]:
 def test_image_to_image_modes(
     live: str, engine: FakeEngine, settings: Settings, fields: dict[str, str], strength: float
 ) -> None:
-    files = {"init_image": ("init.png", png_bytes((320, 200)), "image/png")}
+    files = {"init_image": ("init.png", png_bytes((320, 192)), "image/png")}
     r = httpx.post(
         live + "/v1/generation/stable-diffusion-v1-6/image-to-image", data=form_prompts(**fields), files=files
     )
@@ -172,8 +173,8 @@ def test_image_to_image_modes(
     assert gen.mode == Mode.IMG2IMG
     assert (gen.prompt, gen.negative_prompt, gen.seed) == ("a boat", "fog", 7)
     assert gen.denoising_strength == pytest.approx(strength)
-    assert (gen.width, gen.height) == (320, 200)  # dimensions from the init image
-    assert stored(settings, gen.init_images[0]).size == (320, 200)
+    assert (gen.width, gen.height) == (320, 192)  # dimensions from the init image
+    assert stored(settings, gen.init_images[0]).size == (320, 192)
 
 
 def test_image_to_image_requires_init_image(live: str) -> None:

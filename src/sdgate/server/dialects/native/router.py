@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query, Request, Response, WebSocket
+from fastapi import APIRouter, Header, Query, Request, Response, WebSocket
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -122,15 +122,24 @@ async def events_socket(websocket: WebSocket) -> None:
     await native_events.fan_out(runtime, websocket, websocket.scope.get("state", {}).get("user"))
 
 
-@router.post("/uploads", status_code=201, response_model=UploadOut, responses=_ERRORS)
-async def upload_image(
-    request: Request,
-    runtime: RuntimeDep,
-    user: UserDep,
-    body: Annotated[bytes, Body(media_type="application/octet-stream",
-                                description="the image file's bytes (any Content-Type)")] = b"",
-) -> dict[str, Any]:
-    data = await _upload_bytes(request, body)
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "the image file: raw bytes, or a multipart form field named file",
+        "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+            },
+        },
+    }
+}
+
+
+@router.post("/uploads", status_code=201, response_model=UploadOut, responses=_ERRORS,
+             openapi_extra=_UPLOAD_BODY)
+async def upload_image(request: Request, runtime: RuntimeDep, user: UserDep) -> dict[str, Any]:
+    data = await _upload_bytes(request)
     stored = await run_in_threadpool(native_jobs.upload, runtime, data, user)
     return {"id": stored.id, "url": translate.image_url(runtime.base, stored.id),
             "content_type": stored.content_type, "width": stored.width, "height": stored.height,
@@ -191,7 +200,7 @@ async def queue(runtime: RuntimeDep) -> dict[str, Any]:
     return await run_in_threadpool(native_jobs.queue_status, runtime)
 
 
-async def _upload_bytes(request: Request, body: bytes) -> bytes:
+async def _upload_bytes(request: Request) -> bytes:
     """A multipart form's ``file`` (or first file) field, else the raw body."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         form = await request.form()
@@ -199,7 +208,7 @@ async def _upload_bytes(request: Request, body: bytes) -> bytes:
             if value is not None and not isinstance(value, str):
                 return await value.read()
         raise InvalidRequest("file: send the image as a multipart field named file", field="file")
-    return body
+    return await request.body()
 
 
 def _utc(value: datetime | None) -> datetime | None:

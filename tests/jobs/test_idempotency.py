@@ -1,0 +1,89 @@
+"""Idempotency keys: one job per (caller, key, body), atomically, for 24 h."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from sdgate.core.errors import Conflict, InvalidRequest, QueueFull
+from sdgate.jobs.database import transaction
+from sdgate.jobs.idempotency import IdempotencyKeys, canonical_hash, check_key
+from sdgate.jobs.schema import idempotency_keys
+from sdgate.jobs.store import SqlJobStore
+
+
+def test_canonical_hash_ignores_key_order_and_whitespace() -> None:
+    assert canonical_hash({"a": 1, "b": [1, 2]}) == canonical_hash({"b": [1, 2], "a": 1})
+    assert canonical_hash({"a": 1}) != canonical_hash({"a": 2})
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "tab\there", "ünï"])
+def test_bad_keys_are_refused(key: str) -> None:
+    with pytest.raises(InvalidRequest):
+        check_key(key)
+
+
+async def test_eight_concurrent_duplicates_make_one_job(store: SqlJobStore) -> None:
+    keys = IdempotencyKeys(store.database, ttl_s=3600)
+    calls = 0
+    lock = threading.Lock()
+
+    async def submit() -> str:
+        nonlocal calls
+        with lock:
+            calls += 1
+        await asyncio.sleep(0.05)  # a slow submission: the others must wait, not submit
+        return f"job_{calls}"
+
+    results = await asyncio.gather(*(keys.run("ann", "k1", "h", submit) for _ in range(8)))
+    assert calls == 1
+    assert {job_id for job_id, _ in results} == {"job_1"}
+    assert sorted(created for _, created in results) == [False] * 7 + [True]
+
+
+async def test_other_body_conflicts_and_scopes_are_separate(store: SqlJobStore) -> None:
+    keys = IdempotencyKeys(store.database, ttl_s=3600)
+
+    async def submit() -> str:
+        return "job_a"
+
+    assert await keys.run("ann", "k", "h1", submit) == ("job_a", True)
+    with pytest.raises(Conflict):
+        await keys.run("ann", "k", "h2", submit)
+    assert await keys.run("bob", "k", "h2", submit) == ("job_a", True)  # another caller's key
+
+
+async def test_a_failed_submission_releases_the_key(store: SqlJobStore) -> None:
+    keys = IdempotencyKeys(store.database, ttl_s=3600)
+
+    async def full() -> str:
+        raise QueueFull("full")
+
+    async def ok() -> str:
+        return "job_b"
+
+    with pytest.raises(QueueFull):
+        await keys.run("", "k", "h", full)
+    assert await keys.run("", "k", "h", ok) == ("job_b", True)
+
+
+async def test_expired_keys_are_free_again_and_purged(store: SqlJobStore) -> None:
+    keys = IdempotencyKeys(store.database, ttl_s=3600)
+
+    async def first() -> str:
+        return "job_1"
+
+    async def second() -> str:
+        return "job_2"
+
+    await keys.run("", "k", "h", first)
+    with transaction(store.database, write=True) as conn:
+        conn.execute(sa.update(idempotency_keys).values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+    assert await keys.run("", "k", "other body", second) == ("job_2", True)
+    with transaction(store.database, write=True) as conn:
+        conn.execute(sa.update(idempotency_keys).values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+    assert keys.purge_expired() == 1

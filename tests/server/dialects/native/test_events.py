@@ -1,0 +1,145 @@
+"""Live events: SSE order, late joiners, Last-Event-ID resume, previews, WebSocket fan-out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+import websockets
+from tests.server.dialects.native.conftest import (
+    ThreadServer,
+    parse_sse,
+    read_sse,
+    serve,
+    wait_state,
+)
+
+from sdgate.core.jobs import Job, JobEventKind, JobState, Progress
+from sdgate.core.requests import GenerationRequest
+from sdgate.server.dialects.native.eventlog import order_key
+from sdgate.server.dialects.native.events import parse_last_event_id
+
+
+async def test_sse_stream_order_ends_after_the_terminal_event(api: httpx.AsyncClient) -> None:
+    job = (await api.post("/api/v1/jobs", json={"prompt": "slow", "steps": 10})).json()
+    events = await read_sse(api, job["id"])
+    kinds = [e["event"] for e in events]
+    assert kinds[0] in ("queued", "started", "progress") and kinds[-1] == "succeeded"
+    assert kinds.count("succeeded") == 1
+    ids = [e["id"] for e in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    progress = [e["data"] for e in events if e["event"] == "progress"]
+    assert [p["step"] for p in progress] == sorted(p["step"] for p in progress)
+    assert all(set(p) >= {"job_id", "step", "total", "eta_s"} for p in progress)
+    final = events[-1]["data"]
+    assert final["job_id"] == job["id"] and final["result"]["images"]
+
+
+async def test_late_joiner_gets_the_current_state_first(api: httpx.AsyncClient) -> None:
+    job = (await api.post("/api/v1/jobs", json={"prompt": "x", "steps": 2})).json()
+    await wait_state(api, job["id"])
+    events = await read_sse(api, job["id"])
+    assert [e["event"] for e in events] == ["succeeded"]  # one event: the state now, then the end
+
+
+async def test_last_event_id_replays_what_followed(api: httpx.AsyncClient) -> None:
+    job = (await api.post("/api/v1/jobs", json={"prompt": "slow", "steps": 8})).json()
+    await wait_state(api, job["id"])
+    full = await read_sse(api, job["id"], {"Last-Event-ID": "0"})
+    assert [e["event"] for e in full][0] == "queued" and full[-1]["event"] == "succeeded"
+    assert "started" in [e["event"] for e in full]
+    middle = full[1]["id"]
+    rest = await read_sse(api, job["id"], {"Last-Event-ID": str(middle)})
+    assert rest == full[2:]
+    bad = await api.get(f"/api/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": "x"})
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "Last-Event-ID"
+    assert (await api.get("/api/v1/jobs/job_nope/events")).status_code == 404
+
+
+async def test_cancelled_and_failed_streams_end(api: httpx.AsyncClient) -> None:
+    failed = (await api.post("/api/v1/jobs", json={"prompt": "boom", "steps": 2})).json()
+    assert (await read_sse(api, failed["id"]))[-1]["event"] == "failed"
+    running = (await api.post("/api/v1/jobs", json={"prompt": "slow", "steps": 500})).json()
+    await wait_state(api, running["id"], ("running",))
+    reader = asyncio.create_task(read_sse(api, running["id"]))
+    await asyncio.sleep(0.1)
+    await api.post(f"/api/v1/jobs/{running['id']}/cancel")
+    events = await reader
+    assert events[-1]["event"] == "cancelled" and events[-1]["data"]["state"] == "cancelled"
+
+
+def test_sse_streams_live_over_uvicorn_and_resumes(live_api: ThreadServer) -> None:
+    with httpx.Client(base_url=live_api.url, timeout=30) as client:
+        job = client.post("/api/v1/jobs", json={"prompt": "slow", "steps": 40}).json()
+        seen: list[dict] = []
+        with client.stream("GET", f"/api/v1/jobs/{job['id']}/events") as response:
+            buffer = ""
+            for chunk in response.iter_text():
+                buffer += chunk
+                seen = parse_sse(buffer)
+                if any(e["event"] == "progress" for e in seen):
+                    break  # drop the connection mid-job
+        assert seen and seen[-1]["event"] not in ("succeeded", "failed", "cancelled")
+        resumed = parse_sse(client.get(f"/api/v1/jobs/{job['id']}/events",
+                                       headers={"Last-Event-ID": str(seen[-1]["id"])}).text)
+        assert resumed[-1]["event"] == "succeeded"
+        assert all(e["id"] > seen[-1]["id"] for e in resumed)
+
+
+async def test_websocket_fans_out_to_two_clients(live_api: ThreadServer) -> None:
+    url = live_api.url.replace("http", "ws") + "/api/v1/events"
+    async with websockets.connect(url) as one, websockets.connect(url) as two:
+        for ws in (one, two):
+            assert json.loads(await ws.recv())["event"] == "hello"
+        async with httpx.AsyncClient(base_url=live_api.url) as client:
+            job = (await client.post("/api/v1/jobs", json={"prompt": "x", "steps": 3})).json()
+
+        async def until_done(ws: websockets.ClientConnection) -> list[str]:
+            kinds = []
+            async with asyncio.timeout(20):
+                while True:
+                    message = json.loads(await ws.recv())
+                    if message["data"]["job_id"] == job["id"]:
+                        kinds.append(message["event"])
+                    if message["event"] == "succeeded":
+                        return kinds
+
+        first, second = await asyncio.gather(until_done(one), until_done(two))
+        assert first == second and first[0] == "queued" and first[-1] == "succeeded"
+
+
+async def test_progress_carries_previews_every_n_steps(native_settings, engine) -> None:
+    async with serve(native_settings, engine, preview_every_n_steps=2) as api:
+        job = (await api.post("/api/v1/jobs", json={"prompt": "slow", "steps": 30})).json()
+        # Read live (from the first event on) so the worker is mid-job when progress arrives.
+        events = await read_sse(api, job["id"], {"Last-Event-ID": "0"})
+    previews = [e["data"]["preview"] for e in events if e["event"] == "progress" and "preview" in e["data"]]
+    assert previews and previews[0].startswith("data:image/webp;base64,")
+
+
+def _job(state: JobState, attempts: int, started: bool, progress: float | None = None) -> Job:
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    return Job(id="job_x", state=state, request=GenerationRequest(), created_at=now, attempts=attempts,
+               started_at=now if started else None,
+               progress=Progress(step=int(progress * 10), steps=10) if progress is not None else None)
+
+
+def test_order_key_drops_stale_events_but_keeps_a_requeue() -> None:
+    queued = order_key(JobEventKind.QUEUED, _job(JobState.QUEUED, 0, False))
+    started = order_key(JobEventKind.STARTED, _job(JobState.RUNNING, 1, True))
+    half = order_key(JobEventKind.PROGRESS, _job(JobState.RUNNING, 1, True, 0.5))
+    requeued = order_key(JobEventKind.QUEUED, _job(JobState.QUEUED, 1, False))
+    restarted = order_key(JobEventKind.STARTED, _job(JobState.RUNNING, 2, True))
+    cancelled_queued = order_key(JobEventKind.CANCELLED, _job(JobState.CANCELLED, 0, False))
+    done = order_key(JobEventKind.SUCCEEDED, _job(JobState.SUCCEEDED, 2, True))
+    assert queued < started < half < requeued < restarted < done
+    assert queued < cancelled_queued
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, None), ("", None), ("12", 12)])
+def test_parse_last_event_id(value: str | None, expected: int | None) -> None:
+    assert parse_last_event_id(value) == expected
