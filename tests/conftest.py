@@ -52,7 +52,11 @@ def tiny_settings(tmp_path: Path, tiny_models_dir: Path) -> Callable[..., Settin
     """``tiny_settings(**overrides)``: CPU settings over ``tiny_models_dir`` with a fresh data dir."""
 
     def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {"data_dir": tmp_path / "data", "models_dir": tiny_models_dir, "device": "cpu"}
+        values: dict[str, Any] = {
+            "data_dir": tmp_path / "data",
+            "models_dir": tiny_models_dir,
+            "device": "cpu",
+        }
         values.update(overrides)
         return Settings(**values)
 

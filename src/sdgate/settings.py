@@ -32,7 +32,6 @@ class Settings(BaseSettings):
     enable_server_stop: bool = False
     cancel_on_disconnect: bool = False  # blocking routes: cancel the job when the client goes away
     strict_models: bool = False  # unknown model names: 404 instead of the default model
-    public_url: str | None = None  # how clients reach us (signed image URLs); None: the request's own URL
     url_signing_secret: str | None = None  # HMAC key for signed image URLs; None: <data_dir>/url-signing.key
     signed_url_ttl_s: int = 3600  # signed image URLs expire after this long (OpenAI: 60 minutes)
 

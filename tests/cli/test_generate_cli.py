@@ -11,6 +11,7 @@ import httpx
 import pytest
 import typer
 from PIL import Image
+from tests.sdk.conftest import ThreadedServer
 from tests.sdk.fakes import FakeNative, png_bytes
 from typer.testing import CliRunner
 
@@ -209,3 +210,49 @@ def test_info_reads_the_infotext(app: typer.Typer, tmp_path: Path) -> None:
     junk.write_bytes(b"not an image")
     assert runner.invoke(app, ["info", str(junk)]).exit_code == 1
     assert runner.invoke(app, ["info", str(tmp_path / "missing.png")]).exit_code == 2
+
+
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[ThreadedServer]:
+    from tests.server.fakes import write_fake_checkpoint
+
+    from sdgate.settings import Settings
+
+    write_fake_checkpoint(tmp_path / "models" / "Stable-diffusion" / "alpha.safetensors")
+    settings = Settings(
+        data_dir=tmp_path / "data", models_dir=tmp_path / "models", device="cpu", worker_poll_s=0.02
+    )
+    with ThreadedServer(settings) as server:
+        yield server
+
+
+def test_real_entry_point_against_a_live_server(tmp_path: Path, live_server: ThreadedServer) -> None:
+    """`sdgate generate` / `info` / `jobs` as mounted on the real app, over HTTP to the real server."""
+    from sdgate.cli.main import app as sdgate_app
+
+    out = tmp_path / "out"
+    result = runner.invoke(
+        sdgate_app,
+        [
+            "generate",
+            "a red circle",
+            "--size",
+            "64x64",
+            "--steps",
+            "2",
+            "--seed",
+            "11",
+            "-o",
+            str(out),
+            "--backend",
+            live_server.url,
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["seeds"] == [11] and data["job_id"].startswith("job_")
+    info = runner.invoke(sdgate_app, ["info", data["images"][0]])
+    assert info.exit_code == 0 and info.stdout.startswith("a red circle\nSteps: 2")
+    shown = runner.invoke(sdgate_app, ["jobs", "show", data["job_id"], "--backend", live_server.url])
+    assert shown.exit_code == 0 and "succeeded" in shown.stdout

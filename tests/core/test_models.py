@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,11 +31,16 @@ UNET = "model.diffusion_model.input_blocks.0.0.weight"
 
 
 def _vae(levels: int) -> dict[str, tuple[int, ...]]:
-    return {f"first_stage_model.encoder.down.{i}.block.0.conv1.weight": (128, 128, 3, 3) for i in range(levels)}
+    return {
+        f"first_stage_model.encoder.down.{i}.block.0.conv1.weight": (128, 128, 3, 3) for i in range(levels)
+    }
 
 
-SD1 = {UNET: (320, 4, 3, 3), "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": (49408, 768),
-       **_vae(4)}
+SD1 = {
+    UNET: (320, 4, 3, 3),
+    "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": (49408, 768),
+    **_vae(4),
+}
 SD2 = {UNET: (320, 4, 3, 3), "cond_stage_model.model.token_embedding.weight": (49408, 1024), **_vae(4)}
 SDXL = {
     UNET: (320, 4, 3, 3),
@@ -53,8 +59,15 @@ def write_header(path: Path, shapes: dict[str, tuple[int, ...]], payload: bytes 
     return path
 
 
-def write_diffusers(folder: Path, *, cls: str = "StableDiffusionPipeline", cross: int = 768,
-                    sample: int = 64, levels: int = 4, prediction: str = "epsilon") -> Path:
+def write_diffusers(
+    folder: Path,
+    *,
+    cls: str = "StableDiffusionPipeline",
+    cross: int = 768,
+    sample: int = 64,
+    levels: int = 4,
+    prediction: str = "epsilon",
+) -> Path:
     for sub, data in {
         "model_index.json": {"_class_name": cls},
         "unet/config.json": {"cross_attention_dim": cross, "sample_size": sample},
@@ -75,12 +88,14 @@ def models(tmp_path: Path) -> Path:
     write_header(root / "Stable-diffusion" / "v2.safetensors", SD2)
     (root / "Stable-diffusion" / "v2.yaml").write_text('parameterization: "v"\n')
     write_header(root / "checkpoints" / "xl.safetensors", SDXL)
-    write_diffusers(root / "Stable-diffusion" / "diff-xl", cls="StableDiffusionXLPipeline", cross=2048, sample=128)
+    write_diffusers(
+        root / "Stable-diffusion" / "diff-xl", cls="StableDiffusionXLPipeline", cross=2048, sample=128
+    )
     (root / "Stable-diffusion" / "notes.txt").write_text("not a model")
     return root
 
 
-def catalog_for(tmp_path: Path, models: Path, builtin: Path | None = None, **kw: object) -> ModelCatalog:
+def catalog_for(tmp_path: Path, models: Path, builtin: Path | None = None, **kw: Any) -> ModelCatalog:
     return ModelCatalog(Settings(data_dir=tmp_path / "data", models_dir=models, **kw), builtin_dir=builtin)
 
 
@@ -129,8 +144,17 @@ def test_sd2_epsilon_is_512_and_diffusers_v_is_768(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "alias",
-    ["v1-5", "v1-5.safetensors", "v1-5.safetensors [0123456789]", "V1-5", "sub/Anime Model.safetensors",
-     "sub_Anime Model", "Anime Model", "Anime Model.safetensors", "sub\\Anime Model.safetensors"],
+    [
+        "v1-5",
+        "v1-5.safetensors",
+        "v1-5.safetensors [0123456789]",
+        "V1-5",
+        "sub/Anime Model.safetensors",
+        "sub_Anime Model",
+        "Anime Model",
+        "Anime Model.safetensors",
+        "sub\\Anime Model.safetensors",
+    ],
 )
 def test_resolve_aliases(tmp_path: Path, models: Path, alias: str) -> None:
     info = catalog_for(tmp_path, models).resolve(alias)
@@ -198,7 +222,9 @@ def test_default_model_precedence(tmp_path: Path, models: Path) -> None:
     assert catalog_for(tmp_path, models, builtin).resolve(None).name == "sdgate-demo-shapes"
 
 
-def test_settings_model_can_be_a_diffusers_folder_and_is_not_listed_twice(tmp_path: Path, models: Path) -> None:
+def test_settings_model_can_be_a_diffusers_folder_and_is_not_listed_twice(
+    tmp_path: Path, models: Path
+) -> None:
     folder = models / "Stable-diffusion" / "diff-xl"
     catalog = catalog_for(tmp_path, models, model=folder)
     assert [m.name for m in catalog.list()].count("diff-xl") == 1
@@ -254,9 +280,18 @@ def test_read_safetensors_shapes(tmp_path: Path) -> None:
 
 def test_list_files_of_other_kinds(tmp_path: Path) -> None:
     root = tmp_path / "models"
-    for rel in ("Lora/detail.safetensors", "Lora/sub/style.pt", "loras/comfy.safetensors", "Lora/readme.md",
-                "VAE/vae-ft.safetensors", "vae/sdxl_vae.safetensors", "embeddings/bad-hands.pt",
-                "ControlNet/canny.pth", "ESRGAN/4x.pth", "upscale_models/RealESRGAN_x4.pth"):
+    for rel in (
+        "Lora/detail.safetensors",
+        "Lora/sub/style.pt",
+        "loras/comfy.safetensors",
+        "Lora/readme.md",
+        "VAE/vae-ft.safetensors",
+        "vae/sdxl_vae.safetensors",
+        "embeddings/bad-hands.pt",
+        "ControlNet/canny.pth",
+        "ESRGAN/4x.pth",
+        "upscale_models/RealESRGAN_x4.pth",
+    ):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(b"x")
     loras = list_files(root, "lora")

@@ -33,10 +33,18 @@ def engine(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> D
     return DiffusersEngine(settings, ModelCatalog(settings, builtin_dir=None))
 
 
-def generate(engine: DiffusersEngine, control: GenerationControl | None = None, **fields: object) -> EngineOutput:
+def generate(
+    engine: DiffusersEngine, control: GenerationControl | None = None, **fields: object
+) -> EngineOutput:
     """A small, fast txt2img job on the tiny SD 1.5 unless ``fields`` say otherwise."""
-    values: dict[str, object] = {"prompt": "a red circle", "model": "tiny-sd15", "width": 64, "height": 64,
-                                 "steps": 3, "seed": 1234}
+    values: dict[str, object] = {
+        "prompt": "a red circle",
+        "model": "tiny-sd15",
+        "width": 64,
+        "height": 64,
+        "steps": 3,
+        "seed": 1234,
+    }
     values.update(fields)
     return engine.generate(GenerationRequest(**values), EngineInputs(), control or NoControl())  # type: ignore[arg-type]
 

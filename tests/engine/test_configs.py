@@ -17,10 +17,10 @@ from diffusers.loaders.single_file_utils import (
     convert_ldm_vae_checkpoint,
     infer_diffusers_model_type,
 )
-
-from sdgate.core.models import detect_family, vae_factor_from_shapes
-from sdgate.engine import configs as cfgs
 from tests import tinymodels as tm
+
+from sdgate.core.models import Family, detect_family, vae_factor_from_shapes
+from sdgate.engine import configs as cfgs
 
 FAMILIES = ("sd1", "sd2", "sdxl")
 # Published parameter counts: (UNet, VAE, text encoder[, text encoder 2]).
@@ -32,7 +32,7 @@ PARAMS = {
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
-def real(request: pytest.FixtureRequest) -> tuple[str, dict[str, torch.Tensor]]:
+def real(request: pytest.FixtureRequest) -> tuple[Family, dict[str, torch.Tensor]]:
     return request.param, tm.real_ldm_meta(request.param)
 
 
@@ -40,14 +40,14 @@ def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in state.items()}
 
 
-def test_real_layouts_are_what_diffusers_recognises(real: tuple[str, dict[str, torch.Tensor]]) -> None:
+def test_real_layouts_are_what_diffusers_recognises(real: tuple[Family, dict[str, torch.Tensor]]) -> None:
     family, state = real
     assert infer_diffusers_model_type(state) == {"sd1": "v1", "sd2": "v2", "sdxl": "xl_base"}[family]
     assert detect_family(_shapes(state)) == family
     assert vae_factor_from_shapes(_shapes(state)) == 8
 
 
-def test_configs_from_real_shapes_are_the_shipped_ones(real: tuple[str, dict[str, torch.Tensor]]) -> None:
+def test_configs_from_real_shapes_are_the_shipped_ones(real: tuple[Family, dict[str, torch.Tensor]]) -> None:
     family, state = real
     derived = cfgs.component_configs(_shapes(state), family)
     assert derived == cfgs.shipped_configs(family)
@@ -69,7 +69,9 @@ def test_shipped_configs_have_the_published_parameter_counts() -> None:
         assert tuple(sum(p.numel() for p in m.parameters()) for m in modules) == expected, family
 
 
-def test_diffusers_conversion_maps_real_layouts_onto_the_modules(real: tuple[str, dict[str, torch.Tensor]]) -> None:
+def test_diffusers_conversion_maps_real_layouts_onto_the_modules(
+    real: tuple[Family, dict[str, torch.Tensor]],
+) -> None:
     family, state = real
     derived = cfgs.component_configs(_shapes(state), family)
     with init_empty_weights():
@@ -100,14 +102,28 @@ def test_tiny_shapes_give_the_tiny_configs() -> None:
     shapes = _shapes(tm.pipeline_to_ldm(pipe, "sdxl"))
     derived = cfgs.component_configs(shapes, "sdxl")
     unet, vae = derived["unet"], derived["vae"]
-    for key in ("block_out_channels", "layers_per_block", "down_block_types", "up_block_types",
-                "cross_attention_dim", "attention_head_dim", "projection_class_embeddings_input_dim",
-                "addition_time_embed_dim", "use_linear_projection"):
-        assert list(unet[key]) == list(pipe.unet.config[key]) if isinstance(unet[key], list) \
-            else unet[key] == pipe.unet.config[key], key
+    for key in (
+        "block_out_channels",
+        "layers_per_block",
+        "down_block_types",
+        "up_block_types",
+        "cross_attention_dim",
+        "attention_head_dim",
+        "projection_class_embeddings_input_dim",
+        "addition_time_embed_dim",
+        "use_linear_projection",
+    ):
+        assert (
+            list(unet[key]) == list(pipe.unet.config[key])
+            if isinstance(unet[key], list)
+            else unet[key] == pipe.unet.config[key]
+        ), key
     assert list(unet["transformer_layers_per_block"]) == [1, 2]
     assert vae["block_out_channels"] == [32] * 4 and vae["layers_per_block"] == 1
-    assert derived["text_encoder"]["num_hidden_layers"] == 2 and derived["text_encoder_2"]["projection_dim"] == 32
+    assert (
+        derived["text_encoder"]["num_hidden_layers"] == 2
+        and derived["text_encoder_2"]["projection_dim"] == 32
+    )
 
 
 def test_sd2_text_encoder_drops_the_last_layer_and_f4_vae_is_seen() -> None:

@@ -8,13 +8,14 @@ from typing import Any
 
 import pytest
 import torch
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from tests import tinymodels as tm
 
 from sdgate.core.errors import InvalidRequest
 from sdgate.core.models import ModelCatalog, describe_file
 from sdgate.engine import loading
 from sdgate.engine.diffusers_engine import DiffusersEngine
 from sdgate.settings import Settings
-from tests import tinymodels as tm
 
 CPU = torch.device("cpu")
 
@@ -50,8 +51,8 @@ def test_single_files_load_with_their_weights(
     loaded = _load(tiny_models_dir / "Stable-diffusion" / filename)
     assert loaded.family == family
     _assert_same_weights(build(), loaded.pipeline)
-    expected = "StableDiffusionXLPipeline" if family == "sdxl" else "StableDiffusionPipeline"
-    assert type(loaded.pipeline).__name__ == expected
+    expected = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    assert isinstance(loaded.pipeline, expected)
 
 
 def test_sd2_yaml_selects_v_prediction(tiny_models_dir: Path) -> None:
@@ -65,7 +66,12 @@ def test_sd2_yaml_selects_v_prediction(tiny_models_dir: Path) -> None:
 def test_sd2_without_yaml_runs_the_v_prediction_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tm.save_single_file(tm.tiny_sd(1, family="sd2"), "sd2", tmp_path / "sd2.safetensors")
     calls: list[Any] = []
-    monkeypatch.setattr(loading, "is_v_prediction", lambda unet: calls.append(unet) or True)
+
+    def says_v(unet: Any) -> bool:
+        calls.append(unet)
+        return True
+
+    monkeypatch.setattr(loading, "is_v_prediction", says_v)
     loaded = _load(path)
     assert len(calls) == 1 and loaded.v_prediction
     assert loaded.pipeline.scheduler.config.prediction_type == "v_prediction" and loaded.native_size == 768
@@ -75,7 +81,9 @@ def test_the_v_prediction_test_runs_on_a_real_unet() -> None:
     assert loading.is_v_prediction(tm.tiny_sd(0, family="sd2").unet) in (True, False)
 
 
-@pytest.mark.parametrize(("folder", "family"), [("tiny-sd15-diffusers", "sd1"), ("tiny-sdxl-diffusers", "sdxl")])
+@pytest.mark.parametrize(
+    ("folder", "family"), [("tiny-sd15-diffusers", "sd1"), ("tiny-sdxl-diffusers", "sdxl")]
+)
 def test_diffusers_folders_load(tiny_models_dir: Path, folder: str, family: str) -> None:
     catalog = ModelCatalog(Settings(models_dir=tiny_models_dir), builtin_dir=None)
     info = catalog.resolve(folder)
@@ -88,7 +96,10 @@ def test_diffusers_folders_load(tiny_models_dir: Path, folder: str, family: str)
 def test_sdxl_vae_gets_its_own_dtype(tiny_models_dir: Path) -> None:
     sd = tiny_models_dir / "Stable-diffusion"
     loaded = loading.load_pipeline(
-        describe_file(sd / "tiny-sdxl.safetensors", "x"), device=CPU, dtype=torch.bfloat16, vae_dtype=torch.float32
+        describe_file(sd / "tiny-sdxl.safetensors", "x"),
+        device=CPU,
+        dtype=torch.bfloat16,
+        vae_dtype=torch.float32,
     )
     assert loaded.pipeline.unet.dtype == torch.bfloat16 and loaded.pipeline.vae.dtype == torch.float32
     catalog = ModelCatalog(Settings(models_dir=tiny_models_dir), builtin_dir=None)
@@ -109,10 +120,13 @@ def test_engine_reports_unloadable_models_as_bad_requests(
     tiny_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     root = tmp_path / "models"
-    tm.write_header_only(root / "Stable-diffusion" / "refiner.safetensors", {
-        "model.diffusion_model.input_blocks.0.0.weight": (384, 4, 3, 3),
-        "conditioner.embedders.0.model.token_embedding.weight": (49408, 1280),
-    })
+    tm.write_header_only(
+        root / "Stable-diffusion" / "refiner.safetensors",
+        {
+            "model.diffusion_model.input_blocks.0.0.weight": (384, 4, 3, 3),
+            "conditioner.embedders.0.model.token_embedding.weight": (49408, 1280),
+        },
+    )
     (root / "Stable-diffusion" / "other").mkdir()
     (root / "Stable-diffusion" / "other" / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
     settings = tiny_settings(models_dir=root)
@@ -126,7 +140,8 @@ def test_engine_reports_unloadable_models_as_bad_requests(
 def test_pipeline_bytes_counts_every_module() -> None:
     pipe = tm.tiny_sd(0)
     expected = sum(
-        sum(p.numel() * p.element_size() for p in m.parameters()) + sum(b.numel() * b.element_size() for b in m.buffers())
+        sum(p.numel() * p.element_size() for p in m.parameters())
+        + sum(b.numel() * b.element_size() for b in m.buffers())
         for m in (pipe.unet, pipe.vae, pipe.text_encoder)
     )
     assert loading.pipeline_bytes(pipe) == expected > 0

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 from diffusers import EulerAncestralDiscreteScheduler
+from tests.engine.conftest import generate
 
 from sdgate.core.errors import InvalidRequest
 from sdgate.core.samplers import SAMPLERS, SCHEDULERS
 from sdgate.engine import schedulers as sch
 from sdgate.engine.configs import shipped_configs
 from sdgate.engine.diffusers_engine import DiffusersEngine
-from tests.engine.conftest import generate
 
 BASE = shipped_configs("sd1")["scheduler"]
 SAMPLER_NAMES = [s.name for s in SAMPLERS]
@@ -55,7 +55,9 @@ def test_every_pair_builds_a_working_scheduler_or_says_why_not(sampler: str, sch
         assert spec.note in plan.notes
     requested = sch.concrete_schedule(sampler, schedule)
     if plan.schedule != requested:  # a schedule that did not run must be explained
-        assert any(requested.replace("_", " ") in n.lower() or "schedule" in n for n in plan.notes), plan.notes
+        assert any(requested.replace("_", " ") in n.lower() or "schedule" in n for n in plan.notes), (
+            plan.notes
+        )
     if not plan.notes:
         assert spec.note is None
 
@@ -83,7 +85,9 @@ def test_schedules_reach_the_scheduler_config() -> None:
 def test_a_previous_jobs_options_never_leak_into_the_next() -> None:
     heun = sch.build_scheduler("DPM++ 2M SDE Heun", "karras", BASE).scheduler
     plain = sch.build_scheduler("DPM++ 2M", "exponential", dict(heun.config))
-    assert plain.scheduler.config.solver_type != "heun" or "solver_type" not in sch.SAMPLERS["DPM++ 2M"].options
+    assert (
+        plain.scheduler.config.solver_type != "heun" or "solver_type" not in sch.SAMPLERS["DPM++ 2M"].options
+    )
     assert plain.scheduler.config.algorithm_type == "dpmsolver++"
     assert not plain.scheduler.config.use_karras_sigmas
 
@@ -180,3 +184,13 @@ def test_every_sampler_draws_through_the_pipeline(engine: DiffusersEngine, sampl
     note = sch.SAMPLERS[sampler].note
     assert (note is not None) == ("Sampler note" in out.images[0].infotext)
     assert out.notes == ([note] if note else [])
+
+
+def test_options_a1111_would_use_and_we_cannot_are_noted() -> None:
+    dpm2a = sch.build_scheduler("DPM2 a", "karras", BASE, eta=0.5, s_noise=0.9)
+    assert any("eta 0.5" in n for n in dpm2a.notes) and any("s_noise 0.9" in n for n in dpm2a.notes)
+    euler_a = sch.build_scheduler("Euler a", "karras", BASE, eta=0.5, s_noise=0.9)
+    assert euler_a.notes == [] and (euler_a.scheduler.eta, euler_a.scheduler.s_noise) == (0.5, 0.9)
+    assert sch.build_scheduler("DDIM", "automatic", BASE, eta=0.3).notes == []  # eta goes in per call
+    assert sch.build_scheduler("Euler", "automatic", BASE, eta=0.3, s_noise=1.0).notes == []  # A1111 ignores
+    assert any("s_churn" in n for n in sch.build_scheduler("Heun", "automatic", BASE, s_churn=0.5).notes)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
+from tests.engine.conftest import generate, pixels
 
 from sdgate.core.errors import InvalidRequest, ModelNotFound, OutOfMemory
 from sdgate.core.infotext import parse_infotext
 from sdgate.core.requests import HiresSettings, LoraRef, Mode
 from sdgate.engine.diffusers_engine import DiffusersEngine
-from tests.engine.conftest import generate, pixels
 
 
 @pytest.mark.parametrize(
@@ -104,10 +106,20 @@ def test_clip_skip_changes_the_image_and_is_recorded(engine: DiffusersEngine) ->
 
 
 def test_infotext_is_a1111s(engine: DiffusersEngine) -> None:
-    out = generate(engine, negative_prompt="blurry", sampler="DPM++ 2M", scheduler="automatic",
-                   cfg_scale=6.5, seed=42, width=48, height=32)
+    out = generate(
+        engine,
+        negative_prompt="blurry",
+        sampler="DPM++ 2M",
+        scheduler="automatic",
+        cfg_scale=6.5,
+        seed=42,
+        width=48,
+        height=32,
+    )
     info = out.images[0].infotext
-    assert info.startswith("a red circle\nNegative prompt: blurry\nSteps: 3, Sampler: DPM++ 2M, Schedule type: Karras,")
+    assert info.startswith(
+        "a red circle\nNegative prompt: blurry\nSteps: 3, Sampler: DPM++ 2M, Schedule type: Karras,"
+    )
     params = parse_infotext(info)
     assert params["CFG scale"] == "6.5" and params["Seed"] == "42"
     assert (params["Size-1"], params["Size-2"]) == ("48", "32")
@@ -120,7 +132,7 @@ def test_infotext_is_a1111s(engine: DiffusersEngine) -> None:
 def test_a_stand_in_sampler_says_so_in_the_infotext(engine: DiffusersEngine) -> None:
     out = generate(engine, sampler="DPM fast")
     note = parse_infotext(out.images[0].infotext)["Sampler note"]
-    assert "DPM fast is not available" in str(note) and out.notes == [note]
+    assert "DPM fast is not in diffusers" in str(note) and out.notes == [note]
 
 
 def test_sdxl_and_guidance_off(engine: DiffusersEngine) -> None:
@@ -139,7 +151,9 @@ def test_sdxl_and_guidance_off(engine: DiffusersEngine) -> None:
         ({"sampler": "k_euler"}, "sampler"),
     ],
 )
-def test_what_is_not_supported_yet_is_refused(engine: DiffusersEngine, fields: dict[str, object], field: str) -> None:
+def test_what_is_not_supported_yet_is_refused(
+    engine: DiffusersEngine, fields: dict[str, Any], field: str
+) -> None:
     with pytest.raises(InvalidRequest) as err:
         generate(engine, **fields)
     assert err.value.field == field

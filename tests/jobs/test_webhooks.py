@@ -127,3 +127,17 @@ async def test_loopback_callbacks_are_refused_by_default(settings: Settings) -> 
     async with serve(settings, FakeEngine()) as api:
         r = await api.post("/api/v1/jobs", json={"prompt": "x", "callback_url": "http://127.0.0.1:1/hook"})
     assert r.status_code == 400 and r.json()["error"]["field"] == "callback_url"
+
+
+def test_two_processes_never_claim_the_same_delivery(store) -> None:  # noqa: ANN001 - jobs conftest
+    from sdgate.core.jobs import ControlAction
+    from sdgate.core.requests import GenerationRequest
+    from sdgate.jobs.webhooks import Webhooks
+
+    one, two = (Webhooks(store.database, secret="s", render=lambda job: {}) for _ in range(2))
+    job = store.submit(GenerationRequest(prompt="x"))
+    one.register(job.id, "http://127.0.0.1/hook")
+    assert one._due() == [] and two._due() == []  # not terminal yet: nothing is due
+    store.request_control(job.id, ControlAction.CANCEL)
+    assert one._due() == [(job.id, "http://127.0.0.1/hook", 0)]
+    assert two._due() == []  # leased by the first

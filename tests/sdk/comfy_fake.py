@@ -1,12 +1,18 @@
 """A tiny ComfyUI on loopback (stdlib HTTP server in a thread) speaking ``other_apis.md`` §1:
 ``/object_info/CheckpointLoaderSimple``, ``/upload/image``, ``/prompt`` (with its 400 shape),
-``/history/{id}``, ``/queue``, ``/view``. Each prompt finishes after ``polls`` history reads; a
-negative prompt of "boom" makes it fail like a node exception."""
+``/history/{id}``, ``/queue``, ``/view`` and ``/ws`` (the events of a prompt go to the socket of
+its ``client_id``: execution_start, executing, progress, a binary preview, executed,
+execution_success, then ``executing`` with ``node: null``). A prompt followed on no socket
+finishes after ``polls`` history reads; a negative prompt of "boom" fails like a node exception."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import struct
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -14,13 +20,17 @@ from urllib.parse import parse_qs, urlsplit
 
 from tests.sdk.fakes import png_bytes
 
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CHECKPOINTS = ["v1-5-pruned-emaonly.safetensors", "other.safetensors"]
 REQUIRED = {"CheckpointLoaderSimple", "CLIPTextEncode", "KSampler", "VAEDecode", "SaveImage"}
 
 
 class FakeComfy:
-    def __init__(self, polls: int = 2) -> None:
+    def __init__(self, polls: int = 2, websocket: bool = True) -> None:
         self.polls = polls
+        self.websocket = websocket
+        self.sockets: dict[str, tuple[object, threading.Lock]] = {}
+        self.ws_threads: list[threading.Thread] = []
         self.prompts: dict[str, dict[str, Any]] = {}
         self.reads: dict[str, int] = {}
         self.uploads: dict[str, bytes] = {}
@@ -58,6 +68,8 @@ class FakeComfy:
                     )
                 elif url.path.startswith("/history/"):
                     self._json(200, fake.history(url.path.removeprefix("/history/")))
+                elif url.path == "/ws" and fake.websocket:
+                    self._websocket(parse_qs(url.query).get("clientId", [uuid.uuid4().hex])[0])
                 elif url.path == "/queue":
                     running = [
                         [0, pid, {}, {}, ["9"]] for pid in fake.prompts if fake.reads.get(pid, 0) < fake.polls
@@ -72,6 +84,33 @@ class FakeComfy:
                         self._send(200, png_bytes((0, 0, 255), infotext=None), "image/png")
                 else:
                     self._send(404)
+
+            def _websocket(self, client_id: str) -> None:
+                key = self.headers["Sec-WebSocket-Key"]
+                accept = base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
+                self.wfile.write(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    + f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
+                )
+                self.wfile.flush()
+                self.close_connection = True
+                lock = threading.Lock()
+                fake.sockets[client_id] = (self.connection, lock)
+                send_json(
+                    self.connection,
+                    lock,
+                    {
+                        "type": "status",
+                        "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": client_id},
+                    },
+                )
+                try:
+                    while self.connection.recv(4096):  # until the client closes
+                        pass
+                except OSError:
+                    pass
+                finally:
+                    fake.sockets.pop(client_id, None)
 
             def do_POST(self) -> None:  # noqa: N802
                 url = urlsplit(self.path)
@@ -140,7 +179,58 @@ class FakeComfy:
             }
         prompt_id = str(uuid.uuid4())
         self.prompts[prompt_id] = data
+        socket = self.sockets.get(str(data.get("client_id")))
+        if socket is not None:
+            thread = threading.Thread(target=self._run_on_socket, args=(prompt_id, *socket), daemon=True)
+            self.ws_threads.append(thread)
+            thread.start()
         return 200, {"prompt_id": prompt_id, "number": len(self.prompts), "node_errors": {}}
+
+    def _run_on_socket(self, prompt_id: str, sock: object, lock: threading.Lock) -> None:
+        time.sleep(0.01)  # after the /prompt answer
+        graph = self.prompts[prompt_id]["prompt"]
+        steps = graph["3"]["inputs"]["steps"]
+        events: list[dict[str, Any]] = [
+            {"type": "execution_start", "data": {"prompt_id": prompt_id, "timestamp": 0}},
+            {"type": "execution_cached", "data": {"nodes": [], "prompt_id": prompt_id, "timestamp": 0}},
+            {"type": "executing", "data": {"node": "3", "display_node": "3", "prompt_id": prompt_id}},
+        ]
+        events += [
+            {"type": "progress", "data": {"value": i, "max": steps, "prompt_id": prompt_id, "node": "3"}}
+            for i in range(1, steps + 1)
+        ]
+        try:
+            for event in events[:-1]:
+                send_json(sock, lock, event)
+            send_frame(sock, lock, 0x2, struct.pack(">II", 1, 2) + png_bytes())  # a preview
+            send_json(sock, lock, events[-1])
+            if graph["7"]["inputs"]["text"] == "boom":
+                self.reads[prompt_id] = self.polls
+                send_json(
+                    sock,
+                    lock,
+                    {
+                        "type": "execution_error",
+                        "data": {
+                            "prompt_id": prompt_id,
+                            "node_id": "3",
+                            "node_type": "KSampler",
+                            "exception_type": "RuntimeError",
+                            "exception_message": "CUDA out of memory",
+                        },
+                    },
+                )
+                return
+            self.reads[prompt_id] = self.polls  # the history entry exists from now on
+            send_json(
+                sock, lock, {"type": "executed", "data": {"node": "9", "prompt_id": prompt_id, "output": {}}}
+            )
+            send_json(
+                sock, lock, {"type": "execution_success", "data": {"prompt_id": prompt_id, "timestamp": 0}}
+            )
+            send_json(sock, lock, {"type": "executing", "data": {"node": None, "prompt_id": prompt_id}})
+        except OSError:
+            pass
 
     def history(self, prompt_id: str) -> dict[str, Any]:
         self.reads[prompt_id] = self.reads.get(prompt_id, 0) + 1
@@ -185,3 +275,30 @@ class FakeComfy:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def send_frame(sock: object, lock: threading.Lock, opcode: int, payload: bytes) -> None:
+    """A server frame (unmasked); split in two fragments when long, to exercise reassembly."""
+    with lock:
+        if len(payload) > 200:
+            half = len(payload) // 2
+            sock.sendall(_frame(opcode, payload[:half], fin=False))  # type: ignore[attr-defined]
+            sock.sendall(_frame(0x0, payload[half:], fin=True))  # type: ignore[attr-defined]
+        else:
+            sock.sendall(_frame(opcode, payload, fin=True))  # type: ignore[attr-defined]
+
+
+def _frame(opcode: int, payload: bytes, *, fin: bool) -> bytes:
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if n < 126:
+        head += bytes([n])
+    elif n < 65536:
+        head += bytes([126]) + struct.pack(">H", n)
+    else:
+        head += bytes([127]) + struct.pack(">Q", n)
+    return head + payload
+
+
+def send_json(sock: object, lock: threading.Lock, message: dict[str, Any]) -> None:
+    send_frame(sock, lock, 0x1, json.dumps(message).encode())

@@ -9,7 +9,7 @@ from PIL import Image
 from tests.sdk.comfy_fake import CHECKPOINTS, FakeComfy
 from tests.sdk.fakes import png_bytes
 
-from sdgate.client import AsyncClient, BadRequestError, Client, ImageRequest, JobFailedError
+from sdgate.client import AsyncClient, BadRequestError, Client, ComfyUIBackend, ImageRequest, JobFailedError
 from sdgate.client.backends.comfyui import build_workflow
 
 
@@ -96,10 +96,38 @@ def test_validation_and_execution_errors(comfy: FakeComfy) -> None:
             client.txt2img("x", negative_prompt="boom")
 
 
-def test_progress_events(comfy: FakeComfy) -> None:
+def test_progress_events_over_the_websocket(comfy: FakeComfy) -> None:
     with Client(f"comfyui+{comfy.url}") as client:
+        events = list(client.stream("x", seed=1, steps=4))
+    assert [e.kind for e in events] == [
+        "queued",
+        "started",
+        "progress",
+        "progress",
+        "progress",
+        "progress",
+        "succeeded",
+    ]
+    assert [(e.step, e.total) for e in events[2:6]] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert events[4].preview is None and events[5].preview is not None  # a binary preview came before step 4
+    assert events[5].preview.size == (8, 8)
+    assert events[-1].result is not None and len(events[-1].result.images) == 1
+    assert "/ws" in comfy.paths and comfy.paths.count(f"/history/{events[-1].result.job_id}") == 1
+
+
+def test_polling_when_there_is_no_websocket() -> None:
+    with FakeComfy(polls=2, websocket=False) as comfy, Client(f"comfyui+{comfy.url}") as client:
         kinds = [e.kind for e in client.stream("x", seed=1)]
-    assert kinds == ["queued", "started", "succeeded"]
+        assert kinds == ["queued", "started", "succeeded"]
+        with pytest.raises(JobFailedError, match="CUDA out of memory"):
+            client.txt2img("x", negative_prompt="boom", seed=1)
+
+
+def test_websocket_can_be_turned_off(comfy: FakeComfy) -> None:
+    backend = ComfyUIBackend(comfy.url, websocket=False)
+    with Client(backend=backend) as client:
+        assert client.txt2img("x", seed=2).seeds == [2]
+    assert "/ws" not in comfy.paths
 
 
 async def test_async_comfyui(comfy: FakeComfy) -> None:

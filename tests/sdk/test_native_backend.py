@@ -174,3 +174,29 @@ async def test_async_client_native() -> None:
         assert [m.name for m in await client.models.list()] == ["sdgate-demo-shapes"]
         with pytest.raises(JobFailedError):
             await client.txt2img("fail")
+
+
+def test_job_fields_go_to_the_native_api_only() -> None:
+    native = FakeNative()
+    client_for(native).jobs.submit(
+        "x", priority=5, metadata={"user": "a"}, callback_url="https://hook.test/x"
+    )
+    body = json.loads(native.requests[0].content)
+    assert (body["priority"], body["metadata"], body["callback_url"]) == (
+        5,
+        {"user": "a"},
+        "https://hook.test/x",
+    )
+    from sdgate.client import A1111Backend
+
+    ignored = A1111Backend("http://a.test").ignored_fields(ImageRequest(prompt="x", callback_url="https://h"))
+    assert ignored == ("callback_url",)
+
+
+def test_progress_event_preview_from_a_data_uri() -> None:
+    from sdgate.client import ProgressEvent
+
+    uri = "data:image/png;base64," + base64.b64encode(png_bytes(size=(4, 4))).decode()
+    assert ProgressEvent(kind="progress", data={"preview": uri}).preview.size == (4, 4)
+    assert ProgressEvent(kind="progress", data={"preview": "data:image/png;base64,!!"}).preview is None
+    assert ProgressEvent(kind="progress").preview is None

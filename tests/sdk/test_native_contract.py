@@ -46,6 +46,10 @@ async def test_async_every_method(asgi_transport: httpx.ASGITransport) -> None:
             await client.jobs.result(done)
         listed = await client.jobs.list(state="cancelled")
         assert [j.id for j in listed] == [job.id]
+        first = await client.jobs.list(limit=2)
+        assert len(first) == 2 and first.next_cursor
+        rest = await client.jobs.list(limit=100, cursor=first.next_cursor)
+        assert not {j.id for j in first} & {j.id for j in rest} and rest.next_cursor is None
         with pytest.raises(NotFoundError):
             await client.jobs.get("job_nope")
         with pytest.raises(JobFailedError, match="exploded"):

@@ -271,3 +271,19 @@ async def test_async_client_other_backends() -> None:
     async with AsyncClient("hf+http://hf.test/models/a/b", transport=transport, max_retries=0) as client:
         with pytest.raises(InternalServerError, match="boom"):
             await client.txt2img("x")
+
+
+@pytest.mark.parametrize(
+    ("url", "response"),
+    [
+        ("https://api.stability.ai/v2beta", httpx.Response(200, json={})),
+        ("a1111+http://a.test", httpx.Response(200, text="<html>proxy login</html>")),
+        ("openai+http://o.test", httpx.Response(200, json={"data": [{"b64_json": "bm90IGFuIGltYWdl"}]})),
+    ],
+)
+def test_unexpected_answers_are_api_response_errors(url: str, response: httpx.Response) -> None:
+    from sdgate.client import APIResponseError
+
+    transport, _ = recorder(lambda r: response)
+    with pytest.raises(APIResponseError):
+        Client(url, transport=transport).txt2img("x")

@@ -165,6 +165,9 @@ def _mount_optional_apps() -> None:
     except ImportError:  # the demo CLI is optional while it is being built
         return
     app.add_typer(demo_app, name="demo", help="The built-in demo model: train and evaluate it.")
+    from sdgate.cli.generate import mount as mount_client_commands
+
+    mount_client_commands(app)  # generate, batch, info and jobs: the SDK's commands
 
 
 _mount_optional_apps()

@@ -14,7 +14,13 @@ import httpx
 
 from sdgate.client._batch import BatchOutput, normalize_requests
 from sdgate.client._constants import DEFAULT_BATCH_CONCURRENCY
-from sdgate.client._core import BaseClient, make_status_error, mode_fields, translate_transport_error
+from sdgate.client._core import (
+    BaseClient,
+    make_status_error,
+    mode_fields,
+    translate_transport_error,
+    unexpected_answer,
+)
 from sdgate.client._exceptions import APITimeoutError, SdgateError, is_outage
 from sdgate.client._ops import Call, Close, Emit, Join, NextEvent, Poll, Sleep, Start, Subscribe
 from sdgate.client._sse import ServerSentEvent, SSEDecoder
@@ -24,6 +30,7 @@ from sdgate.client._types import (
     ImageInput,
     ImageRequest,
     Job,
+    JobList,
     Model,
     ProgressEvent,
 )
@@ -142,6 +149,8 @@ class Client(BaseClient):
                     op = gen.throw(error) if error is not None else gen.send(value)
                 except StopIteration as stop:
                     return stop.value
+                except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+                    raise unexpected_answer(backend, exc) from exc
                 value, error = None, None
                 try:
                     if isinstance(op, Call):
@@ -386,7 +395,7 @@ class Jobs:
 
     def list(
         self, *, state: str | None = None, limit: int | None = None, cursor: str | None = None, **filters: Any
-    ) -> list[Job]:
+    ) -> JobList:
         return self._run(
             self._client._jobs_backend().list_jobs(state=state, limit=limit, cursor=cursor, **filters)
         )

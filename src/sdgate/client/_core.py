@@ -29,6 +29,7 @@ from sdgate.client._constants import (
 )
 from sdgate.client._exceptions import (
     APIConnectionError,
+    APIResponseError,
     APIStatusError,
     APITimeoutError,
     ConfigurationError,
@@ -43,7 +44,6 @@ from sdgate.client.backends import resolve_backend
 from sdgate.client.backends._base import Backend, Context
 
 log = logging.getLogger("sdgate.client")
-_UNSET: Any = object()
 
 
 def translate_transport_error(exc: httpx.TransportError, url: object = None) -> APIConnectionError:
@@ -53,6 +53,11 @@ def translate_transport_error(exc: httpx.TransportError, url: object = None) -> 
         return APITimeoutError(f"request timed out: {type(exc).__name__}{where}", url=str(url))
     detail = str(exc) or type(exc).__name__
     return APIConnectionError(f"connection error: {detail}{where}", url=str(url))
+
+
+def unexpected_answer(backend: Backend, exc: Exception) -> APIResponseError:
+    """A backend choked on what the service sent (a missing key, a wrong type, not JSON)."""
+    return APIResponseError(f"unexpected answer from {backend.identity}: {type(exc).__name__}: {exc}")
 
 
 def _message_and_code(body: Any) -> tuple[str | None, str | None]:
@@ -128,7 +133,22 @@ def resolve_chain(
 
 
 class BaseClient:
-    """Everything that does no I/O. Public arguments are keyword-only."""
+    """Everything that does no I/O. Public arguments are keyword-only (``base_url`` aside).
+
+    - ``base_url``: the service; ``kind+URL`` picks a backend (see ``sdgate.client.backends``);
+      falls back to ``SDGATE_BASE_URL``. ``backend=`` names the kind (or passes a ``Backend``).
+    - ``backends=[primary, fallback, ...]``: a fallback chain, tried in order on outages
+      (connection errors, timeouts, 5xx after retries), never on 4xx.
+    - ``api_key`` (Bearer; falls back to ``SDGATE_API_KEY``) or ``auth=(user, password)`` (Basic;
+      also read from ``http://user:pass@host``).
+    - ``timeout``: seconds one generation may take (read timeout of blocking calls, deadline of
+      waits); ``connect_timeout``: seconds to connect.
+    - ``max_retries``: retries on connection errors, 408, 429, 5xx (Retry-After obeyed).
+    - ``rate_limit``: requests per second, or a shared ``TokenBucket``, per backend.
+    - ``cache``: a folder (or ``ImageCache``) for fixed-seed results; off by default.
+    - ``strict``: raise ``UnsupportedFeatureError`` instead of dropping fields a backend cannot honour.
+    - ``model``: the default model name; ``headers``: extra headers on every request.
+    """
 
     def __init__(
         self,
@@ -180,7 +200,7 @@ class BaseClient:
         unknown = set(changes) - set(self._options)
         if unknown:
             raise TypeError(f"with_options() got unknown option(s): {', '.join(sorted(unknown))}")
-        opts = {**self._options, **{k: v for k, v in changes.items() if v is not _UNSET}}
+        opts = {**self._options, **changes}
         return {**opts, "backends": self.backends}
 
     # -- requests ---------------------------------------------------------------------------------

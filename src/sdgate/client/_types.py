@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -50,6 +52,7 @@ class ImageRequest:
     denoising_strength: float | None = None
     priority: int = 0
     metadata: dict[str, Any] | None = None
+    callback_url: str | None = None  # sdgate jobs: POSTed the finished job (signed)
 
     @classmethod
     def build(
@@ -91,8 +94,8 @@ class ImageRequest:
         for key in ("init_image", "mask"):
             if data[key] is not None:
                 data[key] = hashlib.sha256(data[key]).hexdigest()
-        data.pop("priority")
-        data.pop("metadata")
+        for key in ("priority", "metadata", "callback_url"):  # the job's, not the image's
+            data.pop(key)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -176,6 +179,14 @@ class Job:
         )
 
 
+class JobList(list[Job]):
+    """One page of ``jobs.list()``: pass ``next_cursor`` as ``cursor=`` for the next (``None``: last)."""
+
+    def __init__(self, jobs: Iterable[Job] = (), *, next_cursor: str | None = None) -> None:
+        super().__init__(jobs)
+        self.next_cursor = next_cursor
+
+
 @dataclass(frozen=True, slots=True)
 class ProgressEvent:
     """One step of a job's life: ``kind`` is queued, started, progress, succeeded, failed or cancelled."""
@@ -195,6 +206,22 @@ class ProgressEvent:
     @property
     def fraction(self) -> float:
         return self.step / self.total if self.total else 0.0
+
+    @property
+    def preview(self) -> Image.Image | None:
+        """The live preview some services attach (sdgate: a ``data:`` URI; ComfyUI: image bytes)."""
+        raw = self.data.get("preview")
+        if isinstance(raw, str) and raw:
+            try:
+                raw = base64.b64decode(raw.partition(",")[2] if raw.startswith("data:") else raw)
+            except ValueError:
+                return None
+        if not isinstance(raw, bytes) or not raw:
+            return None
+        try:
+            return Image.open(io.BytesIO(raw))
+        except Exception:  # noqa: BLE001 - a preview is a nicety
+            return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ model. A folder holding ``model_index.json`` is one diffusers model (never searc
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import logging
@@ -242,11 +243,11 @@ def describe_file(path: Path, relpath: str) -> ModelInfo:
     fmt: ModelFormat = "safetensors" if path.suffix == ".safetensors" else "ckpt"
     try:
         shapes = read_safetensors_shapes(path) if fmt == "safetensors" else read_ckpt_shapes(path)
-    except (OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError) as exc:
+    except Exception as exc:  # a damaged file is still listed (as A1111 does), just without facts
         log.warning("cannot read %s: %s", path, exc)
         shapes = {}
-    config = path.with_suffix(".yaml")
-    config = config if config.is_file() else None
+    yaml = path.with_suffix(".yaml")
+    config = yaml if yaml.is_file() else None
     family = detect_family(shapes)
     v_pred = family == "sd2" and yaml_says_v_prediction(config)
     size_key = "sd2-v" if v_pred else (family or "sd1")
@@ -285,8 +286,11 @@ def _walk_checkpoints(root: Path) -> list[tuple[Path, str]]:
             if is_diffusers_folder(here / d):
                 dirnames.remove(d)  # a model, not a folder of models
                 found.append((here / d, (here / d).relative_to(root).as_posix()))
-        found += [(here / f, (here / f).relative_to(root).as_posix())
-                  for f in filenames if f.endswith(CHECKPOINT_EXTENSIONS)]
+        found += [
+            (here / f, (here / f).relative_to(root).as_posix())
+            for f in filenames
+            if f.endswith(CHECKPOINT_EXTENSIONS)
+        ]
     return sorted(found, key=lambda item: item[1].lower())
 
 
@@ -508,7 +512,7 @@ class ModelCatalog:
             vae_scale_factor=info.vae_scale_factor,
         )
 
-    def list_files(self, kind: str) -> list[AssetFile]:
+    def list_files(self, kind: str) -> builtins.list[AssetFile]:
         return list_files(self.settings.resolved_models_dir, kind)
 
 

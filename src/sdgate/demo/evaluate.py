@@ -37,7 +37,7 @@ class EvalSettings:
     size: int = 512
     steps: int = 20
     sampler: str = "euler"
-    cfg: float = 7.0
+    cfg: float = 4.0  # the demo model's recommended guidance (at 512 it also meets the targets at 7)
     batch: int = 8
     seed: int = 0
     n_img2img: int = 0
@@ -159,12 +159,14 @@ def evaluate(pipe: Any, settings: EvalSettings, log: Callable[[str], None] = lam
     if one:
         one_images = generate(pipe, [s.caption for s in one], settings, [s.seed for s in one])
         images_made += len(one)
-        report.one = _mean([score_one(s.scene, an.analyse(im)) for s, im in zip(one, one_images, strict=True)])
+        pairs = zip(one, one_images, strict=True)
+        report.one = _mean([score_one(s.scene, an.analyse(im)) for s, im in pairs])
         log(f"one shape: {report.one}")
     if two:
         two_images = generate(pipe, [s.caption for s in two], settings, [s.seed for s in two])
         images_made += len(two)
-        rows = [r for s, im in zip(two, two_images, strict=True) for r in score_multi(s.scene, an.analyse(im))]
+        pairs = zip(two, two_images, strict=True)
+        rows = [r for s, im in pairs for r in score_multi(s.scene, an.analyse(im))]
         report.two = _mean(rows)
         log(f"two shapes: {report.two}")
     report.seconds_per_image = (time.perf_counter() - started) / max(images_made, 1)
@@ -189,7 +191,8 @@ def img2img_keep_rate(pipe: Any, samples: Sequence[ds.Sample], images: Sequence[
     import torch
     from diffusers import StableDiffusionImg2ImgPipeline
 
-    i2i = StableDiffusionImg2ImgPipeline(**pipe.components)
+    i2i = StableDiffusionImg2ImgPipeline(**pipe.components, requires_safety_checker=False)
+    i2i.set_progress_bar_config(disable=True)
     kept = 0
     for s, im in zip(samples, images, strict=False):
         g = torch.Generator(device=pipe.device).manual_seed(s.seed + 1)
@@ -211,14 +214,16 @@ def inpaint_check(pipe: Any, samples: Sequence[ds.Sample], images: Sequence[Any]
     from diffusers import StableDiffusionInpaintPipeline
     from PIL import Image
 
-    inpaint = StableDiffusionInpaintPipeline(**pipe.components)
+    inpaint = StableDiffusionInpaintPipeline(**pipe.components, requires_safety_checker=False)
+    inpaint.set_progress_bar_config(disable=True)
     changed, maes = 0, []
     for s, im in zip(samples, images, strict=False):
         found = an.analyse(im)
         if not found.regions:
             continue
         shape = s.scene.shapes[0]
-        new_color = next(c for c in ("blue", "yellow", "red", "green") if c not in (shape.color, s.scene.background))
+        taken = (shape.color, s.scene.background)
+        new_color = next(c for c in ("blue", "yellow", "red", "green") if c not in taken)
         mask, outside = _box_mask(found.regions[0], im.size[0], pad=0.04, band=im.size[0] // 32)
         prompt = s.caption.replace(f"{shape.color} {shape.kind}", f"{new_color} {shape.kind}")
         g = torch.Generator(device=pipe.device).manual_seed(s.seed + 2)
@@ -228,7 +233,8 @@ def inpaint_check(pipe: Any, samples: Sequence[ds.Sample], images: Sequence[Any]
         after = an.analyse(out)
         changed += bool(after.regions) and after.regions[0].color == new_color
         diff = np.abs(np.asarray(out, dtype=np.float32) - np.asarray(im, dtype=np.float32)).mean(-1)
-        maes.append(float(diff[outside].mean()))
+        if outside.any():
+            maes.append(float(diff[outside].mean()))
     return changed / max(len(samples), 1), float(np.mean(maes)) if maes else float("nan")
 
 
@@ -243,7 +249,9 @@ def _box_mask(region: an.Region, size: int, *, pad: float, band: int) -> tuple[n
     return mask, outside
 
 
-def seconds_per_image(pipe: Any, *, size: int = 512, steps: int = 20, cfg: float = 7.0, runs: int = 3) -> float:
+def seconds_per_image(
+    pipe: Any, *, size: int = 512, steps: int = 20, cfg: float = 7.0, runs: int = 3
+) -> float:
     """Median wall time of single-image generations (after one warm-up) on the pipeline's device."""
     import torch
 

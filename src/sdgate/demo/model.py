@@ -162,7 +162,7 @@ def load_pipeline(folder: Path | None = None, *, device: str = "cpu") -> Any:
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(
-        str(folder or WEIGHTS_DIR), torch_dtype=torch.float32, local_files_only=True
+        str(folder or WEIGHTS_DIR), dtype=torch.float32, local_files_only=True
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

@@ -38,7 +38,7 @@ class ModelCache(Generic[T]):
         with self._lock:
             return sum(e.size for e in self._entries.values())
 
-    def keys(self) -> list[str]:
+    def keys_by_age(self) -> list[str]:
         """Least recently used first."""
         with self._lock:
             return list(self._entries)
@@ -66,8 +66,13 @@ class ModelCache(Generic[T]):
                 self.evict(key)
             self.make_room(size)
             self._entries[key] = _Entry(value, size)
-            log.info("model cache: %s loaded (%.1f MiB; %.1f of %.1f MiB used)",
-                     key, size / 2**20, self.used_bytes / 2**20, self.budget_bytes / 2**20)
+            log.info(
+                "model cache: %s loaded (%.1f MiB; %.1f of %.1f MiB used)",
+                key,
+                size / 2**20,
+                self.used_bytes / 2**20,
+                self.budget_bytes / 2**20,
+            )
 
     def evict(self, key: str) -> None:
         with self._lock:
@@ -78,5 +83,5 @@ class ModelCache(Generic[T]):
                 self._on_evict(key, entry.value)
 
     def clear(self) -> None:
-        for key in self.keys():
+        for key in self.keys_by_age():
             self.evict(key)

@@ -81,7 +81,7 @@ def infotext_params(
 
 
 def concrete_schedule(sampler: str, schedule: str) -> str:
-    """"automatic" -> the sampler's A1111 default (Karras for DPM++ 2M, ...), where it has one."""
+    """ "automatic" -> the sampler's A1111 default (Karras for DPM++ 2M, ...), where it has one."""
     if schedule == AUTOMATIC and _known_sampler(sampler):
         return get_sampler(sampler).default_scheduler or AUTOMATIC
     return schedule

@@ -124,7 +124,9 @@ def unet_config(shapes: Shapes, family: Family, base: Config, *, native_size: in
     if family == "sdxl" and label in shapes:
         adm_in = shapes[label][1]
         pooled = _shape(shapes, XL_OPENCLIP + "text_projection")[1]
-        cfg.update(projection_class_embeddings_input_dim=adm_in, addition_time_embed_dim=(adm_in - pooled) // 6)
+        cfg.update(
+            projection_class_embeddings_input_dim=adm_in, addition_time_embed_dim=(adm_in - pooled) // 6
+        )
     return cfg
 
 
@@ -206,7 +208,9 @@ def component_configs(
     if family == "sd1":
         out["text_encoder"] = clip_config(shapes, SD1_CLIP, out["text_encoder"])
     elif family == "sd2":
-        out["text_encoder"] = open_clip_config(shapes, SD2_OPENCLIP, out["text_encoder"], drop_last_layer=True)
+        out["text_encoder"] = open_clip_config(
+            shapes, SD2_OPENCLIP, out["text_encoder"], drop_last_layer=True
+        )
     else:
         out["text_encoder"] = clip_config(shapes, XL_CLIP, out["text_encoder"])
         out["text_encoder_2"] = open_clip_config(

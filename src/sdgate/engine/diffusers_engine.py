@@ -40,7 +40,7 @@ from sdgate.engine.devices import (
 )
 from sdgate.engine.loading import LoadedPipeline, UnsupportedModel, load_pipeline, pipeline_bytes
 from sdgate.engine.prompts import prompt_kwargs
-from sdgate.engine.sampling import StepCallback, decode_latents, initial_noise
+from sdgate.engine.sampling import StepCallback, check_finite, decode_latents, initial_noise
 from sdgate.engine.schedulers import SchedulerPlan, build_scheduler
 from sdgate.settings import Settings
 
@@ -177,10 +177,15 @@ class DiffusersEngine:
         free_memory(self.device)
 
     def _load(self, info: ModelInfo) -> LoadedPipeline:
-        log.info("loading %s (%s, %s) on %s", info.name, info.format, info.family or "unknown family", self.device)
+        log.info(
+            "loading %s (%s, %s) on %s", info.name, info.format, info.family or "unknown family", self.device
+        )
         try:
             return load_pipeline(
-                info, device=self.device, dtype=self.dtype, vae_dtype=vae_dtype(self.device, self.dtype, info.family)
+                info,
+                device=self.device,
+                dtype=self.dtype,
+                vae_dtype=vae_dtype(self.device, self.dtype, info.family),
             )
         except (UnsupportedModel, UnsupportedCheckpoint) as exc:
             raise InvalidRequest(f"model {info.name} cannot be loaded: {exc}", field="model") from exc
@@ -228,22 +233,36 @@ class DiffusersEngine:
         )
 
     def _iteration(
-        self, request: GenerationRequest, model: LoadedModel, shape: JobShape, control: GenerationControl, it: int
+        self,
+        request: GenerationRequest,
+        model: LoadedModel,
+        shape: JobShape,
+        control: GenerationControl,
+        it: int,
     ) -> _Iteration:
         """One pipeline call: ``batch_size`` images with seeds seed + it * batch_size + i."""
         pipe, family = model.pipeline, model.loaded.family
         batch = slice(it * request.batch_size, (it + 1) * request.batch_size)
         seeds, subseeds = request.seeds()[batch], request.subseeds()[batch]
+        # 1. A fresh scheduler (DPM++ SDE seeds its Brownian noise per image).
         plan = build_scheduler(
-            request.sampler, request.scheduler, model.base_scheduler_config,
-            family=family, seeds=seeds, eta=request.eta, s_noise=request.s_noise,
+            request.sampler,
+            request.scheduler,
+            model.base_scheduler_config,
+            family=family,
+            seeds=seeds,
+            eta=request.eta,
+            s_noise=request.s_noise,
+            s_churn=request.s_churn,
         )
         pipe.scheduler = plan.scheduler
+        # 2. Noise from each image's own seed, on the CPU.
         factor = model.loaded.vae_scale_factor
         latent_shape = (pipe.unet.config.in_channels, shape.height // factor, shape.width // factor)
         noise, generators = initial_noise(
             seeds, subseeds, request.subseed_strength, latent_shape, ensd=request.eta_noise_seed_delta
         )
+        # 3. Sample, reporting every step.
         tracker = StepTracker(control, it, request.n_iter, shape.steps)
         latents = pipe(
             **prompt_kwargs(pipe, family, request),
@@ -259,16 +278,42 @@ class DiffusersEngine:
         ).images
         if tracker.action == StepAction.SKIP:
             return _Iteration([], tracker.action, plan)
+        # 4. Decode, and write each image's infotext.
+        check_finite(latents, request.sampler)
         pictures = decode_latents(pipe, latents)
-        out = []
-        for picture, seed, subseed in zip(pictures, seeds, subseeds, strict=True):
-            params = infotext_params(
-                request, shape, seed=seed, subseed=subseed, schedule_label=plan.schedule_label,
-                model_name=model.info.stem, model_hash=model.info.short_hash, notes=plan.notes,
+        images = [
+            GeneratedImage(
+                picture,
+                seed,
+                subseed,
+                self._infotext(request, model, shape, plan, seed, subseed),
+                request.prompt,
+                request.negative_prompt,
             )
-            out.append(GeneratedImage(picture, seed, subseed, infotext(request, params),
-                                      request.prompt, request.negative_prompt))
-        return _Iteration(out, tracker.action, plan)
+            for picture, seed, subseed in zip(pictures, seeds, subseeds, strict=True)
+        ]
+        return _Iteration(images, tracker.action, plan)
+
+    @staticmethod
+    def _infotext(
+        request: GenerationRequest,
+        model: LoadedModel,
+        shape: JobShape,
+        plan: SchedulerPlan,
+        seed: int,
+        subseed: int,
+    ) -> str:
+        params = infotext_params(
+            request,
+            shape,
+            seed=seed,
+            subseed=subseed,
+            schedule_label=plan.schedule_label,
+            model_name=model.info.stem,
+            model_hash=model.info.short_hash,
+            notes=plan.notes,
+        )
+        return infotext(request, params)
 
 
 def _quiet_loading() -> None:

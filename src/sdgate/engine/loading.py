@@ -106,7 +106,7 @@ def _text_encoder(
         last = f"{prefix}transformer.resblocks.{conf.num_hidden_layers}."
         state = {k: v for k, v in state.items() if not k.startswith(last)}  # the unused last layer
         with init_empty_weights():
-            shell = CLIPTextModel(conf)
+            shell: Any = CLIPTextModel(conf)
         converted = convert_open_clip_checkpoint(shell, state, prefix=prefix)
         converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
         converted.pop("text_projection.weight", None)
@@ -160,7 +160,9 @@ def load_single_file(info: ModelInfo, dtype: torch.dtype, vae_dtype: torch.dtype
     )
     scheduler = EulerDiscreteScheduler.from_config(configs["scheduler"])
     parts = dict(
-        unet=unet, vae=vae, scheduler=scheduler,
+        unet=unet,
+        vae=vae,
+        scheduler=scheduler,
         text_encoder=_text_encoder(state, family, configs["text_encoder"], dtype),
         tokenizer=_tokenizer(configs["tokenizer"]),
     )
@@ -173,9 +175,7 @@ def load_single_file(info: ModelInfo, dtype: torch.dtype, vae_dtype: torch.dtype
             add_watermarker=False,
         )
     else:
-        pipe = SDPipeline(
-            **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-        )
+        pipe = SDPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     factor = 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
     check = family == "sd2" and info.config is None
     return LoadedPipeline(pipe, family, info.v_prediction, factor, cfgs.native_size_of(configs), check)
@@ -196,7 +196,9 @@ def load_diffusers_folder(info: ModelInfo, dtype: torch.dtype, vae_dtype: torch.
     else:
         kwargs.update(add_watermarker=False)
     if vae_dtype != dtype:
-        kwargs["vae"] = AutoencoderKL.from_pretrained(str(folder / "vae"), dtype=vae_dtype, local_files_only=True)
+        kwargs["vae"] = AutoencoderKL.from_pretrained(
+            str(folder / "vae"), dtype=vae_dtype, local_files_only=True
+        )
     for name, pad in (("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")):
         if name in index and not (folder / name).is_dir():
             kwargs[name] = _tokenizer({"pad_token": pad, "model_max_length": 77})
@@ -206,7 +208,9 @@ def load_diffusers_folder(info: ModelInfo, dtype: torch.dtype, vae_dtype: torch.
     return LoadedPipeline(pipe, info.family, v_pred, factor, int(pipe.unet.config.sample_size) * factor)
 
 
-def load_pipeline(info: ModelInfo, *, device: torch.device, dtype: torch.dtype, vae_dtype: torch.dtype) -> LoadedPipeline:
+def load_pipeline(
+    info: ModelInfo, *, device: torch.device, dtype: torch.dtype, vae_dtype: torch.dtype
+) -> LoadedPipeline:
     """Load ``info`` onto ``device``: weights in ``dtype``, the VAE in ``vae_dtype``."""
     if info.format == "diffusers":
         loaded = load_diffusers_folder(info, dtype, vae_dtype)

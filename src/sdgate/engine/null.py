@@ -75,14 +75,24 @@ class NullEngine:
                 continue
             for i in range(it * request.batch_size, (it + 1) * request.batch_size):
                 params = infotext_params(
-                    request, shape, seed=seeds[i], subseed=subseeds[i], schedule_label=schedule_label(schedule),
-                    model_name=defaults.name, model_hash=None,
+                    request,
+                    shape,
+                    seed=seeds[i],
+                    subseed=subseeds[i],
+                    schedule_label=schedule_label(schedule),
+                    model_name=defaults.name,
+                    model_hash=None,
                 )
-                images.append(GeneratedImage(
-                    image=Image.new("RGB", (shape.width, shape.height)),
-                    seed=seeds[i], subseed=subseeds[i], infotext=infotext(request, params),
-                    prompt=request.prompt, negative_prompt=request.negative_prompt,
-                ))
+                images.append(
+                    GeneratedImage(
+                        image=Image.new("RGB", (shape.width, shape.height)),
+                        seed=seeds[i],
+                        subseed=subseeds[i],
+                        infotext=infotext(request, params),
+                        prompt=request.prompt,
+                        negative_prompt=request.negative_prompt,
+                    )
+                )
             if tracker.action == StepAction.INTERRUPT:
                 interrupted = True
                 break

@@ -36,7 +36,7 @@ class SDXLPipeline(_AnyVaeFactor, StableDiffusionXLPipeline):
     """``StableDiffusionXLPipeline`` for SDXL base checkpoints."""
 
 
-PIPELINES: dict[str, type] = {
+PIPELINES: dict[str, Any] = {
     "StableDiffusionPipeline": SDPipeline,
     "StableDiffusionXLPipeline": SDXLPipeline,
 }

@@ -25,7 +25,11 @@ def encode_clip(pipe: Any, text: str, clip_skip: int | None) -> torch.Tensor:
     """One prompt through the pipeline's CLIP text encoder: (1, tokens, width)."""
     tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
     ids = tokenizer(
-        [text], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        [text],
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
     ).input_ids.to(encoder.device)
     if clip_skip is None:
         hidden = encoder(ids)[0]

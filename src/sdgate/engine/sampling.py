@@ -12,13 +12,17 @@ import torch
 from PIL import Image
 
 from sdgate.core.engine import StepAction
+from sdgate.core.errors import GenerationFailed
 from sdgate.core.requests import MAX_SEED
 from sdgate.engine.common import StepTracker
 
 # Latent -> RGB projections (A1111's "Approx cheap" preview); rows are latent channels.
 PREVIEW_SD = ((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473))
 PREVIEW_SDXL = (
-    (0.3448, 0.4168, 0.4395), (-0.1953, -0.0290, 0.0250), (0.1074, 0.0886, -0.0163), (-0.3730, -0.2499, -0.2088),
+    (0.3448, 0.4168, 0.4395),
+    (-0.1953, -0.0290, 0.0250),
+    (0.1074, 0.0886, -0.0163),
+    (-0.3730, -0.2499, -0.2088),
 )
 
 
@@ -35,7 +39,9 @@ def slerp(val: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
         return low * val + high * (1 - val)
     omega = torch.acos(dot)
     so = torch.sin(omega)
-    return (torch.sin((1.0 - val) * omega) / so).unsqueeze(1) * low + (torch.sin(val * omega) / so).unsqueeze(1) * high
+    return (torch.sin((1.0 - val) * omega) / so).unsqueeze(1) * low + (torch.sin(val * omega) / so).unsqueeze(
+        1
+    ) * high
 
 
 def initial_noise(
@@ -71,8 +77,8 @@ def latent_preview(latents: torch.Tensor, family: str | None) -> Image.Image:
         rgb = torch.einsum("chw,cr->rhw", x, coefs)
     else:  # an unknown latent space: show its first channels
         rgb = x[:3] if x.shape[0] >= 3 else x[:1].expand(3, -1, -1)
-    rgb = ((rgb + 1.0) / 2.0).clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(rgb, "RGB")
+    array = ((rgb + 1.0) / 2.0).clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array, "RGB")
 
 
 class StepCallback:
@@ -97,6 +103,15 @@ class StepCallback:
         return {}
 
 
+def check_finite(latents: torch.Tensor, sampler: str) -> None:
+    """NaNs from the UNet would decode to black images; say so instead (A1111's NansException)."""
+    if not bool(torch.isfinite(latents).all()):
+        raise GenerationFailed(
+            f"the {sampler} sampler produced NaNs (the model in half precision, or the sampler); "
+            "try another sampler or precision fp32/bf16"
+        )
+
+
 def decode_latents(pipe: Any, latents: torch.Tensor) -> list[Image.Image]:
     """Latents -> PIL images through the model's own VAE (its dtype, scaling and shift)."""
     vae = pipe.vae
@@ -105,7 +120,9 @@ def decode_latents(pipe: Any, latents: torch.Tensor) -> list[Image.Image]:
     mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
     if mean is not None and std is not None:
         shape = (1, len(mean), 1, 1)
-        z = z * torch.tensor(std).view(shape).to(z) / cfg.scaling_factor + torch.tensor(mean).view(shape).to(z)
+        z = z * torch.tensor(std).view(shape).to(z) / cfg.scaling_factor + torch.tensor(mean).view(shape).to(
+            z
+        )
     else:
         z = z / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0)
     with torch.inference_mode():

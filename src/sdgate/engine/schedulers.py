@@ -25,8 +25,10 @@ from typing import Any
 import diffusers
 import numpy as np
 import torch
-from diffusers import EulerDiscreteScheduler
-from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
+from diffusers.schedulers.scheduling_euler_discrete import (
+    EulerDiscreteScheduler,
+    EulerDiscreteSchedulerOutput,
+)
 from diffusers.utils.torch_utils import randn_tensor
 
 from sdgate.core.errors import InvalidRequest
@@ -58,55 +60,71 @@ _SDE2M = _frozen(algorithm_type="sde-dpmsolver++", solver_order=2)
 # Plain DPM-Solver cannot step to sigma 0; A1111's DPM fast also stops at sigma_min.
 _DPM_SOLVER3 = _frozen(algorithm_type="dpmsolver", solver_order=3, final_sigmas_type="sigma_min")
 
-SAMPLERS: Mapping[str, SamplerSpec] = MappingProxyType({
-    "DPM++ 2M": SamplerSpec("DPMSolverMultistepScheduler", _DPM2M),
-    "DPM++ SDE": SamplerSpec("DPMSolverSDEScheduler"),
-    "DPM++ 2M SDE": SamplerSpec("DPMSolverMultistepScheduler", _SDE2M),
-    "DPM++ 2M SDE Heun": SamplerSpec(
-        "DPMSolverMultistepScheduler", _frozen(**_SDE2M, solver_type="heun")
-    ),
-    "DPM++ 2S a": SamplerSpec(
-        "DPMSolverSinglestepScheduler", _DPM2M,
-        note="DPM++ 2S a is not available in diffusers; ran DPM++ 2S (singlestep, without ancestral noise)",
-    ),
-    "DPM++ 3M SDE": SamplerSpec(
-        "DPMSolverMultistepScheduler", _frozen(algorithm_type="sde-dpmsolver++", solver_order=3)
-    ),
-    "Euler a": SamplerSpec("EulerAncestralScheduler"),
-    "Euler": SamplerSpec("EulerDiscreteScheduler"),
-    "LMS": SamplerSpec("LMSDiscreteScheduler"),
-    "Heun": SamplerSpec("HeunDiscreteScheduler"),
-    "DPM2": SamplerSpec("KDPM2DiscreteScheduler"),
-    "DPM2 a": SamplerSpec("KDPM2AncestralDiscreteScheduler"),
-    "DPM fast": SamplerSpec(
-        "DPMSolverSinglestepScheduler", _DPM_SOLVER3,
-        note="DPM fast is not available in diffusers; ran DPM-Solver (singlestep, order 3)",
-    ),
-    "DPM adaptive": SamplerSpec(
-        "DPMSolverSinglestepScheduler", _DPM_SOLVER3,
-        note="DPM adaptive is not available in diffusers; ran DPM-Solver (singlestep, order 3, fixed steps)",
-    ),
-    "Restart": SamplerSpec(
-        "HeunDiscreteScheduler", note="Restart is not available in diffusers; ran Heun on the same schedule"
-    ),
-    "DDIM": SamplerSpec("DDIMScheduler", automatic_spacing=LEADING, fixed_schedule=True),
-    "DDIM CFG++": SamplerSpec(
-        "DDIMScheduler", automatic_spacing=LEADING, fixed_schedule=True,
-        note="DDIM CFG++ is not available in diffusers; ran DDIM",
-    ),
-    "PLMS": SamplerSpec("PNDMScheduler", _frozen(skip_prk_steps=True), LEADING, fixed_schedule=True),
-    # A1111's UniPC defaults (bh1, order 3). It ends at the last timestep, not at sigma 0, and
-    # diffusers' bh1 turns NaN stepping to sigma 0 anyway.
-    "UniPC": SamplerSpec(
-        "UniPCMultistepScheduler", _frozen(solver_type="bh1", solver_order=3, final_sigmas_type="sigma_min"),
-        LEADING, fixed_schedule=True,
-    ),
-    "LCM": SamplerSpec("LCMScheduler", automatic_spacing=LEADING, fixed_schedule=True),
-})
+SAMPLERS: Mapping[str, SamplerSpec] = MappingProxyType(
+    {
+        "DPM++ 2M": SamplerSpec("DPMSolverMultistepScheduler", _DPM2M),
+        "DPM++ SDE": SamplerSpec("DPMSolverSDEScheduler"),
+        "DPM++ 2M SDE": SamplerSpec("DPMSolverMultistepScheduler", _SDE2M),
+        "DPM++ 2M SDE Heun": SamplerSpec(
+            "DPMSolverMultistepScheduler", _frozen(**_SDE2M, solver_type="heun")
+        ),
+        "DPM++ 2S a": SamplerSpec(
+            "DPMSolverSinglestepScheduler",
+            _DPM2M,
+            note="DPM++ 2S a is not in diffusers; ran DPM++ 2S (singlestep, no ancestral noise)",
+        ),
+        "DPM++ 3M SDE": SamplerSpec(
+            "DPMSolverMultistepScheduler", _frozen(algorithm_type="sde-dpmsolver++", solver_order=3)
+        ),
+        "Euler a": SamplerSpec("EulerAncestralScheduler"),
+        "Euler": SamplerSpec("EulerDiscreteScheduler"),
+        "LMS": SamplerSpec("LMSDiscreteScheduler"),
+        "Heun": SamplerSpec("HeunDiscreteScheduler"),
+        "DPM2": SamplerSpec("KDPM2DiscreteScheduler"),
+        "DPM2 a": SamplerSpec("KDPM2AncestralDiscreteScheduler"),
+        "DPM fast": SamplerSpec(
+            "DPMSolverSinglestepScheduler",
+            _DPM_SOLVER3,
+            note="DPM fast is not in diffusers; ran DPM-Solver (singlestep, order 3)",
+        ),
+        "DPM adaptive": SamplerSpec(
+            "DPMSolverSinglestepScheduler",
+            _DPM_SOLVER3,
+            note="DPM adaptive is not in diffusers; ran DPM-Solver (singlestep, order 3, fixed steps)",
+        ),
+        "Restart": SamplerSpec(
+            "HeunDiscreteScheduler",
+            note="Restart is not in diffusers; ran Heun on the same schedule",
+        ),
+        "DDIM": SamplerSpec("DDIMScheduler", automatic_spacing=LEADING, fixed_schedule=True),
+        "DDIM CFG++": SamplerSpec(
+            "DDIMScheduler",
+            automatic_spacing=LEADING,
+            fixed_schedule=True,
+            note="DDIM CFG++ is not in diffusers; ran DDIM",
+        ),
+        "PLMS": SamplerSpec("PNDMScheduler", _frozen(skip_prk_steps=True), LEADING, fixed_schedule=True),
+        # A1111's UniPC defaults (bh1, order 3). It ends at the last timestep, not at sigma 0, and
+        # diffusers' bh1 turns NaN stepping to sigma 0 anyway.
+        "UniPC": SamplerSpec(
+            "UniPCMultistepScheduler",
+            _frozen(solver_type="bh1", solver_order=3, final_sigmas_type="sigma_min"),
+            LEADING,
+            fixed_schedule=True,
+        ),
+        "LCM": SamplerSpec("LCMScheduler", automatic_spacing=LEADING, fixed_schedule=True),
+    }
+)
 
 # Schedule type -> scheduler config. A sigma flag needs the class to support it; the custom sigma
 # lists go through the Karras hook (see ``_install_sigmas``).
-SPACINGS = {"uniform": LINSPACE, "normal": LINSPACE, "sgm_uniform": TRAILING, "simple": TRAILING, "ddim": LEADING}
+SPACINGS = {
+    "uniform": LINSPACE,
+    "normal": LINSPACE,
+    "sgm_uniform": TRAILING,
+    "simple": TRAILING,
+    "ddim": LEADING,
+}
 SIGMA_FLAGS = {
     "karras": "use_karras_sigmas",
     "exponential": "use_exponential_sigmas",
@@ -154,28 +172,32 @@ class EulerAncestralScheduler(EulerDiscreteScheduler):
     ) -> EulerDiscreteSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
         if self.step_index is None:
             self._init_step_index(timestep)
+        index = int(self.step_index)
         x = sample.to(torch.float32)
-        sigma, sigma_next = self.sigmas[self.step_index], self.sigmas[self.step_index + 1]
-        if self.config.prediction_type == "v_prediction":
+        sigma, sigma_next = self.sigmas[index], self.sigmas[index + 1]
+        if self.config.get("prediction_type") == "v_prediction":
             denoised = model_output * (-sigma / (sigma**2 + 1) ** 0.5) + x / (sigma**2 + 1)
         else:
             denoised = x - sigma * model_output
-        sigma_up = min(float(sigma_next), self.eta * float(
-            (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5
-        ))
+        sigma_up = min(
+            float(sigma_next),
+            self.eta * float((sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5),
+        )
         sigma_down = (float(sigma_next) ** 2 - sigma_up**2) ** 0.5
         prev = x + (x - denoised) / sigma * (sigma_down - sigma)
         if sigma_up > 0:
-            noise = randn_tensor(model_output.shape, dtype=torch.float32, device=x.device, generator=generator)
+            noise = randn_tensor(
+                model_output.shape, dtype=torch.float32, device=x.device, generator=generator
+            )
             prev = prev + noise * self.s_noise * sigma_up
-        self._step_index += 1
+        self._step_index = index + 1  # type: ignore[assignment]
         prev = prev.to(model_output.dtype)
         if not return_dict:
             return prev, denoised
         return EulerDiscreteSchedulerOutput(prev_sample=prev, pred_original_sample=denoised)
 
 
-def scheduler_class(name: str) -> type:
+def scheduler_class(name: str) -> Any:
     if name == "EulerAncestralScheduler":
         return EulerAncestralScheduler
     return getattr(diffusers, name)  # type: ignore[no-any-return]
@@ -194,12 +216,14 @@ def build_scheduler(
     seeds: list[int] | None = None,
     eta: float | None = None,
     s_noise: float | None = None,
+    s_churn: float | None = None,
 ) -> SchedulerPlan:
     """A new scheduler running ``sampler`` with ``schedule``, over the model's own noise schedule.
 
     ``base_config`` is the pipeline's scheduler config (betas, prediction type). ``seeds`` feed
-    the Brownian noise of DPM++ SDE, one tree per image, as A1111 does. Unknown names are a
-    client error: the dialects canonicalise names before a job is stored.
+    the Brownian noise of DPM++ SDE, one tree per image, as A1111 does. ``eta`` and ``s_noise``
+    reach Euler a (and eta DDIM, per call); where A1111 would use a value we cannot, a note says
+    so. Unknown names are a client error: the dialects canonicalise names before a job is stored.
     """
     spec = SAMPLERS.get(sampler)
     if spec is None:
@@ -228,7 +252,42 @@ def build_scheduler(
         scheduler.s_noise = 1.0 if s_noise is None else s_noise
     if seeds is not None and hasattr(scheduler, "noise_sampler_seed"):
         scheduler.noise_sampler_seed = list(seeds)
+    notes += _unused_options(sampler, scheduler, eta=eta, s_noise=s_noise, s_churn=s_churn)
     return SchedulerPlan(scheduler, sampler, schedule, notes)
+
+
+# Samplers whose A1111 function takes eta / s_noise / s_churn (a1111_api.md §2.1).
+ETA_SAMPLERS = {
+    "Euler a",
+    "DPM2 a",
+    "DPM++ 2S a",
+    "DPM++ SDE",
+    "DPM++ 2M SDE",
+    "DPM++ 2M SDE Heun",
+    "DPM++ 3M SDE",
+    "DPM fast",
+    "DPM adaptive",
+    "DDIM",
+    "DDIM CFG++",
+}
+S_NOISE_SAMPLERS = ETA_SAMPLERS - {"DDIM", "DDIM CFG++"} | {"Euler", "Heun", "DPM2"}
+S_CHURN_SAMPLERS = {"Euler", "Heun", "DPM2"}
+
+
+def _unused_options(
+    sampler: str, scheduler: Any, *, eta: float | None, s_noise: float | None, s_churn: float | None
+) -> list[str]:
+    """Notes for sampler options A1111 would apply here and this engine cannot (yet)."""
+    ours = isinstance(scheduler, EulerAncestralScheduler)
+    takes_eta = ours or "eta" in inspect.signature(scheduler.step).parameters
+    notes = []
+    if eta is not None and eta != 1.0 and sampler in ETA_SAMPLERS and not takes_eta:
+        notes.append(f"eta {eta:g} is not supported for {sampler}; ran with its default")
+    if s_noise is not None and s_noise != 1.0 and sampler in S_NOISE_SAMPLERS and not ours:
+        notes.append(f"s_noise {s_noise:g} is not supported for {sampler}; ran with 1")
+    if s_churn and sampler in S_CHURN_SAMPLERS:
+        notes.append(f"s_churn {s_churn:g} is not supported for {sampler}; ran with 0")
+    return notes
 
 
 def _new_scheduler(cls_name: str, config: dict[str, Any], kwargs: dict[str, Any]) -> Any:

@@ -26,6 +26,9 @@ from sdgate.jobs.store import SqlJobStore
 logger = logging.getLogger("sdgate.retention")
 
 _BATCH = 100
+# Progress events of jobs that ended this long ago are dropped from the event log (their state
+# events stay, so a resuming stream still sees how the job ended).
+PROGRESS_LOG_KEEP = timedelta(hours=1)
 
 
 def job_image_ids(job: Job) -> list[str]:
@@ -86,6 +89,13 @@ class Retention:
             counts["keys"] = int(
                 conn.execute(sa.delete(idempotency_keys).where(idempotency_keys.c.expires_at <= now)).rowcount
                 or 0
+            )
+            ended = sa.select(jobs.c.id).where(
+                jobs.c.state.in_([s.value for s in JobState if s.terminal]),
+                jobs.c.finished_at < now - PROGRESS_LOG_KEEP,
+            )
+            conn.execute(
+                sa.delete(job_events).where(job_events.c.kind == "progress", job_events.c.job_id.in_(ended))
             )
         if self._ttl_s is None:
             return counts

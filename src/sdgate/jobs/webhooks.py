@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 import httpx
 import sqlalchemy as sa
 
-from sdgate.core.errors import InvalidRequest
+from sdgate.core.errors import InvalidRequest, NotFound
 from sdgate.core.jobs import Job, JobStore
 from sdgate.jobs.database import transaction
 from sdgate.jobs.schema import jobs as jobs_table
@@ -198,19 +198,35 @@ class Webhooks:
             conn.execute(sa.delete(hooks_table).where(hooks_table.c.job_id == job_id))
 
     def _due(self, limit: int = 20) -> list[tuple[str, str, int]]:
+        """Due deliveries, each claimed for this process by pushing its ``next_attempt_at`` past the
+        attempt's timeout (a lease): another API process skips it, and a process that dies
+        mid-delivery leaves it to be retried once the lease runs out."""
+        now = _now()
+        lease = now + timedelta(seconds=self._timeout_s + 30)
         query = (
-            sa.select(hooks_table.c.job_id, hooks_table.c.url, hooks_table.c.attempts)
+            sa.select(hooks_table.c.job_id, hooks_table.c.url, hooks_table.c.attempts,
+                      hooks_table.c.next_attempt_at)
             .join(jobs_table, jobs_table.c.id == hooks_table.c.job_id)
             .where(
                 hooks_table.c.state == "pending",
-                hooks_table.c.next_attempt_at <= _now(),
+                hooks_table.c.next_attempt_at <= now,
                 jobs_table.c.state.in_(_TERMINAL),
             )
             .order_by(hooks_table.c.next_attempt_at)
             .limit(limit)
         )
-        with transaction(self._db, write=False) as conn:
-            return [(r.job_id, r.url, r.attempts) for r in conn.execute(query)]
+        claimed = []
+        with transaction(self._db, write=True) as conn:
+            for row in conn.execute(query).all():
+                won = conn.execute(
+                    sa.update(hooks_table)
+                    .where(hooks_table.c.job_id == row.job_id,
+                           hooks_table.c.next_attempt_at == row.next_attempt_at)
+                    .values(next_attempt_at=lease)
+                ).rowcount
+                if won:
+                    claimed.append((row.job_id, row.url, row.attempts))
+        return claimed
 
     def _record(self, job_id: str, attempt: dict[str, Any], *, ok: bool) -> None:
         now = _now()
@@ -252,12 +268,17 @@ class Webhooks:
             while True:
                 self._wake.clear()
                 try:
-                    for job_id, url, attempts in await asyncio.to_thread(self._due):
-                        await self._deliver(client, store, job_id, url, attempts + 1)
-                except asyncio.CancelledError:
-                    raise
+                    due = await asyncio.to_thread(self._due)
                 except Exception:
-                    logger.exception("webhook delivery pass failed")
+                    logger.exception("webhook delivery: reading the outbox failed")
+                    due = []
+                for job_id, url, attempts in due:
+                    try:
+                        await self._deliver(client, store, job_id, url, attempts + 1)
+                    except NotFound:
+                        pass  # the job was deleted meanwhile (its webhook row went with it)
+                    except Exception:
+                        logger.exception("job %s: webhook delivery failed", job_id)
                 try:
                     async with asyncio.timeout(self._poll_s):
                         await self._wake.wait()

@@ -28,6 +28,9 @@ log = logging.getLogger("sdgate.server")
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 
 _PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+# Signed, expiring image links carry their own credential (the signature) and are meant to be
+# fetched by whoever holds the URL.
+_PUBLIC_PREFIXES = ("/v1/images/files/",)
 
 
 class RequestContextMiddleware:
@@ -86,7 +89,10 @@ class BasicAuthMiddleware:
         self.credentials = {u.encode(): p.encode() for u, p in credentials.items()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope["path"] in _PUBLIC_PATHS:
+        path = scope.get("path", "")
+        if scope["type"] not in ("http", "websocket") or path in _PUBLIC_PATHS or path.startswith(
+            _PUBLIC_PREFIXES
+        ):
             await self.app(scope, receive, send)
             return
         header = _header(scope, b"authorization")

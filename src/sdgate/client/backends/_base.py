@@ -21,7 +21,7 @@ from sdgate.client._constants import IDEMPOTENCY_HEADER, POLL_FACTOR, POLL_INITI
 from sdgate.client._exceptions import APIResponseError, UnsupportedFeatureError
 from sdgate.client._ops import Op
 from sdgate.client._ratelimit import TokenBucket
-from sdgate.client._types import GenerationResult, ImageRequest, Job, ProgressEvent
+from sdgate.client._types import GenerationResult, ImageRequest, Job
 
 Gen = Generator[Op, Any, Any]
 
@@ -215,4 +215,4 @@ def result_from_images(
     )
 
 
-__all__ = ["Backend", "Context", "Gen", "ProgressEvent", "decode_image", "poll_delays", "result_from_images"]
+__all__ = ["Backend", "Context", "Gen", "decode_image", "poll_delays", "result_from_images"]

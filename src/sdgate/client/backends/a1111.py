@@ -1,4 +1,8 @@
-"""Any AUTOMATIC1111 WebUI (``/sdapi/v1``): one blocking call; progress by polling ``/progress``."""
+"""Any AUTOMATIC1111 WebUI (``/sdapi/v1``): one blocking call; progress by polling ``/progress``.
+
+A1111's ``/progress`` describes whatever the server runs now (sdgate: the caller's oldest running
+A1111 job), so with several generations in flight at once the steps shown may be another's.
+"""
 
 from __future__ import annotations
 
@@ -61,6 +65,7 @@ class A1111Backend(Backend):
     unsupported: ClassVar[dict[str, str]] = {
         "priority": "A1111 runs requests in arrival order",
         "metadata": "A1111 has nowhere to keep it",
+        "callback_url": "no webhooks: only sdgate's job API calls back",
     }
     strip_suffixes: ClassVar[tuple[str, ...]] = (PREFIX,)
 

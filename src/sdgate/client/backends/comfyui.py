@@ -1,5 +1,6 @@
 """ComfyUI: the standard txt2img / img2img / inpaint workflows built in code, submitted to
-``/prompt``, followed on ``/history`` (and ``/queue``), images fetched from ``/view``.
+``/prompt``, followed on ``/ws`` (polling ``/history`` where there is no socket), images fetched
+from ``/view``.
 
 ComfyUI needs a concrete seed and a checkpoint file name: an unseeded request gets a random seed
 chosen here (so the result still reports it), and with no ``model`` the first checkpoint that
@@ -8,16 +9,24 @@ chosen here (so the result still reports it), and with no ``model`` the first ch
 
 from __future__ import annotations
 
+import logging
 import random
 import uuid
 from typing import Any, ClassVar
 
-from sdgate.client._exceptions import APIResponseError, ConfigurationError, JobFailedError
-from sdgate.client._ops import Call, Emit, Sleep
+from sdgate.client._exceptions import (
+    APIConnectionError,
+    APIError,
+    APIResponseError,
+    ConfigurationError,
+    JobFailedError,
+)
+from sdgate.client._ops import Call, Close, Emit, NextEvent, Sleep, Subscribe
 from sdgate.client._types import ImageRequest, Model, ProgressEvent
 from sdgate.client.backends._base import Backend, Context, Gen, poll_delays, result_from_images
 from sdgate.client.backends._images import repaint_as_transparency
 
+log = logging.getLogger("sdgate.client")
 MAX_SEED = 2**64 - 1
 SAMPLERS = {  # A1111 name -> ComfyUI sampler_name
     "Euler": "euler",
@@ -122,8 +131,14 @@ class ComfyUIBackend(Backend):
     unsupported: ClassVar[dict[str, str]] = {
         "priority": "ComfyUI's queue order is not exposed as a priority here",
         "metadata": "no job metadata",
+        "callback_url": "no webhooks: only sdgate's job API calls back",
     }
     strip_suffixes: ClassVar[tuple[str, ...]] = ("/api",)
+
+    def __init__(self, base_url: str, *, websocket: bool = True, **options: Any) -> None:
+        """``websocket=False`` follows prompts by polling ``/history`` instead of ``/ws``."""
+        super().__init__(base_url, **options)
+        self.websocket = websocket
 
     def ignored_fields(self, request: ImageRequest) -> tuple[str, ...]:
         ignored = list(super().ignored_fields(request))
@@ -166,13 +181,23 @@ class ComfyUIBackend(Backend):
         seed = request.seed if request.seed is not None else random.randint(0, 2**53)
         graph = build_workflow(request, ckpt_name=ckpt, seed=seed, image_name=image_name)
         client_id = uuid.uuid4().hex
+        socket = None
+        if self.websocket:  # connect first, so that no event of this prompt is missed
+            try:
+                socket = yield Subscribe(Call("GET", self.url("/ws"), params={"clientId": client_id}), "ws")
+            except APIError as exc:
+                log.info("ComfyUI /ws unavailable (%s): following /history instead", exc)
         resp = yield Call("POST", self.url("/prompt"), json={"prompt": graph, "client_id": client_id})
         prompt_id = str(resp.json().get("prompt_id") or "")
         if not prompt_id:
             raise APIResponseError("/prompt: no prompt_id in the answer")
         if ctx.progress:
             yield Emit(ProgressEvent(kind="queued", job_id=prompt_id))
-        entry = yield from self._wait(prompt_id, ctx)
+        entry = None
+        if socket is not None:
+            entry = yield from self._follow_ws(socket, prompt_id, ctx)
+        if entry is None:
+            entry = yield from self._wait(prompt_id, ctx)
         blobs: list[bytes] = []
         for output in (entry.get("outputs") or {}).values():
             for image in (output or {}).get("images", []):
@@ -191,6 +216,64 @@ class ComfyUIBackend(Backend):
         return result_from_images(
             blobs, [seed] * len(blobs), backend=self.kind, where="comfyui", job_id=prompt_id
         )
+
+    def _follow_ws(self, socket: int, prompt_id: str, ctx: Context) -> Gen:
+        """Follow the prompt's events on ``/ws`` to ``executing`` with ``node: null`` (ComfyUI's done
+        signal), then read its history entry; ``None`` if the socket broke first (poll instead)."""
+        done = False
+        preview: bytes | None = None
+        try:
+            while not done:
+                message = yield NextEvent(socket)
+                if message is None:
+                    break
+                if isinstance(message, bytes):  # binary frames: 4-byte type 1 = a preview image
+                    if message[:4] == b"\x00\x00\x00\x01":
+                        preview = message[8:]
+                    continue
+                if not isinstance(message, dict):
+                    continue
+                kind, data = message.get("type"), message.get("data") or {}
+                if data.get("prompt_id", prompt_id) != prompt_id:
+                    continue
+                if kind == "execution_error":
+                    raise JobFailedError(
+                        f"ComfyUI prompt {prompt_id} failed: {data.get('exception_type', 'error')}: "
+                        f"{data.get('exception_message', '')}".rstrip(": "),
+                        code="execution_error",
+                        job_id=prompt_id,
+                    )
+                if kind == "execution_interrupted":
+                    raise JobFailedError(
+                        f"ComfyUI prompt {prompt_id} was interrupted", code="cancelled", job_id=prompt_id
+                    )
+                done = kind == "executing" and data.get("node") is None and "prompt_id" in data
+                if ctx.progress and kind == "execution_start":
+                    yield Emit(ProgressEvent(kind="started", job_id=prompt_id))
+                elif ctx.progress and kind == "progress":
+                    yield Emit(
+                        ProgressEvent(
+                            kind="progress",
+                            job_id=prompt_id,
+                            step=int(data.get("value") or 0),
+                            total=int(data.get("max") or 0),
+                            data={**data, "preview": preview} if preview else data,
+                        )
+                    )
+        except APIConnectionError:
+            done = False
+        yield Close(socket)
+        if not done:
+            return None
+        resp = yield Call("GET", self.url(f"/history/{prompt_id}"))
+        entry = (resp.json() or {}).get(prompt_id)
+        if entry and (entry.get("status") or {}).get("status_str") == "error":
+            raise JobFailedError(
+                f"ComfyUI prompt {prompt_id} failed: {_error_text(entry['status'])}",
+                code="execution_error",
+                job_id=prompt_id,
+            )
+        return entry or None
 
     def _wait(self, prompt_id: str, ctx: Context) -> Gen:
         started = False

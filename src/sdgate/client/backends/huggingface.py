@@ -34,6 +34,7 @@ class HuggingFaceBackend(Backend):
         "scheduler": "HF takes a diffusers scheduler class name, not an A1111 schedule",
         "priority": "no queue priority",
         "metadata": "no job metadata",
+        "callback_url": "no webhooks: only sdgate's job API calls back",
     }
 
     def endpoint(self, request: ImageRequest) -> str:

@@ -8,7 +8,7 @@ from urllib.parse import quote
 from sdgate.client._exceptions import APIError, APIResponseError, APIStatusError, JobFailedError
 from sdgate.client._ops import Call, Close, Emit, NextEvent, Sleep, Subscribe
 from sdgate.client._sse import ServerSentEvent
-from sdgate.client._types import TERMINAL_STATES, ImageRequest, Job, Model, ProgressEvent
+from sdgate.client._types import TERMINAL_STATES, ImageRequest, Job, JobList, Model, ProgressEvent
 from sdgate.client.backends._base import Backend, Context, Gen, b64encode, poll_delays, result_from_images
 
 API = "/api/v1"
@@ -35,6 +35,7 @@ def request_body(request: ImageRequest) -> dict[str, Any]:
         "model",
         "denoising_strength",
         "metadata",
+        "callback_url",
     ):
         value = getattr(request, name)
         if value is not None:
@@ -116,7 +117,8 @@ class NativeBackend(Backend):
         rows = data.get("data", data.get("jobs", data.get("items"))) if isinstance(data, dict) else data
         if not isinstance(rows, list):
             raise APIResponseError("jobs: expected a list of jobs")
-        return [Job.from_json(row) for row in rows]
+        cursor = data.get("next_cursor") if isinstance(data, dict) else None
+        return JobList((Job.from_json(row) for row in rows), next_cursor=cursor)
 
     def cancel_job(self, job_id: str) -> Gen:
         resp = yield Call("POST", self._job_url(job_id, "/cancel"))
@@ -151,10 +153,12 @@ class NativeBackend(Backend):
                     if sse is None:
                         break
                     last_id = sse.id or last_id
+                    terminal = sse.event in TERMINAL_STATES
+                    if not (ctx.progress or terminal):
+                        continue  # nobody listens: leave the event unparsed
                     event = event_from_sse(sse, job_id)
                     if ctx.progress and sse.event:
                         yield Emit(event)
-                    terminal = sse.event in TERMINAL_STATES
                     if terminal:
                         final = job_from_event(event)
                 # The server ends the stream after the terminal event: reading to its end lets the

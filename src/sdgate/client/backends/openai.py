@@ -34,6 +34,7 @@ class OpenAIBackend(Backend):
         "denoising_strength": "edits have no strength",
         "priority": "no queue priority",
         "metadata": "no job metadata",
+        "callback_url": "no webhooks: only sdgate's job API calls back",
     }
     strip_suffixes: ClassVar[tuple[str, ...]] = ("/v1/images", "/v1")
 
@@ -60,7 +61,8 @@ class OpenAIBackend(Backend):
                 files=[("image", ("image.png", image, "image/png"))],
                 long=True,
             )
-        rows = resp.json().get("data") if isinstance(resp.json(), dict) else None
+        data = resp.json()
+        rows = data.get("data") if isinstance(data, dict) else None
         if not isinstance(rows, list):
             raise APIResponseError("images: expected {data: [...]}")
         blobs: list[bytes] = []

@@ -76,6 +76,7 @@ class StabilityBackend(Backend):
         "scheduler": "Stability v1 has no schedule choice",
         "priority": "no queue priority",
         "metadata": "no job metadata",
+        "callback_url": "no webhooks: only sdgate's job API calls back",
     }
     strip_suffixes: ClassVar[tuple[str, ...]] = ("/v1",)
 
@@ -137,6 +138,7 @@ class StabilityV2Backend(Backend):
         "height": "v2beta takes an aspect ratio: the nearest one is sent",
         "priority": "no queue priority",
         "metadata": "no job metadata",
+        "callback_url": "no webhooks: only sdgate's job API calls back",
     }
     strip_suffixes: ClassVar[tuple[str, ...]] = ("/v2beta/stable-image/generate", "/v2beta")
 

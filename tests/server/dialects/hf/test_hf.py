@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import httpx
 import pytest
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import HfHubHTTPError
 from PIL import Image
-from tests.server.dialects.stability.loopback import default_model_defaults, serve
+from tests.server.dialects.stability.loopback import default_model_defaults, fresh, serve
 from tests.server.fakes import FakeEngine
 
 from sdgate.settings import Settings
@@ -101,8 +102,8 @@ class LoadingEngine(FakeEngine):
 
 
 @pytest.mark.usefixtures("loopback_only")
-def test_503_while_loading(settings: Settings) -> None:
-    with serve(settings, LoadingEngine()) as url:
+def test_503_while_loading(settings: Settings, tmp_path: Path) -> None:
+    with serve(fresh(settings, tmp_path), LoadingEngine()) as url:
         r = httpx.post(f"{url}/models/{REPO}", json={"inputs": "a"})
         assert r.status_code == 503
         assert r.json() == {"error": f"Model {REPO} is currently loading", "estimated_time": 12.5}
@@ -114,8 +115,16 @@ def test_503_while_loading(settings: Settings) -> None:
         assert waited.status_code == 200
 
 
-def test_strict_unknown_repo_is_404(settings: Settings, engine: FakeEngine) -> None:
-    with serve(settings.model_copy(update={"strict_models": True}), engine) as url:
+def test_strict_unknown_repo_is_404(settings: Settings, tmp_path: Path) -> None:
+    with serve(fresh(settings, tmp_path, strict_models=True), FakeEngine()) as url:
         r = httpx.post(f"{url}/models/someone/unknown-model", json={"inputs": "a"})
         assert r.status_code == 404 and "unknown-model" in r.json()["error"]
         assert httpx.post(f"{url}/models/{REPO}", json={"inputs": "a"}).status_code == 200
+
+
+def test_unknown_parameters_are_accepted_and_logged(live: str, caplog: pytest.LogCaptureFixture) -> None:
+    body = {"inputs": "a", "parameters": {"num_images_per_prompt": 1, "clip_skip": 2}, "stream": False}
+    with caplog.at_level("INFO", logger="sdgate.hf"):
+        assert httpx.post(f"{live}/models/{REPO}", json=body).status_code == 200
+        assert httpx.post(f"{live}/models/{REPO}", json=body).status_code == 200
+    assert caplog.text.count("parameters.clip_skip") == 1  # once, not per request

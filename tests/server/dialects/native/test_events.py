@@ -112,7 +112,7 @@ async def test_websocket_fans_out_to_two_clients(live_api: ThreadServer) -> None
 
 async def test_progress_carries_previews_every_n_steps(native_settings, engine) -> None:
     async with serve(native_settings, engine, preview_every_n_steps=2) as api:
-        job = (await api.post("/api/v1/jobs", json={"prompt": "slow", "steps": 30})).json()
+        job = (await api.post("/api/v1/jobs", json={"prompt": "slow", "steps": 60})).json()
         # Read live (from the first event on) so the worker is mid-job when progress arrives.
         events = await read_sse(api, job["id"], {"Last-Event-ID": "0"})
     previews = [e["data"]["preview"] for e in events if e["event"] == "progress" and "preview" in e["data"]]
@@ -143,3 +143,36 @@ def test_order_key_drops_stale_events_but_keeps_a_requeue() -> None:
 @pytest.mark.parametrize(("value", "expected"), [(None, None), ("", None), ("12", 12)])
 def test_parse_last_event_id(value: str | None, expected: int | None) -> None:
     assert parse_last_event_id(value) == expected
+
+
+async def test_retention_drops_old_progress_events_but_keeps_states(api: httpx.AsyncClient) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from sdgate.jobs.retention import Retention
+
+    job = (await api.post("/api/v1/jobs", json={"prompt": "slow", "steps": 10})).json()
+    await wait_state(api, job["id"])
+    before = [e["event"] for e in await read_sse(api, job["id"], {"Last-Event-ID": "0"})]
+    assert "progress" in before
+    services = api.app.state.services  # type: ignore[attr-defined]
+    later = datetime.now(UTC) + timedelta(hours=2)
+    Retention(services.store, services.images, ttl_s=None).run_once(now=later)
+    after = [e["event"] for e in await read_sse(api, job["id"], {"Last-Event-ID": "0"})]
+    assert after == [e for e in before if e != "progress"] and after[-1] == "succeeded"
+
+
+async def test_a_long_stream_closes_and_resumes_where_it_stopped(api: httpx.AsyncClient) -> None:
+    from sdgate.server.dialects.native.events import job_stream
+
+    job = (await api.post("/api/v1/jobs", json={"prompt": "slow", "steps": 40})).json()
+    runtime = api.app.state.services.state["native"]  # type: ignore[attr-defined]
+    stream = job_stream(runtime, await _stored_job(api, job["id"]), 0, poll_s=0.05, max_s=0.2)
+    first = parse_sse("".join([chunk async for chunk in stream]))
+    assert first and first[-1]["event"] not in ("succeeded", "failed", "cancelled")
+    rest = await read_sse(api, job["id"], {"Last-Event-ID": str(first[-1]["id"])})
+    assert rest[-1]["event"] == "succeeded" and rest[0]["id"] > first[-1]["id"]
+
+
+async def _stored_job(api: httpx.AsyncClient, job_id: str) -> Job:
+    services = api.app.state.services  # type: ignore[attr-defined]
+    return services.store.get(job_id)

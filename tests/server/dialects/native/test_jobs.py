@@ -249,3 +249,16 @@ async def test_eight_concurrent_duplicate_submissions_make_one_job(
     assert (await api.delete(f"/api/v1/jobs/{job_id}")).status_code == 204
     again = await api.post("/api/v1/jobs", json=body, headers=headers)
     assert again.status_code == 202 and again.json()["id"] != job_id
+
+
+def test_the_wire_schema_has_every_generation_request_field() -> None:
+    from sdgate.core.requests import GenerationRequest
+    from sdgate.server.dialects.native.protocol import JobCreate
+
+    missing = set(GenerationRequest.model_fields) - set(JobCreate.model_fields)
+    assert missing == set()
+
+
+async def test_list_refuses_dates_out_of_range(api: httpx.AsyncClient) -> None:
+    r = await api.get("/api/v1/jobs", params={"created_after": "0001-01-01T00:00:00+01:00"})
+    assert r.status_code == 400 and r.json()["error"]["field"] == "created_after"

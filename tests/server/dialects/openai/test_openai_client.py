@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 from PIL import Image
+from tests.server.dialects.stability.loopback import fresh, serve
 from tests.server.fakes import FakeEngine
 
 from sdgate.core.requests import Mode
@@ -71,7 +73,7 @@ def test_generate_gpt_image_defaults_to_b64_and_output_format(client: openai.Ope
     result = client.images.generate(
         model="gpt-image-1", prompt="x", size="1024x1024", output_format="jpeg", output_compression=70
     )
-    assert result.data[0].url is None
+    assert result.data[0].url is None and result.output_format == "jpeg"
     assert decode(result.data[0].b64_json).format == "JPEG"
 
 
@@ -151,18 +153,17 @@ def test_user_errors_are_400_and_not_retried(
     client: openai.OpenAI, engine: FakeEngine, kwargs: dict[str, object], param: str
 ) -> None:
     args: dict[str, object] = {"prompt": "x", **kwargs}
+    before = len(engine.calls)
     with pytest.raises(openai.BadRequestError) as info:
         client.images.generate(**args)  # type: ignore[arg-type]
     err = info.value
     assert err.status_code == 400
     assert err.body["param"] == param and err.body["type"] == "invalid_request_error"  # type: ignore[index]
-    assert not engine.calls
+    assert len(engine.calls) == before  # refused before any job was queued
 
 
-def test_unknown_model_strict_is_404(settings: Settings, engine: FakeEngine) -> None:
-    from tests.server.dialects.stability.loopback import serve
-
-    with serve(settings.model_copy(update={"strict_models": True}), engine) as url:
+def test_unknown_model_strict_is_404(settings: Settings, tmp_path: Path) -> None:
+    with serve(fresh(settings, tmp_path, strict_models=True), FakeEngine()) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="k")
         with pytest.raises(openai.NotFoundError) as info:
             client.images.generate(model="my-model", prompt="x")
@@ -171,7 +172,24 @@ def test_unknown_model_strict_is_404(settings: Settings, engine: FakeEngine) -> 
 
 
 def test_failed_generation_is_not_retried(client: openai.OpenAI, engine: FakeEngine) -> None:
+    before = len(engine.calls)
     with pytest.raises(openai.InternalServerError) as info:
         client.images.generate(prompt="boom", response_format="b64_json")
     assert info.value.response.headers["x-should-retry"] == "false"
-    assert len(engine.calls) == 1
+    assert len(engine.calls) == before + 1  # the client did not send it again
+
+
+def test_unknown_fields_are_accepted_and_logged(
+    client: openai.OpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO", logger="sdgate.openai"):
+        for _ in range(2):
+            client.images.generate(
+                prompt="x",
+                quality="hd",
+                style="vivid",
+                user="u1",
+                response_format="b64_json",
+                extra_body={"frobnicate": 1},
+            )
+    assert caplog.text.count("generations.frobnicate") == 1

@@ -7,8 +7,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
+import pytest
 import uvicorn
+from tests.server.fakes import FakeEngine, write_fake_checkpoint
 
 from sdgate.core.engine import Engine, ModelDefaults
 from sdgate.core.models import ModelCatalog
@@ -48,3 +52,39 @@ def default_model_defaults(settings: Settings) -> ModelDefaults:
     """What the default model's own defaults are (native size, steps, VAE factor) under ``settings``."""
     catalog = ModelCatalog(settings)
     return catalog.defaults_for(catalog.default)
+
+
+# Module-scoped fixtures (each dialect's conftest imports them): one server per test module keeps
+# the suite fast. They shadow tests/server/conftest.py's function-scoped ones of the same names;
+# tests that need a server of their own call ``serve`` with a fresh data dir.
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    write_fake_checkpoint(root / "Stable-diffusion" / "alpha.safetensors")
+    write_fake_checkpoint(root / "Stable-diffusion" / "sub" / "beta.safetensors")
+    return root
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path_factory.mktemp("data"), models_dir=models_dir, device="cpu", worker_poll_s=0.05
+    )
+
+
+@pytest.fixture(scope="module")
+def engine() -> FakeEngine:
+    return FakeEngine(step_s=0.02)
+
+
+@pytest.fixture(scope="module")
+def live(settings: Settings, engine: FakeEngine) -> Iterator[str]:
+    with serve(settings, engine) as url:
+        yield url
+
+
+def fresh(settings: Settings, data_dir: Path, **update: Any) -> Settings:
+    """``settings`` with its own data dir (a second server must not share the first one's queue)."""
+    return settings.model_copy(update={"data_dir": data_dir, **update})

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
-from tests.server.dialects.stability.loopback import default_model_defaults, serve
+from tests.server.dialects.stability.loopback import default_model_defaults, fresh, serve
 from tests.server.fakes import FakeEngine
 
 from sdgate.core.requests import Mode
@@ -130,12 +131,10 @@ def test_steps_150_accepted_and_png_with_samples_refused(live: str) -> None:
     assert_error(r, 400, "invalid_samples")
 
 
-def test_unknown_engine_default_and_strict(settings: Settings, engine: FakeEngine) -> None:
+def test_unknown_engine_default_and_strict(live: str, settings: Settings, tmp_path: Path) -> None:
     body = {"text_prompts": [{"text": "a"}], "steps": 10}
-    with serve(settings, engine) as url:
-        assert httpx.post(url + "/v1/generation/some-fake-engine/text-to-image", json=body).status_code == 200
-    strict = settings.model_copy(update={"strict_models": True})
-    with serve(strict, engine) as url:
+    assert httpx.post(live + "/v1/generation/some-fake-engine/text-to-image", json=body).status_code == 200
+    with serve(fresh(settings, tmp_path, strict_models=True), FakeEngine()) as url:
         r = httpx.post(url + "/v1/generation/some-fake-engine/text-to-image", json=body)
         assert_error(r, 404, "not_found")
         assert httpx.post(url + T2I, json=body).status_code == 200  # a known engine id still works

@@ -9,12 +9,12 @@ from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from sdgate.core.errors import SdgateError
+from sdgate.core.errors import GenerationFailed, SdgateError
 from sdgate.server import jobflow
 from sdgate.server.deps import ServicesDep, UserDep
 from sdgate.server.dialects.hf import translate
 from sdgate.server.dialects.hf.protocol import TextToImageRequest
-from sdgate.server.dialects.stability import translate as images_io
+from sdgate.server.dialects.stability import images as images_io
 from sdgate.server.errors import DialectRoute
 from sdgate.server.model_aliases import resolve_model
 from sdgate.server.services import Services
@@ -92,7 +92,10 @@ async def text_to_image(
         body, model=info.name, defaults=services.model_defaults(info), settings=services.settings
     )
     job = await jobflow.run_blocking(services, gen, request, dialect=DIALECT, owner=user)
-    png = (await jobflow.image_bytes(services, job))[0]
+    pngs = await jobflow.image_bytes(services, job)
+    if not pngs:
+        raise GenerationFailed("the job finished without an image")
+    png = pngs[0]
     fmt = translate.output_format(request.headers.get("accept"))
     data = await run_in_threadpool(images_io.reencode, png, fmt, 95)
     return Response(data, media_type=f"image/{fmt}")

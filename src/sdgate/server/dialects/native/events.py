@@ -35,6 +35,10 @@ log = logging.getLogger("sdgate.native")
 
 POLL_S = 1.0
 KEEPALIVE_S = 15.0
+# A stream of a job that is still going is closed after this long; the client reconnects with
+# Last-Event-ID (EventSource does so by itself). This bounds how long a graceful server shutdown
+# waits for open streams.
+MAX_STREAM_S = 300.0
 _STATE_KIND = {
     JobState.QUEUED: JobEventKind.QUEUED,
     JobState.RUNNING: JobEventKind.STARTED,
@@ -100,9 +104,10 @@ class _Previews:
 
 
 async def job_stream(runtime: NativeRuntime, job: Job, last_event_id: int | None,
-                     *, poll_s: float = POLL_S) -> AsyncIterator[str]:
+                     *, poll_s: float = POLL_S, max_s: float = MAX_STREAM_S) -> AsyncIterator[str]:
     """The SSE body for one job (the caller checked the job exists and is theirs)."""
     events = runtime.events
+    close_at = asyncio.get_running_loop().time() + max_s
     previews = _Previews(runtime, job.id, runtime.services.settings.preview_every_n_steps)
     with events.subscribe(job_id=job.id) as doorbell:
         yield "retry: 2000\n\n"
@@ -121,6 +126,8 @@ async def job_stream(runtime: NativeRuntime, job: Job, last_event_id: int | None
                 yield sse_message(event.kind, await previews.attach(event), event.seq or None)
                 if event.terminal:
                     return
+            if asyncio.get_running_loop().time() > close_at:
+                return
             woke = await doorbell.next(timeout=poll_s)
             backlog = await run_in_threadpool(events.read, job.id, cursor)
             if backlog:

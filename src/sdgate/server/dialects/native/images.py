@@ -71,10 +71,11 @@ def store_job_input(images: ImageStore, value: str, *, field: str, limits: core_
 
 def convert(data: bytes, *, to: OutputFormat, quality: int) -> bytes:
     """A stored image in another format, keeping its infotext."""
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        infotext, _ = core_images.read_image_info(image)
+    with Image.open(io.BytesIO(data)) as opened:
+        opened.load()
+        infotext, _ = core_images.read_image_info(opened)
         fmt: Literal["PNG", "JPEG", "WEBP"] = "PNG" if to == "png" else "JPEG" if to == "jpeg" else "WEBP"
+        image: Image.Image = opened
         if image.mode not in ("RGB", "RGBA", "L"):
             image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
         return core_images.encode_image(image, infotext or None, format=fmt, quality=quality)

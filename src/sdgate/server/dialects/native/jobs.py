@@ -141,8 +141,8 @@ def page(runtime: NativeRuntime, *, user: str | None, states: list[JobState] | N
     jobs, next_seq = runtime.services.store.page(
         states=tuple(states) if states else None,
         owner=user,
-        created_after=created_after,
-        created_before=created_before,
+        created_after=translate.as_utc(created_after, "created_after"),
+        created_before=translate.as_utc(created_before, "created_before"),
         metadata=parse_metadata_filters(metadata),
         before_seq=translate.decode_cursor(cursor) if cursor else None,
         limit=limit,

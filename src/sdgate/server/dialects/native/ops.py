@@ -35,6 +35,7 @@ async def readyz(request: Request) -> JSONResponse:
     except Exception as exc:
         log.warning("readyz: the job store does not answer: %s", exc)
         checks["store"] = False
+    model_ok = True
     if services.engine is not None:
         checks["engine"] = services.engine.name
         checks["workers"] = len(services.workers)
@@ -43,5 +44,7 @@ async def readyz(request: Request) -> JSONResponse:
         except Exception as exc:
             log.warning("readyz: no default model: %s", exc)
             checks["model"] = None
-    ready = checks["store"] and (services.engine is None or bool(services.workers and checks["model"]))
+        # The null engine draws blank images without any model.
+        model_ok = checks["model"] is not None or services.settings.engine == "null"
+    ready = checks["store"] and (services.engine is None or bool(services.workers) and model_ok)
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)

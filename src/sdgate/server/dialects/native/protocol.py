@@ -136,6 +136,12 @@ class ErrorOut(BaseModel):
     field: str | None = None
 
 
+class ErrorBody(BaseModel):
+    """Every native error: ``{"error": {"code", "message", "field"?}}``."""
+
+    error: ErrorOut
+
+
 class WebhookOut(BaseModel):
     url: str
     state: Literal["pending", "delivered", "failed"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, WebSocket
@@ -18,6 +18,7 @@ from sdgate.server.dialects.native import images as native_images
 from sdgate.server.dialects.native import jobs as native_jobs
 from sdgate.server.dialects.native import translate
 from sdgate.server.dialects.native.protocol import (
+    ErrorBody,
     JobCreate,
     JobOut,
     JobPage,
@@ -27,7 +28,7 @@ from sdgate.server.dialects.native.protocol import (
     SchedulerOut,
     UploadOut,
 )
-from sdgate.server.dialects.native.runtime import RuntimeDep
+from sdgate.server.dialects.native.runtime import RuntimeDep, get_runtime
 from sdgate.server.errors import DialectRoute
 
 router = APIRouter(prefix="/api/v1", route_class=DialectRoute, tags=["native"])
@@ -37,7 +38,7 @@ IdempotencyKey = Annotated[
     Header(alias="Idempotency-Key", max_length=255, description="same key + same body: the same job"),
 ]
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"description": "an error: {\"error\": {\"code\", \"message\", \"field\"?}}"}
+    code: {"model": ErrorBody, "description": "an error (429: see Retry-After)"}
     for code in (400, 404, 409, 413, 422, 429)
 }
 
@@ -47,6 +48,9 @@ async def submit_job(
     body: JobCreate, runtime: RuntimeDep, user: UserDep, response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> dict[str, Any]:
+    """Queue a txt2img, img2img or inpaint job (202). Images: base64, ``data:`` URIs or upload ids.
+    With ``Idempotency-Key``, the same key and body return the same job (``Idempotent-Replayed:
+    true``); the same key with another body is a 409. Keys are per caller and kept 24 h."""
     job, created = await native_jobs.submit(runtime, body, user=user, idempotency_key=idempotency_key)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -65,33 +69,39 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
+    """The caller's jobs, newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
     return await run_in_threadpool(
-        lambda: native_jobs.page(runtime, user=user, states=state, created_after=_utc(created_after),
-                                 created_before=_utc(created_before), metadata=metadata, limit=limit,
-                                 cursor=cursor)
+        lambda: native_jobs.page(runtime, user=user, states=state, created_after=created_after,
+                                 created_before=created_before, metadata=metadata, limit=limit, cursor=cursor)
     )
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=_ERRORS)
 async def get_job(job_id: str, runtime: RuntimeDep, user: UserDep) -> dict[str, Any]:
+    """A job: state, queue position, progress, result (images with URLs) or error, webhook state."""
     job = await run_in_threadpool(native_jobs.get, runtime.services, job_id, user)
     return await run_in_threadpool(native_jobs.render, runtime, job)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=_ERRORS)
 async def cancel_job(job_id: str, runtime: RuntimeDep, user: UserDep) -> dict[str, Any]:
+    """A queued job is cancelled at once and never runs; a running one stops at its next step.
+    409 if the job already ended."""
     job = await native_jobs.cancel(runtime.services, job_id, user)
     return await run_in_threadpool(native_jobs.render, runtime, job)
 
 
 @router.delete("/jobs/{job_id}", status_code=204, responses=_ERRORS)
 async def delete_job(job_id: str, runtime: RuntimeDep, user: UserDep) -> Response:
+    """Cancels the job if it has not ended, then deletes it, its events and the images only it used."""
     await native_jobs.delete(runtime, job_id, user)
     return Response(status_code=204)
 
 
 @router.post("/jobs/{job_id}/retry", status_code=202, response_model=JobOut, responses=_ERRORS)
 async def retry_job(job_id: str, runtime: RuntimeDep, user: UserDep) -> dict[str, Any]:
+    """A new job (202) with the ended job's resolved request (same seeds), priority, metadata and
+    callback. 409 while the job is still queued or running."""
     job = await native_jobs.retry(runtime, job_id, user)
     return await run_in_threadpool(native_jobs.render, runtime, job)
 
@@ -107,6 +117,13 @@ async def job_events(
     user: UserDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
 ) -> StreamingResponse:
+    """Server-Sent Events: ``queued``, ``started``, ``progress``, ``succeeded``, ``failed``,
+    ``cancelled``. Starts with the job's current state (or, with ``Last-Event-ID``, every event after
+    that id) and ends after the terminal event. State events carry the whole job; progress events
+    ``{job_id, step, total, eta_s, ...}``, with a small ``preview`` every N steps when enabled.
+
+    For every job of the caller at once, open the WebSocket ``/api/v1/events``: JSON messages
+    ``{"id", "event", "data"}`` with the same events."""
     after = native_events.parse_last_event_id(last_event_id)
     job = await run_in_threadpool(native_jobs.get, runtime.services, job_id, user)
     return StreamingResponse(
@@ -118,7 +135,7 @@ async def job_events(
 
 @router.websocket("/events")
 async def events_socket(websocket: WebSocket) -> None:
-    runtime = websocket.app.state.services.state["native"]
+    runtime = get_runtime(websocket.app.state.services)
     await native_events.fan_out(runtime, websocket, websocket.scope.get("state", {}).get("user"))
 
 
@@ -139,6 +156,7 @@ _UPLOAD_BODY = {
 @router.post("/uploads", status_code=201, response_model=UploadOut, responses=_ERRORS,
              openapi_extra=_UPLOAD_BODY)
 async def upload_image(request: Request, runtime: RuntimeDep, user: UserDep) -> dict[str, Any]:
+    """Store an image once (by content hash) for use as ``init_image`` or ``mask`` by its id."""
     data = await _upload_bytes(request)
     stored = await run_in_threadpool(native_jobs.upload, runtime, data, user)
     return {"id": stored.id, "url": translate.image_url(runtime.base, stored.id),
@@ -157,6 +175,9 @@ async def get_image(
     format: native_images.OutputFormat | None = None,
     quality: Annotated[int, Query(ge=1, le=100)] = 90,
 ) -> Response:
+    """An image as stored (generated ones are PNG with the infotext), or converted to ``format``
+    (the infotext kept in EXIF). Ids are content hashes: responses are cacheable forever."""
+
     def load() -> tuple[bytes, str]:
         data = services.images.get(image_id)
         stored_type = services.images.content_type(image_id)
@@ -197,22 +218,17 @@ async def schedulers() -> list[dict[str, Any]]:
 
 @router.get("/queue", response_model=QueueOut)
 async def queue(runtime: RuntimeDep) -> dict[str, Any]:
+    """Jobs waiting, jobs running, workers, and a rough ETA for the queue to drain."""
     return await run_in_threadpool(native_jobs.queue_status, runtime)
 
 
 async def _upload_bytes(request: Request) -> bytes:
     """A multipart form's ``file`` (or first file) field, else the raw body."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        form = await request.form()
-        for value in [form.get("file"), *form.values()]:
-            if value is not None and not isinstance(value, str):
-                return await value.read()
+        async with request.form() as form:
+            for value in [form.get("file"), *form.values()]:
+                if value is not None and not isinstance(value, str):
+                    return await value.read()
         raise InvalidRequest("file: send the image as a multipart field named file", field="file")
     return await request.body()
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 

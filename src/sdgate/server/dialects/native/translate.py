@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from sdgate.core.engine import ModelDefaults
@@ -190,6 +191,16 @@ def event_data(kind: JobEventKind, job: Job, *, base: str = "") -> dict[str, Any
         progress = job.progress or Progress()
         return {"job_id": job.id, **progress_out(progress)}
     return {"job_id": job.id, **job_out(job, base=base)}
+
+
+def as_utc(value: datetime | None, field: str) -> datetime | None:
+    """A query's datetime in UTC (naive means UTC)."""
+    if value is None:
+        return None
+    try:
+        return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00
+        raise InvalidRequest(f"{field}: out of range", field=field) from None
 
 
 def encode_cursor(seq: int) -> str:

@@ -72,6 +72,7 @@ class ImageData(BaseModel):
 class ImagesResponse(BaseModel):
     created: int
     data: list[ImageData]
+    output_format: OutputFormat | None = None  # GPT image models echo it
 
 
 class ModelObject(BaseModel):

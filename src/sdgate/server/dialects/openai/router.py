@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException
 
 from sdgate.core.errors import InvalidRequest, NotFound, SdgateError
 from sdgate.core.images import decode_image_bytes
@@ -28,7 +29,8 @@ from sdgate.server.dialects.openai.protocol import (
     ImageVariationParams,
     ModelList,
 )
-from sdgate.server.dialects.stability import translate as images_io
+from sdgate.server.dialects.stability import images as images_io
+from sdgate.server.dialects.stability import translate as stability
 from sdgate.server.errors import DialectRoute
 from sdgate.server.model_aliases import ALIASES, resolve_model
 from sdgate.server.services import Services
@@ -147,12 +149,10 @@ async def edits(request: Request, services: ServicesDep, user: UserDep) -> dict[
 
     def store() -> tuple[str, str | None, tuple[int, int]]:
         limits = image_limits(services)
-        rgb = decode_image_bytes(image, field="image", limits=limits)
-        image_alpha = images_io.alpha_channel(images_io.open_upload(image, field="image", limits=limits))
+        rgb, image_alpha = images_io.read_upload(image, field="image", limits=limits)
         mask_image = mask_alpha = None
         if mask is not None:
-            mask_image = decode_image_bytes(mask, field="mask", limits=limits, mode="L")
-            mask_alpha = images_io.alpha_channel(images_io.open_upload(mask, field="mask", limits=limits))
+            mask_image, mask_alpha = images_io.read_upload(mask, field="mask", limits=limits)
         edit = translate.edit_mask(image_alpha, mask_image, mask_alpha, rgb.size)
         mask_id = services.images.put(images_io.to_png(edit)) if edit is not None else None
         return services.images.put(images_io.to_png(rgb)), mask_id, rgb.size
@@ -219,28 +219,21 @@ async def signed_image(
     """A signed link from a ``url`` response. Wrong or expired links are all the same 404."""
     if not _signer(services).verify(image_id, expires, signature):
         raise NotFound("this image link is invalid or has expired")
-    try:
-        data = await run_in_threadpool(services.images.get, image_id)
-    except (FileNotFoundError, KeyError, ValueError):
-        raise NotFound("this image no longer exists") from None
-    return Response(
-        data,
-        media_type=services.images.content_type(image_id),
-        headers={"Cache-Control": "private, max-age=60"},
-    )
+    data, content_type = await run_in_threadpool(
+        lambda: (services.images.get(image_id), services.images.content_type(image_id))
+    )  # NotFound (404) when the image is gone
+    return Response(data, media_type=content_type, headers={"Cache-Control": "private, max-age=60"})
 
 
 async def _read_form(request: Request) -> FormData:
     try:
         return await request.form()
-    except SdgateError:
-        raise
-    except Exception as exc:  # a malformed multipart body is the client's
-        raise InvalidRequest(f"body: is not valid multipart/form-data ({exc})", field="body") from exc
+    except MultiPartException as exc:  # a malformed multipart body is the client's
+        raise InvalidRequest(f"body: is not valid multipart/form-data ({exc.message})", field="body") from exc
 
 
-def _validate(model: type[images_io.Model], form: FormData) -> images_io.Model:
-    return images_io.validate(model, dict((k, v) for k, v in form.multi_items() if isinstance(v, str)))
+def _validate(model: type[stability.Model], form: FormData) -> stability.Model:
+    return stability.validate(model, dict((k, v) for k, v in form.multi_items() if isinstance(v, str)))
 
 
 async def _file(form: FormData, name: str) -> bytes | None:

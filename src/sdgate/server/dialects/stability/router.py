@@ -10,14 +10,15 @@ from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException
 
-from sdgate.core.errors import InvalidRequest, NotFound, SdgateError
+from sdgate.core.errors import GenerationFailed, InvalidRequest, NotFound, SdgateError
 from sdgate.core.images import decode_image_bytes
 from sdgate.core.models import ModelInfo
 from sdgate.core.requests import GenerationRequest
 from sdgate.server import jobflow
 from sdgate.server.deps import ServicesDep, UserDep, image_limits
-from sdgate.server.dialects.stability import translate
+from sdgate.server.dialects.stability import images, translate
 from sdgate.server.dialects.stability.protocol import (
     ArtifactsResponse,
     ImageToImageParams,
@@ -106,6 +107,8 @@ async def _run_v1(request: Request, services: Services, user: str | None, gen: G
 
 
 def _render_v1(as_image: bool, images: list[bytes], seeds: list[int]) -> Response:
+    if not images:  # every image skipped or interrupted away
+        raise GenerationFailed("the job finished without an image")
     if as_image:
         headers = {"Finish-Reason": translate.FINISH_SUCCESS, "Seed": str(seeds[0] if seeds else 0)}
         return Response(images[0], media_type="image/png", headers=headers)
@@ -119,10 +122,8 @@ def _render_v1(as_image: bool, images: list[bytes], seeds: list[int]) -> Respons
 async def _read_form(request: Request) -> FormData:
     try:
         return await request.form()
-    except SdgateError:
-        raise
-    except Exception as exc:  # a malformed multipart body is the client's
-        raise InvalidRequest(f"body: is not valid multipart/form-data ({exc})", field="body") from exc
+    except MultiPartException as exc:  # a malformed multipart body is the client's
+        raise InvalidRequest(f"body: is not valid multipart/form-data ({exc.message})", field="body") from exc
 
 
 async def _file(form: FormData, name: str, *, required: bool = True) -> bytes | None:
@@ -232,7 +233,7 @@ async def masking(engine_id: str, request: Request, services: ServicesDep, user:
         mask = translate.mask_from_source(
             body.mask_source, init_alpha=alpha, mask_image=mask_image, init_size=init_size
         )
-        return services.images.put(translate.to_png(mask))
+        return services.images.put(images.to_png(mask))
 
     mask_id = await run_in_threadpool(store_mask)
     gen = translate.masking_request(
@@ -257,9 +258,9 @@ async def upscale(engine_id: str, request: Request, services: ServicesDep, user:
     if engine_id.startswith("esrgan"):
         # No ESRGAN weights ship with sdgate: a Lanczos resize, said so in the log, not a silent swap.
         def resized() -> bytes:
-            image = translate.open_upload(data, field="image", limits=image_limits(services))
+            image, _ = images.read_upload(data, field="image", limits=image_limits(services))
             size = translate.upscale_size(image.size, body.width, body.height)
-            return translate.to_png(translate.resize(image, size))
+            return images.to_png(images.resize(image, size))
 
         log.info("stability: %s upscale served as a Lanczos resize (no ESRGAN model installed)", engine_id)
         return _render_v1(_wants_image(request), [await run_in_threadpool(resized)], [0])
@@ -280,9 +281,8 @@ async def _store_init(
 
     def store() -> tuple[str, tuple[int, int], Any]:
         limits = image_limits(services)
-        rgb = decode_image_bytes(data, field=field, limits=limits)
-        alpha = translate.alpha_channel(translate.open_upload(data, field=field, limits=limits))
-        return services.images.put(translate.to_png(rgb)), rgb.size, alpha
+        rgb, alpha = images.read_upload(data, field=field, limits=limits)
+        return services.images.put(images.to_png(rgb)), rgb.size, alpha
 
     return await run_in_threadpool(store)
 
@@ -313,8 +313,11 @@ async def generate(service: str, request: Request, services: ServicesDep, user: 
     )
     job = await jobflow.run_blocking(services, gen, request, dialect=DIALECT, owner=user)
     assert job.result is not None
-    png = (await jobflow.image_bytes(services, job))[0]
-    data = await run_in_threadpool(translate.reencode, png, body.output_format.value)
+    pngs = await jobflow.image_bytes(services, job)
+    if not pngs:
+        raise GenerationFailed("the job finished without an image")
+    png = pngs[0]
+    data = await run_in_threadpool(images.reencode, png, body.output_format.value)
     seed = job.result.seeds[0] if job.result.seeds else gen.seed
     if "application/json" in request.headers.get("accept", "").lower():
         return JSONResponse(

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
 import re
 import secrets
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from PIL import Image, ImageOps
 from pydantic import BaseModel, ValidationError
 
-from sdgate.core import images as core_images
 from sdgate.core.engine import ModelDefaults
 from sdgate.core.errors import InvalidRequest, SdgateError
 from sdgate.core.requests import GenerationRequest, Mode
@@ -22,6 +20,7 @@ from sdgate.core.samplers import SamplerChoice, resolve_sampler
 from sdgate.server.dialects.stability.protocol import (
     MAX_SEED_V1,
     AspectRatio,
+    ClipGuidancePreset,
     GenerationParams,
     ImageToImageParams,
     InitImageMode,
@@ -82,6 +81,7 @@ SIZE_STEP_V1 = 64
 UPSCALE_MAX_PIXELS = 4_194_304
 DEFAULT_MASK_STRENGTH = 1.0  # a masked region is repainted from scratch unless the client says otherwise
 
+_ignored: set[str] = set()
 _INDEXED = re.compile(r"^text_prompts\[(\d+)\]\[(\w+)\]$")
 _ASPECT = {r: tuple(int(p) for p in r.value.split(":")) for r in AspectRatio}
 
@@ -168,6 +168,9 @@ def _base(
     body: GenerationParams, *, model: str, defaults: ModelDefaults, settings: Settings, size: tuple[int, int]
 ) -> dict[str, Any]:
     prompt, negative = split_prompts(body.text_prompts, body.style_preset)
+    if body.clip_guidance_preset != ClipGuidancePreset.NONE and not _ignored:
+        _ignored.add("clip_guidance_preset")
+        log.info("stability: clip_guidance_preset is accepted and ignored (no CLIP guidance here)")
     steps = body.steps or defaults.steps
     check_counts(steps, body.samples, 1, body.cfg_scale, settings)
     check_size(size[0], size[1], defaults, settings)
@@ -402,41 +405,6 @@ def mask_from_source(
             field="dimensions",
         )
     return ImageOps.invert(mask_image) if source == MaskSource.MASK_IMAGE_BLACK else mask_image
-
-
-def alpha_channel(image: Image.Image) -> Image.Image | None:
-    """The alpha channel of an image that has any transparency, else None."""
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
-    if not has_alpha:
-        return None
-    alpha = image.convert("RGBA").getchannel("A")
-    return None if alpha.getextrema() == (255, 255) else alpha
-
-
-def open_upload(data: bytes, *, field: str, limits: core_images.ImageLimits) -> Image.Image:
-    """An uploaded image, checked by the hardened decoder, then opened keeping its alpha."""
-    core_images.decode_image_bytes(data, field=field, limits=limits)
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return ImageOps.exif_transpose(image) or image
-
-
-def to_png(image: Image.Image) -> bytes:
-    return core_images.encode_png(image)
-
-
-def reencode(png: bytes, fmt: str, quality: int = 80) -> bytes:
-    """A stored PNG in ``fmt`` (png, jpeg, webp), keeping its infotext."""
-    if fmt == "png":
-        return png
-    image = Image.open(io.BytesIO(png))
-    infotext = image.info.get("parameters")
-    kind: Literal["JPEG", "WEBP"] = "JPEG" if fmt == "jpeg" else "WEBP"
-    return core_images.encode_image(image.convert("RGB"), infotext, format=kind, quality=quality)
-
-
-def resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    return image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
 
 
 # -- errors ---------------------------------------------------------------------------------------
