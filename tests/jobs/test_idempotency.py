@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -12,6 +13,8 @@ import sqlalchemy as sa
 from sdgate.core.errors import Conflict, InvalidRequest, QueueFull
 from sdgate.jobs.database import transaction
 from sdgate.jobs.idempotency import IdempotencyKeys, canonical_hash, check_key
+from sdgate.jobs.images import LocalImageStore
+from sdgate.jobs.retention import Retention
 from sdgate.jobs.schema import idempotency_keys
 from sdgate.jobs.store import SqlJobStore
 
@@ -71,7 +74,7 @@ async def test_a_failed_submission_releases_the_key(store: SqlJobStore) -> None:
     assert await keys.run("", "k", "h", ok) == ("job_b", True)
 
 
-async def test_expired_keys_are_free_again_and_purged(store: SqlJobStore) -> None:
+async def test_expired_keys_are_free_again_and_purged(store: SqlJobStore, tmp_path: Path) -> None:
     keys = IdempotencyKeys(store.database, ttl_s=3600)
 
     async def first() -> str:
@@ -86,4 +89,4 @@ async def test_expired_keys_are_free_again_and_purged(store: SqlJobStore) -> Non
     assert await keys.run("", "k", "other body", second) == ("job_2", True)
     with transaction(store.database, write=True) as conn:
         conn.execute(sa.update(idempotency_keys).values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
-    assert keys.purge_expired() == 1
+    assert Retention(store, LocalImageStore(tmp_path), ttl_s=None).run_once()["keys"] == 1

@@ -114,6 +114,7 @@ async def test_delivery_is_signed_retried_and_recorded(settings: Settings) -> No
                 await asyncio.sleep(0.05)
     assert shown["webhook"]["state"] == "delivered" and shown["webhook"]["attempts"] == 2
     assert shown["webhook"]["last_status"] == 204
+    assert [a["status"] for a in shown["webhook"]["log"]] == [500, 204]
     for raw, headers in receiver.calls:
         normalized = {k.title(): v for k, v in headers.items()}
         assert verify("topsecret", raw, normalized)

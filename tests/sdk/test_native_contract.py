@@ -10,8 +10,11 @@ import httpx
 import pytest
 from tests.sdk.conftest import ThreadedServer
 from tests.sdk.fakes import png_bytes
+from tests.server.fakes import FakeEngine
 
 from sdgate.client import AsyncClient, Client, JobFailedError, NotFoundError, UnprocessableEntityError
+from sdgate.server.app import create_app
+from sdgate.settings import Settings
 
 
 async def test_async_every_method(asgi_transport: httpx.ASGITransport) -> None:
@@ -106,3 +109,16 @@ async def test_other_backends_against_our_own_dialects(
     assert len(result.images) == 1 and result.ignored_fields == ignored
     if "seed" not in ignored:
         assert result.seeds == [42]
+
+
+async def test_progress_events_carry_previews(sd_settings: Settings) -> None:
+    app = create_app(
+        sd_settings.model_copy(update={"preview_every_n_steps": 1}), engine=FakeEngine(step_s=0.02)
+    )
+    async with (
+        app.router.lifespan_context(app),
+        AsyncClient("http://sdgate", transport=httpx.ASGITransport(app=app)) as client,
+    ):
+        events = [e async for e in client.stream("a slow circle", steps=4, width=64, height=64)]
+    previews = [e.preview for e in events if e.kind == "progress" and e.preview is not None]
+    assert previews, [e.data.keys() for e in events]

@@ -287,3 +287,22 @@ def test_unexpected_answers_are_api_response_errors(url: str, response: httpx.Re
     transport, _ = recorder(lambda r: response)
     with pytest.raises(APIResponseError):
         Client(url, transport=transport).txt2img("x")
+
+
+def test_a1111_img2img_and_inpaint_bodies() -> None:
+    """Our server has no /sdapi/v1/img2img yet: the body is checked against A1111's wire format."""
+    answer = {"images": [B64], "parameters": {}, "info": json.dumps({"all_seeds": [4], "infotexts": ["t"]})}
+    transport, seen = recorder(lambda r: httpx.Response(200, json=answer))
+    client = Client("http://a.test/sdapi/v1", transport=transport, model="alpha")
+    init, mask = png_bytes(), png_bytes((255, 255, 255))
+    result = client.inpaint(
+        "x", init_image=init, mask=mask, denoising_strength=0.6, seed=4, sampler="Euler a"
+    )
+    body = json.loads(seen[0].content)
+    assert seen[0].url.path == "/sdapi/v1/img2img"
+    assert base64.b64decode(body["init_images"][0]) == init and base64.b64decode(body["mask"]) == mask
+    assert (body["denoising_strength"], body["seed"], body["sampler_name"]) == (0.6, 4, "Euler a")
+    assert body["override_settings"] == {"sd_model_checkpoint": "alpha"}
+    assert result.seeds == [4] and result.infotexts == ["t"]
+    client.txt2img("y")
+    assert json.loads(seen[1].content)["seed"] == -1 and seen[1].url.path == "/sdapi/v1/txt2img"

@@ -32,6 +32,11 @@ def train(
     unet_minutes: Annotated[float | None, typer.Option(help="Stop the UNet phase after this long.")] = None,
     vae_batch: Annotated[int | None, typer.Option(help="VAE batch. [default: 32]")] = None,
     unet_batch: Annotated[int | None, typer.Option(help="UNet batch. [default: 128]")] = None,
+    unet_lr: Annotated[float | None, typer.Option(help="UNet + text encoder learning rate.")] = None,
+    warmup: Annotated[int | None, typer.Option(help="Warm-up steps (also after a resume).")] = None,
+    large_every: Annotated[
+        int | None, typer.Option(help="Train at 512 every N-th UNet step (else 256). [default: 3]")
+    ] = None,
     workers: Annotated[int, typer.Option(help="Data loader processes (0: in the main process).")] = 0,
     light: Annotated[bool, typer.Option("--light", help="Checkpoints keep only fp16 EMA weights.")] = False,
 ) -> None:
@@ -44,6 +49,7 @@ def train(
     overrides = {
         "vae_steps": vae_steps, "unet_steps": unet_steps, "vae_minutes": vae_minutes,
         "unet_minutes": unet_minutes, "vae_batch": vae_batch, "unet_batch": unet_batch,
+        "unet_lr": unet_lr, "warmup": warmup, "large_every": large_every,
     }
     cfg = dataclasses.replace(
         base, seed=seed, workers=workers, light_checkpoint=light,

@@ -159,18 +159,15 @@ def version() -> None:
     typer.echo(__version__)
 
 
-def _mount_optional_apps() -> None:
-    try:
-        from sdgate.cli.demo import app as demo_app
-    except ImportError:  # the demo CLI is optional while it is being built
-        return
-    app.add_typer(demo_app, name="demo", help="The built-in demo model: train and evaluate it.")
+def _mount_sub_apps() -> None:
+    from sdgate.cli.demo import app as demo_app
     from sdgate.cli.generate import mount as mount_client_commands
 
+    app.add_typer(demo_app, name="demo", help="The built-in demo model: train and evaluate it.")
     mount_client_commands(app)  # generate, batch, info and jobs: the SDK's commands
 
 
-_mount_optional_apps()
+_mount_sub_apps()
 
 
 def main() -> None:

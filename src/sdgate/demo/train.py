@@ -1,7 +1,7 @@
 """Training the demo model: the VAE first, then the UNet and the text encoder together.
 
-Seeded and resumable: the data of step ``n`` is a pure function of ``(seed, n)`` (scenes are drawn
-from seeds ``TRAIN_BASE + n * batch + i``, noise from a generator seeded by ``(seed, n)``), and a
+Seeded and resumable: the data of step ``n`` is a pure function of ``(seed, n)`` (scenes from data
+set seeds below ``EVAL_BASE``, noise from a generator seeded by ``(seed, n)``), and a
 checkpoint folder holds the phase, the step, the weights, their EMA and the optimiser state, so a
 run stopped at any point continues where it stopped. Images are rendered on the training device.
 
@@ -79,6 +79,8 @@ class StepBatches:
         if self._tokenizer is None:
             self._tokenizer = dm.load_tokenizer()
         base = ds.TRAIN_BASE + self.offset + (self.seed * 1_000_003 + step) * self.batch
+        if base + self.batch > ds.EVAL_BASE:
+            raise ValueError("training seeds would reach the held-out evaluation range")
         samples = [ds.make_sample(base + i) for i in range(self.batch)]
         rng = random.Random(self.seed * 7 + step)
         captions = ["" if rng.random() < self.cfg_dropout else s.caption for s in samples]

@@ -1,10 +1,10 @@
 """A1111 sampler and schedule names -> a fresh diffusers scheduler for one job.
 
 One table (``SAMPLERS``) says which diffusers class and options run each A1111 v1.10 sampler;
-``SCHEDULES`` says how each schedule type is expressed (timestep spacing, a sigma flag, or a
-custom sigma list). Where diffusers has no equivalent, the nearest is used and ``SchedulerPlan.notes``
-says so; the engine writes that into the infotext ("Sampler note") and the log. Nothing is
-substituted silently.
+``SPACINGS`` and ``SIGMA_FLAGS`` say how each schedule type is expressed (a timestep spacing, a
+sigma flag, or a custom sigma list). Where diffusers has no equivalent, the nearest is used and
+``SchedulerPlan.notes`` says so; the engine writes that into the infotext ("Sampler note") and the
+log. Nothing is substituted silently.
 
 Schedulers hold per-call state, so ``build_scheduler`` is called for every pipeline call.
 """

@@ -5,10 +5,11 @@ by inserting ``(scope, key)`` (the primary key makes exactly one of any number o
 inserts win, on SQLite and PostgreSQL alike), submits its job, then records the job id. A duplicate
 with the same body hash gets that job (waiting briefly while the first request is still submitting);
 one with another body is a ``Conflict``. A claim whose submission failed is released, so the client
-can retry with the same key.
+can retry with the same key. Expired keys are deleted by the retention task, and a deleted
+job's keys with it (``sdgate.jobs.retention``).
 
     keys = IdempotencyKeys(store.database, ttl_s=86400)
-    job_id = await keys.run(scope, key, body_hash, submit)   # submit() -> job id, called at most once
+    job_id, created = await keys.run(scope, key, body_hash, submit)  # submit() runs at most once
 """
 
 from __future__ import annotations
@@ -123,13 +124,3 @@ class IdempotencyKeys:
                     keys_table.c.scope == scope, keys_table.c.key == key, keys_table.c.job_id.is_(None)
                 )
             )
-
-    def forget_job(self, job_id: str) -> None:
-        """A deleted job's keys go too: a retry with one of them makes a new job."""
-        with transaction(self._db, write=True) as conn:
-            conn.execute(sa.delete(keys_table).where(keys_table.c.job_id == job_id))
-
-    def purge_expired(self) -> int:
-        with transaction(self._db, write=True) as conn:
-            result = conn.execute(sa.delete(keys_table).where(keys_table.c.expires_at <= _now()))
-        return int(result.rowcount or 0)

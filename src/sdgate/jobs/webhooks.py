@@ -182,20 +182,10 @@ class Webhooks:
                 "url": row.url, "state": row.state, "attempts": row.attempts,
                 "last_status": row.last_status, "last_error": row.last_error,
                 "delivered_at": row.delivered_at.isoformat() if row.delivered_at else None,
+                "log": list(row.attempt_log),
             }
             for row in rows
         }
-
-    def attempt_log(self, job_id: str) -> list[dict[str, Any]]:
-        with transaction(self._db, write=False) as conn:
-            log = conn.execute(
-                sa.select(hooks_table.c.attempt_log).where(hooks_table.c.job_id == job_id)
-            ).scalar_one_or_none()
-        return list(log or [])
-
-    def forget_job(self, job_id: str) -> None:
-        with transaction(self._db, write=True) as conn:
-            conn.execute(sa.delete(hooks_table).where(hooks_table.c.job_id == job_id))
 
     def _due(self, limit: int = 20) -> list[tuple[str, str, int]]:
         """Due deliveries, each claimed for this process by pushing its ``next_attempt_at`` past the

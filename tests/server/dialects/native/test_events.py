@@ -15,9 +15,11 @@ from tests.server.dialects.native.conftest import (
     serve,
     wait_state,
 )
+from tests.server.fakes import FakeEngine
 
 from sdgate.core.jobs import Job, JobEventKind, JobState, Progress
 from sdgate.core.requests import GenerationRequest
+from sdgate.server.app import create_app
 from sdgate.server.dialects.native.eventlog import order_key
 from sdgate.server.dialects.native.events import parse_last_event_id
 
@@ -169,10 +171,47 @@ async def test_a_long_stream_closes_and_resumes_where_it_stopped(api: httpx.Asyn
     stream = job_stream(runtime, await _stored_job(api, job["id"]), 0, poll_s=0.05, max_s=0.2)
     first = parse_sse("".join([chunk async for chunk in stream]))
     assert first and first[-1]["event"] not in ("succeeded", "failed", "cancelled")
-    rest = await read_sse(api, job["id"], {"Last-Event-ID": str(first[-1]["id"])})
-    assert rest[-1]["event"] == "succeeded" and rest[0]["id"] > first[-1]["id"]
+    last_id = max(e["id"] or 0 for e in first)
+    rest = await read_sse(api, job["id"], {"Last-Event-ID": str(last_id)})
+    assert rest[-1]["event"] == "succeeded" and rest[0]["id"] > last_id
 
 
 async def _stored_job(api: httpx.AsyncClient, job_id: str) -> Job:
     services = api.app.state.services  # type: ignore[attr-defined]
     return services.store.get(job_id)
+
+
+async def test_a_job_run_by_another_process_still_streams(
+    native_settings, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+) -> None:
+    """An API-only server (no workers) streams jobs that a separate worker runs, by polling the
+    job row: its events never reach this process's event log."""
+    from sdgate.jobs.events import JobEvents
+    from sdgate.jobs.images import LocalImageStore
+    from sdgate.jobs.store import SqlJobStore
+    from sdgate.server.dialects.native import events as native_events
+    from sdgate.worker.runner import Worker
+
+    monkeypatch.setattr(native_events, "POLL_S", 0.05)
+    app = create_app(native_settings, run_workers=False)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=30) as api:
+            job = (await api.post("/api/v1/jobs", json={"prompt": "slow", "steps": 30})).json()
+            reader = asyncio.create_task(read_sse(api, job["id"]))
+            await asyncio.sleep(0.2)
+            elsewhere = JobEvents()
+            store = SqlJobStore(native_settings.database_url, events=elsewhere)
+            worker = Worker(store, engine, LocalImageStore(native_settings.images_dir), elsewhere,
+                            native_settings, worker_id="elsewhere")
+            worker.start()
+            try:
+                events = await reader
+            finally:
+                worker.stop(timeout=10)
+                store.close()
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "queued" and kinds[-1] == "succeeded" and "progress" in kinds
+    assert "started" in kinds or kinds.index("progress") == 1
+    steps = [e["data"]["step"] for e in events if e["event"] == "progress"]
+    assert steps == sorted(set(steps))

@@ -103,10 +103,45 @@ class _Previews:
         return {**event.data, "preview": uri}
 
 
+class _Shown:
+    """How far a stream has told its client: the job's state and its step."""
+
+    def __init__(self) -> None:
+        self.state = ""
+        self.step = 0
+
+    def repeats(self, event: LoggedEvent) -> bool:
+        """True for an event that tells nothing new (a logged copy of what a poll already showed)."""
+        if event.terminal:
+            return False
+        if event.kind is JobEventKind.PROGRESS:
+            return self.state == JobState.RUNNING.value and int(event.data.get("step") or 0) <= self.step
+        return str(event.data.get("state", "")) == self.state
+
+    def update(self, event: LoggedEvent) -> None:
+        if event.kind is JobEventKind.PROGRESS:
+            self.state, self.step = JobState.RUNNING.value, int(event.data.get("step") or 0)
+        else:
+            self.state = str(event.data.get("state", ""))
+            self.step = int((event.data.get("progress") or {}).get("step") or 0)
+
+    def news(self, runtime: NativeRuntime, job: Job) -> LoggedEvent | None:
+        """A synthetic event when the job row is ahead of what was shown."""
+        if job.state.value != self.state:
+            return _synthetic(runtime, job)
+        if job.state is JobState.RUNNING and job.progress is not None:
+            data = translate.event_data(JobEventKind.PROGRESS, job, base=runtime.base)
+            if int(data["step"]) > self.step:
+                return LoggedEvent(seq=0, job_id=job.id, kind=JobEventKind.PROGRESS, data=data)
+        return None
+
+
 async def job_stream(runtime: NativeRuntime, job: Job, last_event_id: int | None,
-                     *, poll_s: float = POLL_S, max_s: float = MAX_STREAM_S) -> AsyncIterator[str]:
+                     *, poll_s: float | None = None, max_s: float = MAX_STREAM_S) -> AsyncIterator[str]:
     """The SSE body for one job (the caller checked the job exists and is theirs)."""
+    poll_s = POLL_S if poll_s is None else poll_s
     events = runtime.events
+    shown = _Shown()
     close_at = asyncio.get_running_loop().time() + max_s
     previews = _Previews(runtime, job.id, runtime.services.settings.preview_every_n_steps)
     with events.subscribe(job_id=job.id) as doorbell:
@@ -119,10 +154,13 @@ async def job_stream(runtime: NativeRuntime, job: Job, last_event_id: int | None
             backlog = await run_in_threadpool(events.read, job.id, last_event_id)
         cursor = last_event_id or 0
         quiet_s = 0.0
-        terminal_unlogged = 0
+        ahead = 0  # polls in a row that found the job ahead of the log
         while True:
             for event in backlog:
                 cursor = max(cursor, event.seq)
+                if shown.repeats(event):
+                    continue
+                shown.update(event)
                 yield sse_message(event.kind, await previews.attach(event), event.seq or None)
                 if event.terminal:
                     return
@@ -131,7 +169,7 @@ async def job_stream(runtime: NativeRuntime, job: Job, last_event_id: int | None
             woke = await doorbell.next(timeout=poll_s)
             backlog = await run_in_threadpool(events.read, job.id, cursor)
             if backlog:
-                quiet_s = 0.0
+                quiet_s, ahead = 0.0, 0
                 continue
             if woke is not None:
                 continue
@@ -139,14 +177,16 @@ async def job_stream(runtime: NativeRuntime, job: Job, last_event_id: int | None
             if quiet_s >= KEEPALIVE_S:
                 quiet_s = 0.0
                 yield ": keep-alive\n\n"
-            # Nothing logged for a while: ask the job itself (another process, or a kill -9).
+            # Nothing logged for a while: ask the job itself. It may run in a process that logs no
+            # events (a separate ``sdgate worker``), or its process was killed before logging.
             try:
                 current = await run_in_threadpool(runtime.services.store.get, job.id)
             except NotFound:
                 return  # deleted under us
-            terminal_unlogged = terminal_unlogged + 1 if current.state.terminal else 0
-            if terminal_unlogged >= 2:  # a logged terminal event would have shown up by now
-                backlog = [_synthetic(runtime, current)]
+            news = shown.news(runtime, current)
+            ahead = ahead + 1 if news is not None else 0
+            if news is not None and ahead >= 2:  # a logged event would have shown up by now
+                backlog, ahead = [news], 0
 
 
 async def fan_out(runtime: NativeRuntime, websocket: WebSocket, user: str | None) -> None:

@@ -149,6 +149,7 @@ class WebhookOut(BaseModel):
     last_status: int | None = None
     last_error: str | None = None
     delivered_at: str | None = None
+    log: list[dict[str, Any]] = Field(default_factory=list, description="every attempt: at, status, error")
 
 
 class JobLinks(BaseModel):
