@@ -16,6 +16,7 @@ exact key/shape lists of full-size SD 1.5 / 2.x / XL checkpoints without any wei
 from __future__ import annotations
 
 import json
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -347,8 +348,11 @@ def write_header_only(
     return path
 
 
+@cache
 def real_ldm_meta(family: str) -> dict[str, Tensor]:
-    """A full-size SD 1.5 / 2.x / XL checkpoint in the LDM layout, as meta tensors (no memory)."""
+    """A full-size SD 1.5 / 2.x / XL checkpoint in the LDM layout, as meta tensors (no memory).
+
+    Cached: callers must not modify the dict."""
     from accelerate import init_empty_weights
 
     cfg = shipped_configs(family)

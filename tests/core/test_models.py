@@ -214,12 +214,15 @@ def test_a_file_added_later_is_found_without_refresh(tmp_path: Path, models: Pat
 def test_default_model_precedence(tmp_path: Path, models: Path) -> None:
     builtin = write_diffusers(tmp_path / "builtin" / "sdgate-demo-shapes")
     assert catalog_for(tmp_path, models).default.name == "diff-xl"  # the first found, sorted
-    demo = catalog_for(tmp_path, models, builtin).default
+    # The user's own models win over the built-in one...
+    assert catalog_for(tmp_path, models, builtin).default.name == "diff-xl"
+    # ...which is the default only when the models folder is empty.
+    demo = catalog_for(tmp_path, tmp_path / "empty", builtin).default
     assert (demo.name, demo.builtin) == ("sdgate-demo-shapes", True)
     extra = write_header(tmp_path / "elsewhere" / "mine.safetensors", SD1)
     assert catalog_for(tmp_path, models, builtin, model=extra).default.name == "mine"
     assert catalog_for(tmp_path, models, builtin, model=extra, default_model="v2").default.name == "v2"
-    assert catalog_for(tmp_path, models, builtin).resolve(None).name == "sdgate-demo-shapes"
+    assert catalog_for(tmp_path, tmp_path / "empty", builtin).resolve(None).name == "sdgate-demo-shapes"
 
 
 def test_settings_model_can_be_a_diffusers_folder_and_is_not_listed_twice(

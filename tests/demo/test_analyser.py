@@ -17,7 +17,7 @@ def _pil(tensor):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("size", [256, 512])
 def test_analyser_is_exact_on_clean_renders(size: int) -> None:
-    samples = [s for n, count in ((1, 40), (2, 30), (3, 20)) for s in ds.samples(ds.EVAL_BASE, count, n)]
+    samples = [s for n, count in ((1, 24), (2, 16), (3, 10)) for s in ds.samples(ds.EVAL_BASE, count, n)]
     images = ds.render([s.scene for s in samples], size)
     for sample, image in zip(samples, images, strict=True):
         found = an.analyse(_pil(image))

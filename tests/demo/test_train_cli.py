@@ -48,3 +48,17 @@ def test_train_smoke_runs_end_to_end_resumes_and_exports(tmp_path: Path) -> None
     image = pipe("a red circle", height=128, width=128, num_inference_steps=2).images[0]
     assert image.size == (128, 128)
     assert time.monotonic() - started < 300
+
+
+@pytest.mark.slow
+def test_eval_prints_a_json_report_with_cpu_seconds() -> None:
+    from sdgate.cli.demo import app
+
+    args = ["eval", "--n-one", "2", "--n-two", "1", "--size", "256", "--steps", "8", "--time-images", "1",
+            "--json", "--no-check"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert set(body["one"]) == {"background", "color", "shape", "position"}
+    wall, cpu = body["single_image"]
+    assert wall > 0 and cpu > 0

@@ -92,9 +92,7 @@ def eval_(
                                batch=batch, n_img2img=img2img, n_inpaint=inpaint)
     report = ev.evaluate(pipe, settings)
     if time_images:
-        report.seconds_per_image = ev.seconds_per_image(
-            pipe, size=size, steps=steps, cfg=cfg, runs=time_images
-        )
+        report.single_image = ev.seconds_per_image(pipe, size=size, steps=steps, cfg=cfg, runs=time_images)
     if as_json:
         body = dataclasses.asdict(report)
         body["passed"] = report.passed()

@@ -429,7 +429,8 @@ class ModelCatalog:
 
     @property
     def default(self) -> ModelInfo:
-        """``default_model``, else ``--model``, else the demo model, else the first one found."""
+        """``default_model``, else ``--model``, else the first checkpoint in the models folder, else
+        the built-in demo model: a user who points us at their own models gets one of theirs."""
         models = self.list()
         if self.settings.default_model:
             return self.resolve(self.settings.default_model)
@@ -438,14 +439,11 @@ class ModelCatalog:
             for info in models:
                 if info.filename == wanted:
                     return info
-        for info in models:
-            if info.builtin:
-                return info
         if not models:
             raise ModelNotFound(
                 f"no models in {self.settings.resolved_models_dir} and no built-in model", field="model"
             )
-        return models[0]
+        return next((info for info in models if not info.builtin), models[0])
 
     def resolve(self, name: str | None) -> ModelInfo:
         """The model a client's name means; None means the default. Unknown: ``ModelNotFound``.

@@ -80,6 +80,11 @@ def _materialize(module_factory: Any, state: StateDict, what: str, dtype: torch.
     with init_empty_weights():
         module = module_factory()
     expected = module.state_dict()
+    if any(k.startswith("text_model.") for k in expected):  # transformers < 5.6 nests CLIP under it
+        state = {
+            k if k.startswith(("text_model.", "text_projection.")) else f"text_model.{k}": v
+            for k, v in state.items()
+        }
     missing = [k for k in expected if k not in state]
     if missing:
         raise UnsupportedModel(f"{what}: checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
@@ -98,8 +103,7 @@ def _text_encoder(
 ) -> Any:
     conf = CLIPTextConfig(**{k: v for k, v in config.items() if not k.startswith("_")})
     if family == "sd1" or (family == "sdxl" and not second):
-        converted = convert_ldm_clip_checkpoint(state)
-        converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
+        converted = _flat(convert_ldm_clip_checkpoint(state))
         return _materialize(lambda: CLIPTextModel(conf), converted, "text encoder", dtype)
     if family == "sd2":
         prefix = cfgs.SD2_OPENCLIP
@@ -107,14 +111,18 @@ def _text_encoder(
         state = {k: v for k, v in state.items() if not k.startswith(last)}  # the unused last layer
         with init_empty_weights():
             shell: Any = CLIPTextModel(conf)
-        converted = convert_open_clip_checkpoint(shell, state, prefix=prefix)
-        converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
+        converted = _flat(convert_open_clip_checkpoint(shell, state, prefix=prefix))
         converted.pop("text_projection.weight", None)
         return _materialize(lambda: CLIPTextModel(conf), converted, "text encoder", dtype)
     with init_empty_weights():
         shell = CLIPTextModelWithProjection(conf)
-    converted = convert_open_clip_checkpoint(shell, state, prefix=cfgs.XL_OPENCLIP)
+    converted = _flat(convert_open_clip_checkpoint(shell, state, prefix=cfgs.XL_OPENCLIP))
     return _materialize(lambda: CLIPTextModelWithProjection(conf), converted, "text encoder 2", dtype)
+
+
+def _flat(state: StateDict) -> StateDict:
+    """CLIP keys without the ``text_model.`` level (``_materialize`` adds it back where needed)."""
+    return {k.removeprefix("text_model."): v for k, v in state.items()}
 
 
 def _tokenizer(config: dict[str, Any]) -> CLIPTokenizer:
