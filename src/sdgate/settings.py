@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     api_auth: str | None = None  # "user:pass,user2:pass2": HTTP Basic on every route
     cors_allow_origins: list[str] = Field(default_factory=list)
     enable_server_stop: bool = False
+    allow_image_urls: bool = False  # img2img init images / masks may be http(s) URLs (public hosts only)
     cancel_on_disconnect: bool = False  # blocking routes: cancel the job when the client goes away
     strict_models: bool = False  # unknown model names: 404 instead of the default model
     url_signing_secret: str | None = None  # HMAC key for signed image URLs; None: <data_dir>/url-signing.key
@@ -41,6 +42,7 @@ class Settings(BaseSettings):
     precision: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
     model_cache_bytes: int | None = None  # memory budget for loaded models; None: derived from the device
     workers: int = 1  # worker threads (one per device)
+    vram_mode: Literal["auto", "off", "medvram", "lowvram"] = "auto"  # CUDA memory savers; auto: by free memory
 
     # Limits on what one request may ask for.
     max_pixels: int = 2048 * 2048

@@ -10,7 +10,7 @@ from tests.engine.conftest import generate, pixels
 
 from sdgate.core.errors import InvalidRequest, ModelNotFound, OutOfMemory
 from sdgate.core.infotext import parse_infotext
-from sdgate.core.requests import HiresSettings, LoraRef, Mode
+from sdgate.core.requests import HiresSettings, Mode
 from sdgate.engine.diffusers_engine import DiffusersEngine
 
 
@@ -146,7 +146,6 @@ def test_sdxl_and_guidance_off(engine: DiffusersEngine) -> None:
         ({"mode": Mode.IMG2IMG, "init_images": ("abc",)}, "mode"),
         ({"mode": Mode.INPAINT}, "mode"),
         ({"hires": HiresSettings()}, "hires"),
-        ({"loras": (LoraRef(name="x"),)}, "loras"),
         ({"tiling": True}, "tiling"),
         ({"sampler": "k_euler"}, "sampler"),
     ],

@@ -15,11 +15,14 @@ import typer
 app = typer.Typer(help="The built-in demo model: train and evaluate it.", no_args_is_help=True)
 
 DEFAULT_CKPT = Path(".train/ckpt")
+SMOKE_CKPT = Path(".train/smoke")
 
 
 @app.command()
 def train(
-    ckpt_dir: Annotated[Path, typer.Option(help="Checkpoint folder; resumed if present.")] = DEFAULT_CKPT,
+    ckpt_dir: Annotated[
+        Path | None, typer.Option(help="Checkpoint folder; resumed if present. [default: .train/ckpt]")
+    ] = None,
     export: Annotated[
         Path | None, typer.Option(help="Write the pipeline folder here when done. [default: none]")
     ] = None,
@@ -55,7 +58,8 @@ def train(
         base, seed=seed, workers=workers, light_checkpoint=light,
         **{k: v for k, v in overrides.items() if v is not None},
     )
-    state = tr.train(ckpt_dir, cfg, device=device, export_to=export, log=typer.echo)
+    folder = ckpt_dir or (SMOKE_CKPT if smoke else DEFAULT_CKPT)  # a smoke run never resumes a real one
+    state = tr.train(folder, cfg, device=device, export_to=export, log=typer.echo)
     typer.echo(json.dumps({"phase": state["phase"], "step": state["step"], "seconds": state["seconds"]}))
 
 

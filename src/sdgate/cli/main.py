@@ -68,6 +68,9 @@ def serve(
     api_auth: Annotated[
         str | None, typer.Option("--api-auth", help="user:pass[,user2:pass2]: HTTP Basic on every route.")
     ] = None,
+    public_url: Annotated[
+        str | None, typer.Option("--public-url", help="Base URL for absolute links in responses.")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run the server: the AUTOMATIC1111 API on one port, jobs in a durable queue."""
@@ -80,6 +83,7 @@ def serve(
         device=device,
         engine=engine,
         api_auth=api_auth,
+        public_url=public_url,
     )
     try:
         settings.auth_pairs()
@@ -117,6 +121,7 @@ def serve(
         port=settings.port,
         log_level=log_level.lower(),
         timeout_keep_alive=30,
+        timeout_graceful_shutdown=5,  # open event streams must not hold a shutdown for minutes
     )
 
 

@@ -12,7 +12,7 @@ import inspect
 import logging
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sdgate.core.engine import (
@@ -26,6 +26,7 @@ from sdgate.core.engine import (
 from sdgate.core.errors import InvalidRequest, OutOfMemory
 from sdgate.core.models import ModelCatalog, ModelInfo
 from sdgate.core.requests import GenerationRequest, Mode
+from sdgate.engine import img2img, lora
 from sdgate.engine.cache import ModelCache
 from sdgate.engine.common import JobShape, StepTracker, infotext, infotext_params, resolve_shape
 from sdgate.engine.configs import UnsupportedCheckpoint
@@ -39,7 +40,7 @@ from sdgate.engine.devices import (
     vae_dtype,
 )
 from sdgate.engine.loading import LoadedPipeline, UnsupportedModel, load_pipeline, pipeline_bytes
-from sdgate.engine.prompts import prompt_kwargs
+from sdgate.engine.prompts import prompt_plan
 from sdgate.engine.sampling import StepCallback, check_finite, decode_latents, initial_noise
 from sdgate.engine.schedulers import SchedulerPlan, build_scheduler
 from sdgate.settings import Settings
@@ -52,6 +53,7 @@ class LoadedModel:
     info: ModelInfo  # with its sha256
     loaded: LoadedPipeline
     base_scheduler_config: dict[str, Any]  # as loaded: every job's scheduler starts from this
+    variants: dict[str, Any] = field(default_factory=dict)  # e.g. the img2img/inpaint pipeline
 
     @property
     def pipeline(self) -> Any:
@@ -98,16 +100,19 @@ class DiffusersEngine:
     ) -> EngineOutput:
         # 1. What can run now.
         self.check_request(request)
+        if request.mode != Mode.TXT2IMG or inputs.init_images:
+            img2img.check_request(request, inputs)
         info = self.catalog.resolve(request.model)
         with self._lock:
             started = time.perf_counter()
             # 2. The model, and its defaults for what the request left out.
             model = self._get_model(info)
+            lora.activate(model.pipeline, self.catalog, request)  # patched in place, not reloaded
             loaded_at = time.perf_counter()
             shape = resolve_shape(request, self._defaults(model.info))
             # 3. Sample, iteration by iteration.
             try:
-                return self._run(request, model, shape, control, started, loaded_at)
+                return self._run(request, model, shape, control, started, loaded_at, inputs)
             except Exception as exc:
                 if not is_oom(exc):
                     raise
@@ -123,11 +128,8 @@ class DiffusersEngine:
     @staticmethod
     def check_request(request: GenerationRequest) -> None:
         """Reject what this engine cannot do yet, rather than quietly doing something else."""
-        if request.mode != Mode.TXT2IMG:
-            raise InvalidRequest(f"{request.mode.value} is not supported yet", field="mode")
         unsupported = {
             "hires": request.hires is not None,
-            "loras": bool(request.loras),
             "vae": request.vae is not None,
             "tiling": request.tiling,
         }
@@ -198,13 +200,15 @@ class DiffusersEngine:
         control: GenerationControl,
         started: float,
         loaded_at: float,
+        inputs: EngineInputs | None = None,
     ) -> EngineOutput:
+        inputs = inputs or EngineInputs()
         images: list[GeneratedImage] = []
         notes: list[str] = []
         interrupted = False
         plan: SchedulerPlan | None = None
         for it in range(request.n_iter):
-            result = self._iteration(request, model, shape, control, it)
+            result = self._iteration(request, model, shape, control, it, inputs)
             plan = result.plan
             for note in plan.notes:
                 if note not in notes:
@@ -239,9 +243,13 @@ class DiffusersEngine:
         shape: JobShape,
         control: GenerationControl,
         it: int,
+        inputs: EngineInputs | None = None,
     ) -> _Iteration:
         """One pipeline call: ``batch_size`` images with seeds seed + it * batch_size + i."""
         pipe, family = model.pipeline, model.loaded.family
+        with_images = bool(inputs and inputs.init_images)
+        if with_images:
+            pipe = img2img.variant(model)
         batch = slice(it * request.batch_size, (it + 1) * request.batch_size)
         seeds, subseeds = request.seeds()[batch], request.subseeds()[batch]
         # 1. A fresh scheduler (DPM++ SDE seeds its Brownian noise per image).
@@ -258,14 +266,21 @@ class DiffusersEngine:
         pipe.scheduler = plan.scheduler
         # 2. Noise from each image's own seed, on the CPU.
         factor = model.loaded.vae_scale_factor
-        latent_shape = (pipe.unet.config.in_channels, shape.height // factor, shape.width // factor)
+        channels = pipe.vae.config.latent_channels if with_images else pipe.unet.config.in_channels
+        latent_shape = (channels, shape.height // factor, shape.width // factor)
         noise, generators = initial_noise(
             seeds, subseeds, request.subseed_strength, latent_shape, ensd=request.eta_noise_seed_delta
         )
+        if with_images:
+            assert inputs is not None
+            return self._img2img_iteration(
+                request, inputs, model, pipe, shape, control, it, plan, noise, generators, seeds, subseeds
+            )
         # 3. Sample, reporting every step.
         tracker = StepTracker(control, it, request.n_iter, shape.steps)
+        prompts = prompt_plan(pipe, family, request, shape.steps)  # per-step for prompt editing
         latents = pipe(
-            **prompt_kwargs(pipe, family, request),
+            **prompts.kwargs,
             height=shape.height,
             width=shape.width,
             num_inference_steps=shape.steps,
@@ -273,7 +288,8 @@ class DiffusersEngine:
             latents=noise.to(device=self.device, dtype=pipe.unet.dtype),
             generator=generators,
             output_type="latent",
-            callback_on_step_end=StepCallback(tracker, family),
+            callback_on_step_end=prompts.wrap(StepCallback(tracker, family)),
+            callback_on_step_end_tensor_inputs=prompts.tensor_inputs,
             **_eta_kwargs(request, plan),
         ).images
         if tracker.action == StepAction.SKIP:
@@ -294,6 +310,59 @@ class DiffusersEngine:
         ]
         return _Iteration(images, tracker.action, plan)
 
+    def _img2img_iteration(
+        self,
+        request: GenerationRequest,
+        inputs: EngineInputs,
+        model: LoadedModel,
+        pipe: Any,
+        shape: JobShape,
+        control: GenerationControl,
+        it: int,
+        plan: SchedulerPlan,
+        noise: Any,
+        generators: Any,
+        seeds: list[int],
+        subseeds: list[int],
+    ) -> _Iteration:
+        """img2img / inpaint: the same seeds and reports, through ``engine.img2img``."""
+        family = model.loaded.family
+        steps = img2img.effective_steps(shape.steps, img2img.strength_of(request, shape.steps))
+        tracker = StepTracker(control, it, request.n_iter, steps)
+        latents, batch = img2img.run(
+            pipe,
+            request,
+            inputs,
+            prompts=prompt_plan(pipe, family, request, steps),
+            width=shape.width,
+            height=shape.height,
+            steps=shape.steps,
+            noise=noise.to(device=self.device, dtype=pipe.unet.dtype),
+            generators=generators,
+            tracker=tracker,
+            family=family,
+            factor=model.loaded.vae_scale_factor,
+            first=it * request.batch_size,
+            extra=_eta_kwargs(request, plan),
+        )
+        if tracker.action == StepAction.SKIP:
+            return _Iteration([], tracker.action, plan)
+        check_finite(latents, request.sampler)
+        pictures = img2img.finish(decode_latents(model.pipeline, latents), batch)
+        extras = img2img.infotext_extras(request, inputs, shape.steps)
+        images = [
+            GeneratedImage(
+                picture,
+                seed,
+                subseed,
+                self._infotext(request, model, shape, plan, seed, subseed, extras),
+                request.prompt,
+                request.negative_prompt,
+            )
+            for picture, seed, subseed in zip(pictures, seeds, subseeds, strict=True)
+        ]
+        return _Iteration(images, tracker.action, plan)
+
     @staticmethod
     def _infotext(
         request: GenerationRequest,
@@ -302,6 +371,7 @@ class DiffusersEngine:
         plan: SchedulerPlan,
         seed: int,
         subseed: int,
+        extras: dict[str, object] | None = None,
     ) -> str:
         params = infotext_params(
             request,
@@ -313,6 +383,9 @@ class DiffusersEngine:
             model_hash=model.info.short_hash,
             notes=plan.notes,
         )
+        if extras:  # A1111 writes img2img's parameters before its version
+            version = params.pop("Version")
+            params = {**params, **extras, "Version": version}
         return infotext(request, params)
 
 

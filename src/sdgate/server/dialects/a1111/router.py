@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from sdgate.core import images as core_images
-from sdgate.core.errors import SdgateError
+from sdgate.core.errors import InvalidRequest, SdgateError
 from sdgate.core.infotext import parse_infotext
 from sdgate.core.jobs import ControlAction, Job, JobState
 from sdgate.core.samplers import samplers_listing, schedulers_listing
@@ -21,6 +21,7 @@ from sdgate.server.dialects.a1111 import system, translate
 from sdgate.server.dialects.a1111.options import A1111Options
 from sdgate.server.dialects.a1111.protocol import (
     GenerationResponse,
+    Img2ImgRequest,
     PngInfoRequest,
     PngInfoResponse,
     ProgressResponse,
@@ -31,6 +32,7 @@ from sdgate.server.dialects.a1111.protocol import (
     Txt2ImgRequest,
 )
 from sdgate.server.errors import DialectRoute
+from sdgate.server.fetch import make_fetcher
 from sdgate.server.services import Services
 
 log = logging.getLogger("sdgate.a1111")
@@ -68,7 +70,7 @@ OptionsDep = Annotated[A1111Options, Depends(get_options)]
 _warned_fields: set[str] = set()
 
 
-def _log_unknown_fields(body: Txt2ImgRequest) -> None:
+def _log_unknown_fields(body: Txt2ImgRequest | Img2ImgRequest) -> None:
     fresh = [f for f in translate.unknown_fields(body) if f not in _warned_fields]
     if fresh:
         _warned_fields.update(fresh)
@@ -97,7 +99,60 @@ async def txt2img(
     return await _render(services, job, body, model.name)
 
 
-async def _render(services: Services, job: Job, body: Txt2ImgRequest, model_name: str) -> dict[str, Any]:
+@router.post("/img2img", response_model=GenerationResponse)
+async def img2img(
+    request: Request,
+    services: ServicesDep,
+    options: OptionsDep,
+    user: UserDep,
+    body: Annotated[Img2ImgRequest, Body()] = Img2ImgRequest(),  # noqa: B008 - A1111: {} is valid
+) -> dict[str, Any]:
+    _log_unknown_fields(body)
+    override = translate.override_value(body, "sd_model_checkpoint")
+    model = (
+        options.resolve_checkpoint(override, field="override_settings.sd_model_checkpoint")
+        if override
+        else options.current_model()
+    )
+    defaults = services.model_defaults(model)
+    placeholder = ("-",) * len(body.init_images or ())
+    # Check everything cheap before decoding or storing any image.
+    translate.img2img_request(body, model=model.name, defaults=defaults, settings=services.settings,
+                              init_images=placeholder, mask="-" if body.mask else None)
+    if not body.init_images:
+        raise InvalidRequest("init_images: at least one image is required", field="init_images")
+    init_ids, mask_id = await run_in_threadpool(_store_inputs, services, body)
+    gen = translate.img2img_request(body, model=model.name, defaults=defaults, settings=services.settings,
+                                    init_images=init_ids, mask=mask_id)
+    job = await jobflow.run_blocking(services, gen, request, dialect=DIALECT, owner=user)
+    rendered = await _render(services, job, body, model.name)
+    if not body.include_init_images:  # A1111 echoes the images only when asked to
+        rendered["parameters"].update(init_images=None, mask=None)
+    return rendered
+
+
+def _store_inputs(services: Services, body: Img2ImgRequest) -> tuple[tuple[str, ...], str | None]:
+    """Decode and validate every image at the edge (a bad one: 4xx naming its field), then store them."""
+    limits = image_limits(services)
+    settings = services.settings
+    decoded = [
+        core_images.decode_base64_image(
+            value, field=f"init_images.{i}", limits=limits, fetch_url=make_fetcher(settings, f"init_images.{i}")
+        )
+        for i, value in enumerate(body.init_images or ())
+    ]
+    mask = (
+        core_images.decode_base64_image(
+            body.mask, field="mask", limits=limits, mode="L", fetch_url=make_fetcher(settings, "mask")
+        )
+        if body.mask else None
+    )
+    ids = tuple(services.images.put(core_images.encode_png(img), content_type="image/png") for img in decoded)
+    mask_id = services.images.put(core_images.encode_png(mask), content_type="image/png") if mask else None
+    return ids, mask_id
+
+
+async def _render(services: Services, job: Job, body: Txt2ImgRequest | Img2ImgRequest, model_name: str) -> dict[str, Any]:
     assert job.result is not None
     images = await jobflow.image_bytes(services, job) if body.send_images else []
     return {

@@ -13,7 +13,8 @@ from sdgate.core.infotext import A1111_VERSION
 from sdgate.core.requests import GenerationRequest, Mode
 from sdgate.core.results import GenerationResult
 from sdgate.core.samplers import resolve_sampler
-from sdgate.server.dialects.a1111.protocol import CommonProcessing, Txt2ImgRequest
+from sdgate.core.styles import STYLES_FILE, apply_styles, load_styles
+from sdgate.server.dialects.a1111.protocol import CommonProcessing, Img2ImgRequest, Txt2ImgRequest
 from sdgate.server.validation import check_counts, check_size, resolve_seed
 from sdgate.settings import Settings
 
@@ -22,7 +23,8 @@ _UNSUPPORTED: tuple[tuple[str, object, str], ...] = (
     ("enable_hr", False, "hires fix is not supported yet"),
     ("restore_faces", (None, False), "no face restorer is installed"),
     ("tiling", (None, False), "tiling is not supported yet"),
-    ("subseed_strength", 0.0, "variation seeds are not supported yet"),
+    ("seed_resize_from_h", (-1, 0), "seed resize is not supported yet"),
+    ("seed_resize_from_w", (-1, 0), "seed resize is not supported yet"),
     ("refiner_checkpoint", (None, "", "None"), "refiners are not supported yet"),
     ("firstphase_width", 0, "firstphase sizes need hires fix, which is not supported yet"),
     ("firstphase_height", 0, "firstphase sizes need hires fix, which is not supported yet"),
@@ -61,11 +63,15 @@ def txt2img_request(
             field="sampler_name",
         )
     clip_skip = override_value(body, "CLIP_stop_at_last_layers")
+    prompt, negative_prompt = body.prompt, body.negative_prompt
+    if body.styles:  # merged into the prompts before anything else, as A1111
+        styles = load_styles(settings.data_dir / STYLES_FILE)
+        prompt, negative_prompt = apply_styles(prompt, negative_prompt, body.styles, styles)
     ensd = override_value(body, "eta_noise_seed_delta")
     return GenerationRequest(
         mode=Mode.TXT2IMG,
-        prompt=body.prompt,
-        negative_prompt=body.negative_prompt,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
         model=model,
         width=body.width,
         height=body.height,
@@ -75,6 +81,7 @@ def txt2img_request(
         scheduler=choice.scheduler,
         seed=resolve_seed(body.seed, field="seed"),
         subseed=resolve_seed(body.subseed, field="subseed"),
+        subseed_strength=body.subseed_strength,
         batch_size=body.batch_size,
         n_iter=body.n_iter,
         clip_skip=_int_setting(clip_skip, 1, "override_settings.CLIP_stop_at_last_layers"),
@@ -86,6 +93,53 @@ def txt2img_request(
         eta_noise_seed_delta=_int_setting(ensd, 0, "override_settings.eta_noise_seed_delta"),
         styles=tuple(body.styles or ()),
     )
+
+
+def img2img_request(
+    body: Img2ImgRequest,
+    *,
+    model: str,
+    defaults: ModelDefaults,
+    settings: Settings,
+    init_images: tuple[str, ...],
+    mask: str | None,
+) -> GenerationRequest:
+    """An A1111 img2img payload (its images already stored: ids) as a ``GenerationRequest``."""
+    base = txt2img_request(
+        Txt2ImgRequest(**body.model_dump(include=set(CommonProcessing.model_fields))),
+        model=model, defaults=defaults, settings=settings,
+    )
+    strength = 0.75 if body.denoising_strength is None else body.denoising_strength
+    checks = (
+        ("denoising_strength", 0.0 <= strength <= 1.0, "must be between 0 and 1"),
+        ("resize_mode", body.resize_mode in (0, 1, 2, 3), "must be 0, 1, 2 or 3"),
+        ("inpainting_fill", body.inpainting_fill in (0, 1, 2, 3), "must be 0, 1, 2 or 3"),
+        ("mask_blur", min(body.mask_blur_x, body.mask_blur_y, body.mask_blur or 0) >= 0, "must be >= 0"),
+        ("inpaint_full_res_padding", body.inpaint_full_res_padding >= 0, "must be >= 0"),
+    )
+    for field, ok, why in checks:
+        if not ok:
+            raise InvalidRequest(f"{field}: {why}", field=field)
+    blur_x, blur_y = body.mask_blur_x, body.mask_blur_y
+    if body.mask_blur is not None:  # A1111: mask_blur sets both
+        blur_x = blur_y = body.mask_blur
+    return base.model_copy(update={
+        "mode": Mode.INPAINT if mask is not None else Mode.IMG2IMG,
+        "init_images": init_images,
+        "mask": mask,
+        "denoising_strength": strength,
+        "resize_mode": body.resize_mode,
+        "image_cfg_scale": body.image_cfg_scale,
+        "mask_blur_x": blur_x,
+        "mask_blur_y": blur_y,
+        "inpainting_fill": body.inpainting_fill,
+        "inpaint_full_res": bool(body.inpaint_full_res),
+        "inpaint_full_res_padding": body.inpaint_full_res_padding,
+        "inpainting_mask_invert": bool(body.inpainting_mask_invert),
+        "initial_noise_multiplier": (
+            1.0 if body.initial_noise_multiplier is None else body.initial_noise_multiplier
+        ),
+    })
 
 
 def _int_setting(value: Any, default: int, field: str) -> int:

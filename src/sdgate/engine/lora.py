@@ -1,0 +1,215 @@
+"""LoRA: ``<lora:name:w>`` / ``<lora:name:te:unet>`` patched into a loaded pipeline's weights.
+
+A1111's own approach rather than peft adapters (peft is not a dependency): each LoRA's
+``up @ down * alpha / rank * weight`` is added to the Linear / Conv weight it targets, after the
+original weight was backed up once. Between jobs the active set is compared with the asked one;
+when it differs, every patched weight is restored from its backup and the new set is added, so
+LoRAs are re-weighted or unloaded without reloading the base model, and weight 0 (or no LoRA)
+gives the base model's exact weights back.
+
+Two file layouts are read: kohya (``lora_unet_<module_with_underscores>.lora_down.weight``,
+``lora_te_...``, ``.alpha``) and diffusers / peft (``unet.<module>.lora_A.weight``,
+``text_encoder.<module>.lora.down.weight``, ...). Keys naming no module of the model are counted
+and logged, not fatal: a LoRA for another architecture changes nothing, visibly.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from sdgate.core.loras import find_lora, list_loras
+from sdgate.core.models import ModelCatalog
+from sdgate.core.prompts import ExtraNetwork, extract_networks
+from sdgate.core.requests import GenerationRequest, LoraRef
+
+log = logging.getLogger("sdgate.engine")
+
+LORA_KINDS = ("lora", "lyco")
+
+
+# --- which LoRAs a request asks for ------------------------------------------------------------
+
+
+def lora_ref(network: ExtraNetwork) -> LoraRef | None:
+    """``<lora:NAME[:TE[:UNET]]>`` or named ``te=`` / ``unet=``; unet defaults to te, te to 1."""
+    if not network.name:
+        return None
+    try:
+        te = float(network.named.get("te", network.positional[1] if len(network.positional) > 1 else 1.0))
+        unet_default = network.positional[2] if len(network.positional) > 2 else te
+        unet = float(network.named.get("unet", unet_default))
+    except ValueError:
+        return None
+    return LoraRef(name=network.name, te_weight=te, unet_weight=unet)
+
+
+def requested_loras(request: GenerationRequest) -> list[LoraRef]:
+    """``request.loras`` and the prompt's ``<lora:...>`` / ``<lyco:...>`` tags, in that order."""
+    _, networks = extract_networks(request.prompt)
+    tagged = [lora_ref(n) for n in networks if n.kind in LORA_KINDS]
+    return [*request.loras, *(ref for ref in tagged if ref is not None)]
+
+
+# --- reading one file into (component, module, delta-factors) ------------------------------------
+
+
+@dataclass(frozen=True)
+class _Pair:
+    component: str  # "unet" or "text_encoder"
+    module: str  # the module path, underscores for dots (kohya's spelling)
+    up: torch.Tensor
+    down: torch.Tensor
+    alpha: float | None
+
+
+def _split_key(key: str) -> tuple[str, str, str] | None:
+    """(component, module with underscores, role) with role in up/down/alpha; None if not LoRA."""
+    roles = {
+        ".lora_up.weight": "up", ".lora_down.weight": "down", ".lora_B.weight": "up",
+        ".lora_A.weight": "down", ".lora.up.weight": "up", ".lora.down.weight": "down", ".alpha": "alpha",
+    }  # fmt: skip
+    suffix = next((end for end in roles if key.endswith(end)), None)
+    if suffix is None:
+        return None
+    stem, role = key[: -len(suffix)], roles[suffix]
+    for prefix, component in (
+        ("lora_unet_", "unet"), ("lora_te1_", "text_encoder"), ("lora_te_", "text_encoder"),
+        ("unet.", "unet"), ("text_encoder.", "text_encoder"),
+    ):  # fmt: skip
+        if stem.startswith(prefix):
+            module = stem[len(prefix) :].replace(".", "_")
+            if component == "text_encoder" and module.startswith("text_model_"):
+                module = module[len("text_model_") :]
+            return component, module, role
+    return None
+
+
+def read_pairs(state: dict[str, torch.Tensor]) -> tuple[list[_Pair], int]:
+    """The LoRA pairs of a state dict, and how many keys were not understood."""
+    parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    unknown = 0
+    for key, tensor in state.items():
+        split = _split_key(key)
+        if split is None:
+            unknown += 1
+            continue
+        component, module, role = split
+        parts.setdefault((component, module), {})[role] = tensor
+    pairs = []
+    for (component, module), roles in parts.items():
+        if "up" not in roles or "down" not in roles:
+            unknown += len(roles)
+            continue
+        alpha = float(roles["alpha"].item()) if "alpha" in roles else None
+        pairs.append(_Pair(component, module, roles["up"], roles["down"], alpha))
+    return pairs, unknown
+
+
+def _delta(pair: _Pair, weight: torch.Tensor) -> torch.Tensor:
+    up, down = pair.up.float(), pair.down.float()
+    rank = down.shape[0]
+    delta = up.flatten(1) @ down.flatten(1)
+    scale = pair.alpha / rank if pair.alpha is not None else 1.0
+    return (delta * scale).reshape(weight.shape)
+
+
+# --- patching a pipeline -------------------------------------------------------------------------
+
+
+_Target = torch.nn.Linear | torch.nn.Conv2d
+
+
+@dataclass
+class _PipelineLoras:
+    backups: dict[str, tuple[_Target, torch.Tensor]] = field(default_factory=dict)
+    active: tuple[tuple[str, float, float], ...] = ()
+
+
+_STATE: weakref.WeakKeyDictionary[Any, _PipelineLoras] = weakref.WeakKeyDictionary()
+_FILES: dict[tuple[str, float], tuple[list[_Pair], int]] = {}  # (path, mtime) -> pairs
+
+
+def _modules(pipe: Any, component: str) -> dict[str, _Target]:
+    model = getattr(pipe, component, None)
+    if model is None:
+        return {}
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear | torch.nn.Conv2d):
+            name = name.removeprefix("text_model.")
+            out[name.replace(".", "_")] = module
+    return out
+
+
+def _load(path: Path) -> tuple[list[_Pair], int]:
+    key = (str(path), path.stat().st_mtime)
+    if key not in _FILES:
+        if len(_FILES) > 16:
+            _FILES.clear()
+        _FILES[key] = read_pairs(load_file(str(path)))
+    return _FILES[key]
+
+
+@dataclass(frozen=True)
+class ActiveLora:
+    name: str
+    path: Path
+    te_weight: float
+    unet_weight: float
+
+
+def apply_loras(pipe: Any, wanted: list[ActiveLora]) -> None:
+    """Make ``pipe``'s weights base + ``wanted`` (restoring first when the set changed)."""
+    state = _STATE.setdefault(pipe, _PipelineLoras())
+    signature = tuple((str(w.path), w.te_weight, w.unet_weight) for w in wanted)
+    if signature == state.active:
+        return
+    with torch.no_grad():
+        for module, original in state.backups.values():
+            module.weight.copy_(original)
+        state.active = ()
+        modules = {c: _modules(pipe, c) for c in ("unet", "text_encoder")}
+        for lora in wanted:
+            pairs, unknown = _load(lora.path)
+            missed = unknown
+            for pair in pairs:
+                weight = lora.te_weight if pair.component == "text_encoder" else lora.unet_weight
+                target = modules[pair.component].get(pair.module)
+                if target is None:
+                    missed += 1
+                    continue
+                if weight == 0:
+                    continue
+                key = f"{pair.component}:{pair.module}"
+                if key not in state.backups:
+                    state.backups[key] = (target, target.weight.detach().clone())
+                delta = _delta(pair, target.weight) * weight
+                target.weight.add_(delta.to(device=target.weight.device, dtype=target.weight.dtype))
+            if missed:
+                log.warning(
+                    "LoRA %s: %d key(s) match no module of this model and were ignored", lora.name, missed
+                )
+        state.active = signature
+
+
+def activate(pipe: Any, catalog: ModelCatalog, request: GenerationRequest) -> list[ActiveLora]:
+    """Apply the request's LoRAs to ``pipe`` and return them. A name that matches no file is
+    logged and skipped, not an error (A1111's rule)."""
+    refs = requested_loras(request)
+    files = list_loras(catalog) if refs else []
+    wanted = []
+    for ref in refs:
+        found = find_lora(files, ref.name)
+        if found is None:
+            log.warning("LoRA not found: %s (GET /sdapi/v1/loras lists them)", ref.name)
+            continue
+        wanted.append(ActiveLora(found.alias, found.path, ref.te_weight, ref.unet_weight))
+    apply_loras(pipe, wanted)
+    return wanted
