@@ -64,12 +64,15 @@ def test_usage_command_runs(argv: list[str], workdir: Path) -> None:
         assert "my-model" in out.stdout
 
 
-def test_python_example_runs_against_a_live_server(workdir: Path) -> None:
+def test_python_examples_run_against_a_live_server(workdir: Path) -> None:
     server = LiveServer(["--models-dir", "./models", "--device", "cpu"], workdir / "data")
     try:
-        (code,) = blocks("python")
-        code = code.replace("http://127.0.0.1:7860", server.url)
-        subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=workdir)
+        examples = blocks("python")
+        assert len(examples) == 2
+        for code in examples:
+            code = code.replace("http://127.0.0.1:7860", server.url)
+            subprocess.run([sys.executable, "-c", code], check=True, timeout=300, cwd=workdir)
         assert (workdir / "out.png").stat().st_size > 0
+        assert list((workdir / "out").glob("*.png"))
     finally:
         server.kill()

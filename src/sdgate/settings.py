@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     precision: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
     model_cache_bytes: int | None = None  # memory budget for loaded models; None: derived from the device
     workers: int = 1  # worker threads (one per device)
-    vram_mode: Literal["auto", "off", "medvram", "lowvram"] = "auto"  # CUDA memory savers; auto: by free memory
+    vram_mode: Literal["auto", "off", "medvram", "lowvram"] = "auto"  # CUDA offloading; auto: by free memory
 
     # Limits on what one request may ask for.
     max_pixels: int = 2048 * 2048

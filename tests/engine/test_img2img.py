@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdgate.core.engine import EngineInputs, EngineOutput, NoControl, StepReport, StepAction
+from sdgate.core.engine import EngineInputs, EngineOutput, NoControl, StepAction, StepReport
 from sdgate.core.errors import InvalidRequest
 from sdgate.core.infotext import parse_infotext
 from sdgate.core.models import ModelCatalog
@@ -154,8 +154,15 @@ def test_mask_invert_and_other_sizes(engine: DiffusersEngine) -> None:
 @pytest.mark.parametrize("fill", [0, 1, 2, 3])
 def test_inpainting_fill_modes(engine: DiffusersEngine, fill: int) -> None:
     init = _noise_image(64, 64, seed=4)
-    out = run(engine, init, _box_mask(64, 64, (0, 0, 32, 64)), inpainting_fill=fill, mask_blur_x=0,
-              mask_blur_y=0, initial_noise_multiplier=0.9)
+    out = run(
+        engine,
+        init,
+        _box_mask(64, 64, (0, 0, 32, 64)),
+        inpainting_fill=fill,
+        mask_blur_x=0,
+        mask_blur_y=0,
+        initial_noise_multiplier=0.9,
+    )
     got = np.asarray(out.images[0].image, dtype=int)
     assert np.abs(got - np.asarray(init, dtype=int))[:, 40:].max() <= 2
     assert parse_infotext(out.images[0].infotext)["Noise multiplier"] == "0.9"
@@ -165,8 +172,17 @@ def test_inpainting_fill_modes(engine: DiffusersEngine, fill: int) -> None:
 def test_only_masked_crops_and_pastes_back(engine: DiffusersEngine, model: str) -> None:
     init = _noise_image(160, 120, seed=5)
     mask = _box_mask(160, 120, (100, 70, 120, 90))
-    out = run(engine, init, mask, model=model, inpaint_full_res=True, inpaint_full_res_padding=8,
-              mask_blur_x=0, mask_blur_y=0, denoising_strength=1.0)
+    out = run(
+        engine,
+        init,
+        mask,
+        model=model,
+        inpaint_full_res=True,
+        inpaint_full_res_padding=8,
+        mask_blur_x=0,
+        mask_blur_y=0,
+        denoising_strength=1.0,
+    )
     image = out.images[0].image
     assert image.size == (160, 120)  # the original's size, not the processing size
     got, src = np.asarray(image, dtype=int), np.asarray(init, dtype=int)

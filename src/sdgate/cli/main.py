@@ -71,6 +71,15 @@ def serve(
     public_url: Annotated[
         str | None, typer.Option("--public-url", help="Base URL for absolute links in responses.")
     ] = None,
+    lowvram: Annotated[
+        bool, typer.Option("--lowvram", help="CUDA: sequential CPU offload, sliced attention and VAE.")
+    ] = False,
+    medvram: Annotated[
+        bool, typer.Option("--medvram", help="CUDA: model CPU offload, sliced attention and VAE.")
+    ] = False,
+    allow_image_urls: Annotated[
+        bool, typer.Option("--allow-image-urls", help="Accept http(s) URLs (public hosts) as img2img images.")
+    ] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run the server: the AUTOMATIC1111 API on one port, jobs in a durable queue."""
@@ -84,6 +93,8 @@ def serve(
         engine=engine,
         api_auth=api_auth,
         public_url=public_url,
+        vram_mode="lowvram" if lowvram else "medvram" if medvram else None,
+        allow_image_urls=True if allow_image_urls else None,
     )
     try:
         settings.auth_pairs()

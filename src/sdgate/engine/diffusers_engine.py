@@ -12,7 +12,8 @@ import inspect
 import logging
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from dataclasses import field as dc_field
 from typing import Any
 
 from sdgate.core.engine import (
@@ -26,7 +27,7 @@ from sdgate.core.engine import (
 from sdgate.core.errors import InvalidRequest, OutOfMemory
 from sdgate.core.models import ModelCatalog, ModelInfo
 from sdgate.core.requests import GenerationRequest, Mode
-from sdgate.engine import img2img, lora
+from sdgate.engine import hires, img2img, lora, memory
 from sdgate.engine.cache import ModelCache
 from sdgate.engine.common import JobShape, StepTracker, infotext, infotext_params, resolve_shape
 from sdgate.engine.configs import UnsupportedCheckpoint
@@ -53,7 +54,7 @@ class LoadedModel:
     info: ModelInfo  # with its sha256
     loaded: LoadedPipeline
     base_scheduler_config: dict[str, Any]  # as loaded: every job's scheduler starts from this
-    variants: dict[str, Any] = field(default_factory=dict)  # e.g. the img2img/inpaint pipeline
+    variants: dict[str, Any] = dc_field(default_factory=dict)  # e.g. the img2img/inpaint pipeline
 
     @property
     def pipeline(self) -> Any:
@@ -118,10 +119,11 @@ class DiffusersEngine:
                     raise
             # Outside the except block, so the traceback no longer pins the tensors being freed.
             free_memory(self.device)
-            raise OutOfMemory(
-                f"out of memory drawing {request.batch_size} image(s) of {shape.width}x{shape.height}: "
-                "lower width/height or batch_size"
+            advice = memory.oom_advice(
+                self.settings.vram_mode, batch_size=request.batch_size, width=shape.width, height=shape.height
             )
+            size = f"{shape.width}x{shape.height}"
+            raise OutOfMemory(f"out of memory drawing {request.batch_size} image(s) of {size}: {advice}")
 
     # --- steps ---------------------------------------------------------------------------------
 
@@ -129,7 +131,6 @@ class DiffusersEngine:
     def check_request(request: GenerationRequest) -> None:
         """Reject what this engine cannot do yet, rather than quietly doing something else."""
         unsupported = {
-            "hires": request.hires is not None,
             "vae": request.vae is not None,
             "tiling": request.tiling,
         }
@@ -138,6 +139,10 @@ class DiffusersEngine:
                 raise InvalidRequest(f"{field} is not supported yet", field=field)
         if request.batch_size < 1 or request.n_iter < 1:
             raise InvalidRequest("batch_size and n_iter must be at least 1", field="batch_size")
+        if request.hires is not None:
+            if request.mode != Mode.TXT2IMG:
+                raise InvalidRequest("hires fix is for txt2img only", field="hires")
+            hires.check(request.hires)
 
     def _defaults(self, info: ModelInfo) -> ModelDefaults:
         """The catalog's defaults, corrected by what loading found out (SD 2.x 768-v detection)."""
@@ -183,7 +188,7 @@ class DiffusersEngine:
             "loading %s (%s, %s) on %s", info.name, info.format, info.family or "unknown family", self.device
         )
         try:
-            return load_pipeline(
+            loaded = load_pipeline(
                 info,
                 device=self.device,
                 dtype=self.dtype,
@@ -191,6 +196,16 @@ class DiffusersEngine:
             )
         except (UnsupportedModel, UnsupportedCheckpoint) as exc:
             raise InvalidRequest(f"model {info.name} cannot be loaded: {exc}", field="model") from exc
+        if self.device.type == "cuda":  # small GPUs: offload / slicing, from free memory unless set
+            size, free = pipeline_bytes(loaded.pipeline), memory.free_cuda_bytes(self.device)
+            plan = memory.choose(  # free memory as it was before this model moved in
+                self.settings.vram_mode,
+                device_type=self.device.type,
+                free_bytes=None if free is None else free + size,
+                model_bytes=size,
+            )
+            memory.apply(loaded.pipeline, plan, self.device)
+        return loaded
 
     def _run(
         self,
@@ -277,7 +292,8 @@ class DiffusersEngine:
                 request, inputs, model, pipe, shape, control, it, plan, noise, generators, seeds, subseeds
             )
         # 3. Sample, reporting every step.
-        tracker = StepTracker(control, it, request.n_iter, shape.steps)
+        passes = 2 if request.hires is not None else 1  # progress counts both hires passes, as A1111
+        tracker = StepTracker(control, passes * it, passes * request.n_iter, shape.steps)
         prompts = prompt_plan(pipe, family, request, shape.steps)  # per-step for prompt editing
         latents = pipe(
             **prompts.kwargs,
@@ -296,19 +312,30 @@ class DiffusersEngine:
             return _Iteration([], tracker.action, plan)
         # 4. Decode, and write each image's infotext.
         check_finite(latents, request.sampler)
-        pictures = decode_latents(pipe, latents)
+        action: StepAction = tracker.action
+        extras: dict[str, object] | None = None
+        if request.hires is not None and action == StepAction.CONTINUE:
+            runs = hires.second_pass_steps(request, shape.steps)[1]
+            second = hires.second_pass(
+                pipe, family, model.base_scheduler_config, request, latents, seeds,
+                width=shape.width, height=shape.height, steps=shape.steps, factor=factor,
+                tracker=StepTracker(control, 2 * it + 1, 2 * request.n_iter, max(1, runs)),
+            )  # fmt: skip
+            pictures, action, extras = second.pictures, second.action, hires.infotext_params(request)
+        else:
+            pictures = decode_latents(pipe, latents)
         images = [
             GeneratedImage(
                 picture,
                 seed,
                 subseed,
-                self._infotext(request, model, shape, plan, seed, subseed),
+                self._infotext(request, model, shape, plan, seed, subseed, extras),
                 request.prompt,
                 request.negative_prompt,
             )
             for picture, seed, subseed in zip(pictures, seeds, subseeds, strict=True)
         ]
-        return _Iteration(images, tracker.action, plan)
+        return _Iteration(images, action, plan)
 
     def _img2img_iteration(
         self,

@@ -22,8 +22,8 @@ from sdgate.core.errors import InvalidRequest
 from sdgate.core.requests import GenerationRequest
 from sdgate.engine import inpaint as ip
 from sdgate.engine.common import StepTracker
-from sdgate.engine.prompts import PromptPlan
 from sdgate.engine.pipelines import SDInpaintPipeline, SDXLInpaintPipeline
+from sdgate.engine.prompts import PromptPlan
 from sdgate.engine.sampling import StepCallback, latent_preview
 
 log = logging.getLogger("sdgate.engine")

@@ -160,7 +160,8 @@ class PromptPlan:
 
         def on_step_end(pipe: Any, index: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             out = dict(callback(pipe, index, timestep, kwargs))
-            total = max(1, len(pipe.scheduler.timesteps))
+            begin = getattr(pipe.scheduler, "begin_index", None) or 0  # img2img runs the tail only
+            total = max(1, len(pipe.scheduler.timesteps) - begin)
             next_step = (index + 1) * self.steps // total  # 0-based sampler step of the next call
             positive, negative = self.embeds_for(next_step)
             positive = positive.expand(self.batch, -1, -1)

@@ -12,6 +12,7 @@ from fastapi.middleware.gzip import GZipMiddleware
 
 import sdgate
 from sdgate.core.engine import Engine
+from sdgate.server.dialects.a1111.extras import router as a1111_extras_router
 from sdgate.server.dialects.a1111.networks import router as a1111_networks_router
 from sdgate.server.dialects.a1111.router import router as a1111_router
 from sdgate.server.dialects.hf.router import router as hf_router
@@ -67,6 +68,7 @@ def create_app(
     app.include_router(hf_router)
     app.include_router(a1111_router)
     app.include_router(a1111_networks_router)
+    app.include_router(a1111_extras_router)
     app.include_router(native_router)
     app.include_router(ops_router)
 

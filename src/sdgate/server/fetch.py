@@ -57,7 +57,9 @@ def checked_address(url: str, *, resolve: Resolver = _resolve) -> tuple[str, str
     return parts.scheme, host, port, addresses[0]
 
 
-def fetch_image(url: str, max_bytes: int, *, resolve: Resolver = _resolve, timeout: float = TIMEOUT_S) -> bytes:
+def fetch_image(
+    url: str, max_bytes: int, *, resolve: Resolver = _resolve, timeout: float = TIMEOUT_S
+) -> bytes:
     """GET ``url`` (checked as above) and return at most ``max_bytes`` of body, else ``ValueError``."""
     scheme, host, port, address = checked_address(url, resolve=resolve)
     parts = urlsplit(url)
@@ -92,7 +94,9 @@ class _PinnedHTTP(http.client.HTTPConnection):
 
 
 class _PinnedHTTPS(http.client.HTTPSConnection):
-    def __init__(self, host: str, port: int, address: str, *, timeout: float, context: ssl.SSLContext) -> None:
+    def __init__(
+        self, host: str, port: int, address: str, *, timeout: float, context: ssl.SSLContext
+    ) -> None:
         super().__init__(host, port, timeout=timeout, context=context)
         self._address = address
 

@@ -22,7 +22,12 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that claims ``width`` x ``height`` (its pixels would never be decoded)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"")) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(b""))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def gif_with_frames(count: int) -> bytes:
@@ -59,18 +64,83 @@ def small_png() -> str:
 
 @pytest.mark.parametrize("where", ["init_images.0", "mask"])
 @pytest.mark.parametrize("name", list(HOSTILE))
-async def test_hostile_images_are_refused(client: httpx.AsyncClient, engine: FakeEngine, name: str,
-                                          where: str) -> None:
+async def test_hostile_images_are_refused(
+    client: httpx.AsyncClient, engine: FakeEngine, name: str, where: str
+) -> None:
     bad = HOSTILE[name]()
-    body: dict[str, Any] = {"prompt": "x", "steps": 2, "width": 64, "height": 64, "init_images": [small_png()]}
+    body: dict[str, Any] = {
+        "prompt": "x",
+        "steps": 2,
+        "width": 64,
+        "height": 64,
+        "init_images": [small_png()],
+    }
     if where == "mask":
         body["mask"] = bad
     else:
         body["init_images"] = [bad]
     r = await client.post("/sdapi/v1/img2img", json=body)
     assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
-    if r.status_code != 413 or "detail" in r.json():  # an over-size body may be refused before parsing
-        assert where in r.text
+    if name == "huge base64":  # refused by the body limit before any JSON is parsed
+        assert r.status_code == 413
+    else:
+        assert where in r.json()["detail"]
     # The server still serves.
     ok = await client.post("/sdapi/v1/img2img", json={**body, "init_images": [small_png()], "mask": None})
     assert ok.status_code == 200, ok.text
+
+
+# -- image URLs (off unless allow_image_urls; never to loopback / private addresses) -----------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/x.png",
+        "http://localhost/x.png",
+        "http://10.1.2.3/x.png",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/x.png",
+        "http://[::ffff:192.168.0.1]/x.png",
+        "http://0.0.0.0/x.png",
+        "ftp://example.com/x.png",
+        "http://user:pw@example.com/x.png",
+    ],
+)
+def test_fetch_refuses_internal_addresses(url: str) -> None:
+    from sdgate.server import fetch
+
+    def resolve(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"] if host == "localhost" else ["93.184.215.14"]
+
+    with pytest.raises(ValueError):
+        fetch.fetch_image(url, 1000, resolve=resolve)
+
+
+def test_fetch_checks_every_resolved_address() -> None:
+    from sdgate.server import fetch
+
+    assert fetch.checked_address("https://example.com/a.png", resolve=lambda h, p: ["93.184.215.14"])[3] == (
+        "93.184.215.14"
+    )
+    with pytest.raises(ValueError, match="private"):  # one private answer is enough to refuse
+        fetch.checked_address("https://example.com/a.png", resolve=lambda h, p: ["93.184.215.14", "10.0.0.1"])
+
+
+async def test_urls_are_refused_unless_enabled(client: httpx.AsyncClient) -> None:
+    from sdgate.server.fetch import make_fetcher
+    from sdgate.settings import Settings
+
+    assert make_fetcher(Settings(), "mask") is None
+    assert make_fetcher(Settings(allow_image_urls=True), "mask") is not None
+    body = {
+        "prompt": "x",
+        "steps": 2,
+        "width": 64,
+        "height": 64,
+        "init_images": ["https://example.com/a.png"],
+    }
+    r = await client.post("/sdapi/v1/img2img", json=body)
+    assert (
+        r.status_code == 400 and "init_images.0" in r.json()["detail"] and "not enabled" in r.json()["detail"]
+    )

@@ -43,15 +43,22 @@ async def real(tiny_settings: Callable[..., Settings]) -> AsyncIterator[httpx.As
 
 def payload(**fields: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "prompt": "a red circle", "steps": 4, "width": 64, "height": 48, "seed": 5,
-        "init_images": [b64(noise(40, 40))], "override_settings": {"sd_model_checkpoint": "tiny-sd15"},
+        "prompt": "a red circle",
+        "steps": 4,
+        "width": 64,
+        "height": 48,
+        "seed": 5,
+        "init_images": [b64(noise(40, 40))],
+        "override_settings": {"sd_model_checkpoint": "tiny-sd15"},
     }
     body.update(fields)
     return body
 
 
 async def test_img2img_sizes_seeds_and_echo(real: httpx.AsyncClient) -> None:
-    r = await real.post("/sdapi/v1/img2img", json=payload(batch_size=2, resize_mode=1, denoising_strength=0.5))
+    r = await real.post(
+        "/sdapi/v1/img2img", json=payload(batch_size=2, resize_mode=1, denoising_strength=0.5)
+    )
     assert r.status_code == 200, r.text
     data = r.json()
     assert [decode(v).size for v in data["images"]] == [(64, 48)] * 2
@@ -67,8 +74,14 @@ async def test_inpaint_keeps_the_unmasked_pixels(real: httpx.AsyncClient) -> Non
     init = noise(64, 48, seed=1)
     mask = Image.new("L", (64, 48), 0)
     mask.paste(255, (16, 8, 48, 40))
-    body = payload(init_images=[b64(init)], mask="data:image/png;base64," + b64(mask), mask_blur=0,
-                   denoising_strength=1.0, inpainting_fill=1, inpaint_full_res=False)
+    body = payload(
+        init_images=[b64(init)],
+        mask="data:image/png;base64," + b64(mask),
+        mask_blur=0,
+        denoising_strength=1.0,
+        inpainting_fill=1,
+        inpaint_full_res=False,
+    )
     r = await real.post("/sdapi/v1/img2img", json=body)
     assert r.status_code == 200, r.text
     got = np.asarray(decode(r.json()["images"][0]).convert("RGB"), dtype=int)
@@ -89,7 +102,9 @@ async def test_inpaint_keeps_the_unmasked_pixels(real: httpx.AsyncClient) -> Non
         ({"init_images": ["http://127.0.0.1/x.png"]}, "init_images.0"),
     ],
 )
-async def test_bad_input_names_the_field(client: httpx.AsyncClient, fields: dict[str, Any], field: str) -> None:
+async def test_bad_input_names_the_field(
+    client: httpx.AsyncClient, fields: dict[str, Any], field: str
+) -> None:
     r = await client.post("/sdapi/v1/img2img", json=payload(override_settings=None, **fields))
     assert 400 <= r.status_code < 500
     assert field in r.json()["detail"]

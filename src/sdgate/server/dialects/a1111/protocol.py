@@ -153,3 +153,44 @@ class SDModelItem(BaseModel):
     sha256: str | None = None
     filename: str
     config: str | None = None
+
+
+class ExtrasBase(_Lenient):
+    """A1111's ``ExtrasBaseRequest`` (face restorers are not installed: their visibility must be 0)."""
+
+    resize_mode: int = 0  # 0: scale by upscaling_resize, 1: to upscaling_resize_w x _h
+    show_extras_results: bool = True
+    gfpgan_visibility: float = 0.0
+    codeformer_visibility: float = 0.0
+    codeformer_weight: float = 0.0
+    upscaling_resize: float = 2.0
+    upscaling_resize_w: int = 512
+    upscaling_resize_h: int = 512
+    upscaling_crop: bool = True
+    upscaler_1: str = "None"
+    upscaler_2: str = "None"
+    extras_upscaler_2_visibility: float = 0.0
+    upscale_first: bool = False
+
+
+class ExtrasSingleImageRequest(ExtrasBase):
+    image: str = ""
+
+
+class ExtrasImageItem(BaseModel):
+    data: str
+    name: str = ""
+
+
+class ExtrasBatchImagesRequest(ExtrasBase):
+    imageList: list[ExtrasImageItem] = Field(default_factory=list)  # noqa: N815 - A1111's spelling
+
+
+class ExtrasSingleImageResponse(BaseModel):
+    html_info: str
+    image: str
+
+
+class ExtrasBatchImagesResponse(BaseModel):
+    html_info: str
+    images: list[str]

@@ -135,12 +135,11 @@ def _store_inputs(services: Services, body: Img2ImgRequest) -> tuple[tuple[str, 
     """Decode and validate every image at the edge (a bad one: 4xx naming its field), then store them."""
     limits = image_limits(services)
     settings = services.settings
-    decoded = [
-        core_images.decode_base64_image(
-            value, field=f"init_images.{i}", limits=limits, fetch_url=make_fetcher(settings, f"init_images.{i}")
-        )
-        for i, value in enumerate(body.init_images or ())
-    ]
+    decoded = []
+    for i, value in enumerate(body.init_images or ()):
+        field = f"init_images.{i}"
+        fetch = make_fetcher(settings, field)
+        decoded.append(core_images.decode_base64_image(value, field=field, limits=limits, fetch_url=fetch))
     mask = (
         core_images.decode_base64_image(
             body.mask, field="mask", limits=limits, mode="L", fetch_url=make_fetcher(settings, "mask")
@@ -152,7 +151,9 @@ def _store_inputs(services: Services, body: Img2ImgRequest) -> tuple[tuple[str, 
     return ids, mask_id
 
 
-async def _render(services: Services, job: Job, body: Txt2ImgRequest | Img2ImgRequest, model_name: str) -> dict[str, Any]:
+async def _render(
+    services: Services, job: Job, body: Txt2ImgRequest | Img2ImgRequest, model_name: str
+) -> dict[str, Any]:
     assert job.result is not None
     images = await jobflow.image_bytes(services, job) if body.send_images else []
     return {

@@ -10,7 +10,7 @@ from typing import Any
 from sdgate.core.engine import ModelDefaults
 from sdgate.core.errors import InvalidRequest
 from sdgate.core.infotext import A1111_VERSION
-from sdgate.core.requests import GenerationRequest, Mode
+from sdgate.core.requests import GenerationRequest, HiresSettings, Mode
 from sdgate.core.results import GenerationResult
 from sdgate.core.samplers import resolve_sampler
 from sdgate.core.styles import STYLES_FILE, apply_styles, load_styles
@@ -20,14 +20,14 @@ from sdgate.settings import Settings
 
 # Fields whose non-default values we cannot honour yet: (field, default, reason).
 _UNSUPPORTED: tuple[tuple[str, object, str], ...] = (
-    ("enable_hr", False, "hires fix is not supported yet"),
+    ("hr_checkpoint_name", (None, "", "Use same checkpoint"), "a second hires checkpoint is not supported"),
     ("restore_faces", (None, False), "no face restorer is installed"),
     ("tiling", (None, False), "tiling is not supported yet"),
     ("seed_resize_from_h", (-1, 0), "seed resize is not supported yet"),
     ("seed_resize_from_w", (-1, 0), "seed resize is not supported yet"),
     ("refiner_checkpoint", (None, "", "None"), "refiners are not supported yet"),
-    ("firstphase_width", 0, "firstphase sizes need hires fix, which is not supported yet"),
-    ("firstphase_height", 0, "firstphase sizes need hires fix, which is not supported yet"),
+    ("firstphase_width", 0, "legacy firstphase sizes are not supported: use hr_scale or hr_resize_x/y"),
+    ("firstphase_height", 0, "legacy firstphase sizes are not supported: use hr_scale or hr_resize_x/y"),
 )
 
 
@@ -92,6 +92,40 @@ def txt2img_request(
         s_noise=body.s_noise,
         eta_noise_seed_delta=_int_setting(ensd, 0, "override_settings.eta_noise_seed_delta"),
         styles=tuple(body.styles or ()),
+        hires=hires_settings(body),
+    )
+
+
+# txt2img's denoising_strength defaults to null in A1111's API, and hires fix then fails with a
+# 500; webuiapi always sends 0.7, so a missing value means 0.7 here.
+HIRES_DENOISING_DEFAULT = 0.7
+
+
+def hires_settings(body: Txt2ImgRequest) -> HiresSettings | None:
+    """``enable_hr`` and the ``hr_*`` fields; "Use same ..." and null mean the first pass's."""
+    if not body.enable_hr:
+        return None
+    sampler = scheduler = None
+    hr_sampler = None if body.hr_sampler_name in ("", "Use same sampler") else body.hr_sampler_name
+    hr_scheduler = None if body.hr_scheduler in ("", "Use same scheduler") else body.hr_scheduler
+    if hr_sampler or hr_scheduler:
+        choice = resolve_sampler(hr_sampler or body.sampler_name or body.sampler_index, hr_scheduler)
+        if choice.fell_back:
+            field = "hr_sampler_name"
+            raise InvalidRequest(f"{field}: unknown sampler {choice.requested!r}", field=field)
+        sampler, scheduler = choice.sampler, choice.scheduler
+    strength = body.denoising_strength
+    return HiresSettings(
+        scale=body.hr_scale,
+        resize_x=body.hr_resize_x,
+        resize_y=body.hr_resize_y,
+        upscaler=body.hr_upscaler or "Latent",
+        second_pass_steps=body.hr_second_pass_steps,
+        denoising_strength=HIRES_DENOISING_DEFAULT if strength is None else strength,
+        sampler=sampler,
+        scheduler=scheduler,
+        prompt=body.hr_prompt,
+        negative_prompt=body.hr_negative_prompt,
     )
 
 

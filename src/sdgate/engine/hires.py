@@ -1,0 +1,247 @@
+"""Hires fix: upscale the first pass, then refine it with an img2img pass (A1111's txt2img hr).
+
+1. The target size: ``hr_scale`` times the first pass, or ``hr_resize_x/y`` (one side alone keeps
+   the aspect ratio; both crop to fill, as A1111), rounded down to the model's own VAE factor.
+2. Upscale: a latent mode (``Latent``, ``Latent (bicubic antialiased)``, ...) interpolates the
+   latents; ``None`` / ``Lanczos`` / ``Nearest`` decode, resize the pictures and encode again.
+3. Refine: img2img on the same components (no second copy of the weights) with
+   ``denoising_strength`` over ``hr_second_pass_steps`` (0: the first pass's steps), the hires
+   sampler and prompts when given, and noise from the same seeds. It reports as the second of two
+   passes per iteration, so progress counts both passes like A1111.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from sdgate.core.engine import StepAction
+from sdgate.core.errors import InvalidRequest
+from sdgate.core.requests import GenerationRequest, HiresSettings
+from sdgate.engine.common import StepTracker
+from sdgate.engine.prompts import prompt_plan
+from sdgate.engine.sampling import StepCallback, check_finite, decode_latents, latent_preview
+from sdgate.engine.schedulers import build_scheduler
+
+# name -> (torch interpolate mode, antialias)
+LATENT_MODES: dict[str, tuple[str, bool]] = {
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+IMAGE_UPSCALERS: dict[str, Image.Resampling] = {
+    "None": Image.Resampling.LANCZOS,  # A1111's "None" still resizes, with Lanczos
+    "Lanczos": Image.Resampling.LANCZOS,
+    "Nearest": Image.Resampling.NEAREST,
+}
+
+
+@dataclass(frozen=True)
+class HiresSize:
+    upscale_w: int  # what the upscale produces
+    upscale_h: int
+    width: int  # after the crop to the asked size
+    height: int
+
+
+def target_size(width: int, height: int, hires: HiresSettings, factor: int) -> HiresSize:
+    """A1111's ``hr_upscale_to_x/y`` and crop, in multiples of ``factor``."""
+    rx, ry = hires.resize_x, hires.resize_y
+    if rx <= 0 and ry <= 0:
+        w, h = int(width * hires.scale), int(height * hires.scale)
+        target_w, target_h = w, h
+    elif rx <= 0:
+        w, h = ry * width // height, ry
+        target_w, target_h = w, h
+    elif ry <= 0:
+        w, h = rx, rx * height // width
+        target_w, target_h = w, h
+    else:
+        target_w, target_h = rx, ry
+        if width / height < rx / ry:
+            w, h = rx, rx * height // width
+        else:
+            w, h = ry * width // height, ry
+    snap = [v // factor * factor for v in (w, h, target_w, target_h)]
+    if min(snap) <= 0:
+        raise InvalidRequest(f"hires target {target_w}x{target_h} is too small", field="hr_scale")
+    return HiresSize(*snap)
+
+
+def check(hires: HiresSettings) -> None:
+    if hires.upscaler not in LATENT_MODES and hires.upscaler not in IMAGE_UPSCALERS:
+        known = ", ".join([*LATENT_MODES, *IMAGE_UPSCALERS])
+        raise InvalidRequest(
+            f"hr_upscaler: could not find upscaler named {hires.upscaler!r} ({known})", field="hr_upscaler"
+        )
+    if not 0.0 <= hires.denoising_strength <= 1.0:
+        raise InvalidRequest("denoising_strength must be between 0 and 1", field="denoising_strength")
+    if hires.scale <= 0 or hires.second_pass_steps < 0:
+        raise InvalidRequest("hr_scale must be > 0 and hr_second_pass_steps >= 0", field="hr_scale")
+
+
+def second_pass_steps(request: GenerationRequest, steps: int) -> tuple[int, int]:
+    """(steps asked of the sampler, steps it actually runs at the denoising strength)."""
+    assert request.hires is not None
+    asked = request.hires.second_pass_steps or steps
+    return asked, min(asked, int(asked * request.hires.denoising_strength))
+
+
+def hires_request(request: GenerationRequest) -> GenerationRequest:
+    """The request as the second pass sees it: its own prompts when given."""
+    assert request.hires is not None
+    return request.model_copy(
+        update={
+            "prompt": request.hires.prompt or request.prompt,
+            "negative_prompt": request.hires.negative_prompt or request.negative_prompt,
+        }
+    )
+
+
+def upscale_latents(latents: torch.Tensor, size: HiresSize, factor: int, mode: str) -> torch.Tensor:
+    interpolation, antialias = LATENT_MODES[mode]
+    out = F.interpolate(
+        latents.float(),
+        size=(size.upscale_h // factor, size.upscale_w // factor),
+        mode=interpolation,
+        antialias=antialias,
+    ).to(latents.dtype)
+    return _crop(out, size.height // factor, size.width // factor)
+
+
+def upscale_pictures(pictures: list[Image.Image], size: HiresSize, upscaler: str) -> list[Image.Image]:
+    out = []
+    for picture in pictures:
+        big = picture.resize((size.upscale_w, size.upscale_h), IMAGE_UPSCALERS[upscaler])
+        left, top = (size.upscale_w - size.width) // 2, (size.upscale_h - size.height) // 2
+        out.append(big.crop((left, top, left + size.width, top + size.height)))
+    return out
+
+
+def _crop(latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    top, left = (latents.shape[-2] - height) // 2, (latents.shape[-1] - width) // 2
+    return latents[..., top : top + height, left : left + width]
+
+
+_VARIANTS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def img2img_pipeline(pipe: Any, family: str | None) -> Any:
+    """An img2img pipeline over ``pipe``'s own components (made once per loaded pipeline)."""
+    variant = _VARIANTS.get(pipe)
+    if variant is None:
+        from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
+
+        cls = StableDiffusionXLImg2ImgPipeline if family == "sdxl" else StableDiffusionImg2ImgPipeline
+        variant = cls.from_pipe(pipe)
+        variant.set_progress_bar_config(disable=True)
+        _VARIANTS[pipe] = variant
+    variant.scheduler = pipe.scheduler
+    return variant
+
+
+def seeded_generators(seeds: list[int]) -> list[torch.Generator]:
+    """The hires pass draws its noise from the images' seeds again, as A1111."""
+    return [torch.Generator("cpu").manual_seed(seed % 2**64) for seed in seeds]
+
+
+def infotext_params(request: GenerationRequest) -> dict[str, object]:
+    hires = request.hires
+    assert hires is not None
+    resize = hires.resize_x > 0 or hires.resize_y > 0
+    return {
+        "Denoising strength": hires.denoising_strength,
+        "Hires upscale": None if resize else hires.scale,
+        "Hires resize": f"{hires.resize_x}x{hires.resize_y}" if resize else None,
+        "Hires steps": hires.second_pass_steps or None,
+        "Hires upscaler": hires.upscaler,
+        "Hires sampler": hires.sampler,
+        "Hires schedule type": hires.scheduler,
+        "Hires prompt": hires.prompt or None,
+        "Hires negative prompt": hires.negative_prompt or None,
+    }
+
+
+class _PassCallback(StepCallback):
+    """``StepCallback`` counting the truncated img2img loop (the scheduler keeps all timesteps)."""
+
+    def __call__(self, pipe: Any, index: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        begin = getattr(pipe.scheduler, "begin_index", None) or 0
+        total = max(1, len(pipe.scheduler.timesteps) - begin)
+        latents = kwargs["latents"][:1].detach().clone()
+        family = self.family
+        action = self.tracker.advance(min(index + 1, total), total, lambda: latent_preview(latents, family))
+        if action != StepAction.CONTINUE:
+            pipe._interrupt = True
+        return {}
+
+
+@dataclass
+class HiresPass:
+    pictures: list[Image.Image]
+    action: StepAction
+
+
+def second_pass(
+    pipe: Any,
+    family: str | None,
+    base_scheduler_config: dict[str, Any],
+    request: GenerationRequest,
+    latents: torch.Tensor,
+    seeds: list[int],
+    *,
+    width: int,
+    height: int,
+    steps: int,
+    factor: int,
+    tracker: StepTracker,
+) -> HiresPass:
+    """Upscale the first pass's ``latents`` and refine them; ``tracker`` reports this pass."""
+    hires = request.hires
+    assert hires is not None
+    size = target_size(width, height, hires, factor)
+    asked, runs = second_pass_steps(request, steps)
+    # 1. Upscale.
+    if hires.upscaler in LATENT_MODES:
+        image: Any = upscale_latents(latents, size, factor, hires.upscaler)
+    else:
+        image = upscale_pictures(decode_latents(pipe, latents), size, hires.upscaler)
+    if runs < 1:  # nothing to refine at this strength
+        pictures = decode_latents(pipe, image) if isinstance(image, torch.Tensor) else image
+        return HiresPass(pictures, tracker.action)
+    # 2. The hires sampler on the same components.
+    plan = build_scheduler(
+        hires.sampler or request.sampler,
+        hires.scheduler or request.scheduler,
+        base_scheduler_config,
+        family=family,
+        seeds=seeds,
+        eta=request.eta,
+        s_noise=request.s_noise,
+        s_churn=request.s_churn,
+    )
+    variant = img2img_pipeline(pipe, family)
+    variant.scheduler = plan.scheduler
+    # 3. Refine.
+    prompts = prompt_plan(variant, family, hires_request(request), runs)
+    out = variant(
+        **prompts.kwargs,
+        image=image,
+        strength=hires.denoising_strength,
+        num_inference_steps=asked,
+        guidance_scale=request.cfg_scale,
+        generator=seeded_generators(seeds),
+        output_type="latent",
+        callback_on_step_end=prompts.wrap(_PassCallback(tracker, family)),
+        callback_on_step_end_tensor_inputs=prompts.tensor_inputs,
+    ).images
+    check_finite(out, hires.sampler or request.sampler)
+    return HiresPass(decode_latents(pipe, out), tracker.action)
