@@ -27,7 +27,10 @@ def test_merge(style: str, prompt: str, expected: str) -> None:
 def test_load_and_apply(tmp_path: Path) -> None:
     path = tmp_path / "styles.csv"
     path.write_text(
-        '\ufeffname,prompt,negative_prompt,extra\n"ink","{prompt}, ink, ""quoted""",blurry,x\n,nameless,\nbare,b\n'
+        "\ufeffname,prompt,negative_prompt,extra\n"
+        '"ink","{prompt}, ink, ""quoted""",blurry,x\n'
+        ",nameless,\n"
+        "bare,b\n"
     )
     styles = load_styles(path)
     assert styles == {

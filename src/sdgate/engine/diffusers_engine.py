@@ -320,6 +320,7 @@ class DiffusersEngine:
                 pipe, family, model.base_scheduler_config, request, latents, seeds,
                 width=shape.width, height=shape.height, steps=shape.steps, factor=factor,
                 tracker=StepTracker(control, 2 * it + 1, 2 * request.n_iter, max(1, runs)),
+                catalog=self.catalog,
             )  # fmt: skip
             pictures, action, extras = second.pictures, second.action, hires.infotext_params(request)
         else:

@@ -3,7 +3,8 @@
 1. The target size: ``hr_scale`` times the first pass, or ``hr_resize_x/y`` (one side alone keeps
    the aspect ratio; both crop to fill, as A1111), rounded down to the model's own VAE factor.
 2. Upscale: a latent mode (``Latent``, ``Latent (bicubic antialiased)``, ...) interpolates the
-   latents; ``None`` / ``Lanczos`` / ``Nearest`` decode, resize the pictures and encode again.
+   latents; any other name is an image upscaler of ``engine.upscalers`` (``None``, ``Lanczos``,
+   ``Nearest``, ESRGAN files): decode, upscale the pictures, and encode again.
 3. Refine: img2img on the same components (no second copy of the weights) with
    ``denoising_strength`` over ``hr_second_pass_steps`` (0: the first pass's steps), the hires
    sampler and prompts when given, and noise from the same seeds. It reports as the second of two
@@ -22,11 +23,13 @@ from PIL import Image
 
 from sdgate.core.engine import StepAction
 from sdgate.core.errors import InvalidRequest
+from sdgate.core.models import ModelCatalog
 from sdgate.core.requests import GenerationRequest, HiresSettings
 from sdgate.engine.common import StepTracker
 from sdgate.engine.prompts import prompt_plan
 from sdgate.engine.sampling import StepCallback, check_finite, decode_latents, latent_preview
 from sdgate.engine.schedulers import build_scheduler
+from sdgate.engine.upscalers import Upscalers
 
 # name -> (torch interpolate mode, antialias)
 LATENT_MODES: dict[str, tuple[str, bool]] = {
@@ -37,11 +40,7 @@ LATENT_MODES: dict[str, tuple[str, bool]] = {
     "Latent (nearest)": ("nearest", False),
     "Latent (nearest-exact)": ("nearest-exact", False),
 }
-IMAGE_UPSCALERS: dict[str, Image.Resampling] = {
-    "None": Image.Resampling.LANCZOS,  # A1111's "None" still resizes, with Lanczos
-    "Lanczos": Image.Resampling.LANCZOS,
-    "Nearest": Image.Resampling.NEAREST,
-}
+_UPSCALERS: dict[tuple[str, ...], Upscalers] = {}  # by the ESRGAN files found: one loaded network each
 
 
 @dataclass(frozen=True)
@@ -77,8 +76,8 @@ def target_size(width: int, height: int, hires: HiresSettings, factor: int) -> H
 
 
 def check(hires: HiresSettings) -> None:
-    if hires.upscaler not in LATENT_MODES and hires.upscaler not in IMAGE_UPSCALERS:
-        known = ", ".join([*LATENT_MODES, *IMAGE_UPSCALERS])
+    if hires.upscaler.startswith("Latent") and hires.upscaler not in LATENT_MODES:
+        known = ", ".join(LATENT_MODES)
         raise InvalidRequest(
             f"hr_upscaler: could not find upscaler named {hires.upscaler!r} ({known})", field="hr_upscaler"
         )
@@ -117,10 +116,22 @@ def upscale_latents(latents: torch.Tensor, size: HiresSize, factor: int, mode: s
     return _crop(out, size.height // factor, size.width // factor)
 
 
-def upscale_pictures(pictures: list[Image.Image], size: HiresSize, upscaler: str) -> list[Image.Image]:
+def image_upscalers(catalog: ModelCatalog, device: Any) -> Upscalers:
+    """The img2img issue's upscalers (None, Lanczos, Nearest, ESRGAN files), kept between jobs."""
+    files = catalog.list_files("esrgan")
+    key = tuple(sorted(str(f.path) for f in files))
+    if key not in _UPSCALERS:
+        _UPSCALERS.clear()
+        _UPSCALERS[key] = Upscalers(files, device)
+    return _UPSCALERS[key]
+
+
+def upscale_pictures(
+    pictures: list[Image.Image], size: HiresSize, upscalers: Upscalers, name: str
+) -> list[Image.Image]:
     out = []
     for picture in pictures:
-        big = picture.resize((size.upscale_w, size.upscale_h), IMAGE_UPSCALERS[upscaler])
+        big = upscalers.upscale(picture, name, size.upscale_w, size.upscale_h, field="hr_upscaler")
         left, top = (size.upscale_w - size.width) // 2, (size.upscale_h - size.height) // 2
         out.append(big.crop((left, top, left + size.width, top + size.height)))
     return out
@@ -203,6 +214,7 @@ def second_pass(
     steps: int,
     factor: int,
     tracker: StepTracker,
+    catalog: ModelCatalog,
 ) -> HiresPass:
     """Upscale the first pass's ``latents`` and refine them; ``tracker`` reports this pass."""
     hires = request.hires
@@ -213,7 +225,8 @@ def second_pass(
     if hires.upscaler in LATENT_MODES:
         image: Any = upscale_latents(latents, size, factor, hires.upscaler)
     else:
-        image = upscale_pictures(decode_latents(pipe, latents), size, hires.upscaler)
+        upscalers = image_upscalers(catalog, latents.device)
+        image = upscale_pictures(decode_latents(pipe, latents), size, upscalers, hires.upscaler)
     if runs < 1:  # nothing to refine at this strength
         pictures = decode_latents(pipe, image) if isinstance(image, torch.Tensor) else image
         return HiresPass(pictures, tracker.action)

@@ -78,6 +78,12 @@ async def test_styles_are_merged_into_the_prompts(client: httpx.AsyncClient, eng
     assert json.loads(r.json()["info"])["styles"] == ["ink", "sharp", "nope"]
 
 
+async def test_disable_extra_networks_strips_the_tags(client: httpx.AsyncClient, engine: FakeEngine) -> None:
+    payload = {"prompt": "a cat <lora:ink:1>, <lyco:x>", "disable_extra_networks": True, "steps": 1}
+    assert (await client.post("/sdapi/v1/txt2img", json=payload)).status_code == 200
+    assert engine.calls[-1].prompt == "a cat , "
+
+
 async def test_variation_seed_reaches_the_engine(client: httpx.AsyncClient, engine: FakeEngine) -> None:
     payload = {"seed": 5, "subseed": 9, "subseed_strength": 0.5, "batch_size": 2, "steps": 1}
     r = await client.post("/sdapi/v1/txt2img", json=payload)

@@ -48,10 +48,13 @@ def serve(settings: Settings, engine: Engine) -> Iterator[str]:
         thread.join(30)
 
 
-def default_model_defaults(settings: Settings) -> ModelDefaults:
-    """What the default model's own defaults are (native size, steps, VAE factor) under ``settings``."""
+def default_model_defaults(settings: Settings, engine_id: str | None = None) -> ModelDefaults:
+    """The own defaults (native size, steps, VAE factor) of the model ``engine_id`` resolves to
+    (``None``: the default model) under ``settings``."""
+    from sdgate.server.model_aliases import resolve_model
+
     catalog = ModelCatalog(settings)
-    return catalog.defaults_for(catalog.default)
+    return catalog.defaults_for(resolve_model(catalog, settings, engine_id, dialect="stability"))
 
 
 # Module-scoped fixtures (each dialect's conftest imports them): one server per test module keeps

@@ -89,7 +89,7 @@ def test_text_to_image_json(live: str, engine: FakeEngine) -> None:
 
 
 def test_text_to_image_png_headers_and_defaults(live: str, engine: FakeEngine, settings: Settings) -> None:
-    defaults = default_model_defaults(settings)
+    defaults = default_model_defaults(settings, "stable-diffusion-v1-6")
     r = httpx.post(live + T2I, json={"text_prompts": [{"text": "a cat"}]}, headers={"Accept": "image/png"})
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/png"

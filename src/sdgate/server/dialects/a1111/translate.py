@@ -10,6 +10,7 @@ from typing import Any
 from sdgate.core.engine import ModelDefaults
 from sdgate.core.errors import InvalidRequest
 from sdgate.core.infotext import A1111_VERSION
+from sdgate.core.prompts import extract_networks
 from sdgate.core.requests import GenerationRequest, HiresSettings, Mode
 from sdgate.core.results import GenerationResult
 from sdgate.core.samplers import resolve_sampler
@@ -67,6 +68,8 @@ def txt2img_request(
     if body.styles:  # merged into the prompts before anything else, as A1111
         styles = load_styles(settings.data_dir / STYLES_FILE)
         prompt, negative_prompt = apply_styles(prompt, negative_prompt, body.styles, styles)
+    if body.disable_extra_networks:  # A1111 still strips the tags; it only skips applying them
+        prompt = extract_networks(prompt)[0]
     ensd = override_value(body, "eta_noise_seed_delta")
     return GenerationRequest(
         mode=Mode.TXT2IMG,
