@@ -125,11 +125,6 @@ def encode_weighted(pipe: Any, text: str, clip_skip: int | None) -> torch.Tensor
     return z.reshape(1, -1, z.shape[-1]).to(dtype=pipe.unet.dtype)
 
 
-def encode_clip(pipe: Any, text: str, clip_skip: int | None) -> torch.Tensor:
-    """One prompt with A1111 emphasis, unscheduled: (1, tokens, width)."""
-    return encode_weighted(pipe, text, clip_skip)
-
-
 # --- one pipeline call -------------------------------------------------------------------------
 
 
@@ -213,11 +208,6 @@ def prompt_plan(pipe: Any, family: str | None, request: GenerationRequest, steps
         "negative_prompt_embeds": first_neg.expand(batch, -1, -1),
     }
     return PromptPlan(kwargs, schedule, batch, steps)
-
-
-def prompt_kwargs(pipe: Any, family: str | None, request: GenerationRequest) -> dict[str, Any]:
-    """The prompt arguments of one unscheduled pipeline call (each prompt's first text)."""
-    return prompt_plan(pipe, family, request, request.steps or 1).kwargs
 
 
 def _pad(embeds: torch.Tensor, length: int, empty: torch.Tensor) -> torch.Tensor:
