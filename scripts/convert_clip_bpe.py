@@ -37,7 +37,8 @@ def byte_alphabet() -> list[str]:
 
 
 def convert(source: Path, target: Path) -> None:
-    lines = gzip.open(source).read().decode("utf-8").split("\n")
+    with gzip.open(source) as fh:
+        lines = fh.read().decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1 : N_MERGES + 1]]
     alphabet = byte_alphabet()
     tokens = alphabet + [a + "</w>" for a in alphabet] + ["".join(m) for m in merges]

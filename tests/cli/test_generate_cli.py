@@ -11,12 +11,12 @@ import httpx
 import pytest
 import typer
 from PIL import Image
-from tests.sdk.conftest import ThreadedServer
-from tests.sdk.fakes import FakeNative, png_bytes
 from typer.testing import CliRunner
 
 from sdgate.cli import generate as common
 from sdgate.client import Client
+from tests.sdk.conftest import ThreadedServer
+from tests.sdk.fakes import FakeNative, png_bytes
 
 
 @pytest.fixture
@@ -214,9 +214,8 @@ def test_info_reads_the_infotext(app: typer.Typer, tmp_path: Path) -> None:
 
 @pytest.fixture
 def live_server(tmp_path: Path) -> Iterator[ThreadedServer]:
-    from tests.server.fakes import write_fake_checkpoint
-
     from sdgate.settings import Settings
+    from tests.server.fakes import write_fake_checkpoint
 
     write_fake_checkpoint(tmp_path / "models" / "Stable-diffusion" / "alpha.safetensors")
     settings = Settings(

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tests.engine.conftest import generate
-
 from sdgate.core.models import ModelCatalog
 from sdgate.engine.cache import ModelCache
 from sdgate.engine.diffusers_engine import DiffusersEngine
 from sdgate.settings import Settings
+from tests.engine.conftest import generate
 
 
 def test_lru_eviction_under_a_budget() -> None:

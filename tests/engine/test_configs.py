@@ -17,10 +17,10 @@ from diffusers.loaders.single_file_utils import (
     convert_ldm_vae_checkpoint,
     infer_diffusers_model_type,
 )
-from tests import tinymodels as tm
 
 from sdgate.core.models import Family, detect_family, vae_factor_from_shapes
 from sdgate.engine import configs as cfgs
+from tests import tinymodels as tm
 
 FAMILIES = ("sd1", "sd2", "sdxl")
 # Published parameter counts: (UNet, VAE, text encoder[, text encoder 2]).

@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-from tests.engine.conftest import generate, pixels
 
 from sdgate.core.engine import StepAction, StepReport
 from sdgate.core.errors import JobCancelled
 from sdgate.engine.diffusers_engine import DiffusersEngine
+from tests.engine.conftest import generate, pixels
 
 
 @dataclass

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-from tests import tinymodels as tm
 
 from sdgate.core.errors import InvalidRequest
 from sdgate.core.models import ModelCatalog, describe_file
 from sdgate.engine import loading
 from sdgate.engine.diffusers_engine import DiffusersEngine
 from sdgate.settings import Settings
+from tests import tinymodels as tm
 
 CPU = torch.device("cpu")
 

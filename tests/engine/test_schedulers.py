@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 from diffusers import EulerAncestralDiscreteScheduler
-from tests.engine.conftest import generate
 
 from sdgate.core.errors import InvalidRequest
 from sdgate.core.samplers import SAMPLERS, SCHEDULERS
 from sdgate.engine import schedulers as sch
 from sdgate.engine.configs import shipped_configs
 from sdgate.engine.diffusers_engine import DiffusersEngine
+from tests.engine.conftest import generate
 
 BASE = shipped_configs("sd1")["scheduler"]
 SAMPLER_NAMES = [s.name for s in SAMPLERS]

@@ -6,12 +6,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tests.engine.conftest import generate, pixels
 
 from sdgate.core.errors import InvalidRequest, ModelNotFound, OutOfMemory
 from sdgate.core.infotext import parse_infotext
 from sdgate.core.requests import Mode
 from sdgate.engine.diffusers_engine import DiffusersEngine
+from tests.engine.conftest import generate, pixels
 
 
 @pytest.mark.parametrize(

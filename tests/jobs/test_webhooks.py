@@ -13,8 +13,6 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from tests.server.dialects.native.conftest import ThreadServer, serve
-from tests.server.fakes import FakeEngine, write_fake_checkpoint
 
 from sdgate.core.errors import InvalidRequest
 from sdgate.jobs.webhooks import (
@@ -27,6 +25,8 @@ from sdgate.jobs.webhooks import (
     verify,
 )
 from sdgate.settings import Settings
+from tests.server.dialects.native.conftest import ThreadServer, serve
+from tests.server.fakes import FakeEngine, write_fake_checkpoint
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from tests.server.fakes import FakeEngine, write_fake_checkpoint
 
 from sdgate.server.app import create_app
 from sdgate.settings import Settings
+from tests.server.fakes import FakeEngine, write_fake_checkpoint
 
 
 @pytest.fixture

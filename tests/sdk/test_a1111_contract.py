@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from tests.sdk.conftest import ThreadedServer
-from tests.server.fakes import FakeEngine
 
 from sdgate.client import (
     A1111Backend,
@@ -20,6 +18,8 @@ from sdgate.client import (
 )
 from sdgate.server.app import create_app
 from sdgate.settings import Settings
+from tests.sdk.conftest import ThreadedServer
+from tests.server.fakes import FakeEngine
 
 
 async def test_async_txt2img_models_and_stream(asgi_transport: httpx.ASGITransport) -> None:

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import httpx
-from tests.sdk.fakes import FakeNative
 
 from sdgate.client import AsyncClient, Client, ImageRequest, JobFailedError
+from tests.sdk.fakes import FakeNative
 
 
 class Gauge:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.sdk.fakes import AsyncSleeps, FakeClock, FakeNative, Sleeps
 
 from sdgate.client import (
     APIConnectionError,
@@ -21,6 +20,7 @@ from sdgate.client import (
     RateLimitError,
     TokenBucket,
 )
+from tests.sdk.fakes import AsyncSleeps, FakeClock, FakeNative, Sleeps
 
 
 def scripted(*responses: httpx.Response | Exception, native: FakeNative | None = None):

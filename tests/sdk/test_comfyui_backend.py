@@ -6,11 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 from PIL import Image
-from tests.sdk.comfy_fake import CHECKPOINTS, FakeComfy
-from tests.sdk.fakes import png_bytes
 
 from sdgate.client import AsyncClient, BadRequestError, Client, ComfyUIBackend, ImageRequest, JobFailedError
 from sdgate.client.backends.comfyui import build_workflow
+from tests.sdk.comfy_fake import CHECKPOINTS, FakeComfy
+from tests.sdk.fakes import png_bytes
 
 
 @pytest.fixture

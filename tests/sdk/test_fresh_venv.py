@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from tests.sdk.conftest import ThreadedServer
 
 REPO = Path(__file__).resolve().parents[2]

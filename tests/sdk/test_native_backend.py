@@ -9,9 +9,9 @@ import base64
 import json
 
 import pytest
-from tests.sdk.fakes import FakeNative, png_bytes
 
 from sdgate.client import AsyncClient, Client, ImageRequest, JobFailedError, UnsupportedFeatureError
+from tests.sdk.fakes import FakeNative, png_bytes
 
 
 def client_for(native: FakeNative) -> Client:

@@ -8,13 +8,13 @@ import asyncio
 
 import httpx
 import pytest
-from tests.sdk.conftest import ThreadedServer
-from tests.sdk.fakes import png_bytes
-from tests.server.fakes import FakeEngine
 
 from sdgate.client import AsyncClient, Client, JobFailedError, NotFoundError, UnprocessableEntityError
 from sdgate.server.app import create_app
 from sdgate.settings import Settings
+from tests.sdk.conftest import ThreadedServer
+from tests.sdk.fakes import png_bytes
+from tests.server.fakes import FakeEngine
 
 
 async def test_async_every_method(asgi_transport: httpx.ASGITransport) -> None:

@@ -10,7 +10,6 @@ import json
 import httpx
 import pytest
 from PIL import Image
-from tests.sdk.fakes import Sleeps, png_bytes
 
 from sdgate.client import (
     AsyncClient,
@@ -21,6 +20,7 @@ from sdgate.client import (
     UnsupportedFeatureError,
 )
 from sdgate.client.backends import guess_kind, resolve_backend
+from tests.sdk.fakes import Sleeps, png_bytes
 
 B64 = base64.b64encode(png_bytes((0, 255, 0))).decode()
 

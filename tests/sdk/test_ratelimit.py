@@ -6,9 +6,9 @@ import asyncio
 import threading
 
 import pytest
-from tests.sdk.fakes import FakeClock
 
 from sdgate.client import TokenBucket
+from tests.sdk.fakes import FakeClock
 
 
 def test_burst_then_rate() -> None:

@@ -4,13 +4,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tests.worker.fakes import FakeEngine
 
 from sdgate.jobs.events import JobEvents
 from sdgate.jobs.images import LocalImageStore
 from sdgate.jobs.store import SqlJobStore
 from sdgate.settings import Settings
 from sdgate.worker.runner import Worker
+from tests.worker.fakes import FakeEngine
 
 
 @pytest.fixture

@@ -13,14 +13,13 @@ import sys
 import time
 from pathlib import Path
 
-from tests.worker.fakes import FakeEngine
-
 from sdgate.core.jobs import JobState
 from sdgate.jobs.events import JobEvents
 from sdgate.jobs.images import LocalImageStore
 from sdgate.jobs.store import SqlJobStore
 from sdgate.settings import Settings
 from sdgate.worker.runner import Worker
+from tests.worker.fakes import FakeEngine
 
 STEPS = 10
 STEP_S = 0.03

@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 import pytest
 from PIL import Image
-from tests.worker.fakes import FakeEngine
 
 from sdgate.core.images import encode_png
 from sdgate.core.jobs import ControlAction, Job, JobEventKind, JobState
@@ -17,6 +16,7 @@ from sdgate.jobs.events import JobEvents
 from sdgate.jobs.images import LocalImageStore
 from sdgate.jobs.store import SqlJobStore
 from sdgate.worker.runner import Worker
+from tests.worker.fakes import FakeEngine
 
 MakeWorker = Callable[..., Worker]
 

@@ -94,7 +94,7 @@ class Engine(Protocol):
     name: str
 
     def model_defaults(self, model: str | None) -> ModelDefaults:
-        """Defaults of ``model`` (``None``: the current default model), without loading weights if possible."""
+        """Defaults of ``model`` (``None``: the default model), without loading weights if possible."""
         ...
 
     def generate(

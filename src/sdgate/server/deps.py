@@ -24,4 +24,5 @@ UserDep = Annotated[str | None, Depends(get_user)]
 
 
 def image_limits(services: Services) -> ImageLimits:
-    return ImageLimits(max_bytes=services.settings.max_body_bytes, max_pixels=services.settings.max_pixels * 4)
+    settings = services.settings
+    return ImageLimits(max_bytes=settings.max_body_bytes, max_pixels=settings.max_pixels * 4)

@@ -31,7 +31,10 @@ URL = "/sdapi/v1/txt2img"
         ({"script_name": "x/y/z plot"}, "script_name"),
         ({"alwayson_scripts": {"controlnet": {"args": []}}}, "alwayson_scripts"),
         ({"override_settings": {"sd_model_checkpoint": "nope"}}, "override_settings.sd_model_checkpoint"),
-        ({"override_settings": {"CLIP_stop_at_last_layers": "x"}}, "override_settings.CLIP_stop_at_last_layers"),
+        (
+            {"override_settings": {"CLIP_stop_at_last_layers": "x"}},
+            "override_settings.CLIP_stop_at_last_layers",
+        ),
     ],
 )
 async def test_out_of_range_values_name_the_field(
@@ -78,21 +81,22 @@ async def test_body_too_large_is_413_in_a1111_shape(settings: Settings, tmp_path
 
     small = settings.model_copy(update={"max_body_bytes": 1000})
     app = create_app(small, engine=FakeEngine())
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-            r = await c.post(URL, json={"prompt": "x" * 5000})
-            assert r.status_code == 413
-            assert r.json()["error"] == "PayloadTooLarge"
+    transport = httpx.ASGITransport(app=app)
+    client = httpx.AsyncClient(transport=transport, base_url="http://t")
+    async with app.router.lifespan_context(app), client as c:
+        r = await c.post(URL, json={"prompt": "x" * 5000})
+        assert r.status_code == 413
+        assert r.json()["error"] == "PayloadTooLarge"
 
-            async def chunks():
-                for _ in range(10):
-                    yield b" " * 500
+        async def chunks():
+            for _ in range(10):
+                yield b" " * 500
 
-            r2 = await c.post(URL, content=chunks(), headers={"content-type": "application/json"})
-            assert r2.status_code == 413
-            assert r2.json()["error"] == "PayloadTooLarge"
-            ok = await c.post(URL, json={"steps": 1, "width": 64, "height": 64})
-            assert ok.status_code == 200
+        r2 = await c.post(URL, content=chunks(), headers={"content-type": "application/json"})
+        assert r2.status_code == 413
+        assert r2.json()["error"] == "PayloadTooLarge"
+        ok = await c.post(URL, json={"steps": 1, "width": 64, "height": 64})
+        assert ok.status_code == 200
 
 
 async def test_unknown_route_and_method_keep_fastapi_bodies(client: httpx.AsyncClient) -> None:

@@ -69,7 +69,8 @@ async def test_options_unknown_model_is_404_naming_it(client: httpx.AsyncClient)
 async def test_override_settings_model_applies_to_one_request(
     client: httpx.AsyncClient, engine: FakeEngine
 ) -> None:
-    await client.post("/sdapi/v1/txt2img", json={**SMALL, "override_settings": {"sd_model_checkpoint": "beta"}})
+    override = {"sd_model_checkpoint": "beta"}
+    await client.post("/sdapi/v1/txt2img", json={**SMALL, "override_settings": override})
     assert engine.calls[-1].model == "sub_beta"
     await client.post("/sdapi/v1/txt2img", json=SMALL)
     assert engine.calls[-1].model != "sub_beta"

@@ -52,7 +52,8 @@ async def test_body_without_content_type(client: httpx.AsyncClient) -> None:
 async def test_batch_and_iterations_use_consecutive_seeds(client: httpx.AsyncClient) -> None:
     r = await client.post(
         "/sdapi/v1/txt2img",
-        json={"prompt": "x", "seed": 1000, "batch_size": 2, "n_iter": 2, "steps": 2, "width": 64, "height": 64},
+        json={"prompt": "x", "seed": 1000, "batch_size": 2, "n_iter": 2, "steps": 2, "width": 64,
+              "height": 64},
     )
     assert r.status_code == 200, r.text
     info = json.loads(r.json()["info"])

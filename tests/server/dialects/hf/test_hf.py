@@ -10,10 +10,10 @@ import pytest
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import HfHubHTTPError
 from PIL import Image
-from tests.server.dialects.stability.loopback import default_model_defaults, fresh, serve
-from tests.server.fakes import FakeEngine
 
 from sdgate.settings import Settings
+from tests.server.dialects.stability.loopback import default_model_defaults, fresh, serve
+from tests.server.fakes import FakeEngine
 
 REPO = "stabilityai/stable-diffusion-xl-base-1.0"
 

@@ -17,10 +17,10 @@ import httpx
 import pytest
 import uvicorn
 from PIL import Image
-from tests.server.fakes import FakeEngine
 
 from sdgate.server.app import create_app
 from sdgate.settings import Settings
+from tests.server.fakes import FakeEngine
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 

@@ -12,10 +12,9 @@ import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
 
-from tests.server.fakes import FakeEngine  # noqa: E402
-
 from sdgate.server.app import create_app  # noqa: E402
 from sdgate.settings import Settings  # noqa: E402
+from tests.server.fakes import FakeEngine  # noqa: E402
 
 if __name__ == "__main__":
     data_dir, models_dir, port = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -8,6 +8,12 @@ import json
 import httpx
 import pytest
 import websockets
+
+from sdgate.core.jobs import Job, JobEventKind, JobState, Progress
+from sdgate.core.requests import GenerationRequest
+from sdgate.server.app import create_app
+from sdgate.server.dialects.native.eventlog import order_key
+from sdgate.server.dialects.native.events import parse_last_event_id
 from tests.server.dialects.native.conftest import (
     ThreadServer,
     parse_sse,
@@ -16,12 +22,6 @@ from tests.server.dialects.native.conftest import (
     wait_state,
 )
 from tests.server.fakes import FakeEngine
-
-from sdgate.core.jobs import Job, JobEventKind, JobState, Progress
-from sdgate.core.requests import GenerationRequest
-from sdgate.server.app import create_app
-from sdgate.server.dialects.native.eventlog import order_key
-from sdgate.server.dialects.native.events import parse_last_event_id
 
 
 async def test_sse_stream_order_ends_after_the_terminal_event(api: httpx.AsyncClient) -> None:

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 from PIL import Image
-from tests.server.dialects.native.conftest import png_b64, serve, wait_state
 
 from sdgate.core.images import read_png_info
 from sdgate.jobs.retention import Retention
+from tests.server.dialects.native.conftest import png_b64, serve, wait_state
 
 
 async def test_uploads_are_validated_and_stored_once(api: httpx.AsyncClient) -> None:

@@ -7,6 +7,7 @@ import base64
 
 import httpx
 import pytest
+
 from tests.server.dialects.native.conftest import png_b64, serve, submit, wait_state
 from tests.server.fakes import FakeEngine
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from tests.server.dialects.native.conftest import free_port, parse_sse
 from tests.server.fakes import write_fake_checkpoint
 

@@ -8,11 +8,11 @@ import hypothesis
 import pytest
 import schemathesis
 from schemathesis.checks import not_a_server_error
-from tests.server.dialects.native.conftest import ThreadServer
-from tests.server.fakes import FakeEngine, write_fake_checkpoint
 
 from sdgate.server.app import create_app
 from sdgate.settings import Settings
+from tests.server.dialects.native.conftest import ThreadServer
+from tests.server.fakes import FakeEngine, write_fake_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -10,12 +10,12 @@ import httpx
 import openai
 import pytest
 from PIL import Image
-from tests.server.dialects.stability.loopback import fresh, serve
-from tests.server.fakes import FakeEngine
 
 from sdgate.core.requests import Mode
 from sdgate.jobs.images import LocalImageStore
 from sdgate.settings import Settings
+from tests.server.dialects.stability.loopback import fresh, serve
+from tests.server.fakes import FakeEngine
 
 
 @pytest.fixture

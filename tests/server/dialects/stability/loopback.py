@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 import uvicorn
-from tests.server.fakes import FakeEngine, write_fake_checkpoint
 
 from sdgate.core.engine import Engine, ModelDefaults
 from sdgate.core.models import ModelCatalog
 from sdgate.server.app import create_app
 from sdgate.settings import Settings
+from tests.server.fakes import FakeEngine, write_fake_checkpoint
 
 
 def free_port() -> int:
