@@ -14,6 +14,7 @@ from sdgate.core import images as core_images
 from sdgate.core.errors import InvalidRequest, SdgateError
 from sdgate.core.infotext import parse_infotext
 from sdgate.core.jobs import ControlAction, Job, JobState
+from sdgate.core.models import ModelInfo
 from sdgate.core.samplers import samplers_listing, schedulers_listing
 from sdgate.server import jobflow
 from sdgate.server.deps import ServicesDep, UserDep, image_limits
@@ -74,7 +75,15 @@ def _log_unknown_fields(body: Txt2ImgRequest | Img2ImgRequest) -> None:
     fresh = [f for f in translate.unknown_fields(body) if f not in _warned_fields]
     if fresh:
         _warned_fields.update(fresh)
-        log.info("accepting and ignoring unknown txt2img field(s): %s", ", ".join(fresh))
+        log.info("accepting and ignoring unknown field(s): %s", ", ".join(fresh))
+
+
+def _request_model(options: A1111Options, body: Txt2ImgRequest | Img2ImgRequest) -> ModelInfo:
+    """``override_settings.sd_model_checkpoint`` for this request, else the options' checkpoint."""
+    override = translate.override_value(body, "sd_model_checkpoint")
+    if override:
+        return options.resolve_checkpoint(override, field="override_settings.sd_model_checkpoint")
+    return options.current_model()
 
 
 @router.post("/txt2img", response_model=GenerationResponse)
@@ -86,12 +95,7 @@ async def txt2img(
     body: Annotated[Txt2ImgRequest, Body()] = Txt2ImgRequest(),  # noqa: B008 - A1111: {} is valid
 ) -> dict[str, Any]:
     _log_unknown_fields(body)
-    override = translate.override_value(body, "sd_model_checkpoint")
-    model = (
-        options.resolve_checkpoint(override, field="override_settings.sd_model_checkpoint")
-        if override
-        else options.current_model()
-    )
+    model = _request_model(options, body)
     gen = translate.txt2img_request(
         body, model=model.name, defaults=services.model_defaults(model), settings=services.settings
     )
@@ -108,12 +112,7 @@ async def img2img(
     body: Annotated[Img2ImgRequest, Body()] = Img2ImgRequest(),  # noqa: B008 - A1111: {} is valid
 ) -> dict[str, Any]:
     _log_unknown_fields(body)
-    override = translate.override_value(body, "sd_model_checkpoint")
-    model = (
-        options.resolve_checkpoint(override, field="override_settings.sd_model_checkpoint")
-        if override
-        else options.current_model()
-    )
+    model = _request_model(options, body)
     defaults = services.model_defaults(model)
     placeholder = ("-",) * len(body.init_images or ())
     # Check everything cheap before decoding or storing any image.
