@@ -1,8 +1,7 @@
 """One table: the same request spoken in each dialect becomes the same ``GenerationRequest``.
 
 Columns are the dialects' pure translate functions (no server); a dialect that cannot say a
-request (HF has no batch or init image; A1111's img2img translation is not written yet) is left
-out of that row.
+request (HF has no batch or init image) is left out of that row.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import pytest
 from sdgate.core.engine import ModelDefaults
 from sdgate.core.requests import GenerationRequest
 from sdgate.server.dialects.a1111 import translate as a1111
-from sdgate.server.dialects.a1111.protocol import Txt2ImgRequest
+from sdgate.server.dialects.a1111.protocol import Img2ImgRequest, Txt2ImgRequest
 from sdgate.server.dialects.hf import translate as hf
 from sdgate.server.dialects.hf.protocol import TextToImageRequest as HfRequest
 from sdgate.server.dialects.native import translate as native
@@ -113,6 +112,13 @@ def txt2img_row(batch: int) -> dict[str, Translate]:
 def img2img_row() -> dict[str, Translate]:
     kw = {"model": "m", "defaults": DEFAULTS}
     return {
+        "a1111": lambda s: a1111.img2img_request(
+            Img2ImgRequest(**common(), sampler_name="Euler a", denoising_strength=0.6, width=512, height=640),
+            settings=s,
+            init_images=(INIT,),
+            mask=None,
+            **kw,
+        ),
         "native": lambda s: native.generation_request(
             JobCreate(**common(), sampler="Euler a", denoising_strength=0.6, width=512, height=640),
             settings=s,
@@ -150,6 +156,13 @@ def inpaint_row() -> dict[str, Translate]:
     """The mask id is already "white = repaint" (each router normalises pixels; tested per dialect)."""
     kw = {"model": "m", "defaults": DEFAULTS}
     return {
+        "a1111": lambda s: a1111.img2img_request(
+            Img2ImgRequest(**common(), sampler_name="Euler a", denoising_strength=1.0, width=512, height=640),
+            settings=s,
+            init_images=(INIT,),
+            mask=MASK,
+            **kw,
+        ),
         "native": lambda s: native.generation_request(
             JobCreate(**common(), sampler="Euler a", denoising_strength=1.0, width=512, height=640),
             settings=s,
