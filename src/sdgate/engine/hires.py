@@ -27,7 +27,7 @@ from sdgate.core.models import ModelCatalog
 from sdgate.core.requests import GenerationRequest, HiresSettings
 from sdgate.engine.common import StepTracker
 from sdgate.engine.prompts import prompt_plan
-from sdgate.engine.sampling import StepCallback, check_finite, decode_latents, latent_preview
+from sdgate.engine.sampling import StepCallback, check_finite, decode_latents
 from sdgate.engine.schedulers import build_scheduler
 from sdgate.engine.upscalers import Upscalers
 
@@ -181,20 +181,6 @@ def infotext_params(request: GenerationRequest) -> dict[str, object]:
     }
 
 
-class _PassCallback(StepCallback):
-    """``StepCallback`` counting the truncated img2img loop (the scheduler keeps all timesteps)."""
-
-    def __call__(self, pipe: Any, index: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        begin = getattr(pipe.scheduler, "begin_index", None) or 0
-        total = max(1, len(pipe.scheduler.timesteps) - begin)
-        latents = kwargs["latents"][:1].detach().clone()
-        family = self.family
-        action = self.tracker.advance(min(index + 1, total), total, lambda: latent_preview(latents, family))
-        if action != StepAction.CONTINUE:
-            pipe._interrupt = True
-        return {}
-
-
 @dataclass
 class HiresPass:
     pictures: list[Image.Image]
@@ -253,7 +239,7 @@ def second_pass(
         guidance_scale=request.cfg_scale,
         generator=seeded_generators(seeds),
         output_type="latent",
-        callback_on_step_end=prompts.wrap(_PassCallback(tracker, family)),
+        callback_on_step_end=prompts.wrap(StepCallback(tracker, family)),
         callback_on_step_end_tensor_inputs=prompts.tensor_inputs,
     ).images
     check_finite(out, hires.sampler or request.sampler)

@@ -17,14 +17,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from sdgate.core.engine import EngineInputs, StepAction
+from sdgate.core.engine import EngineInputs
 from sdgate.core.errors import InvalidRequest
 from sdgate.core.requests import GenerationRequest
 from sdgate.engine import inpaint as ip
 from sdgate.engine.common import StepTracker
 from sdgate.engine.pipelines import SDInpaintPipeline, SDXLInpaintPipeline
 from sdgate.engine.prompts import PromptPlan
-from sdgate.engine.sampling import StepCallback, latent_preview
+from sdgate.engine.sampling import StepCallback
 
 log = logging.getLogger("sdgate.engine")
 
@@ -75,20 +75,6 @@ def variant(model: Any) -> Any:
         cached.set_progress_bar_config(disable=True)
         model.variants["inpaint"] = cached
     return cached
-
-
-class _Callback(StepCallback):
-    """``StepCallback`` counting the truncated img2img loop (the scheduler keeps all timesteps)."""
-
-    def __call__(self, pipe: Any, index: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        begin = getattr(pipe.scheduler, "begin_index", None) or 0
-        total = max(1, len(pipe.scheduler.timesteps) - begin)
-        latents = kwargs["latents"][:1].detach().clone()
-        family = self.family
-        action = self.tracker.advance(min(index + 1, total), total, lambda: latent_preview(latents, family))
-        if action != StepAction.CONTINUE:
-            pipe._interrupt = True
-        return {}
 
 
 @dataclass
@@ -189,7 +175,7 @@ def run(
             guidance_scale=request.cfg_scale,
             generator=generators,
             output_type="latent",
-            callback_on_step_end=prompts.wrap(_Callback(tracker, family)),
+            callback_on_step_end=prompts.wrap(StepCallback(tracker, family)),
             callback_on_step_end_tensor_inputs=prompts.tensor_inputs,
             **kwargs,
             **extra,

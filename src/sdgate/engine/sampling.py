@@ -85,7 +85,9 @@ class StepCallback:
     """diffusers' ``callback_on_step_end``: reports steps and stops the loop when asked to.
 
     Interrupt and skip use the pipeline's documented ``_interrupt`` flag (the loop then ends and the
-    current latents come back); cancel raises ``JobCancelled`` out of the pipeline.
+    current latents come back); cancel raises ``JobCancelled`` out of the pipeline. Steps are counted
+    from the scheduler's ``begin_index``: img2img and the hires pass run a truncated loop while the
+    scheduler keeps every timestep.
     """
 
     def __init__(self, tracker: StepTracker, family: str | None) -> None:
@@ -93,11 +95,11 @@ class StepCallback:
         self.family = family
 
     def __call__(self, pipe: Any, index: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        begin = getattr(pipe.scheduler, "begin_index", None) or 0
+        total = max(1, len(pipe.scheduler.timesteps) - begin)
         latents = kwargs["latents"][:1].detach().clone()  # a snapshot: the preview may render later
         family = self.family
-        action = self.tracker.advance(
-            index + 1, len(pipe.scheduler.timesteps), lambda: latent_preview(latents, family)
-        )
+        action = self.tracker.advance(min(index + 1, total), total, lambda: latent_preview(latents, family))
         if action != StepAction.CONTINUE:
             pipe._interrupt = True
         return {}
