@@ -103,6 +103,7 @@ def serve(
     if settings.model is not None and not settings.model.exists():
         raise fail(f"--model: {settings.model} does not exist", code=2, kind="UsageError")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration plugin otherwise
 
     import uvicorn
 
