@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sdgate.core.errors import PayloadTooLarge
+from sdgate.core.errors import PayloadTooLarge, SdgateError
 from sdgate.server.errors import DialectRoute, WrappedError
 
 log = logging.getLogger("sdgate.server")
@@ -34,7 +34,9 @@ _PUBLIC_PREFIXES = ("/v1/images/files/",)
 
 
 class RequestContextMiddleware:
-    """Sets ``X-Request-ID`` (echoing a sane caller value) and A1111's ``X-Process-Time``."""
+    """Sets ``X-Request-ID`` (echoing a sane caller value) and A1111's ``X-Process-Time``, and turns
+    an unexpected exception into a 500 in the route's dialect, so even that response carries the id
+    (Starlette's own last-resort handler sits outside every middleware)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -49,9 +51,12 @@ class RequestContextMiddleware:
         token = request_id_var.set(request_id)
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
+        response_started = False
 
         async def send_with_headers(message: Message) -> None:
+            nonlocal response_started
             if message["type"] == "http.response.start":
+                response_started = True
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
                 headers.append((b"x-process-time", f"{time.perf_counter() - started:.4f}".encode()))
@@ -60,6 +65,12 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_headers)
+        except Exception as exc:
+            if response_started:
+                raise
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            err = SdgateError(f"internal error ({type(exc).__name__}); request id {request_id}")
+            await route_class_for(scope).render_error(err)(scope, receive, send_with_headers)
         finally:
             request_id_var.reset(token)
 

@@ -104,3 +104,29 @@ async def test_unknown_route_and_method_keep_fastapi_bodies(client: httpx.AsyncC
     assert (r.status_code, r.json()) == (404, {"detail": "Not Found"})
     r = await client.get("/sdapi/v1/txt2img")
     assert (r.status_code, r.json()) == (405, {"detail": "Method Not Allowed"})
+
+
+async def test_unexpected_error_is_a_500_in_a1111_shape_with_a_request_id(settings: Settings) -> None:
+    from fastapi import APIRouter
+
+    from sdgate.server.app import create_app
+    from sdgate.server.dialects.a1111.router import A1111Route
+    from tests.server.fakes import FakeEngine
+
+    app = create_app(settings, engine=FakeEngine())
+    broken = APIRouter(route_class=A1111Route)
+
+    @broken.get("/sdapi/v1/broken")
+    async def explode() -> None:
+        raise RuntimeError("secret internals")
+
+    app.include_router(broken)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    client = httpx.AsyncClient(transport=transport, base_url="http://t")
+    async with app.router.lifespan_context(app), client as c:
+        r = await c.get("/sdapi/v1/broken", headers={"X-Request-ID": "req-1"})
+        assert r.status_code == 500
+        assert r.headers["x-request-id"] == "req-1"
+        assert r.json()["error"] == "SdgateError"
+        assert "secret internals" not in r.text and "Traceback" not in r.text
+        assert (await c.get("/sdapi/v1/samplers")).status_code == 200
