@@ -155,8 +155,11 @@ def run(
         log.info("image_cfg_scale is ignored: only instruct-pix2pix models use it")
     mask = batch.plan.mask if batch.plan is not None else Image.new("L", (width, height), 255)
     image: Any = batch.init
-    if request.resize_mode == LATENT_UPSCALE and batch.plan is None and pipe.unet.config.in_channels == 4:
-        image = _latent_upscaled(pipe, inputs, first, count, width, height, factor, generators)
+    if request.resize_mode == LATENT_UPSCALE:
+        if batch.plan is None and pipe.unet.config.in_channels == 4:
+            image = _latent_upscaled(pipe, inputs, first, count, width, height, factor, generators)
+        else:
+            log.info("resize_mode 3 with a mask or an inpainting UNet: resizing pixels, not latents")
     pipe.sdgate_noise = noise * request.initial_noise_multiplier
     pipe.sdgate_fill = latent_fill(batch.plan.fill, mask, factor) if batch.plan is not None else None
     kwargs: dict[str, Any] = {}
