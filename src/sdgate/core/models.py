@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sdgate.core.engine import ModelDefaults
-from sdgate.core.errors import ModelNotFound
+from sdgate.core.errors import InvalidRequest, ModelNotFound
 from sdgate.settings import Settings
 
 log = logging.getLogger("sdgate.models")
@@ -289,7 +289,7 @@ def _walk_checkpoints(root: Path) -> list[tuple[Path, str]]:
         found += [
             (here / f, (here / f).relative_to(root).as_posix())
             for f in filenames
-            if f.endswith(CHECKPOINT_EXTENSIONS)
+            if f.endswith(CHECKPOINT_EXTENSIONS) and not is_vae_beside_checkpoint(f)
         ]
     return sorted(found, key=lambda item: item[1].lower())
 
@@ -311,6 +311,59 @@ def list_files(models_dir: Path, kind: str) -> list[AssetFile]:
                     rel = path.relative_to(root).as_posix()
                     found[path.resolve()] = AssetFile(kind, path.stem, rel, path.resolve())
     return list(found.values())
+
+
+# --- VAEs ---------------------------------------------------------------------------------------
+
+VAE_AUTOMATIC, VAE_NONE = "Automatic", "None"  # A1111's two sd_vae values that name no file
+VAE_SUFFIXES = tuple(f".vae{ext}" for ext in ASSET_EXTENSIONS["vae"])  # model.vae.safetensors
+
+
+def is_vae_beside_checkpoint(filename: str) -> bool:
+    """A1111 keeps ``model.vae.pt`` next to ``model.ckpt``: a VAE, not a checkpoint."""
+    return filename.lower().endswith(VAE_SUFFIXES)
+
+
+def list_vaes(models_dir: Path) -> list[AssetFile]:
+    """A1111's ``vae_dict``: the VAE folder(s), plus ``*.vae.*`` files among the checkpoints.
+
+    ``AssetFile.name`` is the file name with its extension (``name.safetensors``), A1111's key for a
+    VAE. When two folders hold the same file name the VAE folder's first one wins: one name, one file.
+    """
+    found = {vae.name: vae for vae in reversed(_vaes_beside_checkpoints(models_dir))}
+    for vae in reversed(list_files(models_dir, "vae")):
+        found[Path(vae.relpath).name] = replace(vae, name=Path(vae.relpath).name)
+    return sorted(found.values(), key=lambda vae: _natural_key(vae.name))
+
+
+def _vaes_beside_checkpoints(models_dir: Path) -> list[AssetFile]:
+    out = []
+    for folder in CHECKPOINT_DIRS:
+        for path, rel in _walk_files(models_dir / folder):
+            if is_vae_beside_checkpoint(path.name):
+                out.append(AssetFile("vae", path.name, rel, path.resolve()))
+    return out
+
+
+def _walk_files(root: Path) -> list[tuple[Path, str]]:
+    found: list[tuple[Path, str]] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort(key=str.lower)
+        for f in sorted(filenames, key=str.lower):
+            path = Path(dirpath) / f
+            found.append((path, path.relative_to(root).as_posix()))
+    return found
+
+
+def _natural_key(text: str) -> list[int | str]:
+    """A1111's natural_sort_key: "vae2" before "vae10"."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
+def vae_stem(filename: str) -> str:
+    """``model.vae.safetensors`` -> ``model``; ``name.pt`` -> ``name``."""
+    stem = Path(filename).stem
+    return stem[: -len(".vae")] if stem.lower().endswith(".vae") else stem
 
 
 # --- hashes ---------------------------------------------------------------------------------------
@@ -511,7 +564,57 @@ class ModelCatalog:
         )
 
     def list_files(self, kind: str) -> builtins.list[AssetFile]:
+        if kind == "vae":
+            return self.vaes()
         return list_files(self.settings.resolved_models_dir, kind)
+
+    def vaes(self) -> builtins.list[AssetFile]:
+        """Every VAE file, scanned on each call (cheap), so ``/refresh-vae`` has nothing to reset."""
+        return list_vaes(self.settings.resolved_models_dir)
+
+    def find_vae(self, name: str) -> AssetFile | None:
+        """The VAE a client's name means: file name (A1111's key), relative path, or bare stem."""
+        wanted = name.strip().replace("\\", "/")
+        vaes = self.vaes()
+        for keys in (lambda v: {v.name, v.relpath}, lambda v: {Path(v.name).stem, vae_stem(v.name)}):
+            for vae in vaes:
+                if wanted in keys(vae):
+                    return vae
+        folded = wanted.casefold()
+        for vae in vaes:
+            if folded in {v.casefold() for v in (vae.name, vae.relpath, vae_stem(vae.name))}:
+                return vae
+        return None
+
+    def choose_vae(self, choice: str | None, model: ModelInfo, *, field: str) -> AssetFile | None:
+        """The VAE file A1111's ``sd_vae`` value means for ``model``: None, "" or "None" -> the
+        model's own (no file), "Automatic" -> a VAE named like the checkpoint if there is one,
+        else a name from ``/sd-vae``; an unknown name is an ``InvalidRequest`` naming ``field``."""
+        if choice is None or choice.strip() in ("", VAE_NONE):
+            return None
+        if choice.strip() == VAE_AUTOMATIC:
+            return self.vae_beside(model)
+        found = self.find_vae(choice)
+        if found is None:
+            raise InvalidRequest(
+                f"{field}: VAE '{choice}' not found; GET /sdapi/v1/sd-vae lists them", field=field
+            )
+        return found
+
+    def vae_beside(self, model: ModelInfo) -> AssetFile | None:
+        """A1111's "Automatic": a VAE named like the checkpoint (``model.vae.safetensors``)."""
+        if model.builtin:
+            return None
+        stem = model.stem
+        return next((vae for vae in self.vaes() if vae_stem(vae.name) == stem), None)
+
+    def file_sha256(self, path: Path) -> str:
+        """sha256 of any file, cached like the checkpoints' (A1111 hashes VAEs for the infotext)."""
+        sha = self.hashes.get(path)
+        if sha is None:
+            sha = compute_sha256(path)
+            self.hashes.put(path, sha)
+        return sha
 
 
 def _exact_keys(info: ModelInfo) -> set[str]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from sdgate.core.errors import InvalidRequest
 from sdgate.server.dialects.a1111.infotext_fields import with_infotext
 from sdgate.server.dialects.a1111.protocol import Img2ImgRequest, Txt2ImgRequest
+from tests.server.fakes import FakeEngine
 
 TXT2IMG_INFOTEXT = (
     "a (red:1.2) circle, on blue\n"
@@ -82,3 +84,20 @@ def test_a_bad_value_is_a_400_naming_the_infotext_field() -> None:
         with_infotext(Txt2ImgRequest(infotext="a cat\nSteps: many, Sampler: Euler, CFG scale: 7, Seed: 5"))
     assert info.value.field == "infotext"
     assert "steps" in str(info.value)
+
+
+async def test_route_re_runs_a_pasted_infotext(client: httpx.AsyncClient, engine: FakeEngine) -> None:
+    text = "a red circle\nNegative prompt: blurry\nSteps: 4, Sampler: DPM++ 2M, CFG scale: 5, Seed: 77, Size: 64x48"
+    r = await client.post("/sdapi/v1/txt2img", json={"infotext": text, "cfg_scale": 9})
+    assert r.status_code == 200, r.text
+    call = engine.calls[0]
+    assert (call.prompt, call.negative_prompt, call.steps) == ("a red circle", "blurry", 4)
+    assert (call.sampler, call.seed, call.width, call.height) == ("DPM++ 2M", 77, 64, 48)
+    assert call.cfg_scale == 9  # set by the request itself
+    assert r.json()["parameters"]["steps"] == 4  # A1111 echoes the request after the paste
+
+
+async def test_route_reports_a_bad_infotext_value(client: httpx.AsyncClient) -> None:
+    r = await client.post("/sdapi/v1/txt2img", json={"infotext": "x\nSteps: lots, Sampler: Euler, Seed: 1"})
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"].startswith("infotext:")

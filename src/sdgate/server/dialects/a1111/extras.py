@@ -142,8 +142,8 @@ async def latent_upscale_modes() -> list[dict[str, str]]:
 
 @router.get("/sd-vae")
 async def sd_vae(services: ServicesDep) -> list[dict[str, str]]:
-    files = await run_in_threadpool(services.catalog.list_files, "vae")
-    return [{"model_name": f.relpath, "filename": str(f.path)} for f in files]
+    files = await run_in_threadpool(services.catalog.vaes)
+    return [{"model_name": f.name, "filename": str(f.path)} for f in files]  # A1111: the file name
 
 
 @router.post("/refresh-vae")

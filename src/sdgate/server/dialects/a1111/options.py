@@ -1,7 +1,9 @@
 """A1111's global options over a queue: saved in the data dir, read when a job is submitted.
 
 ``sd_model_checkpoint`` set here applies to A1111 jobs submitted afterwards; jobs already queued keep
-the model they were submitted with (the model name is part of their stored request).
+the model they were submitted with (the model name is part of their stored request). ``sd_vae``
+works the same way ("Automatic", "None" or a file name from ``/sd-vae``), and a request's
+``override_settings`` with ``override_settings_restore_afterwards: false`` are saved here too.
 """
 
 from __future__ import annotations
@@ -12,14 +14,24 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from sdgate.core.errors import ModelNotFound
-from sdgate.core.models import ModelCatalog, ModelInfo
+from sdgate.core.errors import InvalidRequest, ModelNotFound
+from sdgate.core.models import VAE_AUTOMATIC, VAE_NONE, ModelCatalog, ModelInfo
 
 log = logging.getLogger("sdgate.a1111")
 
 # Options A1111 refuses to change over the API (``restrict_api``): accepted and ignored.
 RESTRICTED = frozenset(
-    {"api_enable_requests", "api_forbid_local_requests", "api_useragent", "outdir_samples", "outdir_grids"}
+    {
+        "api_enable_requests",
+        "api_forbid_local_requests",
+        "api_useragent",
+        "outdir_samples",
+        "outdir_grids",
+        "outdir_txt2img_samples",
+        "outdir_img2img_samples",
+        "outdir_txt2img_grids",
+        "outdir_img2img_grids",
+    }
 )
 
 DEFAULTS: dict[str, Any] = {
@@ -45,6 +57,22 @@ DEFAULTS: dict[str, Any] = {
     "sd_vae_checkpoint_cache": 0,
     "samples_save": True,
     "save_images_add_number": True,
+    # save_images: where and how (see outputs.py; folders are relative to the data dir)
+    "outdir_samples": "",
+    "outdir_grids": "",
+    "outdir_txt2img_samples": "outputs/txt2img-images",
+    "outdir_img2img_samples": "outputs/img2img-images",
+    "outdir_txt2img_grids": "outputs/txt2img-grids",
+    "outdir_img2img_grids": "outputs/img2img-grids",
+    "save_to_dirs": True,
+    "grid_save_to_dirs": True,
+    "directories_filename_pattern": "[date]",
+    "samples_filename_pattern": "",
+    "grid_save": True,
+    "grid_only_if_multiple": True,
+    "grid_prevent_empty_spots": False,
+    "grid_background_color": "#ffffff",
+    "n_rows": -1.0,
     "initial_noise_multiplier": 1.0,
     "img2img_fix_steps": False,
     "upscaler_for_img2img": None,
@@ -81,6 +109,26 @@ class A1111Options:
         except ModelNotFound:
             raise ModelNotFound(f"{field}: model '{name}' not found", field=field) from None
 
+    def vae_for(self, overrides: dict[str, Any] | None, model: ModelInfo) -> str | None:
+        """The VAE file name a job on ``model`` uses: ``override_settings.sd_vae`` (an unknown name
+        is a 400 naming it), else the saved ``sd_vae`` (gone since: "Automatic", logged)."""
+        if overrides and overrides.get("sd_vae") is not None:
+            field = "override_settings.sd_vae"
+            choice = _vae_choice(overrides["sd_vae"], field=field)
+            found = self.catalog.choose_vae(choice, model, field=field)
+        else:
+            saved = self._values.get("sd_vae") or DEFAULTS["sd_vae"]
+            try:
+                found = self.catalog.choose_vae(saved, model, field="sd_vae")
+            except InvalidRequest:
+                log.warning("saved sd_vae %r is gone; using Automatic", saved)
+                found = self.catalog.choose_vae(VAE_AUTOMATIC, model, field="sd_vae")
+        return found.name if found else None
+
+    def effective(self, overrides: dict[str, Any] | None) -> dict[str, Any]:
+        """The options one job runs with: the saved ones under its ``override_settings``."""
+        return {**DEFAULTS, **self._values, **(overrides or {})}
+
     def snapshot(self) -> dict[str, Any]:
         data = dict(DEFAULTS)
         data.update(self._values)
@@ -99,6 +147,14 @@ class A1111Options:
             info = self.resolve_checkpoint(changes["sd_model_checkpoint"], field="sd_model_checkpoint")
             changes["sd_model_checkpoint"] = info.title
             changes.pop("sd_checkpoint_hash", None)
+        if "sd_vae" in changes:
+            choice = _vae_choice(changes["sd_vae"], field="sd_vae")
+            if choice not in (VAE_AUTOMATIC, VAE_NONE):
+                found = self.catalog.find_vae(choice)
+                if found is None:
+                    raise InvalidRequest(f"sd_vae: VAE '{choice}' not found", field="sd_vae")
+                choice = found.name
+            changes["sd_vae"] = choice
         with self._lock:
             merged = {**self._values, **changes}
             if merged == self._values:
@@ -108,3 +164,9 @@ class A1111Options:
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(json.dumps(self._values, indent=1, sort_keys=True), encoding="utf-8")
             tmp.replace(self.path)
+
+
+def _vae_choice(value: Any, *, field: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequest(f'{field}: must be "Automatic", "None" or a VAE file name', field=field)
+    return value.strip()

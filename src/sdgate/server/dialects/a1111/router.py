@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from sdgate.core import images as core_images
-from sdgate.core.errors import InvalidRequest, SdgateError
+from sdgate.core.errors import InvalidRequest, ModelNotFound, SdgateError
 from sdgate.core.infotext import parse_infotext
 from sdgate.core.jobs import ControlAction, Job, JobState
 from sdgate.core.models import ModelInfo
 from sdgate.core.samplers import samplers_listing, schedulers_listing
 from sdgate.server import jobflow
 from sdgate.server.deps import ServicesDep, UserDep, image_limits
-from sdgate.server.dialects.a1111 import system, translate
+from sdgate.server.dialects.a1111 import outputs, system, translate
+from sdgate.server.dialects.a1111.infotext_fields import with_infotext
 from sdgate.server.dialects.a1111.options import A1111Options
 from sdgate.server.dialects.a1111.protocol import (
+    CommonProcessing,
     GenerationResponse,
     Img2ImgRequest,
     PngInfoRequest,
@@ -68,6 +70,9 @@ def get_options(services: ServicesDep) -> A1111Options:
 
 
 OptionsDep = Annotated[A1111Options, Depends(get_options)]
+BodyT = TypeVar("BodyT", Txt2ImgRequest, Img2ImgRequest)
+# Saved options that every job reads, as A1111's global opts (e.g. a Clip skip set once).
+JOB_SETTINGS = ("CLIP_stop_at_last_layers", "eta_noise_seed_delta")
 _warned_fields: set[str] = set()
 
 
@@ -78,12 +83,38 @@ def _log_unknown_fields(body: Txt2ImgRequest | Img2ImgRequest) -> None:
         log.info("accepting and ignoring unknown field(s): %s", ", ".join(fresh))
 
 
+def _with_infotext(services: Services, body: BodyT) -> BodyT:
+    """The ``infotext`` field's values in every field the request left unset (A1111 §1.1)."""
+
+    def known_model(name: str) -> str | None:
+        try:
+            return services.catalog.resolve(name).title
+        except ModelNotFound:
+            return None
+
+    return with_infotext(body, resolve_model=known_model)
+
+
 def _request_model(options: A1111Options, body: Txt2ImgRequest | Img2ImgRequest) -> ModelInfo:
     """``override_settings.sd_model_checkpoint`` for this request, else the options' checkpoint."""
     override = translate.override_value(body, "sd_model_checkpoint")
     if override:
         return options.resolve_checkpoint(override, field="override_settings.sd_model_checkpoint")
     return options.current_model()
+
+
+def _with_saved_settings(options: A1111Options, body: BodyT) -> BodyT:
+    """``body`` as translated: the saved options a job reads, under its own ``override_settings``
+    (the echoed ``parameters`` keep the request as sent)."""
+    saved = options.effective(body.override_settings)
+    merged = {key: saved[key] for key in JOB_SETTINGS if saved.get(key) is not None}
+    return body.model_copy(update={"override_settings": {**(body.override_settings or {}), **merged}})
+
+
+async def _keep_overrides(options: A1111Options, body: CommonProcessing) -> None:
+    """``override_settings_restore_afterwards: false``: the overrides become the saved options."""
+    if body.override_settings and not body.override_settings_restore_afterwards:
+        await run_in_threadpool(options.update, body.override_settings)
 
 
 @router.post("/txt2img", response_model=GenerationResponse)
@@ -95,12 +126,20 @@ async def txt2img(
     body: Annotated[Txt2ImgRequest, Body()] = Txt2ImgRequest(),  # noqa: B008 - A1111: {} is valid
 ) -> dict[str, Any]:
     _log_unknown_fields(body)
+    body = _with_infotext(services, body)
     model = _request_model(options, body)
+    vae = options.vae_for(body.override_settings, model)
     gen = translate.txt2img_request(
-        body, model=model.name, defaults=services.model_defaults(model), settings=services.settings
+        _with_saved_settings(options, body),
+        model=model.name,
+        defaults=services.model_defaults(model),
+        settings=services.settings,
     )
-    job = await jobflow.run_blocking(services, gen, request, dialect=DIALECT, owner=user)
-    return await _render(services, job, body, model.name)
+    await _keep_overrides(options, body)
+    job = await jobflow.run_blocking(
+        services, gen.model_copy(update={"vae": vae}), request, dialect=DIALECT, owner=user
+    )
+    return await _render(services, options, job, body, model.name)
 
 
 @router.post("/img2img", response_model=GenerationResponse)
@@ -112,19 +151,37 @@ async def img2img(
     body: Annotated[Img2ImgRequest, Body()] = Img2ImgRequest(),  # noqa: B008 - A1111: {} is valid
 ) -> dict[str, Any]:
     _log_unknown_fields(body)
+    body = _with_infotext(services, body)
     model = _request_model(options, body)
     defaults = services.model_defaults(model)
+    vae = options.vae_for(body.override_settings, model)
+    body_in = _with_saved_settings(options, body)
     placeholder = ("-",) * len(body.init_images or ())
     # Check everything cheap before decoding or storing any image.
-    translate.img2img_request(body, model=model.name, defaults=defaults, settings=services.settings,
-                              init_images=placeholder, mask="-" if body.mask else None)
+    translate.img2img_request(
+        body_in,
+        model=model.name,
+        defaults=defaults,
+        settings=services.settings,
+        init_images=placeholder,
+        mask="-" if body.mask else None,
+    )
     if not body.init_images:
         raise InvalidRequest("init_images: at least one image is required", field="init_images")
     init_ids, mask_id = await run_in_threadpool(_store_inputs, services, body)
-    gen = translate.img2img_request(body, model=model.name, defaults=defaults, settings=services.settings,
-                                    init_images=init_ids, mask=mask_id)
-    job = await jobflow.run_blocking(services, gen, request, dialect=DIALECT, owner=user)
-    rendered = await _render(services, job, body, model.name)
+    gen = translate.img2img_request(
+        body_in,
+        model=model.name,
+        defaults=defaults,
+        settings=services.settings,
+        init_images=init_ids,
+        mask=mask_id,
+    )
+    await _keep_overrides(options, body)
+    job = await jobflow.run_blocking(
+        services, gen.model_copy(update={"vae": vae}), request, dialect=DIALECT, owner=user
+    )
+    rendered = await _render(services, options, job, body, model.name)
     if not body.include_init_images:  # A1111 echoes the images only when asked to
         rendered["parameters"].update(init_images=None, mask=None)
     return rendered
@@ -143,7 +200,8 @@ def _store_inputs(services: Services, body: Img2ImgRequest) -> tuple[tuple[str, 
         core_images.decode_base64_image(
             body.mask, field="mask", limits=limits, mode="L", fetch_url=make_fetcher(settings, "mask")
         )
-        if body.mask else None
+        if body.mask
+        else None
     )
     ids = tuple(services.images.put(core_images.encode_png(img), content_type="image/png") for img in decoded)
     mask_id = services.images.put(core_images.encode_png(mask), content_type="image/png") if mask else None
@@ -151,15 +209,42 @@ def _store_inputs(services: Services, body: Img2ImgRequest) -> tuple[tuple[str, 
 
 
 async def _render(
-    services: Services, job: Job, body: Txt2ImgRequest | Img2ImgRequest, model_name: str
+    services: Services,
+    options: A1111Options,
+    job: Job,
+    body: Txt2ImgRequest | Img2ImgRequest,
+    model_name: str,
 ) -> dict[str, Any]:
-    assert job.result is not None
-    images = await jobflow.image_bytes(services, job) if body.send_images else []
+    """The response; with ``save_images``, the files A1111 saves, and its grid first in ``images``."""
+    result = job.result
+    assert result is not None
+    wanted = body.send_images or body.save_images
+    images = await jobflow.image_bytes(services, job) if wanted else []
+    saved = await run_in_threadpool(
+        lambda: outputs.finish(
+            services.settings.data_dir,
+            job.request.mode,
+            images,
+            result.infotexts,
+            result.seeds,
+            save_images=body.save_images,
+            batch_size=job.request.batch_size,
+            options=options.effective(body.override_settings),
+        )
+    )
+    if saved.grid_png is not None:
+        images = [saved.grid_png, *images]
     return {
-        "images": [jobflow.b64(data) for data in images],
+        "images": [jobflow.b64(data) for data in images] if body.send_images else [],
         "parameters": translate.parameters_echo(body),
-        "info": translate.info_json(body, job.request, job.result, model_name=model_name,
-                                    created_at=job.created_at),
+        "info": translate.info_json(
+            body,
+            job.request,
+            result,
+            model_name=model_name,
+            created_at=job.created_at,
+            grid_infotext=saved.grid_infotext,
+        ),
     }
 
 
@@ -200,8 +285,13 @@ async def progress(services: ServicesDep, user: UserDep, skip_current_image: boo
     if not skip_current_image:
         preview = await run_in_threadpool(services.current_preview, job.id)
         image = core_images.image_to_base64_png(preview) if preview is not None else None
-    return {"progress": fraction, "eta_relative": eta, "state": state, "current_image": image,
-            "textinfo": None}
+    return {
+        "progress": fraction,
+        "eta_relative": eta,
+        "state": state,
+        "current_image": image,
+        "textinfo": None,
+    }
 
 
 async def _control(services: Services, user: str | None, action: ControlAction) -> None:
