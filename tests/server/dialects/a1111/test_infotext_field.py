@@ -36,7 +36,10 @@ def test_every_pasted_field_fills_an_unset_request_field() -> None:
 def test_fields_the_request_sets_win_over_the_infotext() -> None:
     body = with_infotext(
         Txt2ImgRequest(
-            infotext=TXT2IMG_INFOTEXT, prompt="mine", steps=3, override_settings={"CLIP_stop_at_last_layers": 1}
+            infotext=TXT2IMG_INFOTEXT,
+            prompt="mine",
+            steps=3,
+            override_settings={"CLIP_stop_at_last_layers": 1},
         )
     )
     assert (body.prompt, body.steps) == ("mine", 3)
@@ -87,7 +90,10 @@ def test_a_bad_value_is_a_400_naming_the_infotext_field() -> None:
 
 
 async def test_route_re_runs_a_pasted_infotext(client: httpx.AsyncClient, engine: FakeEngine) -> None:
-    text = "a red circle\nNegative prompt: blurry\nSteps: 4, Sampler: DPM++ 2M, CFG scale: 5, Seed: 77, Size: 64x48"
+    text = (
+        "a red circle\nNegative prompt: blurry\n"
+        "Steps: 4, Sampler: DPM++ 2M, CFG scale: 5, Seed: 77, Size: 64x48"
+    )
     r = await client.post("/sdapi/v1/txt2img", json={"infotext": text, "cfg_scale": 9})
     assert r.status_code == 200, r.text
     call = engine.calls[0]
