@@ -99,6 +99,19 @@ async def test_progress_while_running_then_interrupt_keeps_finished_images(
     assert len(r.json()["images"]) == 1  # the interrupted iteration is decoded and returned
 
 
+async def test_progress_names_the_kind_of_job(client: httpx.AsyncClient) -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(buf, "PNG")
+    init = base64.b64encode(buf.getvalue()).decode()
+    for route, name in (("txt2img", "scripts_txt2img"), ("img2img", "scripts_img2img")):
+        payload = {"prompt": "slow", "steps": 200, "width": 64, "height": 64, "init_images": [init]}
+        task = asyncio.create_task(client.post(f"/sdapi/v1/{route}", json=payload))
+        body = await _wait_progress(client, lambda b: b["state"]["sampling_step"] >= 1)
+        assert body["state"]["job"] == name
+        await client.post("/sdapi/v1/interrupt")
+        assert (await asyncio.wait_for(task, 10)).status_code == 200
+
+
 async def test_skip_moves_to_next_iteration(client: httpx.AsyncClient) -> None:
     payload = {"prompt": "slow", "steps": 100, "n_iter": 2, "width": 64, "height": 64}
     task = asyncio.create_task(client.post("/sdapi/v1/txt2img", json=payload))

@@ -15,6 +15,7 @@ from sdgate.core.errors import InvalidRequest, ModelNotFound, SdgateError
 from sdgate.core.infotext import parse_infotext
 from sdgate.core.jobs import ControlAction, Job, JobState
 from sdgate.core.models import ModelInfo
+from sdgate.core.requests import Mode
 from sdgate.core.samplers import samplers_listing, schedulers_listing
 from sdgate.server import jobflow
 from sdgate.server.deps import ServicesDep, UserDep, image_limits
@@ -272,7 +273,7 @@ async def progress(services: ServicesDep, user: UserDep, skip_current_image: boo
     elapsed = (datetime.now(UTC) - started).total_seconds()
     eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
     state = ProgressState(
-        job="scripts_txt2img",
+        job="scripts_txt2img" if job.request.mode == Mode.TXT2IMG else "scripts_img2img",
         job_count=iterations,
         job_no=iteration,
         job_timestamp=started.strftime("%Y%m%d%H%M%S"),
