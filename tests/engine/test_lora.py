@@ -120,3 +120,127 @@ def test_text_encoder_and_unet_weights_are_separate(lora_engine: DiffusersEngine
 def test_a_missing_lora_is_not_an_error(lora_engine: DiffusersEngine) -> None:
     base = pixels(generate(lora_engine))[0]
     assert np.array_equal(base, pixels(generate(lora_engine, prompt="a red circle <lora:nope:1>"))[0])
+
+
+# --- SDXL's second text encoder ------------------------------------------------------------------
+
+
+def make_sdxl_te_lora(path: Path, layout: str, seed: int, encoders: tuple[str, ...]) -> Path:
+    """A LoRA on the q/v projections of the tiny SDXL's text encoders (``text_encoder_2``: te2)."""
+    pipe, gen = tm.tiny_sdxl(0), torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    for component in encoders:
+        for name, module in getattr(pipe, component).named_modules():
+            if not name.endswith(("q_proj", "v_proj")):
+                continue
+            down = torch.randn(RANK, module.in_features, generator=gen) * 0.5
+            up = torch.randn(module.out_features, RANK, generator=gen) * 0.5
+            if layout == "kohya":
+                prefix = "lora_te2_" if component == "text_encoder_2" else "lora_te1_"
+                stem = prefix + name.replace(".", "_")
+                state |= {f"{stem}.lora_down.weight": down, f"{stem}.lora_up.weight": up}
+                state[f"{stem}.alpha"] = torch.tensor(float(RANK) / 2)
+            else:
+                stem = f"{component}.{name}"
+                state |= {f"{stem}.lora_A.weight": down, f"{stem}.lora_B.weight": up}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path
+
+
+@pytest.mark.parametrize("layout", ["kohya", "diffusers"])
+def test_sdxl_second_text_encoder_keys_are_patched(tmp_path: Path, layout: str) -> None:
+    from safetensors.torch import load_file
+
+    path = make_sdxl_te_lora(tmp_path / "te2.safetensors", layout, 3, ("text_encoder_2",))
+    pairs, unknown = read_pairs(load_file(str(path)))
+    assert unknown == 0 and pairs and {p.component for p in pairs} == {"text_encoder_2"}
+    pipe = tm.tiny_sdxl(0)
+    states = {
+        c: {k: v.clone() for k, v in getattr(pipe, c).state_dict().items()}
+        for c in ("text_encoder", "text_encoder_2", "unet")
+    }
+
+    def changed(component: str) -> list[str]:
+        now = getattr(pipe, component).state_dict()
+        return [k for k, v in now.items() if not torch.equal(v, states[component][k])]
+
+    apply_loras(pipe, [ActiveLora("te2", path, 1.0, 0.0)])
+    assert len(changed("text_encoder_2")) == len(pairs) and all(
+        "_proj" in k for k in changed("text_encoder_2")
+    )
+    assert changed("text_encoder") == [] and changed("unet") == []
+    apply_loras(pipe, [ActiveLora("te2", path, 0.0, 1.0)])  # the te weight drives te2 too
+    assert changed("text_encoder_2") == []
+    apply_loras(pipe, [])
+    assert changed("text_encoder_2") == []
+
+
+def test_kohya_te1_and_te2_together(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    path = make_sdxl_te_lora(tmp_path / "both.safetensors", "kohya", 4, ("text_encoder", "text_encoder_2"))
+    pairs, unknown = read_pairs(load_file(str(path)))
+    assert unknown == 0 and {p.component for p in pairs} == {"text_encoder", "text_encoder_2"}
+    assert all(p.alpha == RANK / 2 for p in pairs)
+
+
+@pytest.fixture(scope="module")
+def sdxl_lora_engine(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> DiffusersEngine:
+    models = tmp_path_factory.mktemp("sdxl-lora-models")
+    (models / "Stable-diffusion").symlink_to(tiny_models_dir / "Stable-diffusion")
+    make_sdxl_te_lora(models / "Lora" / "xl2.safetensors", "kohya", 5, ("text_encoder_2",))
+    settings = Settings(data_dir=tmp_path_factory.mktemp("data"), models_dir=models, device="cpu")
+    return DiffusersEngine(settings, ModelCatalog(settings, builtin_dir=None))
+
+
+def test_a_te2_lora_changes_an_sdxl_image(sdxl_lora_engine: DiffusersEngine) -> None:
+    fields: dict[str, Any] = {"model": "tiny-sdxl", "steps": 2}
+    base = pixels(generate(sdxl_lora_engine, **fields))[0]
+    out = generate(sdxl_lora_engine, prompt="a red circle <lora:xl2:1>", **fields)
+    assert not np.array_equal(base, pixels(out)[0])
+    assert 'Lora hashes: "xl2: ' in out.images[0].infotext
+    assert np.array_equal(base, pixels(generate(sdxl_lora_engine, **fields))[0])
+
+
+# --- Lora hashes ------------------------------------------------------------------------------------
+
+
+def tensor_sha256(path: Path) -> str:
+    """kohya's / A1111's addnet hash, computed independently: sha256 of the bytes after the header."""
+    import hashlib
+
+    data = path.read_bytes()
+    header = int.from_bytes(data[:8], "little")
+    return hashlib.sha256(data[8 + header :]).hexdigest()
+
+
+def test_addnet_hash_ignores_metadata(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from sdgate.engine.lora import addnet_hash
+
+    a = make_lora(tmp_path / "a.safetensors", "kohya", 0)
+    b = tmp_path / "b.safetensors"
+    save_file(load_file(str(a)), str(b), metadata={"ss_output_name": "renamed", "note": "x" * 100})
+    assert a.read_bytes() != b.read_bytes()
+    assert addnet_hash(a) == addnet_hash(b) == tensor_sha256(a)
+    other = make_lora(tmp_path / "c.safetensors", "kohya", 1)
+    assert addnet_hash(other) != addnet_hash(a)
+
+
+def test_lora_hashes_in_the_infotext(lora_engine: DiffusersEngine) -> None:
+    assert lora_engine.settings.models_dir is not None
+    root = lora_engine.settings.models_dir / "Lora"
+    ink, paper = (
+        tensor_sha256(root / "ink.safetensors")[:12],
+        tensor_sha256(root / "sub" / "paper.safetensors")[:12],
+    )
+    assert "Lora hashes" not in generate(lora_engine).images[0].infotext
+    one = generate(lora_engine, prompt="a red circle <lora:ink:0.5>").images[0].infotext
+    assert f'Lora hashes: "ink: {ink}", Version' in one
+    both = generate(lora_engine, prompt="a red circle <lora:INK:1> <lora:paper:0>").images[0].infotext
+    assert f'Lora hashes: "INK: {ink}, paper: {paper}"' in both  # as the prompt named them
+    field = generate(lora_engine, loras=(LoraRef(name="paper"),)).images[0].infotext
+    assert f'Lora hashes: "paper: {paper}"' in field
+    assert "Lora hashes" not in generate(lora_engine, prompt="a red circle <lora:nope:1>").images[0].infotext

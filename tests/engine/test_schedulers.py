@@ -187,10 +187,146 @@ def test_every_sampler_draws_through_the_pipeline(engine: DiffusersEngine, sampl
 
 
 def test_options_a1111_would_use_and_we_cannot_are_noted() -> None:
-    dpm2a = sch.build_scheduler("DPM2 a", "karras", BASE, eta=0.5, s_noise=0.9)
-    assert any("eta 0.5" in n for n in dpm2a.notes) and any("s_noise 0.9" in n for n in dpm2a.notes)
+    heun = sch.build_scheduler("Heun", "automatic", BASE, s_churn=0.5, s_noise=0.9)
+    assert any("s_churn 0.5 is not supported for Heun" in n for n in heun.notes)
+    assert any("s_noise 0.9" in n for n in heun.notes) and heun.params == {}
+    two_s = sch.build_scheduler("DPM++ 2S a", "karras", BASE, eta=0.5)
+    assert any("eta 0.5 is not supported for DPM++ 2S a" in n for n in two_s.notes)
+    sde = sch.build_scheduler("DPM++ 2M SDE", "karras", BASE, eta=0.5, s_noise=0.9)
+    assert any("eta 0.5" in n for n in sde.notes) and sde.params == {"Sigma noise": 0.9}
+    assert sde.scheduler.s_noise == 0.9
+    # Options the sampler does not take in A1111 either: neither a note nor an infotext entry.
+    for sampler in ("LMS", "PLMS", "UniPC", "DPM++ 2M"):
+        plan = sch.build_scheduler(sampler, "automatic", BASE, eta=0.3, s_noise=0.5, s_churn=1.0)
+        assert plan.notes == [] and plan.params == {}, sampler
     euler_a = sch.build_scheduler("Euler a", "karras", BASE, eta=0.5, s_noise=0.9)
-    assert euler_a.notes == [] and (euler_a.scheduler.eta, euler_a.scheduler.s_noise) == (0.5, 0.9)
-    assert sch.build_scheduler("DDIM", "automatic", BASE, eta=0.3).notes == []  # eta goes in per call
-    assert sch.build_scheduler("Euler", "automatic", BASE, eta=0.3, s_noise=1.0).notes == []  # A1111 ignores
-    assert any("s_churn" in n for n in sch.build_scheduler("Heun", "automatic", BASE, s_churn=0.5).notes)
+    assert euler_a.notes == [] and (euler_a.scheduler.eta, euler_a.scheduler.s_noise) == (0.5, 1.0)
+    assert euler_a.params == {"Eta": 0.5}  # A1111 passes no s_noise to Euler a
+
+
+@pytest.mark.parametrize(
+    ("sampler", "options", "params"),
+    [
+        ("Euler a", {"eta": 1.0}, {}),
+        ("Euler a", {"eta": 0.0}, {"Eta": 0.0}),
+        ("DDIM", {"eta": 0.0}, {}),
+        ("DDIM", {"eta": 0.4}, {"Eta DDIM": 0.4}),
+        ("DDIM CFG++", {"eta": 1.0}, {"Eta DDIM": 1.0}),
+        ("Euler", {"eta": 0.5, "s_tmax": 0.0, "s_noise": 1.0}, {}),
+        (
+            "Euler",
+            {"s_churn": 0.5, "s_tmin": 0.1, "s_tmax": 10.0, "s_noise": 0.9},
+            {"Sigma churn": 0.5, "Sigma tmin": 0.1, "Sigma tmax": 10.0, "Sigma noise": 0.9},
+        ),
+        ("DPM2 a", {"eta": 0.5, "s_noise": 0.8}, {"Eta": 0.5, "Sigma noise": 0.8}),
+        ("DPM++ SDE", {"eta": 1.0, "s_noise": 0.8}, {"Sigma noise": 0.8}),
+        ("DPM++ 3M SDE", {"s_noise": 0.8}, {"Sigma noise": 0.8}),
+    ],
+)
+def test_infotext_entries_follow_a1111(sampler: str, options: dict, params: dict) -> None:
+    plan = sch.build_scheduler(sampler, "automatic", BASE, **options)
+    assert plan.params == params and plan.notes == (
+        sch.SAMPLERS[sampler].note and [sch.SAMPLERS[sampler].note] or []
+    )
+
+
+def _loop(scheduler: object, seed: int = 1, steps: int = STEPS) -> torch.Tensor:
+    """``_denoise`` with the step noise's generator chosen by the caller."""
+    scheduler.set_timesteps(steps)  # type: ignore[attr-defined]
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * scheduler.init_noise_sigma  # type: ignore[attr-defined]
+    gen = torch.Generator().manual_seed(seed)
+    for t in scheduler.timesteps:  # type: ignore[attr-defined]
+        eps = 0.5 * torch.tanh(scheduler.scale_model_input(x, t))  # type: ignore[attr-defined]
+        kwargs = {"generator": gen} if "generator" in inspect.signature(scheduler.step).parameters else {}  # type: ignore[attr-defined]
+        x = scheduler.step(eps, t, x, **kwargs).prev_sample  # type: ignore[attr-defined]
+    return x
+
+
+def test_euler_churn_is_diffusers_euler_with_the_jobs_values() -> None:
+    from diffusers import EulerDiscreteScheduler
+
+    plain = sch.build_scheduler("Euler", "karras", BASE).scheduler
+    stock = EulerDiscreteScheduler.from_config(BASE, timestep_spacing="linspace", use_karras_sigmas=True)
+    assert torch.equal(_loop(plain), _loop(stock))  # no churn: bit-identical to before
+    churned = sch.build_scheduler("Euler", "karras", BASE, s_churn=2.0, s_noise=0.9, s_tmin=0.5, s_tmax=8.0)
+    x = _loop(churned.scheduler)
+    assert not torch.allclose(x, _loop(plain), atol=1e-3)
+    assert not torch.equal(x, _loop(churned.scheduler, seed=2))  # the churn noise is the generator's
+    # The same values handed to diffusers' own step give the same loop.
+    stock.set_timesteps(STEPS)
+    y = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * stock.init_noise_sigma
+    gen = torch.Generator().manual_seed(1)
+    for t in stock.timesteps:
+        eps = 0.5 * torch.tanh(stock.scale_model_input(y, t))
+        y = stock.step(eps, t, y, s_churn=2.0, s_tmin=0.5, s_tmax=8.0, s_noise=0.9, generator=gen).prev_sample
+    assert torch.equal(x, y)
+    # A window that holds no sigma churns nothing.
+    outside = sch.build_scheduler("Euler", "karras", BASE, s_churn=2.0, s_tmin=100.0, s_tmax=200.0)
+    assert torch.equal(_loop(outside.scheduler), _loop(plain))
+
+
+def test_dpm2_ancestral_eta_and_s_noise() -> None:
+    from diffusers import KDPM2AncestralDiscreteScheduler
+
+    stock = KDPM2AncestralDiscreteScheduler.from_config(
+        BASE, timestep_spacing="linspace", use_karras_sigmas=True
+    )
+    ours = sch.build_scheduler("DPM2 a", "karras", BASE).scheduler
+    assert torch.equal(_loop(ours), _loop(stock))
+    # The recomputation reproduces diffusers' tables at eta 1, s_noise 1.
+    ours.set_timesteps(STEPS)
+    tables = (ours.sigmas_up.clone(), ours.sigmas_down.clone(), ours.sigmas_interpol.clone())
+    ours.ancestral_sigmas()
+    for before, after in zip(tables, (ours.sigmas_up, ours.sigmas_down, ours.sigmas_interpol), strict=True):
+        torch.testing.assert_close(before, after, equal_nan=True)  # NaN past the last sigma, as diffusers
+    quiet = sch.build_scheduler("DPM2 a", "karras", BASE, s_noise=0.5).scheduler
+    quiet.set_timesteps(STEPS)
+    torch.testing.assert_close(quiet.sigmas_up, tables[0] * 0.5, equal_nan=True)
+    torch.testing.assert_close(quiet.sigmas_down, tables[1], equal_nan=True)
+    eta0 = sch.build_scheduler("DPM2 a", "karras", BASE, eta=0.0).scheduler
+    assert torch.equal(_loop(eta0, seed=1), _loop(eta0, seed=2))  # no ancestral noise at eta 0
+    assert not torch.equal(_loop(ours, seed=1), _loop(ours, seed=2))
+    eta0.set_timesteps(STEPS)
+    assert float(eta0.sigmas_up[:-3].abs().max()) == 0.0
+
+
+def test_sde_samplers_scale_their_noise_by_s_noise() -> None:
+    for sampler in ("DPM++ 2M SDE", "DPM++ 3M SDE", "DPM++ SDE"):
+        plain = sch.build_scheduler(sampler, "karras", BASE, seeds=[5]).scheduler
+        same = sch.build_scheduler(sampler, "karras", BASE, seeds=[5], s_noise=1.0).scheduler
+        assert torch.equal(_loop(plain), _loop(same)), sampler
+        silent = sch.build_scheduler(sampler, "karras", BASE, seeds=[5], s_noise=0.0).scheduler
+        assert not torch.allclose(_loop(silent), _loop(plain), atol=1e-3), sampler
+        if sampler != "DPM++ SDE":  # Brownian noise comes from the seeds, not the generator
+            assert torch.equal(_loop(silent, seed=1), _loop(silent, seed=2)), sampler
+
+
+def test_stock_multistep_sde_is_unchanged_at_s_noise_1() -> None:
+    from diffusers import DPMSolverMultistepScheduler
+
+    stock = DPMSolverMultistepScheduler.from_config(
+        BASE,
+        algorithm_type="sde-dpmsolver++",
+        solver_order=2,
+        timestep_spacing="linspace",
+        use_karras_sigmas=True,
+    )
+    ours = sch.build_scheduler("DPM++ 2M SDE", "karras", BASE).scheduler
+    assert torch.equal(_loop(ours), _loop(stock))
+
+
+def test_sampler_options_reach_the_pipeline(engine: DiffusersEngine) -> None:
+    plain = generate(engine, sampler="Euler", seed=3)
+    churned = generate(engine, sampler="Euler", seed=3, s_churn=3.0, s_tmax=0.0, s_noise=0.95)
+    assert not np.array_equal(np.asarray(plain.images[0].image), np.asarray(churned.images[0].image))
+    assert "Sigma churn: 3, Sigma noise: 0.95, Version" in churned.images[0].infotext
+    ddim = generate(engine, sampler="DDIM", seed=3, eta=0.7)
+    assert "Eta DDIM: 0.7" in ddim.images[0].infotext
+    assert not np.array_equal(
+        np.asarray(ddim.images[0].image), np.asarray(generate(engine, sampler="DDIM", seed=3).images[0].image)
+    )
+    dpm2a = generate(engine, sampler="DPM2 a", seed=3, eta=0.5)
+    assert "Eta: 0.5" in dpm2a.images[0].infotext and "Sampler note" not in dpm2a.images[0].infotext
+    heun = generate(engine, sampler="Heun", seed=3, s_churn=1.0)
+    assert "Sampler note: s_churn 1 is not supported for Heun; ran with 0" in heun.images[0].infotext
+    assert "Sigma churn" not in heun.images[0].infotext and heun.notes

@@ -145,7 +145,6 @@ def test_sdxl_and_guidance_off(engine: DiffusersEngine) -> None:
     [
         ({"mode": Mode.IMG2IMG, "init_images": ("abc",)}, "init_images"),  # ids, but no decoded images
         ({"mode": Mode.INPAINT}, "init_images"),
-        ({"tiling": True}, "tiling"),
         ({"sampler": "k_euler"}, "sampler"),
     ],
 )

@@ -71,13 +71,20 @@ def infotext_params(
         "Model": model_name,
         "Variation seed": subseed if variation else None,
         "Variation seed strength": request.subseed_strength if variation else None,
+        "Seed resize from": _seed_resize(request),
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
         "ENSD": request.eta_noise_seed_delta
         if request.eta_noise_seed_delta and sampler is not None and sampler.uses_ensd
         else None,
+        "Tiling": "True" if request.tiling else None,
         "Sampler note": "; ".join(notes) or None,
         "Version": A1111_VERSION,
     }
+
+
+def _seed_resize(request: GenerationRequest) -> str | None:
+    w, h = request.seed_resize_from_w, request.seed_resize_from_h
+    return f"{w}x{h}" if w > 0 and h > 0 else None
 
 
 def concrete_schedule(sampler: str, schedule: str) -> str:

@@ -25,9 +25,9 @@ from sdgate.core.engine import (
     StepAction,
 )
 from sdgate.core.errors import InvalidRequest, OutOfMemory
-from sdgate.core.models import ModelCatalog, ModelInfo
+from sdgate.core.models import AssetFile, ModelCatalog, ModelInfo
 from sdgate.core.requests import GenerationRequest, Mode
-from sdgate.engine import hires, img2img, lora, memory
+from sdgate.engine import embeddings, hires, img2img, lora, memory, vae
 from sdgate.engine.cache import ModelCache
 from sdgate.engine.common import JobShape, StepTracker, infotext, infotext_params, resolve_shape
 from sdgate.engine.configs import UnsupportedCheckpoint
@@ -41,9 +41,16 @@ from sdgate.engine.devices import (
     vae_dtype,
 )
 from sdgate.engine.loading import LoadedPipeline, UnsupportedModel, load_pipeline, pipeline_bytes
-from sdgate.engine.prompts import prompt_plan
-from sdgate.engine.sampling import StepCallback, check_finite, decode_latents, initial_noise
+from sdgate.engine.prompts import prompt_plan, ti_hashes
+from sdgate.engine.sampling import (
+    StepCallback,
+    check_finite,
+    decode_latents,
+    initial_noise,
+    seed_resize_from,
+)
 from sdgate.engine.schedulers import SchedulerPlan, build_scheduler
+from sdgate.engine.tiling import seamless
 from sdgate.settings import Settings
 
 log = logging.getLogger("sdgate.engine")
@@ -55,6 +62,7 @@ class LoadedModel:
     loaded: LoadedPipeline
     base_scheduler_config: dict[str, Any]  # as loaded: every job's scheduler starts from this
     variants: dict[str, Any] = dc_field(default_factory=dict)  # e.g. the img2img/inpaint pipeline
+    external_vae: vae.ExternalVae | None = None  # while a job decodes with a VAE file (sd_vae)
 
     @property
     def pipeline(self) -> Any:
@@ -78,6 +86,7 @@ class DiffusersEngine:
         self.dtype = resolve_dtype(self.device, settings.precision)
         budget = settings.model_cache_bytes or default_cache_budget(self.device)
         self.cache: ModelCache[LoadedModel] = ModelCache(budget, on_evict=self._on_evict)
+        self.vaes = vae.VaeCache()
         self._lock = threading.Lock()
         _quiet_loading()
         log.info("diffusers engine on %s (%s), model cache %.1f GiB", self.device, self.dtype, budget / 2**30)
@@ -90,6 +99,7 @@ class DiffusersEngine:
     def unload(self) -> None:
         with self._lock:
             self.cache.clear()
+            self.vaes.clear()
             free_memory(self.device)
 
     def memory_stats(self) -> dict[str, Any] | None:
@@ -104,6 +114,7 @@ class DiffusersEngine:
         if request.mode != Mode.TXT2IMG or inputs.init_images:
             img2img.check_request(request, inputs)
         info = self.catalog.resolve(request.model)
+        vae_file = self.catalog.choose_vae(request.vae, info, field="vae")  # before the wait
         with self._lock:
             started = time.perf_counter()
             # 2. The model, and its defaults for what the request left out.
@@ -113,7 +124,14 @@ class DiffusersEngine:
             shape = resolve_shape(request, self._defaults(model.info))
             # 3. Sample, iteration by iteration.
             try:
-                return self._run(request, model, shape, control, started, loaded_at, inputs)
+                external = self._external_vae(model, vae_file)
+                # The VAE first: tiling then pads the convs that will actually run.
+                with vae.swapped_in(model.pipeline.vae, external), seamless(model.pipeline, request.tiling):
+                    model.external_vae = external
+                    try:
+                        return self._run(request, model, shape, control, started, loaded_at, inputs)
+                    finally:
+                        model.external_vae = None
             except Exception as exc:
                 if not is_oom(exc):
                     raise
@@ -130,19 +148,17 @@ class DiffusersEngine:
     @staticmethod
     def check_request(request: GenerationRequest) -> None:
         """Reject what this engine cannot do yet, rather than quietly doing something else."""
-        unsupported = {
-            "vae": request.vae is not None,
-            "tiling": request.tiling,
-        }
-        for field, asked in unsupported.items():
-            if asked:
-                raise InvalidRequest(f"{field} is not supported yet", field=field)
         if request.batch_size < 1 or request.n_iter < 1:
             raise InvalidRequest("batch_size and n_iter must be at least 1", field="batch_size")
         if request.hires is not None:
             if request.mode != Mode.TXT2IMG:
                 raise InvalidRequest("hires fix is for txt2img only", field="hires")
             hires.check(request.hires)
+
+    def _external_vae(self, model: LoadedModel, file: AssetFile | None) -> vae.ExternalVae | None:
+        if file is None:
+            return None
+        return vae.load_external(self.catalog, self.vaes, file, model.pipeline.vae, self.device)
 
     def _defaults(self, info: ModelInfo) -> ModelDefaults:
         """The catalog's defaults, corrected by what loading found out (SD 2.x 768-v detection)."""
@@ -277,6 +293,8 @@ class DiffusersEngine:
             eta=request.eta,
             s_noise=request.s_noise,
             s_churn=request.s_churn,
+            s_tmin=request.s_tmin,
+            s_tmax=request.s_tmax,
         )
         pipe.scheduler = plan.scheduler
         # 2. Noise from each image's own seed, on the CPU.
@@ -284,7 +302,12 @@ class DiffusersEngine:
         channels = pipe.vae.config.latent_channels if with_images else pipe.unet.config.in_channels
         latent_shape = (channels, shape.height // factor, shape.width // factor)
         noise, generators = initial_noise(
-            seeds, subseeds, request.subseed_strength, latent_shape, ensd=request.eta_noise_seed_delta
+            seeds,
+            subseeds,
+            request.subseed_strength,
+            latent_shape,
+            ensd=request.eta_noise_seed_delta,
+            resize_from=seed_resize_from(request, factor),
         )
         if with_images:
             assert inputs is not None
@@ -294,20 +317,22 @@ class DiffusersEngine:
         # 3. Sample, reporting every step.
         passes = 2 if request.hires is not None else 1  # progress counts both hires passes, as A1111
         tracker = StepTracker(control, passes * it, passes * request.n_iter, shape.steps)
-        prompts = prompt_plan(pipe, family, request, shape.steps)  # per-step for prompt editing
-        latents = pipe(
-            **prompts.kwargs,
-            height=shape.height,
-            width=shape.width,
-            num_inference_steps=shape.steps,
-            guidance_scale=request.cfg_scale,
-            latents=noise.to(device=self.device, dtype=pipe.unet.dtype),
-            generator=generators,
-            output_type="latent",
-            callback_on_step_end=prompts.wrap(StepCallback(tracker, family)),
-            callback_on_step_end_tensor_inputs=prompts.tensor_inputs,
-            **_eta_kwargs(request, plan),
-        ).images
+        embeds = embeddings.for_pipeline(self.catalog, pipe)  # textual inversion from embeddings/
+        prompts = prompt_plan(pipe, family, request, shape.steps, embeddings=embeds)  # per step, AND
+        with prompts.applied(pipe):
+            latents = pipe(
+                **prompts.kwargs,
+                height=shape.height,
+                width=shape.width,
+                num_inference_steps=shape.steps,
+                guidance_scale=request.cfg_scale,
+                latents=noise.to(device=self.device, dtype=pipe.unet.dtype),
+                generator=generators,
+                output_type="latent",
+                callback_on_step_end=prompts.wrap(StepCallback(tracker, family)),
+                callback_on_step_end_tensor_inputs=prompts.tensor_inputs,
+                **_eta_kwargs(request, plan),
+            ).images
         if tracker.action == StepAction.SKIP:
             return _Iteration([], tracker.action, plan)
         # 4. Decode, and write each image's infotext.
@@ -320,11 +345,13 @@ class DiffusersEngine:
                 pipe, family, model.base_scheduler_config, request, latents, seeds,
                 width=shape.width, height=shape.height, steps=shape.steps, factor=factor,
                 tracker=StepTracker(control, 2 * it + 1, 2 * request.n_iter, max(1, runs)),
-                catalog=self.catalog,
+                catalog=self.catalog, subseeds=subseeds,
             )  # fmt: skip
             pictures, action, extras = second.pictures, second.action, hires.infotext_params(request)
+            extras.update(ti_hashes(prompts.used_embeddings, second.used_embeddings))
         else:
             pictures = decode_latents(pipe, latents)
+            extras = prompts.infotext_params() or None
         images = [
             GeneratedImage(
                 picture,
@@ -357,11 +384,13 @@ class DiffusersEngine:
         family = model.loaded.family
         steps = img2img.effective_steps(shape.steps, img2img.strength_of(request, shape.steps))
         tracker = StepTracker(control, it, request.n_iter, steps)
+        embeds = embeddings.for_pipeline(self.catalog, pipe)
+        prompts = prompt_plan(pipe, family, request, steps, embeddings=embeds)
         latents, batch = img2img.run(
             pipe,
             request,
             inputs,
-            prompts=prompt_plan(pipe, family, request, steps),
+            prompts=prompts,
             width=shape.width,
             height=shape.height,
             steps=shape.steps,
@@ -377,7 +406,7 @@ class DiffusersEngine:
             return _Iteration([], tracker.action, plan)
         check_finite(latents, request.sampler)
         pictures = img2img.finish(decode_latents(model.pipeline, latents), batch)
-        extras = img2img.infotext_extras(request, inputs, shape.steps)
+        extras = {**img2img.infotext_extras(request, inputs, shape.steps), **prompts.infotext_params()}
         images = [
             GeneratedImage(
                 picture,
@@ -411,6 +440,10 @@ class DiffusersEngine:
             model_hash=model.info.short_hash,
             notes=plan.notes,
         )
+        if model.external_vae is not None:  # A1111 names the VAE only when a file was loaded
+            params.update({"VAE hash": model.external_vae.short_hash, "VAE": model.external_vae.name})
+        # A1111's extra_generation_params: the pass's own, LoRA hashes, then the sampler options.
+        extras = {**(extras or {}), **lora.infotext_params(model.pipeline), **plan.params}
         if extras:  # A1111 writes img2img's parameters before its version
             version = params.pop("Version")
             params = {**params, **extras, "Version": version}

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,9 +25,16 @@ from sdgate.core.engine import StepAction
 from sdgate.core.errors import InvalidRequest
 from sdgate.core.models import ModelCatalog
 from sdgate.core.requests import GenerationRequest, HiresSettings
+from sdgate.engine import embeddings
 from sdgate.engine.common import StepTracker
 from sdgate.engine.prompts import prompt_plan
-from sdgate.engine.sampling import StepCallback, check_finite, decode_latents
+from sdgate.engine.sampling import (
+    StepCallback,
+    check_finite,
+    decode_latents,
+    pass_noise,
+    with_given_noise,
+)
 from sdgate.engine.schedulers import build_scheduler
 from sdgate.engine.upscalers import Upscalers
 
@@ -152,7 +159,7 @@ def img2img_pipeline(pipe: Any, family: str | None) -> Any:
         from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
 
         cls = StableDiffusionXLImg2ImgPipeline if family == "sdxl" else StableDiffusionImg2ImgPipeline
-        variant = cls.from_pipe(pipe)
+        variant = with_given_noise(cls).from_pipe(pipe)  # noise for variation seeds / seed resize
         variant.set_progress_bar_config(disable=True)
         _VARIANTS[pipe] = variant
     variant.scheduler = pipe.scheduler
@@ -185,6 +192,7 @@ def infotext_params(request: GenerationRequest) -> dict[str, object]:
 class HiresPass:
     pictures: list[Image.Image]
     action: StepAction
+    used_embeddings: dict[str, str] = field(default_factory=dict)  # for the infotext's TI hashes
 
 
 def second_pass(
@@ -201,6 +209,7 @@ def second_pass(
     factor: int,
     tracker: StepTracker,
     catalog: ModelCatalog,
+    subseeds: list[int] | None = None,
 ) -> HiresPass:
     """Upscale the first pass's ``latents`` and refine them; ``tracker`` reports this pass."""
     hires = request.hires
@@ -226,21 +235,30 @@ def second_pass(
         eta=request.eta,
         s_noise=request.s_noise,
         s_churn=request.s_churn,
+        s_tmin=request.s_tmin,
+        s_tmax=request.s_tmax,
     )
     variant = img2img_pipeline(pipe, family)
     variant.scheduler = plan.scheduler
+    # A1111 draws this pass's noise like the first's: variation seeds and seed resize included.
+    shape = (latents.shape[1], size.height // factor, size.width // factor)
+    subseeds = subseeds or [request.subseed] * len(seeds)
+    variant.sdgate_noise = pass_noise(request, seeds, subseeds, shape, factor)
     # 3. Refine.
-    prompts = prompt_plan(variant, family, hires_request(request), runs)
-    out = variant(
-        **prompts.kwargs,
-        image=image,
-        strength=hires.denoising_strength,
-        num_inference_steps=asked,
-        guidance_scale=request.cfg_scale,
-        generator=seeded_generators(seeds),
-        output_type="latent",
-        callback_on_step_end=prompts.wrap(StepCallback(tracker, family)),
-        callback_on_step_end_tensor_inputs=prompts.tensor_inputs,
-    ).images
+    # Prompt editing counts over the hires steps, on A1111's hires timeline ([a:b:1.5] is halfway).
+    embeds = embeddings.for_pipeline(catalog, variant)
+    prompts = prompt_plan(variant, family, hires_request(request), asked, hires_of=steps, embeddings=embeds)
+    with prompts.applied(variant):
+        out = variant(
+            **prompts.kwargs,
+            image=image,
+            strength=hires.denoising_strength,
+            num_inference_steps=asked,
+            guidance_scale=request.cfg_scale,
+            generator=seeded_generators(seeds),
+            output_type="latent",
+            callback_on_step_end=prompts.wrap(StepCallback(tracker, family)),
+            callback_on_step_end_tensor_inputs=prompts.tensor_inputs,
+        ).images
     check_finite(out, hires.sampler or request.sampler)
-    return HiresPass(decode_latents(pipe, out), tracker.action)
+    return HiresPass(decode_latents(pipe, out), tracker.action, prompts.used_embeddings)

@@ -167,22 +167,23 @@ def run(
         latent_c = pipe.vae.config.latent_channels
         kwargs["masked_image_latents"] = torch.zeros(1, latent_c, height // factor, width // factor)
     try:
-        latents = pipe(
-            **prompts.kwargs,
-            image=image,
-            mask_image=mask,
-            height=height,
-            width=width,
-            strength=strength_of(request, steps),
-            num_inference_steps=steps,
-            guidance_scale=request.cfg_scale,
-            generator=generators,
-            output_type="latent",
-            callback_on_step_end=prompts.wrap(StepCallback(tracker, family)),
-            callback_on_step_end_tensor_inputs=prompts.tensor_inputs,
-            **kwargs,
-            **extra,
-        ).images
+        with prompts.applied(pipe):  # AND parts, when the prompt has them
+            latents = pipe(
+                **prompts.kwargs,
+                image=image,
+                mask_image=mask,
+                height=height,
+                width=width,
+                strength=strength_of(request, steps),
+                num_inference_steps=steps,
+                guidance_scale=request.cfg_scale,
+                generator=generators,
+                output_type="latent",
+                callback_on_step_end=prompts.wrap(StepCallback(tracker, family)),
+                callback_on_step_end_tensor_inputs=prompts.tensor_inputs,
+                **kwargs,
+                **extra,
+            ).images
     finally:
         pipe.sdgate_noise = None
         pipe.sdgate_fill = None

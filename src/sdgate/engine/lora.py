@@ -8,13 +8,20 @@ LoRAs are re-weighted or unloaded without reloading the base model, and weight 0
 gives the base model's exact weights back.
 
 Two file layouts are read: kohya (``lora_unet_<module_with_underscores>.lora_down.weight``,
-``lora_te_...``, ``.alpha``) and diffusers / peft (``unet.<module>.lora_A.weight``,
-``text_encoder.<module>.lora.down.weight``, ...). Keys naming no module of the model are counted
-and logged, not fatal: a LoRA for another architecture changes nothing, visibly.
+``lora_te_...`` / ``lora_te1_...``, SDXL's second text encoder ``lora_te2_...``, ``.alpha``) and
+diffusers / peft (``unet.<module>.lora_A.weight``, ``text_encoder.<module>.lora.down.weight``,
+``text_encoder_2....``). Keys naming no module of the model are counted and logged, not fatal: a
+LoRA for another architecture changes nothing, visibly.
+
+The infotext gets A1111's ``Lora hashes: "name: hash, ..."``: each LoRA as the prompt named it
+(``:`` and ``,`` removed) with the first 12 hex digits of its "addnet hash", the sha256 of a
+safetensors file's tensor data (everything after the JSON header: kohya's hash, unchanged by
+metadata edits), or of the whole file for other formats.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import weakref
 from dataclasses import dataclass, field
@@ -62,7 +69,7 @@ def requested_loras(request: GenerationRequest) -> list[LoraRef]:
 
 @dataclass(frozen=True)
 class _Pair:
-    component: str  # "unet" or "text_encoder"
+    component: str  # "unet", "text_encoder" or "text_encoder_2" (SDXL)
     module: str  # the module path, underscores for dots (kohya's spelling)
     up: torch.Tensor
     down: torch.Tensor
@@ -80,12 +87,13 @@ def _split_key(key: str) -> tuple[str, str, str] | None:
         return None
     stem, role = key[: -len(suffix)], roles[suffix]
     for prefix, component in (
-        ("lora_unet_", "unet"), ("lora_te1_", "text_encoder"), ("lora_te_", "text_encoder"),
-        ("unet.", "unet"), ("text_encoder.", "text_encoder"),
+        ("lora_unet_", "unet"), ("lora_te1_", "text_encoder"), ("lora_te2_", "text_encoder_2"),
+        ("lora_te_", "text_encoder"), ("unet.", "unet"), ("text_encoder.", "text_encoder"),
+        ("text_encoder_2.", "text_encoder_2"),
     ):  # fmt: skip
         if stem.startswith(prefix):
             module = stem[len(prefix) :].replace(".", "_")
-            if component == "text_encoder" and module.startswith("text_model_"):
+            if component != "unet" and module.startswith("text_model_"):
                 module = module[len("text_model_") :]
             return component, module, role
     return None
@@ -124,12 +132,23 @@ def _delta(pair: _Pair, weight: torch.Tensor) -> torch.Tensor:
 
 
 _Target = torch.nn.Linear | torch.nn.Conv2d
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+
+
+@dataclass(frozen=True)
+class ActiveLora:
+    name: str
+    path: Path
+    te_weight: float
+    unet_weight: float
+    mentioned: str = ""  # as the prompt / request named it (A1111's infotext key); "" -> name
 
 
 @dataclass
 class _PipelineLoras:
     backups: dict[str, tuple[_Target, torch.Tensor]] = field(default_factory=dict)
     active: tuple[tuple[str, float, float], ...] = ()
+    loras: list[ActiveLora] = field(default_factory=list)  # what the pipeline's weights hold now
 
 
 _STATE: weakref.WeakKeyDictionary[Any, _PipelineLoras] = weakref.WeakKeyDictionary()
@@ -157,30 +176,24 @@ def _load(path: Path) -> tuple[list[_Pair], int]:
     return _FILES[key]
 
 
-@dataclass(frozen=True)
-class ActiveLora:
-    name: str
-    path: Path
-    te_weight: float
-    unet_weight: float
-
-
 def apply_loras(pipe: Any, wanted: list[ActiveLora]) -> None:
     """Make ``pipe``'s weights base + ``wanted`` (restoring first when the set changed)."""
     state = _STATE.setdefault(pipe, _PipelineLoras())
     signature = tuple((str(w.path), w.te_weight, w.unet_weight) for w in wanted)
     if signature == state.active:
+        state.loras = list(wanted)
         return
     with torch.no_grad():
         for module, original in state.backups.values():
             module.weight.copy_(original)
         state.active = ()
-        modules = {c: _modules(pipe, c) for c in ("unet", "text_encoder")}
+        state.loras = []
+        modules = {c: _modules(pipe, c) for c in ("unet", *TEXT_ENCODERS)}
         for lora in wanted:
             pairs, unknown = _load(lora.path)
             missed = unknown
             for pair in pairs:
-                weight = lora.te_weight if pair.component == "text_encoder" else lora.unet_weight
+                weight = lora.te_weight if pair.component in TEXT_ENCODERS else lora.unet_weight
                 target = modules[pair.component].get(pair.module)
                 if target is None:
                     missed += 1
@@ -197,6 +210,7 @@ def apply_loras(pipe: Any, wanted: list[ActiveLora]) -> None:
                     "LoRA %s: %d key(s) match no module of this model and were ignored", lora.name, missed
                 )
         state.active = signature
+        state.loras = list(wanted)
 
 
 def activate(pipe: Any, catalog: ModelCatalog, request: GenerationRequest) -> list[ActiveLora]:
@@ -210,6 +224,38 @@ def activate(pipe: Any, catalog: ModelCatalog, request: GenerationRequest) -> li
         if found is None:
             log.warning("LoRA not found: %s (GET /sdapi/v1/loras lists them)", ref.name)
             continue
-        wanted.append(ActiveLora(found.alias, found.path, ref.te_weight, ref.unet_weight))
+        wanted.append(ActiveLora(found.alias, found.path, ref.te_weight, ref.unet_weight, ref.name))
     apply_loras(pipe, wanted)
     return wanted
+
+
+# --- the infotext ----------------------------------------------------------------------------------
+
+_HASHES: dict[tuple[str, float, int], str] = {}
+_NO_SEPARATORS = str.maketrans("", "", ":,")  # A1111 drops these from the names it lists
+
+
+def addnet_hash(path: Path) -> str:
+    """The full sha256 A1111 shows LoRAs by: of the tensor data for safetensors, else the file."""
+    stat = path.stat()
+    key = (str(path), stat.st_mtime, stat.st_size)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            if path.suffix.lower() == ".safetensors":
+                header = int.from_bytes(f.read(8), "little")
+                f.seek(8 + header)
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
+
+
+def infotext_params(pipe: Any) -> dict[str, object]:
+    """``{"Lora hashes": "name: 0123456789ab, ..."}`` for the LoRAs now in ``pipe``; {} for none."""
+    state = _STATE.get(pipe)
+    hashes: dict[str, str] = {}
+    for lora in state.loras if state is not None else ():
+        name = (lora.mentioned or lora.name).translate(_NO_SEPARATORS)
+        hashes[name] = addnet_hash(lora.path)[:12]
+    return {"Lora hashes": ", ".join(f"{k}: {v}" for k, v in hashes.items())} if hashes else {}

@@ -12,9 +12,11 @@ import torch
 from PIL import Image
 
 from sdgate.core.engine import StepAction
-from sdgate.core.errors import GenerationFailed
-from sdgate.core.requests import MAX_SEED
+from sdgate.core.errors import GenerationFailed, InvalidRequest
+from sdgate.core.requests import MAX_SEED, GenerationRequest
 from sdgate.engine.common import StepTracker
+
+MAX_SEED_RESIZE = 16384  # pixels per side: the noise is drawn at this size
 
 # Latent -> RGB projections (A1111's "Approx cheap" preview); rows are latent channels.
 PREVIEW_SD = ((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473))
@@ -51,22 +53,42 @@ def initial_noise(
     shape: tuple[int, int, int],
     *,
     ensd: int = 0,
+    resize_from: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, list[torch.Generator]]:
     """Initial latents (one ``shape`` = (C, H, W) per seed) and the generators for later noise.
 
     As in A1111, each image's generator keeps going after the initial draw (ancestral samplers
     take their step noise from it), unless ENSD re-seeds it with seed + ENSD.
+
+    ``resize_from`` = (H, W) in latent pixels is A1111's seed resize: the noise (and the variation
+    noise) is drawn at that size and pasted, centred, into a full-size draw from the same seed,
+    cropped where it is larger, so a seed keeps its composition at a new image size.
     """
+    small = shape if resize_from is None else (shape[0], *resize_from)
     noises, generators = [], []
     for seed, subseed in zip(seeds, subseeds, strict=True):
-        sub = torch.randn(shape, generator=_generator(subseed)) if subseed_strength > 0 else None
+        sub = torch.randn(small, generator=_generator(subseed)) if subseed_strength > 0 else None
         gen = _generator(seed)
-        noise = torch.randn(shape, generator=gen)
+        noise = torch.randn(small, generator=gen if small == shape else _generator(seed))
         if sub is not None:
             noise = slerp(subseed_strength, noise, sub)
+        if small != shape:
+            noise = paste_centred(noise, torch.randn(shape, generator=gen))
         noises.append(noise)
         generators.append(_generator(seed + ensd) if ensd else gen)
     return torch.stack(noises), generators
+
+
+def paste_centred(noise: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """A1111's seed-resize paste: ``noise`` centred on ``background``, cropped to fit (C, H, W)."""
+    out = background.clone()
+    (_, nh, nw), (_, bh, bw) = noise.shape, background.shape
+    dy, dx = (bh - nh) // 2, (bw - nw) // 2
+    h, w = nh + 2 * min(dy, 0), nw + 2 * min(dx, 0)  # A1111's arithmetic, odd margins included
+    ty, tx = max(dy, 0), max(dx, 0)
+    sy, sx = max(-dy, 0), max(-dx, 0)
+    out[:, ty : ty + h, tx : tx + w] = noise[:, sy : sy + h, sx : sx + w]
+    return out
 
 
 def latent_preview(latents: torch.Tensor, family: str | None) -> Image.Image:
@@ -130,3 +152,67 @@ def decode_latents(pipe: Any, latents: torch.Tensor) -> list[Image.Image]:
     with torch.inference_mode():
         image = vae.decode(z, return_dict=False)[0]
     return pipe.image_processor.postprocess(image, output_type="pil")  # type: ignore[no-any-return]
+
+
+def seed_resize_from(request: GenerationRequest, factor: int) -> tuple[int, int] | None:
+    """The request's seed resize as (H, W) in latent pixels; None when off (either side <= 0,
+    A1111's rule). A size that is not a multiple of the model's VAE factor is a client error."""
+    w, h = request.seed_resize_from_w, request.seed_resize_from_h
+    if w <= 0 or h <= 0:
+        return None
+    for name, value in (("seed_resize_from_w", w), ("seed_resize_from_h", h)):
+        if value % factor or value > MAX_SEED_RESIZE:
+            raise InvalidRequest(
+                f"{name}: must be a multiple of {factor} up to {MAX_SEED_RESIZE} for this model, got {value}",
+                field=name,
+            )
+    return h // factor, w // factor
+
+
+def pass_noise(
+    request: GenerationRequest,
+    seeds: list[int],
+    subseeds: list[int],
+    shape: tuple[int, int, int],
+    factor: int,
+) -> torch.Tensor | None:
+    """A later pass's noise (hires fix) as A1111 draws it, when that is not the plain per-seed draw
+    a pipeline makes itself: with variation seeds or seed resize. None otherwise."""
+    resize = seed_resize_from(request, factor)
+    if request.subseed_strength <= 0 and resize is None:
+        return None
+    return initial_noise(seeds, subseeds, request.subseed_strength, shape, resize_from=resize)[0]
+
+
+class GivenNoise:
+    """An img2img pipeline mixin: when ``sdgate_noise`` is set, it is the noise added to the image
+    latents instead of the pipeline's own draw (which still happens, so each generator advances
+    as before and the sampler's later noise is unchanged). Set it before every call."""
+
+    sdgate_noise: torch.Tensor | None = None
+
+    def prepare_latents(self, *args: Any, **kwargs: Any) -> Any:
+        parent = super().prepare_latents  # type: ignore[misc]
+        given, scheduler = self.sdgate_noise, self.scheduler  # type: ignore[attr-defined]
+        if given is None:
+            return parent(*args, **kwargs)
+        stock = scheduler.add_noise
+
+        def add_given(original: torch.Tensor, drawn: torch.Tensor, timesteps: Any) -> Any:
+            return stock(original, given.to(drawn), timesteps)
+
+        scheduler.add_noise = add_given  # this scheduler is the job's own, built for this call
+        try:
+            return parent(*args, **kwargs)
+        finally:
+            del scheduler.add_noise
+
+
+_GIVEN_NOISE: dict[type, type] = {}
+
+
+def with_given_noise(cls: type) -> type:
+    """``cls`` (a diffusers img2img pipeline class) with ``GivenNoise`` mixed in; one per class."""
+    if cls not in _GIVEN_NOISE:
+        _GIVEN_NOISE[cls] = type(cls.__name__, (GivenNoise, cls), {"__module__": __name__})
+    return _GIVEN_NOISE[cls]

@@ -25,10 +25,12 @@ from typing import Any
 import diffusers
 import numpy as np
 import torch
+from diffusers.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_euler_discrete import (
     EulerDiscreteScheduler,
     EulerDiscreteSchedulerOutput,
 )
+from diffusers.schedulers.scheduling_k_dpm_2_ancestral_discrete import KDPM2AncestralDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from sdgate.core.errors import InvalidRequest
@@ -63,25 +65,23 @@ _DPM_SOLVER3 = _frozen(algorithm_type="dpmsolver", solver_order=3, final_sigmas_
 SAMPLERS: Mapping[str, SamplerSpec] = MappingProxyType(
     {
         "DPM++ 2M": SamplerSpec("DPMSolverMultistepScheduler", _DPM2M),
-        "DPM++ SDE": SamplerSpec("DPMSolverSDEScheduler"),
-        "DPM++ 2M SDE": SamplerSpec("DPMSolverMultistepScheduler", _SDE2M),
-        "DPM++ 2M SDE Heun": SamplerSpec(
-            "DPMSolverMultistepScheduler", _frozen(**_SDE2M, solver_type="heun")
-        ),
+        "DPM++ SDE": SamplerSpec("DPMSolverSDENoiseScheduler"),
+        "DPM++ 2M SDE": SamplerSpec("MultistepSDEScheduler", _SDE2M),
+        "DPM++ 2M SDE Heun": SamplerSpec("MultistepSDEScheduler", _frozen(**_SDE2M, solver_type="heun")),
         "DPM++ 2S a": SamplerSpec(
             "DPMSolverSinglestepScheduler",
             _DPM2M,
             note="DPM++ 2S a is not in diffusers; ran DPM++ 2S (singlestep, no ancestral noise)",
         ),
         "DPM++ 3M SDE": SamplerSpec(
-            "DPMSolverMultistepScheduler", _frozen(algorithm_type="sde-dpmsolver++", solver_order=3)
+            "MultistepSDEScheduler", _frozen(algorithm_type="sde-dpmsolver++", solver_order=3)
         ),
         "Euler a": SamplerSpec("EulerAncestralScheduler"),
-        "Euler": SamplerSpec("EulerDiscreteScheduler"),
+        "Euler": SamplerSpec("EulerChurnScheduler"),
         "LMS": SamplerSpec("LMSDiscreteScheduler"),
         "Heun": SamplerSpec("HeunDiscreteScheduler"),
         "DPM2": SamplerSpec("KDPM2DiscreteScheduler"),
-        "DPM2 a": SamplerSpec("KDPM2AncestralDiscreteScheduler"),
+        "DPM2 a": SamplerSpec("DPM2AncestralScheduler"),
         "DPM fast": SamplerSpec(
             "DPMSolverSinglestepScheduler",
             _DPM_SOLVER3,
@@ -146,21 +146,171 @@ class SchedulerPlan:
     sampler: str  # the A1111 name that was asked for (and is reported)
     schedule: str  # the canonical schedule that ran ("automatic" for samplers without a default)
     notes: list[str] = field(default_factory=list)
+    # A1111's infotext entries for the sampler options that ran ("Eta", "Sigma churn", ...).
+    params: dict[str, object] = field(default_factory=dict)
 
     @property
     def schedule_label(self) -> str:
         return get_scheduler(self.schedule).label
 
 
-class EulerAncestralScheduler(EulerDiscreteScheduler):
+@dataclass(frozen=True)
+class SamplerOptions:
+    """A1111's sampler options for one job, with A1111's defaults (``s_tmax`` 0 or None: no limit).
+
+    ``eta`` is None until the sampler's own default is known (1 for k-diffusion samplers, 0 for
+    DDIM: A1111's ``eta_ancestral`` and ``eta_ddim``).
+    """
+
+    eta: float | None = None
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = math.inf
+    s_noise: float = 1.0
+
+    @classmethod
+    def of(
+        cls,
+        eta: float | None = None,
+        s_churn: float | None = None,
+        s_tmin: float | None = None,
+        s_tmax: float | None = None,
+        s_noise: float | None = None,
+    ) -> SamplerOptions:
+        return cls(
+            eta=eta,
+            s_churn=s_churn or 0.0,
+            s_tmin=s_tmin or 0.0,
+            s_tmax=s_tmax or math.inf,
+            s_noise=1.0 if s_noise is None else s_noise,
+        )
+
+
+class _Tunable:
+    """Sampler options set on one scheduler instance per job; ``APPLIES`` names those it honours."""
+
+    APPLIES: frozenset[str] = frozenset()
+    eta: float = 1.0
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = math.inf
+    s_noise: float = 1.0
+
+
+class EulerChurnScheduler(_Tunable, EulerDiscreteScheduler):  # type: ignore[misc]  # diffusers' own config_name clash
+    """Euler with A1111's Karras churn (``s_churn``, ``s_tmin``, ``s_tmax``, ``s_noise``).
+
+    diffusers' Euler step implements k-diffusion's churn but only when the caller passes the values,
+    which its pipelines never do; this passes the job's. As in diffusers, the model is evaluated
+    at sigma before the churn noise is added (k-diffusion evaluates at the raised sigma_hat).
+    """
+
+    APPLIES = frozenset({"s_churn", "s_tmin", "s_tmax", "s_noise"})
+
+    def step(  # type: ignore[override]
+        self,
+        model_output: torch.Tensor,
+        timestep: float | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+    ) -> EulerDiscreteSchedulerOutput | tuple[torch.Tensor, ...]:
+        return super().step(  # type: ignore[no-any-return]
+            model_output,
+            timestep,
+            sample,
+            s_churn=self.s_churn,
+            s_tmin=self.s_tmin,
+            s_tmax=self.s_tmax,
+            s_noise=self.s_noise,
+            generator=generator,  # type: ignore[arg-type]
+            return_dict=return_dict,
+        )
+
+
+class DPM2AncestralScheduler(_Tunable, KDPM2AncestralDiscreteScheduler):  # type: ignore[misc]  # diffusers' own config_name clash
+    """DPM2 a with A1111's ``eta`` and ``s_noise`` (diffusers fixes eta at 1, s_noise at 1).
+
+    k-diffusion's ``get_ancestral_step(sigma, sigma_next, eta)`` gives the up and down sigmas, and the
+    midpoint is log-halfway to sigma_down; the step noise is ``noise * s_noise * sigma_up``, so
+    scaling the up sigmas by s_noise is the same thing.
+    """
+
+    APPLIES = frozenset({"eta", "s_noise"})
+
+    def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
+        super().set_timesteps(*args, **kwargs)
+        if self.eta != 1.0 or self.s_noise != 1.0:
+            self.ancestral_sigmas()
+
+    def ancestral_sigmas(self) -> None:
+        """Recompute the up / down / midpoint sigmas from ``self.sigmas`` for eta and s_noise."""
+        sigmas = torch.cat([self.sigmas[:1], self.sigmas[1:-1:2]])  # undo the interleave
+        nxt = sigmas.roll(-1)
+        nxt[-1] = 0.0
+        up = torch.minimum(nxt, self.eta * (nxt**2 * (sigmas**2 - nxt**2) / sigmas**2) ** 0.5)
+        down = (nxt**2 - up**2) ** 0.5
+        down[-1] = 0.0
+        mid = sigmas.log().lerp(down.log(), 0.5).exp()
+        mid[-2:] = 0.0
+        up = up * self.s_noise
+
+        def interleave(x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([x[:1], x[1:].repeat_interleave(2), x[-1:]])
+
+        self.sigmas_interpol = interleave(mid)
+        self.sigmas_up = interleave(up)
+        self.sigmas_down = interleave(down)
+
+
+class DPMSolverSDENoiseScheduler(_Tunable, diffusers.DPMSolverSDEScheduler):  # type: ignore[misc,name-defined]
+    """DPM++ SDE with the job's ``s_noise`` (diffusers' step takes it; its pipelines never pass it)."""
+
+    APPLIES = frozenset({"s_noise"})
+
+    def step(  # type: ignore[override]
+        self,
+        model_output: torch.Tensor,
+        timestep: float | torch.Tensor,
+        sample: torch.Tensor,
+        return_dict: bool = True,
+    ) -> Any:
+        return super().step(  # type: ignore[misc]
+            model_output, timestep, sample, return_dict=return_dict, s_noise=self.s_noise
+        )
+
+
+class MultistepSDEScheduler(_Tunable, DPMSolverMultistepScheduler):  # type: ignore[misc]  # diffusers' own config_name clash
+    """DPM++ 2M / 3M SDE with the job's ``s_noise``: k-diffusion multiplies the step noise by it."""
+
+    APPLIES = frozenset({"s_noise"})
+
+    def _scaled(self, noise: torch.Tensor | None) -> torch.Tensor | None:
+        return noise * self.s_noise if noise is not None and self.s_noise != 1.0 else noise
+
+    def dpm_solver_first_order_update(self, *args: Any, noise: Any = None, **kwargs: Any) -> torch.Tensor:
+        return super().dpm_solver_first_order_update(*args, noise=self._scaled(noise), **kwargs)
+
+    def multistep_dpm_solver_second_order_update(
+        self, *args: Any, noise: Any = None, **kwargs: Any
+    ) -> torch.Tensor:
+        return super().multistep_dpm_solver_second_order_update(*args, noise=self._scaled(noise), **kwargs)
+
+    def multistep_dpm_solver_third_order_update(
+        self, *args: Any, noise: Any = None, **kwargs: Any
+    ) -> torch.Tensor:
+        return super().multistep_dpm_solver_third_order_update(*args, noise=self._scaled(noise), **kwargs)
+
+
+class EulerAncestralScheduler(_Tunable, EulerDiscreteScheduler):  # type: ignore[misc]  # diffusers' own config_name clash
     """A1111's Euler a (k-diffusion ``sample_euler_ancestral``) on EulerDiscreteScheduler's sigmas.
 
     diffusers' own EulerAncestralDiscreteScheduler supports neither Karras/exponential/custom sigma
-    schedules nor eta, both of which A1111 offers for Euler a.
+    schedules nor eta, both of which A1111 offers for Euler a. (A1111 passes no ``s_noise`` to
+    Euler a, so a request's s_noise leaves it at 1 here too.)
     """
 
-    eta: float = 1.0
-    s_noise: float = 1.0
+    APPLIES = frozenset({"eta"})
 
     def step(  # type: ignore[override]
         self,
@@ -197,10 +347,22 @@ class EulerAncestralScheduler(EulerDiscreteScheduler):
         return EulerDiscreteSchedulerOutput(prev_sample=prev, pred_original_sample=denoised)
 
 
+OURS: Mapping[str, type] = MappingProxyType(
+    {
+        cls.__name__: cls
+        for cls in (
+            EulerAncestralScheduler,
+            EulerChurnScheduler,
+            DPM2AncestralScheduler,
+            DPMSolverSDENoiseScheduler,
+            MultistepSDEScheduler,
+        )
+    }
+)
+
+
 def scheduler_class(name: str) -> Any:
-    if name == "EulerAncestralScheduler":
-        return EulerAncestralScheduler
-    return getattr(diffusers, name)  # type: ignore[no-any-return]
+    return OURS.get(name) or getattr(diffusers, name)
 
 
 def _accepts(cls: type, kwarg: str) -> bool:
@@ -217,13 +379,16 @@ def build_scheduler(
     eta: float | None = None,
     s_noise: float | None = None,
     s_churn: float | None = None,
+    s_tmin: float | None = None,
+    s_tmax: float | None = None,
 ) -> SchedulerPlan:
     """A new scheduler running ``sampler`` with ``schedule``, over the model's own noise schedule.
 
     ``base_config`` is the pipeline's scheduler config (betas, prediction type). ``seeds`` feed
-    the Brownian noise of DPM++ SDE, one tree per image, as A1111 does. ``eta`` and ``s_noise``
-    reach Euler a (and eta DDIM, per call); where A1111 would use a value we cannot, a note says
-    so. Unknown names are a client error: the dialects canonicalise names before a job is stored.
+    the Brownian noise of DPM++ SDE, one tree per image, as A1111 does. ``eta`` and the ``s_*``
+    options go where A1111's sampler function takes them (``SAMPLER_OPTIONS``; DDIM's eta is
+    passed per call); where A1111 would use a value and this scheduler cannot, a note says so.
+    Unknown names are a client error: the dialects canonicalise names before a job is stored.
     """
     spec = SAMPLERS.get(sampler)
     if spec is None:
@@ -234,7 +399,7 @@ def build_scheduler(
         raise InvalidRequest(f"unknown scheduler {schedule!r}", field="scheduler") from None
     notes = [spec.note] if spec.note else []
     cls_name = spec.scheduler_class
-    if cls_name == "DPMSolverSDEScheduler" and not HAS_TORCHSDE:
+    if cls_name == "DPMSolverSDENoiseScheduler" and not HAS_TORCHSDE:
         cls_name = "DPMSolverSinglestepScheduler"
         notes.append("DPM++ SDE needs torchsde, which is not installed; ran DPM++ 2S (singlestep)")
     cls = scheduler_class(cls_name)
@@ -247,47 +412,72 @@ def build_scheduler(
     scheduler = _new_scheduler(cls_name, dict(base_config), kwargs)
     if custom is not None:
         _install_sigmas(scheduler, custom)
-    if isinstance(scheduler, EulerAncestralScheduler):
-        scheduler.eta = 1.0 if eta is None else eta
-        scheduler.s_noise = 1.0 if s_noise is None else s_noise
     if seeds is not None and hasattr(scheduler, "noise_sampler_seed"):
         scheduler.noise_sampler_seed = list(seeds)
-    notes += _unused_options(sampler, scheduler, eta=eta, s_noise=s_noise, s_churn=s_churn)
-    return SchedulerPlan(scheduler, sampler, schedule, notes)
+    options = SamplerOptions.of(eta, s_churn, s_tmin, s_tmax, s_noise)
+    params = apply_options(sampler, scheduler, options, notes)
+    return SchedulerPlan(scheduler, sampler, schedule, notes, params)
 
 
-# Samplers whose A1111 function takes eta / s_noise / s_churn (a1111_api.md §2.1).
-ETA_SAMPLERS = {
-    "Euler a",
-    "DPM2 a",
-    "DPM++ 2S a",
-    "DPM++ SDE",
-    "DPM++ 2M SDE",
-    "DPM++ 2M SDE Heun",
-    "DPM++ 3M SDE",
-    "DPM fast",
-    "DPM adaptive",
-    "DDIM",
-    "DDIM CFG++",
+# Which A1111 sampler takes which option (k-diffusion's ``eta`` argument and A1111's
+# ``sampler_extra_params``; DDIM's eta is ``eta_ddim``). Euler a takes eta but not s_noise.
+_CHURN = ("s_churn", "s_tmin", "s_tmax", "s_noise")
+SAMPLER_OPTIONS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "Euler": _CHURN,
+        "Heun": _CHURN,
+        "DPM2": _CHURN,
+        "Euler a": ("eta",),
+        "DPM2 a": ("eta", "s_noise"),
+        "DPM++ 2S a": ("eta", "s_noise"),
+        "DPM++ SDE": ("eta", "s_noise"),
+        "DPM++ 2M SDE": ("eta", "s_noise"),
+        "DPM++ 2M SDE Heun": ("eta", "s_noise"),
+        "DPM++ 3M SDE": ("eta", "s_noise"),
+        "DPM fast": ("eta", "s_noise"),
+        "DPM adaptive": ("eta",),
+        "DDIM": ("eta",),
+        "DDIM CFG++": ("eta",),
+    }
+)
+DDIM_ETA = frozenset({"DDIM", "DDIM CFG++"})  # default 0, infotext "Eta DDIM"; passed per call
+# option -> (A1111's infotext key, default)
+OPTION_INFOTEXT = {
+    "eta": ("Eta", 1.0),
+    "s_churn": ("Sigma churn", 0.0),
+    "s_tmin": ("Sigma tmin", 0.0),
+    "s_tmax": ("Sigma tmax", math.inf),
+    "s_noise": ("Sigma noise", 1.0),
 }
-S_NOISE_SAMPLERS = ETA_SAMPLERS - {"DDIM", "DDIM CFG++"} | {"Euler", "Heun", "DPM2"}
-S_CHURN_SAMPLERS = {"Euler", "Heun", "DPM2"}
 
 
-def _unused_options(
-    sampler: str, scheduler: Any, *, eta: float | None, s_noise: float | None, s_churn: float | None
-) -> list[str]:
-    """Notes for sampler options A1111 would apply here and this engine cannot (yet)."""
-    ours = isinstance(scheduler, EulerAncestralScheduler)
-    takes_eta = ours or "eta" in inspect.signature(scheduler.step).parameters
-    notes = []
-    if eta is not None and eta != 1.0 and sampler in ETA_SAMPLERS and not takes_eta:
-        notes.append(f"eta {eta:g} is not supported for {sampler}; ran with its default")
-    if s_noise is not None and s_noise != 1.0 and sampler in S_NOISE_SAMPLERS and not ours:
-        notes.append(f"s_noise {s_noise:g} is not supported for {sampler}; ran with 1")
-    if s_churn and sampler in S_CHURN_SAMPLERS:
-        notes.append(f"s_churn {s_churn:g} is not supported for {sampler}; ran with 0")
-    return notes
+def apply_options(
+    sampler: str, scheduler: Any, options: SamplerOptions, notes: list[str]
+) -> dict[str, object]:
+    """Set what ``sampler`` takes of ``options`` on ``scheduler``; returns the infotext entries.
+
+    As A1111, an option is written to the infotext only for a sampler that takes it and only when
+    it differs from the default. One this scheduler cannot honour is noted instead (and not
+    written, since it did not run).
+    """
+    params: dict[str, object] = {}
+    applies: frozenset[str] = getattr(scheduler, "APPLIES", frozenset())
+    for name in SAMPLER_OPTIONS.get(sampler, ()):
+        key, default = OPTION_INFOTEXT[name]
+        value = getattr(options, name)
+        if name == "eta" and sampler in DDIM_ETA:
+            key, default = "Eta DDIM", 0.0
+            if value is not None and value != default:  # the engine passes it to DDIM's step
+                params[key] = value
+            continue
+        if value is None or value == default:
+            continue
+        if name in applies:
+            setattr(scheduler, name, value)
+            params[key] = value
+        else:
+            notes.append(f"{name} {value:g} is not supported for {sampler}; ran with {default:g}")
+    return params
 
 
 def _new_scheduler(cls_name: str, config: dict[str, Any], kwargs: dict[str, Any]) -> Any:

@@ -94,9 +94,13 @@ async def test_variation_seed_reaches_the_engine(client: httpx.AsyncClient, engi
     assert json.loads(r.json()["info"])["subseed_strength"] == 0.5
 
 
-async def test_seed_resize_is_refused_not_ignored(client: httpx.AsyncClient) -> None:
+async def test_seed_resize_reaches_the_engine(client: httpx.AsyncClient, engine: FakeEngine) -> None:
     r = await client.post("/sdapi/v1/txt2img", json={"seed_resize_from_w": 256, "seed_resize_from_h": 256})
-    assert r.status_code == 400 and "seed_resize_from" in r.json()["detail"]
+    assert r.status_code == 200, r.text
+    request = engine.calls[-1]
+    assert (request.seed_resize_from_w, request.seed_resize_from_h) == (256, 256)
+    r = await client.post("/sdapi/v1/txt2img", json={"seed_resize_from_w": 250, "seed_resize_from_h": 256})
+    assert r.status_code == 400 and r.json()["detail"].startswith("seed_resize_from_w:")
 
 
 @pytest.fixture

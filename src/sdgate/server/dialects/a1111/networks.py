@@ -1,5 +1,8 @@
 """``/sdapi/v1`` lists of extra networks and styles: LoRAs, embeddings, prompt styles.
 
+Embeddings are described from their headers (no torch here); which ones are ``loaded`` depends on
+the current checkpoint's text-encoder widths, read the same way.
+
 A1111 serves ``/loras`` and ``/refresh-loras`` without auth; here every route is behind the same
 auth as the rest (stricter on purpose). Files are listed from disk on each call, so the refresh
 routes have nothing to rebuild and return ``null`` at once.
@@ -11,10 +14,12 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from sdgate.core.embeddings import EmbeddingFile, describe, text_widths
+from sdgate.core.errors import SdgateError
 from sdgate.core.loras import list_loras
 from sdgate.core.styles import STYLES_FILE, load_styles
 from sdgate.server.deps import ServicesDep
-from sdgate.server.dialects.a1111.router import A1111Route
+from sdgate.server.dialects.a1111.router import A1111Route, OptionsDep
 
 router = APIRouter(prefix="/sdapi/v1", route_class=A1111Route, tags=["AUTOMATIC1111"])
 
@@ -33,19 +38,32 @@ def refresh_loras() -> None:
 
 
 @router.get("/embeddings")
-def embeddings(services: ServicesDep) -> dict[str, dict[str, Any]]:
-    """Textual-inversion files are found but not used by prompts yet: all are ``skipped``."""
-    skipped = {
-        f.name: {
-            "step": None,
-            "sd_checkpoint": None,
-            "sd_checkpoint_name": None,
-            "shape": None,
-            "vectors": None,
-        }
-        for f in services.catalog.list_files("embeddings")
+def embeddings(services: ServicesDep, options: OptionsDep) -> dict[str, dict[str, Any]]:
+    """The embeddings folder, split as A1111 does for the current checkpoint: ``loaded`` are those
+    whose width fits its text encoders, ``skipped`` the others (and files that cannot be read)."""
+    try:
+        widths = text_widths(options.current_model())
+    except SdgateError:  # no model at all: nothing can be said to fit
+        widths = None
+    loaded: dict[str, Any] = {}
+    skipped: dict[str, Any] = {}
+    for asset in services.catalog.list_files("embeddings"):
+        if asset.name in loaded or asset.name in skipped:
+            continue  # the first file of a name wins, as in prompts
+        found = describe(asset.name, asset.path)
+        fits = found.error is None and widths is not None and found.widths == widths
+        (loaded if fits else skipped)[asset.name] = _embedding_item(found)
+    return {"loaded": loaded, "skipped": skipped}
+
+
+def _embedding_item(found: EmbeddingFile) -> dict[str, Any]:
+    return {
+        "step": found.step,
+        "sd_checkpoint": found.sd_checkpoint,
+        "sd_checkpoint_name": found.sd_checkpoint_name,
+        "shape": found.shape if found.error is None else None,
+        "vectors": found.vectors if found.error is None else None,
     }
-    return {"loaded": {}, "skipped": skipped}
 
 
 @router.post("/refresh-embeddings")

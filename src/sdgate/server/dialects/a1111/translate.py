@@ -9,7 +9,7 @@ from typing import Any
 
 from sdgate.core.engine import ModelDefaults
 from sdgate.core.errors import InvalidRequest
-from sdgate.core.infotext import A1111_VERSION
+from sdgate.core.infotext import A1111_VERSION, parse_infotext
 from sdgate.core.prompts import extract_networks
 from sdgate.core.requests import GenerationRequest, HiresSettings, Mode
 from sdgate.core.results import GenerationResult
@@ -23,9 +23,6 @@ from sdgate.settings import Settings
 _UNSUPPORTED: tuple[tuple[str, object, str], ...] = (
     ("hr_checkpoint_name", (None, "", "Use same checkpoint"), "a second hires checkpoint is not supported"),
     ("restore_faces", (None, False), "no face restorer is installed"),
-    ("tiling", (None, False), "tiling is not supported yet"),
-    ("seed_resize_from_h", (-1, 0), "seed resize is not supported yet"),
-    ("seed_resize_from_w", (-1, 0), "seed resize is not supported yet"),
     ("refiner_checkpoint", (None, "", "None"), "refiners are not supported yet"),
     ("firstphase_width", 0, "legacy firstphase sizes are not supported: use hr_scale or hr_resize_x/y"),
     ("firstphase_height", 0, "legacy firstphase sizes are not supported: use hr_scale or hr_resize_x/y"),
@@ -85,6 +82,9 @@ def txt2img_request(
         seed=resolve_seed(body.seed, field="seed"),
         subseed=resolve_seed(body.subseed, field="subseed"),
         subseed_strength=body.subseed_strength,
+        seed_resize_from_w=_seed_resize(body.seed_resize_from_w, "seed_resize_from_w", defaults, settings),
+        seed_resize_from_h=_seed_resize(body.seed_resize_from_h, "seed_resize_from_h", defaults, settings),
+        tiling=bool(body.tiling),
         batch_size=body.batch_size,
         n_iter=body.n_iter,
         clip_skip=_int_setting(clip_skip, 1, "override_settings.CLIP_stop_at_last_layers"),
@@ -179,6 +179,20 @@ def img2img_request(
     })
 
 
+def _seed_resize(value: int, field: str, defaults: ModelDefaults, settings: Settings) -> int:
+    """-1 and 0 mean off (A1111 applies a seed resize only when both sides are > 0)."""
+    if value in (-1, 0):
+        return 0
+    factor = defaults.vae_scale_factor
+    if value < 0 or value > settings.max_side or value % factor:
+        raise InvalidRequest(
+            f"{field}: must be -1 or 0 (off) or a multiple of {factor} up to {settings.max_side} "
+            f"for model {defaults.name}, got {value}",
+            field=field,
+        )
+    return value
+
+
 def _int_setting(value: Any, default: int, field: str) -> int:
     if value is None:
         return default
@@ -203,9 +217,14 @@ def info_json(
     *,
     model_name: str,
     created_at: datetime | None = None,
+    grid_infotext: str | None = None,
 ) -> str:
-    """``info``: a JSON *string* with ``Processed.js()``'s keys in A1111's order."""
+    """``info``: a JSON *string* with ``Processed.js()``'s keys in A1111's order.
+
+    ``grid_infotext``: a grid was prepended to the images, so its infotext leads ``infotexts``.
+    """
     images = result.images
+    first = parse_infotext(images[0].infotext) if images else {}  # the VAE used, if a file
     seeds = [img.seed for img in images] or request.seeds()
     subseeds = [img.subseed for img in images] or request.subseeds()
     prompts = list(result.prompts) or [request.prompt] * len(seeds)
@@ -231,14 +250,14 @@ def info_json(
         "face_restoration_model": None,
         "sd_model_name": result.model_name or model_name,
         "sd_model_hash": result.model_hash,
-        "sd_vae_name": None,
-        "sd_vae_hash": None,
+        "sd_vae_name": first.get("VAE"),
+        "sd_vae_hash": first.get("VAE hash"),
         "seed_resize_from_w": body.seed_resize_from_w,
         "seed_resize_from_h": body.seed_resize_from_h,
         "denoising_strength": body.denoising_strength,
         "extra_generation_params": _extra_params(result),
-        "index_of_first_image": 0,
-        "infotexts": [img.infotext for img in images],
+        "index_of_first_image": 0 if grid_infotext is None else 1,
+        "infotexts": ([] if grid_infotext is None else [grid_infotext]) + [img.infotext for img in images],
         "styles": list(request.styles),
         "job_timestamp": timestamp,
         "clip_skip": request.clip_skip,
