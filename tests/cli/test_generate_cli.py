@@ -105,7 +105,7 @@ def test_generate_json_and_img2img(app: typer.Typer, native: FakeNative, tmp_pat
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["job_id"] == "job_0001" and len(data["images"]) == 1 and data["seeds"] == [7]
-    body = json.loads(native.requests[0].content)
+    body = next(json.loads(r.content) for r in native.requests if r.url.path == "/api/v1/jobs")
     assert body["denoising_strength"] == 0.5 and body["mask"] and body["init_image"]
 
 
@@ -210,19 +210,6 @@ def test_info_reads_the_infotext(app: typer.Typer, tmp_path: Path) -> None:
     junk.write_bytes(b"not an image")
     assert runner.invoke(app, ["info", str(junk)]).exit_code == 1
     assert runner.invoke(app, ["info", str(tmp_path / "missing.png")]).exit_code == 2
-
-
-@pytest.fixture
-def live_server(tmp_path: Path) -> Iterator[ThreadedServer]:
-    from sdgate.settings import Settings
-    from tests.server.fakes import write_fake_checkpoint
-
-    write_fake_checkpoint(tmp_path / "models" / "Stable-diffusion" / "alpha.safetensors")
-    settings = Settings(
-        data_dir=tmp_path / "data", models_dir=tmp_path / "models", device="cpu", worker_poll_s=0.02
-    )
-    with ThreadedServer(settings) as server:
-        yield server
 
 
 def test_real_entry_point_against_a_live_server(tmp_path: Path, live_server: ThreadedServer) -> None:

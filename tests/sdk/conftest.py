@@ -44,7 +44,9 @@ class ThreadedServer:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         app = create_app(settings, engine=FakeEngine(step_s=0.01))
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", ws="websockets-sansio"
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
 

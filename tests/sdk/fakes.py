@@ -3,6 +3,7 @@ a PNG maker, a recorder of sleeps, and a fake clock."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import itertools
@@ -64,11 +65,18 @@ class FakeNative:
     -> succeeded after ``steps`` polls); the SSE stream replays every event to the terminal one.
 
     Prompts: "fail" fails the job; "cut" drops the SSE stream after the first event once.
+    ``long_poll``: ``?wait=`` runs the job to its end and ``?include=images`` inlines the images
+    (off: the server predates them and ignores both); ``uploads``: ``POST /api/v1/uploads`` exists.
     """
 
-    def __init__(self, *, steps: int = 2, sse: bool = True) -> None:
+    def __init__(
+        self, *, steps: int = 2, sse: bool = True, long_poll: bool = False, uploads: bool = False
+    ) -> None:
         self.steps = steps
         self.sse = sse
+        self.long_poll = long_poll
+        self.uploads_enabled = uploads
+        self.uploads: dict[str, bytes] = {}
         self.jobs: dict[str, FakeJob] = {}
         self.keys: dict[str, tuple[str, str]] = {}
         self.requests: list[httpx.Request] = []
@@ -130,11 +138,27 @@ class FakeNative:
             out["error"] = {"code": "generation_failed", "message": "the engine exploded"}
         return out
 
+    def finish(self, job: FakeJob, request: httpx.Request) -> dict[str, Any]:
+        """The job's view, run to its end first under ``?wait=`` (when this fake has long polls)."""
+        if self.long_poll and float(request.url.params.get("wait", 0)) > 0:
+            while job.state not in ("succeeded", "failed", "cancelled"):
+                self._advance(job)
+        out = self.view(job)
+        if self.long_poll and "images" in request.url.params.get_list("include") and out["result"]:
+            for row in out["result"]["images"]:
+                raw = png_bytes(infotext=f"{job.body['prompt']}\nSeed: {row['seed']}")
+                row["data"] = base64.b64encode(raw).decode()
+        return out
+
     def handle(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         path = request.url.path
         if request.method == "POST" and path == "/api/v1/jobs":
             return self._submit(request)
+        if request.method == "POST" and path == "/api/v1/uploads" and self.uploads_enabled:
+            upload_id = "img_" + hashlib.sha256(request.content).hexdigest()[:24]
+            self.uploads[upload_id] = request.content
+            return httpx.Response(201, json={"id": upload_id, "url": f"/api/v1/images/{upload_id}"})
         if request.method == "GET" and path == "/api/v1/jobs":
             return httpx.Response(
                 200, json={"data": [self.view(j) for j in self.jobs.values()], "next_cursor": None}
@@ -156,7 +180,18 @@ class FakeNative:
                 return httpx.Response(404, json={"error": {"code": "not_found", "message": "no such job"}})
             if len(parts) == 5 and request.method == "GET":
                 self._advance(job)
-                return httpx.Response(200, json=self.view(job))
+                return httpx.Response(200, json=self.finish(job, request))
+            if len(parts) == 5 and request.method == "DELETE":
+                del self.jobs[job.id]
+                return httpx.Response(204)
+            if parts[5:] == ["retry"] and request.method == "POST":
+                if job.state not in ("succeeded", "failed", "cancelled"):
+                    return httpx.Response(
+                        409, json={"error": {"code": "conflict", "message": "still running"}}
+                    )
+                new = FakeJob(id=f"job_{next(self.ids):04d}", body=job.body, polls_left=self.steps)
+                self.jobs[new.id] = new
+                return httpx.Response(202, json=self.view(new))
             if parts[5:] == ["cancel"] and request.method == "POST":
                 if job.state not in ("succeeded", "failed"):
                     job.state = "cancelled"
@@ -174,13 +209,18 @@ class FakeNative:
             job_id, old = self.keys[key]
             if old != digest:
                 return httpx.Response(409, json={"error": {"code": "conflict", "message": "key reused"}})
-            return httpx.Response(202, json=self.view(self.jobs[job_id]))
+            return httpx.Response(202, json=self.finish(self.jobs[job_id], request))
+        for name in ("init_image", "mask"):
+            value = body.get(name)
+            if isinstance(value, str) and value.startswith("img_") and value not in self.uploads:
+                error = {"code": "not_found", "message": f"{name}: no upload {value}", "field": name}
+                return httpx.Response(404, json={"error": error})
         job = FakeJob(id=f"job_{next(self.ids):04d}", body=body, polls_left=self.steps)
         self.jobs[job.id] = job
         self._event(job, "queued", position=0)
         if key:
             self.keys[key] = (job.id, digest)
-        return httpx.Response(202, json=self.view(job))
+        return httpx.Response(202, json=self.finish(job, request))
 
     def _events(self, job: FakeJob, request: httpx.Request) -> httpx.Response:
         if not self.sse:

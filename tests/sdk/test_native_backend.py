@@ -54,13 +54,15 @@ def test_txt2img_wire_body_and_result() -> None:
     assert result.timings == {"total_s": 0.5} and result.backend == "sdgate" and result.ignored_fields == ()
 
 
-def test_img2img_and_inpaint_send_base64_images() -> None:
+def test_img2img_and_inpaint_send_base64_images_to_a_server_without_uploads() -> None:
     native = FakeNative()
     client = client_for(native)
     init, mask = png_bytes((1, 2, 3)), png_bytes((255, 255, 255))
     client.img2img("x", init_image=init, denoising_strength=0.4)
     client.inpaint("x", init_image=init, mask=mask)
-    first, second = (json.loads(r.content) for r in native.requests if r.method == "POST")
+    uploads = [r for r in native.requests if r.url.path == "/api/v1/uploads"]
+    assert len(uploads) == 1  # tried once (404), then never again
+    first, second = (json.loads(r.content) for r in native.requests if r.url.path == "/api/v1/jobs")
     assert base64.b64decode(first["init_image"]) == init and first["denoising_strength"] == 0.4
     assert "mask" not in first and base64.b64decode(second["mask"]) == mask
 

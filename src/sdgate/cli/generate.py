@@ -125,7 +125,10 @@ def result_json(result: Any, paths: list[Path]) -> dict[str, Any]:
 
 def generate(
     prompt: Annotated[str, typer.Argument(help="What to draw.")],
-    n: Annotated[int, typer.Option("-n", "--n", min=1, help="Images to make.")] = 1,
+    n: Annotated[int, typer.Option("-n", "--n", "--batch", min=1, help="Images per batch (batch_size).")] = 1,
+    n_iter: Annotated[
+        int, typer.Option("--n-iter", min=1, help="Batches, one after another: n x n-iter images.")
+    ] = 1,
     negative: Annotated[str, typer.Option("--negative", help="Negative prompt.")] = "",
     steps: Annotated[
         int | None, typer.Option("--steps", min=1, help="Sampling steps. [default: the model's]")
@@ -138,6 +141,40 @@ def generate(
     sampler: Annotated[
         str | None, typer.Option("--sampler", help="An A1111 sampler name, e.g. 'DPM++ 2M'.")
     ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option("--scheduler", help="Noise schedule, e.g. karras. [default: the sampler's]")
+    ] = None,
+    subseed: Annotated[int | None, typer.Option("--subseed", min=0, help="Variation seed.")] = None,
+    subseed_strength: Annotated[
+        float | None,
+        typer.Option("--subseed-strength", min=0.0, max=1.0, help="How far towards the variation seed."),
+    ] = None,
+    hires: Annotated[
+        float | None,
+        typer.Option("--hires", min=1.0, help="Hires fix: a second pass at this scale, e.g. 2.0."),
+    ] = None,
+    hires_steps: Annotated[
+        int | None, typer.Option("--hires-steps", min=0, help="Second-pass steps (0: as the first).")
+    ] = None,
+    hires_strength: Annotated[
+        float | None,
+        typer.Option("--hires-strength", min=0.0, max=1.0, help="Second-pass denoising. [default: 0.7]"),
+    ] = None,
+    hires_upscaler: Annotated[
+        str | None, typer.Option("--hires-upscaler", help="Upscaler. [default: Latent]")
+    ] = None,
+    lora: Annotated[
+        list[str] | None,
+        typer.Option("--lora", help="A LoRA as NAME or NAME:WEIGHT, e.g. detail:0.7; repeat for more."),
+    ] = None,
+    vae: Annotated[str | None, typer.Option("--vae", help="VAE name on the server.")] = None,
+    style: Annotated[
+        list[str] | None, typer.Option("--style", help="A saved A1111 style; repeat for more.")
+    ] = None,
+    clip_skip: Annotated[
+        int | None, typer.Option("--clip-skip", min=1, max=12, help="CLIP layers to skip.")
+    ] = None,
+    tiling: Annotated[bool, typer.Option("--tiling", help="Make a seamlessly tiling image.")] = False,
     model: Annotated[str | None, typer.Option("--model", help="Model name on the server.")] = None,
     init: Annotated[
         Path | None, typer.Option("--init", exists=True, dir_okay=False, help="Init image (img2img).")
@@ -163,12 +200,22 @@ def generate(
     fields: dict[str, Any] = {
         "negative_prompt": negative,
         "batch_size": n,
+        "n_iter": n_iter,
         "steps": steps,
         "width": width,
         "height": height,
         "seed": seed,
         "cfg_scale": cfg,
         "sampler": sampler,
+        "scheduler": scheduler,
+        "subseed": subseed,
+        "subseed_strength": subseed_strength,
+        "hires": hires_settings(hires, hires_steps, hires_strength, hires_upscaler),
+        "loras": tuple(lora or ()),
+        "vae": vae,
+        "styles": tuple(style or ()),
+        "clip_skip": clip_skip,
+        "tiling": tiling,
         "model": model,
         "denoising_strength": strength,
     }
@@ -194,6 +241,24 @@ def generate(
             typer.echo(f"{path}" + (f"  seed {s}" if s is not None else ""))
 
 
+def hires_settings(
+    scale: float | None, steps: int | None, strength: float | None, upscaler: str | None
+) -> Any:
+    """``--hires`` and its companions as a ``Hires`` (``None`` without ``--hires``)."""
+    if scale is None:
+        if steps is not None or strength is not None or upscaler is not None:
+            fail(
+                "--hires-steps, --hires-strength and --hires-upscaler need --hires SCALE",
+                code=2,
+                kind="UsageError",
+            )
+        return None
+    from sdgate.client import Hires
+
+    given: dict[str, Any] = {"second_pass_steps": steps, "denoising_strength": strength, "upscaler": upscaler}
+    return Hires(scale=scale, **{k: v for k, v in given.items() if v is not None})
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
@@ -205,4 +270,8 @@ def mount(app: typer.Typer) -> None:
     app.command("generate")(generate)
     app.command("batch")(batch.batch)
     app.command("info")(info.info)
-    app.add_typer(jobs.app, name="jobs", help="List, inspect, cancel and follow jobs on an sdgate server.")
+    app.add_typer(
+        jobs.app,
+        name="jobs",
+        help="List, inspect, cancel, retry, delete and follow jobs on an sdgate server.",
+    )

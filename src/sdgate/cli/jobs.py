@@ -1,4 +1,5 @@
-"""``sdgate jobs list|show|cancel|watch``: the native job API from the command line."""
+"""``sdgate jobs list|show|cancel|retry|delete|watch|events``: the native job API from the command
+line."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from sdgate.cli.generate import (
 from sdgate.client import Job
 
 app = typer.Typer(
-    help="List, inspect, cancel and follow jobs on an sdgate server.",
+    help="List, inspect, cancel, retry, delete and follow jobs on an sdgate server.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -84,6 +85,49 @@ def cancel(
     with handle_errors(), common.make_client(ClientOptions(backend, api_key)) as client:
         job = client.jobs.cancel(job_id)
     typer.echo(json.dumps(job_json(job), indent=2, default=str) if as_json else job_line(job))
+
+
+@app.command()
+def retry(
+    job_id: JobIdArg, backend: BackendOpt = None, api_key: ApiKeyOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Run an ended job again as a new job (same request and seeds); prints the new job."""
+    with handle_errors(), common.make_client(ClientOptions(backend, api_key)) as client:
+        job = client.jobs.retry(job_id)
+    typer.echo(json.dumps(job_json(job), indent=2, default=str) if as_json else job_line(job))
+
+
+@app.command()
+def delete(job_id: JobIdArg, backend: BackendOpt = None, api_key: ApiKeyOpt = None) -> None:
+    """Delete a job and the images only it used (a running job is cancelled first)."""
+    with handle_errors(), common.make_client(ClientOptions(backend, api_key)) as client:
+        client.jobs.delete(job_id)
+    typer.echo(f"{job_id} deleted")
+
+
+@app.command()
+def events(
+    count: Annotated[
+        int | None, typer.Option("--count", min=1, help="Stop after this many events. [default: never]")
+    ] = None,
+    backend: BackendOpt = None,
+    api_key: ApiKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print every event of your jobs as it happens (one line each) until Ctrl-C."""
+    with handle_errors(), common.make_client(ClientOptions(backend, api_key)) as client:
+        stream = client.jobs.events()
+        try:
+            for seen, event in enumerate(stream, start=1):
+                if as_json:
+                    typer.echo(json.dumps({"event": event.kind, "job_id": event.job_id, "data": event.data}))
+                else:
+                    progress = f" {event.step}/{event.total}" if event.total else ""
+                    typer.echo(f"{event.job_id}  {event.kind}{progress}")
+                if count is not None and seen >= count:
+                    break
+        finally:
+            stream.close()  # type: ignore[attr-defined]
 
 
 @app.command()

@@ -404,6 +404,21 @@ class AsyncJobs:
     async def cancel(self, job_id: str) -> Job:
         return await self._run(self._client._jobs_backend().cancel_job(job_id))
 
+    async def delete(self, job_id: str) -> None:
+        """Delete a job, its events and the images only it used (a running job is cancelled first)."""
+        await self._run(self._client._jobs_backend().delete_job(job_id))
+
+    async def retry(self, job_id: str) -> Job:
+        """A new job with an ended job's request (same seeds), priority, metadata and callback."""
+        return await self._run(self._client._jobs_backend().retry_job(job_id))
+
+    async def events(self) -> AsyncIterator[ProgressEvent]:
+        """Every event of every job of yours, as it happens (WebSocket ``/api/v1/events``):
+        ``async for event in client.jobs.events(): ...``; ``break`` (or ``aclose()``) closes it."""
+        backend = self._client._jobs_backend()
+        async for event in self._client._drive(backend.job_events(), backend, _Box()):
+            yield event
+
     async def wait(
         self, job_id: str, *, timeout: float | None = None, on_progress: ProgressCallback | None = None
     ) -> Job:

@@ -20,7 +20,9 @@ def cache_key(backend_identity: str, request: ImageRequest) -> str:
 
 
 def cacheable(request: ImageRequest) -> bool:
-    """Only a fixed seed makes a request repeatable."""
+    """Only a fixed seed (and a fixed variation seed, when one is used) makes a request repeatable."""
+    if request.subseed_strength and (request.subseed is None or request.subseed < 0):
+        return False
     return request.seed is not None and request.seed >= 0
 
 

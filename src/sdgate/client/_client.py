@@ -403,6 +403,20 @@ class Jobs:
     def cancel(self, job_id: str) -> Job:
         return self._run(self._client._jobs_backend().cancel_job(job_id))
 
+    def delete(self, job_id: str) -> None:
+        """Delete a job, its events and the images only it used (a running job is cancelled first)."""
+        self._run(self._client._jobs_backend().delete_job(job_id))
+
+    def retry(self, job_id: str) -> Job:
+        """A new job with an ended job's request (same seeds), priority, metadata and callback."""
+        return self._run(self._client._jobs_backend().retry_job(job_id))
+
+    def events(self) -> Iterator[ProgressEvent]:
+        """Every event of every job of yours, as it happens (WebSocket ``/api/v1/events``), until
+        you stop iterating: ``for event in client.jobs.events(): ...``; ``break`` closes it."""
+        backend = self._client._jobs_backend()
+        yield from self._client._drive(backend.job_events(), backend)
+
     def wait(
         self, job_id: str, *, timeout: float | None = None, on_progress: ProgressCallback | None = None
     ) -> Job:

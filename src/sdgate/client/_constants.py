@@ -28,6 +28,10 @@ MAX_KEEPALIVE_CONNECTIONS = 32
 POLL_INITIAL_S = 0.02
 POLL_MAX_S = 1.0
 POLL_FACTOR = 1.5
+# sdgate's long poll: one request submits, waits up to this long and brings the images back.
+LONG_POLL_S = 30.0
+# Uploaded init images and masks a client remembers (content hash -> upload id).
+MAX_REMEMBERED_UPLOADS = 1024
 
 DEFAULT_BATCH_CONCURRENCY = 4
 IDEMPOTENCY_HEADER = "Idempotency-Key"

@@ -33,8 +33,69 @@ def to_png_bytes(image: ImageInput | None) -> bytes | None:
 
 
 @dataclass(frozen=True, slots=True)
+class Lora:
+    """A LoRA to apply: ``weight`` on the text encoder, ``unet_weight`` (default: the same) on the UNet."""
+
+    name: str
+    weight: float = 1.0
+    unet_weight: float | None = None
+
+    @classmethod
+    def parse(cls, value: Lora | str | tuple[Any, ...] | dict[str, Any]) -> Lora:
+        """``Lora``, ``"name"``, ``"name:0.7"``, ``("name", 0.7)`` or ``{"name": ..., "weight": ...}``."""
+        if isinstance(value, Lora):
+            return value
+        if isinstance(value, dict):
+            return cls(**value)
+        if isinstance(value, tuple | list):
+            return cls(*value)
+        if isinstance(value, str):
+            name, sep, weight = value.rpartition(":")
+            if sep and name:
+                try:
+                    return cls(name, float(weight))
+                except ValueError:
+                    pass
+            return cls(value)
+        raise TypeError(f"not a LoRA: {value!r} (use 'name', 'name:0.7' or Lora(name, weight))")
+
+
+@dataclass(frozen=True, slots=True)
+class Hires:
+    """Hires fix: a second pass at ``scale`` times the size (or at ``resize_x`` x ``resize_y``).
+    ``None`` and 0 mean the service's default (steps 0: as many as the first pass)."""
+
+    scale: float = 2.0
+    upscaler: str = "Latent"
+    second_pass_steps: int = 0
+    denoising_strength: float = 0.7
+    resize_x: int = 0
+    resize_y: int = 0
+    sampler: str | None = None
+    scheduler: str | None = None
+    prompt: str = ""
+    negative_prompt: str = ""
+
+    @classmethod
+    def parse(cls, value: Hires | float | int | dict[str, Any]) -> Hires:
+        """``Hires``, a scale (``2.0``) or a dict of fields."""
+        if isinstance(value, Hires):
+            return value
+        if isinstance(value, dict):
+            return cls(**value)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return cls(scale=float(value))
+        raise TypeError(f"not a hires setting: {value!r} (use a scale such as 2.0, or Hires(...))")
+
+
+@dataclass(frozen=True, slots=True)
 class ImageRequest:
-    """One generation, in the native API's field names. ``None`` means "the service's default"."""
+    """One generation, in the native API's field names. ``None`` means "the service's default".
+
+    ``loras`` take ``Lora`` objects or ``"name:0.7"`` strings, ``hires`` a ``Hires`` or a scale.
+    The fields after ``denoising_strength`` are A1111's (and sdgate's): other services may not
+    honour them (see ``GenerationResult.ignored_fields``, or ``strict=True``).
+    """
 
     prompt: str
     negative_prompt: str = ""
@@ -50,9 +111,49 @@ class ImageRequest:
     init_image: bytes | None = None  # encoded image bytes (use ``ImageRequest.build`` for paths/PIL)
     mask: bytes | None = None
     denoising_strength: float | None = None
+    # sampling, as A1111 has it
+    n_iter: int = 1  # batches run one after another: batch_size * n_iter images
+    subseed: int | None = None  # variation seed (None: random)
+    subseed_strength: float | None = None
+    seed_resize_from_w: int | None = None
+    seed_resize_from_h: int | None = None
+    clip_skip: int | None = None
+    tiling: bool = False
+    eta: float | None = None
+    s_churn: float | None = None
+    s_tmin: float | None = None
+    s_tmax: float | None = None
+    s_noise: float | None = None
+    eta_noise_seed_delta: int | None = None
+    # img2img / inpaint details
+    resize_mode: int | None = None
+    image_cfg_scale: float | None = None
+    mask_blur: int | None = None
+    inpainting_fill: int | None = None
+    inpaint_full_res: bool | None = None
+    inpaint_full_res_padding: int | None = None
+    inpainting_mask_invert: bool | None = None
+    initial_noise_multiplier: float | None = None
+    # extras
+    hires: Hires | None = None
+    loras: tuple[Lora, ...] = ()
+    vae: str | None = None
+    styles: tuple[str, ...] = ()
+    # the job
     priority: int = 0
     metadata: dict[str, Any] | None = None
     callback_url: str | None = None  # sdgate jobs: POSTed the finished job (signed)
+
+    def __post_init__(self) -> None:
+        # Accept the convenient spellings (lists, "name:0.7", a bare scale) and store one form.
+        if not isinstance(self.loras, tuple) or any(not isinstance(x, Lora) for x in self.loras):
+            loras = [self.loras] if isinstance(self.loras, str | Lora | dict) else self.loras
+            object.__setattr__(self, "loras", tuple(Lora.parse(x) for x in loras))
+        if self.hires is not None and not isinstance(self.hires, Hires):
+            object.__setattr__(self, "hires", Hires.parse(self.hires))
+        if not isinstance(self.styles, tuple):
+            styles = [self.styles] if isinstance(self.styles, str) else self.styles
+            object.__setattr__(self, "styles", tuple(str(x) for x in styles))
 
     @classmethod
     def build(

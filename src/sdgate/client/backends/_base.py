@@ -36,6 +36,41 @@ class Context:
     poll_max: float = POLL_MAX_S
 
 
+# The A1111-style request fields (``ImageRequest`` after ``denoising_strength``), in words.
+A1111_EXTRAS: dict[str, str] = {
+    "n_iter": "n_iter (repeat the call, or raise batch_size)",
+    "subseed": "variation seeds",
+    "subseed_strength": "variation seeds",
+    "seed_resize_from_w": "seed resize",
+    "seed_resize_from_h": "seed resize",
+    "clip_skip": "CLIP skip",
+    "tiling": "tiling",
+    "eta": "sampler eta",
+    "s_churn": "sampler noise settings",
+    "s_tmin": "sampler noise settings",
+    "s_tmax": "sampler noise settings",
+    "s_noise": "sampler noise settings",
+    "eta_noise_seed_delta": "eta noise seed delta",
+    "resize_mode": "resize modes",
+    "image_cfg_scale": "image CFG scale",
+    "mask_blur": "mask blur",
+    "inpainting_fill": "masked-content fill choice",
+    "inpaint_full_res": "'only masked' inpainting",
+    "inpaint_full_res_padding": "'only masked' inpainting",
+    "inpainting_mask_invert": "mask inversion",
+    "initial_noise_multiplier": "initial noise multiplier",
+    "hires": "hires fix",
+    "loras": "LoRAs",
+    "vae": "VAE choice",
+    "styles": "A1111 styles",
+}
+
+
+def without_a1111_extras(service: str) -> dict[str, str]:
+    """``unsupported`` entries for a service that takes none of the A1111-style fields."""
+    return {name: f"{service} has no {what}" for name, what in A1111_EXTRAS.items()}
+
+
 def new_idempotency_key() -> str:
     return uuid.uuid4().hex
 
@@ -45,10 +80,10 @@ def b64encode(data: bytes) -> str:
 
 
 def decode_image(data: bytes, *, where: str) -> tuple[Image.Image, str]:
-    """PIL image (pixels loaded) and its A1111 infotext ("" when none) from encoded bytes."""
+    """PIL image and its A1111 infotext ("" when none) from encoded bytes. Only the header is read
+    here: pixels are decoded on first use, so a caller who only saves ``data`` never pays for it."""
     try:
         image = Image.open(io.BytesIO(data))
-        image.load()
     except Exception as exc:  # noqa: BLE001 - any decoder failure means the same to the caller
         raise APIResponseError(f"{where}: not an image ({exc})") from None
     info = image.info.get("parameters", "")
@@ -177,6 +212,18 @@ class Backend:
         raise self._no_jobs()
         yield  # pragma: no cover
 
+    def delete_job(self, job_id: str) -> Gen:
+        raise self._no_jobs()
+        yield  # pragma: no cover
+
+    def retry_job(self, job_id: str) -> Gen:
+        raise self._no_jobs()
+        yield  # pragma: no cover
+
+    def job_events(self) -> Gen:
+        raise self._no_jobs()
+        yield  # pragma: no cover
+
     def wait_job(self, job_id: str, ctx: Context) -> Gen:
         raise self._no_jobs()
         yield  # pragma: no cover
@@ -215,4 +262,13 @@ def result_from_images(
     )
 
 
-__all__ = ["Backend", "Context", "Gen", "decode_image", "poll_delays", "result_from_images"]
+__all__ = [
+    "A1111_EXTRAS",
+    "Backend",
+    "Context",
+    "Gen",
+    "decode_image",
+    "poll_delays",
+    "result_from_images",
+    "without_a1111_extras",
+]

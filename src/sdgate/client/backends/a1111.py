@@ -12,35 +12,113 @@ from typing import Any, ClassVar
 
 from sdgate.client._exceptions import APIResponseError
 from sdgate.client._ops import Call, Emit, Join, Poll, Sleep, Start
-from sdgate.client._types import ImageRequest, Model, ProgressEvent
+from sdgate.client._types import Hires, ImageRequest, Lora, Model, ProgressEvent
 from sdgate.client.backends._base import Backend, Context, Gen, b64encode, poll_delays, result_from_images
 
 PREFIX = "/sdapi/v1"
 
 
+# Request fields A1111 takes under the same name, when set.
+_PLAIN_FIELDS = (
+    "width",
+    "height",
+    "steps",
+    "cfg_scale",
+    "scheduler",
+    "denoising_strength",
+    "subseed_strength",
+    "seed_resize_from_w",
+    "seed_resize_from_h",
+    "eta",
+    "s_churn",
+    "s_tmin",
+    "s_tmax",
+    "s_noise",
+)
+_IMG2IMG_FIELDS = (
+    "resize_mode",
+    "image_cfg_scale",
+    "mask_blur",
+    "inpainting_fill",
+    "inpaint_full_res",
+    "inpaint_full_res_padding",
+    "inpainting_mask_invert",
+    "initial_noise_multiplier",
+)
+# Request fields A1111 reads from ``override_settings``.
+_SETTINGS = {
+    "vae": "sd_vae",
+    "clip_skip": "CLIP_stop_at_last_layers",
+    "eta_noise_seed_delta": "eta_noise_seed_delta",
+}
+
+
+def lora_tags(loras: tuple[Lora, ...]) -> str:
+    """A1111 applies LoRAs named in the prompt: ``<lora:name:te_weight[:unet_weight]>``."""
+    tags = []
+    for lora in loras:
+        weights = f"{lora.weight:g}"
+        if lora.unet_weight is not None and lora.unet_weight != lora.weight:
+            weights += f":{lora.unet_weight:g}"
+        tags.append(f"<lora:{lora.name}:{weights}>")
+    return " ".join(tags)
+
+
+def hires_fields(hires: Hires) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "enable_hr": True,
+        "hr_scale": hires.scale,
+        "hr_upscaler": hires.upscaler,
+        "hr_second_pass_steps": hires.second_pass_steps,
+        "hr_resize_x": hires.resize_x,
+        "hr_resize_y": hires.resize_y,
+        "denoising_strength": hires.denoising_strength,  # in txt2img, the second pass's strength
+        "hr_prompt": hires.prompt,
+        "hr_negative_prompt": hires.negative_prompt,
+    }
+    if hires.sampler is not None:
+        out["hr_sampler_name"] = hires.sampler
+    if hires.scheduler is not None:
+        out["hr_scheduler"] = hires.scheduler
+    return out
+
+
 def request_body(request: ImageRequest, default_model: str | None = None) -> dict[str, Any]:
+    prompt = request.prompt
+    if request.loras:
+        prompt = f"{prompt} {lora_tags(request.loras)}".strip()
     body: dict[str, Any] = {
-        "prompt": request.prompt,
+        "prompt": prompt,
         "negative_prompt": request.negative_prompt,
         "seed": -1 if request.seed is None else request.seed,
         "batch_size": request.batch_size,
-        "n_iter": 1,
+        "n_iter": request.n_iter,
     }
-    for ours, theirs in (
-        ("width", "width"),
-        ("height", "height"),
-        ("steps", "steps"),
-        ("cfg_scale", "cfg_scale"),
-        ("sampler", "sampler_name"),
-        ("scheduler", "scheduler"),
-        ("denoising_strength", "denoising_strength"),
-    ):
-        value = getattr(request, ours)
+    if request.sampler is not None:
+        body["sampler_name"] = request.sampler
+    img2img = request.mode != "txt2img"
+    for name in _PLAIN_FIELDS + (_IMG2IMG_FIELDS if img2img else ()):
+        value = getattr(request, name)
         if value is not None:
-            body[theirs] = value
+            body[name] = value
+    if request.subseed is not None or request.subseed_strength:
+        body["subseed"] = -1 if request.subseed is None else request.subseed
+    if request.tiling:
+        body["tiling"] = True
+    if request.styles:
+        body["styles"] = list(request.styles)
+    if request.hires is not None and not img2img:
+        body.update(hires_fields(request.hires))
+    settings = {
+        theirs: getattr(request, ours)
+        for ours, theirs in _SETTINGS.items()
+        if getattr(request, ours) is not None
+    }
     model = request.model or default_model
     if model:
-        body["override_settings"] = {"sd_model_checkpoint": model}
+        settings["sd_model_checkpoint"] = model
+    if settings:
+        body["override_settings"] = settings
         body["override_settings_restore_afterwards"] = True
     if request.init_image is not None:
         body["init_images"] = [b64encode(request.init_image)]
@@ -66,8 +144,13 @@ class A1111Backend(Backend):
         "priority": "A1111 runs requests in arrival order",
         "metadata": "A1111 has nowhere to keep it",
         "callback_url": "no webhooks: only sdgate's job API calls back",
+        "hires": "A1111 has hires fix in txt2img only",
     }
     strip_suffixes: ClassVar[tuple[str, ...]] = (PREFIX,)
+
+    def ignored_fields(self, request: ImageRequest) -> tuple[str, ...]:
+        ignored = super().ignored_fields(request)
+        return tuple(name for name in ignored if name != "hires" or request.mode != "txt2img")
 
     def generate(self, request: ImageRequest, ctx: Context) -> Gen:
         route = "txt2img" if request.mode == "txt2img" else "img2img"

@@ -23,7 +23,14 @@ from sdgate.client._exceptions import (
 )
 from sdgate.client._ops import Call, Close, Emit, NextEvent, Sleep, Subscribe
 from sdgate.client._types import ImageRequest, Model, ProgressEvent
-from sdgate.client.backends._base import Backend, Context, Gen, poll_delays, result_from_images
+from sdgate.client.backends._base import (
+    Backend,
+    Context,
+    Gen,
+    poll_delays,
+    result_from_images,
+    without_a1111_extras,
+)
 from sdgate.client.backends._images import repaint_as_transparency
 
 log = logging.getLogger("sdgate.client")
@@ -132,6 +139,7 @@ class ComfyUIBackend(Backend):
         "priority": "ComfyUI's queue order is not exposed as a priority here",
         "metadata": "no job metadata",
         "callback_url": "no webhooks: only sdgate's job API calls back",
+        **without_a1111_extras("the SDK's ComfyUI graph"),
     }
     strip_suffixes: ClassVar[tuple[str, ...]] = ("/api",)
 

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from sdgate.client._exceptions import ConfigurationError
 from sdgate.client._ops import Call
 from sdgate.client._types import ImageRequest, Model
-from sdgate.client.backends._base import Backend, Context, Gen, result_from_images
+from sdgate.client.backends._base import Backend, Context, Gen, result_from_images, without_a1111_extras
 
 
 def parameters(request: ImageRequest, seed: int | None) -> dict[str, Any]:
@@ -35,6 +35,7 @@ class HuggingFaceBackend(Backend):
         "priority": "no queue priority",
         "metadata": "no job metadata",
         "callback_url": "no webhooks: only sdgate's job API calls back",
+        **without_a1111_extras("the HF inference API"),
     }
 
     def endpoint(self, request: ImageRequest) -> str:

@@ -1,50 +1,133 @@
-"""sdgate's own job API (``/api/v1``): submit, follow over SSE (polling as a fallback), fetch."""
+"""sdgate's own job API (``/api/v1``).
+
+``generate`` without progress listeners is one request: ``POST /jobs?wait=..&include=images``
+answers with the finished job and its images inline. With listeners, or when the job outlasts the
+long poll (or the server predates it), the job is followed over SSE (polling as a fallback) and
+its images fetched. Init images and masks are uploaded once (``POST /uploads``) and sent by id.
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import logging
+from dataclasses import asdict
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-from sdgate.client._exceptions import APIError, APIResponseError, APIStatusError, JobFailedError
+from sdgate.client._constants import LONG_POLL_S, MAX_REMEMBERED_UPLOADS
+from sdgate.client._exceptions import (
+    APIConnectionError,
+    APIError,
+    APIResponseError,
+    APIStatusError,
+    JobFailedError,
+    NotFoundError,
+)
 from sdgate.client._ops import Call, Close, Emit, NextEvent, Sleep, Subscribe
 from sdgate.client._sse import ServerSentEvent
-from sdgate.client._types import TERMINAL_STATES, ImageRequest, Job, JobList, Model, ProgressEvent
+from sdgate.client._types import TERMINAL_STATES, Hires, ImageRequest, Job, JobList, Model, ProgressEvent
 from sdgate.client.backends._base import Backend, Context, Gen, b64encode, poll_delays, result_from_images
 
+log = logging.getLogger("sdgate.client")
 API = "/api/v1"
 MAX_RESUBSCRIBE = 3
 DRAIN_EVENTS = 4
 
 
-def request_body(request: ImageRequest) -> dict[str, Any]:
-    """The wire body of ``POST /api/v1/jobs``: flat fields; ``None`` left out (server defaults)."""
+# Request fields sent under the same name when set (``None``: the server's default).
+_PLAIN_FIELDS = (
+    "width",
+    "height",
+    "steps",
+    "cfg_scale",
+    "sampler",
+    "scheduler",
+    "seed",
+    "model",
+    "denoising_strength",
+    "subseed",
+    "subseed_strength",
+    "seed_resize_from_w",
+    "seed_resize_from_h",
+    "clip_skip",
+    "eta",
+    "s_churn",
+    "s_tmin",
+    "s_tmax",
+    "s_noise",
+    "eta_noise_seed_delta",
+    "resize_mode",
+    "image_cfg_scale",
+    "inpainting_fill",
+    "inpaint_full_res",
+    "inpaint_full_res_padding",
+    "inpainting_mask_invert",
+    "initial_noise_multiplier",
+    "vae",
+    "metadata",
+    "callback_url",
+)
+
+
+def hires_body(hires: Hires) -> dict[str, Any]:
+    out = asdict(hires)
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def request_body(request: ImageRequest, images: dict[str, str] | None = None) -> dict[str, Any]:
+    """The wire body of ``POST /api/v1/jobs``: flat fields; unset ones left out (server defaults).
+    ``images`` maps ``init_image``/``mask`` to what to send instead of base64 (an upload id)."""
     body: dict[str, Any] = {
         "prompt": request.prompt,
         "negative_prompt": request.negative_prompt,
         "batch_size": request.batch_size,
         "priority": request.priority,
     }
-    for name in (
-        "width",
-        "height",
-        "steps",
-        "cfg_scale",
-        "sampler",
-        "scheduler",
-        "seed",
-        "model",
-        "denoising_strength",
-        "metadata",
-        "callback_url",
-    ):
+    for name in _PLAIN_FIELDS:
         value = getattr(request, name)
         if value is not None:
             body[name] = value
-    if request.init_image is not None:
-        body["init_image"] = b64encode(request.init_image)
-    if request.mask is not None:
-        body["mask"] = b64encode(request.mask)
+    if request.n_iter != 1:
+        body["n_iter"] = request.n_iter
+    if request.tiling:
+        body["tiling"] = True
+    if request.mask_blur is not None:
+        body["mask_blur_x"] = body["mask_blur_y"] = request.mask_blur
+    if request.hires is not None:
+        body["hires"] = hires_body(request.hires)
+    if request.loras:
+        body["loras"] = [
+            {
+                "name": lora.name,
+                "te_weight": lora.weight,
+                "unet_weight": lora.weight if lora.unet_weight is None else lora.unet_weight,
+            }
+            for lora in request.loras
+        ]
+    if request.styles:
+        body["styles"] = list(request.styles)
+    images = images or {}
+    for name in ("init_image", "mask"):
+        data = getattr(request, name)
+        if data is not None:
+            body[name] = images.get(name) or b64encode(data)
     return body
+
+
+def event_from_ws(message: dict[str, Any]) -> ProgressEvent:
+    """One message of ``/api/v1/events`` (``{"id", "event", "data"}``) as a ``ProgressEvent``."""
+    data = message.get("data")
+    if not isinstance(data, dict):
+        data = {}
+    return ProgressEvent(
+        kind=str(message.get("event") or ""),
+        job_id=str(data.get("job_id") or data.get("id") or "") or None,
+        step=int(data.get("step") or (data.get("progress") or {}).get("step") or 0),
+        total=int(data.get("total") or (data.get("progress") or {}).get("total") or 0),
+        eta_s=data.get("eta_s"),
+        data=data,
+    )
 
 
 def event_from_sse(sse: ServerSentEvent, job_id: str) -> ProgressEvent:
@@ -99,12 +182,85 @@ class NativeBackend(Backend):
 
     # -- jobs -----------------------------------------------------------------------------------
 
-    def submit(self, request: ImageRequest) -> Gen:
-        body = request_body(request)
-        if body.get("model") is None and self.model:
-            body["model"] = self.model
-        resp = yield Call("POST", self.url(f"{API}/jobs"), json=body, headers=self.idempotency())
-        return Job.from_json(_json(resp, "submit"))
+    def __init__(self, base_url: str, **options: Any) -> None:
+        super().__init__(base_url, **options)
+        self._uploads: dict[str, str] = {}  # sha256 of an image -> its upload id on this server
+        self._can_upload = True
+
+    def submit(self, request: ImageRequest, *, wait: float = 0, include_images: bool = False) -> Gen:
+        """``POST /api/v1/jobs``. ``wait``: a long poll (the answer comes when the job ends, or after
+        ``wait`` s); ``include_images``: a finished job's images come inline."""
+        params: dict[str, Any] = {}
+        if wait > 0:
+            params["wait"] = round(wait, 3)
+        if include_images:
+            params["include"] = "images"
+        for attempt in range(2):
+            refs = yield from self._image_refs(request)
+            body = request_body(request, refs)
+            if body.get("model") is None and self.model:
+                body["model"] = self.model
+            try:
+                resp = yield Call(
+                    "POST",
+                    self.url(f"{API}/jobs"),
+                    json=body,
+                    params=params or None,
+                    headers=self.idempotency(),  # one key per body: every retry of this Call reuses it
+                    long=wait > 0,
+                )
+            except NotFoundError as exc:
+                # Uploads expire on the server: a remembered id may be gone. Upload again, once.
+                if attempt or not self._forget_expired(exc, refs):
+                    raise
+                continue
+            return Job.from_json(_json(resp, "submit"))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def upload(self, data: bytes) -> Gen:
+        """The upload id of an image (``POST /api/v1/uploads``), uploading it once per client."""
+        digest = hashlib.sha256(data).hexdigest()
+        known = self._uploads.get(digest)
+        if known is not None:
+            return known
+        resp = yield Call(
+            "POST",
+            self.url(f"{API}/uploads"),
+            content=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        upload_id = str(_json(resp, "upload")["id"])
+        if len(self._uploads) >= MAX_REMEMBERED_UPLOADS:
+            self._uploads.pop(next(iter(self._uploads)))
+        self._uploads[digest] = upload_id
+        return upload_id
+
+    def _image_refs(self, request: ImageRequest) -> Gen:
+        """``init_image``/``mask`` -> upload id; empty where the server takes no uploads (base64)."""
+        refs: dict[str, str] = {}
+        for name in ("init_image", "mask"):
+            data = getattr(request, name)
+            if data is None or not self._can_upload:
+                continue
+            try:
+                refs[name] = yield from self.upload(data)
+            except APIStatusError as exc:
+                if exc.status not in (404, 405):
+                    raise
+                log.info("%s has no /api/v1/uploads (%s): sending images inline", self.base_url, exc.status)
+                self._can_upload = False
+        return refs
+
+    def _forget_expired(self, exc: APIStatusError, refs: dict[str, str]) -> bool:
+        """Forget the upload a 404 names; True if there was one (so a new upload may help)."""
+        error = exc.body.get("error") if isinstance(exc.body, dict) else None
+        name = error.get("field") if isinstance(error, dict) else None
+        if name not in refs:
+            return False
+        stale = {digest for digest, upload_id in self._uploads.items() if upload_id in refs.values()}
+        for digest in stale:
+            del self._uploads[digest]
+        return True
 
     def get_job(self, job_id: str) -> Gen:
         resp = yield Call("GET", self._job_url(job_id))
@@ -123,6 +279,36 @@ class NativeBackend(Backend):
     def cancel_job(self, job_id: str) -> Gen:
         resp = yield Call("POST", self._job_url(job_id, "/cancel"))
         return Job.from_json(_json(resp, "cancel"))
+
+    def delete_job(self, job_id: str) -> Gen:
+        yield Call("DELETE", self._job_url(job_id), long=True)  # waits for a running job to stop
+        return None
+
+    def retry_job(self, job_id: str) -> Gen:
+        # Not retried on a dropped connection: the first try may have made a job already.
+        resp = yield Call("POST", self._job_url(job_id, "/retry"), retry=False)
+        return Job.from_json(_json(resp, "retry"))
+
+    def job_events(self) -> Gen:
+        """Every event of the caller's jobs over ``/api/v1/events``, as ``Emit``s, until closed.
+        A dropped or idle connection is opened again (events in the gap are not replayed)."""
+        failures = 0
+        while True:
+            handle = yield Subscribe(Call("GET", self.url(f"{API}/events")), "ws")
+            try:
+                while True:
+                    message = yield NextEvent(handle)
+                    if message is None:
+                        break
+                    failures = 0
+                    if isinstance(message, dict) and message.get("event") not in (None, "hello"):
+                        yield Emit(event_from_ws(message))
+            except APIConnectionError:
+                pass
+            yield Close(handle)
+            failures += 1
+            if failures > MAX_RESUBSCRIBE:
+                raise APIConnectionError(f"{self.url(API + '/events')}: the event stream keeps closing")
 
     def wait_job(self, job_id: str, ctx: Context) -> Gen:
         """Follow a job to a terminal state over SSE; poll if the stream is unavailable."""
@@ -201,6 +387,9 @@ class NativeBackend(Backend):
         rows = result.get("images") or []
         blobs: list[bytes] = []
         for row in rows:
+            if row.get("data"):  # inline (?include=images): no request
+                blobs.append(base64.b64decode(row["data"]))
+                continue
             url = row.get("url") or f"{API}/images/{quote(str(row['id']), safe='')}"
             resp = yield Call("GET", self.url(url))
             blobs.append(resp.content)
@@ -220,9 +409,15 @@ class NativeBackend(Backend):
     # -- the one-call path ----------------------------------------------------------------------
 
     def generate(self, request: ImageRequest, ctx: Context) -> Gen:
-        job = yield from self.submit(request)
+        """Without listeners, one request: submit, wait (long poll) and the images inline. With
+        listeners (or a long job, or a server without the long poll): follow the job's SSE stream."""
         if ctx.progress:
+            job = yield from self.submit(request)
             yield Emit(event_from_job(job))
+        else:
+            # half the deadline at most: the answer must arrive before the read timeout fires
+            wait = min(LONG_POLL_S, ctx.timeout / 2)
+            job = yield from self.submit(request, wait=wait, include_images=True)
         if not job.done:
             job = yield from self.wait_job(job.id, ctx)
         return (yield from self.job_result(job))

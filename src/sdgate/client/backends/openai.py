@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from sdgate.client._exceptions import APIResponseError
 from sdgate.client._ops import Call
 from sdgate.client._types import ImageRequest, Model
-from sdgate.client.backends._base import Backend, Context, Gen, result_from_images
+from sdgate.client.backends._base import Backend, Context, Gen, result_from_images, without_a1111_extras
 from sdgate.client.backends._images import repaint_as_transparency
 
 DEFAULT_SIZE = 1024
@@ -35,6 +35,7 @@ class OpenAIBackend(Backend):
         "priority": "no queue priority",
         "metadata": "no job metadata",
         "callback_url": "no webhooks: only sdgate's job API calls back",
+        **without_a1111_extras("the OpenAI images API"),
     }
     strip_suffixes: ClassVar[tuple[str, ...]] = ("/v1/images", "/v1")
 

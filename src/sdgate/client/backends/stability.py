@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from sdgate.client._exceptions import APIResponseError, JobFailedError, UnsupportedFeatureError
 from sdgate.client._ops import Call
 from sdgate.client._types import ImageRequest, Model
-from sdgate.client.backends._base import Backend, Context, Gen, result_from_images
+from sdgate.client.backends._base import Backend, Context, Gen, result_from_images, without_a1111_extras
 from sdgate.client.backends._images import nearest_aspect_ratio
 
 DEFAULT_ENGINE = "stable-diffusion-v1-6"
@@ -77,6 +77,7 @@ class StabilityBackend(Backend):
         "priority": "no queue priority",
         "metadata": "no job metadata",
         "callback_url": "no webhooks: only sdgate's job API calls back",
+        **without_a1111_extras("Stability v1"),
     }
     strip_suffixes: ClassVar[tuple[str, ...]] = ("/v1",)
 
@@ -139,6 +140,7 @@ class StabilityV2Backend(Backend):
         "priority": "no queue priority",
         "metadata": "no job metadata",
         "callback_url": "no webhooks: only sdgate's job API calls back",
+        **without_a1111_extras("Stability v2beta"),
     }
     strip_suffixes: ClassVar[tuple[str, ...]] = ("/v2beta/stable-image/generate", "/v2beta")
 

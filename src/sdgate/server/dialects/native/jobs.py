@@ -5,6 +5,7 @@ Routes stay a few lines; everything here talks to the store through a thread (th
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 from datetime import UTC, datetime
@@ -34,6 +35,8 @@ log = logging.getLogger("sdgate.native")
 DIALECT = "native"
 # DELETE of a running job waits this long for it to stop at its next step.
 DELETE_WAIT_S = 60.0
+# The longest ``?wait=`` a caller may ask for: a long poll, not a blocking route.
+MAX_WAIT_S = 60.0
 _PLACEHOLDER = "img_" + "0" * 24
 
 
@@ -108,11 +111,26 @@ def get(services: Services, job_id: str, user: str | None) -> Job:
     return job
 
 
-def render(runtime: NativeRuntime, job: Job) -> dict[str, Any]:
-    """One job as the API shows it (sync)."""
+async def wait_until_done(services: Services, job: Job, wait: float) -> Job:
+    """A long poll: the job once it has ended, or as it is after ``wait`` seconds."""
+    if wait <= 0 or job.state.terminal:
+        return job
+    try:
+        return await services.events.wait_terminal(services.store, job.id, timeout=wait)
+    except TimeoutError:
+        return await run_in_threadpool(services.store.get, job.id)
+
+
+def render(runtime: NativeRuntime, job: Job, *, include_images: bool = False) -> dict[str, Any]:
+    """One job as the API shows it (sync); with ``include_images``, each image's file inline."""
     position = runtime.services.store.position(job.id) if job.state is JobState.QUEUED else None
     webhook = runtime.webhooks.status([job.id]).get(job.id)
-    return translate.job_out(job, base=runtime.base, position=position, webhook=webhook)
+    image_data = None
+    if include_images and job.result is not None:
+        store = runtime.services.images
+        image_data = {i.id: base64.b64encode(store.get(i.id)).decode("ascii") for i in job.result.images}
+    return translate.job_out(job, base=runtime.base, position=position, webhook=webhook,
+                             image_data=image_data)
 
 
 def render_many(runtime: NativeRuntime, jobs: list[Job]) -> list[dict[str, Any]]:

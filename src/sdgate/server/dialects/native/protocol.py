@@ -115,6 +115,9 @@ class ImageOut(BaseModel):
     width: int
     height: int
     infotext: str
+    data: str | None = Field(
+        None, description="the image file, base64; only with ?include=images (else null: fetch url)"
+    )
 
 
 class ResultOut(BaseModel):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response, WebSocket
 from fastapi.responses import StreamingResponse
@@ -37,6 +37,15 @@ IdempotencyKey = Annotated[
     str | None,
     Header(alias="Idempotency-Key", max_length=255, description="same key + same body: the same job"),
 ]
+Wait = Annotated[
+    float,
+    Query(ge=0, le=native_jobs.MAX_WAIT_S,
+          description="long poll: answer once the job has ended, or after this many seconds"),
+]
+Include = Annotated[
+    list[Literal["images"]],
+    Query(description="images: put each image file in the result, base64, as data (no extra GET)"),
+]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": "an error (429: see Retry-After)"}
     for code in (400, 404, 409, 413, 422, 429)
@@ -46,16 +55,19 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 @router.post("/jobs", status_code=202, response_model=JobOut, responses=_ERRORS)
 async def submit_job(
     body: JobCreate, runtime: RuntimeDep, user: UserDep, response: Response,
-    idempotency_key: IdempotencyKey = None,
+    idempotency_key: IdempotencyKey = None, wait: Wait = 0, include: Include = [],  # noqa: B006
 ) -> dict[str, Any]:
     """Queue a txt2img, img2img or inpaint job (202). Images: base64, ``data:`` URIs or upload ids.
     With ``Idempotency-Key``, the same key and body return the same job (``Idempotent-Replayed:
-    true``); the same key with another body is a 409. Keys are per caller and kept 24 h."""
+    true``); the same key with another body is a 409. Keys are per caller and kept 24 h.
+    With ``?wait=N`` the answer comes once the job has ended (or after N s, still 202 either way);
+    with ``?include=images`` a finished job's images come inline: one round trip per generation."""
     job, created = await native_jobs.submit(runtime, body, user=user, idempotency_key=idempotency_key)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = translate.link(runtime.base, f"{translate.API}/jobs/{job.id}")
-    return await run_in_threadpool(native_jobs.render, runtime, job)
+    job = await native_jobs.wait_until_done(runtime.services, job, wait)
+    return await run_in_threadpool(native_jobs.render, runtime, job, include_images="images" in include)
 
 
 @router.get("/jobs", response_model=JobPage, responses=_ERRORS)
@@ -77,10 +89,15 @@ async def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=_ERRORS)
-async def get_job(job_id: str, runtime: RuntimeDep, user: UserDep) -> dict[str, Any]:
-    """A job: state, queue position, progress, result (images with URLs) or error, webhook state."""
+async def get_job(
+    job_id: str, runtime: RuntimeDep, user: UserDep, wait: Wait = 0, include: Include = [],  # noqa: B006
+) -> dict[str, Any]:
+    """A job: state, queue position, progress, result (images with URLs) or error, webhook state.
+    ``?wait=N``: a long poll, answered once the job has ended or after N s; ``?include=images``:
+    the images' files inline (base64 ``data``)."""
     job = await run_in_threadpool(native_jobs.get, runtime.services, job_id, user)
-    return await run_in_threadpool(native_jobs.render, runtime, job)
+    job = await native_jobs.wait_until_done(runtime.services, job, wait)
+    return await run_in_threadpool(native_jobs.render, runtime, job, include_images="images" in include)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=_ERRORS)

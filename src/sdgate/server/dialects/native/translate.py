@@ -149,8 +149,14 @@ def progress_out(progress: Progress) -> dict[str, Any]:
 
 
 def job_out(
-    job: Job, *, base: str = "", position: int | None = None, webhook: dict[str, Any] | None = None
+    job: Job,
+    *,
+    base: str = "",
+    position: int | None = None,
+    webhook: dict[str, Any] | None = None,
+    image_data: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """A job under the wire names; ``image_data`` (image id -> base64) inlines the files."""
     path = f"{API}/jobs/{job.id}"
     result = None
     if job.result is not None:
@@ -158,7 +164,8 @@ def job_out(
         result = {
             "images": [
                 {"id": img.id, "url": image_url(base, img.id), "seed": img.seed, "subseed": img.subseed,
-                 "width": img.width, "height": img.height, "infotext": img.infotext}
+                 "width": img.width, "height": img.height, "infotext": img.infotext,
+                 "data": image_data.get(img.id) if image_data else None}
                 for img in r.images
             ],
             "model": r.model_name, "sampler": r.sampler, "scheduler": r.scheduler, "width": r.width,
