@@ -244,3 +244,59 @@ def test_lora_hashes_in_the_infotext(lora_engine: DiffusersEngine) -> None:
     field = generate(lora_engine, loras=(LoraRef(name="paper"),)).images[0].infotext
     assert f'Lora hashes: "paper: {paper}"' in field
     assert "Lora hashes" not in generate(lora_engine, prompt="a red circle <lora:nope:1>").images[0].infotext
+
+
+@pytest.mark.parametrize("make", [tm.tiny_sd, tm.tiny_sdxl], ids=["sd15", "sdxl"])
+def test_original_layout_names_match_the_checkpoint_conversion(make: Any) -> None:
+    """Every Linear/Conv of the UNet gets the name its weight has in a single-file checkpoint
+    (``tests.tinymodels.unet_to_ldm``, which the loading tests round-trip through diffusers)."""
+    from sdgate.engine.lora import sgm_name
+
+    unet = make(0).unet
+    ldm = tm.unet_to_ldm(unet.state_dict(), unet.config)
+    by_tensor = {v.data_ptr(): k.removeprefix("model.diffusion_model.") for k, v in ldm.items()}
+    checked = 0
+    for name, module in unet.named_modules():
+        if isinstance(module, torch.nn.Linear | torch.nn.Conv2d):
+            expected = by_tensor[module.weight.data_ptr()].removesuffix(".weight")
+            assert sgm_name(name, unet.config) == expected, name
+            checked += 1
+    assert checked > 20
+
+
+def test_kohya_sdxl_unet_keys_in_the_original_layout(tmp_path: Path) -> None:
+    """kohya's SDXL LoRAs name UNet modules as the original checkpoint does; they must patch the
+    same weights as the same LoRA written with diffusers names."""
+    pipe = tm.tiny_sdxl(0)
+    gen = torch.Generator().manual_seed(9)
+    ldm = {v.data_ptr(): k for k, v in tm.unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config).items()}
+    original: dict[str, torch.Tensor] = {}
+    renamed: dict[str, torch.Tensor] = {}
+    for name, module in pipe.unet.named_modules():
+        wanted = name.endswith(("to_q", "to_k", "proj_in", "ff.net.2", "conv1", "time_emb_proj"))
+        if not wanted or not isinstance(module, torch.nn.Linear | torch.nn.Conv2d):
+            continue
+        shape = (RANK, module.weight.shape[1], *module.weight.shape[2:])
+        down = torch.randn(shape, generator=gen) * 0.3
+        ones = [1] * (module.weight.dim() - 2)  # a conv's up is (out, rank, 1, 1)
+        up = torch.randn(module.weight.shape[0], RANK, *ones, generator=gen) * 0.3
+        ldm_name = ldm[module.weight.data_ptr()].removeprefix("model.diffusion_model.")
+        ldm_name = ldm_name.removesuffix(".weight")
+        for state, stem in ((original, ldm_name), (renamed, name)):
+            key = "lora_unet_" + stem.replace(".", "_")
+            state |= {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up}
+    assert any("input_blocks" in k for k in original) and any("output_blocks" in k for k in original)
+    results = []
+    for label, state in (("original", original), ("renamed", renamed)):
+        path = tmp_path / f"{label}.safetensors"
+        save_file(state, str(path))
+        target = tm.tiny_sdxl(0)
+        before = {k: v.clone() for k, v in target.unet.state_dict().items()}
+        apply_loras(target, [ActiveLora(label, path, 1.0, 1.0)])
+        after = target.unet.state_dict()
+        changed = {k for k in before if not torch.equal(before[k], after[k])}
+        results.append((changed, {k: after[k] for k in changed}))
+    (changed_a, weights_a), (changed_b, weights_b) = results
+    assert len(changed_a) == len(original) // 2
+    assert changed_a == changed_b
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in changed_a)

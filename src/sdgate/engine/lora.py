@@ -156,6 +156,8 @@ _FILES: dict[tuple[str, float], tuple[list[_Pair], int]] = {}  # (path, mtime) -
 
 
 def _modules(pipe: Any, component: str) -> dict[str, _Target]:
+    """The patchable modules of one component by kohya name; the UNet's also by their original
+    (sgm / ldm) names, which kohya's SDXL LoRAs use (``input_blocks_4_1_..._attn1_to_q``)."""
     model = getattr(pipe, component, None)
     if model is None:
         return {}
@@ -164,7 +166,60 @@ def _modules(pipe: Any, component: str) -> dict[str, _Target]:
         if isinstance(module, torch.nn.Linear | torch.nn.Conv2d):
             name = name.removeprefix("text_model.")
             out[name.replace(".", "_")] = module
+            original = sgm_name(name, model.config) if component == "unet" else None
+            if original is not None:
+                out.setdefault(original.replace(".", "_"), module)
     return out
+
+
+_RESNET_PARTS = {"conv1": "in_layers.2", "conv2": "out_layers.3", "time_emb_proj": "emb_layers.1",
+                 "conv_shortcut": "skip_connection"}  # fmt: skip
+_TOP_LEVEL = {"conv_in": "input_blocks.0.0", "conv_out": "out.2", "time_embedding.linear_1": "time_embed.0",
+              "time_embedding.linear_2": "time_embed.2", "add_embedding.linear_1": "label_emb.0.0",
+              "add_embedding.linear_2": "label_emb.0.2"}  # fmt: skip
+
+
+def sgm_name(name: str, config: Any) -> str | None:
+    """A diffusers UNet module's name in the original checkpoint layout, or None if it has none.
+
+    ``down_blocks.B.{resnets|attentions}.J`` is ``input_blocks.(1 + B*(L+1) + J).{0|1}`` with L the
+    layers per block (each level ends in a downsampler, ``...op``); ``up_blocks.B.*.J`` is
+    ``output_blocks.(B*(L+1) + J)``, its upsampler after the attention when the level has one;
+    ``mid_block`` is ``middle_block.0/1/2``. Resnet parts and the embeddings are renamed too.
+    """
+    if name in _TOP_LEVEL:
+        return _TOP_LEVEL[name]
+    per_level = config.layers_per_block
+    if not isinstance(per_level, int):
+        return None  # per-level block counts: no checkpoint in the wild uses them with LoRAs
+    parts = name.split(".")
+    if parts[0] == "mid_block" and len(parts) > 3:
+        index = {("resnets", "0"): 0, ("attentions", "0"): 1, ("resnets", "1"): 2}.get((parts[1], parts[2]))
+        return None if index is None else _join(f"middle_block.{index}", parts[1], parts[3:])
+    if parts[0] not in ("down_blocks", "up_blocks") or len(parts) < 5:
+        return None
+    level, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), parts[4:]
+    if parts[0] == "down_blocks":
+        first = 1 + level * (per_level + 1)
+        if kind == "downsamplers":
+            return f"input_blocks.{first + per_level}.0.op" if rest == ["conv"] else None
+        inner = {"resnets": 0, "attentions": 1}.get(kind)
+        return None if inner is None else _join(f"input_blocks.{first + j}.{inner}", kind, rest)
+    block = level * (per_level + 1)
+    if kind == "upsamplers":
+        attends = "CrossAttn" in config.up_block_types[level]
+        return f"output_blocks.{block + per_level}.{2 if attends else 1}.conv" if rest == ["conv"] else None
+    inner = {"resnets": 0, "attentions": 1}.get(kind)
+    return None if inner is None else _join(f"output_blocks.{block + j}.{inner}", kind, rest)
+
+
+def _join(prefix: str, kind: str, rest: list[str]) -> str | None:
+    tail = ".".join(rest)
+    if kind == "resnets":
+        if tail not in _RESNET_PARTS:
+            return None
+        tail = _RESNET_PARTS[tail]
+    return f"{prefix}.{tail}"
 
 
 def _load(path: Path) -> tuple[list[_Pair], int]:
