@@ -2,8 +2,14 @@
 ``/object_info/CheckpointLoaderSimple``, ``/upload/image``, ``/prompt`` (with its 400 shape),
 ``/history/{id}``, ``/queue``, ``/view`` and ``/ws`` (the events of a prompt go to the socket of
 its ``client_id``: execution_start, executing, progress, a binary preview, executed,
-execution_success, then ``executing`` with ``node: null``). A prompt followed on no socket
-finishes after ``polls`` history reads; a negative prompt of "boom" fails like a node exception."""
+execution_success, then ``executing`` with ``node: null``; ``progress`` for each KSampler, in the
+order they run). A prompt followed on no socket finishes after ``polls`` history reads; a negative
+prompt of "boom" fails like a node exception.
+
+``/prompt`` validates a graph as ComfyUI does for the nodes the SDK uses: known class types, every
+link input present and linked to an output of the right type, file names from the lists below.
+Submitted graphs are kept in order (``graphs``); output files are numbered across prompts, and
+``/view`` of ``sdgate_<n>_.png`` answers an image whose red channel is ``n``."""
 
 from __future__ import annotations
 
@@ -23,6 +29,51 @@ from tests.sdk.fakes import png_bytes
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CHECKPOINTS = ["v1-5-pruned-emaonly.safetensors", "other.safetensors"]
 REQUIRED = {"CheckpointLoaderSimple", "CLIPTextEncode", "KSampler", "VAEDecode", "SaveImage"}
+LORAS = ["detail.safetensors", "styles/ink.safetensors", "old.pt"]
+VAES = ["vae-ft-mse-840000-ema-pruned.safetensors"]
+UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "bislerp"]
+OUTPUTS = {  # class_type -> its output types, by index (nodes.py)
+    "CheckpointLoaderSimple": ("MODEL", "CLIP", "VAE"),
+    "CLIPTextEncode": ("CONDITIONING",),
+    "CLIPSetLastLayer": ("CLIP",),
+    "LoraLoader": ("MODEL", "CLIP"),
+    "VAELoader": ("VAE",),
+    "EmptyLatentImage": ("LATENT",),
+    "LoadImage": ("IMAGE", "MASK"),
+    "VAEEncode": ("LATENT",),
+    "VAEEncodeForInpaint": ("LATENT",),
+    "RepeatLatentBatch": ("LATENT",),
+    "KSampler": ("LATENT",),
+    "LatentUpscale": ("LATENT",),
+    "LatentUpscaleBy": ("LATENT",),
+    "VAEDecode": ("IMAGE",),
+    "SaveImage": (),
+}
+LINKS = {  # class_type -> its link inputs and their types
+    "CLIPTextEncode": {"clip": "CLIP"},
+    "CLIPSetLastLayer": {"clip": "CLIP"},
+    "LoraLoader": {"model": "MODEL", "clip": "CLIP"},
+    "VAEEncode": {"pixels": "IMAGE", "vae": "VAE"},
+    "VAEEncodeForInpaint": {"pixels": "IMAGE", "vae": "VAE", "mask": "MASK"},
+    "RepeatLatentBatch": {"samples": "LATENT"},
+    "KSampler": {
+        "model": "MODEL",
+        "positive": "CONDITIONING",
+        "negative": "CONDITIONING",
+        "latent_image": "LATENT",
+    },
+    "LatentUpscale": {"samples": "LATENT"},
+    "LatentUpscaleBy": {"samples": "LATENT"},
+    "VAEDecode": {"samples": "LATENT", "vae": "VAE"},
+    "SaveImage": {"images": "IMAGE"},
+}
+CHOICES = {  # (class_type, input) -> the values ComfyUI would list
+    ("CheckpointLoaderSimple", "ckpt_name"): CHECKPOINTS,
+    ("LoraLoader", "lora_name"): LORAS,
+    ("VAELoader", "vae_name"): VAES,
+    ("LatentUpscale", "upscale_method"): UPSCALE_METHODS,
+    ("LatentUpscaleBy", "upscale_method"): UPSCALE_METHODS,
+}
 
 
 class FakeComfy:
@@ -35,6 +86,8 @@ class FakeComfy:
         self.reads: dict[str, int] = {}
         self.uploads: dict[str, bytes] = {}
         self.paths: list[str] = []
+        self.outputs: dict[str, list[str]] = {}  # prompt id -> its output file names
+        self.files = 0
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -81,7 +134,8 @@ class FakeComfy:
                     if not name.startswith("sdgate_"):
                         self._send(404)
                     else:
-                        self._send(200, png_bytes((0, 0, 255), infotext=None), "image/png")
+                        n = int(name.split("_")[1]) % 256
+                        self._send(200, png_bytes((n, 0, 255), infotext=None), "image/png")
                 else:
                     self._send(404)
 
@@ -155,26 +209,10 @@ class FakeComfy:
                 },
                 "node_errors": {},
             }
-        for node_id, node in graph.items():
-            for value in node["inputs"].values():
-                if isinstance(value, list) and (len(value) != 2 or str(value[0]) not in graph):
-                    return 400, {
-                        "error": {
-                            "type": "invalid_prompt",
-                            "message": f"bad link in node {node_id}",
-                            "details": "",
-                            "extra_info": {},
-                        },
-                        "node_errors": {},
-                    }
-        if graph["4"]["inputs"]["ckpt_name"] not in CHECKPOINTS:
+        problem = validate(graph)
+        if problem:
             return 400, {
-                "error": {
-                    "type": "prompt_outputs_failed_validation",
-                    "message": "Prompt outputs failed validation",
-                    "details": "ckpt_name not in list",
-                    "extra_info": {},
-                },
+                "error": {"type": "invalid_prompt", "message": problem, "details": "", "extra_info": {}},
                 "node_errors": {},
             }
         prompt_id = str(uuid.uuid4())
@@ -189,16 +227,19 @@ class FakeComfy:
     def _run_on_socket(self, prompt_id: str, sock: object, lock: threading.Lock) -> None:
         time.sleep(0.01)  # after the /prompt answer
         graph = self.prompts[prompt_id]["prompt"]
-        steps = graph["3"]["inputs"]["steps"]
         events: list[dict[str, Any]] = [
             {"type": "execution_start", "data": {"prompt_id": prompt_id, "timestamp": 0}},
             {"type": "execution_cached", "data": {"nodes": [], "prompt_id": prompt_id, "timestamp": 0}},
-            {"type": "executing", "data": {"node": "3", "display_node": "3", "prompt_id": prompt_id}},
         ]
-        events += [
-            {"type": "progress", "data": {"value": i, "max": steps, "prompt_id": prompt_id, "node": "3"}}
-            for i in range(1, steps + 1)
-        ]
+        for node in samplers_in_order(graph):
+            steps = graph[node]["inputs"]["steps"]
+            events.append(
+                {"type": "executing", "data": {"node": node, "display_node": node, "prompt_id": prompt_id}}
+            )
+            events += [
+                {"type": "progress", "data": {"value": i, "max": steps, "prompt_id": prompt_id, "node": node}}
+                for i in range(1, steps + 1)
+            ]
         try:
             for event in events[:-1]:
                 send_json(sock, lock, event)
@@ -255,11 +296,12 @@ class FakeComfy:
                     },
                 }
             }
-        latent = graph.get("5", {}).get("inputs", {})
-        count = latent.get("batch_size") or graph.get("12", {}).get("inputs", {}).get("amount", 1)
-        images = [
-            {"filename": f"sdgate_{i:05d}_.png", "subfolder": "", "type": "output"} for i in range(count)
-        ]
+        if prompt_id not in self.outputs:  # numbered when the prompt finishes, as SaveImage does
+            latent = graph.get("5", {}).get("inputs", {})
+            count = latent.get("batch_size") or graph.get("12", {}).get("inputs", {}).get("amount", 1)
+            self.outputs[prompt_id] = [f"sdgate_{self.files + i + 1:05d}_.png" for i in range(count)]
+            self.files += count
+        images = [{"filename": name, "subfolder": "", "type": "output"} for name in self.outputs[prompt_id]]
         return {
             prompt_id: {
                 "prompt": [],
@@ -268,6 +310,11 @@ class FakeComfy:
             }
         }
 
+    @property
+    def graphs(self) -> list[dict[str, Any]]:
+        """The submitted graphs, in order."""
+        return [data["prompt"] for data in self.prompts.values()]
+
     def __enter__(self) -> FakeComfy:
         self.thread.start()
         return self
@@ -275,6 +322,47 @@ class FakeComfy:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def validate(graph: dict[str, Any]) -> str:
+    """What ComfyUI's ``validate_prompt`` would reject in ``graph`` ("" if nothing)."""
+    for node_id, node in graph.items():
+        kind = node.get("class_type")
+        if kind not in OUTPUTS:
+            return f"Cannot execute because node {kind} does not exist."
+        inputs = node["inputs"]
+        for name in LINKS.get(kind, {}):
+            if name not in inputs:
+                return f"Required input is missing: {name} (node {node_id})"
+        for name, value in inputs.items():
+            if (kind, name) in CHOICES and value not in CHOICES[kind, name]:
+                return f"Value not in list: {name}: '{value}' (node {node_id})"
+            if not isinstance(value, list):
+                continue
+            if name not in LINKS.get(kind, {}) or len(value) != 2 or str(value[0]) not in graph:
+                return f"bad link in node {node_id}: {name}"
+            source = graph[str(value[0])]["class_type"]
+            produced = OUTPUTS[source][value[1]] if value[1] < len(OUTPUTS[source]) else None
+            if produced != LINKS[kind][name]:
+                return f"Return type mismatch between linked nodes: {name}, {produced} != {LINKS[kind][name]}"
+    return ""
+
+
+def samplers_in_order(graph: dict[str, Any]) -> list[str]:
+    """The KSampler node ids, each after those it depends on."""
+
+    def upstream(node_id: str) -> set[str]:
+        seen: set[str] = set()
+        todo = [node_id]
+        while todo:
+            for value in graph[todo.pop()]["inputs"].values():
+                if isinstance(value, list) and value[0] not in seen:
+                    seen.add(value[0])
+                    todo.append(value[0])
+        return seen
+
+    samplers = [n for n, node in graph.items() if node["class_type"] == "KSampler"]
+    return sorted(samplers, key=lambda n: len(upstream(n) & set(samplers)))
 
 
 def send_frame(sock: object, lock: threading.Lock, opcode: int, payload: bytes) -> None:

@@ -122,3 +122,15 @@ async def test_out_of_memory_names_what_to_lower(client: httpx.AsyncClient) -> N
     assert "batch_size" in r.json()["detail"]
     ok = await client.post("/sdapi/v1/txt2img", json={"steps": 1, "width": 64, "height": 64})
     assert ok.status_code == 200
+
+
+async def test_legacy_firstphase_sizes(client: httpx.AsyncClient, engine: FakeEngine) -> None:
+    payload = {"prompt": "x", "steps": 2, "enable_hr": True, "width": 128, "height": 96,
+               "firstphase_width": 64, "firstphase_height": 48}
+    r = await client.post("/sdapi/v1/txt2img", json=payload)
+    assert r.status_code == 200, r.text
+    call = engine.calls[0]
+    assert (call.width, call.height) == (64, 48)
+    assert call.hires is not None and (call.hires.resize_x, call.hires.resize_y) == (128, 96)
+    r = await client.post("/sdapi/v1/txt2img", json={**payload, "firstphase_height": 0})
+    assert r.status_code == 400 and r.json()["detail"].startswith("firstphase_height:")

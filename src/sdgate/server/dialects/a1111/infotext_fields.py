@@ -36,6 +36,7 @@ COMMON_FIELDS: tuple[tuple[str, str], ...] = (
     ("Seed resize from-1", "seed_resize_from_w"),
     ("Seed resize from-2", "seed_resize_from_h"),
     ("Denoising strength", "denoising_strength"),
+    ("Tiling", "tiling"),
 )
 TXT2IMG_FIELDS: tuple[tuple[str, str], ...] = (
     ("Hires upscale", "hr_scale"),

@@ -24,8 +24,6 @@ _UNSUPPORTED: tuple[tuple[str, object, str], ...] = (
     ("hr_checkpoint_name", (None, "", "Use same checkpoint"), "a second hires checkpoint is not supported"),
     ("restore_faces", (None, False), "no face restorer is installed"),
     ("refiner_checkpoint", (None, "", "None"), "refiners are not supported yet"),
-    ("firstphase_width", 0, "legacy firstphase sizes are not supported: use hr_scale or hr_resize_x/y"),
-    ("firstphase_height", 0, "legacy firstphase sizes are not supported: use hr_scale or hr_resize_x/y"),
 )
 
 
@@ -52,6 +50,7 @@ def txt2img_request(
 ) -> GenerationRequest:
     """An A1111 txt2img payload as a resolved ``GenerationRequest`` (seeds drawn, names canonical)."""
     check_unsupported(body)
+    body = legacy_firstphase(body)
     check_counts(body.steps, body.batch_size, body.n_iter, body.cfg_scale, settings)
     check_size(body.width, body.height, defaults, settings)
     choice = resolve_sampler(body.sampler_name or body.sampler_index, body.scheduler)
@@ -97,6 +96,21 @@ def txt2img_request(
         styles=tuple(body.styles or ()),
         hires=hires_settings(body),
     )
+
+
+def legacy_firstphase(body: Txt2ImgRequest) -> Txt2ImgRequest:
+    """Pre-1.0 hires fix: ``firstphase_width/height`` is the first pass and ``width``/``height``
+    the hires target, as A1111 still reads them."""
+    first_w, first_h = body.firstphase_width, body.firstphase_height
+    if not first_w and not first_h:
+        return body
+    for name, value in (("firstphase_width", first_w), ("firstphase_height", first_h)):
+        if value <= 0:
+            raise InvalidRequest(f"{name}: must be > 0 when the other firstphase size is set", field=name)
+    return body.model_copy(update={
+        "width": first_w, "height": first_h, "hr_resize_x": body.width, "hr_resize_y": body.height,
+        "firstphase_width": 0, "firstphase_height": 0,
+    })  # fmt: skip
 
 
 # txt2img's denoising_strength defaults to null in A1111's API, and hires fix then fails with a
