@@ -81,3 +81,13 @@ def test_hires_is_deterministic_and_its_prompt_matters(engine: DiffusersEngine) 
 def test_bad_hires_settings_are_refused(engine: DiffusersEngine, hires: HiresSettings) -> None:
     with pytest.raises(InvalidRequest):
         generate(engine, hires=hires)
+
+
+def test_ddim_eta_reaches_the_hires_pass(engine: DiffusersEngine) -> None:
+    """Euler ignores eta, so with DDIM only in the second pass a change of eta shows only there."""
+    hires = HiresSettings(scale=1.5, second_pass_steps=4, denoising_strength=0.6, sampler="DDIM")
+    fields = {"hires": hires, "width": 64, "height": 48, "sampler": "Euler", "seed": 3}
+    plain = pixels(generate(engine, **fields))[0]
+    assert np.array_equal(plain, pixels(generate(engine, eta=0.0, **fields))[0])  # DDIM's default
+    noisy = pixels(generate(engine, eta=1.0, **fields))[0]
+    assert not np.array_equal(plain, noisy)

@@ -8,7 +8,6 @@ schedulers hold per-call state); a second worker thread on the same engine waits
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import time
@@ -49,7 +48,7 @@ from sdgate.engine.sampling import (
     initial_noise,
     seed_resize_from,
 )
-from sdgate.engine.schedulers import SchedulerPlan, build_scheduler
+from sdgate.engine.schedulers import SchedulerPlan, build_scheduler, eta_kwargs
 from sdgate.engine.tiling import seamless
 from sdgate.settings import Settings
 
@@ -331,7 +330,7 @@ class DiffusersEngine:
                 output_type="latent",
                 callback_on_step_end=prompts.wrap(StepCallback(tracker, family)),
                 callback_on_step_end_tensor_inputs=prompts.tensor_inputs,
-                **_eta_kwargs(request, plan),
+                **eta_kwargs(plan, request.eta),
             ).images
         if tracker.action == StepAction.SKIP:
             return _Iteration([], tracker.action, plan)
@@ -400,7 +399,7 @@ class DiffusersEngine:
             family=family,
             factor=model.loaded.vae_scale_factor,
             first=it * request.batch_size,
-            extra=_eta_kwargs(request, plan),
+            extra=eta_kwargs(plan, request.eta),
         )
         if tracker.action == StepAction.SKIP:
             return _Iteration([], tracker.action, plan)
@@ -457,17 +456,6 @@ def _quiet_loading() -> None:
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
-
-
-def _eta_kwargs(request: GenerationRequest, plan: SchedulerPlan) -> dict[str, Any]:
-    """DDIM takes eta per call (A1111's eta_ddim, default 0); other samplers get it at build time."""
-    if request.eta is not None and "eta" in _step_params(plan.scheduler):
-        return {"eta": request.eta}
-    return {}
-
-
-def _step_params(scheduler: Any) -> set[str]:
-    return set(inspect.signature(scheduler.step).parameters)
 
 
 def _file_bytes(info: ModelInfo) -> int:

@@ -35,7 +35,7 @@ from sdgate.engine.sampling import (
     pass_noise,
     with_given_noise,
 )
-from sdgate.engine.schedulers import build_scheduler
+from sdgate.engine.schedulers import build_scheduler, eta_kwargs
 from sdgate.engine.upscalers import Upscalers
 
 # name -> (torch interpolate mode, antialias)
@@ -259,6 +259,7 @@ def second_pass(
             output_type="latent",
             callback_on_step_end=prompts.wrap(StepCallback(tracker, family)),
             callback_on_step_end_tensor_inputs=prompts.tensor_inputs,
+            **eta_kwargs(plan, request.eta),
         ).images
     check_finite(out, hires.sampler or request.sampler)
     return HiresPass(decode_latents(pipe, out), tracker.action, prompts.used_embeddings)

@@ -565,3 +565,10 @@ def loglinear_sigmas(table: tuple[float, ...], n: int) -> np.ndarray:
     ys = np.log(np.array(table[::-1]))
     interp = np.exp(np.interp(np.linspace(0, 1, n), xs, ys))
     return np.ascontiguousarray(interp[::-1])
+
+
+def eta_kwargs(plan: SchedulerPlan, eta: float | None) -> dict[str, Any]:
+    """DDIM takes eta per call (A1111's eta_ddim, default 0); other samplers get it at build time."""
+    if eta is not None and "eta" in inspect.signature(plan.scheduler.step).parameters:
+        return {"eta": eta}
+    return {}
