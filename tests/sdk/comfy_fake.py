@@ -211,8 +211,9 @@ class FakeComfy:
             }
         problem = validate(graph)
         if problem:
+            kind, message, details = problem
             return 400, {
-                "error": {"type": "invalid_prompt", "message": problem, "details": "", "extra_info": {}},
+                "error": {"type": kind, "message": message, "details": details, "extra_info": {}},
                 "node_errors": {},
             }
         prompt_id = str(uuid.uuid4())
@@ -324,28 +325,30 @@ class FakeComfy:
         self.server.server_close()
 
 
-def validate(graph: dict[str, Any]) -> str:
-    """What ComfyUI's ``validate_prompt`` would reject in ``graph`` ("" if nothing)."""
+def validate(graph: dict[str, Any]) -> tuple[str, str, str] | None:
+    """What ComfyUI's ``validate_prompt`` would reject in ``graph``: (type, message, details)."""
     for node_id, node in graph.items():
         kind = node.get("class_type")
         if kind not in OUTPUTS:
-            return f"Cannot execute because node {kind} does not exist."
+            return "invalid_prompt", f"Cannot execute because node {kind} does not exist.", ""
         inputs = node["inputs"]
         for name in LINKS.get(kind, {}):
             if name not in inputs:
-                return f"Required input is missing: {name} (node {node_id})"
+                return "invalid_prompt", f"Required input is missing: {name} (node {node_id})", ""
         for name, value in inputs.items():
             if (kind, name) in CHOICES and value not in CHOICES[kind, name]:
-                return f"Value not in list: {name}: '{value}' (node {node_id})"
+                failed = "Prompt outputs failed validation"
+                return "prompt_outputs_failed_validation", failed, f"Value not in list: {name}: '{value}'"
             if not isinstance(value, list):
                 continue
             if name not in LINKS.get(kind, {}) or len(value) != 2 or str(value[0]) not in graph:
-                return f"bad link in node {node_id}: {name}"
+                return "invalid_prompt", f"bad link in node {node_id}: {name}", ""
             source = graph[str(value[0])]["class_type"]
             produced = OUTPUTS[source][value[1]] if value[1] < len(OUTPUTS[source]) else None
             if produced != LINKS[kind][name]:
-                return f"Return type mismatch between linked nodes: {name}, {produced} != {LINKS[kind][name]}"
-    return ""
+                mismatch = f"{name}, received_type({produced}) mismatch input_type({LINKS[kind][name]})"
+                return "invalid_prompt", f"Return type mismatch between linked nodes: {mismatch}", ""
+    return None
 
 
 def samplers_in_order(graph: dict[str, Any]) -> list[str]:

@@ -7,9 +7,19 @@ from collections.abc import Iterator
 import pytest
 from PIL import Image
 
-from sdgate.client import AsyncClient, BadRequestError, Client, ComfyUIBackend, ImageRequest, JobFailedError
+from sdgate.client import (
+    AsyncClient,
+    BadRequestError,
+    Client,
+    ComfyUIBackend,
+    Hires,
+    ImageRequest,
+    JobFailedError,
+    Lora,
+    UnsupportedFeatureError,
+)
 from sdgate.client.backends.comfyui import build_workflow
-from tests.sdk.comfy_fake import CHECKPOINTS, FakeComfy
+from tests.sdk.comfy_fake import CHECKPOINTS, FakeComfy, validate
 from tests.sdk.fakes import png_bytes
 
 
@@ -134,3 +144,240 @@ async def test_async_comfyui(comfy: FakeComfy) -> None:
     async with AsyncClient(f"{comfy.url.replace('http', 'comfy+http', 1)}") as client:
         result = await client.img2img("x", init_image=png_bytes(), seed=3)
     assert result.seeds == [3] and len(comfy.uploads) == 1
+
+
+# -- the A1111-style fields as nodes -------------------------------------------------------------
+
+
+def _graph(**fields: object) -> dict:
+    request = ImageRequest.build("cat", negative_prompt="dog", steps=10, **fields)
+    image = "up.png" if request.mode != "txt2img" else None
+    graph = build_workflow(request, ckpt_name=CHECKPOINTS[0], seed=42, image_name=image)
+    assert validate(graph) is None  # well typed, as ComfyUI checks it
+    return graph
+
+
+def _of(graph: dict, class_type: str) -> list[str]:
+    return [node_id for node_id, node in graph.items() if node["class_type"] == class_type]
+
+
+def test_loras_chain_between_the_checkpoint_and_its_users() -> None:
+    graph = _graph(loras=["detail:0.8", Lora("styles/ink.safetensors", 0.5, unet_weight=1.2), "old.pt"])
+    first, second, third = _of(graph, "LoraLoader")
+    assert graph[first]["inputs"] == {
+        "model": ["4", 0],
+        "clip": ["4", 1],
+        "lora_name": "detail.safetensors",  # A1111's bare name, as a file
+        "strength_model": 0.8,
+        "strength_clip": 0.8,
+    }
+    assert graph[second]["inputs"] == {
+        "model": [first, 0],
+        "clip": [first, 1],
+        "lora_name": "styles/ink.safetensors",
+        "strength_model": 1.2,  # the UNet weight
+        "strength_clip": 0.5,  # the text encoder weight
+    }
+    assert graph[third]["inputs"]["lora_name"] == "old.pt"
+    assert graph[third]["inputs"]["model"] == [second, 0]
+    assert graph["3"]["inputs"]["model"] == [third, 0]
+    assert graph["6"]["inputs"]["clip"] == graph["7"]["inputs"]["clip"] == [third, 1]
+    assert graph["8"]["inputs"]["vae"] == ["4", 2]  # LoRAs leave the VAE alone
+    assert not _of(_graph(), "LoraLoader")
+
+
+def test_clip_skip_sets_the_last_layer_after_the_loras() -> None:
+    graph = _graph(clip_skip=2, loras=["detail"])
+    (lora,) = _of(graph, "LoraLoader")
+    (skip,) = _of(graph, "CLIPSetLastLayer")
+    assert graph[skip]["inputs"] == {"clip": [lora, 1], "stop_at_clip_layer": -2}
+    assert graph["6"]["inputs"]["clip"] == graph["7"]["inputs"]["clip"] == [skip, 0]
+    assert graph["3"]["inputs"]["model"] == [lora, 0]
+    assert _graph(clip_skip=3)[_of(_graph(clip_skip=3), "CLIPSetLastLayer")[0]]["inputs"]["clip"] == ["4", 1]
+    for no_skip in (None, 1):
+        plain = _graph(clip_skip=no_skip)
+        assert not _of(plain, "CLIPSetLastLayer") and plain["6"]["inputs"]["clip"] == ["4", 1]
+
+
+def test_vae_loader_feeds_decode_and_encode() -> None:
+    vae = "vae-ft-mse-840000-ema-pruned.safetensors"
+    txt = _graph(vae=vae)
+    (loader,) = _of(txt, "VAELoader")
+    assert txt[loader]["inputs"] == {"vae_name": vae} and txt["8"]["inputs"]["vae"] == [loader, 0]
+    img = _graph(vae="vae-ft-mse-840000-ema-pruned", init_image=b"i")  # a bare name gets .safetensors
+    (loader,) = _of(img, "VAELoader")
+    assert img[loader]["inputs"] == {"vae_name": vae}
+    assert img["11"]["class_type"] == "VAEEncode" and img["11"]["inputs"]["vae"] == [loader, 0]
+    assert img["8"]["inputs"]["vae"] == [loader, 0]
+    inp = _graph(vae=vae, init_image=b"i", mask=b"m")
+    assert inp["11"]["class_type"] == "VAEEncodeForInpaint" and inp["11"]["inputs"]["vae"] == [loader, 0]
+    for own in ("Automatic", "None"):  # A1111's names for the checkpoint's own VAE
+        graph = _graph(vae=own)
+        assert not _of(graph, "VAELoader") and graph["8"]["inputs"]["vae"] == ["4", 2]
+
+
+def test_hires_fix_upscales_the_latents_and_samples_again() -> None:
+    graph = _graph(
+        hires=Hires(scale=1.5, upscaler="Latent (nearest)", denoising_strength=0.45, prompt="sharp cat"),
+        sampler="DPM++ 2M",
+        cfg_scale=5.0,
+    )
+    (upscale,) = _of(graph, "LatentUpscaleBy")
+    assert graph[upscale]["inputs"] == {
+        "samples": ["3", 0],
+        "upscale_method": "nearest-exact",
+        "scale_by": 1.5,
+    }
+    first, second = graph["3"]["inputs"], graph[_of(graph, "KSampler")[1]]["inputs"]
+    assert second["latent_image"] == [upscale, 0] and second["denoise"] == 0.45
+    assert (second["seed"], second["steps"], second["cfg"], second["sampler_name"]) == (
+        42,
+        10,
+        5.0,
+        "dpmpp_2m",
+    )
+    assert first["denoise"] == 1.0 and first["latent_image"] == ["5", 0]
+    positive = second["positive"][0]
+    assert (
+        graph[positive]["class_type"] == "CLIPTextEncode" and graph[positive]["inputs"]["text"] == "sharp cat"
+    )
+    assert graph[positive]["inputs"]["clip"] == ["4", 1] and second["negative"] == ["7", 0]
+    assert first["positive"] == ["6", 0] and second["model"] == first["model"]
+    assert graph["8"]["inputs"]["samples"] == [
+        _of(graph, "KSampler")[1],
+        0,
+    ]  # the decode reads the second pass
+
+
+def test_hires_fix_to_a_size_with_its_own_steps_and_sampler() -> None:
+    graph = _graph(
+        hires=Hires(
+            upscaler="Latent (bicubic antialiased)",
+            resize_x=1024,
+            second_pass_steps=7,
+            sampler="Euler a",
+            scheduler="Karras",
+            negative_prompt="blurry",
+        ),
+        loras=["detail"],
+        clip_skip=2,
+    )
+    (upscale,) = _of(graph, "LatentUpscale")
+    assert graph[upscale]["inputs"] == {
+        "samples": ["3", 0],
+        "upscale_method": "bicubic",
+        "width": 1024,
+        "height": 0,  # keeps the aspect ratio
+        "crop": "disabled",
+    }
+    second = graph[_of(graph, "KSampler")[1]]["inputs"]
+    assert (second["steps"], second["sampler_name"], second["scheduler"], second["denoise"]) == (
+        7,
+        "euler_ancestral",
+        "karras",
+        0.7,
+    )
+    (lora,), (skip,) = _of(graph, "LoraLoader"), _of(graph, "CLIPSetLastLayer")
+    negative = second["negative"][0]
+    assert graph[negative]["inputs"] == {"text": "blurry", "clip": [skip, 0]}
+    assert second["positive"] == ["6", 0] and second["model"] == [lora, 0]
+    both = _graph(hires=Hires(resize_x=768, resize_y=1024))
+    (upscale,) = _of(both, "LatentUpscale")
+    assert both[upscale]["inputs"]["crop"] == "center"  # A1111 fills the box and crops the middle
+    assert both[upscale]["inputs"]["upscale_method"] == "bilinear"  # "Latent"
+
+
+def test_image_upscalers_and_img2img_hires_are_left_out() -> None:
+    backend = ComfyUIBackend("http://comfy")
+    esrgan = ImageRequest(prompt="x", hires=Hires(upscaler="R-ESRGAN 4x+"))
+    graph = build_workflow(esrgan, ckpt_name="m", seed=1)
+    assert len(_of(graph, "KSampler")) == 1 and graph["8"]["inputs"]["samples"] == ["3", 0]
+    assert backend.ignored_fields(esrgan) == ("hires",)
+    img2img = ImageRequest(prompt="x", init_image=b"i", hires=Hires())
+    assert len(_of(build_workflow(img2img, ckpt_name="m", seed=1, image_name="u"), "KSampler")) == 1
+    assert backend.ignored_fields(img2img) == ("hires",)
+    assert backend.ignored_fields(ImageRequest(prompt="x", hires=Hires(upscaler="Latent (bicubic)"))) == ()
+    with pytest.raises(UnsupportedFeatureError, match="hires: .*latent upscaler only"):
+        backend.check(esrgan, strict=True)
+
+
+def test_what_core_nodes_cannot_do_is_reported(comfy: FakeComfy) -> None:
+    unsupported = {
+        "subseed": 7,
+        "subseed_strength": 0.3,
+        "seed_resize_from_w": 256,
+        "seed_resize_from_h": 256,
+        "tiling": True,
+        "eta": 0.5,
+        "s_churn": 1.0,
+        "s_noise": 1.003,
+        "styles": ["cinematic"],
+    }
+    honoured = {
+        "n_iter": 2,
+        "clip_skip": 2,
+        "loras": ["detail:0.6"],
+        "vae": "vae-ft-mse-840000-ema-pruned.safetensors",
+        "hires": 1.5,
+    }
+    with Client(f"comfyui+{comfy.url}") as client:
+        result = client.txt2img("x", seed=1, steps=2, **unsupported, **honoured)
+    assert set(result.ignored_fields) == set(unsupported)
+    assert len(result.images) == 2 and len(comfy.graphs) == 2
+    assert {n["class_type"] for n in comfy.graphs[0].values()} >= {
+        "LoraLoader",
+        "CLIPSetLastLayer",
+        "VAELoader",
+        "LatentUpscaleBy",
+    }
+    backend = ComfyUIBackend(comfy.url)
+    for name in unsupported:
+        assert backend.unsupported[name] and "ComfyUI" in backend.unsupported[name]
+    with (
+        Client(f"comfyui+{comfy.url}", strict=True) as strict,
+        pytest.raises(UnsupportedFeatureError, match="variation seeds") as caught,
+    ):
+        strict.txt2img("x", seed=1, subseed_strength=0.3, loras=["detail"])
+    assert caught.value.fields == ("subseed_strength",)
+    assert len(comfy.graphs) == 2  # nothing was submitted
+
+
+@pytest.mark.parametrize("websocket", [True, False])
+def test_n_iter_submits_once_per_iteration_with_advancing_seeds(websocket: bool) -> None:
+    with FakeComfy(polls=1, websocket=websocket) as comfy, Client(f"comfyui+{comfy.url}") as client:
+        result = client.txt2img("x", seed=10, n=2, n_iter=3, steps=2)
+        assert [g["3"]["inputs"]["seed"] for g in comfy.graphs] == [10, 12, 14]  # advanced by batch_size
+        assert all(g["5"]["inputs"]["batch_size"] == 2 for g in comfy.graphs)
+        assert result.seeds == [10, 10, 12, 12, 14, 14]
+        # every image, in the order the prompts finished (the fake numbers its files 1, 2, ...)
+        assert [image.getpixel((0, 0))[0] for image in result.images] == [1, 2, 3, 4, 5, 6]
+        assert result.job_id == next(iter(comfy.prompts))
+        top = client.txt2img("x", seed=2**64 - 1, n_iter=2, steps=1)
+        assert top.seeds == [2**64 - 1, 0]  # ComfyUI's seed range wraps around
+
+
+def test_progress_counts_across_passes_and_iterations(comfy: FakeComfy) -> None:
+    with Client(f"comfyui+{comfy.url}") as client:
+        events = list(client.stream("x", seed=1, steps=3, n_iter=2, hires=Hires(second_pass_steps=2)))
+    kinds = [e.kind for e in events]
+    assert kinds == ["queued", "started"] + ["progress"] * 10 + ["succeeded"]
+    progress = [e for e in events if e.kind == "progress"]
+    assert [(e.step, e.total) for e in progress] == [(i, 10) for i in range(1, 11)]
+    assert [e.data["iteration"] for e in progress] == [0] * 5 + [1] * 5
+    assert progress[0].job_id == events[0].job_id != progress[-1].job_id  # the second prompt's own id
+    assert len(events[-1].result.images) == 2
+
+
+def test_fake_rejects_miswired_graphs() -> None:
+    """The wiring checks above lean on the fake's validation: it must catch a miswired graph."""
+    graph = build_workflow(ImageRequest(prompt="x", loras=["detail"]), ckpt_name=CHECKPOINTS[0], seed=1)
+    assert validate(graph) is None
+    graph["3"]["inputs"]["model"] = ["100", 1]  # the LoRA's CLIP into the sampler's model
+    assert validate(graph) == (
+        "invalid_prompt",
+        "Return type mismatch between linked nodes: model, received_type(CLIP) mismatch input_type(MODEL)",
+        "",
+    )
+    graph["3"]["inputs"]["model"] = ["100", 0]
+    graph["100"]["inputs"]["lora_name"] = "missing.safetensors"
+    assert validate(graph)[2] == "Value not in list: lora_name: 'missing.safetensors'"  # type: ignore[index]

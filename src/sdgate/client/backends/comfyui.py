@@ -85,7 +85,7 @@ LATENT_UPSCALERS = {
     "latent (antialiased)": "bilinear",
     "latent (bicubic)": "bicubic",
     "latent (bicubic antialiased)": "bicubic",
-    "latent (nearest)": "nearest-exact",
+    "latent (nearest)": "bilinear",
     "latent (nearest-exact)": "nearest-exact",
 }
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
