@@ -8,6 +8,7 @@ import io
 import json
 
 import httpx
+import pytest
 from PIL import Image
 
 from tests.server.fakes import FakeEngine
@@ -134,3 +135,17 @@ async def test_legacy_firstphase_sizes(client: httpx.AsyncClient, engine: FakeEn
     assert call.hires is not None and (call.hires.resize_x, call.hires.resize_y) == (128, 96)
     r = await client.post("/sdapi/v1/txt2img", json={**payload, "firstphase_height": 0})
     assert r.status_code == 400 and r.json()["detail"].startswith("firstphase_height:")
+
+
+async def test_known_but_ignored_fields_are_logged_once(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sdgate.server.dialects.a1111 import router
+
+    router._warned_fields.discard("s_min_uncond")
+    payload = {"prompt": "x", "steps": 2, "width": 64, "height": 64, "s_min_uncond": 0.5}
+    with caplog.at_level("INFO", logger="sdgate.a1111"):
+        for _ in range(2):
+            assert (await client.post("/sdapi/v1/txt2img", json=payload)).status_code == 200
+    assert caplog.text.count("accepting and ignoring s_min_uncond") == 1
+    assert "accepting and ignoring mask_round" not in caplog.text  # left at its default

@@ -82,6 +82,10 @@ def _log_unknown_fields(body: Txt2ImgRequest | Img2ImgRequest) -> None:
     if fresh:
         _warned_fields.update(fresh)
         log.info("accepting and ignoring unknown field(s): %s", ", ".join(fresh))
+    for name, why in translate.ignored_fields(body):
+        if name not in _warned_fields:
+            _warned_fields.add(name)
+            log.info("accepting and ignoring %s: %s", name, why)
 
 
 def _with_infotext(services: Services, body: BodyT) -> BodyT:

@@ -309,3 +309,22 @@ def sd_model_item(info: Any) -> dict[str, Any]:
 
 def unknown_fields(body: CommonProcessing) -> Sequence[str]:
     return sorted((body.model_extra or {}).keys())
+
+
+# Fields A1111 defines that sdgate accepts and does not act on: (field, defaults, why).
+IGNORED: tuple[tuple[str, tuple[object, ...], str], ...] = (
+    ("s_min_uncond", (None, 0, 0.0), "NGMS skips guidance on some steps for speed; sdgate always guides"),
+    ("refiner_switch_at", (None,), "no refiner_checkpoint: nothing to switch to"),
+    ("firstpass_image", (None, ""), "A1111 does not decode it either"),
+    ("comments", (None, {}), "A1111 drops it too"),
+    ("script_args", ([],), "no script_name"),
+    ("force_task_id", (None, ""), "sdgate's task ids are its job ids"),
+    ("mask_round", (True,), "masks are always rounded to black and white"),
+    ("latent_mask", (None, ""), "A1111 does not decode it either"),
+)
+
+
+def ignored_fields(body: CommonProcessing) -> list[tuple[str, str]]:
+    """(field, why) for each field of ``body`` that is set to something sdgate will not act on."""
+    data = body.model_dump()
+    return [(name, why) for name, allowed, why in IGNORED if name in data and data[name] not in allowed]
