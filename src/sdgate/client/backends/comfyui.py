@@ -85,7 +85,7 @@ LATENT_UPSCALERS = {
     "latent (antialiased)": "bilinear",
     "latent (bicubic)": "bicubic",
     "latent (bicubic antialiased)": "bicubic",
-    "latent (nearest)": "bilinear",
+    "latent (nearest)": "nearest-exact",
     "latent (nearest-exact)": "nearest-exact",
 }
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
@@ -288,9 +288,8 @@ class _Meter:
         node = str(data.get("node"))
         if node not in self.offsets:  # some other node reporting: its own count
             return value, most
-        return self.iteration * self.per_prompt + self.offsets[
-            node
-        ] + value, self.iterations * self.per_prompt
+        done_before = self.iteration * self.per_prompt + self.offsets[node]
+        return done_before + value, self.iterations * self.per_prompt
 
 
 HONOURED = ("n_iter", "clip_skip", "loras", "vae")
@@ -344,14 +343,10 @@ class ComfyUIBackend(Backend):
     def _checkpoint(self, request: ImageRequest) -> Gen:
         if request.model or self.model:
             return request.model or self.model
-        resp = yield Call("GET", self.url("/object_info/CheckpointLoaderSimple"))
-        try:
-            names = resp.json()["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
-        except (KeyError, IndexError, TypeError, ValueError):
-            names = []
-        if isinstance(names, str) or not names:
+        names = yield from self._checkpoint_names()
+        if not names:
             raise ConfigurationError("ComfyUI lists no checkpoints: pass model=<checkpoint file name>")
-        return str(names[0])
+        return names[0]
 
     def _upload(self, request: ImageRequest) -> Gen:
         assert request.init_image is not None
@@ -522,13 +517,16 @@ class ComfyUIBackend(Backend):
             yield Sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def list_models(self) -> Gen:
+    def _checkpoint_names(self) -> Gen:
         resp = yield Call("GET", self.url("/object_info/CheckpointLoaderSimple"))
         try:
             names = resp.json()["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
         except (KeyError, IndexError, TypeError, ValueError):
-            names = []
-        return [Model(name=str(n), title=str(n)) for n in names if isinstance(names, list)]
+            return []
+        return [str(n) for n in names] if isinstance(names, list) else []
+
+    def list_models(self) -> Gen:
+        return [Model(name=n, title=n) for n in (yield from self._checkpoint_names())]
 
 
 def _error_text(status: dict[str, Any]) -> str:
