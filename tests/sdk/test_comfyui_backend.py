@@ -18,7 +18,7 @@ from sdgate.client import (
     Lora,
     UnsupportedFeatureError,
 )
-from sdgate.client.backends.comfyui import build_workflow
+from sdgate.client.backends._comfy_graph import build_workflow
 from tests.sdk.comfy_fake import CHECKPOINTS, FakeComfy, validate
 from tests.sdk.fakes import png_bytes
 
