@@ -105,7 +105,6 @@ def test_a1111_plain_request_stays_plain() -> None:
 @pytest.mark.parametrize(
     "backend",
     [
-        ComfyUIBackend("http://c.test"),
         StabilityBackend("http://s.test"),
         StabilityV2Backend("http://s.test"),
         OpenAIBackend("http://o.test"),
@@ -142,3 +141,14 @@ async def test_a1111_n_iter_against_the_real_app(asgi_transport: httpx.ASGITrans
     async with AsyncClient("a1111+http://sdgate", transport=asgi_transport) as client:
         result = await client.txt2img("a red circle", seed=5, n=1, n_iter=2, width=64, height=64, steps=2)
     assert result.seeds == [5, 6] and len(result.images) == 2
+
+
+def test_comfyui_names_what_its_core_nodes_cannot_do() -> None:
+    backend = ComfyUIBackend("http://c.test")
+    ignored = set(backend.ignored_fields(EVERYTHING))
+    honoured = {"n_iter", "clip_skip", "loras", "vae", "hires"}  # nodes in the graph (latent hires)
+    assert ignored == set(A1111_EXTRAS) - honoured
+    assert all(backend.unsupported[name] for name in ignored)
+    with pytest.raises(UnsupportedFeatureError, match="tiling") as info:
+        backend.check(EVERYTHING, strict=True)
+    assert "tiling" in info.value.fields and "loras" not in info.value.fields
