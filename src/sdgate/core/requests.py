@@ -41,6 +41,7 @@ class HiresSettings(BaseModel):
     scheduler: str | None = None
     prompt: str = ""
     negative_prompt: str = ""
+    checkpoint: str | None = None  # the second pass's model (a catalog name); None: the first's
 
 
 class GenerationRequest(BaseModel):
@@ -96,6 +97,10 @@ class GenerationRequest(BaseModel):
     loras: tuple[LoraRef, ...] = ()
     vae: str | None = None
     styles: tuple[str, ...] = ()
+    # A1111's refiner: sampling moves to this model (a catalog name) after ``refiner_switch_at``
+    # (a fraction of the steps, 0..1 exclusive); None: no refiner.
+    refiner: str | None = None
+    refiner_switch_at: float | None = None
 
     @property
     def image_count(self) -> int:

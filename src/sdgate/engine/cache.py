@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -51,20 +51,22 @@ class ModelCache(Generic[T]):
             self._entries.move_to_end(key)
             return entry.value
 
-    def make_room(self, size: int, *, keep: str | None = None) -> None:
-        """Evict least recently used entries (never ``keep``) until ``size`` more bytes fit."""
+    def make_room(self, size: int, *, keep: str | Collection[str] | None = None) -> None:
+        """Evict least recently used entries (never those in ``keep``) until ``size`` more bytes fit."""
+        kept = {keep} if isinstance(keep, str) else set(keep or ())
         with self._lock:
             for key in list(self._entries):
                 if self.used_bytes + size <= self.budget_bytes:
                     break
-                if key != keep:
+                if key not in kept:
                     self.evict(key)
 
-    def put(self, key: str, value: T, size: int) -> None:
+    def put(self, key: str, value: T, size: int, *, keep: str | Collection[str] | None = None) -> None:
+        """Add ``key``; ``keep`` (models the running job also needs) are never evicted for it."""
         with self._lock:
             if key in self._entries:
                 self.evict(key)
-            self.make_room(size)
+            self.make_room(size, keep=keep)
             self._entries[key] = _Entry(value, size)
             log.info(
                 "model cache: %s loaded (%.1f MiB; %.1f of %.1f MiB used)",

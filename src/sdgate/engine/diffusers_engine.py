@@ -23,10 +23,11 @@ from sdgate.core.engine import (
     ModelDefaults,
     StepAction,
 )
-from sdgate.core.errors import InvalidRequest, OutOfMemory
+from sdgate.core.errors import InvalidRequest, ModelNotFound, OutOfMemory
 from sdgate.core.models import AssetFile, ModelCatalog, ModelInfo
 from sdgate.core.requests import GenerationRequest, Mode
 from sdgate.engine import embeddings, hires, img2img, lora, memory, vae
+from sdgate.engine import refiner as refiners
 from sdgate.engine.cache import ModelCache
 from sdgate.engine.common import JobShape, StepTracker, infotext, infotext_params, resolve_shape
 from sdgate.engine.configs import UnsupportedCheckpoint
@@ -66,6 +67,14 @@ class LoadedModel:
     @property
     def pipeline(self) -> Any:
         return self.loaded.pipeline
+
+
+@dataclass
+class _Seconds:
+    """The other checkpoints a job samples on: the refiner, the hires pass's model."""
+
+    refiner: refiners.Refiner | None = None
+    hires: LoadedModel | None = None
 
 
 @dataclass
@@ -114,11 +123,15 @@ class DiffusersEngine:
             img2img.check_request(request, inputs)
         info = self.catalog.resolve(request.model)
         vae_file = self.catalog.choose_vae(request.vae, info, field="vae")  # before the wait
+        refiner_info = self._second_info(request.refiner, info, field="refiner")
+        hr_name = request.hires.checkpoint if request.hires is not None else None
+        hires_info = self._second_info(hr_name, info, field="hires.checkpoint")
         with self._lock:
             started = time.perf_counter()
             # 2. The model, and its defaults for what the request left out.
             model = self._get_model(info)
             lora.activate(model.pipeline, self.catalog, request)  # patched in place, not reloaded
+            seconds = self._seconds(request, model, refiner_info, hires_info)
             loaded_at = time.perf_counter()
             shape = resolve_shape(request, self._defaults(model.info))
             # 3. Sample, iteration by iteration.
@@ -128,7 +141,7 @@ class DiffusersEngine:
                 with vae.swapped_in(model.pipeline.vae, external), seamless(model.pipeline, request.tiling):
                     model.external_vae = external
                     try:
-                        return self._run(request, model, shape, control, started, loaded_at, inputs)
+                        return self._run(request, model, shape, control, started, loaded_at, inputs, seconds)
                     finally:
                         model.external_vae = None
             except Exception as exc:
@@ -153,6 +166,44 @@ class DiffusersEngine:
             if request.mode != Mode.TXT2IMG:
                 raise InvalidRequest("hires fix is for txt2img only", field="hires")
             hires.check(request.hires)
+        refiners.check(request)
+
+    def _second_info(self, name: str | None, main: ModelInfo, *, field: str) -> ModelInfo | None:
+        """A refiner / hires checkpoint by name; None when unset or the main model itself (A1111
+        then does not switch)."""
+        if name is None or not name.strip():
+            return None
+        try:
+            info = self.catalog.resolve(name)
+        except ModelNotFound:
+            raise InvalidRequest(f"{field}: model {name!r} not found", field=field) from None
+        return None if info.filename == main.filename else info
+
+    def _seconds(
+        self,
+        request: GenerationRequest,
+        model: LoadedModel,
+        refiner: ModelInfo | None,
+        hires_model: ModelInfo | None,
+    ) -> _Seconds:
+        """Load the job's other checkpoints beside the main one (never evicting what the job uses)."""
+        keep = [str(model.info.filename)]
+        loaded: list[LoadedModel | None] = []
+        for info in (hires_model, refiner):
+            second = None if info is None else self._get_model(info, keep=keep)
+            if second is not None:
+                keep.append(str(second.info.filename))
+                if second.loaded.family == model.loaded.family:
+                    lora.activate(second.pipeline, self.catalog, request)  # as A1111 does
+                else:
+                    lora.apply_loras(second.pipeline, [])  # another family's LoRA cannot apply
+            loaded.append(second)
+        hires_second, refiner_model = loaded
+        assert request.refiner_switch_at is not None or refiner_model is None  # refiners.check
+        return _Seconds(
+            refiners.Refiner(refiner_model, request.refiner_switch_at or 0.0) if refiner_model else None,
+            hires_second,
+        )
 
     def _external_vae(self, model: LoadedModel, file: AssetFile | None) -> vae.ExternalVae | None:
         if file is None:
@@ -168,20 +219,21 @@ class DiffusersEngine:
             defaults = replace(defaults, width=size, height=size)
         return defaults
 
-    def _get_model(self, info: ModelInfo) -> LoadedModel:
+    def _get_model(self, info: ModelInfo, *, keep: list[str] | None = None) -> LoadedModel:
+        """The loaded model, from the cache or loaded now; ``keep``: models the job holds already."""
         key = str(info.filename)
         cached = self.cache.get(key)
         if cached is not None:
             return cached
         info = self.catalog.ensure_hash(info)  # A1111 hashes a checkpoint when it loads it
-        self.cache.make_room(_file_bytes(info))
-        loaded = self._load_with_retry(info)
+        self.cache.make_room(_file_bytes(info), keep=keep)
+        loaded = self._load_with_retry(info, keep or [])
         model = LoadedModel(info, loaded, dict(loaded.pipeline.scheduler.config))
-        self.cache.put(key, model, pipeline_bytes(loaded.pipeline))
+        self.cache.put(key, model, pipeline_bytes(loaded.pipeline), keep=keep)
         return model
 
-    def _load_with_retry(self, info: ModelInfo) -> LoadedPipeline:
-        """Load; on OOM unload every other model and try once more, then give up clearly."""
+    def _load_with_retry(self, info: ModelInfo, keep: list[str]) -> LoadedPipeline:
+        """Load; on OOM unload every other model (but ``keep``) and try once more, then give up."""
         for attempt in range(2):
             try:
                 return self._load(info)
@@ -191,7 +243,9 @@ class DiffusersEngine:
             free_memory(self.device)  # outside the except block: see generate()
             if attempt == 0:
                 log.warning("out of memory loading %s; unloading every other model and retrying", info.name)
-                self.cache.clear()
+                for key in self.cache.keys_by_age():
+                    if key not in keep:
+                        self.cache.evict(key)
         raise OutOfMemory(f"not enough memory on {self.device} to load model {info.name}")
 
     def _on_evict(self, key: str, model: LoadedModel) -> None:
@@ -231,14 +285,16 @@ class DiffusersEngine:
         started: float,
         loaded_at: float,
         inputs: EngineInputs | None = None,
+        seconds: _Seconds | None = None,
     ) -> EngineOutput:
         inputs = inputs or EngineInputs()
+        seconds = seconds or _Seconds()
         images: list[GeneratedImage] = []
         notes: list[str] = []
         interrupted = False
         plan: SchedulerPlan | None = None
         for it in range(request.n_iter):
-            result = self._iteration(request, model, shape, control, it, inputs)
+            result = self._iteration(request, model, shape, control, it, inputs, seconds)
             plan = result.plan
             for note in plan.notes:
                 if note not in notes:
@@ -274,8 +330,10 @@ class DiffusersEngine:
         control: GenerationControl,
         it: int,
         inputs: EngineInputs | None = None,
+        seconds: _Seconds | None = None,
     ) -> _Iteration:
         """One pipeline call: ``batch_size`` images with seeds seed + it * batch_size + i."""
+        seconds = seconds or _Seconds()
         pipe, family = model.pipeline, model.loaded.family
         with_images = bool(inputs and inputs.init_images)
         if with_images:
@@ -311,13 +369,17 @@ class DiffusersEngine:
         if with_images:
             assert inputs is not None
             return self._img2img_iteration(
-                request, inputs, model, pipe, shape, control, it, plan, noise, generators, seeds, subseeds
-            )
+                request, inputs, model, pipe, shape, control, it, plan, noise, generators, seeds, subseeds,
+                seconds.refiner,
+            )  # fmt: skip
         # 3. Sample, reporting every step.
         passes = 2 if request.hires is not None else 1  # progress counts both hires passes, as A1111
         tracker = StepTracker(control, passes * it, passes * request.n_iter, shape.steps)
         embeds = embeddings.for_pipeline(self.catalog, pipe)  # textual inversion from embeddings/
         prompts = prompt_plan(pipe, family, request, shape.steps, embeddings=embeds)  # per step, AND
+        # A refiner switches in this pass unless hires fix has a second one (A1111: "second pass").
+        refiner = seconds.refiner if request.hires is None else None
+        first = refiner.first_part(tracker, shape.steps, plan.scheduler.order) if refiner else None
         with prompts.applied(pipe):
             latents = pipe(
                 **prompts.kwargs,
@@ -328,10 +390,19 @@ class DiffusersEngine:
                 latents=noise.to(device=self.device, dtype=pipe.unet.dtype),
                 generator=generators,
                 output_type="latent",
-                callback_on_step_end=prompts.wrap(StepCallback(tracker, family)),
+                callback_on_step_end=prompts.wrap(StepCallback(refiners.reporting(first, tracker), family)),
                 callback_on_step_end_tensor_inputs=prompts.tensor_inputs,
                 **eta_kwargs(plan, request.eta),
             ).images
+        refined = bool(first and first.switched and tracker.action == StepAction.CONTINUE)
+        if refined:
+            assert refiner is not None and first is not None
+            latents = refiner.continue_sampling(
+                first, latents, pipe=pipe, family=family, request=request, prompt_steps=shape.steps,
+                width=shape.width, height=shape.height, generators=generators,
+                extra=eta_kwargs(plan, request.eta), catalog=self.catalog,
+            )  # fmt: skip
+            pipe = refiner.pipeline  # the latents are the refiner's now
         if tracker.action == StepAction.SKIP:
             return _Iteration([], tracker.action, plan)
         # 4. Decode, and write each image's infotext.
@@ -344,13 +415,18 @@ class DiffusersEngine:
                 pipe, family, model.base_scheduler_config, request, latents, seeds,
                 width=shape.width, height=shape.height, steps=shape.steps, factor=factor,
                 tracker=StepTracker(control, 2 * it + 1, 2 * request.n_iter, max(1, runs)),
-                catalog=self.catalog, subseeds=subseeds,
+                catalog=self.catalog, subseeds=subseeds, second=seconds.hires, refiner=seconds.refiner,
             )  # fmt: skip
-            pictures, action, extras = second.pictures, second.action, hires.infotext_params(request)
+            pictures, action = second.pictures, second.action
+            extras = hires.infotext_params(request, seconds.hires)
             extras.update(ti_hashes(prompts.used_embeddings, second.used_embeddings))
+            refined = second.refined
         else:
             pictures = decode_latents(pipe, latents)
             extras = prompts.infotext_params() or None
+        if refined:
+            assert seconds.refiner is not None
+            extras = {**(extras or {}), **seconds.refiner.infotext_params()}
         images = [
             GeneratedImage(
                 picture,
@@ -378,11 +454,13 @@ class DiffusersEngine:
         generators: Any,
         seeds: list[int],
         subseeds: list[int],
+        refiner: refiners.Refiner | None = None,
     ) -> _Iteration:
         """img2img / inpaint: the same seeds and reports, through ``engine.img2img``."""
         family = model.loaded.family
         steps = img2img.effective_steps(shape.steps, img2img.strength_of(request, shape.steps))
         tracker = StepTracker(control, it, request.n_iter, steps)
+        first = refiner.first_part(tracker, steps, plan.scheduler.order) if refiner else None
         embeds = embeddings.for_pipeline(self.catalog, pipe)
         prompts = prompt_plan(pipe, family, request, steps, embeddings=embeds)
         latents, batch = img2img.run(
@@ -395,17 +473,31 @@ class DiffusersEngine:
             steps=shape.steps,
             noise=noise.to(device=self.device, dtype=pipe.unet.dtype),
             generators=generators,
-            tracker=tracker,
+            tracker=refiners.reporting(first, tracker),
             family=family,
             factor=model.loaded.vae_scale_factor,
             first=it * request.batch_size,
             extra=eta_kwargs(plan, request.eta),
         )
+        owner = model.pipeline
+        if first is not None and first.switched and tracker.action == StepAction.CONTINUE:
+            assert refiner is not None
+            # The refiner goes on with its txt2img pipeline: no per-step mask blend in this part
+            # (``img2img.finish`` still pastes the original outside the mask).
+            latents = refiner.continue_sampling(
+                first, latents, pipe=pipe, family=family, request=request, prompt_steps=steps,
+                width=shape.width, height=shape.height, generators=generators,
+                extra=eta_kwargs(plan, request.eta), catalog=self.catalog,
+            )  # fmt: skip
+            owner = refiner.pipeline
         if tracker.action == StepAction.SKIP:
             return _Iteration([], tracker.action, plan)
         check_finite(latents, request.sampler)
-        pictures = img2img.finish(decode_latents(model.pipeline, latents), batch)
+        pictures = img2img.finish(decode_latents(owner, latents), batch)
         extras = {**img2img.infotext_extras(request, inputs, shape.steps), **prompts.infotext_params()}
+        if owner is not model.pipeline:
+            assert refiner is not None
+            extras.update(refiner.infotext_params())
         images = [
             GeneratedImage(
                 picture,

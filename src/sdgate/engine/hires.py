@@ -9,6 +9,11 @@
    ``denoising_strength`` over ``hr_second_pass_steps`` (0: the first pass's steps), the hires
    sampler and prompts when given, and noise from the same seeds. It reports as the second of two
    passes per iteration, so progress counts both passes like A1111.
+
+``hr_checkpoint_name`` runs step 3 on another checkpoint (``second``): latent upscales then start
+from the first pass's latents in that model's space (through both VAEs when the spaces differ),
+image upscales are encoded by its VAE. A refiner switches in this pass only (A1111's default
+``hires_fix_refiner_pass``: "second pass"), on whichever model runs it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from sdgate.core.errors import InvalidRequest
 from sdgate.core.models import ModelCatalog
 from sdgate.core.requests import GenerationRequest, HiresSettings
 from sdgate.engine import embeddings
+from sdgate.engine import refiner as refiners
 from sdgate.engine.common import StepTracker
 from sdgate.engine.prompts import prompt_plan
 from sdgate.engine.sampling import (
@@ -171,7 +177,8 @@ def seeded_generators(seeds: list[int]) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(seed % 2**64) for seed in seeds]
 
 
-def infotext_params(request: GenerationRequest) -> dict[str, object]:
+def infotext_params(request: GenerationRequest, second: Any = None) -> dict[str, object]:
+    """A1111's hires keys; ``second``: the LoadedModel of ``hr_checkpoint_name`` when it ran."""
     hires = request.hires
     assert hires is not None
     resize = hires.resize_x > 0 or hires.resize_y > 0
@@ -181,6 +188,7 @@ def infotext_params(request: GenerationRequest) -> dict[str, object]:
         "Hires resize": f"{hires.resize_x}x{hires.resize_y}" if resize else None,
         "Hires steps": hires.second_pass_steps or None,
         "Hires upscaler": hires.upscaler,
+        "Hires checkpoint": None if second is None else f"{second.info.stem} [{second.info.short_hash}]",
         "Hires sampler": hires.sampler,
         "Hires schedule type": hires.scheduler,
         "Hires prompt": hires.prompt or None,
@@ -193,6 +201,7 @@ class HiresPass:
     pictures: list[Image.Image]
     action: StepAction
     used_embeddings: dict[str, str] = field(default_factory=dict)  # for the infotext's TI hashes
+    refined: bool = False  # the refiner ran part of this pass
 
 
 def second_pass(
@@ -210,18 +219,28 @@ def second_pass(
     tracker: StepTracker,
     catalog: ModelCatalog,
     subseeds: list[int] | None = None,
+    second: Any = None,
+    refiner: refiners.Refiner | None = None,
 ) -> HiresPass:
-    """Upscale the first pass's ``latents`` and refine them; ``tracker`` reports this pass."""
+    """Upscale the first pass's ``latents`` and refine them; ``tracker`` reports this pass.
+
+    ``second``: the LoadedModel this pass runs on (``hr_checkpoint_name``); None: ``pipe``'s.
+    """
     hires = request.hires
     assert hires is not None
+    first_pipe, first_family = pipe, family
+    if second is not None:
+        pipe, family = second.pipeline, second.loaded.family
+        base_scheduler_config, factor = second.base_scheduler_config, second.loaded.vae_scale_factor
     size = target_size(width, height, hires, factor)
     asked, runs = second_pass_steps(request, steps)
-    # 1. Upscale.
+    # 1. Upscale (the first pass's latents, in this pass's latent space).
     if hires.upscaler in LATENT_MODES:
+        latents = refiners.convert_latents(latents, first_pipe, first_family, pipe, family)
         image: Any = upscale_latents(latents, size, factor, hires.upscaler)
     else:
         upscalers = image_upscalers(catalog, latents.device)
-        image = upscale_pictures(decode_latents(pipe, latents), size, upscalers, hires.upscaler)
+        image = upscale_pictures(decode_latents(first_pipe, latents), size, upscalers, hires.upscaler)
     if runs < 1:  # nothing to refine at this strength
         pictures = decode_latents(pipe, image) if isinstance(image, torch.Tensor) else image
         return HiresPass(pictures, tracker.action)
@@ -241,13 +260,16 @@ def second_pass(
     variant = img2img_pipeline(pipe, family)
     variant.scheduler = plan.scheduler
     # A1111 draws this pass's noise like the first's: variation seeds and seed resize included.
-    shape = (latents.shape[1], size.height // factor, size.width // factor)
+    shape = (pipe.vae.config.latent_channels, size.height // factor, size.width // factor)
     subseeds = subseeds or [request.subseed] * len(seeds)
     variant.sdgate_noise = pass_noise(request, seeds, subseeds, shape, factor)
     # 3. Refine.
     # Prompt editing counts over the hires steps, on A1111's hires timeline ([a:b:1.5] is halfway).
     embeds = embeddings.for_pipeline(catalog, variant)
-    prompts = prompt_plan(variant, family, hires_request(request), asked, hires_of=steps, embeddings=embeds)
+    pass_request = hires_request(request)
+    prompts = prompt_plan(variant, family, pass_request, asked, hires_of=steps, embeddings=embeds)
+    generators = seeded_generators(seeds)
+    first = refiner.first_part(tracker, runs, plan.scheduler.order) if refiner is not None else None
     with prompts.applied(variant):
         out = variant(
             **prompts.kwargs,
@@ -255,11 +277,20 @@ def second_pass(
             strength=hires.denoising_strength,
             num_inference_steps=asked,
             guidance_scale=request.cfg_scale,
-            generator=seeded_generators(seeds),
+            generator=generators,
             output_type="latent",
-            callback_on_step_end=prompts.wrap(StepCallback(tracker, family)),
+            callback_on_step_end=prompts.wrap(StepCallback(refiners.reporting(first, tracker), family)),
             callback_on_step_end_tensor_inputs=prompts.tensor_inputs,
             **eta_kwargs(plan, request.eta),
         ).images
+    refined = first is not None and first.switched and tracker.action == StepAction.CONTINUE
+    if refined:
+        assert refiner is not None and first is not None
+        out = refiner.continue_sampling(
+            first, out, pipe=variant, family=family, request=pass_request, prompt_steps=asked,
+            hires_of=steps, width=size.width, height=size.height, generators=generators,
+            extra=eta_kwargs(plan, request.eta), catalog=catalog,
+        )  # fmt: skip
+        pipe = refiner.pipeline
     check_finite(out, hires.sampler or request.sampler)
-    return HiresPass(decode_latents(pipe, out), tracker.action, prompts.used_embeddings)
+    return HiresPass(decode_latents(pipe, out), tracker.action, prompts.used_embeddings, refined)

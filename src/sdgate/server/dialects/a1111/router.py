@@ -100,6 +100,11 @@ def _with_infotext(services: Services, body: BodyT) -> BodyT:
     return with_infotext(body, resolve_model=known_model)
 
 
+def _checkpoint_resolver(services: Services) -> translate.CheckpointResolver:
+    """Refiner and hires checkpoint names -> the catalog's names (A1111's aliases: title, name, hash)."""
+    return lambda name: services.catalog.resolve(name).name
+
+
 def _request_model(options: A1111Options, body: Txt2ImgRequest | Img2ImgRequest) -> ModelInfo:
     """``override_settings.sd_model_checkpoint`` for this request, else the options' checkpoint."""
     override = translate.override_value(body, "sd_model_checkpoint")
@@ -139,6 +144,7 @@ async def txt2img(
         model=model.name,
         defaults=services.model_defaults(model),
         settings=services.settings,
+        resolve_checkpoint=_checkpoint_resolver(services),
     )
     await _keep_overrides(options, body)
     job = await jobflow.run_blocking(
@@ -170,6 +176,7 @@ async def img2img(
         settings=services.settings,
         init_images=placeholder,
         mask="-" if body.mask else None,
+        resolve_checkpoint=_checkpoint_resolver(services),
     )
     if not body.init_images:
         raise InvalidRequest("init_images: at least one image is required", field="init_images")
@@ -181,6 +188,7 @@ async def img2img(
         settings=services.settings,
         init_images=init_ids,
         mask=mask_id,
+        resolve_checkpoint=_checkpoint_resolver(services),
     )
     await _keep_overrides(options, body)
     job = await jobflow.run_blocking(

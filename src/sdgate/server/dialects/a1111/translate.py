@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from sdgate.core.engine import ModelDefaults
-from sdgate.core.errors import InvalidRequest
+from sdgate.core.errors import InvalidRequest, ModelNotFound
 from sdgate.core.infotext import A1111_VERSION, parse_infotext
 from sdgate.core.prompts import extract_networks
 from sdgate.core.requests import GenerationRequest, HiresSettings, Mode
@@ -21,9 +21,7 @@ from sdgate.settings import Settings
 
 # Fields whose non-default values we cannot honour yet: (field, default, reason).
 _UNSUPPORTED: tuple[tuple[str, object, str], ...] = (
-    ("hr_checkpoint_name", (None, "", "Use same checkpoint"), "a second hires checkpoint is not supported"),
     ("restore_faces", (None, False), "no face restorer is installed"),
-    ("refiner_checkpoint", (None, "", "None"), "refiners are not supported yet"),
 )
 
 
@@ -45,11 +43,59 @@ def override_value(body: CommonProcessing, key: str) -> Any:
     return (body.override_settings or {}).get(key)
 
 
+# A checkpoint name as a client sends it -> the catalog's name for it (raises ModelNotFound).
+CheckpointResolver = Callable[[str], str]
+NO_REFINER = ("", "None", "none")  # A1111's "off" values of refiner_checkpoint
+SAME_CHECKPOINT = ("", "Use same checkpoint")
+
+
+def checkpoint_name(
+    value: str | None, field: str, resolve: CheckpointResolver | None, off: tuple[str, ...]
+) -> str | None:
+    """A second checkpoint field (refiner, hires) as a catalog name; None when it is off. An unknown
+    name is a 400 naming the field. Without a resolver the name goes on as sent (the engine checks)."""
+    if value is None or value.strip() in off:
+        return None
+    if resolve is None:
+        return value
+    try:
+        return resolve(value)
+    except ModelNotFound:
+        raise InvalidRequest(
+            f"{field}: checkpoint {value!r} not found (GET /sdapi/v1/sd-models lists them)", field=field
+        ) from None
+
+
+def refiner_fields(
+    body: CommonProcessing, resolve: CheckpointResolver | None
+) -> tuple[str | None, float | None]:
+    """(refiner, switch_at). A null ``refiner_switch_at`` with a checkpoint is refused: A1111 would
+    then hand every step to the refiner, which is surely not what was meant."""
+    name = checkpoint_name(body.refiner_checkpoint, "refiner_checkpoint", resolve, NO_REFINER)
+    if name is None:
+        return None, None
+    switch_at = body.refiner_switch_at
+    if switch_at is None or not 0.0 < switch_at < 1.0:
+        raise InvalidRequest(
+            f"refiner_switch_at: must be between 0 and 1, exclusive, with a refiner_checkpoint "
+            f"(got {switch_at})",
+            field="refiner_switch_at",
+        )
+    return name, switch_at
+
+
 def txt2img_request(
-    body: Txt2ImgRequest, *, model: str, defaults: ModelDefaults, settings: Settings
+    body: Txt2ImgRequest,
+    *,
+    model: str,
+    defaults: ModelDefaults,
+    settings: Settings,
+    resolve_checkpoint: CheckpointResolver | None = None,
 ) -> GenerationRequest:
-    """An A1111 txt2img payload as a resolved ``GenerationRequest`` (seeds drawn, names canonical)."""
+    """An A1111 txt2img payload as a resolved ``GenerationRequest`` (seeds drawn, names canonical;
+    ``resolve_checkpoint`` names the refiner and hires checkpoints as the catalog does)."""
     check_unsupported(body)
+    refiner, refiner_switch_at = refiner_fields(body, resolve_checkpoint)
     body = legacy_firstphase(body)
     check_counts(body.steps, body.batch_size, body.n_iter, body.cfg_scale, settings)
     check_size(body.width, body.height, defaults, settings)
@@ -94,7 +140,9 @@ def txt2img_request(
         s_noise=body.s_noise,
         eta_noise_seed_delta=_int_setting(ensd, 0, "override_settings.eta_noise_seed_delta"),
         styles=tuple(body.styles or ()),
-        hires=hires_settings(body),
+        hires=hires_settings(body, resolve_checkpoint),
+        refiner=refiner,
+        refiner_switch_at=refiner_switch_at,
     )
 
 
@@ -118,7 +166,7 @@ def legacy_firstphase(body: Txt2ImgRequest) -> Txt2ImgRequest:
 HIRES_DENOISING_DEFAULT = 0.7
 
 
-def hires_settings(body: Txt2ImgRequest) -> HiresSettings | None:
+def hires_settings(body: Txt2ImgRequest, resolve: CheckpointResolver | None = None) -> HiresSettings | None:
     """``enable_hr`` and the ``hr_*`` fields; "Use same ..." and null mean the first pass's."""
     if not body.enable_hr:
         return None
@@ -143,6 +191,7 @@ def hires_settings(body: Txt2ImgRequest) -> HiresSettings | None:
         scheduler=scheduler,
         prompt=body.hr_prompt,
         negative_prompt=body.hr_negative_prompt,
+        checkpoint=checkpoint_name(body.hr_checkpoint_name, "hr_checkpoint_name", resolve, SAME_CHECKPOINT),
     )
 
 
@@ -154,11 +203,12 @@ def img2img_request(
     settings: Settings,
     init_images: tuple[str, ...],
     mask: str | None,
+    resolve_checkpoint: CheckpointResolver | None = None,
 ) -> GenerationRequest:
     """An A1111 img2img payload (its images already stored: ids) as a ``GenerationRequest``."""
     base = txt2img_request(
         Txt2ImgRequest(**body.model_dump(include=set(CommonProcessing.model_fields))),
-        model=model, defaults=defaults, settings=settings,
+        model=model, defaults=defaults, settings=settings, resolve_checkpoint=resolve_checkpoint,
     )
     strength = 0.75 if body.denoising_strength is None else body.denoising_strength
     checks = (

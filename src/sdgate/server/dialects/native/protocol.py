@@ -42,6 +42,7 @@ class HiresIn(_Strict):
     scheduler: str | None = None
     prompt: str = ""
     negative_prompt: str = ""
+    checkpoint: str | None = Field(None, max_length=1024, description="the second pass's model; null: same")
 
 
 class JobCreate(_Strict):
@@ -92,6 +93,10 @@ class JobCreate(_Strict):
     loras: list[LoraIn] = Field(default_factory=list, max_length=32)
     vae: str | None = Field(None, max_length=1024)
     styles: list[str] = Field(default_factory=list, max_length=64)
+    refiner: str | None = Field(None, max_length=1024, description="a model to finish sampling on")
+    refiner_switch_at: float | None = Field(
+        None, gt=0.0, lt=1.0, description="the share of the steps run before switching to the refiner"
+    )
     # the job
     priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, description="higher runs first")
     callback_url: str | None = Field(None, description="POSTed the job, signed, when it ends")
