@@ -13,11 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdgate.core.models import ModelCatalog
-from sdgate.engine.diffusers_engine import DiffusersEngine
-from sdgate.server.app import create_app
-from sdgate.settings import Settings
 from tests.engine.test_lora import make_lora
+from tests.server.real_engine import real_engine_client
 
 BASE = {"override_settings": {"sd_model_checkpoint": "tiny-sd15"}, "width": 64, "height": 64, "steps": 3}
 
@@ -32,20 +29,8 @@ def models(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 @pytest.fixture
 async def client(models: Path, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    settings = Settings(data_dir=tmp_path / "data", models_dir=models, device="cpu", worker_poll_s=0.02)
-    engine = DiffusersEngine(settings, ModelCatalog(settings, builtin_dir=None))
-    app = create_app(settings, engine=engine)
-    try:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://sdgate", timeout=120) as c:
-                yield c
-    finally:
-        torch.set_num_threads(threads)
+    async with real_engine_client(models, tmp_path / "data") as c:
+        yield c
 
 
 async def txt2img(client: httpx.AsyncClient, **fields: object) -> dict:

@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdgate.core.models import ModelCatalog
-from sdgate.server.app import create_app
 from sdgate.server.dialects.a1111.outputs import next_number, write_numbered
 from sdgate.settings import Settings
 from tests.server.fakes import FakeEngine
+from tests.server.real_engine import real_engine_client
 
 SMALL = {"width": 64, "height": 64, "steps": 2, "seed": 100}
 
@@ -206,21 +205,8 @@ def vae_models(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture
 async def real_client(vae_models: Path, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    import torch
-
-    from sdgate.engine.diffusers_engine import DiffusersEngine
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    settings = Settings(data_dir=tmp_path / "data", models_dir=vae_models, device="cpu", worker_poll_s=0.02)
-    app = create_app(settings, engine=DiffusersEngine(settings, ModelCatalog(settings, builtin_dir=None)))
-    try:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://sdgate", timeout=120) as c:
-                yield c
-    finally:
-        torch.set_num_threads(threads)
+    async with real_engine_client(vae_models, tmp_path / "data") as c:
+        yield c
 
 
 async def test_a_vae_file_changes_the_output_and_the_next_job_is_as_before(
