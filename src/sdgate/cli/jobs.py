@@ -84,6 +84,10 @@ def cancel(
     """Cancel a job (a queued one never runs; a running one stops at its next step)."""
     with handle_errors(), common.make_client(ClientOptions(backend, api_key)) as client:
         job = client.jobs.cancel(job_id)
+    _echo_job(job, as_json)
+
+
+def _echo_job(job: Job, as_json: bool) -> None:
     typer.echo(json.dumps(job_json(job), indent=2, default=str) if as_json else job_line(job))
 
 
@@ -94,7 +98,7 @@ def retry(
     """Run an ended job again as a new job (same request and seeds); prints the new job."""
     with handle_errors(), common.make_client(ClientOptions(backend, api_key)) as client:
         job = client.jobs.retry(job_id)
-    typer.echo(json.dumps(job_json(job), indent=2, default=str) if as_json else job_line(job))
+    _echo_job(job, as_json)
 
 
 @app.command()
