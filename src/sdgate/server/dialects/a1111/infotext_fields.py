@@ -3,8 +3,8 @@
 A1111 parses the text as ``/png-info`` does (``reference/a1111_api.md`` §1.1 and §4) and copies each
 value into the request field its UI would paste it into, unless the request set that field
 itself. Settings-like values (clip skip, ENSD, the model) go into ``override_settings`` unless the
-request already overrides them. The model is taken only when this server knows it: an image made
-elsewhere still re-runs, on the current model.
+request already overrides them. The model and VAE are taken only when this server has them: an
+image made elsewhere still re-runs, on the current model.
 """
 
 from __future__ import annotations
@@ -68,11 +68,17 @@ SETTINGS: tuple[tuple[str, str], ...] = (
 HIRES_KEYS = ("Hires upscale", "Hires upscaler")
 
 
-def with_infotext(body: Body, *, resolve_model: Callable[[str], str | None] | None = None) -> Body:
+def with_infotext(
+    body: Body,
+    *,
+    resolve_model: Callable[[str], str | None] | None = None,
+    resolve_vae: Callable[[str], str | None] | None = None,
+) -> Body:
     """``body`` with the fields its ``infotext`` implies; the body itself when it has none.
 
     ``resolve_model`` maps the infotext's ``Model hash`` / ``Model`` to a checkpoint this server
-    has (None when it has none); without it the model is left alone.
+    has, ``resolve_vae`` its ``VAE`` to a VAE file (None when there is none); without them the
+    model and VAE are left alone.
     """
     if not body.infotext:
         return body
@@ -91,7 +97,7 @@ def with_infotext(body: Body, *, resolve_model: Callable[[str], str | None] | No
         # A txt2img infotext carries a denoising strength only when it used hires fix.
         resized = str(parsed.get("Hires resize-1", 0)) != "0" or str(parsed.get("Hires resize-2", 0)) != "0"
         values["enable_hr"] = resized or any(key in parsed for key in HIRES_KEYS)
-    values["override_settings"] = _settings(body, parsed, resolve_model)
+    values["override_settings"] = _settings(parsed, resolve_model, resolve_vae)
     explicit = body.model_dump(exclude_unset=True)
     merged = {**values, **explicit}
     if "override_settings" in explicit:  # the request's own overrides win key by key
@@ -105,7 +111,9 @@ def with_infotext(body: Body, *, resolve_model: Callable[[str], str | None] | No
 
 
 def _settings(
-    body: CommonProcessing, parsed: Mapping[str, object], resolve_model: Callable[[str], str | None] | None
+    parsed: Mapping[str, object],
+    resolve_model: Callable[[str], str | None] | None,
+    resolve_vae: Callable[[str], str | None] | None,
 ) -> dict[str, object]:
     settings: dict[str, object] = {}
     for key, name in SETTINGS:
@@ -117,4 +125,7 @@ def _settings(
             if model is not None:
                 settings["sd_model_checkpoint"] = model
                 break
+    vae = resolve_vae(str(parsed["VAE"])) if resolve_vae is not None and "VAE" in parsed else None
+    if vae is not None:
+        settings["sd_vae"] = vae
     return settings

@@ -97,7 +97,11 @@ def _with_infotext(services: Services, body: BodyT) -> BodyT:
         except ModelNotFound:
             return None
 
-    return with_infotext(body, resolve_model=known_model)
+    def known_vae(name: str) -> str | None:
+        vae = services.catalog.find_vae(name)
+        return vae.name if vae is not None else None
+
+    return with_infotext(body, resolve_model=known_model, resolve_vae=known_vae)
 
 
 def _checkpoint_resolver(services: Services) -> translate.CheckpointResolver:
