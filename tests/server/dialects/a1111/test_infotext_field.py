@@ -74,9 +74,11 @@ def test_the_vae_is_taken_only_when_the_server_has_it() -> None:
     text = "a cat\nSteps: 4, Sampler: Euler, Seed: 1, VAE hash: 0123456789, VAE: blue.safetensors"
     known = {"blue.safetensors": "blue.safetensors"}
     body = with_infotext(Txt2ImgRequest(infotext=text), resolve_vae=known.get)
-    assert body.override_settings == {"sd_vae": "blue.safetensors"}
+    assert body.override_settings is not None
+    assert body.override_settings["sd_vae"] == "blue.safetensors"
     body = with_infotext(Txt2ImgRequest(infotext=text), resolve_vae=lambda _: None)
-    assert body.override_settings == {}
+    assert body.override_settings is not None
+    assert "sd_vae" not in body.override_settings
 
 
 def test_img2img_reads_the_inpaint_choices() -> None:
