@@ -1,7 +1,7 @@
 """SDK overhead: 200 jobs through ``Client.batch(concurrency=8)`` against ``sdgate serve --engine null``.
 
     python benchmarks/sdk_overhead.py [--url http://127.0.0.1:7860] [--jobs 200] [--concurrency 8]
-                                      [--backend sdgate|a1111] [--size 64]
+                                      [--backend sdgate|a1111] [--size 64] [--progress]
 
 Without ``--url`` it starts the server itself (a subprocess on a free loopback port, a temporary
 data dir) and stops it at the end. It prints jobs/s and the client overhead per job, defined as
@@ -12,6 +12,10 @@ SSE, base64, image headers, and time a ready thread waits for the GIL or a core.
 the older, looser figure that subtracts all time inside the httpx transport, so HTTP parsing
 counted as "server".) On a machine with few cores the wall-clock figures also count time taken by
 the server process, so it prints the client process's CPU time per job too, which does not.
+
+``--progress`` gives every ``generate()`` a progress listener (as ``client.stream()`` and the CLI's
+progress bar do): the job is then followed over its event stream instead of the one-request long
+poll; compare the requests per job.
 """
 
 from __future__ import annotations
@@ -210,7 +214,9 @@ def null_server() -> Iterator[str]:
             log.close()
 
 
-def run(url: str, *, jobs: int, concurrency: int, backend: str, size: int) -> dict[str, float]:
+def run(
+    url: str, *, jobs: int, concurrency: int, backend: str, size: int, progress: bool = False
+) -> dict[str, float]:
     transport = TimingTransport()
     overheads: list[float] = []
     loose: list[float] = []
@@ -223,6 +229,8 @@ def run(url: str, *, jobs: int, concurrency: int, backend: str, size: int) -> di
         def timed_generate(request: ImageRequest, **kw: object) -> object:
             transport.io.take(), transport.inside.take()
             start = time.perf_counter()
+            if progress:  # a listener, as client.stream() and the CLI's progress bar have
+                kw.setdefault("on_progress", lambda event: None)
             result = original(request, **kw)  # type: ignore[arg-type]
             wall = time.perf_counter() - start
             with lock:
@@ -283,18 +291,28 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--backend", choices=["sdgate", "a1111"], default="sdgate")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    parser.add_argument(
+        "--progress", action="store_true", help="give every generate() a progress listener (SSE path)"
+    )
     args = parser.parse_args()
+    options = {
+        "jobs": args.jobs,
+        "concurrency": args.concurrency,
+        "backend": args.backend,
+        "size": args.size,
+        "progress": args.progress,
+    }
     if args.url:
-        stats = run(
-            args.url, jobs=args.jobs, concurrency=args.concurrency, backend=args.backend, size=args.size
-        )
+        stats = run(args.url, **options)
     else:
         with null_server() as url:
-            stats = run(
-                url, jobs=args.jobs, concurrency=args.concurrency, backend=args.backend, size=args.size
-            )
+            stats = run(url, **options)
     s = stats
-    print(f"backend {args.backend}: {s['jobs']:.0f} jobs, concurrency {args.concurrency}, size {args.size}")
+    listeners = ", with progress listeners" if args.progress else ""
+    print(
+        f"backend {args.backend}: {s['jobs']:.0f} jobs, concurrency {args.concurrency}, size {args.size}"
+        f"{listeners}"
+    )
     print(f"  {s['jobs_per_s']:.1f} jobs/s ({s['seconds']:.2f} s); latency p50 {s['latency_ms_p50']:.1f} ms")
     print(
         f"  client overhead per job: mean {s['overhead_ms_mean']:.2f} ms, p50 {s['overhead_ms_p50']:.2f} ms,"
@@ -303,7 +321,7 @@ def main() -> None:
     print(f"  (looser: wall time outside the httpx transport, p50 {s['outside_transport_ms_p50']:.2f} ms)")
     own = s["cpu_ms_per_job"] - s["requests_per_job"] * s["httpx_cpu_ms_per_request"]
     print(
-        f"  client process CPU per job: {s['cpu_ms_per_job']:.2f} ms = {s['requests_per_job']:.1f} requests"
+        f"  client process CPU per job: {s['cpu_ms_per_job']:.2f} ms = {s['requests_per_job']:.2f} requests"
         f" x {s['httpx_cpu_ms_per_request']:.2f} ms (plain httpx here) + {own:.2f} ms SDK's own"
     )
 

@@ -67,13 +67,24 @@ class FakeNative:
     Prompts: "fail" fails the job; "cut" drops the SSE stream after the first event once.
     ``long_poll``: ``?wait=`` runs the job to its end and ``?include=images`` inlines the images
     (off: the server predates them and ignores both); ``uploads``: ``POST /api/v1/uploads`` exists.
+    ``sse_jobs``: the terminal SSE event carries the whole job, as the real server's does (off:
+    only ``job_id``); ``sse_images``: under ``?include=images`` that job has its images inline.
     """
 
     def __init__(
-        self, *, steps: int = 2, sse: bool = True, long_poll: bool = False, uploads: bool = False
+        self,
+        *,
+        steps: int = 2,
+        sse: bool = True,
+        long_poll: bool = False,
+        uploads: bool = False,
+        sse_jobs: bool = False,
+        sse_images: bool = False,
     ) -> None:
         self.steps = steps
         self.sse = sse
+        self.sse_jobs = sse_jobs
+        self.sse_images = sse_images
         self.long_poll = long_poll
         self.uploads_enabled = uploads
         self.uploads: dict[str, bytes] = {}
@@ -105,7 +116,7 @@ class FakeNative:
             job.state = "failed" if "fail" in job.body["prompt"] else "succeeded"
             self._event(job, job.state)
 
-    def view(self, job: FakeJob) -> dict[str, Any]:
+    def view(self, job: FakeJob, *, inline: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
             "id": job.id,
             "state": job.state,
@@ -136,18 +147,19 @@ class FakeNative:
             }
         if job.state == "failed":
             out["error"] = {"code": "generation_failed", "message": "the engine exploded"}
-        return out
+        return self.inline(job, out) if inline else out
 
     def finish(self, job: FakeJob, request: httpx.Request) -> dict[str, Any]:
         """The job's view, run to its end first under ``?wait=`` (when this fake has long polls)."""
         if self.long_poll and float(request.url.params.get("wait", 0)) > 0:
             while job.state not in ("succeeded", "failed", "cancelled"):
                 self._advance(job)
-        out = self.view(job)
-        if self.long_poll and "images" in request.url.params.get_list("include") and out["result"]:
-            for row in out["result"]["images"]:
-                raw = png_bytes(infotext=f"{job.body['prompt']}\nSeed: {row['seed']}")
-                row["data"] = base64.b64encode(raw).decode()
+        return self.view(job, inline=self.long_poll and "images" in request.url.params.get_list("include"))
+
+    def inline(self, job: FakeJob, out: dict[str, Any]) -> dict[str, Any]:
+        for row in (out["result"] or {}).get("images", []):
+            raw = png_bytes(infotext=f"{job.body['prompt']}\nSeed: {row['seed']}")
+            row["data"] = base64.b64encode(raw).decode()
         return out
 
     def handle(self, request: httpx.Request) -> httpx.Response:
@@ -232,6 +244,13 @@ class FakeNative:
             self._advance(job)
         after = int(request.headers.get("last-event-id", "0"))
         events = [e for e in job.events if e[0] > after][: 1 if cut else None]
+        if self.sse_jobs:  # the terminal event carries the job (its images under ?include=images)
+            inline = self.sse_images and "images" in request.url.params.get_list("include")
+            terminal = ("succeeded", "failed", "cancelled")
+            events = [
+                (eid, name, {"job_id": job.id, **self.view(job, inline=inline)} if name in terminal else data)
+                for eid, name, data in events
+            ]
         text = "".join(
             f"id: {eid}\nevent: {name}\ndata: {json.dumps(data)}\n\n" for eid, name, data in events
         )

@@ -1,5 +1,7 @@
 """``sdgate batch prompts.txt|prompts.jsonl -o outdir``: many prompts, bounded concurrency,
-resumable (items already in ``outdir`` are skipped), a progress bar; exit 1 if any item failed."""
+resumable (items already in ``outdir`` are skipped), a progress bar; exit 1 if any item failed.
+``generate``'s request flags (``--sampler``, ``--cfg``, ``--hires``, ``--lora``, ...) are defaults
+for every line; a JSONL line's own fields win."""
 
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ from sdgate.cli.generate import (
     TimeoutOpt,
     fail,
     handle_errors,
-    parse_size,
     progress_bar,
+    request_options,
 )
 from sdgate.client import BatchItem
 from sdgate.client._constants import DEFAULT_MAX_RETRIES
@@ -47,30 +49,24 @@ def read_prompts(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+@request_options
 def batch(
     prompts: Annotated[
         Path, typer.Argument(exists=True, dir_okay=False, help="prompts.txt or prompts.jsonl")
     ],
     out: Annotated[Path, typer.Option("-o", "--out", file_okay=False, help="Output folder (resumable).")],
+    fields: dict[str, Any],  # generate's request flags (request_options): defaults for every line
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Requests in flight.")] = 4,
-    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Default steps for every line.")] = None,
-    size: Annotated[str | None, typer.Option("--size", help="Default WIDTHxHEIGHT for every line.")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", min=0, help="Default seed for every line.")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="Default model for every line.")] = None,
     backend: BackendOpt = None,
     api_key: ApiKeyOpt = None,
     retries: RetriesOpt = DEFAULT_MAX_RETRIES,
     timeout: TimeoutOpt = 600.0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run every prompt of a file; write images and a .json record per item into OUT."""
-    width, height = parse_size(size)
-    defaults = {
-        k: v
-        for k, v in {"steps": steps, "width": width, "height": height, "seed": seed, "model": model}.items()
-        if v is not None
-    }
-    rows = [{**defaults, **row} for row in read_prompts(prompts)]
+    """Run every prompt of a file; write images and a .json record per item into OUT.
+
+    The request flags are defaults for every line; a JSONL line's own fields win."""
+    rows = [{**fields, **row} for row in read_prompts(prompts)]
     failures: list[BatchItem] = []
     counts = {"done": 0, "skipped": 0, "failed": 0}
     options = ClientOptions(backend, api_key, retries, timeout)

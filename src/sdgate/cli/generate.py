@@ -1,11 +1,15 @@
 """``sdgate generate``: one prompt in, images on disk. Also the SDK plumbing the other client
-commands share (``client_options``, ``make_client``, ``handle_errors``, ``progress_bar``).
+commands share (``client_options``, ``make_client``, ``handle_errors``, ``progress_bar``) and the
+request flags ``generate`` and ``batch`` share (``request_options``).
 
 Exit codes: 0 ok, 1 API or network error, 2 usage. Errors go to stderr as one line.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import json
 import os
 import re
@@ -123,59 +127,165 @@ def result_json(result: Any, paths: list[Path]) -> dict[str, Any]:
     }
 
 
+# -- the request flags: one definition, shared by generate and batch --------------------------------
+
+
+def _flag(name: str, annotation: Any, default: Any = None) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+REQUEST_FLAGS: tuple[inspect.Parameter, ...] = (
+    _flag(
+        "n",
+        Annotated[int, typer.Option("-n", "--n", "--batch", min=1, help="Images per batch (batch_size).")],
+        1,
+    ),
+    _flag(
+        "n_iter",
+        Annotated[
+            int, typer.Option("--n-iter", min=1, help="Batches, one after another: n x n-iter images.")
+        ],
+        1,
+    ),
+    _flag("negative", Annotated[str, typer.Option("--negative", help="Negative prompt.")], ""),
+    _flag(
+        "steps",
+        Annotated[int | None, typer.Option("--steps", min=1, help="Sampling steps. [default: the model's]")],
+    ),
+    _flag(
+        "size",
+        Annotated[
+            str | None, typer.Option("--size", help="WIDTHxHEIGHT, e.g. 768x512. [default: the model's]")
+        ],
+    ),
+    _flag("seed", Annotated[int | None, typer.Option("--seed", min=0, help="Fixed seed. [default: random]")]),
+    _flag("cfg", Annotated[float | None, typer.Option("--cfg", help="Guidance scale.")]),
+    _flag(
+        "sampler",
+        Annotated[str | None, typer.Option("--sampler", help="An A1111 sampler name, e.g. 'DPM++ 2M'.")],
+    ),
+    _flag(
+        "scheduler",
+        Annotated[
+            str | None,
+            typer.Option("--scheduler", help="Noise schedule, e.g. karras. [default: the sampler's]"),
+        ],
+    ),
+    _flag("subseed", Annotated[int | None, typer.Option("--subseed", min=0, help="Variation seed.")]),
+    _flag(
+        "subseed_strength",
+        Annotated[
+            float | None,
+            typer.Option("--subseed-strength", min=0.0, max=1.0, help="How far towards the variation seed."),
+        ],
+    ),
+    _flag(
+        "hires",
+        Annotated[
+            float | None,
+            typer.Option("--hires", min=1.0, help="Hires fix: a second pass at this scale, e.g. 2.0."),
+        ],
+    ),
+    _flag(
+        "hires_steps",
+        Annotated[
+            int | None, typer.Option("--hires-steps", min=0, help="Second-pass steps (0: as the first).")
+        ],
+    ),
+    _flag(
+        "hires_strength",
+        Annotated[
+            float | None,
+            typer.Option("--hires-strength", min=0.0, max=1.0, help="Second-pass denoising. [default: 0.7]"),
+        ],
+    ),
+    _flag(
+        "hires_upscaler",
+        Annotated[str | None, typer.Option("--hires-upscaler", help="Upscaler. [default: Latent]")],
+    ),
+    _flag(
+        "lora",
+        Annotated[
+            list[str] | None,
+            typer.Option("--lora", help="A LoRA as NAME or NAME:WEIGHT, e.g. detail:0.7; repeat for more."),
+        ],
+    ),
+    _flag("vae", Annotated[str | None, typer.Option("--vae", help="VAE name on the server.")]),
+    _flag(
+        "style",
+        Annotated[list[str] | None, typer.Option("--style", help="A saved A1111 style; repeat for more.")],
+    ),
+    _flag(
+        "clip_skip",
+        Annotated[int | None, typer.Option("--clip-skip", min=1, max=12, help="CLIP layers to skip.")],
+    ),
+    _flag("tiling", Annotated[bool, typer.Option("--tiling", help="Make a seamlessly tiling image.")], False),
+    _flag("model", Annotated[str | None, typer.Option("--model", help="Model name on the server.")]),
+)
+
+
+def request_fields(flags: dict[str, Any]) -> dict[str, Any]:
+    """The request flags as ``ImageRequest`` fields: only those that differ from the request's own
+    defaults (left out: the server's default, or in a batch the line's own value)."""
+    from sdgate.client import ImageRequest
+
+    width, height = parse_size(flags["size"])
+    fields: dict[str, Any] = {
+        "negative_prompt": flags["negative"],
+        "batch_size": flags["n"],
+        "n_iter": flags["n_iter"],
+        "steps": flags["steps"],
+        "width": width,
+        "height": height,
+        "seed": flags["seed"],
+        "cfg_scale": flags["cfg"],
+        "sampler": flags["sampler"],
+        "scheduler": flags["scheduler"],
+        "subseed": flags["subseed"],
+        "subseed_strength": flags["subseed_strength"],
+        "hires": hires_settings(
+            flags["hires"], flags["hires_steps"], flags["hires_strength"], flags["hires_upscaler"]
+        ),
+        "loras": tuple(flags["lora"] or ()),
+        "vae": flags["vae"],
+        "styles": tuple(flags["style"] or ()),
+        "clip_skip": flags["clip_skip"],
+        "tiling": flags["tiling"],
+        "model": flags["model"],
+    }
+    defaults = {f.name: f.default for f in dataclasses.fields(ImageRequest)}
+    return {k: v for k, v in fields.items() if v is not None and v != defaults[k]}
+
+
+def request_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Gives a command the request flags (``REQUEST_FLAGS``) where its ``fields`` parameter is, and
+    calls it with ``fields=request_fields(...)``: one definition and one mapping for every command
+    that builds requests (``generate``, and ``batch`` as defaults for each line)."""
+    signature = inspect.signature(command, eval_str=True)
+    params: list[inspect.Parameter] = []
+    for param in signature.parameters.values():
+        if param.name == "fields":
+            params.extend(REQUEST_FLAGS)
+        else:  # typer passes everything by name: keyword-only keeps the order legal
+            params.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+    names = [flag.name for flag in REQUEST_FLAGS]
+
+    @functools.wraps(command)
+    def with_request_flags(**kwargs: Any) -> None:
+        flags = {name: kwargs.pop(name) for name in names}
+        command(fields=request_fields(flags), **kwargs)
+
+    with_request_flags.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    return with_request_flags
+
+
+# -- the command ------------------------------------------------------------------------------------
+
+
+@request_options
 def generate(
     prompt: Annotated[str, typer.Argument(help="What to draw.")],
-    n: Annotated[int, typer.Option("-n", "--n", "--batch", min=1, help="Images per batch (batch_size).")] = 1,
-    n_iter: Annotated[
-        int, typer.Option("--n-iter", min=1, help="Batches, one after another: n x n-iter images.")
-    ] = 1,
-    negative: Annotated[str, typer.Option("--negative", help="Negative prompt.")] = "",
-    steps: Annotated[
-        int | None, typer.Option("--steps", min=1, help="Sampling steps. [default: the model's]")
-    ] = None,
-    size: Annotated[
-        str | None, typer.Option("--size", help="WIDTHxHEIGHT, e.g. 768x512. [default: the model's]")
-    ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", min=0, help="Fixed seed. [default: random]")] = None,
-    cfg: Annotated[float | None, typer.Option("--cfg", help="Guidance scale.")] = None,
-    sampler: Annotated[
-        str | None, typer.Option("--sampler", help="An A1111 sampler name, e.g. 'DPM++ 2M'.")
-    ] = None,
-    scheduler: Annotated[
-        str | None, typer.Option("--scheduler", help="Noise schedule, e.g. karras. [default: the sampler's]")
-    ] = None,
-    subseed: Annotated[int | None, typer.Option("--subseed", min=0, help="Variation seed.")] = None,
-    subseed_strength: Annotated[
-        float | None,
-        typer.Option("--subseed-strength", min=0.0, max=1.0, help="How far towards the variation seed."),
-    ] = None,
-    hires: Annotated[
-        float | None,
-        typer.Option("--hires", min=1.0, help="Hires fix: a second pass at this scale, e.g. 2.0."),
-    ] = None,
-    hires_steps: Annotated[
-        int | None, typer.Option("--hires-steps", min=0, help="Second-pass steps (0: as the first).")
-    ] = None,
-    hires_strength: Annotated[
-        float | None,
-        typer.Option("--hires-strength", min=0.0, max=1.0, help="Second-pass denoising. [default: 0.7]"),
-    ] = None,
-    hires_upscaler: Annotated[
-        str | None, typer.Option("--hires-upscaler", help="Upscaler. [default: Latent]")
-    ] = None,
-    lora: Annotated[
-        list[str] | None,
-        typer.Option("--lora", help="A LoRA as NAME or NAME:WEIGHT, e.g. detail:0.7; repeat for more."),
-    ] = None,
-    vae: Annotated[str | None, typer.Option("--vae", help="VAE name on the server.")] = None,
-    style: Annotated[
-        list[str] | None, typer.Option("--style", help="A saved A1111 style; repeat for more.")
-    ] = None,
-    clip_skip: Annotated[
-        int | None, typer.Option("--clip-skip", min=1, max=12, help="CLIP layers to skip.")
-    ] = None,
-    tiling: Annotated[bool, typer.Option("--tiling", help="Make a seamlessly tiling image.")] = False,
-    model: Annotated[str | None, typer.Option("--model", help="Model name on the server.")] = None,
+    fields: dict[str, Any],  # the request flags (request_options)
     init: Annotated[
         Path | None, typer.Option("--init", exists=True, dir_okay=False, help="Init image (img2img).")
     ] = None,
@@ -196,35 +306,12 @@ def generate(
     """Generate images from a prompt and save them (PNG, with the infotext)."""
     if mask is not None and init is None:
         fail("--mask needs --init (the image to repaint)", code=2, kind="UsageError")
-    width, height = parse_size(size)
-    fields: dict[str, Any] = {
-        "negative_prompt": negative,
-        "batch_size": n,
-        "n_iter": n_iter,
-        "steps": steps,
-        "width": width,
-        "height": height,
-        "seed": seed,
-        "cfg_scale": cfg,
-        "sampler": sampler,
-        "scheduler": scheduler,
-        "subseed": subseed,
-        "subseed_strength": subseed_strength,
-        "hires": hires_settings(hires, hires_steps, hires_strength, hires_upscaler),
-        "loras": tuple(lora or ()),
-        "vae": vae,
-        "styles": tuple(style or ()),
-        "clip_skip": clip_skip,
-        "tiling": tiling,
-        "model": model,
-        "denoising_strength": strength,
-    }
+    if strength is not None:
+        fields = {**fields, "denoising_strength": strength}
     with handle_errors():
         from sdgate.client import ImageRequest
 
-        request = ImageRequest.build(
-            prompt, init_image=init, mask=mask, **{k: v for k, v in fields.items() if v is not None}
-        )
+        request = ImageRequest.build(prompt, init_image=init, mask=mask, **fields)
         options = ClientOptions(backend, api_key, retries, timeout)
         with make_client(options) as client, progress_bar(not as_json, "queued") as update:
             result = client.generate(request, on_progress=on_event(update))

@@ -422,13 +422,26 @@ class AsyncJobs:
     async def wait(
         self, job_id: str, *, timeout: float | None = None, on_progress: ProgressCallback | None = None
     ) -> Job:
+        return await self._wait(job_id, timeout, on_progress)
+
+    async def _wait(
+        self,
+        job_id: str,
+        timeout: float | None,
+        on_progress: ProgressCallback | None,
+        *,
+        include_images: bool = False,
+    ) -> Job:
         ctx = Context(progress=on_progress is not None, timeout=timeout or self._client.timeout)
         deadline = time.monotonic() + ctx.timeout
-        return await self._run(self._client._jobs_backend().wait_job(job_id, ctx), on_progress, deadline)
+        gen = self._client._jobs_backend().wait_job(job_id, ctx, include_images=include_images)
+        return await self._run(gen, on_progress, deadline)
 
     async def result(self, job: Job | str, *, timeout: float | None = None) -> GenerationResult:
-        if isinstance(job, str) or not job.done:
-            job = await self.wait(job if isinstance(job, str) else job.id, timeout=timeout)
+        if isinstance(job, str) or not job.done:  # the finished job brings its images where it can
+            job = await self._wait(
+                job if isinstance(job, str) else job.id, timeout, None, include_images=True
+            )
         return await self._run(self._client._jobs_backend().job_result(job))
 
     async def stream(self, job_id: str) -> AsyncIterator[ProgressEvent]:

@@ -421,14 +421,25 @@ class Jobs:
         self, job_id: str, *, timeout: float | None = None, on_progress: ProgressCallback | None = None
     ) -> Job:
         """Block until the job is succeeded, failed or cancelled; return it."""
+        return self._wait(job_id, timeout, on_progress)
+
+    def _wait(
+        self,
+        job_id: str,
+        timeout: float | None,
+        on_progress: ProgressCallback | None,
+        *,
+        include_images: bool = False,
+    ) -> Job:
         ctx = Context(progress=on_progress is not None, timeout=timeout or self._client.timeout)
         deadline = time.monotonic() + ctx.timeout
-        return self._run(self._client._jobs_backend().wait_job(job_id, ctx), on_progress, deadline)
+        gen = self._client._jobs_backend().wait_job(job_id, ctx, include_images=include_images)
+        return self._run(gen, on_progress, deadline)
 
     def result(self, job: Job | str, *, timeout: float | None = None) -> GenerationResult:
         """The images of a job (waiting for it first); ``JobFailedError`` if it did not succeed."""
-        if isinstance(job, str) or not job.done:
-            job = self.wait(job if isinstance(job, str) else job.id, timeout=timeout)
+        if isinstance(job, str) or not job.done:  # the finished job brings its images where it can
+            job = self._wait(job if isinstance(job, str) else job.id, timeout, None, include_images=True)
         return self._run(self._client._jobs_backend().job_result(job))
 
     def stream(self, job_id: str) -> Iterator[ProgressEvent]:

@@ -224,7 +224,7 @@ class Backend:
         raise self._no_jobs()
         yield  # pragma: no cover
 
-    def wait_job(self, job_id: str, ctx: Context) -> Gen:
+    def wait_job(self, job_id: str, ctx: Context, *, include_images: bool = False) -> Gen:
         raise self._no_jobs()
         yield  # pragma: no cover
 

@@ -2,8 +2,10 @@
 
 ``generate`` without progress listeners is one request: ``POST /jobs?wait=..&include=images``
 answers with the finished job and its images inline. With listeners, or when the job outlasts the
-long poll (or the server predates it), the job is followed over SSE (polling as a fallback) and
-its images fetched. Init images and masks are uploaded once (``POST /uploads``) and sent by id.
+long poll (or the server predates it), the job is followed over SSE (polling as a fallback): two
+requests, as ``GET /jobs/{id}/events?include=images`` ends with the finished job and its images
+inline. A server that predates either option ignores it, and each image is then fetched by URL.
+Init images and masks are uploaded once (``POST /uploads``) and sent by id.
 """
 
 from __future__ import annotations
@@ -262,8 +264,9 @@ class NativeBackend(Backend):
             del self._uploads[digest]
         return True
 
-    def get_job(self, job_id: str) -> Gen:
-        resp = yield Call("GET", self._job_url(job_id))
+    def get_job(self, job_id: str, *, include_images: bool = False) -> Gen:
+        params = _include(include_images)
+        resp = yield Call("GET", self._job_url(job_id), params=params)
         return Job.from_json(_json(resp, "job"))
 
     def list_jobs(self, **filters: Any) -> Gen:
@@ -310,14 +313,16 @@ class NativeBackend(Backend):
             if failures > MAX_RESUBSCRIBE:
                 raise APIConnectionError(f"{self.url(API + '/events')}: the event stream keeps closing")
 
-    def wait_job(self, job_id: str, ctx: Context) -> Gen:
-        """Follow a job to a terminal state over SSE; poll if the stream is unavailable."""
-        job = yield from self._follow_sse(job_id, ctx)
+    def wait_job(self, job_id: str, ctx: Context, *, include_images: bool = False) -> Gen:
+        """Follow a job to a terminal state over SSE; poll if the stream is unavailable.
+        ``include_images``: the finished job comes with its images' files inline where the server
+        can (``?include=images``), so ``job_result`` needs no further request."""
+        job = yield from self._follow_sse(job_id, ctx, include_images)
         if job is None:
-            job = yield from self._poll(job_id, ctx)
+            job = yield from self._poll(job_id, ctx, include_images)
         return job
 
-    def _follow_sse(self, job_id: str, ctx: Context) -> Gen:
+    def _follow_sse(self, job_id: str, ctx: Context, include_images: bool) -> Gen:
         last_id: str | None = None
         for _ in range(MAX_RESUBSCRIBE):
             headers = {"Accept": "text/event-stream"}
@@ -325,7 +330,14 @@ class NativeBackend(Backend):
                 headers["Last-Event-ID"] = last_id
             try:
                 handle = yield Subscribe(
-                    Call("GET", self._job_url(job_id, "/events"), headers=headers, long=True, retry=True)
+                    Call(
+                        "GET",
+                        self._job_url(job_id, "/events"),
+                        params=_include(include_images),
+                        headers=headers,
+                        long=True,
+                        retry=True,
+                    )
                 )
             except APIStatusError as exc:
                 if exc.status in (404, 405, 406, 501):  # no SSE here: poll instead
@@ -357,15 +369,15 @@ class NativeBackend(Backend):
             yield Close(handle)
             if final is not None:  # a state event carries the whole job: no need to ask again
                 return final
-            job = yield from self.get_job(job_id)
+            job = yield from self.get_job(job_id, include_images=include_images)
             if job.done:
                 return job
         return None
 
-    def _poll(self, job_id: str, ctx: Context) -> Gen:
+    def _poll(self, job_id: str, ctx: Context, include_images: bool) -> Gen:
         last: tuple[str, int] | None = None
         for delay in poll_delays(ctx.poll_initial, ctx.poll_max):
-            job = yield from self.get_job(job_id)
+            job = yield from self.get_job(job_id, include_images=include_images)
             key = (job.state, job.progress.step if job.progress else 0)
             if ctx.progress and key != last:
                 yield Emit(event_from_job(job))
@@ -410,7 +422,8 @@ class NativeBackend(Backend):
 
     def generate(self, request: ImageRequest, ctx: Context) -> Gen:
         """Without listeners, one request: submit, wait (long poll) and the images inline. With
-        listeners (or a long job, or a server without the long poll): follow the job's SSE stream."""
+        listeners (or a long job, or a server without the long poll): follow the job's SSE stream,
+        whose last event brings the images (a server without that: one GET per image)."""
         if ctx.progress:
             job = yield from self.submit(request)
             yield Emit(event_from_job(job))
@@ -419,7 +432,7 @@ class NativeBackend(Backend):
             wait = min(LONG_POLL_S, ctx.timeout / 2)
             job = yield from self.submit(request, wait=wait, include_images=True)
         if not job.done:
-            job = yield from self.wait_job(job.id, ctx)
+            job = yield from self.wait_job(job.id, ctx, include_images=True)
         return (yield from self.job_result(job))
 
     def list_models(self) -> Gen:
@@ -434,6 +447,11 @@ class NativeBackend(Backend):
             )
             for r in rows or []
         ]
+
+
+def _include(images: bool) -> dict[str, str] | None:
+    """The query that asks for a finished job's images inline (older servers ignore it)."""
+    return {"include": "images"} if images else None
 
 
 def _json(resp: Any, where: str) -> Any:

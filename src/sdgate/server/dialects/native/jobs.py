@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import logging
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +17,7 @@ import sqlalchemy as sa
 from starlette.concurrency import run_in_threadpool
 
 from sdgate.core.errors import Conflict, InvalidRequest, ModelNotFound, NotFound
-from sdgate.core.jobs import ControlAction, Job, JobState
+from sdgate.core.jobs import ControlAction, Job, JobEventKind, JobState
 from sdgate.core.models import ModelInfo
 from sdgate.core.requests import GenerationRequest
 from sdgate.jobs.database import transaction
@@ -131,6 +133,37 @@ def render(runtime: NativeRuntime, job: Job, *, include_images: bool = False) ->
         image_data = {i.id: base64.b64encode(store.get(i.id)).decode("ascii") for i in job.result.images}
     return translate.job_out(job, base=runtime.base, position=position, webhook=webhook,
                              image_data=image_data)
+
+
+def inline_event_images(runtime: NativeRuntime, message: str) -> str:
+    """One SSE message (``events.sse_message``); a ``succeeded`` one gets each image's file inline
+    (base64 ``data``), as ``?include=images`` gives it on the job routes. Others pass unchanged, and
+    so does an image gone from the store (the client still has its URL)."""
+    lines = message.rstrip("\n").split("\n")
+    if f"event: {JobEventKind.SUCCEEDED.value}" not in lines or not lines[-1].startswith("data: "):
+        return message
+    data = json.loads(lines[-1].removeprefix("data: "))
+    rows = (data.get("result") or {}).get("images") or []
+    store = runtime.services.images
+    for row in rows:
+        with contextlib.suppress(NotFound, OSError):
+            row["data"] = base64.b64encode(store.get(str(row["id"]))).decode("ascii")
+    lines[-1] = "data: " + json.dumps(data, separators=(",", ":"))
+    return "\n".join(lines) + "\n\n"
+
+
+async def with_inline_images(runtime: NativeRuntime, stream: AsyncIterator[str]) -> AsyncIterator[str]:
+    """A job's SSE stream whose terminal ``succeeded`` event carries the images' files: the client
+    that follows a job for its progress needs no GET per image afterwards."""
+    try:
+        async for message in stream:
+            if f"event: {JobEventKind.SUCCEEDED.value}\n" in message:  # the rest pass untouched
+                message = await run_in_threadpool(inline_event_images, runtime, message)
+            yield message
+    finally:  # the client went away: the inner stream unsubscribes now, not when collected
+        close = getattr(stream, "aclose", None)
+        if close is not None:
+            await close()
 
 
 def render_many(runtime: NativeRuntime, jobs: list[Job]) -> list[dict[str, Any]]:

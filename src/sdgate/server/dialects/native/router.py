@@ -133,18 +133,25 @@ async def job_events(
     runtime: RuntimeDep,
     user: UserDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
+    include: Include = [],  # noqa: B006
 ) -> StreamingResponse:
     """Server-Sent Events: ``queued``, ``started``, ``progress``, ``succeeded``, ``failed``,
     ``cancelled``. Starts with the job's current state (or, with ``Last-Event-ID``, every event after
     that id) and ends after the terminal event. State events carry the whole job; progress events
     ``{job_id, step, total, eta_s, ...}``, with a small ``preview`` every N steps when enabled.
+    With ``?include=images`` the ``succeeded`` event's job has each image's file inline (base64
+    ``data``, as on ``GET /api/v1/jobs/{id}?include=images``): following a job for its progress
+    then costs no GET per image. Servers before this option ignore it (``data`` stays null).
 
     For every job of the caller at once, open the WebSocket ``/api/v1/events``: JSON messages
     ``{"id", "event", "data"}`` with the same events."""
     after = native_events.parse_last_event_id(last_event_id)
     job = await run_in_threadpool(native_jobs.get, runtime.services, job_id, user)
+    stream = native_events.job_stream(runtime, job, after)
+    if "images" in include:
+        stream = native_jobs.with_inline_images(runtime, stream)
     return StreamingResponse(
-        native_events.job_stream(runtime, job, after),
+        stream,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
