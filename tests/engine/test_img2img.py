@@ -214,3 +214,47 @@ def test_requests_missing_inputs_name_the_field(engine: DiffusersEngine) -> None
         with pytest.raises(InvalidRequest) as err:
             run(engine, _noise_image(64, 64), **{field: value})
         assert err.value.field == field
+
+
+def _blurred_case(engine: DiffusersEngine, **fields: object) -> np.ndarray:
+    init = _noise_image(64, 64, seed=8)
+    out = run(engine, init, _box_mask(64, 64, (16, 16, 48, 48)), denoising_strength=1.0, **fields)
+    return np.asarray(out.images[0].image, dtype=int)
+
+
+def test_mask_round_default_rounds_and_off_keeps_the_blur_soft(engine: DiffusersEngine) -> None:
+    rounded = _blurred_case(engine, mask_blur_x=6, mask_blur_y=6)
+    assert np.array_equal(rounded, _blurred_case(engine, mask_blur_x=6, mask_blur_y=6, mask_round=True))
+    soft = _blurred_case(engine, mask_blur_x=6, mask_blur_y=6, mask_round=False)
+    band = np.zeros((64, 64), dtype=bool)
+    band[8:56, 8:56], band[24:40, 24:40] = True, False  # around the box's edge, where the blur is grey
+    assert np.abs(soft - rounded)[band].mean() > 1
+    # A mask without grey levels rounds to itself: off changes nothing.
+    sharp = _blurred_case(engine, mask_blur_x=0, mask_blur_y=0)
+    assert np.array_equal(sharp, _blurred_case(engine, mask_blur_x=0, mask_blur_y=0, mask_round=False))
+
+
+def test_soft_mask_is_for_one_call() -> None:
+    from sdgate.engine.pipelines import SDInpaintPipeline, soft_mask
+    from tests import tinymodels as tm
+
+    pipe = SDInpaintPipeline(**tm.tiny_sd(0).components, requires_safety_checker=False)
+    stock = pipe.mask_processor
+    grey = Image.new("L", (16, 16), 100)
+    with soft_mask(pipe):
+        assert float(pipe.mask_processor.preprocess(grey, 16, 16).max()) == pytest.approx(100 / 255)
+    assert pipe.mask_processor is stock and float(stock.preprocess(grey, 16, 16).max()) == 0.0
+    with soft_mask(pipe, False):
+        assert pipe.mask_processor is stock
+
+
+def test_latent_fill_keeps_grey_levels_when_not_rounded() -> None:
+    import torch
+
+    from sdgate.engine.img2img import latent_fill
+
+    mask = Image.new("L", (64, 64), 100)
+    latents, noise = torch.zeros(1, 4, 8, 8), torch.ones(1, 4, 8, 8)
+    assert float(latent_fill(ip.LATENT_NOISE, mask, 8)(latents, noise).max()) == 0.0
+    soft = latent_fill(ip.LATENT_NOISE, mask, 8, rounded=False)(latents, noise)
+    assert float(soft.mean()) == pytest.approx(100 / 255, abs=1e-3)

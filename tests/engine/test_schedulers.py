@@ -187,9 +187,9 @@ def test_every_sampler_draws_through_the_pipeline(engine: DiffusersEngine, sampl
 
 
 def test_options_a1111_would_use_and_we_cannot_are_noted() -> None:
-    heun = sch.build_scheduler("Heun", "automatic", BASE, s_churn=0.5, s_noise=0.9)
-    assert any("s_churn 0.5 is not supported for Heun" in n for n in heun.notes)
-    assert any("s_noise 0.9" in n for n in heun.notes) and heun.params == {}
+    fast = sch.build_scheduler("DPM fast", "automatic", BASE, eta=0.5, s_noise=0.9)
+    assert any("eta 0.5 is not supported for DPM fast" in n for n in fast.notes)
+    assert any("s_noise 0.9" in n for n in fast.notes) and fast.params == {}
     two_s = sch.build_scheduler("DPM++ 2S a", "karras", BASE, eta=0.5)
     assert any("eta 0.5 is not supported for DPM++ 2S a" in n for n in two_s.notes)
     sde = sch.build_scheduler("DPM++ 2M SDE", "karras", BASE, eta=0.5, s_noise=0.9)
@@ -265,6 +265,49 @@ def test_euler_churn_is_diffusers_euler_with_the_jobs_values() -> None:
     assert torch.equal(_loop(outside.scheduler), _loop(plain))
 
 
+@pytest.mark.parametrize("sampler", ["Heun", "DPM2"])
+def test_heun_and_dpm2_churn(sampler: str) -> None:
+    from diffusers import HeunDiscreteScheduler, KDPM2DiscreteScheduler
+
+    stock_class = {"Heun": HeunDiscreteScheduler, "DPM2": KDPM2DiscreteScheduler}[sampler]
+    stock = stock_class.from_config(BASE, timestep_spacing="linspace", use_karras_sigmas=True)
+    plain = sch.build_scheduler(sampler, "karras", BASE).scheduler
+    assert torch.equal(_loop(plain), _loop(stock))  # no churn: bit-identical to before
+    churned = sch.build_scheduler(sampler, "karras", BASE, s_churn=2.0, s_noise=0.9)
+    assert churned.notes == [] and churned.params == {"Sigma churn": 2.0, "Sigma noise": 0.9}
+    x = _loop(churned.scheduler)
+    assert torch.isfinite(x).all() and not torch.allclose(x, _loop(plain), atol=1e-3)
+    assert not torch.equal(x, _loop(churned.scheduler, seed=2))  # the churn noise is the generator's
+    outside = sch.build_scheduler(sampler, "karras", BASE, s_churn=2.0, s_tmin=100.0, s_tmax=200.0)
+    assert torch.equal(_loop(outside.scheduler), _loop(plain))
+
+
+@pytest.mark.parametrize("sampler", ["Heun", "DPM2"])
+def test_churned_steps_follow_k_diffusion(sampler: str) -> None:
+    """With a constant noise prediction (where the evaluation points cannot matter), the loop is
+    k-diffusion's: each step adds ``s_noise * sqrt(sigma_hat^2 - sigma^2)`` of noise, then moves
+    by the prediction from sigma_hat to the next sigma."""
+    steps, churn, s_noise, tmax = 5, 2.0, 0.9, 3.0
+    scheduler = sch.build_scheduler(sampler, "karras", BASE, s_churn=churn, s_noise=s_noise, s_tmax=tmax)
+    ours = scheduler.scheduler
+    ours.set_timesteps(steps)
+    x0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * ours.init_noise_sigma
+    eps = torch.full_like(x0, 0.3)
+    gen, x = torch.Generator().manual_seed(1), x0
+    for t in ours.timesteps:
+        x = ours.step(eps, t, x, generator=gen).prev_sample
+    sigmas = torch.unique_consecutive(ours.sigmas).double().tolist()
+    assert len(sigmas) == steps + 1
+    gen, y = torch.Generator().manual_seed(1), x0.double()
+    for sigma, sigma_next in zip(sigmas, sigmas[1:], strict=False):
+        gamma = min(churn / steps, 2**0.5 - 1) if sigma <= tmax else 0.0
+        sigma_hat = sigma * (gamma + 1)
+        if gamma > 0:
+            y = y + torch.randn(x0.shape, generator=gen).double() * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
+        y = y + eps.double() * (sigma_next - sigma_hat)
+    torch.testing.assert_close(x.double(), y, rtol=1e-4, atol=1e-4)
+
+
 def test_dpm2_ancestral_eta_and_s_noise() -> None:
     from diffusers import KDPM2AncestralDiscreteScheduler
 
@@ -328,5 +371,6 @@ def test_sampler_options_reach_the_pipeline(engine: DiffusersEngine) -> None:
     dpm2a = generate(engine, sampler="DPM2 a", seed=3, eta=0.5)
     assert "Eta: 0.5" in dpm2a.images[0].infotext and "Sampler note" not in dpm2a.images[0].infotext
     heun = generate(engine, sampler="Heun", seed=3, s_churn=1.0)
-    assert "Sampler note: s_churn 1 is not supported for Heun; ran with 0" in heun.images[0].infotext
-    assert "Sigma churn" not in heun.images[0].infotext and heun.notes
+    assert "Sigma churn: 1, Version" in heun.images[0].infotext and not heun.notes
+    plain_heun = generate(engine, sampler="Heun", seed=3)
+    assert not np.array_equal(np.asarray(heun.images[0].image), np.asarray(plain_heun.images[0].image))

@@ -78,6 +78,7 @@ class GenerationRequest(BaseModel):
     s_tmin: float | None = None
     s_tmax: float | None = None
     s_noise: float | None = None
+    s_min_uncond: float = 0.0  # A1111's NGMS: below this sigma, every other step skips the uncond
     eta_noise_seed_delta: int = 0
     # img2img / inpaint
     init_images: tuple[str, ...] = ()
@@ -91,6 +92,7 @@ class GenerationRequest(BaseModel):
     inpaint_full_res: bool = False
     inpaint_full_res_padding: int = 32
     inpainting_mask_invert: bool = False
+    mask_round: bool = True  # False: the latent blend keeps the blurred mask soft
     initial_noise_multiplier: float = 1.0
     # extras
     hires: HiresSettings | None = None

@@ -8,6 +8,8 @@ UNet once more per further part on the same (second-half) inputs, and hands the 
 exactly A1111's formula, for txt2img, img2img, inpaint, ControlNet residuals and SDXL alike.
 
 Without classifier-free guidance (cfg <= 1 batches no uncond) the parts are averaged by weight.
+On a step where NGMS (``engine.ngms``) ran only the cond half, the inputs hold one half and the
+output two copies of the cond: the first part's cond stands in for the uncond, as in A1111.
 """
 
 from __future__ import annotations
@@ -30,14 +32,14 @@ class Part:
     weight: float
 
 
-def _slice_batch(value: Any, size: int, part: slice) -> Any:
+def slice_batch(value: Any, size: int, part: slice) -> Any:
     """``value`` with every tensor whose batch is ``size`` cut to ``part`` (dicts and tuples too)."""
     if isinstance(value, torch.Tensor):
         return value[part] if value.dim() > 0 and value.shape[0] == size else value
     if isinstance(value, dict):
-        return {k: _slice_batch(v, size, part) for k, v in value.items()}
+        return {k: slice_batch(v, size, part) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(_slice_batch(v, size, part) for v in value)
+        return type(value)(slice_batch(v, size, part) for v in value)
     return value
 
 
@@ -63,6 +65,8 @@ class ComposableHook:
         size, batch = sample.shape[0], self.batch
         if size == 2 * batch:
             uncond, first, half = eps[:batch], eps[batch:], slice(batch, 2 * batch)
+        elif size == batch and eps.shape[0] == 2 * batch:  # NGMS ran the cond half alone: the
+            uncond, first, half = eps[:batch], eps[batch:], slice(0, batch)  # cond stands in
         elif size == batch:
             uncond, first, half = None, eps, slice(0, batch)
         else:  # not a call this hook was set up for
@@ -79,7 +83,7 @@ class ComposableHook:
         return output
 
     def _evaluate(self, bound: dict[str, Any], size: int, half: slice, part: Part) -> torch.Tensor:
-        call = {k: _slice_batch(v, size, half) for k, v in bound.items() if k != "kwargs"}
+        call = {k: slice_batch(v, size, half) for k, v in bound.items() if k != "kwargs"}
         call.update(bound.get("kwargs", {}))
         embeds = part.embeds.to(dtype=call["encoder_hidden_states"].dtype)
         call["encoder_hidden_states"] = embeds.expand(self.batch, -1, -1)

@@ -26,7 +26,7 @@ from sdgate.core.engine import (
 from sdgate.core.errors import InvalidRequest, ModelNotFound, OutOfMemory
 from sdgate.core.models import AssetFile, ModelCatalog, ModelInfo
 from sdgate.core.requests import GenerationRequest, Mode
-from sdgate.engine import embeddings, hires, img2img, lora, memory, vae
+from sdgate.engine import embeddings, hires, img2img, lora, memory, ngms, vae
 from sdgate.engine import refiner as refiners
 from sdgate.engine.cache import ModelCache
 from sdgate.engine.common import JobShape, StepTracker, infotext, infotext_params, resolve_shape
@@ -380,7 +380,7 @@ class DiffusersEngine:
         # A refiner switches in this pass unless hires fix has a second one (A1111: "second pass").
         refiner = seconds.refiner if request.hires is None else None
         first = refiner.first_part(tracker, shape.steps, plan.scheduler.order) if refiner else None
-        with prompts.applied(pipe):
+        with prompts.applied(pipe), ngms.maybe_skipping_uncond(pipe, request.s_min_uncond, prompts.batch):
             latents = pipe(
                 **prompts.kwargs,
                 height=shape.height,
@@ -534,7 +534,12 @@ class DiffusersEngine:
         if model.external_vae is not None:  # A1111 names the VAE only when a file was loaded
             params.update({"VAE hash": model.external_vae.short_hash, "VAE": model.external_vae.name})
         # A1111's extra_generation_params: the pass's own, LoRA hashes, then the sampler options.
-        extras = {**(extras or {}), **lora.infotext_params(model.pipeline), **plan.params}
+        extras = {
+            **(extras or {}),
+            **ngms.infotext_params(request.s_min_uncond),
+            **lora.infotext_params(model.pipeline),
+            **plan.params,
+        }
         if extras:  # A1111 writes img2img's parameters before its version
             version = params.pop("Version")
             params = {**params, **extras, "Version": version}

@@ -30,7 +30,7 @@ from sdgate.core.engine import StepAction
 from sdgate.core.errors import InvalidRequest
 from sdgate.core.models import ModelCatalog
 from sdgate.core.requests import GenerationRequest, HiresSettings
-from sdgate.engine import embeddings
+from sdgate.engine import embeddings, ngms
 from sdgate.engine import refiner as refiners
 from sdgate.engine.common import StepTracker
 from sdgate.engine.prompts import prompt_plan
@@ -270,7 +270,7 @@ def second_pass(
     prompts = prompt_plan(variant, family, pass_request, asked, hires_of=steps, embeddings=embeds)
     generators = seeded_generators(seeds)
     first = refiner.first_part(tracker, runs, plan.scheduler.order) if refiner is not None else None
-    with prompts.applied(variant):
+    with prompts.applied(variant), ngms.maybe_skipping_uncond(variant, request.s_min_uncond, prompts.batch):
         out = variant(
             **prompts.kwargs,
             image=image,

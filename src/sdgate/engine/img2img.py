@@ -21,8 +21,9 @@ from sdgate.core.engine import EngineInputs
 from sdgate.core.errors import InvalidRequest
 from sdgate.core.requests import GenerationRequest
 from sdgate.engine import inpaint as ip
+from sdgate.engine import ngms
 from sdgate.engine.common import StepTracker
-from sdgate.engine.pipelines import SDInpaintPipeline, SDXLInpaintPipeline
+from sdgate.engine.pipelines import SDInpaintPipeline, SDXLInpaintPipeline, soft_mask
 from sdgate.engine.prompts import PromptPlan
 from sdgate.engine.sampling import StepCallback
 
@@ -116,15 +117,16 @@ def prepare_batch(
     return Img2ImgBatch(init, originals, plan)
 
 
-def latent_fill(fill_mode: int, mask: Image.Image, factor: int) -> Any:
-    """A1111's "latent noise" / "latent nothing" start latents in the masked area, or None."""
+def latent_fill(fill_mode: int, mask: Image.Image, factor: int, *, rounded: bool = True) -> Any:
+    """A1111's "latent noise" / "latent nothing" start latents in the masked area, or None
+    (``rounded`` false: mixed by the mask's grey levels, as A1111 with ``mask_round`` off)."""
     if fill_mode not in (ip.LATENT_NOISE, ip.LATENT_NOTHING):
         return None
 
     def apply(latents: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         h, w = latents.shape[-2:]
         m = torch.from_numpy(np.asarray(mask.resize((w, h)), dtype=np.float32) / 255.0)
-        m = m.round().to(latents)[None, None]
+        m = (m.round() if rounded else m).to(latents)[None, None]
         inside = noise if fill_mode == ip.LATENT_NOISE else torch.zeros_like(latents)
         return latents * (1 - m) + inside * m
 
@@ -161,13 +163,20 @@ def run(
         else:
             log.info("resize_mode 3 with a mask or an inpainting UNet: resizing pixels, not latents")
     pipe.sdgate_noise = noise * request.initial_noise_multiplier
-    pipe.sdgate_fill = latent_fill(batch.plan.fill, mask, factor) if batch.plan is not None else None
+    rounded = request.mask_round
+    pipe.sdgate_fill = latent_fill(batch.plan.fill, mask, factor, rounded=rounded) if batch.plan else None
     kwargs: dict[str, Any] = {}
     if pipe.unet.config.in_channels == 4:  # blending only: skip encoding a masked image
         latent_c = pipe.vae.config.latent_channels
         kwargs["masked_image_latents"] = torch.zeros(1, latent_c, height // factor, width // factor)
     try:
-        with prompts.applied(pipe):  # AND parts, when the prompt has them
+        with (
+            prompts.applied(pipe),  # AND parts, when the prompt has them
+            ngms.maybe_skipping_uncond(pipe, request.s_min_uncond, prompts.batch),
+            # Only a 4-channel UNet blends by the mask; an inpainting UNet's mask input stays
+            # rounded, as A1111's inpainting conditioning always is.
+            soft_mask(pipe, not rounded and pipe.unet.config.in_channels == 4),
+        ):
             latents = pipe(
                 **prompts.kwargs,
                 image=image,

@@ -9,6 +9,8 @@ nearest multiple of 8 instead; every other input check runs unchanged.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -18,6 +20,7 @@ from diffusers import (
     StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
 )
+from diffusers.image_processor import VaeImageProcessor
 
 
 def _up_to_8(value: Any) -> Any:
@@ -105,6 +108,21 @@ class SDInpaintPipeline(_SeededLatents, _AnyVaeFactor, StableDiffusionInpaintPip
 
 class SDXLInpaintPipeline(_SeededLatents, _AnyVaeFactor, StableDiffusionXLInpaintPipeline):
     """img2img and inpainting for SDXL."""
+
+
+@contextmanager
+def soft_mask(pipe: Any, soft: bool = True) -> Iterator[None]:
+    """For one call, an inpaint pipeline that keeps the mask's grey levels (A1111's ``mask_round``
+    false): the stock mask processor binarizes it, which is A1111's default rounding."""
+    if not soft:
+        yield
+        return
+    processor = pipe.mask_processor
+    pipe.mask_processor = VaeImageProcessor.from_config({**processor.config, "do_binarize": False})
+    try:
+        yield
+    finally:
+        pipe.mask_processor = processor
 
 
 PIPELINES: dict[str, Any] = {

@@ -30,7 +30,7 @@ from sdgate.core.engine import StepAction
 from sdgate.core.errors import InvalidRequest
 from sdgate.core.models import ModelCatalog
 from sdgate.core.requests import GenerationRequest
-from sdgate.engine import embeddings
+from sdgate.engine import embeddings, ngms
 from sdgate.engine.common import StepTracker
 from sdgate.engine.prompts import PromptPlan, prompt_plan
 from sdgate.engine.sampling import StepCallback, decode_latents
@@ -184,7 +184,11 @@ class Refiner:
         own = target.scheduler
         target.scheduler = _Resumed(scheduler, start)
         try:
-            with prompts.applied(target), seamless(target, request.tiling):
+            # NGMS counts on from the main model's calls, as A1111's one denoiser does.
+            skipping = ngms.maybe_skipping_uncond(
+                target, request.s_min_uncond, prompts.batch, start=first.stop
+            )
+            with prompts.applied(target), seamless(target, request.tiling), skipping:
                 prompts._step = step  # noqa: SLF001 - AND parts start where the main model left off
                 out = target(
                     **_kwargs_at(prompts, step),

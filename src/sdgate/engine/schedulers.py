@@ -30,7 +30,9 @@ from diffusers.schedulers.scheduling_euler_discrete import (
     EulerDiscreteScheduler,
     EulerDiscreteSchedulerOutput,
 )
+from diffusers.schedulers.scheduling_heun_discrete import HeunDiscreteScheduler
 from diffusers.schedulers.scheduling_k_dpm_2_ancestral_discrete import KDPM2AncestralDiscreteScheduler
+from diffusers.schedulers.scheduling_k_dpm_2_discrete import KDPM2DiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from sdgate.core.errors import InvalidRequest
@@ -79,8 +81,8 @@ SAMPLERS: Mapping[str, SamplerSpec] = MappingProxyType(
         "Euler a": SamplerSpec("EulerAncestralScheduler"),
         "Euler": SamplerSpec("EulerChurnScheduler"),
         "LMS": SamplerSpec("LMSDiscreteScheduler"),
-        "Heun": SamplerSpec("HeunDiscreteScheduler"),
-        "DPM2": SamplerSpec("KDPM2DiscreteScheduler"),
+        "Heun": SamplerSpec("HeunChurnScheduler"),
+        "DPM2": SamplerSpec("DPM2ChurnScheduler"),
         "DPM2 a": SamplerSpec("DPM2AncestralScheduler"),
         "DPM fast": SamplerSpec(
             "DPMSolverSinglestepScheduler",
@@ -228,6 +230,70 @@ class EulerChurnScheduler(_Tunable, EulerDiscreteScheduler):  # type: ignore[mis
         )
 
 
+class _SecondOrderChurn(_Tunable):
+    """k-diffusion's churn for Heun and DPM2 (``sample_heun``, ``sample_dpm_2``): at each step whose
+    sigma lies in [s_tmin, s_tmax], noise raises it to ``sigma_hat = sigma * (1 + gamma)``, with
+    ``gamma = min(s_churn / steps, sqrt(2) - 1)``, and both of the step's updates start from there.
+
+    diffusers' steps read the step's sigma from ``self.sigmas`` (both calls of a step read the same
+    slot), so while a churned step runs that slot holds sigma_hat. As for Euler, the model is
+    evaluated before the noise is added, at the scheduled sigmas (midpoints included). Without
+    churn the stock step runs untouched.
+    """
+
+    APPLIES = frozenset({"s_churn", "s_tmin", "s_tmax", "s_noise"})
+    _raised: tuple[int, torch.Tensor] | None = None  # (slot, sigma_hat) of the step in progress
+
+    def step(  # type: ignore[override]
+        self,
+        model_output: torch.Tensor,
+        timestep: float | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+    ) -> Any:
+        parent: Any = super()
+        if self.step_index is None:  # type: ignore[attr-defined]
+            self._init_step_index(timestep)  # type: ignore[attr-defined]
+        first = bool(self.state_in_first_order)  # type: ignore[attr-defined]
+        if first:
+            self._raised = None
+            sample = self._churn(sample, generator)
+        if self._raised is None:
+            return parent.step(model_output, timestep, sample, return_dict=return_dict)
+        slot, sigma_hat = self._raised
+        sigmas: torch.Tensor = self.sigmas  # type: ignore[attr-defined]
+        scheduled = sigmas[slot].clone()
+        sigmas[slot] = sigma_hat
+        try:
+            return parent.step(model_output, timestep, sample, return_dict=return_dict)
+        finally:
+            sigmas[slot] = scheduled
+            if not first:
+                self._raised = None
+
+    def _churn(self, sample: torch.Tensor, generator: Any) -> torch.Tensor:
+        slot = int(self.step_index)  # type: ignore[attr-defined]
+        sigma = self.sigmas[slot]  # type: ignore[attr-defined]
+        steps = self.num_inference_steps  # type: ignore[attr-defined]
+        inside = self.s_tmin <= float(sigma) <= self.s_tmax
+        gamma = min(self.s_churn / steps, 2**0.5 - 1) if inside and steps else 0.0
+        if gamma <= 0:
+            return sample
+        sigma_hat = sigma * (gamma + 1)
+        noise = randn_tensor(sample.shape, dtype=sample.dtype, device=sample.device, generator=generator)
+        self._raised = (slot, sigma_hat)
+        return sample + noise * self.s_noise * (sigma_hat**2 - sigma**2) ** 0.5
+
+
+class HeunChurnScheduler(_SecondOrderChurn, HeunDiscreteScheduler):  # type: ignore[misc]  # diffusers' own config_name clash
+    """Heun with A1111's ``s_churn``, ``s_tmin``, ``s_tmax`` and ``s_noise``."""
+
+
+class DPM2ChurnScheduler(_SecondOrderChurn, KDPM2DiscreteScheduler):  # type: ignore[misc]  # diffusers' own config_name clash
+    """DPM2 with A1111's ``s_churn``, ``s_tmin``, ``s_tmax`` and ``s_noise``."""
+
+
 class DPM2AncestralScheduler(_Tunable, KDPM2AncestralDiscreteScheduler):  # type: ignore[misc]  # diffusers' own config_name clash
     """DPM2 a with A1111's ``eta`` and ``s_noise`` (diffusers fixes eta at 1, s_noise at 1).
 
@@ -353,6 +419,8 @@ OURS: Mapping[str, type] = MappingProxyType(
         for cls in (
             EulerAncestralScheduler,
             EulerChurnScheduler,
+            HeunChurnScheduler,
+            DPM2ChurnScheduler,
             DPM2AncestralScheduler,
             DPMSolverSDENoiseScheduler,
             MultistepSDEScheduler,

@@ -99,7 +99,10 @@ async def test_sampler_options_through_the_api(client: httpx.AsyncClient) -> Non
     euler_a = await txt2img(client, sampler_name="Euler a", eta=0.25)
     assert "Eta: 0.25, " in infotext(euler_a)
     heun = await txt2img(client, sampler_name="Heun", s_churn=1)
-    assert "not supported for Heun" in infotext(heun) and "Sigma churn" not in infotext(heun)
+    assert "Sigma churn: 1, " in infotext(heun) and "Sampler note" not in infotext(heun)
+    fast = await txt2img(client, sampler_name="DPM fast", s_noise=0.5)  # one A1111 has, we lack
+    assert "s_noise 0.5 is not supported for DPM fast" in infotext(fast)
+    assert "Sigma noise" not in infotext(fast)
 
 
 async def test_lora_hashes_through_the_api(client: httpx.AsyncClient) -> None:

@@ -142,10 +142,26 @@ async def test_known_but_ignored_fields_are_logged_once(
 ) -> None:
     from sdgate.server.dialects.a1111 import router
 
-    router._warned_fields.discard("s_min_uncond")
-    payload = {"prompt": "x", "steps": 2, "width": 64, "height": 64, "s_min_uncond": 0.5}
+    router._warned_fields.discard("comments")
+    payload = {"prompt": "x", "steps": 2, "width": 64, "height": 64, "comments": {"a": 1}}
     with caplog.at_level("INFO", logger="sdgate.a1111"):
         for _ in range(2):
             assert (await client.post("/sdapi/v1/txt2img", json=payload)).status_code == 200
-    assert caplog.text.count("accepting and ignoring s_min_uncond") == 1
-    assert "accepting and ignoring mask_round" not in caplog.text  # left at its default
+    assert caplog.text.count("accepting and ignoring comments") == 1
+    assert "accepting and ignoring force_task_id" not in caplog.text  # left at its default
+
+
+async def test_ngms_and_mask_round_reach_the_engine(client: httpx.AsyncClient, engine: FakeEngine) -> None:
+    base = {"prompt": "x", "steps": 2, "width": 64, "height": 64}
+    for extra in ({"s_min_uncond": 0.5}, {"override_settings": {"s_min_uncond": 2}}, {}):
+        assert (await client.post("/sdapi/v1/txt2img", json={**base, **extra})).status_code == 200
+    assert [call.s_min_uncond for call in engine.calls] == [0.5, 2.0, 0.0]
+    r = await client.post("/sdapi/v1/txt2img", json={**base, "s_min_uncond": -1})
+    assert r.status_code == 400 and r.json()["detail"].startswith("s_min_uncond:")
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buf, "PNG")
+    init = base64.b64encode(buf.getvalue()).decode()
+    for mask_round in (False, True):
+        body = {**base, "init_images": [init], "mask": init, "mask_round": mask_round}
+        assert (await client.post("/sdapi/v1/img2img", json=body)).status_code == 200
+    assert [call.mask_round for call in engine.calls[-2:]] == [False, True]

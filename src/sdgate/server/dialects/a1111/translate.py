@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -138,6 +139,7 @@ def txt2img_request(
         s_tmin=body.s_tmin,
         s_tmax=body.s_tmax,
         s_noise=body.s_noise,
+        s_min_uncond=_s_min_uncond(body),
         eta_noise_seed_delta=_int_setting(ensd, 0, "override_settings.eta_noise_seed_delta"),
         styles=tuple(body.styles or ()),
         hires=hires_settings(body, resolve_checkpoint),
@@ -237,6 +239,7 @@ def img2img_request(
         "inpaint_full_res": bool(body.inpaint_full_res),
         "inpaint_full_res_padding": body.inpaint_full_res_padding,
         "inpainting_mask_invert": bool(body.inpainting_mask_invert),
+        "mask_round": bool(body.mask_round),
         "initial_noise_multiplier": (
             1.0 if body.initial_noise_multiplier is None else body.initial_noise_multiplier
         ),
@@ -255,6 +258,20 @@ def _seed_resize(value: int, field: str, defaults: ModelDefaults, settings: Sett
             field=field,
         )
     return value
+
+
+def _s_min_uncond(body: CommonProcessing) -> float:
+    """NGMS: the request's value, else ``override_settings.s_min_uncond`` (A1111's opts), else 0."""
+    value = body.s_min_uncond if body.s_min_uncond is not None else override_value(body, "s_min_uncond")
+    if value is None:
+        return 0.0
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not 0 <= number < math.inf:
+        raise InvalidRequest(f"s_min_uncond: must be a number >= 0, got {value!r}", field="s_min_uncond")
+    return number
 
 
 def _int_setting(value: Any, default: int, field: str) -> int:
@@ -363,13 +380,11 @@ def unknown_fields(body: CommonProcessing) -> Sequence[str]:
 
 # Fields A1111 defines that sdgate accepts and does not act on: (field, defaults, why).
 IGNORED: tuple[tuple[str, tuple[object, ...], str], ...] = (
-    ("s_min_uncond", (None, 0, 0.0), "NGMS skips guidance on some steps for speed; sdgate always guides"),
     ("refiner_switch_at", (None,), "no refiner_checkpoint: nothing to switch to"),
     ("firstpass_image", (None, ""), "A1111 does not decode it either"),
     ("comments", (None, {}), "A1111 drops it too"),
     ("script_args", ([],), "no script_name"),
     ("force_task_id", (None, ""), "sdgate's task ids are its job ids"),
-    ("mask_round", (True,), "masks are always rounded to black and white"),
     ("latent_mask", (None, ""), "A1111 does not decode it either"),
 )
 

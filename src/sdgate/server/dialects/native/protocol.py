@@ -73,6 +73,9 @@ class JobCreate(_Strict):
     s_tmin: float | None = None
     s_tmax: float | None = None
     s_noise: float | None = None
+    s_min_uncond: float = Field(
+        0.0, ge=0.0, description="NGMS: below this sigma, every other step skips the negative prompt"
+    )
     eta_noise_seed_delta: int = Field(0, ge=0, le=MAX_SEED)
     # img2img / inpaint
     init_image: str | None = Field(None, description="base64, a data: URI, or an upload id (img_...)")
@@ -87,6 +90,7 @@ class JobCreate(_Strict):
     inpaint_full_res: bool = False
     inpaint_full_res_padding: int = Field(32, ge=0, le=4096)
     inpainting_mask_invert: bool = False
+    mask_round: bool = Field(True, description="false: the blurred mask stays soft in the latent blend")
     initial_noise_multiplier: float = 1.0
     # extras
     hires: HiresIn | None = None
