@@ -15,7 +15,8 @@ TXT2IMG_INFOTEXT = (
     "Negative prompt: blurry\n"
     "Steps: 12, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 4.5, Seed: 1234, Size: 320x256, "
     "Model hash: abcdef1234, Model: other, Variation seed: 99, Variation seed strength: 0.25, "
-    "Denoising strength: 0.55, Clip skip: 2, ENSD: 31337, Tiling: True, Hires upscale: 1.5, Hires steps: 5, "
+    "Denoising strength: 0.55, Clip skip: 2, ENSD: 31337, Tiling: True, NGMS: 0.5, Sigma churn: 0.2, "
+    "Hires upscale: 1.5, Hires steps: 5, "
     "Hires upscaler: Latent (nearest), Version: v1.10.1"
 )
 
@@ -31,6 +32,7 @@ def test_every_pasted_field_fills_an_unset_request_field() -> None:
     assert (body.hr_scale, body.hr_second_pass_steps, body.hr_upscaler) == (1.5, 5, "Latent (nearest)")
     assert body.denoising_strength == 0.55
     assert body.tiling is True
+    assert (body.s_min_uncond, body.s_churn) == (0.5, 0.2)
     assert body.override_settings == {"CLIP_stop_at_last_layers": "2", "eta_noise_seed_delta": "31337"}
 
 

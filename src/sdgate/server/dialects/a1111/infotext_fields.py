@@ -37,6 +37,13 @@ COMMON_FIELDS: tuple[tuple[str, str], ...] = (
     ("Seed resize from-2", "seed_resize_from_h"),
     ("Denoising strength", "denoising_strength"),
     ("Tiling", "tiling"),
+    ("NGMS", "s_min_uncond"),
+    ("Eta", "eta"),
+    ("Eta DDIM", "eta"),
+    ("Sigma churn", "s_churn"),
+    ("Sigma tmin", "s_tmin"),
+    ("Sigma tmax", "s_tmax"),
+    ("Sigma noise", "s_noise"),
 )
 TXT2IMG_FIELDS: tuple[tuple[str, str], ...] = (
     ("Hires upscale", "hr_scale"),
