@@ -74,7 +74,7 @@ def read_state_dict(path: Path) -> StateDict:
     return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
 
 
-def _materialize(module_factory: Any, state: StateDict, what: str, dtype: torch.dtype) -> Any:
+def materialize(module_factory: Any, state: StateDict, what: str, dtype: torch.dtype) -> Any:
     """Build a module without allocating weights, then adopt the checkpoint's tensors (in ``dtype``:
     casting here, not with ``.to()`` later, keeps diffusers' own dtype rules out of the way)."""
     with init_empty_weights():
@@ -87,10 +87,10 @@ def _materialize(module_factory: Any, state: StateDict, what: str, dtype: torch.
         }
     missing = [k for k in expected if k not in state]
     if missing:
-        raise UnsupportedModel(f"{what}: checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
+        raise UnsupportedModel(f"{what}: lacks {len(missing)} tensors the model needs, e.g. {missing[:3]}")
     wrong = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
     if wrong:
-        raise UnsupportedModel(f"{what}: unexpected tensor shapes, e.g. {wrong[:3]}")
+        raise UnsupportedModel(f"{what}: does not fit (tensor shapes differ, e.g. {wrong[:3]})")
     module.load_state_dict({k: state[k].to(dtype) for k in expected}, strict=True, assign=True)
     return module.eval()
 
@@ -104,7 +104,7 @@ def _text_encoder(
     conf = CLIPTextConfig(**{k: v for k, v in config.items() if not k.startswith("_")})
     if family == "sd1" or (family == "sdxl" and not second):
         converted = _flat(convert_ldm_clip_checkpoint(state))
-        return _materialize(lambda: CLIPTextModel(conf), converted, "text encoder", dtype)
+        return materialize(lambda: CLIPTextModel(conf), converted, "text encoder", dtype)
     if family == "sd2":
         prefix = cfgs.SD2_OPENCLIP
         last = f"{prefix}transformer.resblocks.{conf.num_hidden_layers}."
@@ -113,15 +113,15 @@ def _text_encoder(
             shell: Any = CLIPTextModel(conf)
         converted = _flat(convert_open_clip_checkpoint(shell, state, prefix=prefix))
         converted.pop("text_projection.weight", None)
-        return _materialize(lambda: CLIPTextModel(conf), converted, "text encoder", dtype)
+        return materialize(lambda: CLIPTextModel(conf), converted, "text encoder", dtype)
     with init_empty_weights():
         shell = CLIPTextModelWithProjection(conf)
     converted = _flat(convert_open_clip_checkpoint(shell, state, prefix=cfgs.XL_OPENCLIP))
-    return _materialize(lambda: CLIPTextModelWithProjection(conf), converted, "text encoder 2", dtype)
+    return materialize(lambda: CLIPTextModelWithProjection(conf), converted, "text encoder 2", dtype)
 
 
 def _flat(state: StateDict) -> StateDict:
-    """CLIP keys without the ``text_model.`` level (``_materialize`` adds it back where needed)."""
+    """CLIP keys without the ``text_model.`` level (``materialize`` adds it back where needed)."""
     return {k.removeprefix("text_model."): v for k, v in state.items()}
 
 
@@ -132,7 +132,7 @@ def _tokenizer(config: dict[str, Any]) -> CLIPTokenizer:
 
 def _unet(state: StateDict, config: dict[str, Any], dtype: torch.dtype) -> Any:
     converted = convert_ldm_unet_checkpoint(state, config)
-    return _materialize(lambda: UNet2DConditionModel.from_config(config), converted, "UNet", dtype)
+    return materialize(lambda: UNet2DConditionModel.from_config(config), converted, "UNet", dtype)
 
 
 def is_v_prediction(unet: Any) -> bool:
@@ -160,7 +160,7 @@ def load_single_file(info: ModelInfo, dtype: torch.dtype, vae_dtype: torch.dtype
         raise UnsupportedModel(f"{info.filename.name} is not an SD 1.x, 2.x or XL checkpoint")
     configs = cfgs.component_configs(shapes, family, v_prediction=info.v_prediction)
     unet = _unet(state, configs["unet"], dtype)
-    vae = _materialize(
+    vae = materialize(
         lambda: AutoencoderKL.from_config(configs["vae"]),
         convert_ldm_vae_checkpoint(state, configs["vae"]),
         "VAE",

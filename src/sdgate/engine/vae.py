@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import init_empty_weights
 from diffusers import AutoencoderKL
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
 from sdgate.core.errors import InvalidRequest
 from sdgate.core.models import AssetFile, ModelCatalog
-from sdgate.engine.loading import StateDict, UnsupportedModel, read_state_dict
+from sdgate.engine.loading import StateDict, UnsupportedModel, materialize, read_state_dict
 
 log = logging.getLogger("sdgate.engine")
 
@@ -60,17 +59,7 @@ def build_vae(state: StateDict, like: Any, device: torch.device) -> Any:
     """An ``AutoencoderKL`` shaped like the model's VAE ``like`` (its dtype), holding ``state``."""
     config = dict(like.config)
     converted = to_diffusers_layout(state, config)
-    with init_empty_weights():
-        vae = AutoencoderKL.from_config(config)
-    expected = vae.state_dict()
-    missing = [k for k in expected if k not in converted]
-    if missing:
-        raise UnsupportedModel(f"lacks {len(missing)} tensors the model's VAE has, e.g. {missing[:3]}")
-    wrong = [k for k in expected if tuple(converted[k].shape) != tuple(expected[k].shape)]
-    if wrong:
-        raise UnsupportedModel(f"does not fit this model's VAE (tensor shapes differ, e.g. {wrong[:3]})")
-    dtype = like.dtype
-    vae.load_state_dict({k: converted[k].to(dtype) for k in expected}, strict=True, assign=True)
+    vae = materialize(lambda: AutoencoderKL.from_config(config), converted, "the VAE file", like.dtype)
     return vae.to(device).eval()
 
 
