@@ -4,17 +4,14 @@ every line; a JSONL line's own fields win."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import typer
 from typer.main import get_command
 from typer.testing import CliRunner
 
 from sdgate.cli import generate as common
-from sdgate.client import Client
 from tests.sdk.fakes import FakeNative
 
 runner = CliRunner()
@@ -24,24 +21,6 @@ FLAGS += ["--negative", "blurry", "--subseed", "4", "--subseed-strength", "0.2",
 FLAGS += ["--hires", "2.0", "--hires-steps", "5", "--hires-strength", "0.5", "--hires-upscaler", "Lanczos"]
 FLAGS += ["--lora", "detail:0.7", "--lora", "style", "--vae", "kl.safetensors", "--style", "cinematic"]
 FLAGS += ["--clip-skip", "2", "--tiling", "--steps", "7", "--size", "64x32", "--model", "m"]
-
-
-@pytest.fixture
-def app() -> typer.Typer:
-    app = typer.Typer(add_completion=False)
-    common.mount(app)
-    return app
-
-
-@pytest.fixture
-def native(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeNative]:
-    fake = FakeNative(steps=1, long_poll=True)
-
-    def make_client(options: common.ClientOptions) -> Client:
-        return Client(options.backend or "http://sdgate.test", max_retries=0, transport=fake.transport)
-
-    monkeypatch.setattr(common, "make_client", make_client)
-    yield fake
 
 
 def bodies(native: FakeNative) -> dict[str, dict]:

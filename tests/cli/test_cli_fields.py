@@ -4,37 +4,16 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import typer
 from typer.testing import CliRunner
 
-from sdgate.cli import generate as common
 from sdgate.client import Client
 from tests.sdk.conftest import ThreadedServer
 from tests.sdk.fakes import FakeNative
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def app() -> typer.Typer:
-    app = typer.Typer(add_completion=False)
-    common.mount(app)
-    return app
-
-
-@pytest.fixture
-def native(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeNative]:
-    fake = FakeNative(steps=1, long_poll=True)
-
-    def make_client(options: common.ClientOptions) -> Client:
-        return Client(options.backend or "http://sdgate.test", max_retries=0, transport=fake.transport)
-
-    monkeypatch.setattr(common, "make_client", make_client)
-    yield fake
 
 
 def test_generate_flags_reach_the_request(app: typer.Typer, native: FakeNative, tmp_path: Path) -> None:
