@@ -427,17 +427,7 @@ class DiffusersEngine:
         if refined:
             assert seconds.refiner is not None
             extras = {**(extras or {}), **seconds.refiner.infotext_params()}
-        images = [
-            GeneratedImage(
-                picture,
-                seed,
-                subseed,
-                self._infotext(request, model, shape, plan, seed, subseed, extras),
-                request.prompt,
-                request.negative_prompt,
-            )
-            for picture, seed, subseed in zip(pictures, seeds, subseeds, strict=True)
-        ]
+        images = self._images(request, model, shape, plan, pictures, seeds, subseeds, extras)
         return _Iteration(images, action, plan)
 
     def _img2img_iteration(
@@ -498,18 +488,33 @@ class DiffusersEngine:
         if owner is not model.pipeline:
             assert refiner is not None
             extras.update(refiner.infotext_params())
-        images = [
+        images = self._images(request, model, shape, plan, pictures, seeds, subseeds, extras)
+        return _Iteration(images, tracker.action, plan)
+
+    @classmethod
+    def _images(
+        cls,
+        request: GenerationRequest,
+        model: LoadedModel,
+        shape: JobShape,
+        plan: SchedulerPlan,
+        pictures: list[Any],
+        seeds: list[int],
+        subseeds: list[int],
+        extras: dict[str, object] | None,
+    ) -> list[GeneratedImage]:
+        """One ``GeneratedImage`` per picture, each with its seeds and its own infotext."""
+        return [
             GeneratedImage(
                 picture,
                 seed,
                 subseed,
-                self._infotext(request, model, shape, plan, seed, subseed, extras),
+                cls._infotext(request, model, shape, plan, seed, subseed, extras),
                 request.prompt,
                 request.negative_prompt,
             )
             for picture, seed, subseed in zip(pictures, seeds, subseeds, strict=True)
         ]
-        return _Iteration(images, tracker.action, plan)
 
     @staticmethod
     def _infotext(
