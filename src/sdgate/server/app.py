@@ -22,6 +22,7 @@ from sdgate.server.dialects.native.runtime import NativeRuntime
 from sdgate.server.dialects.openai.router import router as openai_router
 from sdgate.server.dialects.stability.router import router as stability_router
 from sdgate.server.dialects.stability.router import v2_router as stability_v2_router
+from sdgate.server.docs import install_docs
 from sdgate.server.errors import install_error_handlers
 from sdgate.server.middleware import (
     BasicAuthMiddleware,
@@ -60,8 +61,11 @@ def create_app(
         version=sdgate.__version__,
         description="Self-hosted Stable Diffusion that speaks the APIs existing clients use.",
         lifespan=lifespan,
+        docs_url=None,  # install_docs serves both pages from the package, not a CDN
+        redoc_url=None,
     )
     install_error_handlers(app)
+    install_docs(app)
     app.include_router(stability_router)
     app.include_router(stability_v2_router)
     app.include_router(openai_router)
