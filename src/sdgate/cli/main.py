@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -126,8 +128,7 @@ def serve(
         model_line = "model: none (null engine)"
     typer.echo(f"sdgate {__version__}: engine {settings.engine} on {settings.device}; {model_line}")
     typer.echo(f"data: {settings.data_dir.resolve()}; models: {settings.resolved_models_dir.resolve()}")
-    typer.echo(f"listening on http://{settings.host}:{settings.port} (A1111 API at /sdapi/v1, docs at /docs)")
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
@@ -135,6 +136,25 @@ def serve(
         timeout_keep_alive=30,
         timeout_graceful_shutdown=5,  # open event streams must not hold a shutdown for minutes
     )
+    server = uvicorn.Server(config)
+    threading.Thread(target=_announce_when_listening, args=(server, settings), daemon=True).start()
+    server.run()
+    if not server.started:  # the port was taken, or start-up failed: uvicorn has logged why
+        raise typer.Exit(1)
+
+
+def _announce_when_listening(server: object, settings: Settings) -> None:
+    """Print the URL once the port accepts connections (not before: a user who pastes the next
+    line at once must not get "connection refused"), then one line to try."""
+    while not getattr(server, "started", False):
+        if getattr(server, "should_exit", False):
+            return
+        time.sleep(0.05)
+    shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    url = f"http://{shown}:{settings.port}"
+    typer.echo(f"listening on {url} (A1111 API at /sdapi/v1, job API at /api/v1, docs at /docs)")
+    base = "" if settings.port == DEFAULT_PORT and shown == "127.0.0.1" else f"SDGATE_BASE_URL={url} "
+    typer.echo(f'try: {base}sdgate generate "a red circle on a blue background" -o out')
 
 
 @app.command()
