@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     max_queue: int = 1000  # queued jobs before 429
 
     # Jobs.
-    job_max_attempts: int = 3  # a job that was running when the process died is retried this often
+    job_max_attempts: int = 2  # starts of a job whose process died mid-run before it fails (not retried)
     worker_poll_s: float = 0.5
 
     # The native job API (/api/v1).

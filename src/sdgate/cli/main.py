@@ -104,6 +104,11 @@ def serve(
         raise fail(f"--api-auth: {exc}", code=2, kind="UsageError") from None
     if settings.model is not None and not settings.model.exists():
         raise fail(f"--model: {settings.model} does not exist", code=2, kind="UsageError")
+    from sdgate.jobs.storage import data_dir_problem
+
+    storage_problem = data_dir_problem(settings.data_dir, settings.database_url)
+    if storage_problem is not None:  # before serving: a server that cannot write would fail every submit
+        raise fail(storage_problem, code=1, kind="StorageUnavailable")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration plugin otherwise
 

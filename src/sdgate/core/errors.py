@@ -11,6 +11,8 @@
     ├── JobCancelled               409 job_cancelled
     ├── GenerationFailed           500 generation_failed
     │   └── OutOfMemory            507 out_of_memory        (names what to lower)
+    ├── StorageUnavailable         507 storage_unavailable  (a disk is read-only or failing; names which)
+    │   └── StorageFull            507 storage_full         (a disk is full; names which)
     └── ServiceUnavailable         503 unavailable
 
 Only these become 4xx responses: a stray ValueError from a library is a bug, and is a 500.
@@ -88,6 +90,15 @@ class OutOfMemory(GenerationFailed):
     code = "out_of_memory"
 
 
+class StorageUnavailable(SdgateError):
+    status_code = 507
+    code = "storage_unavailable"
+
+
+class StorageFull(StorageUnavailable):
+    code = "storage_full"
+
+
 class ServiceUnavailable(SdgateError):
     status_code = 503
     code = "unavailable"
@@ -107,6 +118,8 @@ ERROR_CLASSES: dict[str, type[SdgateError]] = {
         JobCancelled,
         GenerationFailed,
         OutOfMemory,
+        StorageUnavailable,
+        StorageFull,
         ServiceUnavailable,
     )
 }

@@ -4,14 +4,20 @@ SQLite (embedded mode) gets WAL, a busy timeout and transactions begun by us rat
 ``sqlite3`` module: reads use ``BEGIN`` and writes ``BEGIN IMMEDIATE``, so a write transaction takes
 the write lock up front and two threads or processes never interleave a read-then-write (a claim).
 PostgreSQL (cluster mode) needs nothing special here: the claim uses ``FOR UPDATE SKIP LOCKED``.
+
+A full or read-only disk surfaces from ``transaction`` as ``StorageFull`` / ``StorageUnavailable``
+(see ``storage.py``) and is remembered per engine (``storage_health``) until a write succeeds again.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
 import time
+import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +25,20 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
+from sdgate.core.errors import StorageUnavailable
+from sdgate.jobs.storage import StorageHealth, storage_error
+
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_S = 30.0
 # Execution option that makes ``begin`` take SQLite's write lock at once.
 _WRITE = "sdgate_write"
 # Any constant: serialises concurrent ``upgrade_schema`` calls on one PostgreSQL database.
 _PG_MIGRATION_LOCK = 0x5D6A7E
+DATABASE = "the job database"
+# A probe write must find at least this much room beside a SQLite file.
+_PROBE_BYTES = 64 * 1024
+_health: weakref.WeakKeyDictionary[sa.Engine, StorageHealth] = weakref.WeakKeyDictionary()
+_health_lock = threading.Lock()
 
 
 def create_db_engine(url: str) -> sa.Engine:
@@ -38,7 +52,14 @@ def create_db_engine(url: str) -> sa.Engine:
         # One shared connection, or every thread would see its own empty database.
         kwargs["poolclass"] = sa.StaticPool
     else:
-        Path(parsed.database or "").parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(parsed.database or "").parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            fault = storage_error(DATABASE, exc)
+            if fault is None:
+                raise
+            raise fault from exc
     engine = sa.create_engine(parsed, **kwargs)
 
     @sa.event.listens_for(engine, "connect")
@@ -78,12 +99,56 @@ def _enable_wal(cursor: Any) -> None:
 
 @contextmanager
 def transaction(engine: sa.Engine, *, write: bool) -> Iterator[sa.Connection]:
-    """One transaction; ``write=True`` takes SQLite's write lock before the first statement."""
-    with engine.connect() as conn:
-        if write:
-            conn.execution_options(**{_WRITE: True})
-        with conn.begin():
-            yield conn
+    """One transaction; ``write=True`` takes SQLite's write lock before the first statement.
+    Raises ``StorageFull`` / ``StorageUnavailable`` when the disk refuses it."""
+    try:
+        with engine.connect() as conn:
+            if write:
+                conn.execution_options(**{_WRITE: True})
+            with conn.begin():
+                yield conn
+    except (sa.exc.DBAPIError, OSError) as exc:
+        fault = storage_error(DATABASE, exc)
+        if fault is None:
+            raise
+        storage_health(engine).failed(fault)
+        raise fault from exc
+    if write:
+        storage_health(engine).succeeded()
+
+
+def storage_health(engine: sa.Engine) -> StorageHealth:
+    """The last storage fault of ``engine``'s database, until a write succeeds again."""
+    with _health_lock:
+        health = _health.get(engine)
+        if health is None:
+            health = _health[engine] = StorageHealth()
+        return health
+
+
+def probe_write(engine: sa.Engine) -> None:
+    """One real write, to learn whether the database takes writes again: some room beside a SQLite
+    file, then a write transaction. Raises ``StorageUnavailable`` (and records it) when not."""
+    url = engine.url
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        probe = Path(url.database or "").parent / f".sdgate-probe-{os.getpid()}-{threading.get_ident()}"
+        try:
+            with probe.open("wb") as fh:
+                fh.write(bytes(_PROBE_BYTES))
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            fault = storage_error(DATABASE, exc) or StorageUnavailable(
+                f"storage unavailable: could not write {DATABASE} ({exc})"
+            )
+            storage_health(engine).failed(fault)
+            raise fault from exc
+        finally:
+            with suppress(OSError):
+                probe.unlink()
+    with transaction(engine, write=True) as conn:
+        # Every database we open has this table: rewriting its row is a write that changes nothing.
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = version_num"))
 
 
 def alembic_config(url: str | None = None) -> Config:

@@ -6,6 +6,9 @@ sharing, ``delete`` removes the bytes for every job that produced them.
 
 ``LocalImageStore`` keeps one file per image under ``root/ab/cd/img_abcd....png``; an
 S3-compatible store for the cluster mode implements the same protocol (it has no ``path``).
+
+A full or read-only disk makes writes raise ``StorageFull`` / ``StorageUnavailable``; the store
+remembers that (``storage_fault``) until a write succeeds again (``probe_write`` tries one).
 """
 
 from __future__ import annotations
@@ -14,14 +17,17 @@ import hashlib
 import os
 import re
 import tempfile
+from contextlib import suppress
 from pathlib import Path
 from typing import Protocol
 
-from sdgate.core.errors import NotFound
+from sdgate.core.errors import NotFound, StorageUnavailable
+from sdgate.jobs.storage import StorageHealth, storage_error
 
 _ID = re.compile(r"img_[0-9a-f]{24}")
 EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif"}
 CONTENT_TYPES = {ext: ctype for ctype, ext in EXTENSIONS.items()}
+WHAT = "an image"
 
 
 def image_id(data: bytes) -> str:
@@ -51,7 +57,19 @@ class ImageStore(Protocol):
 class LocalImageStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._health = StorageHealth()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            fault = storage_error(WHAT, exc)
+            if fault is None:
+                raise
+            raise fault from exc
+
+    @property
+    def storage_fault(self) -> StorageUnavailable | None:
+        """Why the last write failed (disk full, read-only), until a write succeeds again."""
+        return self._health.fault
 
     def put(self, data: bytes, *, content_type: str = "image/png") -> str:
         extension = EXTENSIONS.get(content_type)
@@ -61,9 +79,40 @@ class LocalImageStore:
         if self._find(new_id) is not None:
             return new_id
         target = self._shard(new_id) / f"{new_id}{extension}"
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._write_file(target, data)
+        except OSError as exc:
+            fault = self._fault(exc)
+            if fault is None:
+                raise
+            raise fault from exc
+        self._health.succeeded()
+        return new_id
+
+    def probe_write(self) -> None:
+        """A real write of a small file that is then removed; raises ``StorageUnavailable``."""
+        try:
+            fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=".probe-")
+            try:
+                with os.fdopen(fd, "wb") as tmp:
+                    tmp.write(bytes(4096))
+                    tmp.flush()
+                    os.fsync(tmp.fileno())
+            finally:
+                with suppress(OSError):
+                    os.unlink(tmp_name)
+        except OSError as exc:
+            fault = self._fault(exc)
+            if fault is None:
+                raise
+            raise fault from exc
+        self._health.succeeded()
+
+    @staticmethod
+    def _write_file(target: Path, data: bytes) -> None:
         # Write a temporary file beside the target, then rename: readers never see half an image.
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=extension)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
         try:
             with os.fdopen(fd, "wb") as tmp:
                 tmp.write(data)
@@ -71,9 +120,16 @@ class LocalImageStore:
                 os.fsync(tmp.fileno())
             os.replace(tmp_name, target)
         except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
+            with suppress(OSError):
+                os.unlink(tmp_name)
             raise
-        return new_id
+
+    def _fault(self, exc: OSError) -> StorageUnavailable | None:
+        """``exc`` as the storage fault it is (recorded for ``/readyz``), or None."""
+        fault = storage_error(WHAT, exc)
+        if fault is not None:
+            self._health.failed(fault)
+        return fault
 
     def get(self, image_id: str) -> bytes:
         return self.path(image_id).read_bytes()
@@ -94,7 +150,13 @@ class LocalImageStore:
     def delete(self, image_id: str) -> None:
         found = self._find(image_id)
         if found is not None:
-            found.unlink(missing_ok=True)
+            try:
+                found.unlink(missing_ok=True)
+            except OSError as exc:
+                fault = self._fault(exc)
+                if fault is None:
+                    raise
+                raise fault from exc
 
     def _shard(self, image_id: str) -> Path:
         digest = image_id[4:]

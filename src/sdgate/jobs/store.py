@@ -22,11 +22,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from sdgate.core.errors import Conflict, NotFound, QueueFull
+from sdgate.core.errors import Conflict, NotFound, QueueFull, StorageUnavailable
 from sdgate.core.jobs import ControlAction, Job, JobEventKind, JobState, Progress
 from sdgate.core.requests import GenerationRequest
 from sdgate.core.results import GenerationResult
-from sdgate.jobs.database import create_db_engine, transaction, upgrade_schema
+from sdgate.jobs.database import create_db_engine, probe_write, storage_health, transaction, upgrade_schema
 from sdgate.jobs.events import JobEvents
 from sdgate.jobs.schema import jobs
 
@@ -54,6 +54,14 @@ def new_job_id() -> str:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _worker_lost_message(attempts: int) -> str:
+    times = {1: "once", 2: "twice"}.get(attempts, f"{attempts} times")
+    return (
+        f"the worker died while running this job {times}; it is not retried automatically "
+        "(submit it again, perhaps smaller)"
+    )
 
 
 def _to_job(row: sa.Row[Any]) -> Job:
@@ -106,6 +114,15 @@ class SqlJobStore:
     def database(self) -> sa.Engine:
         """The SQLAlchemy engine (for migrations tooling and tests)."""
         return self._engine
+
+    @property
+    def storage_fault(self) -> StorageUnavailable | None:
+        """Why the database refused the last write (disk full, read-only), until one succeeds."""
+        return storage_health(self._engine).fault
+
+    def probe_write(self) -> None:
+        """A real write that changes nothing; raises ``StorageUnavailable`` while the disk refuses."""
+        probe_write(self._engine)
 
     def close(self) -> None:
         self._engine.dispose()
@@ -293,7 +310,9 @@ class SqlJobStore:
 
     def recover(self, *, max_attempts: int) -> builtins.list[str]:
         """Embedded mode, at start-up: every running job was left by a process that died (a
-        cluster needs leases instead). A job whose cancel was pending becomes cancelled."""
+        cluster needs leases instead). A job whose cancel was pending becomes cancelled; one that
+        has been started ``max_attempts`` times fails (a poison job must not crash-loop the server);
+        the others are queued again. Returns the re-queued ids."""
         now = _now()
         changed: builtins.list[sa.Row[Any]] = []
         with self._tx(write=True) as conn:
@@ -310,10 +329,7 @@ class SqlJobStore:
                     values.update(
                         state=JobState.FAILED.value,
                         finished_at=now,
-                        error={
-                            "code": "worker_lost",
-                            "message": f"the worker died while running this job ({attempts} attempts)",
-                        },
+                        error={"code": "worker_lost", "message": _worker_lost_message(attempts)},
                     )
                 else:
                     values.update(

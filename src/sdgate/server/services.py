@@ -51,7 +51,9 @@ class Services:
         return services
 
     def start(self) -> None:
-        """Re-queue jobs a dead process left running, then start the workers (embedded mode)."""
+        """Recover jobs a dead process left running (each is re-queued until it has been started
+        ``job_max_attempts`` times, then failed: a job that kills its process must not crash-loop
+        the server), then start the workers (embedded mode)."""
         requeued = self.store.recover(max_attempts=self.settings.job_max_attempts)
         if requeued:
             log.info("re-queued %d job(s) left running by a previous process", len(requeued))

@@ -3,10 +3,13 @@
     claim_next -> load init images / mask -> engine.generate(request, inputs, control)
                -> encode_png + ImageStore.put per image -> succeed | fail | cancelled
 
-A job's failure is that job's alone: the loop logs it, records it, and claims the next. Interrupt
-follows A1111: the job succeeds with the images finished so far (``interrupted=True``); cancel
-leaves it cancelled with no result. The store publishes every change to the ``JobEvents`` it was
-built with, so pass the worker the same ``JobEvents`` (it listens there for new submissions).
+A job's failure is that job's alone: the loop logs it, records it, and claims the next. Out of
+memory in the engine (CUDA or CPU) is such a failure too: memory is released and the next job runs.
+A full or read-only disk never leaves a job running: a result that cannot be stored fails the job,
+and a failure that cannot be written is retried until the disk takes it. Interrupt follows A1111:
+the job succeeds with the images finished so far (``interrupted=True``); cancel leaves it
+cancelled with no result. The store publishes every change to the ``JobEvents`` it was built with,
+so pass the worker the same ``JobEvents`` (it listens there for new submissions).
 """
 
 from __future__ import annotations
@@ -23,7 +26,15 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sdgate.core.engine import Engine, EngineInputs, EngineOutput
-from sdgate.core.errors import InvalidRequest, JobCancelled, NotFound, SdgateError
+from sdgate.core.errors import (
+    Conflict,
+    InvalidRequest,
+    JobCancelled,
+    NotFound,
+    OutOfMemory,
+    SdgateError,
+    StorageUnavailable,
+)
 from sdgate.core.images import encode_png
 from sdgate.core.jobs import Job, JobEventKind
 from sdgate.core.requests import GenerationRequest
@@ -32,6 +43,7 @@ from sdgate.jobs.events import JobEvents
 from sdgate.jobs.images import ImageStore
 from sdgate.settings import Settings
 from sdgate.worker.control import PROGRESS_INTERVAL_S, JobControl, WorkerJobStore
+from sdgate.worker.oom import is_out_of_memory, out_of_memory_error, release_memory
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -39,6 +51,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("sdgate.worker")
 
 _numbers = itertools.count()
+# Recording an outcome on a refusing disk is retried with a doubling wait, up to this.
+STORAGE_RETRY_MAX_S = 10.0
 
 
 class _JobLog(logging.LoggerAdapter[logging.Logger]):
@@ -128,6 +142,8 @@ class Worker:
             try:
                 if self.run_once():
                     continue
+            except StorageUnavailable as exc:  # the disk is full: claiming writes too; wait for room
+                logger.warning("worker %s: cannot claim a job: %s", self.worker_id, exc.message)
             except Exception:  # the store is unreachable or locked: wait and try again
                 logger.exception("worker %s: claiming a job failed", self.worker_id)
             self._wake.wait(self._poll_s)
@@ -143,6 +159,7 @@ class Worker:
         log.info("started on %s (attempt %d)", self.worker_id, job.attempts)
         control = JobControl(self._store, job.id, interval_s=self._progress_interval_s)
         self._current = control
+        out_of_memory: OutOfMemory | None = None
         try:
             # 1. Decode the inputs the request refers to.
             inputs = self._load_inputs(job.request)
@@ -162,27 +179,60 @@ class Worker:
                 "store_s": time.perf_counter() - generated,
             }
             result = _result(job.request, output, stored, control, timings)
-            self._finish(log, self._store.succeed, job.id, result)
+            self._finish(log, job.id, self._store.succeed, result)
             log.info("succeeded: %d image(s)%s", len(stored), " (interrupted)" if result.interrupted else "")
         except JobCancelled:
             log.info("cancelled")
-            self._finish(log, self._store.cancelled, job.id)
+            self._finish(log, job.id, self._store.cancelled)
         except SdgateError as exc:
             log.warning("failed: %s: %s", exc.code, exc.message)
-            self._finish(log, self._store.fail, job.id, exc.to_dict())
+            self._finish(log, job.id, self._store.fail, exc.to_dict())
         except Exception as exc:
-            log.exception("failed with an unexpected error")
-            error = {"code": "internal_error", "message": str(exc) or type(exc).__name__}
-            self._finish(log, self._store.fail, job.id, error)
+            if is_out_of_memory(exc):
+                out_of_memory = out_of_memory_error(exc)
+            else:
+                log.exception("failed with an unexpected error")
+                error = {"code": "internal_error", "message": str(exc) or type(exc).__name__}
+                self._finish(log, job.id, self._store.fail, error)
         finally:
             self._current = None
+        if out_of_memory is not None:
+            # Out of the except block: its traceback no longer pins the tensors being freed.
+            release_memory()
+            log.warning("failed: %s", out_of_memory.message)
+            self._finish(log, job.id, self._store.fail, out_of_memory.to_dict())
 
-    @staticmethod
-    def _finish(log: _JobLog, record: Callable[..., Job], *args: Any) -> None:
+    def _finish(self, log: _JobLog, job_id: str, record: Callable[..., Job], *args: Any) -> None:
         try:
-            record(*args)
+            record(job_id, *args)
+            return
+        except StorageUnavailable as exc:
+            fault = exc
         except Exception:  # e.g. Conflict: someone else already finished it; the loop goes on
             log.exception("could not record the outcome")
+            return
+        log.warning("could not record the outcome: %s", fault.message)
+        self._fail_until_recorded(log, job_id, fault.to_dict())
+
+    def _fail_until_recorded(self, log: _JobLog, job_id: str, error: dict[str, str]) -> None:
+        """Fails the job, retrying while the disk refuses, so it is never left running. A worker
+        told to stop gives up (the next start's recovery finds the job)."""
+        delay = self._poll_s
+        while True:
+            try:
+                self._store.fail(job_id, error)
+                log.warning("failed: %s", error["message"])
+                return
+            except (Conflict, NotFound):  # finished or deleted meanwhile: nothing left running
+                return
+            except Exception as exc:
+                reason = exc.message if isinstance(exc, SdgateError) else repr(exc)
+                if self._stopping.is_set():
+                    log.error("stopping with the job still running: cannot record its failure: %s", reason)
+                    return
+                log.warning("cannot record the failure yet (%s); retrying in %.1f s", reason, delay)
+            self._stopping.wait(delay)
+            delay = min(delay * 2, STORAGE_RETRY_MAX_S)
 
     def _load_inputs(self, request: GenerationRequest) -> EngineInputs:
         if not request.init_images and request.mask is None:

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 import sdgate
+from sdgate.core.errors import StorageUnavailable
 from sdgate.server.services import Services
 
 log = logging.getLogger("sdgate.server")
@@ -23,8 +24,9 @@ async def healthz() -> dict[str, Any]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """Ready when the job store answers and, in a process that generates, its workers run and the
-    default model is known. An API-only process (no engine) is ready when the store answers."""
+    """Ready when the job store answers, the disks take writes and, in a process that generates, its
+    workers run and the default model is known. An API-only process (no engine) needs no workers.
+    Not ready answers carry ``reason``."""
     services: Services | None = getattr(request.app.state, "services", None)
     if services is None:
         return JSONResponse({"ready": False, "checks": {"started": False}}, status_code=503)
@@ -35,6 +37,8 @@ async def readyz(request: Request) -> JSONResponse:
     except Exception as exc:
         log.warning("readyz: the job store does not answer: %s", exc)
         checks["store"] = False
+    storage_fault = await run_in_threadpool(_storage_fault, services)
+    checks["storage"] = storage_fault or "ok"
     model_ok = True
     if services.engine is not None:
         checks["engine"] = services.engine.name
@@ -47,4 +51,25 @@ async def readyz(request: Request) -> JSONResponse:
         # The null engine draws blank images without any model.
         model_ok = checks["model"] is not None or services.settings.engine == "null"
     ready = checks["store"] and (services.engine is None or bool(services.workers) and model_ok)
-    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+    body: dict[str, Any] = {"ready": ready and storage_fault is None, "checks": checks}
+    if storage_fault is not None:
+        body["reason"] = storage_fault
+    elif not ready:
+        body["reason"] = "the job store does not answer" if not checks["store"] else "no worker or model"
+    return JSONResponse(body, status_code=200 if body["ready"] else 503)
+
+
+def _storage_fault(services: Services) -> str | None:
+    """Why a store refuses writes, or None. A store whose last write failed is probed with one
+    small real write, so readiness returns by itself once space does."""
+    for store in (services.store, services.images):
+        if store.storage_fault is None:
+            continue
+        try:
+            store.probe_write()
+        except StorageUnavailable as exc:
+            return exc.message
+        except Exception as exc:
+            log.warning("readyz: the storage probe failed: %s", exc)
+            return f"storage unavailable: {exc}"
+    return None
