@@ -155,7 +155,14 @@ REQUEST_FLAGS: tuple[inspect.Parameter, ...] = (
     _flag(
         "size",
         Annotated[
-            str | None, typer.Option("--size", help="WIDTHxHEIGHT, e.g. 768x512. [default: the model's]")
+            str | None,
+            typer.Option(
+                "--size",
+                help="WIDTHxHEIGHT, e.g. 768x512; each side a multiple of the model's VAE factor (8 for "
+                "Stable Diffusion, 16 for the demo model; GET /api/v1/models shows it), else the "
+                "server refuses it (400). Left out: the model's own default size (512x512 for SD 1.x "
+                "and the demo model).",
+            ),
         ],
     ),
     _flag("seed", Annotated[int | None, typer.Option("--seed", min=0, help="Fixed seed. [default: random]")]),
@@ -207,20 +214,35 @@ REQUEST_FLAGS: tuple[inspect.Parameter, ...] = (
         "lora",
         Annotated[
             list[str] | None,
-            typer.Option("--lora", help="A LoRA as NAME or NAME:WEIGHT, e.g. detail:0.7; repeat for more."),
+            typer.Option(
+                "--lora",
+                help="A LoRA as NAME or NAME:WEIGHT, e.g. detail:0.7 (GET /api/v1/loras); repeat for more.",
+            ),
         ],
     ),
-    _flag("vae", Annotated[str | None, typer.Option("--vae", help="VAE name on the server.")]),
+    _flag(
+        "vae",
+        Annotated[str | None, typer.Option("--vae", help="VAE name on the server (unknown: an error).")],
+    ),
     _flag(
         "style",
-        Annotated[list[str] | None, typer.Option("--style", help="A saved A1111 style; repeat for more.")],
+        Annotated[
+            list[str] | None,
+            typer.Option("--style", help="A saved style (GET /api/v1/styles); repeat for more."),
+        ],
     ),
     _flag(
         "clip_skip",
         Annotated[int | None, typer.Option("--clip-skip", min=1, max=12, help="CLIP layers to skip.")],
     ),
     _flag("tiling", Annotated[bool, typer.Option("--tiling", help="Make a seamlessly tiling image.")], False),
-    _flag("model", Annotated[str | None, typer.Option("--model", help="Model name on the server.")]),
+    _flag(
+        "model",
+        Annotated[
+            str | None,
+            typer.Option("--model", help="Model name on the server (sdgate models); unknown: an error."),
+        ],
+    ),
 )
 
 

@@ -1,7 +1,8 @@
 """LoRA files under the models folder (``Lora/``, ``loras/``): names, aliases, metadata. No torch.
 
 A1111 names a LoRA by its alias (the safetensors metadata's ``ss_output_name``) or its file stem;
-``/sdapi/v1/loras`` lists both with the whole metadata dict.
+``/sdapi/v1/loras`` lists both with the whole metadata dict. A prompt asks for one with a
+``<lora:name:weight>`` (or ``<lyco:...>``) tag.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdgate.core.models import ModelCatalog
+from sdgate.core.prompts import extract_networks
+
+LORA_KINDS = ("lora", "lyco")  # the extra-network tags that name a LoRA
 
 
 @dataclass(frozen=True)
@@ -50,3 +54,9 @@ def find_lora(loras: list[LoraFile], name: str) -> LoraFile | None:
     exact = [f for f in loras if name in (f.alias, f.name)]
     folded = [f for f in loras if name.casefold() in (f.alias.casefold(), f.name.casefold())]
     return (exact or folded)[0] if exact or folded else None
+
+
+def prompt_lora_names(prompt: str) -> list[str]:
+    """The LoRA names a prompt's ``<lora:...>`` / ``<lyco:...>`` tags ask for, in order."""
+    _, networks = extract_networks(prompt)
+    return [n.name for n in networks if n.kind in LORA_KINDS and n.name]

@@ -41,6 +41,10 @@ CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt")
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "demo" / "weights" / "sdgate-demo-shapes"
 DEFAULT_STEPS = 20
 NATIVE_SIZES: dict[str, int] = {"sd1": 512, "sd2": 512, "sd2-v": 768, "sdxl": 1024}
+# The demo's size when a request leaves size out: trained at 256 and 512, its published evaluation
+# (demo/RESULTS.md) is at 512, A1111's own default. Its configs still say 256 (the UNet's
+# sample_size), which is what its weights were first trained at, so the default is declared here.
+BUILTIN_DEFAULTS: dict[str, int] = {"width": 512, "height": 512}
 
 # Other asset kinds: folder names in the A1111 and ComfyUI layouts, and the files they hold.
 ASSET_DIRS: dict[str, tuple[str, ...]] = {
@@ -72,10 +76,19 @@ class ModelInfo:
     config: Path | None = None  # a .yaml beside the file (A1111 convention)
     builtin: bool = False
     vae_scale_factor: int = 8
-    native_width: int = 512
+    native_width: int = 512  # what the model's configs (or its family) say it was made for
     native_height: int = 512
     default_steps: int = DEFAULT_STEPS
     v_prediction: bool = False
+    # The size a request that leaves size out gets (``sdgate.json``, or the demo's declared one);
+    # None: the native size. Every dialect reads it through ``default_size`` / ``defaults_for``.
+    default_width: int | None = None
+    default_height: int | None = None
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        """(width, height) for a request that leaves size out: the one default of this model."""
+        return (self.default_width or self.native_width, self.default_height or self.native_height)
 
     @property
     def short_hash(self) -> str | None:
@@ -205,14 +218,17 @@ def _read_json(path: Path) -> dict[str, Any]:
 def describe_diffusers(folder: Path, relpath: str, *, builtin: bool = False) -> ModelInfo:
     """A diffusers folder: its own configs give family, VAE factor and native size.
 
-    An optional ``sdgate.json`` (``{"width": .., "height": .., "steps": ..}``) lets a model such as
-    the demo declare defaults its configs cannot say.
+    An optional ``sdgate.json`` (``{"width": .., "height": .., "steps": ..}``) lets a model declare
+    defaults its configs cannot say; the built-in demo's are ``BUILTIN_DEFAULTS`` (its folder is
+    rewritten by training, so they are not kept in a file there).
     """
     index = _read_json(folder / "model_index.json")
     unet = _read_json(folder / "unet" / "config.json")
     vae = _read_json(folder / "vae" / "config.json")
     sched = _read_json(folder / "scheduler" / "scheduler_config.json")
     extra = _read_json(folder / "sdgate.json")
+    if builtin and folder.resolve() == BUILTIN_DIR:
+        extra = {**BUILTIN_DEFAULTS, **extra}
     cls = str(index.get("_class_name", ""))
     family: Family | None = None
     if cls.startswith("StableDiffusionXL"):
@@ -231,8 +247,10 @@ def describe_diffusers(folder: Path, relpath: str, *, builtin: bool = False) -> 
         family=family,
         builtin=builtin,
         vae_scale_factor=factor,
-        native_width=int(extra.get("width", native)),
-        native_height=int(extra.get("height", native)),
+        native_width=native,
+        native_height=native,
+        default_width=int(extra["width"]) if "width" in extra else None,
+        default_height=int(extra["height"]) if "height" in extra else None,
         default_steps=int(steps),
         v_prediction=sched.get("prediction_type") == "v_prediction",
     )
@@ -555,10 +573,12 @@ class ModelCatalog:
         return updated
 
     def defaults_for(self, info: ModelInfo) -> ModelDefaults:
+        """What every dialect fills in when a request leaves size or steps out."""
+        width, height = info.default_size
         return ModelDefaults(
             name=info.name,
-            width=info.native_width,
-            height=info.native_height,
+            width=width,
+            height=height,
             steps=info.default_steps,
             vae_scale_factor=info.vae_scale_factor,
         )

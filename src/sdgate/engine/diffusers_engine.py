@@ -130,7 +130,7 @@ class DiffusersEngine:
             started = time.perf_counter()
             # 2. The model, and its defaults for what the request left out.
             model = self._get_model(info)
-            lora.activate(model.pipeline, self.catalog, request)  # patched in place, not reloaded
+            missing = lora.activate(model.pipeline, self.catalog, request)  # patched in place
             seconds = self._seconds(request, model, refiner_info, hires_info)
             loaded_at = time.perf_counter()
             shape = resolve_shape(request, self._defaults(model.info))
@@ -141,7 +141,9 @@ class DiffusersEngine:
                 with vae.swapped_in(model.pipeline.vae, external), seamless(model.pipeline, request.tiling):
                     model.external_vae = external
                     try:
-                        return self._run(request, model, shape, control, started, loaded_at, inputs, seconds)
+                        out = self._run(request, model, shape, control, started, loaded_at, inputs, seconds)
+                        out.notes[:0] = lora.missing_note(missing)  # A1111 warns; info names them
+                        return out
                     finally:
                         model.external_vae = None
             except Exception as exc:

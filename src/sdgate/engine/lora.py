@@ -31,14 +31,12 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from sdgate.core.loras import find_lora, list_loras
+from sdgate.core.loras import LORA_KINDS, find_lora, list_loras
 from sdgate.core.models import ModelCatalog
 from sdgate.core.prompts import ExtraNetwork, extract_networks
 from sdgate.core.requests import GenerationRequest, LoraRef
 
 log = logging.getLogger("sdgate.engine")
-
-LORA_KINDS = ("lora", "lyco")
 
 
 # --- which LoRAs a request asks for ------------------------------------------------------------
@@ -268,20 +266,27 @@ def apply_loras(pipe: Any, wanted: list[ActiveLora]) -> None:
         state.loras = list(wanted)
 
 
-def activate(pipe: Any, catalog: ModelCatalog, request: GenerationRequest) -> list[ActiveLora]:
-    """Apply the request's LoRAs to ``pipe`` and return them. A name that matches no file is
-    logged and skipped, not an error (A1111's rule)."""
+def activate(pipe: Any, catalog: ModelCatalog, request: GenerationRequest) -> list[str]:
+    """Apply the request's LoRAs to ``pipe``; returns the names that match no file. Those are
+    logged and skipped, not an error (A1111's rule; the native API refuses them at submit), and
+    the caller names them in the result's notes (``missing_note``)."""
     refs = requested_loras(request)
     files = list_loras(catalog) if refs else []
-    wanted = []
+    wanted, missing = [], []
     for ref in refs:
         found = find_lora(files, ref.name)
         if found is None:
             log.warning("LoRA not found: %s (GET /sdapi/v1/loras lists them)", ref.name)
+            missing.append(ref.name)
             continue
         wanted.append(ActiveLora(found.alias, found.path, ref.te_weight, ref.unet_weight, ref.name))
     apply_loras(pipe, wanted)
-    return wanted
+    return list(dict.fromkeys(missing))
+
+
+def missing_note(missing: list[str]) -> list[str]:
+    """The note A1111 shows as a warning: ``Networks not found: a, b`` (nothing when none)."""
+    return [f"Networks not found: {', '.join(missing)}"] if missing else []
 
 
 # --- the infotext ----------------------------------------------------------------------------------

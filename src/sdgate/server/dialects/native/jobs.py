@@ -16,9 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 from starlette.concurrency import run_in_threadpool
 
-from sdgate.core.errors import Conflict, InvalidRequest, ModelNotFound, NotFound
+from sdgate.core.errors import Conflict, InvalidRequest, NotFound
 from sdgate.core.jobs import ControlAction, Job, JobEventKind, JobState
-from sdgate.core.models import ModelInfo
 from sdgate.core.requests import GenerationRequest
 from sdgate.jobs.database import transaction
 from sdgate.jobs.idempotency import canonical_hash
@@ -28,7 +27,7 @@ from sdgate.jobs.webhooks import check_callback_url
 from sdgate.server import jobflow
 from sdgate.server.deps import image_limits
 from sdgate.server.dialects.native import images as native_images
-from sdgate.server.dialects.native import translate
+from sdgate.server.dialects.native import names, translate
 from sdgate.server.dialects.native.protocol import JobCreate
 from sdgate.server.dialects.native.runtime import NativeRuntime
 from sdgate.server.services import Services
@@ -45,25 +44,15 @@ _PLACEHOLDER = "img_" + "0" * 24
 # -- submit -----------------------------------------------------------------------------------------
 
 
-def resolve_model(services: Services, name: str | None) -> ModelInfo:
-    """The model a name means; an unknown one means the default (logged) unless ``strict_models``."""
-    try:
-        return services.catalog.resolve(name)
-    except ModelNotFound:
-        if services.settings.strict_models or name is None:
-            raise
-        log.warning("unknown model %r: using the default model", name)
-        return services.catalog.resolve(None)
-
-
 def build_request(services: Services, body: JobCreate) -> GenerationRequest:
-    """Checks the body and stores its images; the resolved request (sync: run it in a thread)."""
-    model = resolve_model(services, body.model)
+    """Checks the body and stores its images; the resolved request (sync: run it in a thread).
+    Every name is checked first: an unknown one is a 404 and no job (``names``)."""
+    model, styles = names.check(services.catalog, services.settings, body)
     inits, mask = translate.image_inputs(body)
     # Check everything cheap before storing any image.
     checked = translate.generation_request(
         body, model=model.name, defaults=services.model_defaults(model), settings=services.settings,
-        init_images=tuple(_PLACEHOLDER for _ in inits), mask=_PLACEHOLDER if mask else None,
+        init_images=tuple(_PLACEHOLDER for _ in inits), mask=_PLACEHOLDER if mask else None, styles=styles,
     )
     if body.callback_url is not None:
         check_callback_url(body.callback_url, allow_private=services.settings.allow_private_callbacks)

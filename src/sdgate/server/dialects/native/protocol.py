@@ -214,6 +214,21 @@ class ModelOut(BaseModel):
     vae_scale_factor: int
 
 
+class LoraOut(BaseModel):
+    name: str = Field(description="the file stem: what <lora:NAME:w> and loras[].name take")
+    alias: str = Field(description="the metadata's ss_output_name (also accepted), else the stem")
+
+
+class VaeOut(BaseModel):
+    name: str = Field(description="what vae takes (also its stem); Automatic and None are always valid")
+
+
+class StyleOut(BaseModel):
+    name: str
+    prompt: str
+    negative_prompt: str
+
+
 class SamplerOut(BaseModel):
     name: str
     aliases: list[str]

@@ -11,7 +11,9 @@ from starlette.concurrency import run_in_threadpool
 
 from sdgate.core.errors import InvalidRequest
 from sdgate.core.jobs import JobState
+from sdgate.core.loras import list_loras
 from sdgate.core.samplers import samplers_listing, schedulers_listing
+from sdgate.core.styles import STYLES_FILE, load_styles
 from sdgate.server.deps import ServicesDep, UserDep
 from sdgate.server.dialects.native import events as native_events
 from sdgate.server.dialects.native import images as native_images
@@ -22,11 +24,14 @@ from sdgate.server.dialects.native.protocol import (
     JobCreate,
     JobOut,
     JobPage,
+    LoraOut,
     ModelOut,
     QueueOut,
     SamplerOut,
     SchedulerOut,
+    StyleOut,
     UploadOut,
+    VaeOut,
 )
 from sdgate.server.dialects.native.runtime import RuntimeDep, get_runtime
 from sdgate.server.errors import DialectRoute
@@ -228,6 +233,26 @@ async def models(services: ServicesDep) -> list[dict[str, Any]]:
         return out
 
     return await run_in_threadpool(listing)
+
+
+@router.get("/loras", response_model=list[LoraOut])
+async def loras(services: ServicesDep) -> list[dict[str, Any]]:
+    """The LoRAs a job may name (``loras`` or ``<lora:name:weight>`` in the prompt)."""
+    found = await run_in_threadpool(list_loras, services.catalog)
+    return [{"name": f.name, "alias": f.alias} for f in found]
+
+
+@router.get("/vaes", response_model=list[VaeOut])
+async def vaes(services: ServicesDep) -> list[dict[str, Any]]:
+    """The VAE files a job may name as ``vae``."""
+    return [{"name": v.name} for v in await run_in_threadpool(services.catalog.vaes)]
+
+
+@router.get("/styles", response_model=list[StyleOut])
+async def styles(services: ServicesDep) -> list[dict[str, Any]]:
+    """The saved styles (A1111's ``styles.csv`` in the data dir) a job may name in ``styles``."""
+    found = await run_in_threadpool(load_styles, services.settings.data_dir / STYLES_FILE)
+    return [{"name": n, "prompt": s.prompt, "negative_prompt": s.negative_prompt} for n, s in found.items()]
 
 
 @router.get("/samplers", response_model=list[SamplerOut])

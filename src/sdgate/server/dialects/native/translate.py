@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +14,7 @@ from sdgate.core.errors import InvalidRequest
 from sdgate.core.jobs import Job, JobEventKind, Progress
 from sdgate.core.requests import GenerationRequest, HiresSettings, LoraRef, Mode
 from sdgate.core.samplers import resolve_sampler
+from sdgate.core.styles import PromptStyle, merge_prompt
 from sdgate.server.dialects.native.protocol import JobCreate
 from sdgate.server.validation import check_counts, check_size, resolve_seed
 from sdgate.settings import Settings
@@ -64,9 +66,11 @@ def generation_request(
     settings: Settings,
     init_images: tuple[str, ...] = (),
     mask: str | None = None,
+    styles: Sequence[PromptStyle] = (),
 ) -> GenerationRequest:
     """A native job body as a resolved ``GenerationRequest``: seeds drawn, sizes and steps filled
-    from the model's defaults, sampler names canonical, images as image-store ids."""
+    from the model's defaults, sampler names canonical, images as image-store ids, ``styles`` (the
+    body's, found by ``names.check``) merged into the prompts in order, as A1111 does."""
     mode = infer_mode(body, has_init=bool(init_images), has_mask=mask is not None)
     width = body.width if body.width is not None else defaults.width
     height = body.height if body.height is not None else defaults.height
@@ -87,13 +91,20 @@ def generation_request(
     strength = body.denoising_strength
     if mode is not Mode.TXT2IMG and strength is None:
         strength = DEFAULT_DENOISING_STRENGTH
+    prompt, negative_prompt = body.prompt, body.negative_prompt
+    for style in styles:
+        prompt = merge_prompt(style.prompt, prompt)
+        negative_prompt = merge_prompt(style.negative_prompt, negative_prompt)
     fields = body.model_dump(
-        exclude={"mode", "model", "width", "height", "steps", "sampler", "scheduler", "seed", "subseed",
-                 "init_image", "init_images", "mask", "denoising_strength", "hires", "loras", "styles",
+        exclude={"prompt", "negative_prompt", "mode", "model", "width", "height", "steps", "sampler",
+                 "scheduler", "seed", "subseed", "init_image", "init_images", "mask", "denoising_strength",
+                 "hires", "loras", "styles",
                  *_JOB_FIELDS}
     )
     return GenerationRequest(
         **fields,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
         mode=mode,
         model=model,
         width=width,
