@@ -8,14 +8,20 @@ A client of another service sends the names it knows (``stable-diffusion-v1-6``,
    default model;
 3. anything else means the default model (logged once per name), unless ``strict_models`` is set:
    then ``ModelNotFound``, which each dialect renders as its own 404.
+
+Their responses say which model ran in an ``X-Sdgate-Model`` header (``model_header``): OpenAI's
+and Stability's bodies have no field for it and Hugging Face answers with bare image bytes. The
+native API and the SDK never map names: an unknown one there is a 404 (``dialects/native/names.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import quote
 
 from sdgate.core.errors import ModelNotFound
+from sdgate.core.jobs import Job
 from sdgate.core.models import Family, ModelCatalog, ModelInfo
 from sdgate.settings import Settings
 
@@ -66,6 +72,10 @@ _REPO_FAMILIES: tuple[tuple[re.Pattern[str], Family], ...] = (
 
 _warned: set[str] = set()
 
+MODEL_HEADER = "X-Sdgate-Model"
+# Printable ASCII passes as is; anything else is percent-encoded (header values are latin-1).
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
 
 def alias_family(name: str) -> tuple[bool, Family | None]:
     """(known, family) for another service's model name."""
@@ -111,3 +121,9 @@ def _of_family(catalog: ModelCatalog, family: Family | None) -> ModelInfo:
         if info.family == family:
             return info
     return default
+
+
+def model_header(job: Job) -> dict[str, str]:
+    """``{"X-Sdgate-Model": name}`` of the model that ran ``job`` ({} before it has a result)."""
+    name = job.result.model_name if job.result is not None else None
+    return {MODEL_HEADER: quote(name, safe=_HEADER_SAFE)} if name else {}

@@ -16,7 +16,7 @@ from sdgate.server.dialects.hf import translate
 from sdgate.server.dialects.hf.protocol import TextToImageRequest
 from sdgate.server.dialects.stability import images as images_io
 from sdgate.server.errors import DialectRoute
-from sdgate.server.model_aliases import resolve_model
+from sdgate.server.model_aliases import model_header, resolve_model
 from sdgate.server.services import Services
 
 log = logging.getLogger("sdgate.hf")
@@ -98,4 +98,4 @@ async def text_to_image(
     png = pngs[0]
     fmt = translate.output_format(request.headers.get("accept"))
     data = await run_in_threadpool(images_io.reencode, png, fmt, 95)
-    return Response(data, media_type=f"image/{fmt}")
+    return Response(data, media_type=f"image/{fmt}", headers=model_header(job))

@@ -32,7 +32,7 @@ from sdgate.server.dialects.openai.protocol import (
 from sdgate.server.dialects.stability import images as images_io
 from sdgate.server.dialects.stability import translate as stability
 from sdgate.server.errors import DialectRoute
-from sdgate.server.model_aliases import ALIASES, resolve_model
+from sdgate.server.model_aliases import ALIASES, model_header, resolve_model
 from sdgate.server.services import Services
 from sdgate.server.signing import SIGNED_PATH, UrlSigner
 
@@ -115,18 +115,27 @@ async def _respond(
     return body
 
 
-async def _run(request: Request, services: Services, user: str | None, gen: GenerationRequest) -> Job:
-    return await jobflow.run_blocking(services, gen, request, dialect=DIALECT, owner=user)
+async def _run(
+    request: Request, response: Response, services: Services, user: str | None, gen: GenerationRequest
+) -> Job:
+    """The finished job; ``response`` gets ``X-Sdgate-Model`` (the body has no field for it)."""
+    job = await jobflow.run_blocking(services, gen, request, dialect=DIALECT, owner=user)
+    response.headers.update(model_header(job))
+    return job
 
 
 @router.post("/images/generations", response_model=ImagesResponse, response_model_exclude_none=True)
 async def generations(
-    request: Request, services: ServicesDep, user: UserDep, body: Annotated[ImageGenerationRequest, Body()]
+    request: Request,
+    response: Response,
+    services: ServicesDep,
+    user: UserDep,
+    body: Annotated[ImageGenerationRequest, Body()],
 ) -> dict[str, Any]:
     _log_unknown("generations", body)
     info, defaults = _model(services, body.model)
     gen = translate.generation_request(body, model=info.name, defaults=defaults, settings=services.settings)
-    job = await _run(request, services, user, gen)
+    job = await _run(request, response, services, user, gen)
     fmt = body.response_format or translate.default_response_format(body.model)
     return await _respond(
         request, services, job, fmt=fmt, output_format=body.output_format, quality=body.output_compression
@@ -134,7 +143,9 @@ async def generations(
 
 
 @router.post("/images/edits", response_model=ImagesResponse, response_model_exclude_none=True)
-async def edits(request: Request, services: ServicesDep, user: UserDep) -> dict[str, Any]:
+async def edits(
+    request: Request, response: Response, services: ServicesDep, user: UserDep
+) -> dict[str, Any]:
     form = await _read_form(request)
     body = _validate(ImageEditParams, form)
     _log_unknown("edits", body)
@@ -167,7 +178,7 @@ async def edits(request: Request, services: ServicesDep, user: UserDep) -> dict[
         defaults=defaults,
         settings=services.settings,
     )
-    job = await _run(request, services, user, gen)
+    job = await _run(request, response, services, user, gen)
     fmt = body.response_format or translate.default_response_format(body.model)
     return await _respond(
         request, services, job, fmt=fmt, output_format=body.output_format, quality=body.output_compression
@@ -175,7 +186,9 @@ async def edits(request: Request, services: ServicesDep, user: UserDep) -> dict[
 
 
 @router.post("/images/variations", response_model=ImagesResponse, response_model_exclude_none=True)
-async def variations(request: Request, services: ServicesDep, user: UserDep) -> dict[str, Any]:
+async def variations(
+    request: Request, response: Response, services: ServicesDep, user: UserDep
+) -> dict[str, Any]:
     form = await _read_form(request)
     body = _validate(ImageVariationParams, form)
     _log_unknown("variations", body)
@@ -197,7 +210,7 @@ async def variations(request: Request, services: ServicesDep, user: UserDep) -> 
         defaults=defaults,
         settings=services.settings,
     )
-    job = await _run(request, services, user, gen)
+    job = await _run(request, response, services, user, gen)
     fmt = body.response_format or translate.default_response_format(body.model)
     return await _respond(request, services, job, fmt=fmt, output_format=None, quality=None)
 

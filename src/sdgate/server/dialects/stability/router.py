@@ -29,7 +29,7 @@ from sdgate.server.dialects.stability.protocol import (
 )
 from sdgate.server.errors import DialectRoute
 from sdgate.server.middleware import request_id_var
-from sdgate.server.model_aliases import ALIASES, resolve_model
+from sdgate.server.model_aliases import ALIASES, model_header, resolve_model
 from sdgate.server.services import Services
 
 log = logging.getLogger("sdgate.stability")
@@ -103,7 +103,9 @@ async def _run_v1(request: Request, services: Services, user: str | None, gen: G
     assert job.result is not None
     images = await jobflow.image_bytes(services, job)
     seeds = job.result.seeds
-    return _render_v1(as_image, images, seeds)
+    response = _render_v1(as_image, images, seeds)
+    response.headers.update(model_header(job))
+    return response
 
 
 def _render_v1(as_image: bool, images: list[bytes], seeds: list[int]) -> Response:
@@ -321,7 +323,8 @@ async def generate(service: str, request: Request, services: ServicesDep, user: 
     seed = job.result.seeds[0] if job.result.seeds else gen.seed
     if "application/json" in request.headers.get("accept", "").lower():
         return JSONResponse(
-            {"image": jobflow.b64(data), "finish_reason": translate.FINISH_SUCCESS, "seed": seed}
+            {"image": jobflow.b64(data), "finish_reason": translate.FINISH_SUCCESS, "seed": seed},
+            headers=model_header(job),
         )
-    headers = {"finish-reason": translate.FINISH_SUCCESS, "seed": str(seed)}
+    headers = {"finish-reason": translate.FINISH_SUCCESS, "seed": str(seed), **model_header(job)}
     return Response(data, media_type=f"image/{body.output_format.value}", headers=headers)
