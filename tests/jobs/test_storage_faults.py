@@ -12,7 +12,6 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -22,20 +21,7 @@ from sdgate.core.requests import GenerationRequest
 from sdgate.jobs.images import LocalImageStore
 from sdgate.jobs.storage import data_dir_problem, storage_error
 from sdgate.jobs.store import SqlJobStore
-
-
-class DiskFull:
-    """Makes every write statement on ``engine`` fail as SQLite does on a full disk, while on."""
-
-    def __init__(self, engine: sa.Engine, message: str = "database or disk is full") -> None:
-        self.on = False
-        self.message = message
-        sa.event.listen(engine, "before_cursor_execute", self._check)
-
-    def _check(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        words = statement.lstrip().split(None, 1)
-        if self.on and words and words[0].upper() in ("INSERT", "UPDATE", "DELETE"):
-            raise sqlite3.OperationalError(self.message)
+from tests.jobs.faults import DiskFull
 
 
 @pytest.fixture
