@@ -1,30 +1,62 @@
 """A1111's global options over a queue: saved in the data dir, read when a job is submitted.
 
-``sd_model_checkpoint`` set here applies to A1111 jobs submitted afterwards; jobs already queued keep
-the model they were submitted with (the model name is part of their stored request). ``sd_vae``
-works the same way ("Automatic", "None" or a file name from ``/sd-vae``), and a request's
-``override_settings`` with ``override_settings_restore_afterwards: false`` are saved here too.
+``GET /options`` lists every setting of A1111 1.10.1 (``option_table``) with A1111's defaults,
+serialised as A1111 does (an int option with a non-zero default is a float: ``1.0``). The values
+sdgate acts on are live: ``sd_model_checkpoint`` set here applies to A1111 jobs submitted afterwards
+(jobs already queued keep the model they were submitted with: the model name is part of their stored
+request) and ``sd_checkpoint_hash`` is that model's; ``sd_vae`` works the same way ("Automatic",
+"None" or a file name from ``/sd-vae``); ``CLIP_stop_at_last_layers``, ``eta_noise_seed_delta``, the
+sampler parameters and the saving options are read by every job. A request's ``override_settings``
+with ``override_settings_restore_afterwards: false`` are saved here too.
+
+``POST /options`` checks every key before it changes anything: each value against the type and
+range of A1111's settings UI (numbers finite, booleans booleans, radio choices among their entries).
+One bad value, or a key A1111 1.10 does not have, refuses the whole request with a 422 in FastAPI's
+validation body (``{"detail": [{"loc": ["body", key], "msg": ...}]}``), naming every bad key, and
+saves nothing. A1111 itself saves anything, and answers an unknown key with a 500 (a ``KeyError``,
+code reading); we answer 422 instead because the request, not the server, is at fault: a 5xx invites
+a retry, and 422 is what A1111 clients already handle for a refused body (a missing script, a bad
+field). Keys A1111 ignores over the API (``restrict_api``, and the output folders, which here stay
+under the data dir) and the settings page's explanation texts are accepted and ignored, so the
+whole ``GET`` dict posts back unchanged (Open WebUI does exactly that).
+
+A saved file that does not validate (hand-edited, or from an older sdgate) is repaired at start:
+each bad or unknown key goes back to its default, the log says which, and the file is rewritten.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import threading
 from pathlib import Path
 from typing import Any
 
+from fastapi.exceptions import RequestValidationError
+
 from sdgate.core.errors import InvalidRequest, ModelNotFound
 from sdgate.core.models import VAE_AUTOMATIC, VAE_NONE, ModelCatalog, ModelInfo
+from sdgate.server.dialects.a1111.option_table import (
+    DEFAULTS,
+    OPTIONS,
+    SPECS,
+    Kind,
+    check_value,
+    normalise,
+    wire_value,
+)
+
+__all__ = ["DEFAULTS", "RESTRICTED", "A1111Options"]
 
 log = logging.getLogger("sdgate.a1111")
 
-# Options A1111 refuses to change over the API (``restrict_api``): accepted and ignored.
+# Options not changed over the API: A1111's ``restrict_api`` ones, and the output folders, which
+# sdgate keeps under its data dir (A1111 restricts them only with --hide-ui-dir-config).
 RESTRICTED = frozenset(
     {
-        "api_enable_requests",
-        "api_forbid_local_requests",
-        "api_useragent",
+        *(spec.key for spec in OPTIONS if spec.restrict_api),
         "outdir_samples",
         "outdir_grids",
         "outdir_txt2img_samples",
@@ -33,50 +65,11 @@ RESTRICTED = frozenset(
         "outdir_img2img_grids",
     }
 )
-
-DEFAULTS: dict[str, Any] = {
-    "sd_model_checkpoint": None,
-    "sd_checkpoint_hash": None,
-    "sd_vae": "Automatic",
-    "CLIP_stop_at_last_layers": 1.0,  # A1111 serialises int options with non-zero defaults as floats
-    "eta_noise_seed_delta": 0,
-    "eta_ancestral": 1.0,
-    "eta_ddim": 0.0,
-    "samples_format": "png",
-    "grid_format": "png",
-    "jpeg_quality": 80.0,
-    "enable_pnginfo": True,
-    "return_grid": True,
-    "show_progress_every_n_steps": 10.0,
-    "live_previews_enable": True,
-    "face_restoration": False,
-    "face_restoration_model": "CodeFormer",
-    "sd_lora": "None",
-    "emphasis": "Original",
-    "sd_checkpoint_cache": 0,
-    "sd_vae_checkpoint_cache": 0,
-    "samples_save": True,
-    "save_images_add_number": True,
-    # save_images: where and how (see outputs.py; folders are relative to the data dir)
-    "outdir_samples": "",
-    "outdir_grids": "",
-    "outdir_txt2img_samples": "outputs/txt2img-images",
-    "outdir_img2img_samples": "outputs/img2img-images",
-    "outdir_txt2img_grids": "outputs/txt2img-grids",
-    "outdir_img2img_grids": "outputs/img2img-grids",
-    "save_to_dirs": True,
-    "grid_save_to_dirs": True,
-    "directories_filename_pattern": "[date]",
-    "samples_filename_pattern": "",
-    "grid_save": True,
-    "grid_only_if_multiple": True,
-    "grid_prevent_empty_spots": False,
-    "grid_background_color": "#ffffff",
-    "n_rows": -1.0,
-    "initial_noise_multiplier": 1.0,
-    "img2img_fix_steps": False,
-    "upscaler_for_img2img": None,
-}
+# Accepted and ignored: explanation texts (never saved in A1111 either) and the current model's
+# hash, which follows ``sd_model_checkpoint``.
+_IGNORED = frozenset({*(spec.key for spec in OPTIONS if spec.kind is Kind.HTML), "sd_checkpoint_hash"})
+# Checked by looking them up (``update``): an unknown checkpoint is a 404, an unknown VAE a 400.
+_RESOLVED = frozenset({"sd_model_checkpoint", "sd_vae"})
 
 
 class A1111Options:
@@ -84,12 +77,9 @@ class A1111Options:
         self.path = path
         self.catalog = catalog
         self._lock = threading.Lock()
-        self._values: dict[str, Any] = {}
-        if path.exists():
-            try:
-                self._values = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                log.warning("ignoring unreadable %s", path)
+        self._values: dict[str, Any] = self._load()
+
+    # --- reading --------------------------------------------------------------------------------
 
     def current_model(self) -> ModelInfo:
         """The checkpoint A1111 jobs use now; falls back to the default if the saved one is gone."""
@@ -130,8 +120,9 @@ class A1111Options:
         return {**DEFAULTS, **self._values, **(overrides or {})}
 
     def snapshot(self) -> dict[str, Any]:
-        data = dict(DEFAULTS)
-        data.update(self._values)
+        """Every A1111 1.10 option, in A1111's order and serialisation, with our live values."""
+        values = self._values
+        data = {spec.key: wire_value(spec, values.get(spec.key, spec.default)) for spec in OPTIONS}
         try:
             model = self.current_model()
         except ModelNotFound:
@@ -140,13 +131,16 @@ class A1111Options:
         data["sd_checkpoint_hash"] = model.sha256
         return data
 
-    def update(self, values: dict[str, Any]) -> None:
-        """Apply a (possibly whole, round-tripped) options dict; unchanged values are no-ops."""
-        changes = {k: v for k, v in values.items() if k not in RESTRICTED}
+    # --- writing --------------------------------------------------------------------------------
+
+    def update(self, values: dict[str, Any], *, field_prefix: str = "") -> None:
+        """Apply a (possibly whole, round-tripped) options dict, all or nothing; unchanged values are
+        no-ops. With ``field_prefix`` (``override_settings`` kept after a job), keys A1111 1.10 does
+        not have are skipped rather than refused: there they ride along with a generation request."""
+        changes = self._checked(values, field_prefix=field_prefix)
         if "sd_model_checkpoint" in changes:
             info = self.resolve_checkpoint(changes["sd_model_checkpoint"], field="sd_model_checkpoint")
             changes["sd_model_checkpoint"] = info.title
-            changes.pop("sd_checkpoint_hash", None)
         if "sd_vae" in changes:
             choice = _vae_choice(changes["sd_vae"], field="sd_vae")
             if choice not in (VAE_AUTOMATIC, VAE_NONE):
@@ -159,11 +153,93 @@ class A1111Options:
             merged = {**self._values, **changes}
             if merged == self._values:
                 return
+            self._write(merged)
             self._values = merged
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self._values, indent=1, sort_keys=True), encoding="utf-8")
-            tmp.replace(self.path)
+
+    def _checked(self, values: dict[str, Any], *, field_prefix: str) -> dict[str, Any]:
+        """The changes ``values`` asks for, normalised; every bad key at once as a 422."""
+        errors: list[dict[str, Any]] = []
+        changes: dict[str, Any] = {}
+        loc: tuple[str, ...] = ("body", field_prefix) if field_prefix else ("body",)
+        for key, value in values.items():
+            if key in RESTRICTED or key in _IGNORED:
+                continue
+            spec = SPECS.get(key)
+            if spec is None:
+                if field_prefix:
+                    log.info("not saving %s.%s: AUTOMATIC1111 1.10 has no such option", field_prefix, key)
+                    continue
+                msg = f"unknown option '{key}': AUTOMATIC1111 1.10 has no such setting"
+                errors.append(_error("extra_forbidden", (*loc, key), msg, value))
+                continue
+            why = None if key in _RESOLVED else check_value(spec, value)
+            if why is not None:
+                errors.append(_error("value_error", (*loc, key), f"{key}: {why}", value))
+                continue
+            changes[key] = normalise(spec, value)
+        if errors:
+            raise RequestValidationError(errors)
+        return changes
+
+    def _load(self) -> dict[str, Any]:
+        """The saved options; a file that does not validate is repaired (never an outage)."""
+        if not self.path.exists():
+            return {}
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            aside = self.path.with_name(self.path.name + ".corrupt")
+            log.warning("%s is unreadable (%s); moved to %s, using the defaults", self.path, exc, aside)
+            with contextlib.suppress(OSError):
+                self.path.replace(aside)
+            return {}
+        values, problems = _repaired(data)
+        if problems:
+            log.warning("%s: reset to their defaults: %s", self.path, "; ".join(problems))
+            try:
+                self._write(values)
+            except OSError as exc:
+                log.warning("could not rewrite %s: %s", self.path, exc)
+        return values
+
+    def _write(self, values: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(values, indent=1, sort_keys=True), encoding="utf-8")
+        tmp.replace(self.path)
+
+
+def _repaired(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, value in data.items():
+        spec = SPECS.get(key)
+        if key in _IGNORED:
+            continue
+        if spec is None:
+            problems.append(f"{key} (no such option)")
+            continue
+        why = check_value(spec, value)
+        if why is not None:
+            problems.append(f"{key} ({why}; was {_jsonable(value)!r})")
+            continue
+        values[key] = normalise(spec, value)
+    return values, problems
+
+
+def _error(kind: str, loc: tuple[str, ...], msg: str, value: Any) -> dict[str, Any]:
+    return {"type": kind, "loc": list(loc), "msg": msg, "input": _jsonable(value)}
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` if it serialises as strict JSON, else its repr (NaN and Infinity do not)."""
+    if value is None or isinstance(value, str | bool | int):
+        return value if not isinstance(value, str) or len(value) <= 200 else value[:200] + "..."
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    return repr(value)[:200]
 
 
 def _vae_choice(value: Any, *, field: str) -> str:
