@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     max_side: int = 4096
     max_steps: int = 1000
     max_batch_images: int = 64  # batch_size * n_iter
+    max_script_images: int = 100  # all the jobs one A1111 script request (X/Y/Z plot, ...) expands to
     max_body_bytes: int = 64 * 1024 * 1024
     max_queue: int = 1000  # queued jobs before 429
 

@@ -15,11 +15,12 @@ from sdgate.core.errors import InvalidRequest, ModelNotFound, SdgateError
 from sdgate.core.infotext import parse_infotext
 from sdgate.core.jobs import ControlAction, Job, JobState
 from sdgate.core.models import ModelInfo
-from sdgate.core.requests import Mode
+from sdgate.core.requests import GenerationRequest, Mode
 from sdgate.core.samplers import samplers_listing, schedulers_listing
 from sdgate.server import jobflow
 from sdgate.server.deps import ServicesDep, UserDep, image_limits
 from sdgate.server.dialects.a1111 import outputs, system, translate
+from sdgate.server.dialects.a1111 import scripts as a1111_scripts
 from sdgate.server.dialects.a1111.infotext_fields import with_infotext
 from sdgate.server.dialects.a1111.options import A1111Options
 from sdgate.server.dialects.a1111.protocol import (
@@ -35,6 +36,7 @@ from sdgate.server.dialects.a1111.protocol import (
     SDModelItem,
     Txt2ImgRequest,
 )
+from sdgate.server.dialects.a1111.scripts.base import Builder, ScriptContext
 from sdgate.server.errors import DialectRoute
 from sdgate.server.fetch import make_fetcher
 from sdgate.server.services import Services
@@ -141,6 +143,12 @@ async def txt2img(
 ) -> dict[str, Any]:
     _log_unknown_fields(body)
     body = _with_infotext(services, body)
+    script = a1111_scripts.find(body.script_name, is_img2img=False)
+    if script is not None:
+        ctx = ScriptContext(body, False, services.settings, services, _builder(services, options))
+        rendered = await a1111_scripts.run_script(script, ctx, request, dialect=DIALECT, owner=user)
+        await _keep_overrides(options, body)
+        return rendered
     model = _request_model(options, body)
     vae = options.vae_for(body.override_settings, model)
     gen = translate.txt2img_request(
@@ -167,6 +175,7 @@ async def img2img(
 ) -> dict[str, Any]:
     _log_unknown_fields(body)
     body = _with_infotext(services, body)
+    script = a1111_scripts.find(body.script_name, is_img2img=True)
     model = _request_model(options, body)
     defaults = services.model_defaults(model)
     vae = options.vae_for(body.override_settings, model)
@@ -185,23 +194,56 @@ async def img2img(
     if not body.init_images:
         raise InvalidRequest("init_images: at least one image is required", field="init_images")
     init_ids, mask_id = await run_in_threadpool(_store_inputs, services, body)
-    gen = translate.img2img_request(
-        body_in,
-        model=model.name,
-        defaults=defaults,
-        settings=services.settings,
-        init_images=init_ids,
-        mask=mask_id,
-        resolve_checkpoint=_checkpoint_resolver(services),
-    )
-    await _keep_overrides(options, body)
-    job = await jobflow.run_blocking(
-        services, gen.model_copy(update={"vae": vae}), request, dialect=DIALECT, owner=user
-    )
-    rendered = await _render(services, options, job, body, model.name)
+    if script is not None:
+        build = _builder(services, options, init_ids, mask_id)
+        ctx = ScriptContext(body, True, services.settings, services, build, init_ids)
+        rendered = await a1111_scripts.run_script(script, ctx, request, dialect=DIALECT, owner=user)
+        await _keep_overrides(options, body)
+    else:
+        gen = translate.img2img_request(
+            body_in,
+            model=model.name,
+            defaults=defaults,
+            settings=services.settings,
+            init_images=init_ids,
+            mask=mask_id,
+            resolve_checkpoint=_checkpoint_resolver(services),
+        )
+        await _keep_overrides(options, body)
+        job = await jobflow.run_blocking(
+            services, gen.model_copy(update={"vae": vae}), request, dialect=DIALECT, owner=user
+        )
+        rendered = await _render(services, options, job, body, model.name)
     if not body.include_init_images:  # A1111 echoes the images only when asked to
         rendered["parameters"].update(init_images=None, mask=None)
     return rendered
+
+
+def _builder(
+    services: Services, options: A1111Options, init_images: tuple[str, ...] = (), mask: str | None = None
+) -> Builder:
+    """The routes' translation of one body, for scripts: each body (a cell, a line) picks its own
+    model and VAE; ``images`` (SD upscale's tiles) replace the request's init images and mask."""
+
+    def build(
+        body: Txt2ImgRequest | Img2ImgRequest, images: tuple[str, ...] | None = None
+    ) -> GenerationRequest:
+        model = _request_model(options, body)
+        body_in = _with_saved_settings(options, body)
+        common: dict[str, Any] = {
+            "model": model.name,
+            "defaults": services.model_defaults(model),
+            "settings": services.settings,
+            "resolve_checkpoint": _checkpoint_resolver(services),
+        }
+        if isinstance(body_in, Img2ImgRequest):
+            chosen = (init_images, mask) if images is None else (images, None)
+            gen = translate.img2img_request(body_in, init_images=chosen[0], mask=chosen[1], **common)
+        else:
+            gen = translate.txt2img_request(body_in, **common)
+        return gen.model_copy(update={"vae": options.vae_for(body.override_settings, model)})
+
+    return build
 
 
 def _store_inputs(services: Services, body: Img2ImgRequest) -> tuple[tuple[str, ...], str | None]:
@@ -380,11 +422,10 @@ async def memory(services: ServicesDep) -> dict[str, Any]:
 
 @router.get("/scripts")
 async def scripts() -> dict[str, list[str]]:
-    # Honest: we run no selectable or always-on scripts, and webuiapi injects arguments for any
-    # name it finds here.
-    return {"txt2img": [], "img2img": []}
+    # Only what runs: webuiapi injects arguments for some names it finds here.
+    return a1111_scripts.listing()
 
 
 @router.get("/script-info")
 async def script_info() -> list[dict[str, Any]]:
-    return []
+    return a1111_scripts.script_info()

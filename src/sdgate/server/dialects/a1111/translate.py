@@ -34,8 +34,6 @@ def check_unsupported(body: CommonProcessing) -> None:
         allowed = default if isinstance(default, tuple) else (default,)
         if data[name] not in allowed:
             raise InvalidRequest(f"{name}: {reason}", field=name)
-    if body.script_name:
-        raise InvalidRequest(f"script_name: Script '{body.script_name}' not found", field="script_name")
     for key in body.alwayson_scripts or {}:
         raise InvalidRequest(f"alwayson_scripts: always on script {key} not found", field="alwayson_scripts")
 
