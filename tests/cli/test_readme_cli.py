@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from sdgate.client import Client
@@ -20,12 +20,12 @@ runner = CliRunner()
 
 def cli_lines() -> list[str]:
     (block,) = re.findall(r"```console\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
-    return [line[2:].split("  #")[0].strip() for line in block.splitlines() if line.startswith("$ sdgate ")]
+    return [line[2:].split("  #")[0].strip() for line in block.splitlines() if line.startswith("$ ")]
 
 
 def test_the_block_covers_the_new_commands() -> None:
     text = " ".join(cli_lines())
-    for piece in ("--hires", "--lora", "--n-iter", "jobs retry", "jobs delete", "jobs events"):
+    for piece in ("--hires", "--init", "--n-iter", "batch", "jobs retry", "jobs delete", "jobs events"):
         assert piece in text
 
 
@@ -37,11 +37,21 @@ def test_readme_cli_lines_run(
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SDGATE_BASE_URL", live_server.url)
-    Image.new("RGB", (64, 64), "red").save(tmp_path / "photo.png")
-    (tmp_path / "prompts.txt").write_text("a red circle\na blue square\n")
+    # The names the README's examples use: an unknown one would be a 404 (never silently skipped).
+    # live_server's models and data folders live under this same tmp_path.
+    for rel in ("models/Lora/detail.safetensors", "models/VAE/my-vae.safetensors"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"not loaded by the fake engine")
+    (tmp_path / "data").mkdir(exist_ok=True)
+    styles = 'name,prompt,negative_prompt\ncinematic,"{prompt}, film still",\n'
+    (tmp_path / "data" / "styles.csv").write_text(styles)
     job_id = ""
     for line in cli_lines():
-        argv = shlex.split(line.replace("JOB_ID", job_id))[1:]
+        line = line.replace("JOB_ID", job_id)
+        if not line.startswith("sdgate "):  # the block's own shell lines (cp, printf) make its files
+            subprocess.run(["bash", "-c", line], cwd=tmp_path, check=True)
+            continue
+        argv = shlex.split(line)[1:]
         feeder = None
         if argv[:2] == ["jobs", "events"]:  # the stream speaks only when something happens
             feeder = Feeder(live_server.url)
