@@ -19,6 +19,7 @@ from sdgate.core.requests import GenerationRequest, Mode
 from sdgate.core.samplers import samplers_listing, schedulers_listing
 from sdgate.server import jobflow
 from sdgate.server.deps import ServicesDep, UserDep, image_limits
+from sdgate.server.dialects.a1111 import interrogate as interrogation
 from sdgate.server.dialects.a1111 import outputs, system, translate
 from sdgate.server.dialects.a1111 import scripts as a1111_scripts
 from sdgate.server.dialects.a1111.infotext_fields import with_infotext
@@ -130,7 +131,8 @@ def _with_saved_settings(options: A1111Options, body: BodyT) -> BodyT:
 async def _keep_overrides(options: A1111Options, body: CommonProcessing) -> None:
     """``override_settings_restore_afterwards: false``: the overrides become the saved options."""
     if body.override_settings and not body.override_settings_restore_afterwards:
-        await run_in_threadpool(options.update, body.override_settings)
+        overrides = body.override_settings
+        await run_in_threadpool(lambda: options.update(overrides, field_prefix="override_settings"))
 
 
 @router.post("/txt2img", response_model=GenerationResponse)
@@ -403,6 +405,13 @@ async def sd_models(services: ServicesDep) -> list[dict[str, Any]]:
 @router.post("/refresh-checkpoints")
 async def refresh_checkpoints(services: ServicesDep) -> None:
     await run_in_threadpool(services.catalog.refresh)
+
+
+@router.post("/interrogate", response_model=interrogation.InterrogateResponse)
+async def interrogate(
+    services: ServicesDep, options: OptionsDep, body: interrogation.InterrogateRequest
+) -> dict[str, Any]:
+    return await run_in_threadpool(lambda: interrogation.interrogate(services, options.current_model(), body))
 
 
 @router.post("/png-info", response_model=PngInfoResponse)
