@@ -197,3 +197,12 @@ class _client:
 
     def __exit__(self, *exc: object) -> None:
         self.client.__exit__(*exc)
+
+
+async def test_kept_overrides_skip_keys_a1111_lacks(client: httpx.AsyncClient) -> None:
+    overrides = {"eta_noise_seed_delta": 31337, "some_extension_option": 1}
+    body = {"steps": 2, "width": 64, "height": 64, "override_settings": overrides}
+    r = await client.post("/sdapi/v1/txt2img", json={**body, "override_settings_restore_afterwards": False})
+    assert r.status_code == 200
+    opts = (await client.get("/sdapi/v1/options")).json()
+    assert opts["eta_noise_seed_delta"] == 31337 and "some_extension_option" not in opts
