@@ -138,12 +138,17 @@ class Worker:
         return True
 
     def _loop(self) -> None:
+        claim_fault: str | None = None  # logged once, not at every poll while the disk stays full
         while not self._stopping.is_set():
             try:
-                if self.run_once():
+                ran = self.run_once()
+                claim_fault = None
+                if ran:
                     continue
-            except StorageUnavailable as exc:  # the disk is full: claiming writes too; wait for room
-                logger.warning("worker %s: cannot claim a job: %s", self.worker_id, exc.message)
+            except StorageUnavailable as exc:  # claiming writes too: wait for room
+                if exc.message != claim_fault:
+                    logger.warning("worker %s: cannot claim a job: %s", self.worker_id, exc.message)
+                claim_fault = exc.message
             except Exception:  # the store is unreachable or locked: wait and try again
                 logger.exception("worker %s: claiming a job failed", self.worker_id)
             self._wake.wait(self._poll_s)
