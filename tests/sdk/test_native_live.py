@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from sdgate.client import AsyncClient, Client, NotFoundError
+from sdgate.settings import Settings
 from tests.sdk.conftest import ThreadedServer
 from tests.sdk.fakes import png_bytes
 
@@ -43,15 +44,21 @@ def test_generate_is_one_request_and_uploads_happen_once(live_server: ThreadedSe
         assert job.request["init_image"].startswith("img_")
 
 
-def test_new_request_fields_run_on_the_server(live_server: ThreadedServer) -> None:
+def test_new_request_fields_run_on_the_server(live_server: ThreadedServer, sd_settings: Settings) -> None:
+    sd_settings.data_dir.mkdir(parents=True, exist_ok=True)
+    (sd_settings.data_dir / "styles.csv").write_text("name,prompt,negative_prompt\nink,{prompt} in ink,\n")
     with Client(live_server.url) as client:
         result = client.txt2img(
-            "x", seed=3, n=1, n_iter=2, subseed=9, subseed_strength=0.5, styles=["nope"], tiling=True, **SMALL
+            "x", seed=3, n=1, n_iter=2, subseed=9, subseed_strength=0.5, styles=["ink"], tiling=True, **SMALL
         )
         job = client.jobs.get(result.job_id)
+        # A style the server does not have is a 404, never silently skipped.
+        with pytest.raises(NotFoundError, match="no style named 'nope'"):
+            client.txt2img("x", styles=["nope"], **SMALL)
     assert len(result.images) == 2
     req = job.request
     assert (req["n_iter"], req["subseed"], req["subseed_strength"], req["tiling"]) == (2, 9, 0.5, True)
+    assert (req["prompt"], req["styles"]) == ("x in ink", ["ink"])
 
 
 def test_delete_and_retry(live_server: ThreadedServer) -> None:
