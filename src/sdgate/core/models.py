@@ -52,7 +52,8 @@ ASSET_DIRS: dict[str, tuple[str, ...]] = {
     "vae": ("VAE", "vae"),
     "embeddings": ("embeddings",),
     "controlnet": ("ControlNet", "controlnet"),
-    "esrgan": ("ESRGAN", "RealESRGAN", "upscale_models"),
+    "esrgan": ("ESRGAN", "RealESRGAN", "SwinIR", "DAT", "HAT", "upscale_models"),  # any spandrel SR
+    "face_restorers": ("GFPGAN", "Codeformer", "CodeFormer", "facerestore_models"),
 }
 ASSET_EXTENSIONS: dict[str, tuple[str, ...]] = {
     "lora": (".safetensors", ".pt", ".ckpt"),
@@ -60,6 +61,7 @@ ASSET_EXTENSIONS: dict[str, tuple[str, ...]] = {
     "embeddings": (".safetensors", ".pt", ".bin"),
     "controlnet": (".safetensors", ".pth", ".ckpt", ".pt"),
     "esrgan": (".pth", ".pt", ".safetensors"),
+    "face_restorers": (".pth", ".pt", ".safetensors"),
 }
 
 
@@ -313,7 +315,8 @@ def _walk_checkpoints(root: Path) -> list[tuple[Path, str]]:
 
 
 def list_files(models_dir: Path, kind: str) -> list[AssetFile]:
-    """Files of one asset kind (``lora``, ``vae``, ``embeddings``, ``controlnet``, ``esrgan``)."""
+    """Files of one asset kind (``lora``, ``vae``, ``embeddings``, ``controlnet``, ``esrgan``,
+    ``face_restorers``)."""
     if kind not in ASSET_DIRS:
         raise ValueError(f"unknown asset kind {kind!r}; one of {sorted(ASSET_DIRS)}")
     found: dict[Path, AssetFile] = {}

@@ -103,6 +103,8 @@ class GenerationRequest(BaseModel):
     # (a fraction of the steps, 0..1 exclusive); None: no refiner.
     refiner: str | None = None
     refiner_switch_at: float | None = None
+    # A1111's restore_faces: the face restorer (``core.restorers``) run on each final image; None: off.
+    restore_faces: str | None = None
 
     @property
     def image_count(self) -> int:

@@ -26,7 +26,7 @@ from sdgate.core.engine import (
 from sdgate.core.errors import InvalidRequest, ModelNotFound, OutOfMemory
 from sdgate.core.models import AssetFile, ModelCatalog, ModelInfo
 from sdgate.core.requests import GenerationRequest, Mode
-from sdgate.engine import embeddings, hires, img2img, lora, memory, ngms, vae
+from sdgate.engine import embeddings, hires, img2img, lora, memory, ngms, restorers, vae
 from sdgate.engine import refiner as refiners
 from sdgate.engine.cache import ModelCache
 from sdgate.engine.common import JobShape, StepTracker, infotext, infotext_params, resolve_shape
@@ -493,9 +493,8 @@ class DiffusersEngine:
         images = self._images(request, model, shape, plan, pictures, seeds, subseeds, extras)
         return _Iteration(images, tracker.action, plan)
 
-    @classmethod
     def _images(
-        cls,
+        self,
         request: GenerationRequest,
         model: LoadedModel,
         shape: JobShape,
@@ -505,13 +504,16 @@ class DiffusersEngine:
         subseeds: list[int],
         extras: dict[str, object] | None,
     ) -> list[GeneratedImage]:
-        """One ``GeneratedImage`` per picture, each with its seeds and its own infotext."""
+        """One ``GeneratedImage`` per picture (faces restored when asked), with its seeds and infotext."""
+        restore = request.restore_faces
+        pictures, faces = restorers.restore_pictures(pictures, restore, self.catalog, self.device)
+        extras = {**(extras or {}), **faces} or None
         return [
             GeneratedImage(
                 picture,
                 seed,
                 subseed,
-                cls._infotext(request, model, shape, plan, seed, subseed, extras),
+                self._infotext(request, model, shape, plan, seed, subseed, extras),
                 request.prompt,
                 request.negative_prompt,
             )

@@ -130,7 +130,7 @@ def upscale_latents(latents: torch.Tensor, size: HiresSize, factor: int, mode: s
 
 
 def image_upscalers(catalog: ModelCatalog, device: Any) -> Upscalers:
-    """The img2img issue's upscalers (None, Lanczos, Nearest, ESRGAN files), kept between jobs."""
+    """The image upscalers (None, Lanczos, Nearest, spandrel model files), kept between jobs."""
     files = catalog.list_files("esrgan")
     key = tuple(sorted(str(f.path) for f in files))
     if key not in _UPSCALERS:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from pathlib import Path
 
 import httpx
 import pytest
-import torch
 from PIL import Image
-from safetensors.torch import save_file
 
-from sdgate.engine.upscalers import RRDBNet
+from tests.engine import spandrel_models as sm
 
 
 def b64(image: Image.Image) -> str:
@@ -27,10 +26,9 @@ def size_of(value: str) -> tuple[int, int]:
 
 @pytest.fixture
 def esrgan(models_dir: Path) -> str:
-    torch.manual_seed(0)
-    (models_dir / "RealESRGAN").mkdir(parents=True, exist_ok=True)
-    net = RRDBNet(feat=8, blocks=1, grow=4, scale=4)
-    save_file(net.state_dict(), str(models_dir / "RealESRGAN" / "tiny-x4.safetensors"))
+    sm.write_upscaler(models_dir, "ESRGAN", name="tiny-x4")
+    (models_dir / "RealESRGAN").mkdir(exist_ok=True)
+    (models_dir / "ESRGAN" / "tiny-x4.safetensors").rename(models_dir / "RealESRGAN" / "tiny-x4.safetensors")
     (models_dir / "VAE").mkdir(exist_ok=True)
     (models_dir / "VAE" / "my-vae.safetensors").write_bytes(b"")
     return "tiny-x4"
@@ -102,3 +100,61 @@ async def test_listings(client: httpx.AsyncClient, esrgan: str) -> None:
 async def test_server_stop_is_off_by_default(client: httpx.AsyncClient) -> None:
     r = await client.post("/sdapi/v1/server-stop")
     assert r.status_code == 404 and "disabled" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("arch", sm.ARCHITECTURES)
+async def test_every_spandrel_family_upscales(client: httpx.AsyncClient, models_dir: Path, arch: str) -> None:
+    sm.write_upscaler(models_dir, arch)
+    _, scale = sm.build(arch)
+    image = b64(Image.effect_noise((24, 16), 50).convert("RGB"))
+    r = await client.post(
+        "/sdapi/v1/extra-single-image", json={"image": image, "upscaler_1": arch, "upscaling_resize": scale}
+    )
+    assert r.status_code == 200, r.text
+    assert size_of(r.json()["image"]) == (24 * scale, 16 * scale)
+    listed = {u["name"]: u for u in (await client.get("/sdapi/v1/upscalers")).json()}
+    assert listed[arch]["scale"] == scale and listed[arch]["model_path"].endswith(".safetensors")
+
+
+async def test_an_unrecognised_file_is_a_400_naming_it(client: httpx.AsyncClient, models_dir: Path) -> None:
+    (models_dir / "ESRGAN").mkdir(parents=True, exist_ok=True)
+    (models_dir / "ESRGAN" / "junk.pth").write_bytes(b"junk")
+    r = await client.post(
+        "/sdapi/v1/extra-single-image", json={"image": b64(Image.new("RGB", (8, 8))), "upscaler_1": "junk"}
+    )
+    assert r.status_code == 400 and "junk.pth" in r.json()["detail"]
+
+
+async def test_face_restorers_listed_and_checked(client: httpx.AsyncClient, models_dir: Path) -> None:
+    image = b64(Image.new("RGB", (8, 8)))
+    r = await client.post("/sdapi/v1/extra-single-image", json={"image": image, "codeformer_visibility": 1})
+    assert r.status_code == 400 and "no face restorer is installed" in r.json()["detail"]
+    r = await client.post("/sdapi/v1/txt2img", json={"prompt": "x", "restore_faces": True})
+    assert r.status_code == 400 and "restore_faces" in r.json()["detail"]
+    (models_dir / "GFPGAN").mkdir()
+    (models_dir / "GFPGAN" / "GFPGANv1.4.pth").write_bytes(b"")  # listing reads no weights
+    listed = (await client.get("/sdapi/v1/face-restorers")).json()
+    assert listed == [{"name": "GFPGAN", "cmd_dir": str((models_dir / "GFPGAN").resolve())}]
+    r = await client.post("/sdapi/v1/extra-single-image", json={"image": image, "codeformer_visibility": 1})
+    assert r.status_code == 400 and "'CodeFormer' is not installed" in r.json()["detail"]
+    r = await client.post("/sdapi/v1/txt2img", json={"prompt": "x", "restore_faces": True})
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert info["restore_faces"] is True and info["face_restoration_model"] == "GFPGAN"
+
+
+@pytest.mark.slow
+async def test_gfpgan_visibility_runs_gfpgan(client: httpx.AsyncClient, models_dir: Path) -> None:
+    from safetensors.torch import save_file
+
+    (models_dir / "GFPGAN").mkdir()
+    state = {k: v.half() for k, v in sm.state_dict(sm.full_gfpgan()).items()}
+    save_file(state, str(models_dir / "GFPGAN" / "GFPGANv1.4.safetensors"))
+    image = Image.effect_noise((32, 24), 50).convert("RGB")
+    r = await client.post(
+        "/sdapi/v1/extra-single-image",
+        json={"image": b64(image), "gfpgan_visibility": 0.5, "upscaler_1": "None", "upscaling_resize": 1},
+    )
+    assert r.status_code == 200, r.text
+    out = Image.open(io.BytesIO(base64.b64decode(r.json()["image"])))
+    assert out.size == (32, 24) and out.convert("RGB") != image

@@ -1,8 +1,9 @@
 """A1111's extras (upscaling) routes and its remaining listings and controls.
 
-``/extra-single-image`` and ``/extra-batch-images`` run the upscalers of ``engine.upscalers``
-(no face restorer is installed); the listings read the models folder live, so the refresh routes
-have nothing to do.
+``/extra-single-image`` and ``/extra-batch-images`` run the upscalers of ``engine.upscalers`` and
+then, as A1111 1.x orders them, GFPGAN and CodeFormer (``engine.restorers``: the whole picture, no
+face detector; see there) in this process; the listings read the models folder live (without
+torch), so the refresh routes have nothing to do.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fastapi import APIRouter, BackgroundTasks
 from starlette.concurrency import run_in_threadpool
 
 from sdgate.core import images as core_images
+from sdgate.core import restorers
 from sdgate.core.errors import InvalidRequest, NotFound
 from sdgate.server.deps import ServicesDep, image_limits
 from sdgate.server.dialects.a1111.protocol import (
@@ -59,6 +61,16 @@ def get_upscalers(services: Services) -> Any:
     return cached[1]
 
 
+def get_face_restorers(services: Services) -> Any:
+    from sdgate.engine.devices import resolve_device
+    from sdgate.engine.restorers import face_restorers
+
+    settings = services.settings
+    return face_restorers(
+        services.catalog, resolve_device(settings.device) if settings.engine == "diffusers" else "cpu"
+    )
+
+
 def _target_size(body: ExtrasBase, width: int, height: int) -> tuple[int, int]:
     if body.resize_mode == 1:
         w, h = body.upscaling_resize_w, body.upscaling_resize_h
@@ -71,10 +83,22 @@ def _target_size(body: ExtrasBase, width: int, height: int) -> tuple[int, int]:
     return w, h
 
 
+def _face_passes(body: ExtrasBase, services: Services) -> list[tuple[str, str, float]]:
+    """(field, restorer, visibility) in A1111's order; a 400 naming the field when one is not installed."""
+    files = services.catalog.list_files("face_restorers")
+    passes = []
+    for field, name, visibility in (
+        ("gfpgan_visibility", "GFPGAN", body.gfpgan_visibility),
+        ("codeformer_visibility", "CodeFormer", body.codeformer_visibility),
+    ):
+        if not 0.0 <= visibility <= 1.0:
+            raise InvalidRequest(f"{field} must be between 0 and 1", field=field)
+        if visibility > 0:
+            passes.append((field, restorers.choose(files, name, field=field), visibility))
+    return passes
+
+
 def _check(body: ExtrasBase, services: Services) -> None:
-    if body.gfpgan_visibility > 0 or body.codeformer_visibility > 0:
-        field = "gfpgan_visibility" if body.gfpgan_visibility > 0 else "codeformer_visibility"
-        raise InvalidRequest(f"{field}: no face restorer is installed", field=field)
     if not 0.0 <= body.extras_upscaler_2_visibility <= 1.0:
         raise InvalidRequest(
             "extras_upscaler_2_visibility must be between 0 and 1", field="extras_upscaler_2_visibility"
@@ -92,6 +116,7 @@ def _process(services: Services, body: ExtrasBase, encoded: str, field: str) -> 
     from PIL import Image
 
     _check(body, services)
+    faces = _face_passes(body, services)
     image = core_images.decode_base64_image(encoded, field=field, limits=image_limits(services))
     w, h = _target_size(body, image.width, image.height)
     if w * h > services.settings.max_pixels * 4 or max(w, h) > 4 * services.settings.max_side:
@@ -107,6 +132,10 @@ def _process(services: Services, body: ExtrasBase, encoded: str, field: str) -> 
     if crop and out.size != (w, h):  # A1111: crop to the asked size, centred
         left, top = (out.width - w) // 2, (out.height - h) // 2
         out = out.crop((left, top, left + w, top + h))
+    for field_name, name, visibility in faces:
+        out = get_face_restorers(services).restore(
+            out, name, visibility=visibility, codeformer_weight=body.codeformer_weight, field=field_name
+        )
     return core_images.image_to_base64_png(out)
 
 
@@ -152,8 +181,9 @@ async def refresh_vae() -> None:
 
 
 @router.get("/face-restorers")
-async def face_restorers() -> list[dict[str, Any]]:
-    return []
+async def face_restorers(services: ServicesDep) -> list[dict[str, Any]]:
+    files = await run_in_threadpool(services.catalog.list_files, "face_restorers")
+    return restorers.listing(files)
 
 
 @router.get("/hypernetworks")
@@ -170,9 +200,9 @@ async def realesrgan_models(services: ServicesDep) -> list[dict[str, Any]]:
 
 
 def _scale(name: str) -> int:
-    from sdgate.engine.upscalers import _scale_hint
+    from sdgate.engine.upscalers import scale_hint
 
-    return _scale_hint(name)
+    return scale_hint(name)
 
 
 @router.post("/unload-checkpoint")

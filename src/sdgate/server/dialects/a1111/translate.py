@@ -8,9 +8,11 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from sdgate.core import restorers
 from sdgate.core.engine import ModelDefaults
 from sdgate.core.errors import InvalidRequest, ModelNotFound
 from sdgate.core.infotext import A1111_VERSION, parse_infotext
+from sdgate.core.models import list_files
 from sdgate.core.prompts import extract_networks
 from sdgate.core.requests import GenerationRequest, HiresSettings, Mode
 from sdgate.core.results import GenerationResult
@@ -21,9 +23,7 @@ from sdgate.server.validation import check_counts, check_size, resolve_seed
 from sdgate.settings import Settings
 
 # Fields whose non-default values we cannot honour yet: (field, default, reason).
-_UNSUPPORTED: tuple[tuple[str, object, str], ...] = (
-    ("restore_faces", (None, False), "no face restorer is installed"),
-)
+_UNSUPPORTED: tuple[tuple[str, object, str], ...] = ()
 
 
 def check_unsupported(body: CommonProcessing) -> None:
@@ -143,7 +143,18 @@ def txt2img_request(
         hires=hires_settings(body, resolve_checkpoint),
         refiner=refiner,
         refiner_switch_at=refiner_switch_at,
+        restore_faces=_face_restorer(body, settings),
     )
+
+
+def _face_restorer(body: CommonProcessing, settings: Settings) -> str | None:
+    """restore_faces: A1111's ``face_restoration_model`` when set, else the installed one (a 400
+    when none is); None when off."""
+    if not body.restore_faces:
+        return None
+    files = list_files(settings.resolved_models_dir, "face_restorers")
+    wanted = override_value(body, "face_restoration_model")
+    return restorers.choose(files, wanted, field="restore_faces")
 
 
 def legacy_firstphase(body: Txt2ImgRequest) -> Txt2ImgRequest:
@@ -325,8 +336,8 @@ def info_json(
         "cfg_scale": request.cfg_scale,
         "steps": result.steps or request.steps,
         "batch_size": request.batch_size,
-        "restore_faces": False,
-        "face_restoration_model": None,
+        "restore_faces": request.restore_faces is not None,
+        "face_restoration_model": request.restore_faces,
         "sd_model_name": result.model_name or model_name,
         "sd_model_hash": result.model_hash,
         "sd_vae_name": first.get("VAE"),
