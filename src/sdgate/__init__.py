@@ -8,7 +8,22 @@ from typing import Any
 __version__ = "0.1.0"
 
 # The SDK is exported lazily (PEP 562), so ``import sdgate`` stays cheap for the server and CLI.
-_SDK_EXPORTS = ("Client", "AsyncClient", "ImageRequest", "GenerationResult", "SdgateError")
+_SDK_EXPORTS = (
+    "Client",
+    "AsyncClient",
+    "ImageRequest",
+    "GenerationResult",
+    "Hires",
+    "Lora",
+    "SdgateError",
+    "APIError",
+    "APIStatusError",
+    "APIConnectionError",
+    "BadRequestError",
+    "NotFoundError",
+    "RateLimitError",
+    "JobFailedError",
+)
 
 __all__ = ["__version__", *_SDK_EXPORTS]
 

@@ -37,14 +37,6 @@ def test_readme_cli_lines_run(
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SDGATE_BASE_URL", live_server.url)
-    # The names the README's examples use: an unknown one would be a 404 (never silently skipped).
-    # live_server's models and data folders live under this same tmp_path.
-    for rel in ("models/Lora/detail.safetensors", "models/VAE/my-vae.safetensors"):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_bytes(b"not loaded by the fake engine")
-    (tmp_path / "data").mkdir(exist_ok=True)
-    styles = 'name,prompt,negative_prompt\ncinematic,"{prompt}, film still",\n'
-    (tmp_path / "data" / "styles.csv").write_text(styles)
     job_id = ""
     for line in cli_lines():
         line = line.replace("JOB_ID", job_id)
