@@ -9,12 +9,15 @@ errors in that dialect's body shape. The handlers read the matched route from th
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sdgate.core.errors import QueueFull, SdgateError
@@ -22,10 +25,31 @@ from sdgate.core.errors import QueueFull, SdgateError
 log = logging.getLogger("sdgate.server")
 
 
+# Statuses any route may answer whatever it does: a bad body (400/413/422), auth (401), the
+# queue (429), storage (507), an unexpected error (500). Routes add their own (404, 409, ...).
+COMMON_ERROR_STATUSES: tuple[int, ...] = (400, 401, 413, 422, 429, 500, 507)
+
+
 class DialectRoute(APIRoute):
-    """A route of the native dialect; other dialects subclass and override the renderers."""
+    """A route of the native dialect; other dialects subclass and override the renderers.
+
+    ``error_body`` is the pydantic model of the dialect's error body (what ``render_error``
+    returns): every route documents it in the OpenAPI schema for ``COMMON_ERROR_STATUSES`` and for
+    any status the route lists in ``responses`` without a model, so clients and schema fuzzers see
+    each status a route can answer with its body shape.
+    """
 
     dialect = "native"
+    error_body: ClassVar[type[BaseModel] | None] = None
+    # A dialect whose validation errors are not its ``error_body`` (A1111 keeps FastAPI's 422).
+    validation_body: ClassVar[type[BaseModel] | None] = None
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        if self.error_body is not None:
+            kwargs["responses"] = document_errors(
+                dict(kwargs.get("responses") or {}), self.error_body, self.validation_body
+            )
+        super().__init__(path, endpoint, **kwargs)
 
     @staticmethod
     def render_error(err: SdgateError) -> JSONResponse:
@@ -49,6 +73,25 @@ class WrappedError(StarletteHTTPException):
     def __init__(self, error: SdgateError) -> None:
         super().__init__(status_code=error.status_code, detail=error.message)
         self.error = error
+
+
+def document_errors(
+    responses: dict[int | str, dict[str, Any]],
+    body: type[BaseModel],
+    validation_body: type[BaseModel] | None = None,
+) -> dict[int | str, dict[str, Any]]:
+    """``responses`` with every common error status, and each error status given without a
+    model, documented as ``body`` (422: ``validation_body`` when the dialect has its own)."""
+    codes = {int(k) for k in responses if str(k).isdigit()}
+    out: dict[int | str, dict[str, Any]] = {k: v for k, v in responses.items() if not str(k).isdigit()}
+    for status in sorted({*COMMON_ERROR_STATUSES, *(c for c in codes if c >= 400)}):
+        entry = dict(responses.get(status) or responses.get(str(status)) or {})
+        if "model" not in entry and "content" not in entry:
+            entry["model"] = validation_body if status == 422 and validation_body else body
+        entry.setdefault("description", HTTPStatus(status).phrase)
+        out[status] = entry
+    out.update({k: v for k, v in responses.items() if str(k).isdigit() and int(k) < 400})
+    return out
 
 
 def route_class_of(request: Request) -> type[DialectRoute]:
