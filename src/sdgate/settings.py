@@ -44,13 +44,22 @@ class Settings(BaseSettings):
     workers: int = 1  # worker threads (one per device)
     vram_mode: Literal["auto", "off", "medvram", "lowvram"] = "auto"  # CUDA offloading; auto: by free memory
 
-    # Limits on what one request may ask for.
-    max_pixels: int = 2048 * 2048
-    max_side: int = 4096
-    max_steps: int = 1000
+    # Limits on what one request may ask for. Each dialect checks its own fields early (naming them
+    # as its clients spell them); ``server.validation.check_request`` checks the translated request
+    # and every value derived from it (the size after hires fix, total steps, memory) last, before a
+    # job exists, whichever dialect, script or retry submitted it. Over a limit: 400, or 413 for sizes
+    # in bytes, naming the field and the setting.
+    max_pixels: int = 2048 * 2048  # width * height of every pass: the first, the hires upscale, the final
+    max_side: int = 4096  # either side of every pass, and of a seed resize
+    max_steps: int = 1000  # steps of one pass (the first; the hires second pass)
+    max_total_steps: int = 1500  # steps of one image over all passes (first + hires; a refiner adds none)
     max_batch_images: int = 64  # batch_size * n_iter
+    max_loras: int = 32  # LoRAs of one job: the request's list plus the prompt's <lora:...> tags
+    max_prompt_bytes: int = 64 * 1024  # each prompt (UTF-8), negative and hires ones too: refused first
+    max_prompt_tokens: int = 75 * 40  # each prompt in CLIP tokens (A1111 encodes them in chunks of 75)
     max_script_images: int = 100  # all the jobs one A1111 script request (X/Y/Z plot, ...) expands to
     max_body_bytes: int = 64 * 1024 * 1024
+    max_job_memory_bytes: int | None = None  # estimated peak per job; None: the engine's device budget
     max_queue: int = 1000  # queued jobs before 429
 
     # Jobs.
@@ -68,7 +77,8 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = 10.0
     allow_private_callbacks: bool = False  # callback_url may point at loopback / private networks
     preview_every_n_steps: int = 0  # SSE progress events carry a small preview every N steps; 0: never
-    max_metadata_bytes: int = 16 * 1024
+    max_metadata_bytes: int = 16 * 1024  # a job's metadata as JSON (UTF-8)
+    max_metadata_depth: int = 8  # nesting of a job's metadata (a flat object is depth 1)
 
     log_level: str = "INFO"
 
