@@ -158,40 +158,40 @@ async def extra_batch_images(services: ServicesDep, body: ExtrasBatchImagesReque
     return {"html_info": "", "images": images}
 
 
-@router.get("/upscalers")
+@router.get("/upscalers", response_model=list[dict[str, Any]])
 async def upscalers(services: ServicesDep) -> list[dict[str, Any]]:
     found = await run_in_threadpool(get_upscalers, services)
     return [u.listing() for u in found.list()]
 
 
-@router.get("/latent-upscale-modes")
+@router.get("/latent-upscale-modes", response_model=list[dict[str, str]])
 async def latent_upscale_modes() -> list[dict[str, str]]:
     return [{"name": name} for name in LATENT_UPSCALE_MODES]
 
 
-@router.get("/sd-vae")
+@router.get("/sd-vae", response_model=list[dict[str, str]])
 async def sd_vae(services: ServicesDep) -> list[dict[str, str]]:
     files = await run_in_threadpool(services.catalog.vaes)
     return [{"model_name": f.name, "filename": str(f.path)} for f in files]  # A1111: the file name
 
 
-@router.post("/refresh-vae")
+@router.post("/refresh-vae", response_model=None)
 async def refresh_vae() -> None:
     return None  # the listing is read live
 
 
-@router.get("/face-restorers")
+@router.get("/face-restorers", response_model=list[dict[str, Any]])
 async def face_restorers(services: ServicesDep) -> list[dict[str, Any]]:
     files = await run_in_threadpool(services.catalog.list_files, "face_restorers")
     return restorers.listing(files)
 
 
-@router.get("/hypernetworks")
+@router.get("/hypernetworks", response_model=list[dict[str, Any]])
 async def hypernetworks() -> list[dict[str, Any]]:
     return []
 
 
-@router.get("/realesrgan-models")
+@router.get("/realesrgan-models", response_model=list[dict[str, Any]])
 async def realesrgan_models(services: ServicesDep) -> list[dict[str, Any]]:
     files = await run_in_threadpool(services.catalog.list_files, "esrgan")
     root = services.settings.resolved_models_dir / "RealESRGAN"
@@ -205,18 +205,22 @@ def _scale(name: str) -> int:
     return scale_hint(name)
 
 
-@router.post("/unload-checkpoint")
+@router.post("/unload-checkpoint", response_model=None)
 async def unload_checkpoint(services: ServicesDep) -> None:
     if services.engine is not None:  # None: this process only serves, the workers run elsewhere
         await run_in_threadpool(services.engine.unload)
 
 
-@router.post("/reload-checkpoint")
+@router.post("/reload-checkpoint", response_model=None)
 async def reload_checkpoint() -> None:
     return None  # models load on their first job
 
 
-@router.post("/server-stop")
+@router.post(
+    "/server-stop",
+    response_model=str,
+    responses={404: {"description": "server-stop is not enabled on this server"}},
+)
 async def server_stop(services: ServicesDep, background: BackgroundTasks) -> str:
     if not services.settings.enable_server_stop:
         raise NotFound("server-stop is disabled on this server (start it with enable_server_stop)")

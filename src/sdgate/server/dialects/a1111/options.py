@@ -72,6 +72,11 @@ _IGNORED = frozenset({*(spec.key for spec in OPTIONS if spec.kind is Kind.HTML),
 _RESOLVED = frozenset({"sd_model_checkpoint", "sd_vae"})
 
 
+def ignored_keys() -> frozenset[str]:
+    """Keys ``POST /options`` accepts with any value and does not save."""
+    return RESTRICTED | _IGNORED
+
+
 class A1111Options:
     def __init__(self, path: Path, catalog: ModelCatalog) -> None:
         self.path = path

@@ -3,13 +3,153 @@
 Every request field is optional, as in A1111 (an empty ``{}`` body is valid); the defaults are A1111's
 API defaults, not its UI's (steps 50, sampler via ``sampler_index`` "Euler", denoising_strength null
 for txt2img). Unknown fields are accepted and logged once (clients of extensions send many).
+
+Every number is bounded here, where it enters, and every float is finite (NaN and Infinity are a
+422 naming the field): the schema states the limits. Those that are settings (``max_side``,
+``max_steps``, ``max_batch_images``, ...) are stated at their defaults, the most a server can be
+configured to refuse less of being checked again against the live settings in ``translate`` and
+``server.validation`` (400 naming the field), as are the limits that join two fields (pixels,
+batch_size x n_iter, the size after hires fix). Types are as tolerant as A1111's pydantic v1 where
+its clients rely on it (a numeric string or an integral float for an int field) but a boolean is
+never a number (``seed: false`` is a 422).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    RootModel,
+    StrictBool,
+    WithJsonSchema,
+    field_validator,
+)
+
+from sdgate.core.requests import MAX_SEED
+from sdgate.core.samplers import samplers_listing, schedulers_listing
+from sdgate.server.dialects.a1111.option_schema import option_schema
+from sdgate.server.dialects.a1111.option_table import SPECS, check_value
+from sdgate.settings import Settings
+
+
+def _default(name: str, fallback: int) -> int:
+    """A limit's default in ``Settings`` (the schema states the defaults; the live value is checked
+    again when the request is translated)."""
+    field = Settings.model_fields.get(name)
+    return int(field.default) if field is not None and isinstance(field.default, int) else fallback
+
+
+MAX_SIDE = _default("max_side", 4096)
+MAX_STEPS = _default("max_steps", 1000)
+MAX_BATCH_IMAGES = _default("max_batch_images", 64)
+# Characters: the byte and token limits of a prompt are checked centrally (400 naming the field).
+MAX_PROMPT_CHARS = _default("max_prompt_bytes", 64 * 1024)
+MAX_NAME = 1024  # a sampler, scheduler, checkpoint, upscaler or style name
+MAX_LIST = 64  # styles, script_args, init_images, imageList
+MAX_SETTINGS = 512  # override_settings keys (A1111 has 329 options)
+MAX_IMAGE_CHARS = _default("max_body_bytes", 64 * 1024 * 1024)
+SIZE_STEP = 8  # the smallest VAE factor; a model with a larger one refuses other sizes (400)
+MAX_CFG = 100.0
+MAX_SCALE = 8.0  # hires fix and extras upscale factors
+
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    return value
+
+
+# After the bounds (before them, the schema loses them): numbers as A1111's pydantic v1 took them
+# ("20" and 20.0 for 20), but never a boolean.
+NOT_BOOL = BeforeValidator(_not_bool)
+
+Bool = StrictBool
+Prompt = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
+Name = Annotated[str, Field(max_length=MAX_NAME)]
+ImageData = Annotated[str, Field(max_length=MAX_IMAGE_CHARS)]
+
+
+def _sampler_names() -> list[str]:
+    """What the sampler fields document: each sampler, alone and with a schedule suffix (the pre-1.9
+    names); the server also accepts aliases and any letter case, as ``resolve_sampler`` says, and
+    refuses any other name (400; A1111 would silently run DPM++ 2M)."""
+    samplers = [s["name"] for s in samplers_listing()]
+    labels = [s["label"] for s in schedulers_listing() if s["name"] != "automatic"]
+    return samplers + [f"{name} {label}" for name in samplers for label in labels]
+
+
+SAMPLER_SCHEMA: dict[str, Any] = {"type": "string", "enum": ["", *_sampler_names()]}
+SamplerName = Annotated[str, WithJsonSchema(SAMPLER_SCHEMA)]
+# Any text: an unknown scheduler means Automatic, as in A1111 (GET /schedulers lists them).
+SchedulerName = Name
+
+
+def _seed_schema() -> dict[str, Any]:
+    return {
+        "anyOf": [
+            {"type": "integer", "minimum": -1, "maximum": MAX_SEED},
+            {"type": "string", "pattern": "^(-1|[0-9]{1,19})?$", "description": "a number as text"},
+            {"type": "null"},
+        ],
+        "description": "-1, \"\" or null: random",
+    }
+
+
+def _seed_value(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # pydantic v1 took an integral float
+    if isinstance(value, int) and not -1 <= value <= MAX_SEED:
+        raise ValueError("must be -1 (random) or between 0 and 2**64-1")
+    if isinstance(value, str) and value.strip() not in ("", "-1") and not (
+        value.strip().isascii() and value.strip().isdigit() and int(value) <= MAX_SEED
+    ):
+        raise ValueError("must be -1 (random) or a whole number between 0 and 2**64-1")
+    return value
+
+
+Seed = Annotated[
+    int | Annotated[str, Field(max_length=24)] | None,
+    BeforeValidator(_seed_value),
+    WithJsonSchema(_seed_schema()),
+]
+# -1 and 0 mean no seed resize; else a size, a multiple of the model's VAE factor.
+SeedResize = Annotated[
+    int,
+    Field(ge=-1, le=MAX_SIDE),
+    NOT_BOOL,
+    WithJsonSchema({
+        "anyOf": [
+            {"type": "integer", "enum": [-1, 0]},
+            {"type": "integer", "minimum": SIZE_STEP, "maximum": MAX_SIDE, "multipleOf": SIZE_STEP},
+        ],
+        "default": -1,
+    }),
+]  # fmt: skip
+Side = Annotated[int, Field(ge=SIZE_STEP, le=MAX_SIDE, multiple_of=SIZE_STEP), NOT_BOOL]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False), NOT_BOOL]
+Multiplier = Annotated[float, Field(ge=0.0, le=10.0, allow_inf_nan=False), NOT_BOOL]
+SamplerParam = Annotated[float, Field(ge=0.0, le=1000.0, allow_inf_nan=False), NOT_BOOL]
+
+
+def _override_settings_schema() -> dict[str, Any]:
+    return {
+        "anyOf": [
+            {
+                "type": "object",
+                "properties": {key: option_schema(spec) for key, spec in SPECS.items()},
+                "maxProperties": MAX_SETTINGS,
+            },
+            {"type": "null"},
+        ],
+        "description": "A1111 options for this request only; each checked as POST /options checks "
+        "it. Keys A1111 1.10 lacks are accepted and ignored.",
+    }
 
 
 class _Lenient(BaseModel):
@@ -17,83 +157,102 @@ class _Lenient(BaseModel):
 
 
 class CommonProcessing(_Lenient):
-    prompt: str = ""
-    negative_prompt: str = ""
-    styles: list[str] | None = None
-    seed: int | str | None = -1
-    subseed: int | str | None = -1
-    subseed_strength: float = 0.0
-    seed_resize_from_h: int = -1
-    seed_resize_from_w: int = -1
-    sampler_name: str | None = None
-    scheduler: str | None = None
-    batch_size: int = 1
-    n_iter: int = 1
-    steps: int = 50
-    cfg_scale: float = 7.0
-    width: int = 512
-    height: int = 512
-    restore_faces: bool | None = None
-    tiling: bool | None = None
-    do_not_save_samples: bool = False
-    do_not_save_grid: bool = False
-    eta: float | None = None
-    denoising_strength: float | None = None
-    s_min_uncond: float | None = None
-    s_churn: float | None = None
-    s_tmax: float | None = None
-    s_tmin: float | None = None
-    s_noise: float | None = None
-    override_settings: dict[str, Any] | None = None
-    override_settings_restore_afterwards: bool = True
-    refiner_checkpoint: str | None = None
-    refiner_switch_at: float | None = None
-    disable_extra_networks: bool = False
-    firstpass_image: str | None = None
-    comments: dict[str, Any] | None = None
-    force_task_id: str | None = None
-    sampler_index: str = "Euler"
-    script_name: str | None = None
-    script_args: list[Any] = Field(default_factory=list)
-    send_images: bool = True
-    save_images: bool = False
-    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
-    infotext: str | None = None
+    prompt: Prompt = ""
+    negative_prompt: Prompt = ""
+    styles: list[Name] | None = Field(None, max_length=MAX_LIST)
+    seed: Seed = -1
+    subseed: Seed = -1
+    subseed_strength: Fraction = 0.0
+    seed_resize_from_h: SeedResize = -1
+    seed_resize_from_w: SeedResize = -1
+    sampler_name: SamplerName | None = None
+    scheduler: SchedulerName | None = None
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH_IMAGES), NOT_BOOL] = 1
+    n_iter: Annotated[int, Field(ge=1, le=MAX_BATCH_IMAGES), NOT_BOOL] = 1
+    steps: Annotated[int, Field(ge=1, le=MAX_STEPS), NOT_BOOL] = 50
+    cfg_scale: Annotated[float, Field(ge=0.0, le=MAX_CFG, allow_inf_nan=False), NOT_BOOL] = 7.0
+    width: Side = 512
+    height: Side = 512
+    restore_faces: Bool | None = None
+    tiling: Bool | None = None
+    do_not_save_samples: Bool = False
+    do_not_save_grid: Bool = False
+    eta: SamplerParam | None = None
+    denoising_strength: Fraction | None = None
+    s_min_uncond: SamplerParam | None = None
+    s_churn: SamplerParam | None = None
+    s_tmax: SamplerParam | None = None
+    s_tmin: SamplerParam | None = None
+    s_noise: SamplerParam | None = None
+    override_settings: Annotated[
+        dict[str, Any] | None, WithJsonSchema(_override_settings_schema())
+    ] = Field(None, max_length=MAX_SETTINGS)
+    override_settings_restore_afterwards: Bool = True
+    refiner_checkpoint: Name | None = None
+    refiner_switch_at: Fraction | None = None
+    disable_extra_networks: Bool = False
+    firstpass_image: ImageData | None = None
+    comments: dict[str, Any] | None = Field(None, max_length=MAX_LIST)
+    force_task_id: Name | None = None
+    sampler_index: SamplerName = "Euler"
+    script_name: Name | None = None
+    script_args: list[Any] = Field(default_factory=list, max_length=MAX_LIST)
+    send_images: Bool = True
+    save_images: Bool = False
+    # No always-on script is installed: any key is A1111's 422 "always on script ... not found".
+    alwayson_scripts: Annotated[
+        dict[str, Any], WithJsonSchema({"type": "object", "maxProperties": 0})
+    ] = Field(default_factory=dict)
+    infotext: Prompt | None = None
+
+    @field_validator("override_settings")
+    @classmethod
+    def _check_override_settings(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Each known option as ``POST /options`` checks it (checkpoint and VAE names are looked
+        up later: 404 / 400 naming them)."""
+        for key, item in (value or {}).items():
+            spec = SPECS.get(key)
+            if spec is None or key in ("sd_model_checkpoint", "sd_vae"):
+                continue
+            why = check_value(spec, item)
+            if why is not None:
+                raise ValueError(f"{key}: {why}")
+        return value
 
 
 class Txt2ImgRequest(CommonProcessing):
-    enable_hr: bool = False
-    firstphase_width: int = 0
-    firstphase_height: int = 0
-    hr_scale: float = 2.0
-    hr_upscaler: str | None = None
-    hr_second_pass_steps: int = 0
-    hr_resize_x: int = 0
-    hr_resize_y: int = 0
-    hr_checkpoint_name: str | None = None
-    hr_sampler_name: str | None = None
-    hr_scheduler: str | None = None
-    hr_prompt: str = ""
-    hr_negative_prompt: str = ""
+    enable_hr: Bool = False
+    firstphase_width: Annotated[int, Field(ge=0, le=MAX_SIDE, multiple_of=SIZE_STEP), NOT_BOOL] = 0
+    firstphase_height: Annotated[int, Field(ge=0, le=MAX_SIDE, multiple_of=SIZE_STEP), NOT_BOOL] = 0
+    hr_scale: Annotated[float, Field(ge=1.0, le=MAX_SCALE, allow_inf_nan=False), NOT_BOOL] = 2.0
+    hr_upscaler: Name | None = None
+    hr_second_pass_steps: Annotated[int, Field(ge=0, le=MAX_STEPS), NOT_BOOL] = 0
+    hr_resize_x: Annotated[int, Field(ge=0, le=MAX_SIDE, multiple_of=SIZE_STEP), NOT_BOOL] = 0
+    hr_resize_y: Annotated[int, Field(ge=0, le=MAX_SIDE, multiple_of=SIZE_STEP), NOT_BOOL] = 0
+    hr_checkpoint_name: Name | None = None
+    hr_sampler_name: SamplerName | None = None
+    hr_scheduler: SchedulerName | None = None
+    hr_prompt: Prompt = ""
+    hr_negative_prompt: Prompt = ""
 
 
 class Img2ImgRequest(CommonProcessing):
-    denoising_strength: float | None = 0.75
-    init_images: list[str] | None = None
-    resize_mode: int = 0
-    image_cfg_scale: float | None = None
-    mask: str | None = None
-    mask_blur_x: int = 4
-    mask_blur_y: int = 4
-    mask_blur: int | None = None
-    mask_round: bool = True
-    inpainting_fill: int = 0
-    inpaint_full_res: bool = True
-    inpaint_full_res_padding: int = 0
-    inpainting_mask_invert: int = 0
-    initial_noise_multiplier: float | None = None
-    latent_mask: str | None = None
-    include_init_images: bool = False
+    denoising_strength: Fraction | None = 0.75
+    init_images: list[ImageData] | None = Field(None, max_length=MAX_LIST)
+    resize_mode: Annotated[int, Field(ge=0, le=3), NOT_BOOL] = 0
+    image_cfg_scale: Annotated[float, Field(ge=0.0, le=MAX_CFG, allow_inf_nan=False), NOT_BOOL] | None = None
+    mask: ImageData | None = None
+    mask_blur_x: Annotated[int, Field(ge=0, le=256), NOT_BOOL] = 4
+    mask_blur_y: Annotated[int, Field(ge=0, le=256), NOT_BOOL] = 4
+    mask_blur: Annotated[int, Field(ge=0, le=256), NOT_BOOL] | None = None
+    mask_round: Bool = True
+    inpainting_fill: Annotated[int, Field(ge=0, le=3), NOT_BOOL] = 0
+    inpaint_full_res: Bool = True
+    inpaint_full_res_padding: Annotated[int, Field(ge=0, le=MAX_SIDE), NOT_BOOL] = 0
+    inpainting_mask_invert: Annotated[int, Field(ge=0, le=1), NOT_BOOL] = 0
+    initial_noise_multiplier: Multiplier | None = None
+    latent_mask: ImageData | None = None
+    include_init_images: Bool = False
 
 
 class GenerationResponse(BaseModel):
@@ -123,7 +282,7 @@ class ProgressResponse(BaseModel):
 
 
 class PngInfoRequest(BaseModel):
-    image: str
+    image: ImageData
 
 
 class PngInfoResponse(BaseModel):
@@ -156,34 +315,36 @@ class SDModelItem(BaseModel):
 
 
 class ExtrasBase(_Lenient):
-    """A1111's ``ExtrasBaseRequest`` (face restorers are not installed: their visibility must be 0)."""
+    """A1111's ``ExtrasBaseRequest``; a face restorer with a visibility above 0 must be installed."""
 
-    resize_mode: int = 0  # 0: scale by upscaling_resize, 1: to upscaling_resize_w x _h
-    show_extras_results: bool = True
-    gfpgan_visibility: float = 0.0
-    codeformer_visibility: float = 0.0
-    codeformer_weight: float = 0.0
-    upscaling_resize: float = 2.0
-    upscaling_resize_w: int = 512
-    upscaling_resize_h: int = 512
-    upscaling_crop: bool = True
-    upscaler_1: str = "None"
-    upscaler_2: str = "None"
-    extras_upscaler_2_visibility: float = 0.0
-    upscale_first: bool = False
+    resize_mode: Annotated[int, Field(ge=0, le=1), NOT_BOOL] = 0  # 0: by upscaling_resize, 1: to _w x _h
+    show_extras_results: Bool = True
+    gfpgan_visibility: Fraction = 0.0
+    codeformer_visibility: Fraction = 0.0
+    codeformer_weight: Fraction = 0.0
+    upscaling_resize: Annotated[float, Field(gt=0.0, le=MAX_SCALE, allow_inf_nan=False), NOT_BOOL] = 2.0
+    upscaling_resize_w: Annotated[int, Field(ge=1, le=MAX_SIDE), NOT_BOOL] = 512
+    upscaling_resize_h: Annotated[int, Field(ge=1, le=MAX_SIDE), NOT_BOOL] = 512
+    upscaling_crop: Bool = True
+    upscaler_1: Name = "None"
+    upscaler_2: Name = "None"
+    extras_upscaler_2_visibility: Fraction = 0.0
+    upscale_first: Bool = False
 
 
 class ExtrasSingleImageRequest(ExtrasBase):
-    image: str = ""
+    image: ImageData = ""
 
 
 class ExtrasImageItem(BaseModel):
-    data: str
-    name: str = ""
+    data: ImageData
+    name: Name = ""
 
 
 class ExtrasBatchImagesRequest(ExtrasBase):
-    imageList: list[ExtrasImageItem] = Field(default_factory=list)  # noqa: N815 - A1111's spelling
+    imageList: list[ExtrasImageItem] = Field(  # noqa: N815 - A1111's spelling
+        default_factory=list, max_length=MAX_BATCH_IMAGES
+    )
 
 
 class ExtrasSingleImageResponse(BaseModel):
@@ -194,3 +355,29 @@ class ExtrasSingleImageResponse(BaseModel):
 class ExtrasBatchImagesResponse(BaseModel):
     html_info: str
     images: list[str]
+
+
+class A1111Error(BaseModel):
+    """Every error A1111's api_middleware renders (``detail`` names the field)."""
+
+    error: str
+    detail: Any
+    body: Any
+    errors: Any
+
+
+class ValidationErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+    input: Any = None
+
+
+class ValidationErrorBody(BaseModel):
+    """FastAPI's own 422, which A1111 does not rewrite: ``loc`` names the field."""
+
+    detail: list[ValidationErrorItem]
+
+
+class UnprocessableBody(RootModel[ValidationErrorBody | A1111Error]):
+    """A 422: a body that does not fit the schema, or one of A1111's own 422s (an unknown script)."""

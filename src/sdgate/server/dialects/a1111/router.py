@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Body, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sdgate.core import images as core_images
 from sdgate.core.errors import InvalidRequest, ModelNotFound, SdgateError
@@ -23,8 +25,10 @@ from sdgate.server.dialects.a1111 import interrogate as interrogation
 from sdgate.server.dialects.a1111 import outputs, system, translate
 from sdgate.server.dialects.a1111 import scripts as a1111_scripts
 from sdgate.server.dialects.a1111.infotext_fields import with_infotext
-from sdgate.server.dialects.a1111.options import A1111Options
+from sdgate.server.dialects.a1111.option_schema import options_body_schema, options_response_schema
+from sdgate.server.dialects.a1111.options import A1111Options, ignored_keys
 from sdgate.server.dialects.a1111.protocol import (
+    A1111Error,
     CommonProcessing,
     GenerationResponse,
     Img2ImgRequest,
@@ -36,9 +40,11 @@ from sdgate.server.dialects.a1111.protocol import (
     SchedulerItem,
     SDModelItem,
     Txt2ImgRequest,
+    UnprocessableBody,
+    ValidationErrorBody,
 )
 from sdgate.server.dialects.a1111.scripts.base import Builder, ScriptContext
-from sdgate.server.errors import DialectRoute
+from sdgate.server.errors import DialectRoute, WrappedError
 from sdgate.server.fetch import make_fetcher
 from sdgate.server.services import Services
 
@@ -51,6 +57,8 @@ class A1111Route(DialectRoute):
     errors keep FastAPI's own 422 body."""
 
     dialect = DIALECT
+    error_body = A1111Error
+    validation_body = ValidationErrorBody
 
     @staticmethod
     def render_error(err: SdgateError) -> JSONResponse:
@@ -61,8 +69,32 @@ class A1111Route(DialectRoute):
     def render_validation(errors: list[dict[str, Any]]) -> JSONResponse:
         return JSONResponse({"detail": errors}, status_code=422)
 
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """FastAPI's own HTTPExceptions inside a route (a body that is not text: 400 "There was an
+        error parsing the body") in A1111's shape, as its middleware renders them."""
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except WrappedError:
+                raise
+            except StarletteHTTPException as exc:
+                body = {"error": "HTTPException", "detail": exc.detail, "body": "", "errors": ""}
+                return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+        return handle
+
 
 router = APIRouter(prefix="/sdapi/v1", route_class=A1111Route, tags=["AUTOMATIC1111"])
+# Beyond the common ones: an unknown checkpoint, VAE, style or LoRA (404); a job interrupted or
+# cancelled (409); no worker can take it (503). A 422 is a body off the schema or an unknown script.
+GENERATION_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "a checkpoint, style or LoRA the server does not have"},
+    409: {"description": "the job was cancelled"},
+    422: {"model": UnprocessableBody},
+    503: {"description": "no worker can run the job"},
+}
 
 
 def get_options(services: ServicesDep) -> A1111Options:
@@ -135,7 +167,7 @@ async def _keep_overrides(options: A1111Options, body: CommonProcessing) -> None
         await run_in_threadpool(lambda: options.update(overrides, field_prefix="override_settings"))
 
 
-@router.post("/txt2img", response_model=GenerationResponse)
+@router.post("/txt2img", response_model=GenerationResponse, responses=GENERATION_ERRORS)
 async def txt2img(
     request: Request,
     services: ServicesDep,
@@ -167,7 +199,7 @@ async def txt2img(
     return await _render(services, options, job, body, model.name)
 
 
-@router.post("/img2img", response_model=GenerationResponse)
+@router.post("/img2img", response_model=GenerationResponse, responses=GENERATION_ERRORS)
 async def img2img(
     request: Request,
     services: ServicesDep,
@@ -361,28 +393,42 @@ async def _control(services: Services, user: str | None, action: ControlAction) 
         await run_in_threadpool(services.store.request_control, job.id, action)
 
 
-@router.post("/interrupt")
+@router.post("/interrupt", response_model=dict[str, Any])
 async def interrupt(services: ServicesDep, user: UserDep) -> dict[str, Any]:
     await _control(services, user, ControlAction.INTERRUPT)
     return {}
 
 
-@router.post("/skip")
+@router.post("/skip", response_model=None)
 async def skip(services: ServicesDep, user: UserDep) -> None:
     await _control(services, user, ControlAction.SKIP)
 
 
-@router.get("/options")
+@router.get(
+    "/options",
+    response_model=None,
+    responses={200: {"content": {"application/json": {"schema": options_response_schema()}}}},
+)
 async def get_options_route(options: OptionsDep) -> dict[str, Any]:
     return await run_in_threadpool(options.snapshot)
 
 
-@router.post("/options")
+@router.post(
+    "/options",
+    response_model=None,
+    responses={404: {"description": "sd_model_checkpoint: no such checkpoint"}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": options_body_schema(ignored_keys())}},
+        }
+    },
+)
 async def set_options(options: OptionsDep, body: Annotated[dict[str, Any], Body()]) -> None:
     await run_in_threadpool(options.update, body)
 
 
-@router.get("/cmd-flags")
+@router.get("/cmd-flags", response_model=dict[str, Any])
 async def cmd_flags(services: ServicesDep) -> dict[str, Any]:
     return system.cmd_flags(services.settings)
 
@@ -402,12 +448,16 @@ async def sd_models(services: ServicesDep) -> list[dict[str, Any]]:
     return [translate.sd_model_item(info) for info in services.catalog.list()]
 
 
-@router.post("/refresh-checkpoints")
+@router.post("/refresh-checkpoints", response_model=None)
 async def refresh_checkpoints(services: ServicesDep) -> None:
     await run_in_threadpool(services.catalog.refresh)
 
 
-@router.post("/interrogate", response_model=interrogation.InterrogateResponse)
+@router.post(
+    "/interrogate",
+    response_model=interrogation.InterrogateResponse,
+    responses={404: {"description": "no image, or a model other than clip and deepdanbooru"}},
+)
 async def interrogate(
     services: ServicesDep, options: OptionsDep, body: interrogation.InterrogateRequest
 ) -> dict[str, Any]:
@@ -424,17 +474,17 @@ async def png_info(services: ServicesDep, body: PngInfoRequest) -> dict[str, Any
     return await run_in_threadpool(read)
 
 
-@router.get("/memory")
+@router.get("/memory", response_model=dict[str, Any])
 async def memory(services: ServicesDep) -> dict[str, Any]:
     return await run_in_threadpool(system.memory, services.engine)
 
 
-@router.get("/scripts")
+@router.get("/scripts", response_model=dict[str, list[str]])
 async def scripts() -> dict[str, list[str]]:
     # Only what runs: webuiapi injects arguments for some names it finds here.
     return a1111_scripts.listing()
 
 
-@router.get("/script-info")
+@router.get("/script-info", response_model=list[dict[str, Any]])
 async def script_info() -> list[dict[str, Any]]:
     return a1111_scripts.script_info()

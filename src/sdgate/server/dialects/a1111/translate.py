@@ -104,6 +104,7 @@ def txt2img_request(
             f"sampler_name: unknown sampler {choice.requested!r}; GET /sdapi/v1/samplers lists them",
             field="sampler_name",
         )
+    hires_sampler(body)  # checked with or without enable_hr: the schema lists the names
     clip_skip = override_value(body, "CLIP_stop_at_last_layers")
     prompt, negative_prompt = body.prompt, body.negative_prompt
     if body.styles:  # merged into the prompts before anything else, as A1111
@@ -181,15 +182,7 @@ def hires_settings(body: Txt2ImgRequest, resolve: CheckpointResolver | None = No
     """``enable_hr`` and the ``hr_*`` fields; "Use same ..." and null mean the first pass's."""
     if not body.enable_hr:
         return None
-    sampler = scheduler = None
-    hr_sampler = None if body.hr_sampler_name in ("", "Use same sampler") else body.hr_sampler_name
-    hr_scheduler = None if body.hr_scheduler in ("", "Use same scheduler") else body.hr_scheduler
-    if hr_sampler or hr_scheduler:
-        choice = resolve_sampler(hr_sampler or body.sampler_name or body.sampler_index, hr_scheduler)
-        if choice.fell_back:
-            field = "hr_sampler_name"
-            raise InvalidRequest(f"{field}: unknown sampler {choice.requested!r}", field=field)
-        sampler, scheduler = choice.sampler, choice.scheduler
+    sampler, scheduler = hires_sampler(body)
     strength = body.denoising_strength
     return HiresSettings(
         scale=body.hr_scale,
@@ -204,6 +197,19 @@ def hires_settings(body: Txt2ImgRequest, resolve: CheckpointResolver | None = No
         negative_prompt=body.hr_negative_prompt,
         checkpoint=checkpoint_name(body.hr_checkpoint_name, "hr_checkpoint_name", resolve, SAME_CHECKPOINT),
     )
+
+
+def hires_sampler(body: Txt2ImgRequest) -> tuple[str | None, str | None]:
+    """(sampler, scheduler) of the hires pass; (None, None): the first pass's ("Use same ...")."""
+    hr_sampler = None if body.hr_sampler_name in ("", "Use same sampler") else body.hr_sampler_name
+    hr_scheduler = None if body.hr_scheduler in ("", "Use same scheduler") else body.hr_scheduler
+    if not (hr_sampler or hr_scheduler):
+        return None, None
+    choice = resolve_sampler(hr_sampler or body.sampler_name or body.sampler_index, hr_scheduler)
+    if choice.fell_back:
+        field = "hr_sampler_name"
+        raise InvalidRequest(f"{field}: unknown sampler {choice.requested!r}", field=field)
+    return choice.sampler, choice.scheduler
 
 
 def img2img_request(
