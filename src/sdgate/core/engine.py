@@ -90,6 +90,16 @@ class ModelDefaults:
     vae_scale_factor: int
 
 
+@dataclass(frozen=True)
+class MemoryBudget:
+    """How much memory one job may use where an engine runs (``check_request`` compares each job's
+    estimate with it), and how wide the numbers it computes with are."""
+
+    bytes: int
+    value_bytes: int = 2  # per value: 2 for fp16 / bf16, 4 for fp32
+    where: str = "the device"  # for messages: "cuda:0", "the CPU's memory"
+
+
 class Engine(Protocol):
     name: str
 
@@ -104,3 +114,14 @@ class Engine(Protocol):
     def unload(self) -> None:
         """Free what the engine holds on the device (A1111's unload-checkpoint)."""
         ...
+
+    def memory_budget(self) -> MemoryBudget | None:
+        """What one job may use (torch-free to call, cheap: asked at every submit); None: unknown,
+        and no job is refused for its memory. Optional: see ``memory_budget``."""
+        ...
+
+
+def memory_budget(engine: object | None) -> MemoryBudget | None:
+    """``engine.memory_budget()``, or None for no engine or one that does not say."""
+    method = getattr(engine, "memory_budget", None)
+    return method() if callable(method) else None

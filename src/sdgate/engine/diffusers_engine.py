@@ -20,6 +20,7 @@ from sdgate.core.engine import (
     EngineOutput,
     GeneratedImage,
     GenerationControl,
+    MemoryBudget,
     ModelDefaults,
     StepAction,
 )
@@ -96,6 +97,7 @@ class DiffusersEngine:
         self.cache: ModelCache[LoadedModel] = ModelCache(budget, on_evict=self._on_evict)
         self.vaes = vae.VaeCache()
         self._lock = threading.Lock()
+        self._budget: MemoryBudget | None = None
         _quiet_loading()
         log.info("diffusers engine on %s (%s), model cache %.1f GiB", self.device, self.dtype, budget / 2**30)
 
@@ -109,6 +111,11 @@ class DiffusersEngine:
             self.cache.clear()
             self.vaes.clear()
             free_memory(self.device)
+
+    def memory_budget(self) -> MemoryBudget | None:
+        if self._budget is None:
+            self._budget = memory.job_budget(self.device, self.dtype)
+        return self._budget
 
     def memory_stats(self) -> dict[str, Any] | None:
         """The ``cuda`` part of A1111's ``/memory``; None off CUDA."""

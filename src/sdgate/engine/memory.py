@@ -13,8 +13,11 @@ Only CUDA gets offloading; elsewhere the plan is always "off".
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
+
+from sdgate.core.engine import MemoryBudget
 
 log = logging.getLogger("sdgate.engine")
 
@@ -73,6 +76,37 @@ def apply(pipe: Any, plan: MemoryPlan, device: Any) -> None:
     if vae is not None:
         vae.enable_slicing()
         vae.enable_tiling()
+
+
+def job_budget(device: Any, dtype: Any) -> MemoryBudget | None:
+    """What one job may use on ``device``: all of a GPU's memory, or all of the machine's for the
+    CPU and MPS (unified memory); None when the total cannot be read. The weights count against it
+    (``core.limits.estimate_job_memory`` adds them), so this is the whole, not what is left."""
+    value_bytes = int(getattr(dtype, "itemsize", 2))
+    if device.type == "cuda":
+        try:
+            import torch
+
+            _free, total = torch.cuda.mem_get_info(device)
+        except Exception:  # a driver that cannot say
+            return None
+        return MemoryBudget(int(total), value_bytes, where=str(device))
+    total = ram_total_bytes()
+    return MemoryBudget(total, value_bytes, where=f"the {device.type.upper()}'s memory") if total else None
+
+
+def ram_total_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def free_cuda_bytes(device: Any) -> int | None:

@@ -16,6 +16,7 @@ from sdgate.core.engine import (
     EngineOutput,
     GeneratedImage,
     GenerationControl,
+    MemoryBudget,
     ModelDefaults,
     StepAction,
 )
@@ -55,6 +56,10 @@ class NullEngine:
 
     def unload(self) -> None:
         pass
+
+    def memory_budget(self) -> MemoryBudget | None:
+        """None: the null engine draws nothing, so no job is refused for its memory."""
+        return None
 
     def generate(
         self, request: GenerationRequest, inputs: EngineInputs, control: GenerationControl

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import builtins
 import logging
+import math
 import os
+import re
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -33,6 +35,8 @@ from sdgate.jobs.schema import jobs
 logger = logging.getLogger(__name__)
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_MAX_READ_DEPTH = 64  # levels of a stored document a reader gets; submit allows max_metadata_depth
 # A later request never weakens an earlier one: a cancel is not turned back into a skip.
 _CONTROL_RANK = {ControlAction.SKIP: 0, ControlAction.INTERRUPT: 1, ControlAction.CANCEL: 2}
 _STATE_EVENT = {
@@ -64,25 +68,51 @@ def _worker_lost_message(attempts: int) -> str:
     )
 
 
+def _readable(value: Any, *, drop_nonfinite: bool = False, depth: int = 0) -> Any:
+    """A stored JSON document as any response can encode it, for rows written before submit
+    checked everything: lone surrogates (``"\\ud800"`` decodes to one) escaped as text, non-finite
+    numbers null, or left out of an object with ``drop_nonfinite`` (a request's field then takes
+    its default), and what is nested deeper than ``_MAX_READ_DEPTH`` null (a 500-deep metadata
+    once broke every listing). Clean documents come back equal."""
+    if isinstance(value, str):
+        if value.isascii() or _SURROGATE.search(value) is None:
+            return value
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict | list) and depth >= _MAX_READ_DEPTH:
+        return None
+    if isinstance(value, dict):
+        return {
+            _readable(k): _readable(v, drop_nonfinite=drop_nonfinite, depth=depth + 1)
+            for k, v in value.items()
+            if not (drop_nonfinite and isinstance(v, float) and not math.isfinite(v))
+        }
+    if isinstance(value, list):
+        return [_readable(v, drop_nonfinite=drop_nonfinite, depth=depth + 1) for v in value]
+    return value
+
+
 def _to_job(row: sa.Row[Any]) -> Job:
     m = row._mapping
+    result = _readable(m["result"], drop_nonfinite=True)
     return Job(
         id=m["id"],
         state=JobState(m["state"]),
-        request=GenerationRequest.model_validate(m["request"]),
+        request=GenerationRequest.model_validate(_readable(m["request"], drop_nonfinite=True)),
         dialect=m["dialect"],
         owner=m["owner"],
         priority=m["priority"],
-        metadata=m["meta"],
+        metadata=_readable(m["meta"]),
         created_at=m["created_at"],
         started_at=m["started_at"],
         finished_at=m["finished_at"],
         attempts=m["attempts"],
         worker_id=m["worker_id"],
         control=ControlAction(m["control"]) if m["control"] else None,
-        progress=Progress.model_validate(m["progress"]) if m["progress"] else None,
-        result=GenerationResult.model_validate(m["result"]) if m["result"] else None,
-        error=m["error"],
+        progress=Progress.model_validate(_readable(m["progress"])) if m["progress"] else None,
+        result=GenerationResult.model_validate(result) if result else None,
+        error=_readable(m["error"]),
     )
 
 
@@ -387,8 +417,8 @@ class SqlJobStore:
             query = query.where(jobs.c.created_at >= created_after)
         if created_before is not None:
             query = query.where(jobs.c.created_at < created_before)
-        for key, value in (metadata or {}).items():
-            query = query.where(jobs.c.meta[key].as_string() == value)
+        for i, (key, value) in enumerate((metadata or {}).items()):
+            query = query.where(self._meta_equals(key, value, i))
         if before_seq is not None:
             query = query.where(jobs.c.seq < before_seq)
         with self._tx() as conn:
@@ -398,6 +428,15 @@ class SqlJobStore:
         return [_to_job(row) for row in rows], (rows[-1].seq if more and rows else None)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _meta_equals(self, key: str, value: str, n: int) -> sa.ColumnElement[bool]:
+        """The job's top-level metadata ``key`` is the string ``value``, for any key: SQLite's JSON
+        path syntax cannot quote a key holding ``"`` (``$."a"b"`` is an error), so there the key is
+        compared as a value, through ``json_each``; PostgreSQL binds it as a parameter of ``->>``."""
+        if self._engine.dialect.name != "sqlite":
+            return jobs.c.meta[key].as_string() == value
+        each = sa.func.json_each(jobs.c.meta).table_valued("key", "value", "type").alias(f"meta_{n}")
+        return sa.exists().where(each.c.key == key, each.c.type == "text", each.c.value == value)
 
     @contextmanager
     def _tx(self, *, write: bool = False) -> Iterator[sa.Connection]:

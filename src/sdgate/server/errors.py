@@ -8,14 +8,16 @@ errors in that dialect's body shape. The handlers read the matched route from th
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -100,41 +102,128 @@ def route_class_of(request: Request) -> type[DialectRoute]:
 
 
 def error_response(request: Request, err: SdgateError) -> JSONResponse:
-    response = route_class_of(request).render_error(err)
+    safe = safe_error(err)
+    response = render_safely(lambda: route_class_of(request).render_error(safe), safe)
     if isinstance(err, QueueFull):
         response.headers["Retry-After"] = str(max(1, round(err.retry_after)))
     return response
 
 
+# -- rendering that cannot raise -------------------------------------------------------------------
+# A JSON response is ``json.dumps(..., allow_nan=False)`` encoded as UTF-8: a NaN, an Infinity, a
+# lone surrogate, bytes or a deep structure echoed from a bad request would make the error handler
+# itself fail. Whatever an error carries passes through ``json_safe`` first, and a renderer that
+# fails anyway gets the minimal body of ``fallback_response``.
+
+MAX_ECHO_DEPTH = 6  # levels of an echoed value before "..."
+MAX_ECHO_ITEMS = 20  # items of an echoed list or object
+MAX_ECHO_TEXT = 200  # characters of an echoed string
+MAX_MESSAGE = 10_000  # characters of an error message
+
+
+def safe_text(text: str, limit: int = MAX_ECHO_TEXT) -> str:
+    """``text`` cut to ``limit`` characters, lone surrogates written as ``\\udXXX`` escapes."""
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def json_safe(value: Any, *, depth: int = 0) -> Any:
+    """``value`` as something ``JSONResponse`` can always encode: non-finite floats as the strings
+    "NaN" / "Infinity" / "-Infinity", text escaped and cut, bytes as their length, containers cut
+    in length and depth, anything else as its (cut) ``str``."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if value.bit_length() <= 64 else f"<an integer of {value.bit_length()} bits>"
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, str):
+        return safe_text(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, dict | list | tuple | set | frozenset):
+        if depth >= MAX_ECHO_DEPTH:
+            return "..."
+        if isinstance(value, dict):
+            items = list(value.items())[:MAX_ECHO_ITEMS]
+            return {safe_text(str(json_safe(k))): json_safe(v, depth=depth + 1) for k, v in items}
+        return [json_safe(v, depth=depth + 1) for v in list(value)[:MAX_ECHO_ITEMS]]
+    try:
+        text = str(value)
+    except Exception:  # a __str__ that fails must not fail the error path
+        text = f"<{type(value).__name__}>"
+    return safe_text(text)
+
+
+def safe_error(err: SdgateError) -> SdgateError:
+    """``err`` itself when its message and field encode, else a copy whose text does."""
+    message = safe_text(err.message, MAX_MESSAGE)
+    field = safe_text(err.field, MAX_ECHO_TEXT) if err.field else err.field
+    if message == err.message and field == err.field:
+        return err
+    clone = copy.copy(err)
+    clone.message, clone.field = message, field
+    clone.args = (message,)
+    return clone
+
+
+def render_safely(render: Callable[[], Response], err: SdgateError) -> Response:
+    """``render()``, or ``fallback_response`` if the dialect's renderer fails."""
+    try:
+        return render()
+    except Exception:
+        log.exception("rendering a %s error failed; answering with a minimal body", err.code)
+        return fallback_response(err.status_code, err.code, err.message)
+
+
+def fallback_response(status: int, code: str, message: str) -> JSONResponse:
+    """The last resort: a body built only from plain text (``X-Request-ID`` is added by the
+    middleware, as on every response)."""
+    text = safe_text(str(message), MAX_MESSAGE)
+    body = {"error": {"code": safe_text(code, 64), "message": text}, "detail": text}
+    return JSONResponse(body, status_code=status)
+
+
 def fastapi_validation_body(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """FastAPI's default 422 ``detail`` list, trimmed of values that may not serialise."""
+    """FastAPI's default 422 ``detail`` list, each value made encodable (``json_safe``): a NaN sent
+    where a number was expected is echoed as "NaN", a lone surrogate escaped, a deep value cut."""
     out = []
-    for e in errors:
-        item = {k: e[k] for k in ("type", "loc", "msg", "input") if k in e}
-        value = item.get("input")
-        if not isinstance(value, str | int | float | bool | type(None) | list | dict):
-            item["input"] = str(value)
-        elif isinstance(value, str) and len(value) > 200:
-            item["input"] = value[:200] + "..."
+    for e in errors[:MAX_ECHO_ITEMS]:
+        item = {k: json_safe(e[k]) for k in ("type", "loc", "msg", "input") if k in e}
+        if isinstance(item.get("msg"), str):
+            item["msg"] = safe_text(item["msg"], MAX_MESSAGE)
         out.append(item)
     return out
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SdgateError)
-    async def _sdgate_error(request: Request, exc: SdgateError) -> JSONResponse:
+    async def _sdgate_error(request: Request, exc: SdgateError) -> Response:
         if exc.status_code >= 500:
-            log.warning("request failed: %s: %s", type(exc).__name__, exc.message)
+            log.warning("request failed: %s: %s", type(exc).__name__, safe_text(exc.message, MAX_MESSAGE))
         return error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return route_class_of(request).render_validation(fastapi_validation_body(list(exc.errors())))
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        try:
+            errors = fastapi_validation_body(list(exc.errors()))
+            return route_class_of(request).render_validation(errors)
+        except Exception:
+            log.exception("rendering a validation error failed; answering with a minimal body")
+            return fallback_response(422, "invalid_request", "the request does not match the schema")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if isinstance(exc, WrappedError):
             return error_response(request, exc.error)
-        return JSONResponse(
-            {"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
-        )
+        try:
+            detail = exc.detail
+            detail = safe_text(detail, MAX_MESSAGE) if isinstance(detail, str) else json_safe(detail)
+            headers = getattr(exc, "headers", None)
+            return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
+        except Exception:
+            log.exception("rendering an HTTP %d failed; answering with a minimal body", exc.status_code)
+            return fallback_response(exc.status_code, "http_error", HTTPStatus(exc.status_code).phrase)

@@ -10,10 +10,14 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from sdgate.core.errors import error_from_dict
+from sdgate.core.engine import memory_budget
+from sdgate.core.errors import ModelNotFound, error_from_dict
 from sdgate.core.jobs import ControlAction, Job, JobState
+from sdgate.core.limits import weights_bytes
+from sdgate.core.models import ModelInfo
 from sdgate.core.requests import GenerationRequest
 from sdgate.server.services import Services
+from sdgate.server.validation import check_metadata, check_request
 
 log = logging.getLogger("sdgate.server")
 
@@ -27,13 +31,57 @@ async def submit(
     priority: int = 0,
     metadata: dict[str, Any] | None = None,
 ) -> Job:
-    job = await run_in_threadpool(
-        lambda: services.store.submit(
-            request, dialect=dialect, owner=owner, priority=priority, metadata=metadata
-        )
-    )
+    """Check ``request`` and ``metadata`` against the limits (``check_submission``), then queue it:
+    a request either becomes a job or is refused leaving nothing behind."""
+
+    def create() -> Job:
+        check_submission(services, request, metadata)
+        store = services.store
+        return store.submit(request, dialect=dialect, owner=owner, priority=priority, metadata=metadata)
+
+    job = await run_in_threadpool(create)
     log.info("job %s queued (%s, %d image(s))", job.id, dialect, request.image_count)
     return job
+
+
+def check_submission(services: Services, request: GenerationRequest, metadata: Any = None) -> None:
+    """The last check before a job exists, whichever dialect, script or retry submits it: the
+    request as the engine will run it (every derived size, steps, counts, text, memory) and the
+    job's metadata, against ``services.settings`` (sync: it may count a long prompt's tokens)."""
+    settings = services.settings
+    check_metadata(metadata, settings)
+    info: ModelInfo | None = None
+    try:
+        info = services.catalog.resolve(request.model)
+        defaults = services.model_defaults(info)
+    except ModelNotFound:
+        if services.engine is None:
+            raise
+        # An engine with models of its own (the null engine without any files).
+        defaults = services.engine.model_defaults(request.model)
+    check_request(
+        request,
+        defaults,
+        settings,
+        family=info.family if info is not None else None,
+        weights=_weights(services, request, info),
+        budget=memory_budget(services.engine),
+    )
+
+
+def _weights(services: Services, request: GenerationRequest, info: ModelInfo | None) -> int:
+    """Bytes of the weights a job keeps on the device: its model's, and a refiner's or hires
+    checkpoint's when another model."""
+    files = {info.filename} if info is not None else set()
+    second = [request.refiner, request.hires.checkpoint if request.hires is not None else None]
+    for name in second:
+        if name is None:
+            continue
+        try:
+            files.add(services.catalog.resolve(name).filename)
+        except ModelNotFound:
+            continue  # the engine refuses it by name when the job runs
+    return sum(weights_bytes(path) for path in files)
 
 
 async def wait_for(services: Services, job: Job, http_request: Request | None = None) -> Job:

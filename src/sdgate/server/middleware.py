@@ -21,7 +21,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sdgate.core.errors import PayloadTooLarge, SdgateError
-from sdgate.server.errors import DialectRoute, WrappedError
+from sdgate.server.errors import DialectRoute, WrappedError, render_safely
 
 log = logging.getLogger("sdgate.server")
 
@@ -70,7 +70,8 @@ class RequestContextMiddleware:
                 raise
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             err = SdgateError(f"internal error ({type(exc).__name__}); request id {request_id}")
-            await route_class_for(scope).render_error(err)(scope, receive, send_with_headers)
+            response = render_safely(lambda: route_class_for(scope).render_error(err), err)
+            await response(scope, receive, send_with_headers)
         finally:
             request_id_var.reset(token)
 
@@ -171,7 +172,8 @@ class BodyLimitMiddleware:
         return PayloadTooLarge(f"request body is larger than {self.max_bytes} bytes", field="body")
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response: Response = route_class_for(scope).render_error(self._error())
+        err = self._error()
+        response: Response = render_safely(lambda: route_class_for(scope).render_error(err), err)
         await response(scope, receive, send)
 
 
