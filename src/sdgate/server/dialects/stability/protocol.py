@@ -1,18 +1,26 @@
 """Stability AI REST wire models: v1 (``/v1/generation/...``) and v2beta (``/v2beta/stable-image/...``).
 
-Limits are the 2023 v1 spec's, which is the more lenient of the two published (steps up to 150).
-Unknown fields are accepted and logged once, as the service ignores them.
+Limits are the 2023 v1 spec's, which is the more lenient of the two published (steps up to 150);
+where the service documents none (prompt weights, how many prompts, the largest side) sdgate states
+its own. Numbers are strict and finite (``seed: false`` and a NaN weight are 400s, not 0 and a
+negative prompt). Unknown fields are accepted and logged once, as the service ignores them.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from sdgate.server.wire import NO_NUL, Float, Int, WireModel
 
 MAX_SEED_V1 = 4294967295
 MAX_SEED_V2 = 4294967294
+MAX_PROMPTS = 32  # text_prompts items: the service states no limit
+MAX_WEIGHT = 10.0  # |weight| of a prompt: the service states no limit; beyond this attention is noise
+MAX_SIDE_V1 = 2048  # width/height: 2048x2048 is sdgate's default pixel limit (the service's is lower)
+SIZE_STEP_V1 = 64
 
 
 class Sampler(StrEnum):
@@ -69,58 +77,71 @@ class MaskSource(StrEnum):
     INIT_IMAGE_ALPHA = "INIT_IMAGE_ALPHA"
 
 
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="allow")
+_Lenient = WireModel
 
 
 class TextPrompt(_Lenient):
-    text: str = Field(max_length=2000)
-    weight: float = 1.0
+    text: str = Field(max_length=2000, pattern=NO_NUL)
+    weight: Float = Field(1.0, ge=-MAX_WEIGHT, le=MAX_WEIGHT, description="negative: a negative prompt")
 
 
 class GenerationParams(_Lenient):
     """``GenerationRequestOptionalParams`` plus ``text_prompts``."""
 
-    text_prompts: list[TextPrompt] = Field(min_length=1)
-    cfg_scale: float = Field(7.0, ge=0, le=35)
+    text_prompts: list[TextPrompt] = Field(min_length=1, max_length=MAX_PROMPTS)
+    cfg_scale: Float = Field(7.0, ge=0, le=35)
     clip_guidance_preset: ClipGuidancePreset = ClipGuidancePreset.NONE
     sampler: Sampler | None = None
-    samples: int = Field(1, ge=1, le=10)
-    seed: int = Field(0, ge=0, le=MAX_SEED_V1)
-    steps: int | None = Field(None, ge=10, le=150)
+    samples: Int = Field(1, ge=1, le=10)
+    seed: Int = Field(0, ge=0, le=MAX_SEED_V1, description="0: random")
+    steps: Int | None = Field(None, ge=10, le=150)
     style_preset: StylePreset | None = None
     extras: dict[str, Any] | None = None
 
 
 class TextToImageRequest(GenerationParams):
-    height: int | None = Field(None, ge=128)
-    width: int | None = Field(None, ge=128)
+    height: Int | None = Field(None, ge=128, le=MAX_SIDE_V1, multiple_of=SIZE_STEP_V1)
+    width: Int | None = Field(None, ge=128, le=MAX_SIDE_V1, multiple_of=SIZE_STEP_V1)
 
 
 class ImageToImageParams(GenerationParams):
     """The form fields of image-to-image (the ``init_image`` file is read separately)."""
 
     init_image_mode: InitImageMode = InitImageMode.IMAGE_STRENGTH
-    image_strength: float = Field(0.35, ge=0, le=1)
-    step_schedule_start: float = Field(0.65, ge=0, le=1)
-    step_schedule_end: float | None = Field(None, ge=0, le=1)
+    image_strength: Float = Field(0.35, ge=0, le=1)
+    step_schedule_start: Float = Field(0.65, ge=0, le=1)
+    step_schedule_end: Float | None = Field(None, ge=0, le=1)
 
 
 class MaskingParams(GenerationParams):
     mask_source: MaskSource
     init_image_mode: InitImageMode | None = None
-    image_strength: float | None = Field(None, ge=0, le=1)
-    step_schedule_start: float | None = Field(None, ge=0, le=1)
-    step_schedule_end: float | None = Field(None, ge=0, le=1)
+    image_strength: Float | None = Field(None, ge=0, le=1)
+    step_schedule_start: Float | None = Field(None, ge=0, le=1)
+    step_schedule_end: Float | None = Field(None, ge=0, le=1)
+
+
+UPSCALE_MAX_PIXELS = 4_194_304
 
 
 class UpscaleParams(_Lenient):
-    width: int | None = Field(None, ge=512)
-    height: int | None = Field(None, ge=512)
-    text_prompts: list[TextPrompt] = Field(default_factory=list)
-    cfg_scale: float = Field(7.0, ge=0, le=35)
-    seed: int = Field(0, ge=0, le=MAX_SEED_V1)
-    steps: int | None = Field(None, ge=10, le=150)
+    """At most one of ``width`` / ``height``; the output may hold at most 4194304 pixels (2048 a
+    side for a square image)."""
+
+    width: Int | None = Field(None, ge=512, le=2048)
+    height: Int | None = Field(None, ge=512, le=2048)
+    text_prompts: list[TextPrompt] = Field(default_factory=list, max_length=MAX_PROMPTS)
+    cfg_scale: Float = Field(7.0, ge=0, le=35)
+    seed: Int = Field(0, ge=0, le=MAX_SEED_V1)
+    steps: Int | None = Field(None, ge=10, le=150)
+
+
+class V1Error(BaseModel):
+    """Every v1 error: ``name`` is a short code (``bad_request``, ``invalid_samples``, ``not_found``...)."""
+
+    id: str
+    name: str
+    message: str
 
 
 class Artifact(BaseModel):
@@ -164,16 +185,22 @@ class OutputFormat(StrEnum):
 class StableImageParams(_Lenient):
     """The form fields of ``/v2beta/stable-image/generate/{core,sd3,ultra}``."""
 
-    prompt: str = Field(min_length=1, max_length=10000)
-    negative_prompt: str = Field("", max_length=10000)
+    prompt: str = Field(min_length=1, max_length=10000, pattern=NO_NUL)
+    negative_prompt: str = Field("", max_length=10000, pattern=NO_NUL)
     aspect_ratio: AspectRatio = AspectRatio.R1_1
-    seed: int = Field(0, ge=0, le=MAX_SEED_V2)
+    seed: Int = Field(0, ge=0, le=MAX_SEED_V2, description="0: random")
     output_format: OutputFormat = OutputFormat.PNG
     style_preset: StylePreset | None = None
-    strength: float | None = Field(None, ge=0, le=1)
-    mode: str = "text-to-image"
-    model: str | None = None
-    cfg_scale: float | None = Field(None, ge=1, le=10)
+    strength: Float | None = Field(None, ge=0, le=1, description="required with an image")
+    mode: Literal["text-to-image", "image-to-image"] = "text-to-image"
+    model: str | None = Field(None, max_length=200)
+    cfg_scale: Float | None = Field(None, ge=1, le=10)
+
+
+class V2Error(BaseModel):
+    id: str
+    name: str
+    errors: list[str]
 
 
 class StableImageJson(BaseModel):

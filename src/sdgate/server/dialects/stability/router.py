@@ -6,10 +6,11 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Path, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from sdgate.core.errors import GenerationFailed, InvalidRequest, NotFound, SdgateError
@@ -21,26 +22,32 @@ from sdgate.server.deps import ServicesDep, UserDep, image_limits
 from sdgate.server.dialects.stability import images, translate
 from sdgate.server.dialects.stability.protocol import (
     ArtifactsResponse,
+    Engine,
     ImageToImageParams,
     MaskingParams,
+    StableImageJson,
     StableImageParams,
     TextToImageRequest,
     UpscaleParams,
+    V1Error,
+    V2Error,
 )
 from sdgate.server.errors import DialectRoute
 from sdgate.server.middleware import request_id_var
 from sdgate.server.model_aliases import ALIASES, model_header, resolve_model
 from sdgate.server.services import Services
+from sdgate.server.wire import NO_NUL, ShapedBodyErrors, inline_schema, multipart_body, validate_form
 
 log = logging.getLogger("sdgate.stability")
 DIALECT = "stability"
 _warned_fields: set[str] = set()
 
 
-class StabilityV1Route(DialectRoute):
+class StabilityV1Route(ShapedBodyErrors, DialectRoute):
     """v1 errors: ``{id, name, message}``."""
 
     dialect = DIALECT
+    error_body = V1Error
 
     @staticmethod
     def render_error(err: SdgateError) -> JSONResponse:
@@ -55,10 +62,11 @@ class StabilityV1Route(DialectRoute):
         return StabilityV1Route.render_error(InvalidRequest(message, field=field))
 
 
-class StabilityV2Route(DialectRoute):
+class StabilityV2Route(ShapedBodyErrors, DialectRoute):
     """v2beta errors: ``{id, name, errors: [...]}``."""
 
     dialect = DIALECT
+    error_body = V2Error
 
     @staticmethod
     def render_error(err: SdgateError) -> JSONResponse:
@@ -75,6 +83,46 @@ class StabilityV2Route(DialectRoute):
 
 router = APIRouter(prefix="/v1", route_class=StabilityV1Route, tags=["Stability"])
 v2_router = APIRouter(prefix="/v2beta/stable-image", route_class=StabilityV2Route, tags=["Stability"])
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+# A generation also answers what its job may end with: an unknown engine under strict_models (404),
+# a job cancelled meanwhile (409), a server shutting down (503).
+_JOB_ERRORS: dict[int | str, dict[str, Any]] = {404: {}, 409: {}, 503: {}}
+V1_GENERATION: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "JSON artifacts, or with `Accept: image/png` the PNG of the one image "
+        "(headers `Finish-Reason`, `Seed`)",
+        "content": {"image/png": _BINARY},
+    },
+    **_JOB_ERRORS,
+}
+_PROMPT_FIELDS = {
+    "text_prompts[0][text]": {
+        "type": "string", "maxLength": 2000, "pattern": NO_NUL, "description": "prompt 0"
+    },
+    "text_prompts[0][weight]": {
+        "type": "number",
+        "minimum": -10,
+        "maximum": 10,
+        "description": "prompt 0's weight (negative: a negative prompt); more prompts as "
+        "text_prompts[1][text], ...; text_prompts may also be one JSON array",
+    },
+}
+_IMAGE = "a PNG, JPEG or WebP image"
+
+
+def _v1_form(model: type[Any], files: dict[str, str]) -> dict[str, Any]:
+    fields = dict(inline_schema(model))
+    prompts = "text_prompts" in fields.get("required", ())
+    fields["properties"] = {**_PROMPT_FIELDS, **fields["properties"]}
+    extra = multipart_body(
+        fields,
+        files=files,
+        required=("text_prompts[0][text]", *(("init_image",) if "init_image" in files else ())) if prompts
+        else ("image",),
+        drop=("text_prompts", "extras"),  # extras: an object, which only JSON bodies carry
+    )
+    return extra
 
 
 def _log_unknown(kind: str, body: Any) -> None:
@@ -122,10 +170,15 @@ def _render_v1(as_image: bool, images: list[bytes], seeds: list[int]) -> Respons
 
 
 async def _read_form(request: Request) -> FormData:
+    """The form; a malformed multipart body is the client's 400, in this dialect's shape (Starlette
+    raises its own ``HTTPException`` for it, which would answer FastAPI's ``{detail}``)."""
     try:
         return await request.form()
-    except MultiPartException as exc:  # a malformed multipart body is the client's
-        raise InvalidRequest(f"body: is not valid multipart/form-data ({exc.message})", field="body") from exc
+    except MultiPartException as exc:
+        reason = exc.message
+    except StarletteHTTPException as exc:
+        reason = str(exc.detail)
+    raise InvalidRequest(f"body: is not valid multipart/form-data ({reason})", field="body")
 
 
 async def _file(form: FormData, name: str, *, required: bool = True) -> bytes | None:
@@ -146,7 +199,7 @@ def _text_items(form: FormData) -> list[tuple[str, str]]:
 # -- v1 -------------------------------------------------------------------------------------------
 
 
-@router.get("/engines/list")
+@router.get("/engines/list", response_model=list[Engine])
 async def engines_list(services: ServicesDep) -> list[dict[str, Any]]:
     default = services.catalog.default.name
     engines = [
@@ -183,7 +236,9 @@ async def user_balance() -> dict[str, float]:
     return {"credits": 1_000_000.0}  # self-hosted: nothing is billed
 
 
-@router.post("/generation/{engine_id}/text-to-image", response_model=ArtifactsResponse)
+@router.post(
+    "/generation/{engine_id}/text-to-image", response_model=ArtifactsResponse, responses=V1_GENERATION
+)
 async def text_to_image(
     engine_id: str,
     request: Request,
@@ -199,10 +254,15 @@ async def text_to_image(
     return await _run_v1(request, services, user, gen)
 
 
-@router.post("/generation/{engine_id}/image-to-image", response_model=ArtifactsResponse)
+@router.post(
+    "/generation/{engine_id}/image-to-image",
+    response_model=ArtifactsResponse,
+    responses=V1_GENERATION,
+    openapi_extra=_v1_form(ImageToImageParams, {"init_image": _IMAGE}),
+)
 async def image_to_image(engine_id: str, request: Request, services: ServicesDep, user: UserDep) -> Response:
     form = await _read_form(request)
-    body = translate.validate(ImageToImageParams, translate.form_fields(_text_items(form)))
+    body = validate_form(ImageToImageParams, translate.form_fields(_text_items(form)))
     _log_unknown("image-to-image", body)
     info, defaults = _model(services, engine_id)
     init_id, init_size, _ = await _store_init(services, await _file(form, "init_image"))
@@ -217,10 +277,18 @@ async def image_to_image(engine_id: str, request: Request, services: ServicesDep
     return await _run_v1(request, services, user, gen)
 
 
-@router.post("/generation/{engine_id}/image-to-image/masking", response_model=ArtifactsResponse)
+@router.post(
+    "/generation/{engine_id}/image-to-image/masking",
+    response_model=ArtifactsResponse,
+    responses=V1_GENERATION,
+    openapi_extra=_v1_form(
+        MaskingParams,
+        {"init_image": _IMAGE, "mask_image": f"{_IMAGE}, the size of init_image; required by MASK_IMAGE_*"},
+    ),
+)
 async def masking(engine_id: str, request: Request, services: ServicesDep, user: UserDep) -> Response:
     form = await _read_form(request)
-    body = translate.validate(MaskingParams, translate.form_fields(_text_items(form)))
+    body = validate_form(MaskingParams, translate.form_fields(_text_items(form)))
     _log_unknown("masking", body)
     info, defaults = _model(services, engine_id)
     init_id, init_size, alpha = await _store_init(services, await _file(form, "init_image"))
@@ -250,10 +318,15 @@ async def masking(engine_id: str, request: Request, services: ServicesDep, user:
     return await _run_v1(request, services, user, gen)
 
 
-@router.post("/generation/{engine_id}/image-to-image/upscale", response_model=ArtifactsResponse)
+@router.post(
+    "/generation/{engine_id}/image-to-image/upscale",
+    response_model=ArtifactsResponse,
+    responses=V1_GENERATION,
+    openapi_extra=_v1_form(UpscaleParams, {"image": _IMAGE}),
+)
 async def upscale(engine_id: str, request: Request, services: ServicesDep, user: UserDep) -> Response:
     form = await _read_form(request)
-    body = translate.validate(UpscaleParams, translate.form_fields(_text_items(form)))
+    body = validate_form(UpscaleParams, translate.form_fields(_text_items(form)))
     _log_unknown("upscale", body)
     data = await _file(form, "image")
     assert data is not None
@@ -292,15 +365,52 @@ async def _store_init(
 # -- v2beta ---------------------------------------------------------------------------------------
 
 
-@v2_router.post("/generate/{service}")
-async def generate(service: str, request: Request, services: ServicesDep, user: UserDep) -> Response:
-    if service not in ("core", "sd3", "ultra"):
+V2_SERVICES = ("core", "sd3", "ultra")
+
+
+def _v2_form() -> dict[str, Any]:
+    """An image needs a strength; sd3's ``mode: image-to-image`` needs an image (core has neither
+    field and ignores them, as the service ignores fields it does not know)."""
+    return multipart_body(
+        inline_schema(StableImageParams),
+        files={"image": f"{_IMAGE} (ultra and sd3 image-to-image; needs strength), each side at least 64 px"},
+    )
+V2_GENERATION: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the image in output_format (headers `finish-reason`, `seed`), or with "
+        "`Accept: application/json` a JSON object",
+        "content": {
+            "image/png": _BINARY,
+            "image/jpeg": _BINARY,
+            "image/webp": _BINARY,
+            "application/json": {"schema": StableImageJson.model_json_schema()},
+        },
+    },
+    **_JOB_ERRORS,
+}
+
+
+@v2_router.post(
+    "/generate/{service}",
+    responses=V2_GENERATION,
+    openapi_extra=_v2_form(),
+)
+async def generate(
+    service: Annotated[str, Path(json_schema_extra={"enum": list(V2_SERVICES)})],
+    request: Request,
+    services: ServicesDep,
+    user: UserDep,
+) -> Response:
+    if service not in V2_SERVICES:
         raise NotFound(f"generate/{service}: no such service; use core, sd3 or ultra")
     form = await _read_form(request)
-    body = translate.validate(StableImageParams, translate.form_fields(_text_items(form)))
+    body = validate_form(StableImageParams, translate.form_fields(_text_items(form)))
     _log_unknown(f"generate/{service}", body)
     info, defaults = _model(services, body.model or service)
     image = await _file(form, "image", required=False)
+    if image is not None and service == "core":
+        log.info("stability: generate/core takes no image; ignoring it, as the service does")
+        image = None
     init_id, init_size = None, None
     if image is not None:
         init_id, init_size, _ = await _store_init(services, image, field="image")

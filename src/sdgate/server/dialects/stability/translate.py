@@ -8,10 +8,10 @@ import math
 import re
 import secrets
 from collections.abc import Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from PIL import Image, ImageOps
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from sdgate.core.engine import ModelDefaults
 from sdgate.core.errors import InvalidRequest, SdgateError
@@ -19,6 +19,8 @@ from sdgate.core.requests import GenerationRequest, Mode
 from sdgate.core.samplers import SamplerChoice, resolve_sampler
 from sdgate.server.dialects.stability.protocol import (
     MAX_SEED_V1,
+    SIZE_STEP_V1,
+    UPSCALE_MAX_PIXELS,
     AspectRatio,
     ClipGuidancePreset,
     GenerationParams,
@@ -37,8 +39,6 @@ from sdgate.server.validation import check_counts, check_size
 from sdgate.settings import Settings
 
 log = logging.getLogger("sdgate.stability")
-
-Model = TypeVar("Model", bound=BaseModel)
 
 # Stability's sampler enum -> A1111 names (the names our engine runs). DDPM has no A1111 sampler:
 # ancestral Euler draws from the same reverse process, so it is the nearest (logged when used).
@@ -77,8 +77,6 @@ STYLE_SUFFIXES: dict[StylePreset, str] = {
 }
 
 FINISH_SUCCESS = "SUCCESS"
-SIZE_STEP_V1 = 64
-UPSCALE_MAX_PIXELS = 4_194_304
 DEFAULT_MASK_STRENGTH = 1.0  # a masked region is repainted from scratch unless the client says otherwise
 
 _ignored: set[str] = set()
@@ -301,10 +299,8 @@ def stable_image_request(
     if body.style_preset is not None:
         prompt = f"{prompt}, {STYLE_SUFFIXES[body.style_preset]}"
     image_mode = init_image is not None and init_size is not None
-    if body.mode == "image-to-image" and not image_mode:
+    if body.mode == "image-to-image" and not image_mode and service != "core":
         raise InvalidRequest("image: is required when mode is image-to-image", field="image")
-    if image_mode and service == "core":
-        raise InvalidRequest("image: generate/core takes no image", field="image")
     if image_mode and body.strength is None:
         raise InvalidRequest("strength: is required with an image", field="strength")
     size = (
@@ -336,33 +332,27 @@ def stable_image_request(
 
 def form_fields(items: Iterable[tuple[str, str]]) -> dict[str, Any]:
     """Multipart text fields as a JSON-like dict: ``text_prompts[0][text]`` / ``[weight]`` become
-    ``text_prompts: [{text, weight}]`` (the index ties them); ``text_prompts`` may also be JSON."""
+    ``text_prompts: [{text, weight}]`` (the index ties them); ``text_prompts`` may also be JSON.
+    A field given twice becomes a list (so a scalar field refuses it)."""
     out: dict[str, Any] = {}
-    indexed: dict[int, dict[str, str]] = {}
+    indexed: dict[int, dict[str, Any]] = {}
     for key, value in items:
         match = _INDEXED.match(key)
-        if match:
-            indexed.setdefault(int(match.group(1)), {})[match.group(2)] = value
-        elif key == "text_prompts" and value.lstrip().startswith("["):
+        target, name = (indexed.setdefault(int(match.group(1)), {}), match.group(2)) if match else (out, key)
+        if name in target:
+            # A repeated field is a list, which a scalar field refuses: never a silent choice.
+            previous = target[name]
+            target[name] = [*(previous if isinstance(previous, list) else [previous]), value]
+        elif name == "text_prompts" and not match and value.lstrip().startswith("["):
             try:
-                out[key] = json.loads(value)
+                out[name] = json.loads(value)
             except json.JSONDecodeError:
                 raise InvalidRequest("text_prompts: is not valid JSON", field="text_prompts") from None
         else:
-            out[key] = value
+            target[name] = value
     if indexed:
         out["text_prompts"] = [indexed[i] for i in sorted(indexed)]
     return out
-
-
-def validate(model: type[Model], data: dict[str, Any]) -> Model:
-    """A form validated like a JSON body, raising ``InvalidRequest`` on the first bad field."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "body"
-        raise InvalidRequest(f"{field}: {first['msg']}", field=field.split(".")[0]) from None
 
 
 def unknown_fields(body: BaseModel) -> list[str]:

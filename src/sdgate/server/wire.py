@@ -1,0 +1,192 @@
+"""Wire types the Stability, OpenAI and Hugging Face dialects share: strict, bounded numbers that
+also read from multipart form fields, and the OpenAPI description of a multipart body.
+
+JSON bodies are strict where a client would be surprised by coercion: ``seed: false`` is not 0,
+``"samples": "2"`` is not 2, NaN and Infinity are never numbers. A multipart form carries only
+strings, so ``validate_form`` parses a form's numbers and booleans before the same strict checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from functools import cache
+from typing import Annotated, Any, TypeVar, get_args, get_origin
+
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, ValidationInfo, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sdgate.core.errors import InvalidRequest
+from sdgate.server.errors import WrappedError
+
+Model = TypeVar("Model", bound=BaseModel)
+
+# Prompts are text: no NUL characters (the server refuses them in every prompt).
+NO_NUL = "^[^\\x00]*$"
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+# An integer: never a bool, a string or a float.
+Int = Annotated[int, Strict()]
+# A finite number: never NaN, Infinity, a bool or a string; integers are numbers.
+Float = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+Bool = Annotated[bool, Strict()]
+
+
+class WireModel(BaseModel):
+    """A dialect's request model: unknown fields kept (the services ignore them), and a JSON number
+    with no fraction (``2.0``, an integer in JSON Schema) read as the integer a field wants."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _integral_floats(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, float) and value.is_integer() and _wants_int(cls, info.field_name or ""):
+            return int(value)
+        return value
+
+
+@cache
+def _wants_int(model: type[BaseModel], name: str) -> bool:
+    field = model.model_fields.get(name)
+    if field is None:
+        return False
+    return _is_int(field.annotation)
+
+
+def _is_int(annotation: Any) -> bool:
+    """``int``, ``Int``, ``Int | None``."""
+    if annotation is int:
+        return True
+    args = get_args(annotation)
+    if get_origin(annotation) is Annotated:
+        args = args[:1]
+    return any(_is_int(arg) for arg in args)
+
+
+def validate_form(model: type[Model], data: dict[str, Any]) -> Model:
+    """Form fields validated like a JSON body, raising ``InvalidRequest`` naming the first bad field.
+
+    A form carries only strings: those of fields the schema calls integer, number or boolean are
+    parsed first (a value that does not parse is left for the strict check to name).
+    """
+    try:
+        return model.model_validate(_parse_strings(data, inline_schema(model)))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = [str(p) for p in first["loc"]]
+        field = ".".join(loc) or "body"
+        raise InvalidRequest(f"{field}: {first['msg']}", field=loc[0] if loc else "body") from None
+
+
+def _parse_strings(value: Any, schema: dict[str, Any]) -> Any:
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        return {k: _parse_strings(v, props.get(k, {})) for k, v in value.items()}
+    branches = [schema, *schema.get("anyOf", ())]
+    if isinstance(value, list):
+        items = next((b["items"] for b in branches if isinstance(b.get("items"), dict)), {})
+        return [_parse_strings(v, items) for v in value]
+    if not isinstance(value, str):
+        return value
+    types = {b.get("type") for b in branches}
+    text = value.strip()
+    try:
+        if "integer" in types:
+            return int(text)
+        if "number" in types:
+            return float(text)
+    except ValueError:
+        return value
+    if "boolean" in types and text.lower() in (*_TRUE, *_FALSE):
+        return text.lower() in _TRUE
+    return value
+
+
+# -- routes ---------------------------------------------------------------------------------------
+
+
+class ShapedBodyErrors(APIRoute):
+    """A route mixin: FastAPI's own 400 for a body it cannot parse (bytes that are not UTF-8, a
+    broken stream) answers ``{"detail"}``; this re-raises it as ``InvalidRequest`` so the route's
+    dialect renders it in its own shape."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def shaped(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except StarletteHTTPException as exc:
+                if exc.status_code != 400 or isinstance(exc, WrappedError):
+                    raise
+                raise WrappedError(InvalidRequest(f"body: {exc.detail}", field="body")) from exc
+
+        return shaped
+
+
+# -- OpenAPI ----------------------------------------------------------------------------------------
+
+
+@cache
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema with its ``$defs`` inlined (a multipart body cannot point at
+    ``components``, which FastAPI builds only from the models it knows)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                target = dict(defs[ref.removeprefix("#/$defs/")])
+                extra = {k: v for k, v in node.items() if k != "$ref"}
+                return resolve({**target, **extra})
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return dict(resolve(schema))
+
+
+def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A form field is sent or left out, never null: ``anyOf [X, null]`` becomes X."""
+    branches = [b for b in schema.get("anyOf", ()) if b.get("type") != "null"]
+    if "anyOf" not in schema or len(branches) != 1:
+        return schema
+    rest = {k: v for k, v in schema.items() if k not in ("anyOf", "default")}
+    return {**branches[0], **rest}
+
+
+def multipart_body(
+    fields: dict[str, Any],
+    *,
+    files: dict[str, str],
+    required: tuple[str, ...] = (),
+    drop: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """``openapi_extra`` declaring a ``multipart/form-data`` request body.
+
+    ``fields`` is an inlined JSON schema of the text fields (``inline_schema``), ``files`` maps each
+    file field to its description, ``required`` names required fields beyond the schema's own and
+    ``drop`` removes fields the form spells differently (Stability's ``text_prompts[0][text]``).
+    """
+    properties = {k: _not_null(v) for k, v in fields.get("properties", {}).items() if k not in drop}
+    for name, description in files.items():
+        properties[name] = {"type": "string", "format": "binary", "description": description}
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": properties,
+        "required": sorted({*(r for r in fields.get("required", ()) if r not in drop), *required}),
+    }
+    if fields.get("additionalProperties"):
+        schema["additionalProperties"] = True
+    encoding = {name: {"contentType": "image/png, image/jpeg, image/webp"} for name in files}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"multipart/form-data": {"schema": schema, "encoding": encoding}},
+        }
+    }
