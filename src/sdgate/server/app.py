@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 import sdgate
 from sdgate.core.engine import Engine
@@ -32,6 +36,12 @@ from sdgate.server.middleware import (
 )
 from sdgate.server.services import Services
 from sdgate.settings import Settings
+
+try:  # FastAPI >= 0.16x keeps included routers nested; this walks them with their full paths
+    from fastapi.routing import iter_route_contexts
+except ImportError:  # pragma: no cover - older FastAPI flattens routes into app.router.routes
+    def iter_route_contexts(routes: Any) -> Any:  # type: ignore[misc]
+        return routes
 
 log = logging.getLogger("sdgate.server")
 
@@ -65,6 +75,7 @@ def create_app(
         redoc_url=None,
     )
     install_error_handlers(app)
+    app.add_exception_handler(405, _method_not_allowed)
     install_docs(app)
     app.include_router(stability_router)
     app.include_router(stability_v2_router)
@@ -94,3 +105,16 @@ def create_app(
     app.add_middleware(RequestContextMiddleware)
     return app
 
+
+async def _method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
+    """A 405 whose ``Allow`` lists every method of the path. Starlette answers from the first route
+    whose path matches, listing only that route's methods, when several routes share a path."""
+    path, root = request.scope["path"], request.scope.get("root_path", "")
+    path = path[len(root):] if root and path.startswith(root) else path
+    allowed: set[str] = set()
+    for route in iter_route_contexts(request.app.router.routes):
+        if route.path and route.methods and compile_path(route.path)[0].match(path):
+            allowed |= route.methods
+    headers = {"Allow": ", ".join(sorted(allowed))} if allowed else None
+    detail = exc.detail if isinstance(exc, StarletteHTTPException) else "Method Not Allowed"
+    return JSONResponse({"detail": detail}, status_code=405, headers=headers)

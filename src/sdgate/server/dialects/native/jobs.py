@@ -48,11 +48,13 @@ def build_request(services: Services, body: JobCreate) -> GenerationRequest:
     """Checks the body and stores its images; the resolved request (sync: run it in a thread).
     Every name is checked first: an unknown one is a 404 and no job (``names``)."""
     model, styles = names.check(services.catalog, services.settings, body)
+    restorer = names.face_restorer(services.settings, body.restore_faces)
     inits, mask = translate.image_inputs(body)
     # Check everything cheap before storing any image.
     checked = translate.generation_request(
         body, model=model.name, defaults=services.model_defaults(model), settings=services.settings,
         init_images=tuple(_PLACEHOLDER for _ in inits), mask=_PLACEHOLDER if mask else None, styles=styles,
+        restore_faces=restorer,
     )
     if body.callback_url is not None:
         check_callback_url(body.callback_url, allow_private=services.settings.allow_private_callbacks)

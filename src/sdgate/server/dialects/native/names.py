@@ -9,9 +9,10 @@ unknown word is just a word, and the native request has no field naming one: not
 
 from __future__ import annotations
 
+from sdgate.core import restorers
 from sdgate.core.errors import ModelNotFound, NotFound
 from sdgate.core.loras import find_lora, list_loras, prompt_lora_names
-from sdgate.core.models import VAE_AUTOMATIC, VAE_NONE, ModelCatalog, ModelInfo
+from sdgate.core.models import VAE_AUTOMATIC, VAE_NONE, ModelCatalog, ModelInfo, list_files
 from sdgate.core.styles import STYLES_FILE, PromptStyle, load_styles
 from sdgate.server.dialects.native.protocol import JobCreate
 from sdgate.settings import Settings
@@ -20,6 +21,7 @@ MODELS_HINT = "see GET /api/v1/models or sdgate models"
 VAES_HINT = "see GET /api/v1/vaes"
 LORAS_HINT = "see GET /api/v1/loras"
 STYLES_HINT = "see GET /api/v1/styles"
+RESTORERS_HINT = "put its weights in the models folder's GFPGAN/, Codeformer/ or facerestore_models/"
 
 
 def resolve_model(catalog: ModelCatalog, name: str | None, *, field: str = "model") -> ModelInfo:
@@ -61,6 +63,19 @@ def styles_for(settings: Settings, names: list[str]) -> list[PromptStyle]:
         if name not in styles:
             raise NotFound(f"styles.{i}: no style named {name!r}; {STYLES_HINT}", field=f"styles.{i}")
     return [styles[name] for name in names]
+
+
+def face_restorer(settings: Settings, name: str | None) -> str | None:
+    """The installed face restorer ``name`` means (any case), canonical; None: none asked."""
+    if name is None:
+        return None
+    installed = restorers.available(list_files(settings.resolved_models_dir, "face_restorers"))
+    for known in installed:
+        if known.lower() == name.strip().lower():
+            return known
+    have = f"installed: {', '.join(installed)}" if installed else "none is installed"
+    raise NotFound(f"restore_faces: no face restorer named {name!r} ({have}); {RESTORERS_HINT}",
+                   field="restore_faces")
 
 
 def check(catalog: ModelCatalog, settings: Settings, body: JobCreate) -> tuple[ModelInfo, list[PromptStyle]]:

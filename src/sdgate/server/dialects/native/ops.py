@@ -11,18 +11,21 @@ from starlette.concurrency import run_in_threadpool
 
 import sdgate
 from sdgate.core.errors import StorageUnavailable
+from sdgate.server.dialects.native.protocol import HealthOut, ReadyOut
+from sdgate.server.dialects.native.router import NativeRoute
 from sdgate.server.services import Services
 
 log = logging.getLogger("sdgate.server")
-router = APIRouter(tags=["ops"])
+router = APIRouter(tags=["ops"], route_class=NativeRoute)
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=HealthOut)
 async def healthz() -> dict[str, Any]:
     return {"status": "ok", "version": sdgate.__version__}
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=ReadyOut,
+            responses={503: {"model": ReadyOut, "description": "not ready: see reason"}})
 async def readyz(request: Request) -> JSONResponse:
     """Ready when the job store answers, the disks take writes and, in a process that generates, its
     workers run and the default model is known. An API-only process (no engine) needs no workers.

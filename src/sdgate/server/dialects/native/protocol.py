@@ -9,102 +9,228 @@ refused (422 naming the field): this API is ours, and a typo should not silently
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
-from typing import Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 
 from sdgate.core.jobs import JobState
 from sdgate.core.requests import MAX_SEED, Mode
 
 MAX_PRIORITY = 1000
-_Seed = Field(default=-1, ge=-1, le=MAX_SEED, description="-1 or null: random (the drawn seed is stored)")
+# Hard ceilings the schema states. The server's settings may set lower limits (max_side,
+# max_pixels, max_steps, max_batch_images, max_metadata_bytes, the prompt's bytes): a request over
+# one of those is a 400 naming the field and the limit.
+MAX_SIDE = 16384
+MAX_STEPS = 10000
+MAX_BATCH = 1000
+MAX_PROMPT_CHARS = 1 << 20
+MAX_NAME_CHARS = 1024
+MAX_IMAGE_CHARS = 96 << 20  # base64 of the largest body the server takes
+# Every VAE downsamples by a multiple of 8 (SD: 8; the demo model: 16); the model's own factor is
+# checked when the job is submitted (GET /api/v1/models lists each model's vae_scale_factor).
+MIN_SIZE_FACTOR = 8
+METADATA_KEYS = 64
+METADATA_ITEMS = 64
+
+
+
+# No surprising coercion: JSON ``false`` is not 0, ``"5"`` is not 5, ``1`` is not ``true``
+# (``_Strict`` refuses a bool or a string for an integer field; 1.0 stays JSON Schema's integer 1).
+_Int = int
+_Float = Annotated[float, Field(strict=True)]
+_Bool = Annotated[bool, Field(strict=True)]
+_Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
+# Bounded types for nullable fields: constraints on ``X | None`` itself would not reach the schema.
+_Size = Annotated[_Int, Field(ge=MIN_SIZE_FACTOR, le=MAX_SIDE, multiple_of=MIN_SIZE_FACTOR)]
+_Steps = Annotated[_Int, Field(ge=1, le=MAX_STEPS)]
+_SeedIn = Annotated[_Int, Field(ge=-1, le=MAX_SEED)]
+_Fraction = Annotated[_Float, Field(ge=0.0, le=1.0)]
+_Open01 = Annotated[_Float, Field(gt=0.0, lt=1.0)]
+_Scale = Annotated[_Float, Field(ge=0.0, le=100.0)]
+_Sigma = Annotated[_Float, Field(ge=0.0, le=1000.0)]
+_Noise = Annotated[_Float, Field(ge=0.0, le=10.0)]
+_SEED_DOC = "-1 or null: random (the drawn seed is stored)"
+
+# ``metadata``: JSON values nested at most four levels (an object of objects of lists of scalars),
+# bounded in keys and items; its size as JSON is bounded by the server's max_metadata_bytes.
+_MetaKey = Annotated[str, StringConstraints(max_length=256)]
+_MetaScalar = str | int | _Float | _Bool | None
+_Meta1 = _MetaScalar | Annotated[list[_MetaScalar], Field(max_length=METADATA_ITEMS)] | Annotated[
+    dict[_MetaKey, _MetaScalar], Field(max_length=METADATA_KEYS)
+]
+_Meta2 = _MetaScalar | Annotated[list[_Meta1], Field(max_length=METADATA_ITEMS)] | Annotated[
+    dict[_MetaKey, _Meta1], Field(max_length=METADATA_KEYS)
+]
+_Meta3 = _MetaScalar | Annotated[list[_Meta2], Field(max_length=METADATA_ITEMS)] | Annotated[
+    dict[_MetaKey, _Meta2], Field(max_length=METADATA_KEYS)
+]
+METADATA_DEPTH = 4
+
+
+def _shallow(value: Any) -> Any:
+    """Refuses JSON nested deeper than ``METADATA_DEPTH`` before anything walks it (iteratively:
+    no recursion), with one error naming ``metadata`` rather than one per union member."""
+    todo = [(value, 0)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, dict | list):
+            if depth >= METADATA_DEPTH:
+                raise ValueError(f"nested deeper than {METADATA_DEPTH} levels")
+            todo += [(v, depth + 1) for v in (item.values() if isinstance(item, dict) else item)]
+    return value
+
+
+Metadata = Annotated[dict[_MetaKey, _Meta3], Field(max_length=METADATA_KEYS), BeforeValidator(_shallow)]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _json_integer(cls, value: Any, info: ValidationInfo) -> Any:
+        """JSON Schema's integer: ``1`` and ``1.0``, never ``false`` or ``"1"``."""
+        if isinstance(value, bool | str | bytes) and info.field_name in _integer_fields(cls):
+            raise ValueError(f"must be an integer, not {type(value).__name__}")
+        return value
+
+
+@functools.cache
+def _integer_fields(model: type[BaseModel]) -> frozenset[str]:
+    return frozenset(name for name, field in model.model_fields.items() if _is_integer(field.annotation))
+
+
+def _is_integer(annotation: Any) -> bool:
+    """``int``, ``Annotated[int, ...]`` or either ``| None``."""
+    if annotation is int:
+        return True
+    args = get_args(annotation)
+    if get_origin(annotation) is Annotated:
+        return _is_integer(args[0])
+    return get_origin(annotation) in (Union, UnionType) and any(_is_integer(a) for a in args)
+
 
 class LoraIn(_Strict):
-    name: str = Field(max_length=255)
-    te_weight: float = 1.0
-    unet_weight: float = 1.0
+    name: _Name
+    te_weight: _Float = Field(1.0, ge=-10.0, le=10.0)
+    unet_weight: _Float = Field(1.0, ge=-10.0, le=10.0)
 
 
 class HiresIn(_Strict):
-    scale: float = 2.0
-    resize_x: int = Field(0, ge=0, le=65536)
-    resize_y: int = Field(0, ge=0, le=65536)
-    upscaler: str = "Latent"
-    second_pass_steps: int = Field(0, ge=0, le=10000)
-    denoising_strength: float = Field(0.7, ge=0.0, le=1.0)
-    sampler: str | None = None
-    scheduler: str | None = None
-    prompt: str = ""
-    negative_prompt: str = ""
-    checkpoint: str | None = Field(None, max_length=1024, description="the second pass's model; null: same")
+    """The second pass: ``resize_x``/``resize_y`` (0: ``scale`` times the first size) within the
+    server's size limits; ``second_pass_steps`` 0: the first pass's steps."""
+
+    scale: _Float = Field(2.0, ge=1.0, le=8.0)
+    resize_x: _Int = Field(0, ge=0, le=MAX_SIDE)
+    resize_y: _Int = Field(0, ge=0, le=MAX_SIDE)
+    upscaler: _Name = "Latent"
+    second_pass_steps: _Int = Field(0, ge=0, le=MAX_STEPS)
+    denoising_strength: _Float = Field(0.7, ge=0.0, le=1.0)
+    sampler: _Name | None = None
+    scheduler: _Name | None = None
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    checkpoint: _Name | None = Field(None, description="the second pass's model; null: same")
+
+
+_SIZE_DOC = (
+    f"a multiple of the model's VAE factor (at least {MIN_SIZE_FACTOR}: GET /api/v1/models lists "
+    "vae_scale_factor), within the server's max_side and max_pixels; null: the model's own"
+)
 
 
 class JobCreate(_Strict):
     """``POST /api/v1/jobs``. Leave ``width``/``height``/``steps`` out (or null) for the model's own
-    defaults. ``mode`` is inferred when left out: a ``mask`` means inpaint, an init image img2img."""
+    defaults. ``mode`` is inferred when left out: a ``mask`` means inpaint, an init image img2img.
+    The bounds stated here are hard ceilings; the server's own limits may be lower (a 400 naming
+    the field and the limit)."""
 
-    prompt: str = ""
-    negative_prompt: str = ""
-    model: str | None = Field(None, max_length=1024, description="from GET /api/v1/models; null: default")
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    model: _Name | None = Field(None, description="from GET /api/v1/models; null: default")
     mode: Mode | None = None
-    width: int | None = Field(None, ge=1, le=1 << 20)
-    height: int | None = Field(None, ge=1, le=1 << 20)
-    steps: int | None = Field(None, ge=1, le=1 << 20)
-    cfg_scale: float = 7.0
-    sampler: str | None = Field(None, description="an A1111 sampler name (GET /api/v1/samplers); null: Euler")
-    scheduler: str | None = Field(None, description="karras, exponential, ...; null: the sampler's default")
-    seed: int | None = _Seed
-    subseed: int | None = _Seed
-    subseed_strength: float = Field(0.0, ge=0.0, le=1.0)
-    seed_resize_from_w: int = Field(0, ge=0, le=65536)
-    seed_resize_from_h: int = Field(0, ge=0, le=65536)
-    batch_size: int = Field(1, ge=1, le=1 << 20)
-    n_iter: int = Field(1, ge=1, le=1 << 20)
-    clip_skip: int = Field(1, ge=1, le=12)
-    tiling: bool = False
-    eta: float | None = None
-    s_churn: float | None = None
-    s_tmin: float | None = None
-    s_tmax: float | None = None
-    s_noise: float | None = None
-    s_min_uncond: float = Field(
-        0.0, ge=0.0, description="NGMS: below this sigma, every other step skips the negative prompt"
+    width: _Size | None = Field(None, description=_SIZE_DOC)
+    height: _Size | None = Field(None, description=_SIZE_DOC)
+    steps: _Steps | None = Field(None, description="within the server's max_steps")
+    cfg_scale: _Float = Field(7.0, ge=0.0, le=100.0)
+    sampler: _Name | None = Field(
+        None, description="an A1111 sampler name (GET /api/v1/samplers); null: Euler"
     )
-    eta_noise_seed_delta: int = Field(0, ge=0, le=MAX_SEED)
+    scheduler: _Name | None = Field(None, description="karras, exponential, ...; null: the sampler's default")
+    seed: _SeedIn | None = Field(-1, description=_SEED_DOC)
+    subseed: _SeedIn | None = Field(-1, description=_SEED_DOC)
+    subseed_strength: _Float = Field(0.0, ge=0.0, le=1.0)
+    seed_resize_from_w: _Int = Field(0, ge=0, le=MAX_SIDE)
+    seed_resize_from_h: _Int = Field(0, ge=0, le=MAX_SIDE)
+    batch_size: _Int = Field(
+        1, ge=1, le=MAX_BATCH, description="batch_size x n_iter: within the server's max_batch_images"
+    )
+    n_iter: _Int = Field(1, ge=1, le=MAX_BATCH)
+    clip_skip: _Int = Field(1, ge=1, le=12)
+    tiling: _Bool = False
+    eta: _Noise | None = None
+    s_churn: _Scale | None = None
+    s_tmin: _Sigma | None = None
+    s_tmax: _Sigma | None = None
+    s_noise: _Noise | None = None
+    s_min_uncond: _Float = Field(
+        0.0, ge=0.0, le=100.0,
+        description="NGMS: below this sigma, every other step skips the negative prompt",
+    )
+    eta_noise_seed_delta: _Int = Field(0, ge=0, le=MAX_SEED)
     # img2img / inpaint
-    init_image: str | None = Field(None, description="base64, a data: URI, or an upload id (img_...)")
-    init_images: list[str] | None = Field(None, max_length=16, description="several init images")
-    mask: str | None = Field(None, description="base64, a data: URI, or an upload id; white = repaint")
-    denoising_strength: float | None = Field(None, ge=0.0, le=1.0)
-    resize_mode: int = Field(0, ge=0, le=3)
-    image_cfg_scale: float | None = None
-    mask_blur_x: int = Field(4, ge=0, le=256)
-    mask_blur_y: int = Field(4, ge=0, le=256)
-    inpainting_fill: int = Field(1, ge=0, le=3)
-    inpaint_full_res: bool = False
-    inpaint_full_res_padding: int = Field(32, ge=0, le=4096)
-    inpainting_mask_invert: bool = False
-    mask_round: bool = Field(True, description="false: the blurred mask stays soft in the latent blend")
-    initial_noise_multiplier: float = 1.0
+    init_image: str | None = Field(None, max_length=MAX_IMAGE_CHARS,
+                                   description="base64, a data: URI, or an upload id (img_...)")
+    init_images: list[Annotated[str, Field(max_length=MAX_IMAGE_CHARS)]] | None = Field(
+        None, max_length=16, description="several init images"
+    )
+    mask: str | None = Field(None, max_length=MAX_IMAGE_CHARS,
+                             description="base64, a data: URI, or an upload id; white = repaint")
+    denoising_strength: _Fraction | None = None
+    resize_mode: _Int = Field(0, ge=0, le=3)
+    image_cfg_scale: _Scale | None = None
+    mask_blur_x: _Int = Field(4, ge=0, le=256)
+    mask_blur_y: _Int = Field(4, ge=0, le=256)
+    inpainting_fill: _Int = Field(1, ge=0, le=3)
+    inpaint_full_res: _Bool = False
+    inpaint_full_res_padding: _Int = Field(32, ge=0, le=4096)
+    inpainting_mask_invert: _Bool = False
+    mask_round: _Bool = Field(True, description="false: the blurred mask stays soft in the latent blend")
+    initial_noise_multiplier: _Float = Field(1.0, ge=0.0, le=10.0)
     # extras
     hires: HiresIn | None = None
     loras: list[LoraIn] = Field(default_factory=list, max_length=32)
-    vae: str | None = Field(None, max_length=1024)
-    styles: list[str] = Field(default_factory=list, max_length=64)
-    refiner: str | None = Field(None, max_length=1024, description="a model to finish sampling on")
-    refiner_switch_at: float | None = Field(
-        None, gt=0.0, lt=1.0, description="the share of the steps run before switching to the refiner"
+    vae: _Name | None = None
+    styles: list[_Name] = Field(default_factory=list, max_length=64)
+    refiner: _Name | None = Field(None, description="a model to finish sampling on")
+    refiner_switch_at: _Open01 | None = Field(
+        None, description="the share of the steps run before switching to the refiner"
+    )
+    restore_faces: _Name | None = Field(
+        None, description="a face restorer run on each image (CodeFormer, GFPGAN, RestoreFormer: "
+        "one installed on the server, else a 404); null: none"
     )
     # the job
-    priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, description="higher runs first")
-    callback_url: str | None = Field(None, description="POSTed the job, signed, when it ends")
-    metadata: dict[str, Any] = Field(default_factory=dict, description="yours; returned as sent")
+    priority: _Int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, description="higher runs first")
+    callback_url: str | None = Field(
+        None, max_length=2048, description="POSTed the job, signed, when it ends"
+    )
+    metadata: Metadata = Field(
+        default_factory=dict,
+        description="yours; returned as sent. JSON nested at most 4 levels, its size within the "
+        "server's max_metadata_bytes",
+    )
 
 
 class ProgressOut(BaseModel):
@@ -244,3 +370,16 @@ class QueueOut(BaseModel):
     running: list[str] = Field(description="ids of the jobs running now")
     workers: int
     eta_s: float | None = Field(None, description="rough time until the queue is empty")
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+    version: str
+
+
+class ReadyOut(BaseModel):
+    """``/readyz``: 200 when ready, 503 (same body) with ``reason`` when not."""
+
+    ready: bool
+    checks: dict[str, Any] = Field(description="store, storage, engine, workers, model, queue_depth")
+    reason: str | None = None

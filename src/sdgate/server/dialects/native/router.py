@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Coroutine
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response, WebSocket
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, BeforeValidator, StringConstraints
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sdgate.core.errors import InvalidRequest
 from sdgate.core.jobs import JobState
@@ -34,13 +38,46 @@ from sdgate.server.dialects.native.protocol import (
     VaeOut,
 )
 from sdgate.server.dialects.native.runtime import RuntimeDep, get_runtime
-from sdgate.server.errors import DialectRoute
+from sdgate.server.errors import DialectRoute, WrappedError
 
-router = APIRouter(prefix="/api/v1", route_class=DialectRoute, tags=["native"])
+
+class NativeRoute(DialectRoute):
+    """Native and ops routes: every error is an ``ErrorBody``, documented for each status."""
+
+    error_body: ClassVar[type[BaseModel] | None] = ErrorBody
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except StarletteHTTPException as exc:
+                # FastAPI's and Starlette's own 400s (a body or form that does not parse) in our shape.
+                if exc.status_code != 400 or isinstance(exc, WrappedError):
+                    raise
+                raise WrappedError(InvalidRequest(f"body: {exc.detail}", field="body")) from None
+
+        return handle
+
+
+def _iso_datetime(value: Any) -> Any:
+    """A query's date-time as ISO 8601 text only: pydantic would read ``0.5`` as a Unix time."""
+    if isinstance(value, str) and not _ISO_DATE.match(value):
+        raise ValueError("an ISO 8601 date-time, like 2026-01-31T12:00:00Z")
+    return value
+
+
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_datetime)]
+
+
+router = APIRouter(prefix="/api/v1", route_class=NativeRoute, tags=["native"])
 
 IdempotencyKey = Annotated[
     str | None,
-    Header(alias="Idempotency-Key", max_length=255, description="same key + same body: the same job"),
+    Header(alias="Idempotency-Key", pattern=r"^[\x20-\x7e]{1,255}$",
+           description="printable ASCII; same key + same body: the same job"),
 ]
 Wait = Annotated[
     float,
@@ -51,13 +88,14 @@ Include = Annotated[
     list[Literal["images"]],
     Query(description="images: put each image file in the result, base64, as data (no extra GET)"),
 ]
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": "an error (429: see Retry-After)"}
-    for code in (400, 404, 409, 413, 422, 429)
-}
+# Statuses beyond the common ones (``COMMON_ERROR_STATUSES``); NativeRoute documents each as ErrorBody.
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such job, image or name"}}
+_CONFLICT: dict[int | str, dict[str, Any]] = {409: {"description": "the job's state does not allow it"}}
+# ``key:value``; the key is a metadata key (no ``:``, quote or backslash).
+MetadataFilter = Annotated[str, StringConstraints(pattern=r'^[^:"\\]{1,256}:.{0,1024}$')]
 
 
-@router.post("/jobs", status_code=202, response_model=JobOut, responses=_ERRORS)
+@router.post("/jobs", status_code=202, response_model=JobOut, responses={**_NOT_FOUND, **_CONFLICT})
 async def submit_job(
     body: JobCreate, runtime: RuntimeDep, user: UserDep, response: Response,
     idempotency_key: IdempotencyKey = None, wait: Wait = 0, include: Include = [],  # noqa: B006
@@ -75,16 +113,20 @@ async def submit_job(
     return await run_in_threadpool(native_jobs.render, runtime, job, include_images="images" in include)
 
 
-@router.get("/jobs", response_model=JobPage, responses=_ERRORS)
+@router.get("/jobs", response_model=JobPage)
 async def list_jobs(
     runtime: RuntimeDep,
     user: UserDep,
     state: Annotated[list[JobState] | None, Query(description="repeat for several")] = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
-    metadata: Annotated[list[str], Query(description="key:value, repeat for several")] = [],  # noqa: B006
+    created_after: Annotated[IsoDateTime | None, Query(description="ISO 8601; naive: UTC")] = None,
+    created_before: Annotated[IsoDateTime | None, Query(description="ISO 8601; naive: UTC")] = None,
+    metadata: Annotated[
+        list[MetadataFilter], Query(max_length=16, description="key:value, repeat for several")
+    ] = [],  # noqa: B006
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Annotated[str | None, Query(
+        pattern=r"^[A-Za-z0-9_-]{1,64}$", description="a next_cursor"
+    )] = None,
 ) -> dict[str, Any]:
     """The caller's jobs, newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
     return await run_in_threadpool(
@@ -93,7 +135,7 @@ async def list_jobs(
     )
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut, responses=_ERRORS)
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=_NOT_FOUND)
 async def get_job(
     job_id: str, runtime: RuntimeDep, user: UserDep, wait: Wait = 0, include: Include = [],  # noqa: B006
 ) -> dict[str, Any]:
@@ -105,7 +147,7 @@ async def get_job(
     return await run_in_threadpool(native_jobs.render, runtime, job, include_images="images" in include)
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=_ERRORS)
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses={**_NOT_FOUND, **_CONFLICT})
 async def cancel_job(job_id: str, runtime: RuntimeDep, user: UserDep) -> dict[str, Any]:
     """A queued job is cancelled at once and never runs; a running one stops at its next step.
     409 if the job already ended."""
@@ -113,14 +155,15 @@ async def cancel_job(job_id: str, runtime: RuntimeDep, user: UserDep) -> dict[st
     return await run_in_threadpool(native_jobs.render, runtime, job)
 
 
-@router.delete("/jobs/{job_id}", status_code=204, responses=_ERRORS)
+@router.delete("/jobs/{job_id}", status_code=204, responses={**_NOT_FOUND, **_CONFLICT})
 async def delete_job(job_id: str, runtime: RuntimeDep, user: UserDep) -> Response:
     """Cancels the job if it has not ended, then deletes it, its events and the images only it used."""
     await native_jobs.delete(runtime, job_id, user)
     return Response(status_code=204)
 
 
-@router.post("/jobs/{job_id}/retry", status_code=202, response_model=JobOut, responses=_ERRORS)
+@router.post("/jobs/{job_id}/retry", status_code=202, response_model=JobOut,
+             responses={**_NOT_FOUND, **_CONFLICT})
 async def retry_job(job_id: str, runtime: RuntimeDep, user: UserDep) -> dict[str, Any]:
     """A new job (202) with the ended job's resolved request (same seeds), priority, metadata and
     callback. 409 while the job is still queued or running."""
@@ -131,7 +174,8 @@ async def retry_job(job_id: str, runtime: RuntimeDep, user: UserDep) -> dict[str
 @router.get(
     "/jobs/{job_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}, **_ERRORS},
+    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"},
+               **_NOT_FOUND},
 )
 async def job_events(
     job_id: str,
@@ -182,7 +226,7 @@ _UPLOAD_BODY = {
 }
 
 
-@router.post("/uploads", status_code=201, response_model=UploadOut, responses=_ERRORS,
+@router.post("/uploads", status_code=201, response_model=UploadOut,
              openapi_extra=_UPLOAD_BODY)
 async def upload_image(request: Request, runtime: RuntimeDep, user: UserDep) -> dict[str, Any]:
     """Store an image once (by content hash) for use as ``init_image`` or ``mask`` by its id."""
@@ -196,7 +240,8 @@ async def upload_image(request: Request, runtime: RuntimeDep, user: UserDep) -> 
 @router.get(
     "/images/{image_id}",
     response_class=Response,
-    responses={200: {"content": {t: {} for t in native_images.MEDIA_TYPES.values()}}, **_ERRORS},
+    responses={200: {"content": {t: {} for t in native_images.MEDIA_TYPES.values()},
+                     "description": "the image file"}, **_NOT_FOUND},
 )
 async def get_image(
     image_id: str,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -49,15 +48,6 @@ def infer_mode(body: JobCreate, *, has_init: bool, has_mask: bool) -> Mode:
     return mode
 
 
-def check_metadata(metadata: dict[str, Any], settings: Settings) -> None:
-    size = len(json.dumps(metadata, separators=(",", ":")))
-    if size > settings.max_metadata_bytes:
-        raise InvalidRequest(
-            f"metadata: {size} bytes as JSON, more than the {settings.max_metadata_bytes} allowed",
-            field="metadata",
-        )
-
-
 def generation_request(
     body: JobCreate,
     *,
@@ -67,17 +57,18 @@ def generation_request(
     init_images: tuple[str, ...] = (),
     mask: str | None = None,
     styles: Sequence[PromptStyle] = (),
+    restore_faces: str | None = None,
 ) -> GenerationRequest:
     """A native job body as a resolved ``GenerationRequest``: seeds drawn, sizes and steps filled
     from the model's defaults, sampler names canonical, images as image-store ids, ``styles`` (the
-    body's, found by ``names.check``) merged into the prompts in order, as A1111 does."""
+    body's, found by ``names.check``) merged into the prompts in order, as A1111 does;
+    ``restore_faces`` is the body's face restorer as ``names.face_restorer`` found it."""
     mode = infer_mode(body, has_init=bool(init_images), has_mask=mask is not None)
     width = body.width if body.width is not None else defaults.width
     height = body.height if body.height is not None else defaults.height
     steps = body.steps if body.steps is not None else defaults.steps
     check_counts(steps, body.batch_size, body.n_iter, body.cfg_scale, settings)
     check_size(width, height, defaults, settings)
-    check_metadata(body.metadata, settings)
     choice = resolve_sampler(body.sampler, body.scheduler)
     if choice.fell_back:
         raise InvalidRequest(
@@ -98,7 +89,7 @@ def generation_request(
     fields = body.model_dump(
         exclude={"prompt", "negative_prompt", "mode", "model", "width", "height", "steps", "sampler",
                  "scheduler", "seed", "subseed", "init_image", "init_images", "mask", "denoising_strength",
-                 "hires", "loras", "styles",
+                 "hires", "loras", "styles", "restore_faces",
                  *_JOB_FIELDS}
     )
     return GenerationRequest(
@@ -120,6 +111,7 @@ def generation_request(
         hires=HiresSettings(**body.hires.model_dump()) if body.hires is not None else None,
         loras=tuple(LoraRef(**lora.model_dump()) for lora in body.loras),
         styles=tuple(body.styles),
+        restore_faces=restore_faces,
     )
 
 
@@ -212,13 +204,15 @@ def event_data(kind: JobEventKind, job: Job, *, base: str = "") -> dict[str, Any
 
 
 def as_utc(value: datetime | None, field: str) -> datetime | None:
-    """A query's datetime in UTC (naive means UTC)."""
+    """A query's datetime in UTC (naive means UTC). One past the ends of the calendar in UTC (e.g.
+    0001-01-01T00:00+01:00) is that end: as a bound it filters the same."""
     if value is None:
         return None
     try:
         return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
-    except OverflowError:  # e.g. 0001-01-01T00:00+01:00
-        raise InvalidRequest(f"{field}: out of range", field=field) from None
+    except OverflowError:
+        end = datetime.min if value.year == datetime.min.year else datetime.max
+        return end.replace(tzinfo=UTC)
 
 
 def encode_cursor(seq: int) -> str:
