@@ -79,7 +79,7 @@ async def test_batch_images(client: httpx.AsyncClient) -> None:
 async def test_extras_errors_name_the_field(client: httpx.AsyncClient, body: dict, field: str) -> None:
     payload = {"image": b64(Image.new("RGB", (8, 8))), **body}
     r = await client.post("/sdapi/v1/extra-single-image", json=payload)
-    assert 400 <= r.status_code < 500 and field in r.json()["detail"]
+    assert 400 <= r.status_code < 500 and field in str(r.json()["detail"])  # or a schema bound's 422
     r = await client.post("/sdapi/v1/extra-batch-images", json={"imageList": [{"data": "bad"}]})
     assert r.status_code == 400 and "imageList.0.data" in r.json()["detail"]
 
