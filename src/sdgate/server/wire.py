@@ -22,9 +22,13 @@ from sdgate.server.errors import WrappedError
 
 Model = TypeVar("Model", bound=BaseModel)
 
+# The largest integer every JSON parser reads exactly (a double's 53 bits): the bound of seeds a
+# dialect takes as JSON numbers, so that no client rounds one on the way.
+MAX_JSON_INT = 2**53 - 1
 # Prompts are text: no NUL characters (the server refuses them in every prompt).
 NO_NUL = "^[^\\x00]*$"
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+# Only the words: a form cannot tell the number 0 from false, so "0" is a number, never a boolean.
+_TRUE, _FALSE = ("true",), ("false",)
 
 # An integer: never a bool, a string or a float.
 Int = Annotated[int, Strict()]

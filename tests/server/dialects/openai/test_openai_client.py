@@ -143,7 +143,10 @@ def test_models_list(client: openai.OpenAI) -> None:
     [
         ({"n": 11}, "n"),
         ({"size": "big"}, "size"),
-        ({"size": "500x500"}, "width"),
+        ({"size": "500x500"}, "size"),  # the schema's pattern: sides are multiples of 16
+        ({"size": "4096x4096"}, "size"),
+        ({"n": "2"}, "n"),  # OpenAI refuses a string for an integer
+        ({"extra_body": {"seed": False}}, "seed"),
         ({"prompt": ""}, "prompt"),
         ({"extra_body": {"sampler": "nope"}}, "sampler"),
         ({"response_format": "gif"}, "response_format"),

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from sdgate.core.errors import InvalidRequest, NotFound, SdgateError
@@ -28,13 +29,14 @@ from sdgate.server.dialects.openai.protocol import (
     ImagesResponse,
     ImageVariationParams,
     ModelList,
+    OpenAIError,
 )
 from sdgate.server.dialects.stability import images as images_io
-from sdgate.server.dialects.stability import translate as stability
 from sdgate.server.errors import DialectRoute
 from sdgate.server.model_aliases import ALIASES, model_header, resolve_model
 from sdgate.server.services import Services
 from sdgate.server.signing import SIGNED_PATH, UrlSigner
+from sdgate.server.wire import Model, ShapedBodyErrors, inline_schema, multipart_body, validate_form
 
 log = logging.getLogger("sdgate.openai")
 DIALECT = "openai"
@@ -42,8 +44,9 @@ _warned_fields: set[str] = set()
 OPENAI_MODELS = tuple(name for name in ALIASES if name.startswith(("dall-e", "gpt-image")))
 
 
-class OpenAIRoute(DialectRoute):
+class OpenAIRoute(ShapedBodyErrors, DialectRoute):
     dialect = DIALECT
+    error_body = OpenAIError
 
     @staticmethod
     def render_error(err: SdgateError) -> JSONResponse:
@@ -60,6 +63,22 @@ class OpenAIRoute(DialectRoute):
 
 
 router = APIRouter(prefix="/v1", route_class=OpenAIRoute, tags=["OpenAI"])
+
+# A generation also answers what its job may end with: an unknown model under strict_models (404),
+# a job cancelled meanwhile (409), a server shutting down (503).
+_JOB_ERRORS: dict[int | str, dict[str, Any]] = {404: {}, 409: {}, 503: {}}
+_IMAGE = "a PNG, JPEG or WebP image"
+_EDIT_FORM = multipart_body(
+    inline_schema(ImageEditParams),
+    files={
+        "image": f"{_IMAGE} (several: repeated image[] fields; the first is edited)",
+        "mask": f"{_IMAGE} the size of image; its transparent pixels are edited",
+    },
+    required=("image",),
+)
+_VARIATION_FORM = multipart_body(
+    inline_schema(ImageVariationParams), files={"image": _IMAGE}, required=("image",)
+)
 
 
 def _log_unknown(kind: str, body: BaseModel) -> None:
@@ -124,7 +143,12 @@ async def _run(
     return job
 
 
-@router.post("/images/generations", response_model=ImagesResponse, response_model_exclude_none=True)
+@router.post(
+    "/images/generations",
+    response_model=ImagesResponse,
+    response_model_exclude_none=True,
+    responses=_JOB_ERRORS,
+)
 async def generations(
     request: Request,
     response: Response,
@@ -142,7 +166,13 @@ async def generations(
     )
 
 
-@router.post("/images/edits", response_model=ImagesResponse, response_model_exclude_none=True)
+@router.post(
+    "/images/edits",
+    response_model=ImagesResponse,
+    response_model_exclude_none=True,
+    responses=_JOB_ERRORS,
+    openapi_extra=_EDIT_FORM,
+)
 async def edits(
     request: Request, response: Response, services: ServicesDep, user: UserDep
 ) -> dict[str, Any]:
@@ -185,7 +215,13 @@ async def edits(
     )
 
 
-@router.post("/images/variations", response_model=ImagesResponse, response_model_exclude_none=True)
+@router.post(
+    "/images/variations",
+    response_model=ImagesResponse,
+    response_model_exclude_none=True,
+    responses=_JOB_ERRORS,
+    openapi_extra=_VARIATION_FORM,
+)
 async def variations(
     request: Request, response: Response, services: ServicesDep, user: UserDep
 ) -> dict[str, Any]:
@@ -239,14 +275,24 @@ async def signed_image(
 
 
 async def _read_form(request: Request) -> FormData:
+    """The form; a malformed multipart body is the client's 400, in OpenAI's shape (Starlette
+    raises its own ``HTTPException`` for it, which would answer FastAPI's ``{detail}``)."""
     try:
         return await request.form()
-    except MultiPartException as exc:  # a malformed multipart body is the client's
-        raise InvalidRequest(f"body: is not valid multipart/form-data ({exc.message})", field="body") from exc
+    except MultiPartException as exc:
+        reason = exc.message
+    except StarletteHTTPException as exc:
+        reason = str(exc.detail)
+    raise InvalidRequest(f"body: is not valid multipart/form-data ({reason})", field="body")
 
 
-def _validate(model: type[stability.Model], form: FormData) -> stability.Model:
-    return stability.validate(model, dict((k, v) for k, v in form.multi_items() if isinstance(v, str)))
+def _validate(model: type[Model], form: FormData) -> Model:
+    """The text fields; one given twice is a list, which a scalar field refuses."""
+    values: dict[str, list[str]] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, str):
+            values.setdefault(key, []).append(value)
+    return validate_form(model, {k: v[0] if len(v) == 1 else v for k, v in values.items()})
 
 
 async def _file(form: FormData, name: str) -> bytes | None:

@@ -92,15 +92,9 @@ def _common(
     }
 
 
-def check_unsupported(body: ImageGenerationRequest) -> None:
-    if body.stream:
-        raise InvalidRequest("stream: streaming partial images is not supported; omit stream", field="stream")
-
-
 def generation_request(
     body: ImageGenerationRequest, *, model: str, defaults: ModelDefaults, settings: Settings
 ) -> GenerationRequest:
-    check_unsupported(body)
     size = parse_size(body.size, (defaults.width, defaults.height))
     return GenerationRequest(
         mode=Mode.TXT2IMG,
@@ -120,7 +114,6 @@ def edit_request(
     settings: Settings,
 ) -> GenerationRequest:
     """An edit: inpaint where ``mask`` (already white = edit) says, else img2img of the whole image."""
-    check_unsupported(body)
     size = parse_size(body.size, fit(init_size, defaults))
     default = EDIT_STRENGTH if mask else IMG2IMG_STRENGTH
     return GenerationRequest(
