@@ -81,7 +81,11 @@ def test_old_spellings_and_accept(live: str, engine: FakeEngine, settings: Setti
     [
         ({"parameters": {}}, 422),
         ({"inputs": "a", "parameters": {"width": "wide"}}, 422),
-        ({"inputs": "a", "parameters": {"width": 500}}, 400),
+        ({"inputs": "a", "parameters": {"width": 500}}, 422),  # the schema: multiples of 8
+        ({"inputs": "a" * 32001}, 422),  # the schema's max length (the 50 MB prompt of issue 13)
+        ({"inputs": "a", "parameters": {"seed": False}}, 422),  # not 0
+        ({"inputs": "a", "parameters": {"num_inference_steps": "20"}}, 422),
+        ({"inputs": "a", "parameters": {"width": 4096}}, 422),
         ({"inputs": "a", "parameters": {"scheduler": "NoSuchScheduler"}}, 400),
         ({"inputs": "boom"}, 500),
     ],
@@ -91,6 +95,16 @@ def test_error_shapes(live: str, body: dict[str, object], status: int) -> None:
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert isinstance(error, list if status == 422 else str) and error
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_guidance_is_refused_in_hf_shape(live: str, engine: FakeEngine, value: str) -> None:
+    before = len(engine.calls)
+    body = '{"inputs": "a", "parameters": {"guidance_scale": ' + value + '}}'
+    r = httpx.post(f"{live}/models/{REPO}", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == ["parameters.guidance_scale: Input should be a finite number"]
+    assert len(engine.calls) == before
 
 
 class LoadingEngine(FakeEngine):

@@ -13,11 +13,12 @@ from sdgate.core.errors import GenerationFailed, SdgateError
 from sdgate.server import jobflow
 from sdgate.server.deps import ServicesDep, UserDep
 from sdgate.server.dialects.hf import translate
-from sdgate.server.dialects.hf.protocol import TextToImageRequest
+from sdgate.server.dialects.hf.protocol import HfError, HfValidationError, TextToImageRequest
 from sdgate.server.dialects.stability import images as images_io
 from sdgate.server.errors import DialectRoute
 from sdgate.server.model_aliases import model_header, resolve_model
 from sdgate.server.services import Services
+from sdgate.server.wire import ShapedBodyErrors
 
 log = logging.getLogger("sdgate.hf")
 DIALECT = "hf"
@@ -25,10 +26,12 @@ DEFAULT_LOAD_ESTIMATE_S = 20.0
 _warned_fields: set[str] = set()
 
 
-class HfRoute(DialectRoute):
+class HfRoute(ShapedBodyErrors, DialectRoute):
     """``{"error": "<message>"}``; schema errors as ``{"error": [...]}`` with 422, as the service did."""
 
     dialect = DIALECT
+    error_body = HfError
+    validation_body = HfValidationError
 
     @staticmethod
     def render_error(err: SdgateError) -> JSONResponse:
@@ -70,7 +73,21 @@ def _loading(services: Services, model: str) -> float | None:
     return float(estimate(model)) if callable(estimate) else DEFAULT_LOAD_ESTIMATE_S
 
 
-@router.post("/models/{model_id:path}")
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the image's bytes, in the format Accept names (PNG by default)",
+        "content": {"image/png": _BINARY, "image/jpeg": _BINARY, "image/webp": _BINARY},
+    },
+    # 404: an unknown model under strict_models; 409: the job was cancelled meanwhile; 503: the
+    # model is loading (with estimated_time) or the server is shutting down.
+    404: {},
+    409: {},
+    503: {},
+}
+
+
+@router.post("/models/{model_id:path}", response_class=Response, responses=RESPONSES)
 async def text_to_image(
     model_id: str,
     request: Request,

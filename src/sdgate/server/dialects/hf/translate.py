@@ -6,28 +6,12 @@ from sdgate.core.engine import ModelDefaults
 from sdgate.core.errors import InvalidRequest, SdgateError
 from sdgate.core.requests import GenerationRequest, Mode
 from sdgate.core.samplers import SamplerChoice, resolve_sampler
-from sdgate.server.dialects.hf.protocol import TextToImageParameters, TextToImageRequest
+from sdgate.server.dialects.hf.protocol import DIFFUSERS_SCHEDULERS, TextToImageParameters, TextToImageRequest
 from sdgate.server.validation import check_counts, check_size, resolve_seed
 from sdgate.settings import Settings
 
 DEFAULT_GUIDANCE = 7.0
 
-# diffusers scheduler class names (what HF clients send as ``scheduler``) -> A1111 sampler names.
-DIFFUSERS_SCHEDULERS: dict[str, tuple[str, str | None]] = {
-    "EulerDiscreteScheduler": ("Euler", None),
-    "EulerAncestralDiscreteScheduler": ("Euler a", None),
-    "DPMSolverMultistepScheduler": ("DPM++ 2M", None),
-    "DPMSolverSDEScheduler": ("DPM++ SDE", None),
-    "DPMSolverSinglestepScheduler": ("DPM++ 2S a", None),
-    "KDPM2DiscreteScheduler": ("DPM2", None),
-    "KDPM2AncestralDiscreteScheduler": ("DPM2 a", None),
-    "HeunDiscreteScheduler": ("Heun", None),
-    "LMSDiscreteScheduler": ("LMS", None),
-    "DDIMScheduler": ("DDIM", None),
-    "PNDMScheduler": ("PLMS", None),
-    "UniPCMultistepScheduler": ("UniPC", None),
-    "LCMScheduler": ("LCM", None),
-}
 ACCEPTED_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/webp": "webp"}
 
 
