@@ -3,6 +3,9 @@ brings the images (``GET /jobs/{id}/events?include=images``); older servers cost
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import httpx
 import pytest
 
@@ -100,12 +103,24 @@ async def test_against_the_real_app(sd_settings: Settings) -> None:
     from sdgate.server.app import create_app
     from tests.server.fakes import FakeEngine
 
-    app = create_app(sd_settings, engine=FakeEngine(step_s=0.01))
+    stream_opened = threading.Event()
+
+    class GatedEngine(FakeEngine):
+        """Starts drawing only once the client has opened the job's event stream, so the
+        progress events cannot all pass before anyone listens (a race on a loaded machine)."""
+
+        def generate(self, *args: Any, **kwargs: Any) -> Any:
+            stream_opened.wait(30)
+            return super().generate(*args, **kwargs)
+
+    app = create_app(sd_settings, engine=GatedEngine(step_s=0.05))
     seen: list[str] = []
 
     class Counting(httpx.ASGITransport):
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
             seen.append(f"{request.method} {request.url.path}")
+            if request.url.path.endswith("/events"):
+                stream_opened.set()
             return await super().handle_async_request(request)
 
     async with (
