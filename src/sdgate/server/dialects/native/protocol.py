@@ -36,25 +36,22 @@ MAX_STEPS = 10000
 MAX_BATCH = 1000
 MAX_PROMPT_CHARS = 1 << 20
 MAX_NAME_CHARS = 1024
-MAX_IMAGE_CHARS = 96 << 20  # base64 of the largest body the server takes
+MAX_IMAGE_CHARS = 96 << 20  # base64: more than any body the server takes (max_body_bytes) holds
 # Every VAE downsamples by a multiple of 8 (SD: 8; the demo model: 16); the model's own factor is
 # checked when the job is submitted (GET /api/v1/models lists each model's vae_scale_factor).
 MIN_SIZE_FACTOR = 8
 METADATA_KEYS = 64
 METADATA_ITEMS = 64
 
-
-
 # No surprising coercion: JSON ``false`` is not 0, ``"5"`` is not 5, ``1`` is not ``true``
 # (``_Strict`` refuses a bool or a string for an integer field; 1.0 stays JSON Schema's integer 1).
-_Int = int
 _Float = Annotated[float, Field(strict=True)]
 _Bool = Annotated[bool, Field(strict=True)]
 _Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
 # Bounded types for nullable fields: constraints on ``X | None`` itself would not reach the schema.
-_Size = Annotated[_Int, Field(ge=MIN_SIZE_FACTOR, le=MAX_SIDE, multiple_of=MIN_SIZE_FACTOR)]
-_Steps = Annotated[_Int, Field(ge=1, le=MAX_STEPS)]
-_SeedIn = Annotated[_Int, Field(ge=-1, le=MAX_SEED)]
+_Size = Annotated[int, Field(ge=MIN_SIZE_FACTOR, le=MAX_SIDE, multiple_of=MIN_SIZE_FACTOR)]
+_Steps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
+_SeedIn = Annotated[int, Field(ge=-1, le=MAX_SEED)]
 _Fraction = Annotated[_Float, Field(ge=0.0, le=1.0)]
 _Open01 = Annotated[_Float, Field(gt=0.0, lt=1.0)]
 _Scale = Annotated[_Float, Field(ge=0.0, le=100.0)]
@@ -132,10 +129,10 @@ class HiresIn(_Strict):
     server's size limits; ``second_pass_steps`` 0: the first pass's steps."""
 
     scale: _Float = Field(2.0, ge=1.0, le=8.0)
-    resize_x: _Int = Field(0, ge=0, le=MAX_SIDE)
-    resize_y: _Int = Field(0, ge=0, le=MAX_SIDE)
+    resize_x: int = Field(0, ge=0, le=MAX_SIDE)
+    resize_y: int = Field(0, ge=0, le=MAX_SIDE)
     upscaler: _Name = "Latent"
-    second_pass_steps: _Int = Field(0, ge=0, le=MAX_STEPS)
+    second_pass_steps: int = Field(0, ge=0, le=MAX_STEPS)
     denoising_strength: _Float = Field(0.7, ge=0.0, le=1.0)
     sampler: _Name | None = None
     scheduler: _Name | None = None
@@ -171,13 +168,13 @@ class JobCreate(_Strict):
     seed: _SeedIn | None = Field(-1, description=_SEED_DOC)
     subseed: _SeedIn | None = Field(-1, description=_SEED_DOC)
     subseed_strength: _Float = Field(0.0, ge=0.0, le=1.0)
-    seed_resize_from_w: _Int = Field(0, ge=0, le=MAX_SIDE)
-    seed_resize_from_h: _Int = Field(0, ge=0, le=MAX_SIDE)
-    batch_size: _Int = Field(
+    seed_resize_from_w: int = Field(0, ge=0, le=MAX_SIDE)
+    seed_resize_from_h: int = Field(0, ge=0, le=MAX_SIDE)
+    batch_size: int = Field(
         1, ge=1, le=MAX_BATCH, description="batch_size x n_iter: within the server's max_batch_images"
     )
-    n_iter: _Int = Field(1, ge=1, le=MAX_BATCH)
-    clip_skip: _Int = Field(1, ge=1, le=12)
+    n_iter: int = Field(1, ge=1, le=MAX_BATCH)
+    clip_skip: int = Field(1, ge=1, le=12)
     tiling: _Bool = False
     eta: _Noise | None = None
     s_churn: _Scale | None = None
@@ -188,7 +185,7 @@ class JobCreate(_Strict):
         0.0, ge=0.0, le=100.0,
         description="NGMS: below this sigma, every other step skips the negative prompt",
     )
-    eta_noise_seed_delta: _Int = Field(0, ge=0, le=MAX_SEED)
+    eta_noise_seed_delta: int = Field(0, ge=0, le=MAX_SEED)
     # img2img / inpaint
     init_image: str | None = Field(None, max_length=MAX_IMAGE_CHARS,
                                    description="base64, a data: URI, or an upload id (img_...)")
@@ -198,13 +195,13 @@ class JobCreate(_Strict):
     mask: str | None = Field(None, max_length=MAX_IMAGE_CHARS,
                              description="base64, a data: URI, or an upload id; white = repaint")
     denoising_strength: _Fraction | None = None
-    resize_mode: _Int = Field(0, ge=0, le=3)
+    resize_mode: int = Field(0, ge=0, le=3)
     image_cfg_scale: _Scale | None = None
-    mask_blur_x: _Int = Field(4, ge=0, le=256)
-    mask_blur_y: _Int = Field(4, ge=0, le=256)
-    inpainting_fill: _Int = Field(1, ge=0, le=3)
+    mask_blur_x: int = Field(4, ge=0, le=256)
+    mask_blur_y: int = Field(4, ge=0, le=256)
+    inpainting_fill: int = Field(1, ge=0, le=3)
     inpaint_full_res: _Bool = False
-    inpaint_full_res_padding: _Int = Field(32, ge=0, le=4096)
+    inpaint_full_res_padding: int = Field(32, ge=0, le=4096)
     inpainting_mask_invert: _Bool = False
     mask_round: _Bool = Field(True, description="false: the blurred mask stays soft in the latent blend")
     initial_noise_multiplier: _Float = Field(1.0, ge=0.0, le=10.0)
@@ -222,7 +219,7 @@ class JobCreate(_Strict):
         "one installed on the server, else a 404); null: none"
     )
     # the job
-    priority: _Int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, description="higher runs first")
+    priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, description="higher runs first")
     callback_url: str | None = Field(
         None, max_length=2048, description="POSTed the job, signed, when it ends"
     )
