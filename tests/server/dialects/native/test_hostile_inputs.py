@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.server.dialects.native.conftest import submit, wait_state
+from sdgate.settings import Settings
+from tests.server.dialects.native.conftest import serve, submit, wait_state
 from tests.server.fakes import FakeEngine
 
 
@@ -139,6 +140,8 @@ async def test_the_schema_states_the_limits_and_the_statuses(api: httpx.AsyncCli
             for status in ("400", "422", "429", "500", "507"):
                 assert op["responses"][status]["content"]["application/json"]["schema"] == error, (
                     method, path, status)
+    auth = ops["/api/v1/jobs"]["post"]["responses"]["401"]["content"]["application/json"]["schema"]
+    assert auth == {"$ref": "#/components/schemas/AuthErrorBody"}  # the auth middleware's body
     assert "404" in ops["/api/v1/jobs/{job_id}"]["get"]["responses"]
     assert "409" in ops["/api/v1/jobs/{job_id}/cancel"]["post"]["responses"]
     ready = ops["/readyz"]["get"]["responses"]["503"]["content"]["application/json"]["schema"]
@@ -156,3 +159,9 @@ async def test_a_body_that_does_not_parse_is_a_native_error(api: httpx.AsyncClie
     up = await api.post("/api/v1/uploads", content=b"--x\r\n[]--x--\r\n",
                         headers={"content-type": "multipart/form-data; boundary=x"})
     assert up.status_code == 400 and up.json()["error"]["field"] in ("body", "file"), up.text
+
+
+async def test_a_401_has_the_documented_body(native_settings: Settings, engine: FakeEngine) -> None:
+    async with serve(native_settings, engine, api_auth="ann:secret") as api:
+        r = await api.post("/api/v1/jobs", json={"prompt": "x"})
+        assert r.status_code == 401 and set(r.json()) == {"detail"}

@@ -24,6 +24,7 @@ from sdgate.server.dialects.native import images as native_images
 from sdgate.server.dialects.native import jobs as native_jobs
 from sdgate.server.dialects.native import translate
 from sdgate.server.dialects.native.protocol import (
+    AuthErrorBody,
     ErrorBody,
     JobCreate,
     JobOut,
@@ -45,6 +46,11 @@ class NativeRoute(DialectRoute):
     """Native and ops routes: every error is an ``ErrorBody``, documented for each status."""
 
     error_body: ClassVar[type[BaseModel] | None] = ErrorBody
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        unauthorised = {"model": AuthErrorBody, "description": "no or wrong HTTP Basic credentials"}
+        kwargs["responses"] = {401: unauthorised, **(kwargs.get("responses") or {})}
+        super().__init__(path, endpoint, **kwargs)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
