@@ -92,7 +92,8 @@ Wait = Annotated[
 ]
 Include = Annotated[
     list[Literal["images"]],
-    Query(description="images: put each image file in the result, base64, as data (no extra GET)"),
+    Query(max_length=4,
+          description="images: put each image file in the result, base64, as data (no extra GET)"),
 ]
 # Statuses beyond the common ones (``COMMON_ERROR_STATUSES``); NativeRoute documents each as ErrorBody.
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such job, image or name"}}
@@ -123,7 +124,9 @@ async def submit_job(
 async def list_jobs(
     runtime: RuntimeDep,
     user: UserDep,
-    state: Annotated[list[JobState] | None, Query(description="repeat for several")] = None,
+    state: Annotated[
+        list[JobState] | None, Query(max_length=len(JobState), description="repeat for several")
+    ] = None,
     created_after: Annotated[IsoDateTime | None, Query(description="ISO 8601; naive: UTC")] = None,
     created_before: Annotated[IsoDateTime | None, Query(description="ISO 8601; naive: UTC")] = None,
     metadata: Annotated[
