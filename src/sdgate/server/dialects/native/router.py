@@ -49,7 +49,8 @@ class NativeRoute(DialectRoute):
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         unauthorised = {"model": AuthErrorBody, "description": "no or wrong HTTP Basic credentials"}
-        kwargs["responses"] = {401: unauthorised, **(kwargs.get("responses") or {})}
+        busy = {"description": "the queue is full: try again after Retry-After seconds"}
+        kwargs["responses"] = {401: unauthorised, 429: busy, **(kwargs.get("responses") or {})}
         super().__init__(path, endpoint, **kwargs)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
