@@ -6,7 +6,13 @@ import hypothesis
 import pytest
 import schemathesis
 
-from tests.server.dialects.stability.fuzz import MAX_EXAMPLES_SETTINGS, fuzz_schema, fuzz_url, with_images
+from tests.server.dialects.stability.fuzz import (
+    MAX_EXAMPLES_SETTINGS,
+    form_checks_excluded,
+    fuzz_schema,
+    fuzz_url,
+    with_images,
+)
 
 __all__ = ["fuzz_schema", "fuzz_url"]
 pytestmark = pytest.mark.slow
@@ -18,4 +24,4 @@ schema = schemathesis.pytest.from_fixture("fuzz_schema").include(path_regex=r"^/
 @hypothesis.settings(MAX_EXAMPLES_SETTINGS)
 def test_openai_operations(case: schemathesis.Case, fuzz_url: str) -> None:
     with_images(case, ("image", "mask"))
-    case.call_and_validate(base_url=fuzz_url, timeout=30)
+    case.call_and_validate(base_url=fuzz_url, timeout=30, excluded_checks=form_checks_excluded(case))

@@ -11,6 +11,7 @@ import hypothesis
 import pytest
 import schemathesis
 from PIL import Image
+from schemathesis.specs.openapi.checks import negative_data_rejection
 
 from sdgate.settings import Settings
 from tests.server.dialects.stability.loopback import serve
@@ -19,7 +20,10 @@ from tests.server.fakes import FakeEngine, write_fake_checkpoint
 # Examples per operation: enough to reach every field, few enough for CI (the suite's fuzz step).
 MAX_EXAMPLES = 25
 MAX_EXAMPLES_SETTINGS = hypothesis.settings(
-    max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(hypothesis.HealthCheck)
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(hypothesis.HealthCheck),
+    derandomize=True,  # the same examples on every run: CI fails on a change, not on a dice roll
 )
 
 
@@ -39,6 +43,13 @@ def with_images(case: schemathesis.Case, fields: tuple[str, ...]) -> None:
         for name in fields:
             if name in case.body:
                 case.body[name] = png(mode="L") if name == "mask_image" else png()
+
+
+def form_checks_excluded(case: schemathesis.Case) -> list:
+    """Every multipart form value is text on the wire: a "wrong type" mutation (null, or a number
+    where the schema wants a string) arrives as a valid string, so "schema-violating request
+    accepted" cannot be judged for form bodies. Form bounds are tested by each dialect's tests."""
+    return [negative_data_rejection] if case.media_type == "multipart/form-data" else []
 
 
 @pytest.fixture(scope="module")

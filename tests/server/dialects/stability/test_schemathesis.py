@@ -7,7 +7,13 @@ import pytest
 import schemathesis
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.server.dialects.stability.fuzz import MAX_EXAMPLES_SETTINGS, fuzz_schema, fuzz_url, with_images
+from tests.server.dialects.stability.fuzz import (
+    MAX_EXAMPLES_SETTINGS,
+    form_checks_excluded,
+    fuzz_schema,
+    fuzz_url,
+    with_images,
+)
 
 __all__ = ["fuzz_schema", "fuzz_url"]
 pytestmark = pytest.mark.slow
@@ -26,4 +32,5 @@ def test_stability_operations(case: schemathesis.Case, fuzz_url: str) -> None:
     # mask_image, upscale takes width or height but not both, and a v2beta image needs a strength.
     together = ("/masking", "/upscale", "/generate/{service}")
     excluded = [positive_data_acceptance] if case.path.endswith(together) else []
+    excluded += form_checks_excluded(case)
     case.call_and_validate(base_url=fuzz_url, timeout=30, excluded_checks=excluded)
