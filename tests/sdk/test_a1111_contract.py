@@ -41,9 +41,13 @@ async def test_async_txt2img_models_and_stream(asgi_transport: httpx.ASGITranspo
 async def test_async_errors_are_typed(asgi_transport: httpx.ASGITransport) -> None:
     async with AsyncClient("http://sdgate/sdapi/v1", transport=asgi_transport, max_retries=0) as client:
         assert client.backend.kind == "a1111"  # chosen by the URL's prefix
-        with pytest.raises(BadRequestError, match="steps") as info:
-            await client.generate(ImageRequest(prompt="x", steps=-5))
+        # Valid by the schema, refused by the server: a 400 (an unknown sampler name).
+        with pytest.raises(BadRequestError, match="sampler") as info:
+            await client.generate(ImageRequest(prompt="x", sampler="No such sampler"))
         assert info.value.status == 400 and info.value.request_id
+        # Refused by the schema (A1111's wire models bound every number): a 422.
+        with pytest.raises(UnprocessableEntityError, match="steps"):
+            await client.generate(ImageRequest(prompt="x", steps=-5))
         with pytest.raises(UnprocessableEntityError, match="steps"):
             await client.generate(ImageRequest(prompt="x", steps="many"))  # type: ignore[arg-type]
 
