@@ -12,7 +12,6 @@ from typing import Any
 
 from sdgate.client._types import Hires, ImageRequest, Lora
 
-MAX_SEED = 2**64 - 1
 SAMPLERS = {  # A1111 name -> ComfyUI sampler_name
     "Euler": "euler",
     "Euler a": "euler_ancestral",

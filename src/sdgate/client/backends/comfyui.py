@@ -41,13 +41,13 @@ from sdgate.client.backends._base import (
 from sdgate.client.backends._comfy_graph import (
     FIRST_PASS,
     HIRES_PASS,
-    MAX_SEED,
     SAMPLERS,
     SCHEDULERS,
     build_workflow,
     hires_applies,
 )
 from sdgate.client.backends._images import repaint_as_transparency
+from sdgate.core.requests import MAX_SEED
 
 log = logging.getLogger("sdgate.client")
 
