@@ -38,10 +38,6 @@ class MemoryPlan:
     def sequential_offload(self) -> bool:
         return self.mode == "lowvram"
 
-    @property
-    def slicing(self) -> bool:
-        return self.mode != "off"
-
 
 def choose(setting: str, *, device_type: str, free_bytes: int | None, model_bytes: int) -> MemoryPlan:
     """The plan for a model of ``model_bytes`` given the setting and the device's free memory."""

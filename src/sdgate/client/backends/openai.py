@@ -12,8 +12,6 @@ from sdgate.client._types import ImageRequest, Model
 from sdgate.client.backends._base import Backend, Context, Gen, result_from_images, without_a1111_extras
 from sdgate.client.backends._images import repaint_as_transparency
 
-DEFAULT_SIZE = 1024
-
 
 def size_of(request: ImageRequest) -> str | None:
     if request.width is None and request.height is None:

@@ -8,7 +8,6 @@ from pathlib import Path
 import httpx
 import pytest
 from huggingface_hub import InferenceClient
-from huggingface_hub.errors import HfHubHTTPError
 from PIL import Image
 
 from sdgate.settings import Settings
@@ -105,28 +104,6 @@ def test_non_finite_guidance_is_refused_in_hf_shape(live: str, engine: FakeEngin
     assert r.status_code == 422, r.text
     assert r.json()["error"] == ["parameters.guidance_scale: Input should be a finite number"]
     assert len(engine.calls) == before
-
-
-class LoadingEngine(FakeEngine):
-    def is_loading(self, model: str) -> bool:
-        return True
-
-    def estimated_load_time(self, model: str) -> float:
-        return 12.5
-
-
-@pytest.mark.usefixtures("loopback_only")
-def test_503_while_loading(settings: Settings, tmp_path: Path) -> None:
-    with serve(fresh(settings, tmp_path), LoadingEngine()) as url:
-        r = httpx.post(f"{url}/models/{REPO}", json={"inputs": "a"})
-        assert r.status_code == 503
-        assert r.json() == {"error": f"Model {REPO} is currently loading", "estimated_time": 12.5}
-        with pytest.raises(HfHubHTTPError):
-            InferenceClient(model=f"{url}/models/{REPO}").text_to_image("a")
-        waited = httpx.post(
-            f"{url}/models/{REPO}", json={"inputs": "a"}, headers={"x-wait-for-model": "true"}
-        )
-        assert waited.status_code == 200
 
 
 def test_strict_unknown_repo_is_404(settings: Settings, tmp_path: Path) -> None:

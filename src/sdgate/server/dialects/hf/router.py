@@ -17,12 +17,10 @@ from sdgate.server.dialects.hf.protocol import HfError, HfValidationError, TextT
 from sdgate.server.dialects.stability import images as images_io
 from sdgate.server.errors import DialectRoute
 from sdgate.server.model_aliases import model_header, resolve_model
-from sdgate.server.services import Services
 from sdgate.server.wire import ShapedBodyErrors
 
 log = logging.getLogger("sdgate.hf")
 DIALECT = "hf"
-DEFAULT_LOAD_ESTIMATE_S = 20.0
 _warned_fields: set[str] = set()
 
 
@@ -60,19 +58,6 @@ def _log_unknown(body: TextToImageRequest) -> None:
         log.info("accepting and ignoring unknown Hugging Face field(s): %s", ", ".join(fresh))
 
 
-def _loading(services: Services, model: str) -> float | None:
-    """Seconds until ``model`` is loaded, if the engine says it is loading now, else None.
-
-    Engines may expose ``is_loading(name) -> bool`` and ``estimated_load_time(name) -> float``;
-    today's do not, so this answers None and requests simply wait in the queue.
-    """
-    is_loading = getattr(services.engine, "is_loading", None)
-    if not callable(is_loading) or not is_loading(model):
-        return None
-    estimate = getattr(services.engine, "estimated_load_time", None)
-    return float(estimate(model)) if callable(estimate) else DEFAULT_LOAD_ESTIMATE_S
-
-
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
@@ -80,7 +65,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {"image/png": _BINARY, "image/jpeg": _BINARY, "image/webp": _BINARY},
     },
     # 404: an unknown model under strict_models; 409: the job was cancelled meanwhile; 503: the
-    # model is loading (with estimated_time) or the server is shutting down.
+    # server is shutting down.
     404: {},
     409: {},
     503: {},
@@ -97,14 +82,6 @@ async def text_to_image(
 ) -> Response:
     _log_unknown(body)
     info = resolve_model(services.catalog, services.settings, model_id, dialect=DIALECT)
-    wait = translate.truthy(request.headers.get("x-wait-for-model")) or bool(
-        body.options and body.options.wait_for_model
-    )
-    estimate = None if wait else _loading(services, info.name)
-    if estimate is not None:
-        return JSONResponse(
-            {"error": f"Model {model_id} is currently loading", "estimated_time": estimate}, status_code=503
-        )
     gen = translate.text_to_image_request(
         body, model=info.name, defaults=services.model_defaults(info), settings=services.settings
     )

@@ -75,9 +75,5 @@ def output_format(accept: str | None) -> str:
     return "png"
 
 
-def truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes")
-
-
 def error_body(err: SdgateError) -> dict[str, object]:
     return {"error": err.message}

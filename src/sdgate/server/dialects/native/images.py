@@ -16,7 +16,7 @@ from typing import Literal
 from PIL import Image
 
 from sdgate.core import images as core_images
-from sdgate.core.errors import InvalidRequest, NotFound
+from sdgate.core.errors import NotFound
 from sdgate.jobs.images import ImageStore
 
 UPLOAD_ID = re.compile(r"img_[0-9a-f]{24}")
@@ -92,9 +92,3 @@ def preview_data_uri(image: Image.Image, *, max_side: int = 128) -> str:
     out = io.BytesIO()
     small.save(out, format="WEBP", quality=60)
     return "data:image/webp;base64," + base64.b64encode(out.getvalue()).decode("ascii")
-
-
-def check_quality(quality: int) -> int:
-    if not 1 <= quality <= 100:
-        raise InvalidRequest("quality: must be between 1 and 100", field="quality")
-    return quality
