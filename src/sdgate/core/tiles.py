@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-BUILTIN_UPSCALERS = ("None", "Lanczos", "Nearest")  # what needs no model file
-
 
 @dataclass
 class TileRow:

@@ -21,9 +21,10 @@ import torch
 from PIL import Image
 
 from sdgate.core.errors import InvalidRequest
+from sdgate.core.upscalers import BUILTIN_UPSCALERS
 from sdgate.engine.spandrel_loader import load_image_model
 
-BUILTIN = ("None", "Lanczos", "Nearest")
+BUILTIN = BUILTIN_UPSCALERS
 TILE = 192  # pixels of input per tile: bounds memory on large images
 TILE_PAD = 16
 UPSCALER_PURPOSES = ("SR", "Restoration")  # spandrel's: "Restoration" is a 1x model (denoise, ...)

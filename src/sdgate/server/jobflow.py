@@ -16,6 +16,7 @@ from sdgate.core.jobs import ControlAction, Job, JobState
 from sdgate.core.limits import weights_bytes
 from sdgate.core.models import ModelInfo
 from sdgate.core.requests import GenerationRequest
+from sdgate.core.upscalers import check_upscaler
 from sdgate.server.services import Services
 from sdgate.server.validation import check_metadata, check_request
 
@@ -59,6 +60,8 @@ def check_submission(services: Services, request: GenerationRequest, metadata: A
             raise
         # An engine with models of its own (the null engine without any files).
         defaults = services.engine.model_defaults(request.model)
+    if request.hires is not None:
+        check_upscaler(request.hires.upscaler, services.catalog, field="hr_upscaler", latent=True)
     check_request(
         request,
         defaults,

@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from sdgate.core import images as core_images
 from sdgate.core import restorers
 from sdgate.core.errors import InvalidRequest, NotFound
+from sdgate.core.upscalers import LATENT_UPSCALE_MODES
 from sdgate.server.deps import ServicesDep, image_limits
 from sdgate.server.dialects.a1111.protocol import (
     ExtrasBase,
@@ -34,14 +35,6 @@ log = logging.getLogger("sdgate.a1111")
 
 router = APIRouter(prefix="/sdapi/v1", route_class=A1111Route, tags=["AUTOMATIC1111"])
 
-LATENT_UPSCALE_MODES = (
-    "Latent",
-    "Latent (antialiased)",
-    "Latent (bicubic)",
-    "Latent (bicubic antialiased)",
-    "Latent (nearest)",
-    "Latent (nearest-exact)",
-)
 MAX_SCALE = 8.0
 
 

@@ -17,7 +17,6 @@ from PIL import Image
 
 from sdgate.core.images import encode_png
 from sdgate.core.tiles import (
-    BUILTIN_UPSCALERS,
     TileGrid,
     combine_grid,
     split_grid,
@@ -25,6 +24,7 @@ from sdgate.core.tiles import (
     upscale_builtin,
     upscaled_size,
 )
+from sdgate.core.upscalers import BUILTIN_UPSCALERS
 from sdgate.server.dialects.a1111.scripts.base import (
     ArgSpec,
     JobOutput,
