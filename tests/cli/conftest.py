@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from sdgate.cli import generate as common
+from sdgate.cli import common, generate
 from sdgate.client import Client
 from tests.sdk.conftest import ThreadedServer
 from tests.sdk.fakes import FakeNative
@@ -31,7 +31,7 @@ def live_server(tmp_path: Path) -> Iterator[ThreadedServer]:
 def app() -> typer.Typer:
     """The ``sdgate`` commands that talk to a server (generate, batch, jobs, info)."""
     app = typer.Typer(add_completion=False)
-    common.mount(app)
+    generate.mount(app)
     return app
 
 

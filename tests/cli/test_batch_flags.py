@@ -11,7 +11,7 @@ import typer
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from sdgate.cli import generate as common
+from sdgate.cli import common
 from tests.sdk.fakes import FakeNative
 
 runner = CliRunner()

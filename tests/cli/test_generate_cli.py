@@ -13,7 +13,7 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from sdgate.cli import generate as common
+from sdgate.cli import common, generate
 from sdgate.client import Client
 from tests.sdk.conftest import ThreadedServer
 from tests.sdk.fakes import FakeNative, png_bytes
@@ -22,7 +22,7 @@ from tests.sdk.fakes import FakeNative, png_bytes
 @pytest.fixture
 def app() -> typer.Typer:
     app = typer.Typer(add_completion=False)
-    common.mount(app)
+    generate.mount(app)
     return app
 
 

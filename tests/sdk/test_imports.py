@@ -8,6 +8,7 @@ import sys
 MODULES = [
     "sdgate",
     "sdgate.client",
+    "sdgate.cli.common",
     "sdgate.cli.generate",
     "sdgate.cli.jobs",
     "sdgate.cli.batch",

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from sdgate.cli.generate import JsonOpt, fail
+from sdgate.cli.common import JsonOpt, fail
 
 
 def info(

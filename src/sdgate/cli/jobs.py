@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from sdgate.cli import generate as common
-from sdgate.cli.generate import (
+from sdgate.cli import common
+from sdgate.cli.common import (
     ApiKeyOpt,
     BackendOpt,
     ClientOptions,
