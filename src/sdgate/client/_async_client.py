@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
@@ -21,7 +20,7 @@ from sdgate.client._core import (
     translate_transport_error,
     unexpected_answer,
 )
-from sdgate.client._exceptions import APITimeoutError, SdgateError, is_outage
+from sdgate.client._exceptions import SdgateError
 from sdgate.client._ops import Call, Close, Emit, Join, NextEvent, Poll, Sleep, Start, Subscribe
 from sdgate.client._sse import ServerSentEvent, SSEDecoder
 from sdgate.client._types import (
@@ -37,7 +36,6 @@ from sdgate.client._types import (
 from sdgate.client._ws import AsyncWebSocket
 from sdgate.client.backends._base import Backend, Context, Gen
 
-log = logging.getLogger("sdgate.client")
 ProgressCallback = Callable[[ProgressEvent], None]
 
 
@@ -159,9 +157,8 @@ class AsyncClient(BaseClient):
                     elif isinstance(op, Emit):
                         yield op.event
                     elif isinstance(op, Sleep):
-                        if deadline is not None and time.monotonic() + op.seconds > deadline:
-                            raise APITimeoutError(f"gave up waiting after {self.timeout:g}s")
-                        await asyncio.sleep(op.seconds)
+                        self._check_sleep(op.seconds, deadline)
+                        await self._sleep(op.seconds)
                     elif isinstance(op, Subscribe):
                         value = next(handles)
                         streams[value] = await self._subscribe(op, backend)
@@ -223,26 +220,17 @@ class AsyncClient(BaseClient):
         if cached is not None:
             box.value = cached
             return
-        plan = self._plan(request)
-        for i, (backend, ignored) in enumerate(plan):
-            deadline = time.monotonic() + self.timeout
+        for attempt in self._attempts(request, progress=progress):
             inner = _Box()
             try:
-                async for event in self._drive(
-                    backend.generate(request, self._context(progress)), backend, inner, deadline=deadline
-                ):
+                driver = self._drive(attempt.protocol, attempt.backend, inner, deadline=attempt.deadline)
+                async for event in driver:
                     yield event
             except SdgateError as exc:
-                if is_outage(exc) and i + 1 < len(plan):
-                    log.warning(
-                        "%s is down (%s); falling back to %s", backend.identity, exc, plan[i + 1][0].identity
-                    )
+                if self._falls_back(attempt, exc):
                     continue
                 raise
-            result: GenerationResult = inner.value
-            result.ignored_fields = ignored
-            self._cache_put(backend, request, result)
-            box.value = result
+            box.value = self._finish(attempt, request, inner.value)
             return
 
     async def generate(

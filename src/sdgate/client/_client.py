@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import logging
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -21,7 +20,7 @@ from sdgate.client._core import (
     translate_transport_error,
     unexpected_answer,
 )
-from sdgate.client._exceptions import APITimeoutError, SdgateError, is_outage
+from sdgate.client._exceptions import SdgateError
 from sdgate.client._ops import Call, Close, Emit, Join, NextEvent, Poll, Sleep, Start, Subscribe
 from sdgate.client._sse import ServerSentEvent, SSEDecoder
 from sdgate.client._types import (
@@ -37,7 +36,6 @@ from sdgate.client._types import (
 from sdgate.client._ws import SyncWebSocket
 from sdgate.client.backends._base import Backend, Context, Gen
 
-log = logging.getLogger("sdgate.client")
 ProgressCallback = Callable[[ProgressEvent], None]
 
 
@@ -158,9 +156,8 @@ class Client(BaseClient):
                     elif isinstance(op, Emit):
                         yield op.event
                     elif isinstance(op, Sleep):
-                        if deadline is not None and time.monotonic() + op.seconds > deadline:
-                            raise APITimeoutError(f"gave up waiting after {self.timeout:g}s")
-                        time.sleep(op.seconds)
+                        self._check_sleep(op.seconds, deadline)
+                        self._sleep(op.seconds)
                     elif isinstance(op, Subscribe):
                         value = next(handles)
                         streams[value] = self._subscribe(op, backend)
@@ -227,23 +224,16 @@ class Client(BaseClient):
         cached = self._cache_get(request)
         if cached is not None:
             return cached
-        plan = self._plan(request)
-        for i, (backend, ignored) in enumerate(plan):
-            deadline = time.monotonic() + self.timeout
+        for attempt in self._attempts(request, progress=progress):
             try:
                 result: GenerationResult = yield from self._drive(
-                    backend.generate(request, self._context(progress)), backend, deadline=deadline
+                    attempt.protocol, attempt.backend, deadline=attempt.deadline
                 )
             except SdgateError as exc:
-                if is_outage(exc) and i + 1 < len(plan):
-                    log.warning(
-                        "%s is down (%s); falling back to %s", backend.identity, exc, plan[i + 1][0].identity
-                    )
+                if self._falls_back(attempt, exc):
                     continue
                 raise
-            result.ignored_fields = ignored
-            self._cache_put(backend, request, result)
-            return result
+            return self._finish(attempt, request, result)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def generate(

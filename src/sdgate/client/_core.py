@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,9 @@ from sdgate.client._exceptions import (
     APIStatusError,
     APITimeoutError,
     ConfigurationError,
+    SdgateError,
     UnsupportedFeatureError,
+    is_outage,
     status_error_class,
 )
 from sdgate.client._ops import Call
@@ -41,7 +45,7 @@ from sdgate.client._ratelimit import TokenBucket
 from sdgate.client._retry import backoff_delay, retry_after_from_headers, should_retry
 from sdgate.client._types import GenerationResult, ImageInput, ImageRequest, to_png_bytes
 from sdgate.client.backends import resolve_backend
-from sdgate.client.backends._base import Backend, Context
+from sdgate.client.backends._base import Backend, Context, Gen
 
 log = logging.getLogger("sdgate.client")
 
@@ -296,6 +300,39 @@ class BaseClient:
                 )
         return plan
 
+    def _attempts(self, request: ImageRequest, *, progress: bool) -> Iterator[Attempt]:
+        """The fallback chain as attempts, each made when the previous one failed (its deadline
+        starts then). A client drives ``attempt.protocol``, asks ``_falls_back`` when it raises, and
+        hands a result to ``_finish``: the loop is this, only the driving differs (sync or async)."""
+        plan = self._plan(request)
+        for i, (backend, ignored) in enumerate(plan):
+            yield Attempt(
+                backend=backend,
+                ignored=ignored,
+                protocol=backend.generate(request, self._context(progress)),
+                deadline=time.monotonic() + self.timeout,
+                fallback=plan[i + 1][0] if i + 1 < len(plan) else None,
+            )
+
+    def _falls_back(self, attempt: Attempt, exc: SdgateError) -> bool:
+        """Whether the next backend should run the request after ``attempt`` failed with ``exc``:
+        only for an outage, and only when one is left."""
+        if attempt.fallback is None or not is_outage(exc):
+            return False
+        backend, fallback = attempt.backend.identity, attempt.fallback.identity
+        log.warning("%s is down (%s); falling back to %s", backend, exc, fallback)
+        return True
+
+    def _finish(self, attempt: Attempt, request: ImageRequest, result: GenerationResult) -> GenerationResult:
+        result.ignored_fields = attempt.ignored
+        self._cache_put(attempt.backend, request, result)
+        return result
+
+    def _check_sleep(self, seconds: float, deadline: float | None) -> None:
+        """A backend's ``Sleep`` that would end past the generation's deadline times out instead."""
+        if deadline is not None and time.monotonic() + seconds > deadline:
+            raise APITimeoutError(f"gave up waiting after {self.timeout:g}s")
+
     def _context(self, progress: bool) -> Context:
         return Context(progress=progress, timeout=self.timeout)
 
@@ -317,6 +354,17 @@ class BaseClient:
         if not b.supports_jobs:
             raise b._no_jobs()
         return b
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One backend of the fallback chain, about to run a request."""
+
+    backend: Backend
+    ignored: tuple[str, ...]  # the request's fields this backend drops
+    protocol: Gen  # the backend's generation protocol, not started
+    deadline: float  # time.monotonic() by which it must finish
+    fallback: Backend | None  # the next backend, if this one is down
 
 
 def mode_fields(
