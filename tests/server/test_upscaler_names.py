@@ -44,3 +44,21 @@ def test_the_engine_knows_every_latent_mode() -> None:
     from sdgate.engine.hires import LATENT_MODES
 
     assert tuple(LATENT_MODES) == LATENT_UPSCALE_MODES
+
+
+async def test_a_refused_native_img2img_stores_no_image(client: httpx.AsyncClient, settings) -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(buf, format="PNG")
+    body = {"prompt": "x", "width": 64, "height": 64, "steps": 2, "init_images": [base64.b64encode(
+        buf.getvalue()).decode()], "hires": {"scale": 2, "upscaler": "No-such-ESRGAN"}}
+    images_dir = settings.images_dir
+    before = sorted(p.name for p in images_dir.rglob("*") if p.is_file()) if images_dir.exists() else []
+    r = await client.post("/api/v1/jobs", json=body)
+    assert r.status_code == 400, r.text
+    after = sorted(p.name for p in images_dir.rglob("*") if p.is_file()) if images_dir.exists() else []
+    assert after == before

@@ -60,6 +60,9 @@ def build_request(services: Services, body: JobCreate) -> GenerationRequest:
         check_callback_url(body.callback_url, allow_private=services.settings.allow_private_callbacks)
     if not inits and mask is None:
         return checked
+    # The last check before a job runs again in jobflow.submit; here it comes before any image is
+    # stored, so a refused request leaves nothing behind.
+    jobflow.check_submission(services, checked, body.metadata)
     limits = image_limits(services)
     init_ids = tuple(
         native_images.store_job_input(services.images, value, field=field, limits=limits, mode="RGB")
