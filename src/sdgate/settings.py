@@ -64,6 +64,7 @@ class Settings(BaseSettings):
 
     # Jobs.
     job_max_attempts: int = 2  # starts of a job whose process died mid-run before it fails (not retried)
+    job_lease_s: float = 30.0  # a claim holds a running job this long without its worker's heartbeat
     worker_poll_s: float = 0.5
 
     # The native job API (/api/v1).

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -12,6 +12,9 @@ from sdgate.core.requests import MAX_SEED, GenerationRequest
 from sdgate.core.results import GenerationResult, StoredImage
 from sdgate.jobs.schema import jobs
 from sdgate.jobs.store import SqlJobStore, new_job_id
+
+# Past every lease a claim just took: the worker that holds it has died.
+_LATER = datetime.now(UTC) + timedelta(hours=1)
 
 
 def req(prompt: str = "a cat", **kw: object) -> GenerationRequest:
@@ -182,7 +185,7 @@ def test_finishing_transitions(store: SqlJobStore) -> None:
     assert store.cancelled(early.id).state is JobState.CANCELLED
 
 
-def test_recover_requeues_or_fails_stranded_jobs(store: SqlJobStore) -> None:
+def test_requeue_expired_requeues_or_fails_stranded_jobs(store: SqlJobStore) -> None:
     fresh, retried, exhausted, cancelling, failed, finished = (store.submit(req(p)) for p in "abcdef")
     for _ in range(4):
         store.claim_next("dead-worker")
@@ -197,7 +200,7 @@ def test_recover_requeues_or_fails_stranded_jobs(store: SqlJobStore) -> None:
     store.claim_next("w")
     store.succeed(finished.id, result())
 
-    requeued = store.recover(max_attempts=3)
+    requeued = store.requeue_expired(now=_LATER, max_attempts=3)
 
     assert sorted(requeued) == sorted([fresh.id, retried.id])
     again = store.get(fresh.id)
@@ -210,7 +213,7 @@ def test_recover_requeues_or_fails_stranded_jobs(store: SqlJobStore) -> None:
     assert store.get(cancelling.id).state is JobState.CANCELLED
     assert store.get(failed.id).state is JobState.FAILED
     assert store.get(finished.id).state is JobState.SUCCEEDED
-    assert store.recover(max_attempts=3) == []
+    assert store.requeue_expired(now=_LATER, max_attempts=3) == []
     # Re-queued jobs keep their place in the queue: ``fresh`` was submitted first.
     claimed = store.claim_next("w2")
     assert claimed is not None and claimed.id == fresh.id and claimed.attempts == 2

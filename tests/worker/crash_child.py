@@ -3,7 +3,8 @@
     python -m tests.worker.crash_child DATA_DIR MARKS_DIR serve   # run until killed
     python -m tests.worker.crash_child DATA_DIR MARKS_DIR drain   # run until nothing is left, exit 0
 
-Both start as ``sdgate serve`` does: recover what a dead process left running, then start a worker.
+Both start as ``sdgate serve`` does, with a short lease: the worker re-queues a job whose lease
+expired (its process was killed) at start and while it runs, then claims the queue.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from tests.worker.fakes import FakeEngine
 
 STEPS = 10
 STEP_S = 0.03
+LEASE_S = 1.0
 
 
 def main(data_dir: Path, marks_dir: Path, mode: str) -> None:
-    settings = Settings(data_dir=data_dir, worker_poll_s=0.02)
+    settings = Settings(data_dir=data_dir, worker_poll_s=0.02, job_lease_s=LEASE_S)
     events = JobEvents()
-    store = SqlJobStore(settings.database_url, events=events)
-    store.recover(max_attempts=settings.job_max_attempts)
+    store = SqlJobStore(settings.database_url, events=events, lease_s=settings.job_lease_s)
     worker = Worker(
         store,
         FakeEngine(steps=STEPS, step_s=STEP_S, done_dir=marks_dir),

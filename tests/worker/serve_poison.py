@@ -41,6 +41,7 @@ class PoisonEngine(FakeEngine):
 if __name__ == "__main__":
     data_dir, models_dir, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     settings = Settings(
-        data_dir=Path(data_dir), models_dir=Path(models_dir), device="cpu", worker_poll_s=0.05
+        data_dir=Path(data_dir), models_dir=Path(models_dir), device="cpu", worker_poll_s=0.05,
+        job_lease_s=1.0
     )
     uvicorn.run(create_app(settings, engine=PoisonEngine()), host="127.0.0.1", port=port, log_level="warning")

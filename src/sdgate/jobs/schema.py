@@ -72,12 +72,17 @@ jobs = sa.Table(
     sa.Column("progress", JsonDoc, nullable=True),
     sa.Column("result", JsonDoc, nullable=True),
     sa.Column("error", JsonDoc, nullable=True),
+    # While running: until when the claiming worker holds the job (migration 0003). The worker renews
+    # it; once it is in the past, any process may re-queue the job.
+    sa.Column("lease_expires_at", UTCDateTime, nullable=True),
     # Listing a caller's jobs newest first.
     sa.Index("ix_jobs_owner_seq", "owner", "seq"),
     sa.Index("ix_jobs_dialect_seq", "dialect", "seq"),
 )
 # The claim query and position(): WHERE state = 'queued' ORDER BY priority DESC, seq.
 sa.Index("ix_jobs_claim", jobs.c.state, jobs.c.priority.desc(), jobs.c.seq)
+# Recovery: WHERE state = 'running' AND lease_expires_at < now.
+sa.Index("ix_jobs_state_lease_expires_at", jobs.c.state, jobs.c.lease_expires_at)
 
 # -- the native job API (migration 0002) -----------------------------------------------------------
 
@@ -95,7 +100,10 @@ idempotency_keys = sa.Table(
     sa.Index("ix_idempotency_keys_expires_at", "expires_at"),
 )
 
-# The per-job event log behind SSE resume (``Last-Event-ID`` is ``seq``).
+# The job outbox: one row per state change or progress, written in the transaction that makes the
+# change (see ``outbox.py``); ``seq`` orders them and is the SSE ``Last-Event-ID``. Since migration
+# 0003 a row carries the job as it was (``job``) and the process that wrote it (``origin``); older
+# rows carry only ``data``, already rendered for the native API.
 job_events = sa.Table(
     "job_events",
     metadata,
@@ -104,7 +112,20 @@ job_events = sa.Table(
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("data", JsonDoc, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("job", JsonDoc, nullable=True),
+    sa.Column("origin", sa.String(32), nullable=True),
     sa.Index("ix_job_events_job_id_seq", "job_id", "seq"),
+)
+
+# The latest progress preview of a running job (PNG), written by its worker, read by any process.
+job_previews = sa.Table(
+    "job_previews",
+    metadata,
+    sa.Column("job_id", sa.String(40), primary_key=True),
+    sa.Column("iteration", sa.Integer, nullable=False),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("png", sa.LargeBinary, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
 )
 
 # One callback per job, delivered once the job is terminal; every attempt is kept in ``attempt_log``.

@@ -1,8 +1,13 @@
 """``SqlJobStore``: the ``JobStore`` contract on SQLAlchemy Core, for SQLite now and PostgreSQL later.
 
 Every method is one short transaction. Writes that change a job return the new row (``UPDATE ...
-RETURNING``) and, once committed, publish it to ``JobEvents`` when the store was given one, so an
-in-process waiter wakes at once; waiters in other processes poll ``get``.
+RETURNING``), append the change to the outbox (``outbox.py``) in the same transaction and, once
+committed, publish it to ``JobEvents`` when the store was given one, so an in-process waiter wakes
+at once; other processes read the outbox.
+
+A claim is a lease: the job is the claiming worker's until ``lease_expires_at``, which the worker
+renews (``heartbeat``, and every progress write). ``requeue_expired`` hands back only jobs whose
+lease ran out, whichever process calls it, so a process that starts never takes a live worker's job.
 
 Claiming is portable: ``SELECT ... FOR UPDATE SKIP LOCKED`` (a no-op on SQLite, where the write
 transaction itself is ``BEGIN IMMEDIATE`` and so already exclusive) followed by a conditional
@@ -17,9 +22,10 @@ import math
 import os
 import re
 import threading
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,7 +36,8 @@ from sdgate.core.requests import GenerationRequest
 from sdgate.core.results import GenerationResult
 from sdgate.jobs.database import create_db_engine, probe_write, storage_health, transaction, upgrade_schema
 from sdgate.jobs.events import JobEvents
-from sdgate.jobs.schema import jobs
+from sdgate.jobs.outbox import write_event
+from sdgate.jobs.schema import job_previews, jobs
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +46,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _MAX_READ_DEPTH = 64  # levels of a stored document a reader gets; submit allows max_metadata_depth
 # A later request never weakens an earlier one: a cancel is not turned back into a skip.
 _CONTROL_RANK = {ControlAction.SKIP: 0, ControlAction.INTERRUPT: 1, ControlAction.CANCEL: 2}
+DEFAULT_LEASE_S = 30.0
 _STATE_EVENT = {
     JobState.QUEUED: JobEventKind.QUEUED,
     JobState.RUNNING: JobEventKind.STARTED,
@@ -121,6 +129,7 @@ class SqlJobStore:
 
     ``events``: where state changes and progress are published (pass the same ``JobEvents`` to the
     worker). ``max_queue``: ``submit`` raises ``QueueFull`` when this many jobs are queued.
+    ``lease_s``: how long a claim holds a job without a heartbeat.
     """
 
     def __init__(
@@ -130,10 +139,15 @@ class SqlJobStore:
         events: JobEvents | None = None,
         max_queue: int | None = None,
         migrate: bool = True,
+        lease_s: float = DEFAULT_LEASE_S,
     ) -> None:
         self._engine = create_db_engine(database_url)
         self._events = events
         self._max_queue = max_queue
+        self.lease_s = lease_s
+        # Marks this store's outbox rows, so its own follower does not publish them twice.
+        self.origin = uuid.uuid4().hex[:16]
+        self._commit_hooks: builtins.list[Callable[[], None]] = []
         # An in-memory SQLite database is one shared connection: its transactions must take turns.
         single = isinstance(self._engine.pool, sa.StaticPool)
         self._serial: threading.Lock | None = threading.Lock() if single else None
@@ -156,6 +170,10 @@ class SqlJobStore:
 
     def close(self) -> None:
         self._engine.dispose()
+
+    def on_commit(self, hook: Callable[[], None]) -> None:
+        """``hook()`` after every committed change of a job (an outbox follower's ``wake``)."""
+        self._commit_hooks.append(hook)
 
     def __enter__(self) -> SqlJobStore:
         return self
@@ -244,7 +262,8 @@ class SqlJobStore:
             if self._max_queue is not None and self._count_queued(conn) >= self._max_queue:
                 raise QueueFull(f"the queue is full ({self._max_queue} jobs waiting)")
             row = conn.execute(sa.insert(jobs).values(values).returning(jobs)).one()
-        return self._published(row)
+            job = self._record(conn, row)
+        return self._announced(job)
 
     def claim_next(self, worker_id: str) -> Job | None:
         now = _now()
@@ -270,21 +289,57 @@ class SqlJobStore:
                         started_at=now,
                         updated_at=now,
                         progress=None,
+                        lease_expires_at=self._lease_end(now),
                     )
                     .returning(jobs)
                 ).one_or_none()
                 if row is not None:
+                    job = self._record(conn, row)
                     break
-        return self._published(row)
+        return self._announced(job)
 
     def update_progress(self, job_id: str, progress: Progress) -> None:
-        row = self._update(
-            job_id,
-            (JobState.RUNNING,),
-            {"progress": progress.model_dump(mode="json")},
-        )
-        if row is not None:
-            self._publish(JobEventKind.PROGRESS, _to_job(row))
+        """Also renews the lease: progress is the worker's heartbeat."""
+        now = _now()
+        values = {"progress": progress.model_dump(mode="json"), "lease_expires_at": self._lease_end(now)}
+        job = self._update(job_id, (JobState.RUNNING,), values, kind=JobEventKind.PROGRESS)
+        if job is not None:
+            self._announced(job, JobEventKind.PROGRESS)
+
+    def heartbeat(self, job_id: str, worker_id: str) -> bool:
+        """Renews ``worker_id``'s lease on a running job; False when the job is no longer its own
+        (finished, deleted, or re-queued after the lease ran out)."""
+        now = _now()
+        with self._tx(write=True) as conn:
+            renewed = conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.state == JobState.RUNNING.value,
+                       jobs.c.worker_id == worker_id)
+                .values(lease_expires_at=self._lease_end(now))
+            ).rowcount
+        return bool(renewed)
+
+    def put_preview(self, job_id: str, png: bytes, *, iteration: int, step: int) -> None:
+        """Keeps ``png`` as the running job's latest preview (dropped when the job ends)."""
+        now = _now()
+        with self._tx(write=True) as conn:
+            state = conn.execute(sa.select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one_or_none()
+            if state != JobState.RUNNING.value:
+                return
+            values = {"iteration": iteration, "step": step, "png": png, "updated_at": now}
+            updated = conn.execute(
+                sa.update(job_previews).where(job_previews.c.job_id == job_id).values(values)
+            ).rowcount
+            if not updated:
+                conn.execute(sa.insert(job_previews).values(job_id=job_id, **values))
+
+    def preview(self, job_id: str) -> bytes | None:
+        """The latest preview PNG of a running job, whichever process runs it."""
+        with self._tx() as conn:
+            png = conn.execute(
+                sa.select(job_previews.c.png).where(job_previews.c.job_id == job_id)
+            ).scalar_one_or_none()
+        return bytes(png) if png is not None else None
 
     def request_control(self, job_id: str, action: ControlAction) -> Job:
         now = _now()
@@ -307,9 +362,11 @@ class SqlJobStore:
             row = conn.execute(
                 sa.update(jobs).where(jobs.c.id == job_id).values(values).returning(jobs)
             ).one()
-        job = _to_job(row)
+            job = _to_job(row)
+            if job.state is not state:
+                write_event(conn, _STATE_EVENT[job.state], job, self.origin)
         if job.state is not state:
-            self._publish(_STATE_EVENT[job.state], job)
+            self._announced(job)
         return job
 
     def clear_control(self, job_id: str, action: ControlAction) -> None:
@@ -338,21 +395,24 @@ class SqlJobStore:
             result=result.model_dump(mode="json") if result is not None else None,
         )
 
-    def recover(self, *, max_attempts: int) -> builtins.list[str]:
-        """Embedded mode, at start-up: every running job was left by a process that died (a
-        cluster needs leases instead). A job whose cancel was pending becomes cancelled; one that
-        has been started ``max_attempts`` times fails (a poison job must not crash-loop the server);
-        the others are queued again. Returns the re-queued ids."""
-        now = _now()
-        changed: builtins.list[sa.Row[Any]] = []
+    def requeue_expired(self, *, max_attempts: int, now: datetime | None = None) -> builtins.list[str]:
+        """Hands back running jobs whose lease ran out (their worker died or lost the database),
+        from any process, at start and periodically. A job whose cancel was pending becomes
+        cancelled; one that has been started ``max_attempts`` times fails (a poison job that kills
+        its worker must not crash-loop the service); the others are queued again, in their old
+        place. A job with no lease (left by a version without leases) counts as expired. Returns
+        the re-queued ids."""
+        now = now or _now()
+        changed: builtins.list[Job] = []
         with self._tx(write=True) as conn:
             stranded = conn.execute(
                 sa.select(jobs.c.id, jobs.c.attempts, jobs.c.control).where(
-                    jobs.c.state == JobState.RUNNING.value
+                    jobs.c.state == JobState.RUNNING.value,
+                    sa.or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at < now),
                 )
             ).all()
             for job_id, attempts, control in stranded:
-                values: dict[str, Any] = {"updated_at": now}
+                values: dict[str, Any] = {"updated_at": now, "lease_expires_at": None}
                 if control == ControlAction.CANCEL:
                     values.update(state=JobState.CANCELLED.value, finished_at=now)
                 elif attempts >= max_attempts:
@@ -369,15 +429,15 @@ class SqlJobStore:
                         progress=None,
                         control=None,
                     )
-                changed.append(
-                    conn.execute(
-                        sa.update(jobs).where(jobs.c.id == job_id).values(values).returning(jobs)
-                    ).one()
-                )
+                row = conn.execute(
+                    sa.update(jobs).where(jobs.c.id == job_id).values(values).returning(jobs)
+                ).one()
+                conn.execute(sa.delete(job_previews).where(job_previews.c.job_id == job_id))
+                changed.append(self._record(conn, row))
         requeued: builtins.list[str] = []
-        for row in changed:
-            job = self._published(row)
-            logger.warning("job %s: left running by a dead worker, now %s", job.id, job.state.value)
+        for job in changed:
+            self._announced(job)
+            logger.warning("job %s: its worker's lease expired, now %s", job.id, job.state.value)
             if job.state is JobState.QUEUED:
                 requeued.append(job.id)
         return requeued
@@ -393,6 +453,7 @@ class SqlJobStore:
             if not job.state.terminal:
                 raise Conflict(f"job {job_id} is {job.state.value}; cancel it before deleting it")
             conn.execute(sa.delete(jobs).where(jobs.c.id == job_id))
+            conn.execute(sa.delete(job_previews).where(job_previews.c.job_id == job_id))
         return job
 
     def page(
@@ -453,28 +514,49 @@ class SqlJobStore:
         return int(conn.execute(query).scalar_one())
 
     def _update(
-        self, job_id: str, from_states: tuple[JobState, ...], values: Mapping[str, Any]
-    ) -> sa.Row[Any] | None:
+        self,
+        job_id: str,
+        from_states: tuple[JobState, ...],
+        values: Mapping[str, Any],
+        *,
+        kind: JobEventKind | None = None,
+    ) -> Job | None:
+        """Changes a job in one of ``from_states`` and records the change (``kind``, or the event
+        of its new state) in the outbox, in one transaction. None when the job was in no such state."""
         with self._tx(write=True) as conn:
-            return conn.execute(
+            row = conn.execute(
                 sa.update(jobs)
                 .where(jobs.c.id == job_id, jobs.c.state.in_([s.value for s in from_states]))
                 .values({**values, "updated_at": _now()})
                 .returning(jobs)
             ).one_or_none()
+            if row is None:
+                return None
+            if JobState(row.state).terminal:
+                conn.execute(sa.delete(job_previews).where(job_previews.c.job_id == job_id))
+            return self._record(conn, row, kind)
 
     def _finish(self, job_id: str, state: JobState, from_states: tuple[JobState, ...], **values: Any) -> Job:
-        row = self._update(job_id, from_states, {**values, "state": state.value, "finished_at": _now()})
-        if row is None:
+        values = {**values, "state": state.value, "finished_at": _now(), "lease_expires_at": None}
+        job = self._update(job_id, from_states, values)
+        if job is None:
             current = self.get(job_id)  # raises NotFound
             raise Conflict(f"job {job_id} is {current.state.value}; it cannot become {state.value}")
-        return self._published(row)
+        return self._announced(job)
 
-    def _published(self, row: sa.Row[Any]) -> Job:
+    def _lease_end(self, now: datetime) -> datetime:
+        return now + timedelta(seconds=self.lease_s)
+
+    def _record(self, conn: sa.Connection, row: sa.Row[Any], kind: JobEventKind | None = None) -> Job:
+        """The job a written row holds, its change appended to the outbox in the same transaction."""
         job = _to_job(row)
-        self._publish(_STATE_EVENT[job.state], job)
+        write_event(conn, kind or _STATE_EVENT[job.state], job, self.origin)
         return job
 
-    def _publish(self, kind: JobEventKind, job: Job) -> None:
+    def _announced(self, job: Job, kind: JobEventKind | None = None) -> Job:
+        """After commit: this process hears of the change at once, the outbox follower too."""
         if self._events is not None:
-            self._events.publish(kind, job)
+            self._events.publish(kind or _STATE_EVENT[job.state], job)
+        for hook in self._commit_hooks:
+            hook()
+        return job

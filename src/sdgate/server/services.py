@@ -1,11 +1,15 @@
 """Everything a running server holds, built from ``Settings`` in one place.
 
 In embedded mode (the default) the process also runs the engine and one worker thread per device;
-an API-only process (``run_workers=False``) only talks to the store and the image store.
+an API-only process (``run_workers=False``, or ``settings.workers == 0``: ``sdgate serve --workers
+0``) only talks to the store and the image store. Every process follows the job outbox, so events of
+jobs that another process's workers run reach this one's waiters and streams; running jobs belong
+to whoever holds their lease, so starting a process never takes a job from a live worker.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -14,6 +18,7 @@ from sdgate.core.engine import Engine, ModelDefaults
 from sdgate.core.models import ModelCatalog, ModelInfo
 from sdgate.jobs.events import JobEvents
 from sdgate.jobs.images import LocalImageStore
+from sdgate.jobs.outbox import OutboxFollower
 from sdgate.jobs.store import SqlJobStore
 from sdgate.settings import Settings
 
@@ -30,6 +35,7 @@ class Services:
     store: SqlJobStore
     images: LocalImageStore
     events: JobEvents
+    outbox: OutboxFollower
     engine: Engine | None = None
     workers: list[Worker] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)  # per-dialect state (A1111 options, ...)
@@ -39,10 +45,14 @@ class Services:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         catalog = ModelCatalog(settings)
         events = JobEvents()
-        store = SqlJobStore(settings.database_url, events=events, max_queue=settings.max_queue)
+        store = SqlJobStore(settings.database_url, events=events, max_queue=settings.max_queue,
+                            lease_s=settings.job_lease_s)
+        outbox = OutboxFollower(store.database, origin=store.origin, bus=events)
+        store.on_commit(outbox.wake)
         images = LocalImageStore(settings.images_dir)
-        services = cls(settings=settings, catalog=catalog, store=store, images=images, events=events)
-        if run_workers:
+        services = cls(settings=settings, catalog=catalog, store=store, images=images, events=events,
+                       outbox=outbox)
+        if run_workers and settings.workers > 0:
             if engine is None:
                 from sdgate.engine import create_engine
 
@@ -51,20 +61,19 @@ class Services:
         return services
 
     def start(self) -> None:
-        """Recover jobs a dead process left running (each is re-queued until it has been started
-        ``job_max_attempts`` times, then failed: a job that kills its process must not crash-loop
-        the server), then start the workers (embedded mode)."""
-        requeued = self.store.recover(max_attempts=self.settings.job_max_attempts)
+        """Follow the outbox, hand back jobs whose worker's lease expired (each is re-queued until
+        it has been started ``job_max_attempts`` times, then failed: a job that kills its process
+        must not crash-loop the server), then start the workers, which keep doing so."""
+        self.outbox.start()
+        requeued = self.store.requeue_expired(max_attempts=self.settings.job_max_attempts)
         if requeued:
-            log.info("re-queued %d job(s) left running by a previous process", len(requeued))
+            log.info("re-queued %d job(s) whose worker's lease expired", len(requeued))
         if self.engine is None:
             return
         from sdgate.worker.runner import Worker
 
-        for i in range(max(1, self.settings.workers)):
-            worker = Worker(
-                self.store, self.engine, self.images, self.events, self.settings, worker_id=f"worker-{i}"
-            )
+        for _ in range(self.settings.workers):
+            worker = Worker(self.store, self.engine, self.images, self.events, self.settings)
             worker.start()
             self.workers.append(worker)
 
@@ -72,6 +81,7 @@ class Services:
         for worker in self.workers:
             worker.stop(timeout=30)
         self.workers.clear()
+        self.outbox.stop()
 
     def model_defaults(self, info: ModelInfo) -> ModelDefaults:
         if self.engine is not None and self.settings.engine == "null":
@@ -79,8 +89,21 @@ class Services:
         return self.catalog.defaults_for(info)
 
     def current_preview(self, job_id: str) -> Any:
+        """The running job's latest preview: from this process's worker when it runs the job (the
+        freshest), else the one its worker stored, whichever process that is."""
         for worker in self.workers:
             preview = worker.current_preview(job_id)
             if preview is not None:
                 return preview
-        return None
+        png = self.store.preview(job_id)
+        if png is None:
+            return None
+        from PIL import Image
+
+        try:
+            image = Image.open(io.BytesIO(png))
+            image.load()
+        except (OSError, ValueError):
+            log.warning("job %s: its stored preview does not decode", job_id)
+            return None
+        return image

@@ -2,11 +2,17 @@
 
 At every step it reads the job's pending control request (one indexed read), writes progress to
 the store (throttled: the first step, the last, and at most every ``interval_s`` between, each with
-an ETA), and keeps the step's preview callable so ``/progress`` can render it lazily.
+an ETA; a progress write renews the job's lease), and keeps the step's preview callable.
+
+``Heartbeat`` is the thread beside the engine while a job runs: it renews the lease when no
+progress did (a step that runs long), and stores the latest preview as a PNG about once a second,
+so any process's ``/progress`` and event streams can show it. A lease found lost (the job was
+handed to another worker) stops the job at its next step, and its outcome is not recorded.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import time
@@ -22,6 +28,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("sdgate.worker")
 
 PROGRESS_INTERVAL_S = 0.2
+PREVIEW_INTERVAL_S = 1.0
 
 _STEP_ACTIONS = {
     ControlAction.SKIP: StepAction.SKIP,
@@ -33,7 +40,15 @@ _STEP_ACTIONS = {
 class WorkerJobStore(JobStore, Protocol):
     """What a worker needs beyond ``JobStore``: consuming a skip, which applies to one iteration."""
 
+    lease_s: float
+
     def clear_control(self, job_id: str, action: ControlAction) -> None: ...
+
+    def heartbeat(self, job_id: str, worker_id: str) -> bool: ...
+
+    def requeue_expired(self, *, max_attempts: int) -> list[str]: ...
+
+    def put_preview(self, job_id: str, png: bytes, *, iteration: int, step: int) -> None: ...
 
 
 class JobControl:
@@ -48,6 +63,7 @@ class JobControl:
         self.job_id = job_id
         self.interrupted = False
         self.cancelled = False
+        self.lost = False  # the lease went to someone else: stop, record nothing
         self._store = store
         self._interval_s = interval_s
         self._clock = clock
@@ -58,6 +74,7 @@ class JobControl:
         self._preview: Callable[[], Image] | None = None
         self._preview_key: tuple[int, int] | None = None
         self._rendered: tuple[tuple[int, int], Image] | None = None
+        self._stored_key: tuple[int, int] | None = None
 
     def on_step(self, report: StepReport) -> StepAction:
         now = self._clock()
@@ -84,6 +101,27 @@ class JobControl:
                 return None
             self._rendered = (key, image)
             return image
+
+    def renew(self, worker_id: str) -> None:
+        """Renews the lease; a lease found lost stops the job at its next step."""
+        if not self._store.heartbeat(self.job_id, worker_id):
+            if not self.lost:
+                logger.warning("job %s: %s no longer holds its lease", self.job_id, worker_id)
+            self.lost = True
+
+    def store_preview(self) -> None:
+        """Writes the latest step's preview to the store, once per step."""
+        with self._state_lock:
+            key = self._preview_key
+        if key is None or key == self._stored_key:
+            return
+        image = self.preview()
+        if image is None:
+            return
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        self._store.put_preview(self.job_id, buffer.getvalue(), iteration=key[0], step=key[1])
+        self._stored_key = key
 
     def cancel_requested(self) -> bool:
         """A last look after the engine returned (an engine with no steps never asked)."""
@@ -117,6 +155,8 @@ class JobControl:
         return max(0.0, (1.0 - fraction) / rate)
 
     def _action(self) -> StepAction:
+        if self.lost:
+            return StepAction.CANCEL
         pending = self._store.pending_control(self.job_id)
         if pending is None:
             return StepAction.CONTINUE
@@ -127,3 +167,37 @@ class JobControl:
         else:
             self.cancelled = True
         return _STEP_ACTIONS[pending]
+
+
+class Heartbeat:
+    """The thread that keeps one running job's lease and preview fresh; a ``with`` block."""
+
+    def __init__(self, control: JobControl, worker_id: str, *, lease_s: float,
+                 preview_interval_s: float = PREVIEW_INTERVAL_S) -> None:
+        self._control = control
+        self._worker_id = worker_id
+        # Three renewals per lease: one lost write (a busy database) does not lose the job.
+        self._renew_s = lease_s / 3
+        self._tick_s = min(self._renew_s, preview_interval_s)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"sdgate-heartbeat-{control.job_id}",
+                                        daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        renewed = time.monotonic()
+        while not self._stop.wait(self._tick_s):
+            try:
+                if time.monotonic() - renewed >= self._renew_s:
+                    self._control.renew(self._worker_id)
+                    renewed = time.monotonic()
+                self._control.store_preview()
+            except Exception:  # the next tick tries again; three misses lose the lease
+                logger.warning("job %s: heartbeat failed", self._control.job_id, exc_info=True)

@@ -10,6 +10,10 @@ and a failure that cannot be written is retried until the disk takes it. Interru
 the job succeeds with the images finished so far (``interrupted=True``); cancel leaves it
 cancelled with no result. The store publishes every change to the ``JobEvents`` it was built with,
 so pass the worker the same ``JobEvents`` (it listens there for new submissions).
+
+A claim is a lease the worker renews while the job runs (``control.Heartbeat``). Between jobs, every
+``lease_s / 2``, the worker also hands back jobs whose lease expired (whichever process held them):
+a process that runs workers recovers dead workers' jobs, at start and while it runs.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from sdgate.core.results import GenerationResult, StoredImage
 from sdgate.jobs.events import JobEvents
 from sdgate.jobs.images import ImageStore
 from sdgate.settings import Settings
-from sdgate.worker.control import PROGRESS_INTERVAL_S, JobControl, WorkerJobStore
+from sdgate.worker.control import PROGRESS_INTERVAL_S, Heartbeat, JobControl, WorkerJobStore
 from sdgate.worker.oom import is_out_of_memory, out_of_memory_error, release_memory
 
 if TYPE_CHECKING:
@@ -82,6 +86,9 @@ class Worker:
         self._images = images
         self._events = events
         self._poll_s = settings.worker_poll_s
+        self._lease_s = store.lease_s
+        self._max_attempts = settings.job_max_attempts
+        self._next_recovery = 0.0  # monotonic time of the next look for expired leases
         self._progress_interval_s = progress_interval_s
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -137,10 +144,21 @@ class Worker:
         self._run(job)
         return True
 
+    def requeue_expired(self) -> None:
+        """Hands back jobs whose worker's lease ran out (due every ``lease_s / 2``)."""
+        now = time.monotonic()
+        if now < self._next_recovery:
+            return
+        self._next_recovery = now + self._lease_s / 2
+        requeued = self._store.requeue_expired(max_attempts=self._max_attempts)
+        if requeued:
+            logger.info("worker %s: re-queued %d job(s) whose lease expired", self.worker_id, len(requeued))
+
     def _loop(self) -> None:
         claim_fault: str | None = None  # logged once, not at every poll while the disk stays full
         while not self._stopping.is_set():
             try:
+                self.requeue_expired()
                 ran = self.run_once()
                 claim_fault = None
                 if ran:
@@ -164,6 +182,10 @@ class Worker:
         log.info("started on %s (attempt %d)", self.worker_id, job.attempts)
         control = JobControl(self._store, job.id, interval_s=self._progress_interval_s)
         self._current = control
+        with Heartbeat(control, self.worker_id, lease_s=self._lease_s):
+            self._run_with(job, control, log)
+
+    def _run_with(self, job: Job, control: JobControl, log: _JobLog) -> None:
         out_of_memory: OutOfMemory | None = None
         try:
             # 1. Decode the inputs the request refers to.
@@ -184,30 +206,34 @@ class Worker:
                 "store_s": time.perf_counter() - generated,
             }
             result = _result(job.request, output, stored, control, timings)
-            self._finish(log, job.id, self._store.succeed, result)
+            self._finish(log, control, job.id, self._store.succeed, result)
             log.info("succeeded: %d image(s)%s", len(stored), " (interrupted)" if result.interrupted else "")
         except JobCancelled:
             log.info("cancelled")
-            self._finish(log, job.id, self._store.cancelled)
+            self._finish(log, control, job.id, self._store.cancelled)
         except SdgateError as exc:
             log.warning("failed: %s: %s", exc.code, exc.message)
-            self._finish(log, job.id, self._store.fail, exc.to_dict())
+            self._finish(log, control, job.id, self._store.fail, exc.to_dict())
         except Exception as exc:
             if is_out_of_memory(exc):
                 out_of_memory = out_of_memory_error(exc)
             else:
                 log.exception("failed with an unexpected error")
                 error = {"code": "internal_error", "message": str(exc) or type(exc).__name__}
-                self._finish(log, job.id, self._store.fail, error)
+                self._finish(log, control, job.id, self._store.fail, error)
         finally:
             self._current = None
         if out_of_memory is not None:
             # Out of the except block: its traceback no longer pins the tensors being freed.
             release_memory()
             log.warning("failed: %s", out_of_memory.message)
-            self._finish(log, job.id, self._store.fail, out_of_memory.to_dict())
+            self._finish(log, control, job.id, self._store.fail, out_of_memory.to_dict())
 
-    def _finish(self, log: _JobLog, job_id: str, record: Callable[..., Job], *args: Any) -> None:
+    def _finish(self, log: _JobLog, control: JobControl, job_id: str, record: Callable[..., Job],
+                *args: Any) -> None:
+        if control.lost:  # another worker may run it now: its outcome is theirs to record
+            log.warning("stopped without recording an outcome: the lease was lost")
+            return
         try:
             record(job_id, *args)
             return

@@ -19,6 +19,7 @@ from tests.server.fakes import FakeEngine  # noqa: E402
 if __name__ == "__main__":
     data_dir, models_dir, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     settings = Settings(data_dir=Path(data_dir), models_dir=Path(models_dir), device="cpu",
-                        worker_poll_s=0.05)
+                        worker_poll_s=0.05,
+                        job_lease_s=1.0)
     uvicorn.run(create_app(settings, engine=FakeEngine(step_s=0.02)), host="127.0.0.1", port=port,
                 log_level="warning")

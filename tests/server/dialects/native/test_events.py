@@ -9,10 +9,8 @@ import httpx
 import pytest
 import websockets
 
-from sdgate.core.jobs import Job, JobEventKind, JobState, Progress
-from sdgate.core.requests import GenerationRequest
+from sdgate.core.jobs import Job
 from sdgate.server.app import create_app
-from sdgate.server.dialects.native.eventlog import order_key
 from sdgate.server.dialects.native.events import parse_last_event_id
 from tests.server.dialects.native.conftest import (
     ThreadServer,
@@ -119,27 +117,6 @@ async def test_progress_carries_previews_every_n_steps(native_settings, engine) 
         events = await read_sse(api, job["id"], {"Last-Event-ID": "0"})
     previews = [e["data"]["preview"] for e in events if e["event"] == "progress" and "preview" in e["data"]]
     assert previews and previews[0].startswith("data:image/webp;base64,")
-
-
-def _job(state: JobState, attempts: int, started: bool, progress: float | None = None) -> Job:
-    from datetime import UTC, datetime
-
-    now = datetime.now(UTC)
-    return Job(id="job_x", state=state, request=GenerationRequest(), created_at=now, attempts=attempts,
-               started_at=now if started else None,
-               progress=Progress(step=int(progress * 10), steps=10) if progress is not None else None)
-
-
-def test_order_key_drops_stale_events_but_keeps_a_requeue() -> None:
-    queued = order_key(JobEventKind.QUEUED, _job(JobState.QUEUED, 0, False))
-    started = order_key(JobEventKind.STARTED, _job(JobState.RUNNING, 1, True))
-    half = order_key(JobEventKind.PROGRESS, _job(JobState.RUNNING, 1, True, 0.5))
-    requeued = order_key(JobEventKind.QUEUED, _job(JobState.QUEUED, 1, False))
-    restarted = order_key(JobEventKind.STARTED, _job(JobState.RUNNING, 2, True))
-    cancelled_queued = order_key(JobEventKind.CANCELLED, _job(JobState.CANCELLED, 0, False))
-    done = order_key(JobEventKind.SUCCEEDED, _job(JobState.SUCCEEDED, 2, True))
-    assert queued < started < half < requeued < restarted < done
-    assert queued < cancelled_queued
 
 
 @pytest.mark.parametrize(("value", "expected"), [(None, None), ("", None), ("12", 12)])

@@ -1,14 +1,10 @@
 """The per-job event log behind ``GET /api/v1/jobs/{id}/events`` and ``/api/v1/events``.
 
-Kept in the database (table ``job_events``), not in memory: an event's id is its row's ``seq``, so
-``Last-Event-ID`` resumes across reconnects and across a restart of the server, and rows are
-readable from any process. ``EventLog.on_event`` listens on ``JobEvents`` (on the publishing thread,
-after the store committed), writes the row, then wakes this process's streams.
-
-Listeners run on whichever thread changed the job, so two changes of one job can reach the log out
-of order (a worker's ``started`` before the submitting request's ``queued``). ``order_key`` ranks
-each snapshot; one that ranks at or below what the log already holds for that job is stale and
-dropped, so a stream never goes backwards.
+It is the job outbox (table ``job_events``, see ``sdgate.jobs.outbox``), rendered for the native
+API: the store appends a row in the transaction that changes the job, so the log holds every change
+in commit order whichever process made it, and an event's id is its row's ``seq``: ``Last-Event-ID``
+resumes across reconnects, restarts and processes. Live subscribers are fed by this process's
+``OutboxFollower``, which reads the rows every process writes.
 """
 
 from __future__ import annotations
@@ -17,10 +13,8 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
@@ -28,27 +22,15 @@ import sqlalchemy as sa
 
 from sdgate.core.jobs import Job, JobEventKind
 from sdgate.jobs.database import transaction
+from sdgate.jobs.outbox import OutboxEvent, OutboxFollower, to_event
 from sdgate.jobs.schema import job_events
 
 logger = logging.getLogger("sdgate.native")
 
 TERMINAL = frozenset({JobEventKind.SUCCEEDED, JobEventKind.FAILED, JobEventKind.CANCELLED})
-_REMEMBERED_JOBS = 10_000
 _MAX_BACKLOG = 512
 
-OrderKey = tuple[int, int, float]
-
-
-def order_key(kind: JobEventKind, job: Job) -> OrderKey:
-    """(attempt epoch, phase, progress). A job re-queued after a crash starts a new epoch, so its
-    second ``queued`` outranks the first run's events; a stale first ``queued`` does not."""
-    if kind is JobEventKind.QUEUED:
-        return (job.attempts + 1, 0, 0.0)
-    if kind is JobEventKind.STARTED:
-        return (job.attempts, 1, 0.0)
-    if kind is JobEventKind.PROGRESS:
-        return (job.attempts, 1, job.progress.fraction if job.progress else 0.0)
-    return (job.attempts if job.started_at is not None else job.attempts + 1, 2, 0.0)
+Render = Callable[[JobEventKind, Job], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -65,47 +47,28 @@ class LoggedEvent:
 
 
 class EventLog:
-    def __init__(self, database: sa.Engine, render: Callable[[JobEventKind, Job], dict[str, Any]]) -> None:
+    def __init__(self, database: sa.Engine, render: Render, outbox: OutboxFollower) -> None:
         self._db = database
         self._render = render
         self._lock = threading.Lock()
-        self._last: OrderedDict[str, OrderKey] = OrderedDict()
         self._subscribers: set[LogSubscription] = set()
+        self._remove = outbox.add_listener(self._on_outbox)
 
-    # -- writing (listener) ----------------------------------------------------------------------
+    def close(self) -> None:
+        self._remove()
 
-    def on_event(self, kind: JobEventKind, job: Job) -> None:
-        try:
-            event = self._append(kind, job)
-        except Exception:  # the log is for streams; a failed write must not fail the job
-            logger.exception("job %s: could not log its %s event", job.id, kind.value)
-            return
-        if event is None:
-            return
+    # -- live (the outbox follower's thread) -----------------------------------------------------
+
+    def _on_outbox(self, outboxed: OutboxEvent) -> None:
+        with self._lock:
+            if not self._subscribers:
+                return
+        event = LoggedEvent(seq=outboxed.seq, job_id=outboxed.job.id, kind=outboxed.kind,
+                            data=self._render(outboxed.kind, outboxed.job), owner=outboxed.job.owner)
         with self._lock:
             subscribers = [s for s in self._subscribers if s.wants(event)]
         for subscriber in subscribers:
             subscriber.deliver(event)
-
-    def _append(self, kind: JobEventKind, job: Job) -> LoggedEvent | None:
-        key = order_key(kind, job)
-        # Held across the write, so rows of one job are inserted in rank order.
-        with self._lock:
-            last = self._last.get(job.id)
-            if last is not None and key <= last:
-                return None
-            data = self._render(kind, job)
-            with transaction(self._db, write=True) as conn:
-                seq = conn.execute(
-                    sa.insert(job_events)
-                    .values(job_id=job.id, kind=kind.value, data=data, created_at=datetime.now(UTC))
-                    .returning(job_events.c.seq)
-                ).scalar_one()
-            self._last[job.id] = key
-            self._last.move_to_end(job.id)
-            while len(self._last) > _REMEMBERED_JOBS:
-                self._last.popitem(last=False)
-        return LoggedEvent(seq=seq, job_id=job.id, kind=kind, data=data, owner=job.owner)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -117,7 +80,8 @@ class EventLog:
             .limit(limit)
         )
         with transaction(self._db, write=False) as conn:
-            return [_row_event(row) for row in conn.execute(query)]
+            rows = conn.execute(query).all()
+        return [self._row_event(row) for row in rows]
 
     def snapshot(self, job_id: str) -> list[LoggedEvent]:
         """What a late joiner gets first: the latest state change, then the latest progress after it."""
@@ -140,7 +104,7 @@ class EventLog:
                 .order_by(job_events.c.seq.desc())
                 .limit(1)
             ).one_or_none()
-        return [_row_event(row) for row in (state, progress) if row is not None]
+        return [self._row_event(row) for row in (state, progress) if row is not None]
 
     def subscribe(self, *, job_id: str | None = None, owner: str | None = None,
                   any_owner: bool = True) -> LogSubscription:
@@ -155,9 +119,12 @@ class EventLog:
         with self._lock:
             self._subscribers.discard(subscription)
 
-
-def _row_event(row: sa.Row[Any]) -> LoggedEvent:
-    return LoggedEvent(seq=row.seq, job_id=row.job_id, kind=JobEventKind(row.kind), data=row.data)
+    def _row_event(self, row: sa.Row[Any]) -> LoggedEvent:
+        outboxed = to_event(row)
+        if outboxed is None:  # written before the outbox: rendered when it was logged
+            return LoggedEvent(seq=row.seq, job_id=row.job_id, kind=JobEventKind(row.kind), data=row.data)
+        return LoggedEvent(seq=row.seq, job_id=row.job_id, kind=outboxed.kind,
+                           data=self._render(outboxed.kind, outboxed.job), owner=outboxed.job.owner)
 
 
 class LogSubscription:

@@ -39,8 +39,8 @@ class NativeRuntime:
 
     @classmethod
     def attach(cls, services: Services) -> NativeRuntime:
-        """Builds the runtime and starts logging job events. Call before ``services.start()``, so
-        the events of jobs recovered at start-up are logged too."""
+        """Builds the runtime and starts following job events (the store logs them, in the outbox).
+        Call before ``services.start()``, so webhooks hear of jobs recovered at start-up."""
         settings = services.settings
         base = (settings.public_url or "").rstrip("/")
         db = services.store.database
@@ -50,7 +50,7 @@ class NativeRuntime:
 
         runtime = cls(
             services=services,
-            events=EventLog(db, render_event),
+            events=EventLog(db, render_event, services.outbox),
             keys=IdempotencyKeys(db, ttl_s=settings.idempotency_ttl_s),
             webhooks=Webhooks(
                 db,
@@ -70,7 +70,6 @@ class NativeRuntime:
         return runtime
 
     def _on_event(self, kind: JobEventKind, job: Job) -> None:
-        self.events.on_event(kind, job)
         if kind in TERMINAL:
             self.webhooks.notify()
 
@@ -90,6 +89,7 @@ class NativeRuntime:
         self._tasks.clear()
 
     def detach(self) -> None:
+        self.events.close()
         if self._remove_listener is not None:
             self._remove_listener()
             self._remove_listener = None
