@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdgate.server.dialects.a1111.option_table import OPTIONS, Kind, OptionSpec
+from sdgate.server.dialects.a1111.option_table import (
+    MAX_LIST,
+    MAX_NAME,
+    MAX_NUMBER,
+    MAX_TEXT,
+    OPTIONS,
+    Kind,
+    OptionSpec,
+)
 
 # Accepted and not checked: saved by name lookups (a checkpoint or VAE that is not there is a 404 /
 # 400), or ignored (explanation texts, the hash that follows the checkpoint, restricted options).
@@ -18,24 +26,22 @@ def option_schema(spec: OptionSpec) -> dict[str, Any]:
     if spec.kind is Kind.HTML:
         return {"description": "explanation text: accepted and ignored"}
     if spec.key in LOOKED_UP:
-        schema = {"type": "string", "minLength": 1, "maxLength": 1024}
+        schema = {"type": "string", "minLength": 1, "maxLength": MAX_NAME}
     elif spec.kind is Kind.BOOL:
         schema = {"type": "boolean"}
     elif spec.kind in (Kind.STR, Kind.CHOICE):
-        schema = {"type": "string"}
+        schema = {"type": "string", "maxLength": MAX_TEXT}
         if spec.choices is not None:
             schema["enum"] = list(spec.choices)
     elif spec.kind is Kind.LIST:
-        items: dict[str, Any] = {"type": "string"}
+        items: dict[str, Any] = {"type": "string", "maxLength": MAX_TEXT}
         if spec.choices is not None:
             items["enum"] = list(spec.choices)
-        schema = {"type": "array", "items": items}
+        schema = {"type": "array", "items": items, "maxItems": MAX_LIST}
     else:
         schema = {"type": "integer" if spec.kind is Kind.INT else "number"}
-        if spec.minimum is not None:
-            schema["minimum"] = spec.minimum
-        if spec.maximum is not None:
-            schema["maximum"] = spec.maximum
+        schema["minimum"] = spec.minimum if spec.minimum is not None else -MAX_NUMBER
+        schema["maximum"] = spec.maximum if spec.maximum is not None else MAX_NUMBER
     if spec.default is None:
         schema = {"anyOf": [schema, {"type": "null"}]}
     return schema

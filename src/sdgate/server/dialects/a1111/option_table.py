@@ -384,7 +384,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _opt("sigma_min", 0.0, NUMBER),
     _opt("sigma_max", 0.0, NUMBER),
     _opt("rho", 0.0, NUMBER),
-    _opt("eta_noise_seed_delta", 0, INT, 0),
+    _opt("eta_noise_seed_delta", 0, INT, 0, 2**64 - 1),  # added to seeds: unsigned 64-bit like them
     _opt("always_discard_next_to_last_sigma", False),
     _opt("sgm_noise_multiplier", False),
     _opt("uni_pc_variant", "bh1", choices=("bh1", "bh2", "vary_coeff")),
@@ -473,6 +473,13 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _opt("hypertile_swap_size_vae", 3, INT, 0, 64),
 )
 
+# Bounds on every value, whatever its option: A1111 saves anything, and one huge or endless value
+# saved here would be served to (and acted on for) every later request.
+MAX_TEXT = 4096  # characters of a string option (prompts, patterns, names)
+MAX_NAME = 1024  # characters of a checkpoint or VAE name (looked up, not checked by check_value)
+MAX_LIST = 256  # entries of a list option
+MAX_NUMBER = 2**53  # magnitude of a number option without its own range (exact in JSON)
+
 SPECS: dict[str, OptionSpec] = {spec.key: spec for spec in OPTIONS}
 DEFAULTS: dict[str, Any] = {spec.key: spec.default for spec in OPTIONS}
 
@@ -488,12 +495,16 @@ def check_value(spec: OptionSpec, value: Any) -> str | None:
     if spec.kind in (STR, CHOICE):
         if not isinstance(value, str):
             return "must be a string"
+        if len(value) > MAX_TEXT:
+            return f"must be at most {MAX_TEXT} characters"
         if spec.choices is not None and value not in spec.choices:
             return "must be one of " + ", ".join(repr(c) for c in spec.choices)
         return None
     if spec.kind is LIST:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             return "must be a list of strings"
+        if len(value) > MAX_LIST or any(len(v) > MAX_TEXT for v in value):
+            return f"must be at most {MAX_LIST} strings of at most {MAX_TEXT} characters"
         if spec.choices is not None and any(v not in spec.choices for v in value):
             return "entries must be among " + ", ".join(repr(c) for c in spec.choices)
         return None
@@ -507,10 +518,9 @@ def _check_number(spec: OptionSpec, value: Any) -> str | None:
         return "must be a finite number"
     if spec.kind is INT and value != int(value):
         return "must be a whole number"
-    lo, hi = spec.minimum, spec.maximum
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        if hi is None:
-            return f"must be >= {lo:g}"
+    lo = spec.minimum if spec.minimum is not None else -MAX_NUMBER
+    hi = spec.maximum if spec.maximum is not None else MAX_NUMBER
+    if not lo <= value <= hi:
         return f"must be from {lo:g} to {hi:g}"
     return None
 

@@ -40,6 +40,7 @@ from sdgate.core.errors import InvalidRequest, ModelNotFound
 from sdgate.core.models import VAE_AUTOMATIC, VAE_NONE, ModelCatalog, ModelInfo
 from sdgate.server.dialects.a1111.option_table import (
     DEFAULTS,
+    MAX_NAME,
     OPTIONS,
     SPECS,
     Kind,
@@ -70,6 +71,14 @@ RESTRICTED = frozenset(
 _IGNORED = frozenset({*(spec.key for spec in OPTIONS if spec.kind is Kind.HTML), "sd_checkpoint_hash"})
 # Checked by looking them up (``update``): an unknown checkpoint is a 404, an unknown VAE a 400.
 _RESOLVED = frozenset({"sd_model_checkpoint", "sd_vae"})
+
+def _check_name(value: Any) -> str | None:
+    """A name to look up: the lookup answers for an unknown one, but a huge one is refused first."""
+    if value is not None and not isinstance(value, str):
+        return "must be a string"
+    if value is not None and len(value) > MAX_NAME:
+        return f"must be at most {MAX_NAME} characters"
+    return None
 
 
 def ignored_keys() -> frozenset[str]:
@@ -177,7 +186,7 @@ class A1111Options:
                 msg = f"unknown option '{key}': AUTOMATIC1111 1.10 has no such setting"
                 errors.append(_error("extra_forbidden", (*loc, key), msg, value))
                 continue
-            why = None if key in _RESOLVED else check_value(spec, value)
+            why = _check_name(value) if key in _RESOLVED else check_value(spec, value)
             if why is not None:
                 errors.append(_error("value_error", (*loc, key), f"{key}: {why}", value))
                 continue
