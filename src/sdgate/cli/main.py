@@ -82,6 +82,11 @@ def serve(
     allow_image_urls: Annotated[
         bool, typer.Option("--allow-image-urls", help="Accept http(s) URLs (public hosts) as img2img images.")
     ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=0, help="Worker threads (one per device); 0: API only, another process on the "
+                     "same --data-dir runs the jobs. [default: 1]"),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run the server: the AUTOMATIC1111 API on one port, jobs in a durable queue."""
@@ -97,6 +102,7 @@ def serve(
         public_url=public_url,
         vram_mode="lowvram" if lowvram else "medvram" if medvram else None,
         allow_image_urls=True if allow_image_urls else None,
+        workers=workers,
     )
     try:
         settings.auth_pairs()
@@ -133,6 +139,8 @@ def serve(
         model_line = "model: none (null engine)"
     typer.echo(f"sdgate {__version__}: engine {settings.engine} on {settings.device}; {model_line}")
     typer.echo(f"data: {settings.data_dir.resolve()}; models: {settings.resolved_models_dir.resolve()}")
+    if settings.workers == 0:
+        typer.echo("workers: none (API only: jobs run on the workers of another process on this data dir)")
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
