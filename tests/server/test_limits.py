@@ -19,6 +19,7 @@ from sdgate.core.errors import InvalidRequest, PayloadTooLarge, SdgateError
 from sdgate.core.requests import GenerationRequest, HiresSettings
 from sdgate.server import jobflow
 from sdgate.server.app import create_app
+from sdgate.server.auth import ANONYMOUS
 from sdgate.server.errors import DialectRoute, fastapi_validation_body, json_safe, render_safely
 from sdgate.server.services import Services
 from sdgate.settings import Settings
@@ -180,7 +181,7 @@ async def test_deep_metadata_on_native_leaves_no_job(server: Server) -> None:
     with pytest.raises(InvalidRequest):  # and the central guard, whatever the dialect lets through
         await jobflow.submit(
             server.services, GenerationRequest(prompt="x", width=64, height=64, steps=2),
-            dialect="native", owner=None, metadata=json.loads(deep),
+            dialect="native", principal=ANONYMOUS, metadata=json.loads(deep),
         )
     assert server.job_count() == before
 

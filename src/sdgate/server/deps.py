@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from sdgate.core.images import ImageLimits
-from sdgate.server.middleware import current_user
+from sdgate.server.auth import Principal, current_principal
 from sdgate.server.services import Services
 
 
@@ -15,12 +15,12 @@ def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
-def get_user(request: Request) -> str | None:
-    return current_user(request)
+def get_principal(request: Request) -> Principal:
+    return current_principal(request.scope)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
-UserDep = Annotated[str | None, Depends(get_user)]
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 
 
 def image_limits(services: Services) -> ImageLimits:

@@ -17,6 +17,7 @@ from sdgate.core.limits import weights_bytes
 from sdgate.core.models import ModelInfo
 from sdgate.core.requests import GenerationRequest
 from sdgate.core.upscalers import check_upscaler
+from sdgate.server.auth import Principal
 from sdgate.server.services import Services
 from sdgate.server.validation import check_metadata, check_request
 
@@ -28,17 +29,19 @@ async def submit(
     request: GenerationRequest,
     *,
     dialect: str,
-    owner: str | None,
+    principal: Principal,
     priority: int = 0,
     metadata: dict[str, Any] | None = None,
 ) -> Job:
-    """Check ``request`` and ``metadata`` against the limits (``check_submission``), then queue it:
-    a request either becomes a job or is refused leaving nothing behind."""
+    """Check ``request`` and ``metadata`` against the limits (``check_submission``), then queue it
+    as ``principal``'s job: a request either becomes a job or is refused leaving nothing behind."""
 
     def create() -> Job:
         check_submission(services, request, metadata)
         store = services.store
-        return store.submit(request, dialect=dialect, owner=owner, priority=priority, metadata=metadata)
+        return store.submit(
+            request, dialect=dialect, owner=principal.id, priority=priority, metadata=metadata
+        )
 
     job = await run_in_threadpool(create)
     log.info("job %s queued (%s, %d image(s))", job.id, dialect, request.image_count)
@@ -112,11 +115,11 @@ async def run_blocking(
     http_request: Request,
     *,
     dialect: str,
-    owner: str | None,
+    principal: Principal,
     metadata: dict[str, Any] | None = None,
 ) -> Job:
     """Submit, wait, and raise the job's own error if it failed (A1111-style blocking routes)."""
-    job = await submit(services, request, dialect=dialect, owner=owner, metadata=metadata)
+    job = await submit(services, request, dialect=dialect, principal=principal, metadata=metadata)
     job = await wait_for(services, job, http_request)
     if job.state == JobState.FAILED:
         raise error_from_dict(job.error or {"code": "internal_error", "message": "job failed"})

@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request ids, timing, HTTP Basic auth, and the request-body limit.
+"""Pure ASGI middleware: request ids, timing, the request-body limit (authentication: ``auth.py``).
 
 Written as raw ASGI (not ``BaseHTTPMiddleware``) so streaming responses and progress polling pay
 almost nothing for it.
@@ -6,31 +6,23 @@ almost nothing for it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
-import secrets
 import time
 import uuid
 from contextvars import ContextVar
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sdgate.core.errors import PayloadTooLarge, SdgateError
+from sdgate.server.auth import AuthMiddleware, BasicAuth
 from sdgate.server.errors import DialectRoute, WrappedError, render_safely
 
 log = logging.getLogger("sdgate.server")
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
-
-_PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
-# Signed, expiring image links carry their own credential (the signature) and are meant to be
-# fetched by whoever holds the URL.
-_PUBLIC_PREFIXES = ("/v1/images/files/",)
 
 
 class RequestContextMiddleware:
@@ -93,50 +85,11 @@ class DefaultJsonMiddleware:
         await self.app(scope, receive, send)
 
 
-class BasicAuthMiddleware:
+class BasicAuthMiddleware(AuthMiddleware):
     """``--api-auth``: HTTP Basic on every route (A1111 leaves /loras open; we do not)."""
 
     def __init__(self, app: ASGIApp, credentials: dict[str, str]) -> None:
-        self.app = app
-        self.credentials = {u.encode(): p.encode() for u, p in credentials.items()}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] not in ("http", "websocket") or path in _PUBLIC_PATHS or path.startswith(
-            _PUBLIC_PREFIXES
-        ):
-            await self.app(scope, receive, send)
-            return
-        header = _header(scope, b"authorization")
-        if not header:
-            await self._deny(scope, receive, send, "Not authenticated")
-            return
-        user = self._check(header)
-        if user is None:
-            await self._deny(scope, receive, send, "Incorrect username or password")
-            return
-        scope.setdefault("state", {})["user"] = user
-        await self.app(scope, receive, send)
-
-    def _check(self, header: str) -> str | None:
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "basic":
-            return None
-        try:
-            user, sep, password = base64.b64decode(value.strip(), validate=True).partition(b":")
-        except (binascii.Error, ValueError):
-            return None
-        expected = self.credentials.get(user)
-        # Compare against a dummy for unknown users so timing does not reveal valid names.
-        ok = secrets.compare_digest(password, expected if expected is not None else b"\0" * 16)
-        return user.decode("utf-8", "replace") if sep and expected is not None and ok else None
-
-    async def _deny(self, scope: Scope, receive: Receive, send: Send, detail: str) -> None:
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008})
-            return
-        response = JSONResponse({"detail": detail}, status_code=401, headers={"WWW-Authenticate": "Basic"})
-        await response(scope, receive, send)
+        super().__init__(app, BasicAuth(credentials))
 
 
 class BodyLimitMiddleware:
@@ -208,6 +161,3 @@ def _header(scope: Scope, name: bytes) -> str | None:
             return value.decode("latin-1")
     return None
 
-
-def current_user(request: Request) -> str | None:
-    return request.scope.get("state", {}).get("user")

@@ -20,7 +20,7 @@ from sdgate.core.models import ModelInfo
 from sdgate.core.requests import GenerationRequest, Mode
 from sdgate.core.samplers import samplers_listing, schedulers_listing
 from sdgate.server import jobflow
-from sdgate.server.deps import ServicesDep, UserDep, image_limits
+from sdgate.server.deps import CurrentPrincipal, ServicesDep, image_limits
 from sdgate.server.dialects.a1111 import interrogate as interrogation
 from sdgate.server.dialects.a1111 import outputs, system, translate
 from sdgate.server.dialects.a1111 import scripts as a1111_scripts
@@ -172,7 +172,7 @@ async def txt2img(
     request: Request,
     services: ServicesDep,
     options: OptionsDep,
-    user: UserDep,
+    principal: CurrentPrincipal,
     body: Annotated[Txt2ImgRequest, Body()] = Txt2ImgRequest(),  # noqa: B008 - A1111: {} is valid
 ) -> dict[str, Any]:
     _log_unknown_fields(body)
@@ -180,7 +180,7 @@ async def txt2img(
     script = a1111_scripts.find(body.script_name, is_img2img=False)
     if script is not None:
         ctx = ScriptContext(body, False, services.settings, services, _builder(services, options))
-        rendered = await a1111_scripts.run_script(script, ctx, request, dialect=DIALECT, owner=user)
+        rendered = await a1111_scripts.run_script(script, ctx, request, dialect=DIALECT, principal=principal)
         await _keep_overrides(options, body)
         return rendered
     model = _request_model(options, body)
@@ -194,7 +194,7 @@ async def txt2img(
     )
     await _keep_overrides(options, body)
     job = await jobflow.run_blocking(
-        services, gen.model_copy(update={"vae": vae}), request, dialect=DIALECT, owner=user
+        services, gen.model_copy(update={"vae": vae}), request, dialect=DIALECT, principal=principal
     )
     return await _render(services, options, job, body, model.name)
 
@@ -204,7 +204,7 @@ async def img2img(
     request: Request,
     services: ServicesDep,
     options: OptionsDep,
-    user: UserDep,
+    principal: CurrentPrincipal,
     body: Annotated[Img2ImgRequest, Body()] = Img2ImgRequest(),  # noqa: B008 - A1111: {} is valid
 ) -> dict[str, Any]:
     _log_unknown_fields(body)
@@ -231,7 +231,7 @@ async def img2img(
     if script is not None:
         build = _builder(services, options, init_ids, mask_id)
         ctx = ScriptContext(body, True, services.settings, services, build, init_ids)
-        rendered = await a1111_scripts.run_script(script, ctx, request, dialect=DIALECT, owner=user)
+        rendered = await a1111_scripts.run_script(script, ctx, request, dialect=DIALECT, principal=principal)
         await _keep_overrides(options, body)
     else:
         gen = translate.img2img_request(
@@ -245,7 +245,7 @@ async def img2img(
         )
         await _keep_overrides(options, body)
         job = await jobflow.run_blocking(
-            services, gen.model_copy(update={"vae": vae}), request, dialect=DIALECT, owner=user
+            services, gen.model_copy(update={"vae": vae}), request, dialect=DIALECT, principal=principal
         )
         rendered = await _render(services, options, job, body, model.name)
     if not body.include_init_images:  # A1111 echoes the images only when asked to
@@ -348,11 +348,15 @@ def _running_job(services: Services, user: str | None) -> Job | None:
 
 
 @router.get("/progress", response_model=ProgressResponse)
-async def progress(services: ServicesDep, user: UserDep, skip_current_image: bool = False) -> dict[str, Any]:
-    job = await run_in_threadpool(_running_job, services, user)
+async def progress(
+    services: ServicesDep, principal: CurrentPrincipal, skip_current_image: bool = False
+) -> dict[str, Any]:
+    job = await run_in_threadpool(_running_job, services, principal.id)
     if job is None:
         queued = await run_in_threadpool(
-            lambda: services.store.list(states=(JobState.QUEUED,), dialect=DIALECT, owner=user, limit=1)
+            lambda: services.store.list(
+                states=(JobState.QUEUED,), dialect=DIALECT, owner=principal.id, limit=1
+            )
         )
         state = ProgressState(job_count=1 if queued else 0)
         text = "In queue" if queued else None
@@ -394,14 +398,14 @@ async def _control(services: Services, user: str | None, action: ControlAction) 
 
 
 @router.post("/interrupt", response_model=dict[str, Any])
-async def interrupt(services: ServicesDep, user: UserDep) -> dict[str, Any]:
-    await _control(services, user, ControlAction.INTERRUPT)
+async def interrupt(services: ServicesDep, principal: CurrentPrincipal) -> dict[str, Any]:
+    await _control(services, principal.id, ControlAction.INTERRUPT)
     return {}
 
 
 @router.post("/skip", response_model=None)
-async def skip(services: ServicesDep, user: UserDep) -> None:
-    await _control(services, user, ControlAction.SKIP)
+async def skip(services: ServicesDep, principal: CurrentPrincipal) -> None:
+    await _control(services, principal.id, ControlAction.SKIP)
 
 
 @router.get(

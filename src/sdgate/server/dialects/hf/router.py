@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from sdgate.core.errors import GenerationFailed, SdgateError
 from sdgate.server import jobflow
-from sdgate.server.deps import ServicesDep, UserDep
+from sdgate.server.deps import CurrentPrincipal, ServicesDep
 from sdgate.server.dialects.hf import translate
 from sdgate.server.dialects.hf.protocol import HfError, HfValidationError, TextToImageRequest
 from sdgate.server.dialects.stability import images as images_io
@@ -77,7 +77,7 @@ async def text_to_image(
     model_id: str,
     request: Request,
     services: ServicesDep,
-    user: UserDep,
+    principal: CurrentPrincipal,
     body: Annotated[TextToImageRequest, Body()],
 ) -> Response:
     _log_unknown(body)
@@ -85,7 +85,7 @@ async def text_to_image(
     gen = translate.text_to_image_request(
         body, model=info.name, defaults=services.model_defaults(info), settings=services.settings
     )
-    job = await jobflow.run_blocking(services, gen, request, dialect=DIALECT, owner=user)
+    job = await jobflow.run_blocking(services, gen, request, dialect=DIALECT, principal=principal)
     pngs = await jobflow.image_bytes(services, job)
     if not pngs:
         raise GenerationFailed("the job finished without an image")

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +26,7 @@ from sdgate.jobs.retention import purge_job
 from sdgate.jobs.schema import uploads as uploads_table
 from sdgate.jobs.webhooks import check_callback_url
 from sdgate.server import jobflow
+from sdgate.server.auth import Principal
 from sdgate.server.deps import image_limits
 from sdgate.server.dialects.native import images as native_images
 from sdgate.server.dialects.native import names, translate
@@ -75,15 +77,15 @@ def build_request(services: Services, body: JobCreate) -> GenerationRequest:
     return checked.model_copy(update={"init_images": init_ids, "mask": mask_id})
 
 
-async def submit(runtime: NativeRuntime, body: JobCreate, *, user: str | None,
+async def submit(runtime: NativeRuntime, body: JobCreate, *, principal: Principal,
                  idempotency_key: str | None) -> tuple[Job, bool]:
     """The job for ``body`` and whether it is new (False: an ``Idempotency-Key`` replay)."""
     services = runtime.services
 
     async def create() -> str:
         request = await run_in_threadpool(build_request, services, body)
-        job = await jobflow.submit(services, request, dialect=DIALECT, owner=user, priority=body.priority,
-                                   metadata=body.metadata)
+        job = await jobflow.submit(services, request, dialect=DIALECT, principal=principal,
+                                   priority=body.priority, metadata=body.metadata)
         if body.callback_url is not None:
             await run_in_threadpool(runtime.webhooks.register, job.id, body.callback_url)
         return job.id
@@ -92,8 +94,8 @@ async def submit(runtime: NativeRuntime, body: JobCreate, *, user: str | None,
         job_id, created = await create(), True
     else:
         body_hash = canonical_hash(translate.body_for_hash(body))
-        job_id, created = await runtime.keys.run(user or "", idempotency_key, body_hash, create)
-    return await run_in_threadpool(get, services, job_id, user), created
+        job_id, created = await runtime.keys.run(principal.id or "", idempotency_key, body_hash, create)
+    return await run_in_threadpool(get, services, job_id, principal.id), created
 
 
 # -- reading ----------------------------------------------------------------------------------------
@@ -222,16 +224,18 @@ async def delete(runtime: NativeRuntime, job_id: str, user: str | None) -> None:
     log.info("job %s deleted", job_id)
 
 
-async def retry(runtime: NativeRuntime, job_id: str, user: str | None) -> Job:
-    """A new job with the same resolved request (so the same seeds), priority, metadata and callback."""
+async def retry(runtime: NativeRuntime, job_id: str, principal: Principal) -> Job:
+    """A new job with the same resolved request (so the same seeds), priority, metadata and callback;
+    an anonymous caller's retry keeps the job's owner."""
     services = runtime.services
-    job = await run_in_threadpool(get, services, job_id, user)
+    job = await run_in_threadpool(get, services, job_id, principal.id)
     if not job.state.terminal:
         raise Conflict(f"job {job_id} is {job.state.value}; only a finished job can be retried")
     missing = [i for i in (*job.request.init_images, job.request.mask) if i and not services.images.exists(i)]
     if missing:
         raise Conflict(f"job {job_id}'s input image {missing[0]} is gone; submit it again")
-    new = await jobflow.submit(services, job.request, dialect=DIALECT, owner=user or job.owner,
+    owner = principal if principal.id is not None else replace(principal, id=job.owner)
+    new = await jobflow.submit(services, job.request, dialect=DIALECT, principal=owner,
                                priority=job.priority, metadata=job.metadata)
     hook = (await run_in_threadpool(runtime.webhooks.status, [job_id])).get(job_id)
     if hook is not None:

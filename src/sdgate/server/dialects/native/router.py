@@ -18,7 +18,8 @@ from sdgate.core.jobs import JobState
 from sdgate.core.loras import list_loras
 from sdgate.core.samplers import samplers_listing, schedulers_listing
 from sdgate.core.styles import STYLES_FILE, load_styles
-from sdgate.server.deps import ServicesDep, UserDep
+from sdgate.server.auth import current_principal
+from sdgate.server.deps import CurrentPrincipal, ServicesDep
 from sdgate.server.dialects.native import events as native_events
 from sdgate.server.dialects.native import images as native_images
 from sdgate.server.dialects.native import jobs as native_jobs
@@ -105,7 +106,7 @@ MetadataFilter = Annotated[str, StringConstraints(pattern=r'^[^:"\\]{1,256}:.{0,
 
 @router.post("/jobs", status_code=202, response_model=JobOut, responses={**_NOT_FOUND, **_CONFLICT})
 async def submit_job(
-    body: JobCreate, runtime: RuntimeDep, user: UserDep, response: Response,
+    body: JobCreate, runtime: RuntimeDep, principal: CurrentPrincipal, response: Response,
     idempotency_key: IdempotencyKey = None, wait: Wait = 0, include: Include = [],  # noqa: B006
 ) -> dict[str, Any]:
     """Queue a txt2img, img2img or inpaint job (202). Images: base64, ``data:`` URIs or upload ids.
@@ -113,7 +114,8 @@ async def submit_job(
     true``); the same key with another body is a 409. Keys are per caller and kept 24 h.
     With ``?wait=N`` the answer comes once the job has ended (or after N s, still 202 either way);
     with ``?include=images`` a finished job's images come inline: one round trip per generation."""
-    job, created = await native_jobs.submit(runtime, body, user=user, idempotency_key=idempotency_key)
+    job, created = await native_jobs.submit(runtime, body, principal=principal,
+                                            idempotency_key=idempotency_key)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = translate.link(runtime.base, f"{translate.API}/jobs/{job.id}")
@@ -124,7 +126,7 @@ async def submit_job(
 @router.get("/jobs", response_model=JobPage)
 async def list_jobs(
     runtime: RuntimeDep,
-    user: UserDep,
+    principal: CurrentPrincipal,
     state: Annotated[
         list[JobState] | None, Query(max_length=len(JobState), description="repeat for several")
     ] = None,
@@ -140,44 +142,44 @@ async def list_jobs(
 ) -> dict[str, Any]:
     """The caller's jobs, newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
     return await run_in_threadpool(
-        lambda: native_jobs.page(runtime, user=user, states=state, created_after=created_after,
+        lambda: native_jobs.page(runtime, user=principal.id, states=state, created_after=created_after,
                                  created_before=created_before, metadata=metadata, limit=limit, cursor=cursor)
     )
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=_NOT_FOUND)
 async def get_job(
-    job_id: str, runtime: RuntimeDep, user: UserDep, wait: Wait = 0, include: Include = [],  # noqa: B006
+    job_id: str, runtime: RuntimeDep, principal: CurrentPrincipal, wait: Wait = 0, include: Include = [],  # noqa: B006
 ) -> dict[str, Any]:
     """A job: state, queue position, progress, result (images with URLs) or error, webhook state.
     ``?wait=N``: a long poll, answered once the job has ended or after N s; ``?include=images``:
     the images' files inline (base64 ``data``)."""
-    job = await run_in_threadpool(native_jobs.get, runtime.services, job_id, user)
+    job = await run_in_threadpool(native_jobs.get, runtime.services, job_id, principal.id)
     job = await native_jobs.wait_until_done(runtime.services, job, wait)
     return await run_in_threadpool(native_jobs.render, runtime, job, include_images="images" in include)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses={**_NOT_FOUND, **_CONFLICT})
-async def cancel_job(job_id: str, runtime: RuntimeDep, user: UserDep) -> dict[str, Any]:
+async def cancel_job(job_id: str, runtime: RuntimeDep, principal: CurrentPrincipal) -> dict[str, Any]:
     """A queued job is cancelled at once and never runs; a running one stops at its next step.
     409 if the job already ended."""
-    job = await native_jobs.cancel(runtime.services, job_id, user)
+    job = await native_jobs.cancel(runtime.services, job_id, principal.id)
     return await run_in_threadpool(native_jobs.render, runtime, job)
 
 
 @router.delete("/jobs/{job_id}", status_code=204, responses={**_NOT_FOUND, **_CONFLICT})
-async def delete_job(job_id: str, runtime: RuntimeDep, user: UserDep) -> Response:
+async def delete_job(job_id: str, runtime: RuntimeDep, principal: CurrentPrincipal) -> Response:
     """Cancels the job if it has not ended, then deletes it, its events and the images only it used."""
-    await native_jobs.delete(runtime, job_id, user)
+    await native_jobs.delete(runtime, job_id, principal.id)
     return Response(status_code=204)
 
 
 @router.post("/jobs/{job_id}/retry", status_code=202, response_model=JobOut,
              responses={**_NOT_FOUND, **_CONFLICT})
-async def retry_job(job_id: str, runtime: RuntimeDep, user: UserDep) -> dict[str, Any]:
+async def retry_job(job_id: str, runtime: RuntimeDep, principal: CurrentPrincipal) -> dict[str, Any]:
     """A new job (202) with the ended job's resolved request (same seeds), priority, metadata and
     callback. 409 while the job is still queued or running."""
-    job = await native_jobs.retry(runtime, job_id, user)
+    job = await native_jobs.retry(runtime, job_id, principal)
     return await run_in_threadpool(native_jobs.render, runtime, job)
 
 
@@ -190,7 +192,7 @@ async def retry_job(job_id: str, runtime: RuntimeDep, user: UserDep) -> dict[str
 async def job_events(
     job_id: str,
     runtime: RuntimeDep,
-    user: UserDep,
+    principal: CurrentPrincipal,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
     include: Include = [],  # noqa: B006
 ) -> StreamingResponse:
@@ -205,7 +207,7 @@ async def job_events(
     For every job of the caller at once, open the WebSocket ``/api/v1/events``: JSON messages
     ``{"id", "event", "data"}`` with the same events."""
     after = native_events.parse_last_event_id(last_event_id)
-    job = await run_in_threadpool(native_jobs.get, runtime.services, job_id, user)
+    job = await run_in_threadpool(native_jobs.get, runtime.services, job_id, principal.id)
     stream = native_events.job_stream(runtime, job, after)
     if "images" in include:
         stream = native_jobs.with_inline_images(runtime, stream)
@@ -219,7 +221,7 @@ async def job_events(
 @router.websocket("/events")
 async def events_socket(websocket: WebSocket) -> None:
     runtime = get_runtime(websocket.app.state.services)
-    await native_events.fan_out(runtime, websocket, websocket.scope.get("state", {}).get("user"))
+    await native_events.fan_out(runtime, websocket, current_principal(websocket.scope).id)
 
 
 _UPLOAD_BODY = {
@@ -238,10 +240,10 @@ _UPLOAD_BODY = {
 
 @router.post("/uploads", status_code=201, response_model=UploadOut,
              openapi_extra=_UPLOAD_BODY)
-async def upload_image(request: Request, runtime: RuntimeDep, user: UserDep) -> dict[str, Any]:
+async def upload_image(request: Request, runtime: RuntimeDep, principal: CurrentPrincipal) -> dict[str, Any]:
     """Store an image once (by content hash) for use as ``init_image`` or ``mask`` by its id."""
     data = await _upload_bytes(request)
-    stored = await run_in_threadpool(native_jobs.upload, runtime, data, user)
+    stored = await run_in_threadpool(native_jobs.upload, runtime, data, principal.id)
     return {"id": stored.id, "url": translate.image_url(runtime.base, stored.id),
             "content_type": stored.content_type, "width": stored.width, "height": stored.height,
             "size": stored.size}

@@ -21,7 +21,8 @@ from sdgate.core.jobs import Job
 from sdgate.core.models import ModelInfo
 from sdgate.core.requests import GenerationRequest
 from sdgate.server import jobflow
-from sdgate.server.deps import ServicesDep, UserDep, image_limits
+from sdgate.server.auth import Principal
+from sdgate.server.deps import CurrentPrincipal, ServicesDep, image_limits
 from sdgate.server.dialects.openai import translate
 from sdgate.server.dialects.openai.protocol import (
     ImageEditParams,
@@ -135,10 +136,10 @@ async def _respond(
 
 
 async def _run(
-    request: Request, response: Response, services: Services, user: str | None, gen: GenerationRequest
+    request: Request, response: Response, services: Services, principal: Principal, gen: GenerationRequest
 ) -> Job:
     """The finished job; ``response`` gets ``X-Sdgate-Model`` (the body has no field for it)."""
-    job = await jobflow.run_blocking(services, gen, request, dialect=DIALECT, owner=user)
+    job = await jobflow.run_blocking(services, gen, request, dialect=DIALECT, principal=principal)
     response.headers.update(model_header(job))
     return job
 
@@ -153,13 +154,13 @@ async def generations(
     request: Request,
     response: Response,
     services: ServicesDep,
-    user: UserDep,
+    principal: CurrentPrincipal,
     body: Annotated[ImageGenerationRequest, Body()],
 ) -> dict[str, Any]:
     _log_unknown("generations", body)
     info, defaults = _model(services, body.model)
     gen = translate.generation_request(body, model=info.name, defaults=defaults, settings=services.settings)
-    job = await _run(request, response, services, user, gen)
+    job = await _run(request, response, services, principal, gen)
     fmt = body.response_format or translate.default_response_format(body.model)
     return await _respond(
         request, services, job, fmt=fmt, output_format=body.output_format, quality=body.output_compression
@@ -174,7 +175,7 @@ async def generations(
     openapi_extra=_EDIT_FORM,
 )
 async def edits(
-    request: Request, response: Response, services: ServicesDep, user: UserDep
+    request: Request, response: Response, services: ServicesDep, principal: CurrentPrincipal
 ) -> dict[str, Any]:
     form = await _read_form(request)
     body = _validate(ImageEditParams, form)
@@ -208,7 +209,7 @@ async def edits(
         defaults=defaults,
         settings=services.settings,
     )
-    job = await _run(request, response, services, user, gen)
+    job = await _run(request, response, services, principal, gen)
     fmt = body.response_format or translate.default_response_format(body.model)
     return await _respond(
         request, services, job, fmt=fmt, output_format=body.output_format, quality=body.output_compression
@@ -223,7 +224,7 @@ async def edits(
     openapi_extra=_VARIATION_FORM,
 )
 async def variations(
-    request: Request, response: Response, services: ServicesDep, user: UserDep
+    request: Request, response: Response, services: ServicesDep, principal: CurrentPrincipal
 ) -> dict[str, Any]:
     form = await _read_form(request)
     body = _validate(ImageVariationParams, form)
@@ -246,7 +247,7 @@ async def variations(
         defaults=defaults,
         settings=services.settings,
     )
-    job = await _run(request, response, services, user, gen)
+    job = await _run(request, response, services, principal, gen)
     fmt = body.response_format or translate.default_response_format(body.model)
     return await _respond(request, services, job, fmt=fmt, output_format=None, quality=None)
 

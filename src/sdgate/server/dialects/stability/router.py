@@ -18,7 +18,8 @@ from sdgate.core.images import decode_image_bytes
 from sdgate.core.models import ModelInfo
 from sdgate.core.requests import GenerationRequest
 from sdgate.server import jobflow
-from sdgate.server.deps import ServicesDep, UserDep, image_limits
+from sdgate.server.auth import Principal
+from sdgate.server.deps import CurrentPrincipal, ServicesDep, image_limits
 from sdgate.server.dialects.stability import images, translate
 from sdgate.server.dialects.stability.protocol import (
     ArtifactsResponse,
@@ -143,11 +144,13 @@ def _wants_image(request: Request) -> bool:
     return "application/json" not in accept and ("image/png" in accept or "image/*" in accept)
 
 
-async def _run_v1(request: Request, services: Services, user: str | None, gen: GenerationRequest) -> Response:
+async def _run_v1(
+    request: Request, services: Services, principal: Principal, gen: GenerationRequest
+) -> Response:
     as_image = _wants_image(request)
     if as_image and gen.image_count > 1:
         raise InvalidRequest("samples: image/png responses hold one image; ask for JSON", field="samples")
-    job = await jobflow.run_blocking(services, gen, request, dialect=DIALECT, owner=user)
+    job = await jobflow.run_blocking(services, gen, request, dialect=DIALECT, principal=principal)
     assert job.result is not None
     images = await jobflow.image_bytes(services, job)
     seeds = job.result.seeds
@@ -220,8 +223,8 @@ async def engines_list(services: ServicesDep) -> list[dict[str, Any]]:
 
 
 @router.get("/user/account")
-async def user_account(user: UserDep) -> dict[str, Any]:
-    name = user or "local"
+async def user_account(principal: CurrentPrincipal) -> dict[str, Any]:
+    name = principal.id or "local"
     org = {"id": "org-sdgate", "name": "sdgate", "role": "OWNER", "is_default": True}
     return {
         "id": f"user-{name}",
@@ -243,7 +246,7 @@ async def text_to_image(
     engine_id: str,
     request: Request,
     services: ServicesDep,
-    user: UserDep,
+    principal: CurrentPrincipal,
     body: Annotated[TextToImageRequest, Body()],
 ) -> Response:
     _log_unknown("text-to-image", body)
@@ -251,7 +254,7 @@ async def text_to_image(
     gen = translate.text_to_image_request(
         body, model=info.name, defaults=defaults, settings=services.settings
     )
-    return await _run_v1(request, services, user, gen)
+    return await _run_v1(request, services, principal, gen)
 
 
 @router.post(
@@ -260,7 +263,9 @@ async def text_to_image(
     responses=V1_GENERATION,
     openapi_extra=_v1_form(ImageToImageParams, {"init_image": _IMAGE}),
 )
-async def image_to_image(engine_id: str, request: Request, services: ServicesDep, user: UserDep) -> Response:
+async def image_to_image(
+    engine_id: str, request: Request, services: ServicesDep, principal: CurrentPrincipal
+) -> Response:
     form = await _read_form(request)
     body = validate_form(ImageToImageParams, translate.form_fields(_text_items(form)))
     _log_unknown("image-to-image", body)
@@ -274,7 +279,7 @@ async def image_to_image(engine_id: str, request: Request, services: ServicesDep
         defaults=defaults,
         settings=services.settings,
     )
-    return await _run_v1(request, services, user, gen)
+    return await _run_v1(request, services, principal, gen)
 
 
 @router.post(
@@ -286,7 +291,9 @@ async def image_to_image(engine_id: str, request: Request, services: ServicesDep
         {"init_image": _IMAGE, "mask_image": f"{_IMAGE}, the size of init_image; required by MASK_IMAGE_*"},
     ),
 )
-async def masking(engine_id: str, request: Request, services: ServicesDep, user: UserDep) -> Response:
+async def masking(
+    engine_id: str, request: Request, services: ServicesDep, principal: CurrentPrincipal
+) -> Response:
     form = await _read_form(request)
     body = validate_form(MaskingParams, translate.form_fields(_text_items(form)))
     _log_unknown("masking", body)
@@ -315,7 +322,7 @@ async def masking(engine_id: str, request: Request, services: ServicesDep, user:
         defaults=defaults,
         settings=services.settings,
     )
-    return await _run_v1(request, services, user, gen)
+    return await _run_v1(request, services, principal, gen)
 
 
 @router.post(
@@ -324,7 +331,9 @@ async def masking(engine_id: str, request: Request, services: ServicesDep, user:
     responses=V1_GENERATION,
     openapi_extra=_v1_form(UpscaleParams, {"image": _IMAGE}),
 )
-async def upscale(engine_id: str, request: Request, services: ServicesDep, user: UserDep) -> Response:
+async def upscale(
+    engine_id: str, request: Request, services: ServicesDep, principal: CurrentPrincipal
+) -> Response:
     form = await _read_form(request)
     body = validate_form(UpscaleParams, translate.form_fields(_text_items(form)))
     _log_unknown("upscale", body)
@@ -345,7 +354,7 @@ async def upscale(engine_id: str, request: Request, services: ServicesDep, user:
     gen = translate.latent_upscale_request(
         body, init_image=init_id, size=size, model=info.name, defaults=defaults, settings=services.settings
     )
-    return await _run_v1(request, services, user, gen)
+    return await _run_v1(request, services, principal, gen)
 
 
 async def _store_init(
@@ -399,7 +408,7 @@ async def generate(
     service: Annotated[str, Path(json_schema_extra={"enum": list(V2_SERVICES)})],
     request: Request,
     services: ServicesDep,
-    user: UserDep,
+    principal: CurrentPrincipal,
 ) -> Response:
     if service not in V2_SERVICES:
         raise NotFound(f"generate/{service}: no such service; use core, sd3 or ultra")
@@ -423,7 +432,7 @@ async def generate(
         init_image=init_id,
         init_size=init_size,
     )
-    job = await jobflow.run_blocking(services, gen, request, dialect=DIALECT, owner=user)
+    job = await jobflow.run_blocking(services, gen, request, dialect=DIALECT, principal=principal)
     assert job.result is not None
     pngs = await jobflow.image_bytes(services, job)
     if not pngs:

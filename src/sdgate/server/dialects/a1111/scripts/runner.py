@@ -20,6 +20,7 @@ from sdgate.core.jobs import ControlAction, Job, JobState
 from sdgate.core.requests import GenerationRequest
 from sdgate.core.results import GenerationResult
 from sdgate.server import jobflow
+from sdgate.server.auth import Principal
 from sdgate.server.dialects.a1111 import translate
 from sdgate.server.dialects.a1111.scripts.base import (
     Body,
@@ -41,7 +42,7 @@ async def run_script(
     http_request: Request,
     *,
     dialect: str,
-    owner: str | None,
+    principal: Principal,
 ) -> dict[str, Any]:
     """The A1111 response (``images``, ``parameters``, ``info``) of ``ctx.body`` run by ``script``."""
     services = ctx.services
@@ -51,7 +52,7 @@ async def run_script(
     if ctx.body.save_images:
         log.info("%s: save_images is not applied to script results", script.title)
     log.info("%s: %d job(s)", script.title, len(plan.requests))
-    jobs = await _submit_all(services, plan.requests, dialect=dialect, owner=owner)
+    jobs = await _submit_all(services, plan.requests, dialect=dialect, principal=principal)
     done = await _wait_all(services, jobs, http_request)
     outputs = [
         JobOutput(job.request, job.result or GenerationResult(), await jobflow.image_bytes(services, job))
@@ -62,7 +63,7 @@ async def run_script(
 
 
 async def _submit_all(
-    services: Services, requests: Sequence[GenerationRequest], *, dialect: str, owner: str | None
+    services: Services, requests: Sequence[GenerationRequest], *, dialect: str, principal: Principal
 ) -> list[Job]:
     limit = services.settings.max_queue
     depth = await run_in_threadpool(services.store.queue_depth)
@@ -71,7 +72,7 @@ async def _submit_all(
     jobs: list[Job] = []
     try:
         for request in requests:
-            jobs.append(await jobflow.submit(services, request, dialect=dialect, owner=owner))
+            jobs.append(await jobflow.submit(services, request, dialect=dialect, principal=principal))
     except BaseException:
         await _cancel(services, jobs)
         raise

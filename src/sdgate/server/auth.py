@@ -1,0 +1,155 @@
+"""Who is asking: every request becomes one ``Principal`` (id, scopes, limits), made in one place.
+
+As httpx's ``Auth`` classes do for a client, one ``Authenticator`` base turns a request's
+credentials into a principal, with one implementation per scheme:
+
+    Authenticator
+    ├── AnonymousAuth    no credentials configured: everyone is the anonymous principal
+    └── BasicAuth        ``--api-auth user:pass,...``: HTTP Basic (API keys come next)
+
+``AuthMiddleware`` runs the authenticator before routing (so a refused request never reaches a
+route) and leaves the principal in the ASGI scope; routes take it as ``CurrentPrincipal``
+(``server/deps.py``) and pass it down (``jobflow.submit``), never a header.
+
+Torch-free and FastAPI-free: Starlette types only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from sdgate.core.errors import Unauthorized
+
+ALL_SCOPES = "*"
+_SCOPE_KEY = "principal"
+_PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+# Signed, expiring image links carry their own credential (the signature) and are meant to be
+# fetched by whoever holds the URL.
+_PUBLIC_PREFIXES = ("/v1/images/files/",)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a principal may hold at once; ``None``: only the server-wide limits apply (today's
+    behaviour for everyone; API keys will carry their own)."""
+
+    max_queued_jobs: int | None = None
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller. ``id`` is what jobs store as their owner: the Basic user name, or ``None`` for
+    the anonymous principal (a server without credentials, where every job is everyone's)."""
+
+    id: str | None
+    scopes: frozenset[str] = field(default_factory=lambda: frozenset({ALL_SCOPES}))
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def anonymous(self) -> bool:
+        return self.id is None
+
+    def allows(self, scope: str) -> bool:
+        return ALL_SCOPES in self.scopes or scope in self.scopes
+
+
+ANONYMOUS = Principal(id=None)
+
+
+class Authenticator:
+    """Credentials -> ``Principal``, or ``Unauthorized``. ``challenge`` is the ``WWW-Authenticate``
+    value sent with a 401."""
+
+    challenge: str | None = None
+
+    def authenticate(self, headers: Headers) -> Principal:
+        raise NotImplementedError
+
+
+class AnonymousAuth(Authenticator):
+    def authenticate(self, headers: Headers) -> Principal:
+        return ANONYMOUS
+
+
+class BasicAuth(Authenticator):
+    """HTTP Basic against ``{user: password}`` (A1111's ``--api-auth``)."""
+
+    challenge = "Basic"
+
+    def __init__(self, credentials: Mapping[str, str]) -> None:
+        self.credentials = {u.encode(): p.encode() for u, p in credentials.items()}
+
+    def authenticate(self, headers: Headers) -> Principal:
+        header = headers.get("authorization")
+        if not header:
+            raise Unauthorized("Not authenticated")
+        user = self._check(header)
+        if user is None:
+            raise Unauthorized("Incorrect username or password")
+        return Principal(id=user)
+
+    def _check(self, header: str) -> str | None:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "basic":
+            return None
+        try:
+            user, sep, password = base64.b64decode(value.strip(), validate=True).partition(b":")
+        except (binascii.Error, ValueError):
+            return None
+        expected = self.credentials.get(user)
+        # Compare against a dummy for unknown users so timing does not reveal valid names.
+        ok = secrets.compare_digest(password, expected if expected is not None else b"\0" * 16)
+        return user.decode("utf-8", "replace") if sep and expected is not None and ok else None
+
+
+def authenticator_for(credentials: Mapping[str, str] | None) -> Authenticator:
+    """The one authenticator a server runs with: Basic when credentials are configured."""
+    return BasicAuth(credentials) if credentials else AnonymousAuth()
+
+
+class AuthMiddleware:
+    """Authenticates every HTTP and WebSocket request except the public ones (health checks and
+    signed image links); a refusal is a 401 ``{"detail": ...}`` (a WebSocket closes with 1008)."""
+
+    def __init__(self, app: ASGIApp, authenticator: Authenticator) -> None:
+        self.app = app
+        self.authenticator = authenticator
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] not in ("http", "websocket") or path in _PUBLIC_PATHS or path.startswith(
+            _PUBLIC_PREFIXES
+        ):
+            await self.app(scope, receive, send)
+            return
+        try:
+            principal = self.authenticator.authenticate(Headers(scope=scope))
+        except Unauthorized as exc:
+            await self._deny(scope, receive, send, exc.message)
+            return
+        scope.setdefault("state", {})[_SCOPE_KEY] = principal
+        await self.app(scope, receive, send)
+
+    async def _deny(self, scope: Scope, receive: Receive, send: Send, detail: str) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        challenge = self.authenticator.challenge
+        headers = {"WWW-Authenticate": challenge} if challenge else None
+        response = JSONResponse({"detail": detail}, status_code=401, headers=headers)
+        await response(scope, receive, send)
+
+
+def current_principal(scope: Scope) -> Principal:
+    """The principal ``AuthMiddleware`` left in ``scope``; anonymous where none ran (a server
+    without credentials, or a public path)."""
+    principal = scope.get("state", {}).get(_SCOPE_KEY)
+    return principal if isinstance(principal, Principal) else ANONYMOUS

@@ -1,0 +1,80 @@
+"""One authenticator per server turns credentials into a ``Principal`` (issue 14): Basic from
+``--api-auth``, anonymous otherwise; the 401s keep their shape."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from sdgate.core.errors import Unauthorized
+from sdgate.server.auth import (
+    ANONYMOUS,
+    AnonymousAuth,
+    AuthMiddleware,
+    BasicAuth,
+    Principal,
+    authenticator_for,
+    current_principal,
+)
+
+
+def basic(user: str, password: str) -> Headers:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return Headers({"authorization": f"Basic {token}"})
+
+
+def test_anonymous_is_everyones_owner() -> None:
+    assert AnonymousAuth().authenticate(Headers({})) is ANONYMOUS
+    assert ANONYMOUS.id is None and ANONYMOUS.anonymous and ANONYMOUS.allows("jobs:write")
+
+
+def test_basic_user_is_the_owner() -> None:
+    auth = BasicAuth({"alice": "s3cret"})
+    principal = auth.authenticate(basic("alice", "s3cret"))
+    assert principal == Principal(id="alice") and not principal.anonymous
+
+
+@pytest.mark.parametrize(
+    ("headers", "detail"),
+    [
+        (Headers({}), "Not authenticated"),
+        (basic("alice", "wrong"), "Incorrect username or password"),
+        (basic("mallory", "s3cret"), "Incorrect username or password"),
+        (Headers({"authorization": "Bearer abc"}), "Incorrect username or password"),
+        (Headers({"authorization": "Basic !!!"}), "Incorrect username or password"),
+    ],
+)
+def test_basic_refusals(headers: Headers, detail: str) -> None:
+    with pytest.raises(Unauthorized) as info:
+        BasicAuth({"alice": "s3cret"}).authenticate(headers)
+    assert info.value.message == detail
+
+
+def test_authenticator_for_settings() -> None:
+    assert isinstance(authenticator_for({"a": "b"}), BasicAuth)
+    assert isinstance(authenticator_for({}), AnonymousAuth)
+    assert isinstance(authenticator_for(None), AnonymousAuth)
+
+
+async def _whoami(request: Request) -> JSONResponse:
+    return JSONResponse({"id": current_principal(request.scope).id})
+
+
+async def test_middleware_leaves_the_principal_and_keeps_the_401_shape() -> None:
+    app = Starlette(routes=[Route("/who", _whoami), Route("/healthz", _whoami)])
+    wrapped = AuthMiddleware(app, BasicAuth({"alice": "s3cret"}))
+    transport = httpx.ASGITransport(app=wrapped)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        ok = await client.get("/who", auth=("alice", "s3cret"))
+        assert ok.json() == {"id": "alice"}
+        denied = await client.get("/who")
+        assert denied.status_code == 401 and denied.json() == {"detail": "Not authenticated"}
+        assert denied.headers["www-authenticate"] == "Basic"
+        assert (await client.get("/healthz")).json() == {"id": None}  # public: anonymous
