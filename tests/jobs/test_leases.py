@@ -33,7 +33,9 @@ def _lease(store: SqlJobStore, job_id: str) -> datetime:
     return jobs.c.lease_expires_at.type.process_result_value(value, store.database.dialect)  # type: ignore[no-any-return]
 
 
-def test_a_live_lease_is_never_requeued_by_a_process_that_starts(store: SqlJobStore, other: SqlJobStore) -> None:
+def test_a_live_lease_is_never_requeued_by_a_process_that_starts(
+    store: SqlJobStore, other: SqlJobStore
+) -> None:
     job = store.submit(GenerationRequest())
     assert store.claim_next("w1") is not None
     assert other.requeue_expired(max_attempts=2) == []  # "I just started" is no evidence of death
@@ -113,7 +115,9 @@ def test_a_follower_publishes_other_processes_changes_once_and_in_order(
     ]
 
 
-def test_previews_are_stored_while_running_and_dropped_at_the_end(store: SqlJobStore, other: SqlJobStore) -> None:
+def test_previews_are_stored_while_running_and_dropped_at_the_end(
+    store: SqlJobStore, other: SqlJobStore
+) -> None:
     job = store.submit(GenerationRequest())
     store.put_preview(job.id, b"queued", iteration=0, step=0)
     assert other.preview(job.id) is None  # only a running job has one

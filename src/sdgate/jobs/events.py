@@ -2,8 +2,8 @@
 called by workers and request handlers) to whoever waits (worker wake-ups, blocking HTTP routes,
 event streams).
 
-An optimisation, never the source of truth: a job finished by another process publishes nothing
-here, so ``wait_terminal`` also polls the store.
+An optimisation, never the source of truth: another process's changes arrive here only through
+this process's ``OutboxFollower`` (a poll behind), so ``wait_terminal`` also polls the store.
 
     events = JobEvents()
     store = SqlJobStore(url, events=events)          # the store publishes every change

@@ -379,19 +379,27 @@ class SqlJobStore:
                 .values(control=None, updated_at=_now())
             )
 
-    def succeed(self, job_id: str, result: GenerationResult) -> Job:
+    # ``worker_id``: the worker recording its job's outcome; a job it no longer holds (its lease
+    # expired and another worker claimed it) raises ``Conflict`` and is left to its new holder.
+
+    def succeed(self, job_id: str, result: GenerationResult, *, worker_id: str | None = None) -> Job:
         return self._finish(
-            job_id, JobState.SUCCEEDED, (JobState.RUNNING,), result=result.model_dump(mode="json")
+            job_id, JobState.SUCCEEDED, (JobState.RUNNING,), worker_id, result=result.model_dump(mode="json")
         )
 
-    def fail(self, job_id: str, error: dict[str, str]) -> Job:
-        return self._finish(job_id, JobState.FAILED, (JobState.QUEUED, JobState.RUNNING), error=error)
+    def fail(self, job_id: str, error: dict[str, str], *, worker_id: str | None = None) -> Job:
+        states = (JobState.RUNNING,) if worker_id is not None else (JobState.QUEUED, JobState.RUNNING)
+        return self._finish(job_id, JobState.FAILED, states, worker_id, error=error)
 
-    def cancelled(self, job_id: str, result: GenerationResult | None = None) -> Job:
+    def cancelled(
+        self, job_id: str, result: GenerationResult | None = None, *, worker_id: str | None = None
+    ) -> Job:
+        states = (JobState.RUNNING,) if worker_id is not None else (JobState.QUEUED, JobState.RUNNING)
         return self._finish(
             job_id,
             JobState.CANCELLED,
-            (JobState.QUEUED, JobState.RUNNING),
+            states,
+            worker_id,
             result=result.model_dump(mode="json") if result is not None else None,
         )
 
@@ -520,13 +528,16 @@ class SqlJobStore:
         values: Mapping[str, Any],
         *,
         kind: JobEventKind | None = None,
+        worker_id: str | None = None,
     ) -> Job | None:
         """Changes a job in one of ``from_states`` and records the change (``kind``, or the event
-        of its new state) in the outbox, in one transaction. None when the job was in no such state."""
+        of its new state) in the outbox, in one transaction. None when the job was in no such state
+        (or, with ``worker_id``, is not that worker's)."""
+        held = [jobs.c.worker_id == worker_id] if worker_id is not None else []
         with self._tx(write=True) as conn:
             row = conn.execute(
                 sa.update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.state.in_([s.value for s in from_states]))
+                .where(jobs.c.id == job_id, jobs.c.state.in_([s.value for s in from_states]), *held)
                 .values({**values, "updated_at": _now()})
                 .returning(jobs)
             ).one_or_none()
@@ -536,11 +547,14 @@ class SqlJobStore:
                 conn.execute(sa.delete(job_previews).where(job_previews.c.job_id == job_id))
             return self._record(conn, row, kind)
 
-    def _finish(self, job_id: str, state: JobState, from_states: tuple[JobState, ...], **values: Any) -> Job:
+    def _finish(self, job_id: str, state: JobState, from_states: tuple[JobState, ...],
+                worker_id: str | None, **values: Any) -> Job:
         values = {**values, "state": state.value, "finished_at": _now(), "lease_expires_at": None}
-        job = self._update(job_id, from_states, values)
+        job = self._update(job_id, from_states, values, worker_id=worker_id)
         if job is None:
             current = self.get(job_id)  # raises NotFound
+            if worker_id is not None and current.state is JobState.RUNNING:
+                raise Conflict(f"job {job_id} is no longer held by {worker_id}")
             raise Conflict(f"job {job_id} is {current.state.value}; it cannot become {state.value}")
         return self._announced(job)
 

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from sdgate.core.engine import StepAction, StepReport
-from sdgate.core.jobs import ControlAction, JobStore, Progress
+from sdgate.core.jobs import ControlAction, Job, JobStore, Progress
+from sdgate.core.results import GenerationResult
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -41,6 +42,14 @@ class WorkerJobStore(JobStore, Protocol):
     """What a worker needs beyond ``JobStore``: consuming a skip, which applies to one iteration."""
 
     lease_s: float
+
+    def succeed(self, job_id: str, result: GenerationResult, *, worker_id: str | None = None) -> Job: ...
+
+    def fail(self, job_id: str, error: dict[str, str], *, worker_id: str | None = None) -> Job: ...
+
+    def cancelled(
+        self, job_id: str, result: GenerationResult | None = None, *, worker_id: str | None = None
+    ) -> Job: ...
 
     def clear_control(self, job_id: str, action: ControlAction) -> None: ...
 

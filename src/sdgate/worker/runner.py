@@ -235,11 +235,14 @@ class Worker:
             log.warning("stopped without recording an outcome: the lease was lost")
             return
         try:
-            record(job_id, *args)
+            record(job_id, *args, worker_id=self.worker_id)
             return
         except StorageUnavailable as exc:
             fault = exc
-        except Exception:  # e.g. Conflict: someone else already finished it; the loop goes on
+        except Conflict as exc:  # finished meanwhile, or handed to another worker: theirs to record
+            log.warning("could not record the outcome: %s", exc.message)
+            return
+        except Exception:  # the loop goes on
             log.exception("could not record the outcome")
             return
         log.warning("could not record the outcome: %s", fault.message)
@@ -251,7 +254,7 @@ class Worker:
         delay = self._poll_s
         while True:
             try:
-                self._store.fail(job_id, error)
+                self._store.fail(job_id, error, worker_id=self.worker_id)
                 log.warning("failed: %s", error["message"])
                 return
             except (Conflict, NotFound):  # finished or deleted meanwhile: nothing left running
