@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.server.test_live import LiveServer, free_port
+from tests.harness import free_port
+from tests.server.test_live import LiveServer
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 pytestmark = pytest.mark.slow

@@ -3,19 +3,15 @@ loopback port (uvicorn in a thread) for the sync client."""
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from sdgate.server.app import create_app
 from sdgate.settings import Settings
+from tests.harness import ThreadServer
 from tests.server.fakes import FakeEngine, write_fake_checkpoint
 
 
@@ -33,35 +29,11 @@ async def asgi_transport(sd_settings: Settings) -> AsyncIterator[httpx.ASGITrans
         yield httpx.ASGITransport(app=app)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class ThreadedServer(ThreadServer):
+    """The app over a fast fake engine, live on loopback for the sync client."""
 
-
-class ThreadedServer:
     def __init__(self, settings: Settings) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        app = create_app(settings, engine=FakeEngine(step_s=0.01))
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", ws="websockets-sansio"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
-
-    def __enter__(self) -> ThreadedServer:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+        super().__init__(create_app(settings, engine=FakeEngine(step_s=0.01)))
 
 
 @pytest.fixture

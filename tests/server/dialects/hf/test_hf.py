@@ -11,7 +11,8 @@ from huggingface_hub import InferenceClient
 from PIL import Image
 
 from sdgate.settings import Settings
-from tests.server.dialects.stability.loopback import default_model_defaults, fresh, serve
+from tests.harness import serve
+from tests.server.dialects.stability.loopback import default_model_defaults, fresh
 from tests.server.fakes import FakeEngine
 
 REPO = "stabilityai/stable-diffusion-xl-base-1.0"

@@ -14,7 +14,7 @@ from PIL import Image
 from sdgate.core.jobs import Job
 from sdgate.server.model_aliases import MODEL_HEADER, model_header
 from sdgate.settings import Settings
-from tests.server.dialects.stability.loopback import serve
+from tests.harness import serve
 from tests.server.fakes import FakeEngine
 
 

@@ -6,8 +6,6 @@ import asyncio
 import base64
 import io
 import json
-import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -15,11 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from PIL import Image
 
 from sdgate.server.app import create_app
 from sdgate.settings import Settings
+from tests.harness import ThreadServer, free_port  # noqa: F401 - tests import them from here
 from tests.server.fakes import FakeEngine
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -97,37 +95,6 @@ async def serve(settings: Settings, engine: Any, **overrides: Any) -> AsyncItera
 async def api(native_settings: Settings, engine: FakeEngine) -> AsyncIterator[httpx.AsyncClient]:
     async with serve(native_settings, engine) as client:
         yield client
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ThreadServer:
-    """A real uvicorn on loopback, in a thread of this process (the fake engine needs no model)."""
-
-    def __init__(self, app: Any) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                ws="websockets-sansio")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> ThreadServer:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise AssertionError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(20)
 
 
 @pytest.fixture
