@@ -70,10 +70,9 @@ class TextToImageRequest(WireModel):
 
 
 class HfError(BaseModel):
-    """``{"error": "<message>"}``; while a model loads (503) also ``estimated_time``."""
+    """``{"error": "<message>"}``."""
 
     error: str
-    estimated_time: float | None = None
 
 
 class HfValidationError(BaseModel):
