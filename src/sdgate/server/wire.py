@@ -8,13 +8,23 @@ strings, so ``validate_form`` parses a form's numbers and booleans before the sa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Coroutine
 from functools import cache
 from typing import Annotated, Any, TypeVar, get_args, get_origin
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sdgate.core.errors import InvalidRequest
@@ -25,6 +35,11 @@ Model = TypeVar("Model", bound=BaseModel)
 # The largest integer every JSON parser reads exactly (a double's 53 bits): the bound of seeds a
 # dialect takes as JSON numbers, so that no client rounds one on the way.
 MAX_JSON_INT = 2**53 - 1
+# Free-form JSON a dialect accepts as is (A1111's script_args, comments, override_settings): its
+# shape is bounded where it enters, since later code walks it (pydantic's serializer gives up past
+# a few hundred levels, after the job exists).
+MAX_JSON_DEPTH = 16
+MAX_JSON_VALUES = 10_000
 # Prompts are text: no NUL characters (the server refuses them in every prompt).
 NO_NUL = "^[^\\x00]*$"
 # Only the words: a form cannot tell the number 0 from false, so "0" is a number, never a boolean.
@@ -194,3 +209,26 @@ def multipart_body(
             "content": {"multipart/form-data": {"schema": schema, "encoding": encoding}},
         }
     }
+
+
+def check_json_tree(value: Any) -> Any:
+    """``value`` if it nests at most ``MAX_JSON_DEPTH`` levels, holds at most ``MAX_JSON_VALUES``
+    values and only finite numbers; else a ValueError (a 422 naming the field)."""
+    count, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        count += 1
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep")
+        if count > MAX_JSON_VALUES:
+            raise ValueError(f"holds more than {MAX_JSON_VALUES} values")
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("numbers must be finite")
+    return value
+
+
+JsonTree = AfterValidator(check_json_tree)

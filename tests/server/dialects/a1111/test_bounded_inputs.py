@@ -139,3 +139,24 @@ async def test_openapi_documents_the_a1111_error_bodies(client: httpx.AsyncClien
         "minimum": 1,
         "maximum": 12,
     }
+
+
+def _nested(depth: int) -> dict:
+    value: dict = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize("field", ["override_settings", "comments", "script_args", "alwayson_scripts"])
+async def test_deeply_nested_free_form_fields_are_a_422_and_no_job(
+    client: httpx.AsyncClient, field: str
+) -> None:
+    # Found by benchmarks/hostile_inputs.py: 500 levels were a 500 after the job was created.
+    before = (await client.get("/api/v1/jobs", params={"limit": 100})).json()["jobs"]
+    value = [_nested(500)] if field == "script_args" else _nested(500)
+    r = await client.post("/sdapi/v1/txt2img", json={"prompt": "x", "width": 64, "height": 64, "steps": 1,
+                                                      field: value})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"][:2] == ["body", field]
+    assert (await client.get("/api/v1/jobs", params={"limit": 100})).json()["jobs"] == before

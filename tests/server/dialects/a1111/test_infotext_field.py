@@ -26,14 +26,14 @@ def test_every_pasted_field_fills_an_unset_request_field() -> None:
     assert body.prompt == "a (red:1.2) circle, on blue"
     assert body.negative_prompt == "blurry"
     assert (body.steps, body.sampler_name, body.scheduler, body.cfg_scale) == (12, "DPM++ 2M", "Karras", 4.5)
-    assert (body.seed, body.width, body.height) == ("1234", 320, 256)  # seeds stay as sent: resolved later
-    assert (body.subseed, body.subseed_strength) == ("99", 0.25)
+    assert (body.seed, body.width, body.height) == (1234, 320, 256)  # pasted text typed as JSON values
+    assert (body.subseed, body.subseed_strength) == (99, 0.25)
     assert body.enable_hr is True
     assert (body.hr_scale, body.hr_second_pass_steps, body.hr_upscaler) == (1.5, 5, "Latent (nearest)")
     assert body.denoising_strength == 0.55
     assert body.tiling is True
     assert (body.s_min_uncond, body.s_churn) == (0.5, 0.2)
-    assert body.override_settings == {"CLIP_stop_at_last_layers": "2", "eta_noise_seed_delta": "31337"}
+    assert body.override_settings == {"CLIP_stop_at_last_layers": 2, "eta_noise_seed_delta": 31337}
 
 
 def test_fields_the_request_sets_win_over_the_infotext() -> None:
@@ -47,7 +47,7 @@ def test_fields_the_request_sets_win_over_the_infotext() -> None:
     )
     assert (body.prompt, body.steps) == ("mine", 3)
     assert body.cfg_scale == 4.5  # not set by the request: pasted
-    assert body.override_settings == {"CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": "31337"}
+    assert body.override_settings == {"CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 31337}
 
 
 def test_no_infotext_leaves_the_body_alone() -> None:

@@ -86,7 +86,10 @@ async def test_unknown_vaes_are_400s_naming_the_field(client: httpx.AsyncClient,
     assert set(r.json()) == {"error", "detail", "body", "errors"}
     assert "override_settings.sd_vae" in r.json()["detail"]
     r = await client.post("/sdapi/v1/options", json={"sd_vae": value})
-    assert r.status_code == 400 and "sd_vae" in r.json()["detail"]
+    if isinstance(value, str):  # a name: looked up, a 400 naming it
+        assert r.status_code == 400 and "sd_vae" in r.json()["detail"]
+    else:  # not a name at all: the options schema's 422 naming the key
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "sd_vae"]
     assert (await client.get("/sdapi/v1/options")).json()["sd_vae"] == "Automatic"
 
 

@@ -73,6 +73,25 @@ SETTINGS: tuple[tuple[str, str], ...] = (
     ("ENSD", "eta_noise_seed_delta"),
 )
 HIRES_KEYS = ("Hires upscale", "Hires upscaler")
+# Fields whose pasted text is taken as is; every other value is text standing for a JSON value
+# ("20", "7.5", "True"), typed before the request model (which refuses numbers in strings) sees it.
+TEXT_FIELDS = frozenset({"prompt", "negative_prompt", "sampler_name", "scheduler", "hr_upscaler",
+                         "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt"})
+
+
+def _typed(value: object) -> object:
+    """An infotext value as the JSON value it spells: booleans, integers, finite floats; else text."""
+    if not isinstance(value, str):
+        return value
+    if value in ("True", "False"):
+        return value == "True"
+    for parse in (int, float):
+        try:
+            number = parse(value)
+        except ValueError:
+            continue
+        return number if number == number and abs(number) != float("inf") else value
+    return value
 
 
 def with_infotext(
@@ -95,7 +114,11 @@ def with_infotext(
         pairs += TXT2IMG_FIELDS
     if isinstance(body, Img2ImgRequest):
         pairs += IMG2IMG_FIELDS
-    values: dict[str, object] = {field: parsed[key] for key, field in pairs if key in parsed}
+    values: dict[str, object] = {
+        field: parsed[key] if field in TEXT_FIELDS else _typed(parsed[key])
+        for key, field in pairs
+        if key in parsed
+    }
     if isinstance(body, Img2ImgRequest):
         for key, field, choices in CHOICES:
             if parsed.get(key) in choices:
@@ -125,7 +148,7 @@ def _settings(
     settings: dict[str, object] = {}
     for key, name in SETTINGS:
         if key in parsed:
-            settings[name] = parsed[key]
+            settings[name] = _typed(parsed[key])
     if resolve_model is not None:
         for key in ("Model hash", "Model"):
             model = resolve_model(str(parsed[key])) if key in parsed else None

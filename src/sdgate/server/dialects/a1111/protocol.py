@@ -33,6 +33,7 @@ from sdgate.core.requests import MAX_SEED
 from sdgate.core.samplers import samplers_listing, schedulers_listing
 from sdgate.server.dialects.a1111.option_schema import option_schema
 from sdgate.server.dialects.a1111.option_table import SPECS, check_value
+from sdgate.server.wire import JsonTree
 from sdgate.settings import Settings
 
 
@@ -185,23 +186,23 @@ class CommonProcessing(_Lenient):
     s_tmin: SamplerParam | None = None
     s_noise: SamplerParam | None = None
     override_settings: Annotated[
-        dict[str, Any] | None, WithJsonSchema(_override_settings_schema())
+        dict[str, Any] | None, JsonTree, WithJsonSchema(_override_settings_schema())
     ] = Field(None, max_length=MAX_SETTINGS)
     override_settings_restore_afterwards: Bool = True
     refiner_checkpoint: Name | None = None
     refiner_switch_at: Fraction | None = None
     disable_extra_networks: Bool = False
     firstpass_image: ImageData | None = None
-    comments: dict[str, Any] | None = Field(None, max_length=MAX_LIST)
+    comments: Annotated[dict[str, Any] | None, JsonTree] = Field(None, max_length=MAX_LIST)
     force_task_id: Name | None = None
     sampler_index: SamplerName = "Euler"
     script_name: Name | None = None
-    script_args: list[Any] = Field(default_factory=list, max_length=MAX_LIST)
+    script_args: Annotated[list[Any], JsonTree] = Field(default_factory=list, max_length=MAX_LIST)
     send_images: Bool = True
     save_images: Bool = False
     # No always-on script is installed: any key is A1111's 422 "always on script ... not found".
     alwayson_scripts: Annotated[
-        dict[str, Any], WithJsonSchema({"type": "object", "maxProperties": 0})
+        dict[str, Any], JsonTree, WithJsonSchema({"type": "object", "maxProperties": 0})
     ] = Field(default_factory=dict)
     infotext: Prompt | None = None
 
