@@ -6,15 +6,18 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 
 from sdgate.core.jobs import Job, JobEventKind, JobState, Progress
 from sdgate.core.requests import GenerationRequest
 from sdgate.core.results import GenerationResult
+from sdgate.jobs.database import alembic_config, create_db_engine, transaction
 from sdgate.jobs.events import JobEvents
-from sdgate.jobs.outbox import OutboxFollower
+from sdgate.jobs.outbox import OutboxFollower, to_event
 from sdgate.jobs.schema import job_events, jobs
 from sdgate.jobs.store import SqlJobStore
 
@@ -127,3 +130,30 @@ def test_previews_are_stored_while_running_and_dropped_at_the_end(
     assert other.preview(job.id) == b"two"
     store.succeed(job.id, GenerationResult())
     assert other.preview(job.id) is None
+
+
+def test_a_job_left_running_before_leases_existed_is_recovered_after_the_upgrade(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_db_engine(url)
+    now = datetime.now(UTC)
+    try:
+        config = alembic_config()
+        with transaction(engine, write=True) as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0002_native_api")
+            conn.execute(sa.insert(jobs).values(
+                id="job_old", state="running", dialect="native", priority=0, attempts=1,
+                request=GenerationRequest().model_dump(mode="json"), meta={}, created_at=now,
+                started_at=now, updated_at=now, worker_id="old-version",
+            ))
+            conn.execute(sa.insert(job_events).values(job_id="job_old", kind="started",
+                                                      data={"state": "running"}, created_at=now))
+    finally:
+        engine.dispose()
+    with SqlJobStore(url) as store:  # migrates to head
+        assert store.requeue_expired(max_attempts=2) == ["job_old"]  # no lease: expired
+        with store.database.connect() as conn:
+            rows = conn.execute(sa.select(job_events).order_by(job_events.c.seq)).all()
+        assert to_event(rows[0]) is None and rows[0].data == {"state": "running"}  # kept as it was
+        requeued = to_event(rows[1])
+        assert requeued is not None and requeued.kind is JobEventKind.QUEUED
