@@ -9,8 +9,9 @@ SSE (``GET /api/v1/jobs/{id}/events``)::
 A new stream starts with the job's current state (its latest state event, then its latest
 progress); one that sends ``Last-Event-ID`` gets every logged event after that id instead. The
 stream ends after the terminal event (``succeeded``, ``failed``, ``cancelled``). The log is read
-again on every wake-up and every ``poll_s``, so events written by another process arrive too, and
-a job that ended without a logged event (its process was killed) still ends the stream.
+again on every wake-up and every ``poll_s``, so events written by another process arrive too (the
+log is the job outbox, written with every change), and a job whose row is ahead of the log (a
+row changed outside the store, or a log row lost to retention) still ends the stream.
 """
 
 from __future__ import annotations
@@ -177,8 +178,8 @@ async def job_stream(runtime: NativeRuntime, job: Job, last_event_id: int | None
             if quiet_s >= KEEPALIVE_S:
                 quiet_s = 0.0
                 yield ": keep-alive\n\n"
-            # Nothing logged for a while: ask the job itself. It may run in a process that logs no
-            # events (a separate ``sdgate worker``), or its process was killed before logging.
+            # Nothing logged for a while: ask the job itself, in case its row is ahead of the log
+            # (a belt to the outbox's braces: the store writes both in one transaction).
             try:
                 current = await run_in_threadpool(runtime.services.store.get, job.id)
             except NotFound:
