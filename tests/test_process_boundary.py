@@ -18,7 +18,8 @@ import pytest
 import sqlalchemy as sa
 
 from sdgate.jobs.schema import UTCDateTime, job_events, jobs
-from tests.server.dialects.native.conftest import free_port, parse_sse
+from tests.harness import free_port
+from tests.server.dialects.native.conftest import parse_sse
 from tests.server.fakes import write_fake_checkpoint
 
 pytestmark = pytest.mark.slow  # four server processes start: about 35 s
