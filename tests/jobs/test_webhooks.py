@@ -25,7 +25,8 @@ from sdgate.jobs.webhooks import (
     verify,
 )
 from sdgate.settings import Settings
-from tests.server.dialects.native.conftest import ThreadServer, serve
+from tests.harness import ThreadServer
+from tests.server.dialects.native.conftest import serve
 from tests.server.fakes import FakeEngine, write_fake_checkpoint
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.server.dialects.native.conftest import free_port
+from tests.harness import free_port
 from tests.server.fakes import write_fake_checkpoint
 from tests.worker.serve_poison import DIE_EXIT_CODE
 

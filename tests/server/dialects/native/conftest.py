@@ -17,7 +17,7 @@ from PIL import Image
 
 from sdgate.server.app import create_app
 from sdgate.settings import Settings
-from tests.harness import ThreadServer, free_port  # noqa: F401 - tests import them from here
+from tests.harness import ThreadServer
 from tests.server.fakes import FakeEngine
 
 TERMINAL = ("succeeded", "failed", "cancelled")

@@ -12,8 +12,8 @@ import websockets
 from sdgate.core.jobs import Job
 from sdgate.server.app import create_app
 from sdgate.server.dialects.native.events import parse_last_event_id
+from tests.harness import ThreadServer
 from tests.server.dialects.native.conftest import (
-    ThreadServer,
     parse_sse,
     read_sse,
     serve,

@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.server.dialects.native.conftest import free_port, parse_sse
+from tests.harness import free_port
+from tests.server.dialects.native.conftest import parse_sse
 from tests.server.fakes import write_fake_checkpoint
 
 pytestmark = pytest.mark.slow
