@@ -3,8 +3,6 @@ agrees with what the engine really does."""
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 
 from sdgate.core.engine import ModelDefaults
@@ -12,18 +10,35 @@ from sdgate.core.limits import Size, estimate_job_memory, hires_size, passes
 from sdgate.core.requests import GenerationRequest, HiresSettings
 from sdgate.core.tokens import TOKENIZER_DIR, count_tokens
 
+# (first pass, (scale, resize_x, resize_y), factor) -> (upscale size, final size), worked by hand
+# from A1111's hr_upscale_to_x/y rules: scale alone; one side keeps the aspect; both crop to fill.
+HIRES_CASES = [
+    ((512, 768), (2.0, 0, 0), 8, (1024, 1536), (1024, 1536)),
+    ((832, 512), (1.5, 0, 0), 8, (1248, 768), (1248, 768)),
+    ((512, 768), (1.0, 1024, 0), 8, (1024, 1536), (1024, 1536)),
+    ((832, 512), (1.0, 0, 1536), 16, (2496, 1536), (2496, 1536)),
+    ((512, 768), (1.0, 2048, 1024), 8, (2048, 3072), (2048, 1024)),
+    ((832, 512), (1.0, 640, 1280), 8, (2080, 1280), (640, 1280)),
+    ((100, 60), (1.5, 0, 0), 16, (144, 80), (144, 80)),
+]
 
-def test_hires_size_is_the_engines() -> None:
+
+@pytest.mark.parametrize(("first", "target", "factor", "upscale", "final"), HIRES_CASES)
+def test_hires_size_follows_a1111(
+    first: tuple[int, int], target: tuple[float, int, int], factor: int,
+    upscale: tuple[int, int], final: tuple[int, int],
+) -> None:
+    scale, rx, ry = target
+    got = hires_size(Size(*first), HiresSettings(scale=scale, resize_x=rx, resize_y=ry), factor)
+    assert (got.upscale.width, got.upscale.height) == upscale
+    assert (got.final.width, got.final.height) == final
+
+
+def test_the_engine_takes_its_hires_size_from_core() -> None:
     hires = pytest.importorskip("sdgate.engine.hires")
-    sizes = [(64, 64), (512, 768), (832, 512), (1024, 1024)]
-    targets = [(2.0, 0, 0), (1.5, 0, 0), (1.0, 1024, 0), (1.0, 0, 1536), (1.0, 2048, 1024), (1.0, 640, 1280)]
-    for (w, h), (scale, rx, ry), factor in itertools.product(sizes, targets, (8, 16)):
-        settings = HiresSettings(scale=scale, resize_x=rx, resize_y=ry)
-        ours = hires_size(Size(w, h), settings, factor)
-        theirs = hires.target_size(w, h, settings, factor)
-        assert (ours.upscale.width, ours.upscale.height, ours.final.width, ours.final.height) == (
-            theirs.upscale_w, theirs.upscale_h, theirs.width, theirs.height
-        )
+    for first, (scale, rx, ry), factor, upscale, final in HIRES_CASES:
+        size = hires.target_size(*first, HiresSettings(scale=scale, resize_x=rx, resize_y=ry), factor)
+        assert (size.upscale_w, size.upscale_h, size.width, size.height) == (*upscale, *final)
 
 
 def test_passes_and_memory() -> None:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from sdgate.core import limits
 from sdgate.core.engine import StepAction
 from sdgate.core.errors import InvalidRequest
 from sdgate.core.models import ModelCatalog
@@ -65,26 +66,13 @@ class HiresSize:
 
 
 def target_size(width: int, height: int, hires: HiresSettings, factor: int) -> HiresSize:
-    """A1111's ``hr_upscale_to_x/y`` and crop, in multiples of ``factor``."""
-    rx, ry = hires.resize_x, hires.resize_y
-    if rx <= 0 and ry <= 0:
-        w, h = int(width * hires.scale), int(height * hires.scale)
-        target_w, target_h = w, h
-    elif rx <= 0:
-        w, h = ry * width // height, ry
-        target_w, target_h = w, h
-    elif ry <= 0:
-        w, h = rx, rx * height // width
-        target_w, target_h = w, h
-    else:
-        target_w, target_h = rx, ry
-        if width / height < rx / ry:
-            w, h = rx, rx * height // width
-        else:
-            w, h = ry * width // height, ry
-    snap = [v // factor * factor for v in (w, h, target_w, target_h)]
+    """A1111's ``hr_upscale_to_x/y`` and crop, in multiples of ``factor`` (the arithmetic is
+    ``core.limits.hires_size``, which also bounds it before a job exists)."""
+    size = limits.hires_size(limits.Size(width, height), hires, factor)
+    snap = (size.upscale.width, size.upscale.height, size.final.width, size.final.height)
     if min(snap) <= 0:
-        raise InvalidRequest(f"hires target {target_w}x{target_h} is too small", field="hr_scale")
+        final = f"{size.final.width}x{size.final.height}"
+        raise InvalidRequest(f"hires target {final} is too small", field="hr_scale")
     return HiresSize(*snap)
 
 
