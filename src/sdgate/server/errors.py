@@ -11,18 +11,18 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from http import HTTPStatus
 from typing import Any, ClassVar
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sdgate.core.errors import QueueFull, SdgateError
+from sdgate.core.errors import InvalidRequest, QueueFull, SdgateError
 
 log = logging.getLogger("sdgate.server")
 
@@ -52,6 +52,22 @@ class DialectRoute(APIRoute):
                 dict(kwargs.get("responses") or {}), self.error_body, self.validation_body
             )
         super().__init__(path, endpoint, **kwargs)
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """FastAPI's and Starlette's own 400 for a body they cannot parse (bytes that are not UTF-8,
+        a broken form) answers ``{"detail"}``: re-raised as ``InvalidRequest`` so the dialect that
+        owns the route renders it in its own shape."""
+        handler = super().get_route_handler()
+
+        async def shaped(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except StarletteHTTPException as exc:
+                if exc.status_code != 400 or isinstance(exc, WrappedError):
+                    raise
+                raise WrappedError(InvalidRequest(f"body: {exc.detail}", field="body")) from None
+
+        return shaped
 
     @staticmethod
     def render_error(err: SdgateError) -> JSONResponse:

@@ -9,12 +9,9 @@ strings, so ``validate_form`` parses a form's numbers and booleans before the sa
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Coroutine
 from functools import cache
 from typing import Annotated, Any, TypeVar, get_args, get_origin
 
-from fastapi import Request, Response
-from fastapi.routing import APIRoute
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -25,10 +22,8 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sdgate.core.errors import InvalidRequest
-from sdgate.server.errors import WrappedError
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -124,25 +119,6 @@ def _parse_strings(value: Any, schema: dict[str, Any]) -> Any:
 
 
 # -- routes ---------------------------------------------------------------------------------------
-
-
-class ShapedBodyErrors(APIRoute):
-    """A route mixin: FastAPI's own 400 for a body it cannot parse (bytes that are not UTF-8, a
-    broken stream) answers ``{"detail"}``; this re-raises it as ``InvalidRequest`` so the route's
-    dialect renders it in its own shape."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def shaped(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except StarletteHTTPException as exc:
-                if exc.status_code != 400 or isinstance(exc, WrappedError):
-                    raise
-                raise WrappedError(InvalidRequest(f"body: {exc.detail}", field="body")) from exc
-
-        return shaped
 
 
 # -- OpenAPI ----------------------------------------------------------------------------------------

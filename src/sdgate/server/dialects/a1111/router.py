@@ -9,6 +9,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -71,8 +72,9 @@ class A1111Route(DialectRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         """FastAPI's own HTTPExceptions inside a route (a body that is not text: 400 "There was an
-        error parsing the body") in A1111's shape, as its middleware renders them."""
-        handler = super().get_route_handler()
+        error parsing the body") in A1111's shape, as its middleware renders them (not through
+        DialectRoute's, which makes them an InvalidRequest)."""
+        handler = APIRoute.get_route_handler(self)
 
         async def handle(request: Request) -> Response:
             try:

@@ -17,14 +17,13 @@ from sdgate.server.dialects.hf.protocol import HfError, HfValidationError, TextT
 from sdgate.server.dialects.stability import images as images_io
 from sdgate.server.errors import DialectRoute
 from sdgate.server.model_aliases import model_header, resolve_model
-from sdgate.server.wire import ShapedBodyErrors
 
 log = logging.getLogger("sdgate.hf")
 DIALECT = "hf"
 _warned_fields: set[str] = set()
 
 
-class HfRoute(ShapedBodyErrors, DialectRoute):
+class HfRoute(DialectRoute):
     """``{"error": "<message>"}``; schema errors as ``{"error": [...]}`` with 422, as the service did."""
 
     dialect = DIALECT

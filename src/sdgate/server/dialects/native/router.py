@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -11,7 +11,6 @@ from fastapi import APIRouter, Header, Query, Request, Response, WebSocket
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, BeforeValidator, StringConstraints
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sdgate.core.errors import InvalidRequest
 from sdgate.core.jobs import JobState
@@ -40,7 +39,7 @@ from sdgate.server.dialects.native.protocol import (
     VaeOut,
 )
 from sdgate.server.dialects.native.runtime import RuntimeDep, get_runtime
-from sdgate.server.errors import DialectRoute, WrappedError
+from sdgate.server.errors import DialectRoute
 
 
 class NativeRoute(DialectRoute):
@@ -53,20 +52,6 @@ class NativeRoute(DialectRoute):
         busy = {"description": "the queue is full: try again after Retry-After seconds"}
         kwargs["responses"] = {401: unauthorised, 429: busy, **(kwargs.get("responses") or {})}
         super().__init__(path, endpoint, **kwargs)
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except StarletteHTTPException as exc:
-                # FastAPI's and Starlette's own 400s (a body or form that does not parse) in our shape.
-                if exc.status_code != 400 or isinstance(exc, WrappedError):
-                    raise
-                raise WrappedError(InvalidRequest(f"body: {exc.detail}", field="body")) from None
-
-        return handle
 
 
 def _iso_datetime(value: Any) -> Any:

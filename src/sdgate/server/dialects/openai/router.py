@@ -37,7 +37,7 @@ from sdgate.server.errors import DialectRoute
 from sdgate.server.model_aliases import ALIASES, model_header, resolve_model
 from sdgate.server.services import Services
 from sdgate.server.signing import SIGNED_PATH, UrlSigner
-from sdgate.server.wire import Model, ShapedBodyErrors, inline_schema, multipart_body, validate_form
+from sdgate.server.wire import Model, inline_schema, multipart_body, validate_form
 
 log = logging.getLogger("sdgate.openai")
 DIALECT = "openai"
@@ -45,7 +45,7 @@ _warned_fields: set[str] = set()
 OPENAI_MODELS = tuple(name for name in ALIASES if name.startswith(("dall-e", "gpt-image")))
 
 
-class OpenAIRoute(ShapedBodyErrors, DialectRoute):
+class OpenAIRoute(DialectRoute):
     dialect = DIALECT
     error_body = OpenAIError
 

@@ -37,14 +37,14 @@ from sdgate.server.errors import DialectRoute
 from sdgate.server.middleware import request_id_var
 from sdgate.server.model_aliases import ALIASES, model_header, resolve_model
 from sdgate.server.services import Services
-from sdgate.server.wire import NO_NUL, ShapedBodyErrors, inline_schema, multipart_body, validate_form
+from sdgate.server.wire import NO_NUL, inline_schema, multipart_body, validate_form
 
 log = logging.getLogger("sdgate.stability")
 DIALECT = "stability"
 _warned_fields: set[str] = set()
 
 
-class StabilityV1Route(ShapedBodyErrors, DialectRoute):
+class StabilityV1Route(DialectRoute):
     """v1 errors: ``{id, name, message}``."""
 
     dialect = DIALECT
@@ -63,7 +63,7 @@ class StabilityV1Route(ShapedBodyErrors, DialectRoute):
         return StabilityV1Route.render_error(InvalidRequest(message, field=field))
 
 
-class StabilityV2Route(ShapedBodyErrors, DialectRoute):
+class StabilityV2Route(DialectRoute):
     """v2beta errors: ``{id, name, errors: [...]}``."""
 
     dialect = DIALECT
