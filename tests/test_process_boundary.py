@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -18,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from sdgate.jobs.schema import UTCDateTime, job_events, jobs
-from tests.harness import free_port
+from tests.harness import ProcessServer, free_port
 from tests.server.dialects.native.conftest import parse_sse
 from tests.server.fakes import write_fake_checkpoint
 
@@ -27,38 +26,16 @@ WORKER = Path(__file__).with_name("serve_slow_worker.py")
 LEASE_S = 2.0
 
 
-class Server:
-    def __init__(self, args: list[str], port: int, log: Path) -> None:
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = log
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert self.proc.poll() is None, f"the server exited at start: {log.read_text()}"
-            assert time.monotonic() < deadline, f"the server did not start: {log.read_text()}"
-            time.sleep(0.1)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(30)
-
-
-def api_only(data: Path, models: Path, port: int, log: Path) -> Server:
+def api_only(data: Path, models: Path, port: int, log: Path) -> ProcessServer:
     args = [sys.executable, "-m", "sdgate", "serve", "--workers", "0", "--engine", "null",
             "--data-dir", str(data), "--models-dir", str(models), "--port", str(port),
             "--log-level", "warning"]
-    return Server(args, port, log)
+    return ProcessServer(args, port, log)
 
 
-def worker(data: Path, models: Path, port: int, log: Path) -> Server:
-    return Server([sys.executable, str(WORKER), str(data), str(models), str(port), str(LEASE_S)], port, log)
+def worker(data: Path, models: Path, port: int, log: Path) -> ProcessServer:
+    args = [sys.executable, str(WORKER), str(data), str(models), str(port), str(LEASE_S)]
+    return ProcessServer(args, port, log)
 
 
 def wait_job(client: httpx.Client, job_id: str, ok: Any, timeout: float = 30) -> dict[str, Any]:

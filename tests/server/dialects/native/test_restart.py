@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.harness import free_port
+from tests.harness import ProcessServer, free_port
 from tests.server.dialects.native.conftest import parse_sse
 from tests.server.fakes import write_fake_checkpoint
 
@@ -19,32 +17,16 @@ pytestmark = pytest.mark.slow
 CHILD = Path(__file__).with_name("serve_fake.py")
 
 
-class Child:
-    def __init__(self, data: Path, models: Path, port: int) -> None:
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen([sys.executable, str(CHILD), str(data), str(models), str(port)])
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise AssertionError("the server did not start")
-            time.sleep(0.1)
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(30)
+def child(data: Path, models: Path, port: int) -> ProcessServer:
+    args = [sys.executable, str(CHILD), str(data), str(models), str(port)]
+    return ProcessServer(args, port, data.parent / f"server-{port}.log")
 
 
 def test_kill_9_mid_run_then_restart(tmp_path: Path) -> None:
     models = tmp_path / "models"
     write_fake_checkpoint(models / "Stable-diffusion" / "alpha.safetensors")
     data, port = tmp_path / "data", free_port()
-    server = Child(data, models, port)
+    server = child(data, models, port)
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client:
             ids = [client.post("/api/v1/jobs", json={"prompt": "slow", "steps": 100, "seed": i}).json()["id"]
@@ -57,12 +39,12 @@ def test_kill_9_mid_run_then_restart(tmp_path: Path) -> None:
                     buffer += chunk
                     seen = parse_sse(buffer)
                     if any(e["event"] == "progress" for e in seen):
-                        server.kill()  # the stream must end (not hang) when its server dies
+                        server.stop(signal.SIGKILL)  # the stream must end (not hang) when its server dies
         assert seen and seen[-1]["event"] == "progress"
     finally:
-        server.kill()
+        server.stop(signal.SIGKILL)
 
-    restarted = Child(data, models, port)
+    restarted = child(data, models, port)
     try:
         with httpx.Client(base_url=restarted.url, timeout=60) as client:
             resumed = parse_sse(client.get(f"/api/v1/jobs/{ids[0]}/events",
@@ -76,4 +58,4 @@ def test_kill_9_mid_run_then_restart(tmp_path: Path) -> None:
         assert jobs[ids[0]]["attempts"] == 2
         assert [jobs[i]["result"]["images"][0]["seed"] for i in ids] == [0, 1, 2]
     finally:
-        restarted.kill(signal.SIGTERM)
+        restarted.stop(signal.SIGTERM)
