@@ -384,7 +384,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _opt("sigma_min", 0.0, NUMBER),
     _opt("sigma_max", 0.0, NUMBER),
     _opt("rho", 0.0, NUMBER),
-    _opt("eta_noise_seed_delta", 0, INT, 0, 2**64 - 1),  # added to seeds: unsigned 64-bit like them
+    _opt("eta_noise_seed_delta", 0, INT, 0, 2**53 - 1),  # added to seeds; exact as a JSON number
     _opt("always_discard_next_to_last_sigma", False),
     _opt("sgm_noise_multiplier", False),
     _opt("uni_pc_variant", "bh1", choices=("bh1", "bh2", "vary_coeff")),
