@@ -122,3 +122,23 @@ def test_a_writable_data_dir_has_no_problem(tmp_path: Path) -> None:
     data = tmp_path / "data"
     assert data_dir_problem(data, f"sqlite:///{data / 'sdgate.db'}") is None
     assert sorted(p.name for p in data.iterdir()) == ["sdgate.db"]
+
+
+def test_a_write_transaction_that_changes_nothing_does_not_clear_a_fault(
+    store: SqlJobStore, disk: DiskFull
+) -> None:
+    # A lease sweep or an empty claim takes the write lock and writes nothing: that proves nothing
+    # about the disk, so /readyz must stay not ready until a real write or the probe succeeds.
+    from sdgate.jobs.database import transaction
+
+    disk.on = True
+    with pytest.raises(StorageFull):
+        store.submit(GenerationRequest(prompt="refused"))
+    with transaction(store.database, write=True) as conn:
+        conn.execute(sa.text("SELECT 1"))
+    assert store.storage_fault is not None
+    assert store.claim_next("worker-x") is None  # nothing queued: a write transaction, no write
+    assert store.storage_fault is not None
+    disk.on = False
+    store.probe_write()
+    assert store.storage_fault is None

@@ -32,6 +32,7 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_S = 30.0
 # Execution option that makes ``begin`` take SQLite's write lock at once.
 _WRITE = "sdgate_write"
+_WROTE = "sdgate_wrote"  # conn.info: this transaction ran an INSERT/UPDATE/DELETE
 # Any constant: serialises concurrent ``upgrade_schema`` calls on one PostgreSQL database.
 _PG_MIGRATION_LOCK = 0x5D6A7E
 DATABASE = "the job database"
@@ -101,20 +102,31 @@ def _enable_wal(cursor: Any) -> None:
 def transaction(engine: sa.Engine, *, write: bool) -> Iterator[sa.Connection]:
     """One transaction; ``write=True`` takes SQLite's write lock before the first statement.
     Raises ``StorageFull`` / ``StorageUnavailable`` when the disk refuses it."""
+    health = storage_health(engine)
+    wrote = False
     try:
         with engine.connect() as conn:
             if write:
                 conn.execution_options(**{_WRITE: True})
+            conn.info[_WROTE] = False
             with conn.begin():
                 yield conn
+            wrote = conn.info.pop(_WROTE, False)
     except (sa.exc.DBAPIError, OSError) as exc:
         fault = storage_error(DATABASE, exc)
         if fault is None:
             raise
-        storage_health(engine).failed(fault)
+        health.failed(fault)
         raise fault from exc
-    if write:
-        storage_health(engine).succeeded()
+    # Only a committed INSERT/UPDATE/DELETE shows that the disk takes writes again: a write
+    # transaction that found nothing to change (a lease sweep, an empty claim) proves nothing.
+    if wrote:
+        health.succeeded()
+
+
+def _note_write(conn: sa.Connection, _cursor: Any, statement: str, *_args: Any) -> None:
+    if statement.lstrip()[:6].upper() in ("INSERT", "UPDATE", "DELETE"):
+        conn.info[_WROTE] = True
 
 
 def storage_health(engine: sa.Engine) -> StorageHealth:
@@ -123,6 +135,7 @@ def storage_health(engine: sa.Engine) -> StorageHealth:
         health = _health.get(engine)
         if health is None:
             health = _health[engine] = StorageHealth()
+            sa.event.listen(engine, "before_cursor_execute", _note_write)
         return health
 
 
