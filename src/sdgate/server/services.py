@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from sdgate.core.engine import Engine, ModelDefaults
 from sdgate.core.models import ModelCatalog, ModelInfo
@@ -26,6 +27,39 @@ if TYPE_CHECKING:
     from sdgate.worker.runner import Worker
 
 log = logging.getLogger("sdgate.server")
+T = TypeVar("T")
+
+
+class StateRegistry:
+    """Per-dialect and per-feature state, keyed by its type (one instance per type): a dialect
+    stores its own typed object (``services.state.put(A1111State(...))``) and finds it with
+    ``services.state.get(A1111State)``, so no string keys and no ``Any`` leak into callers."""
+
+    def __init__(self) -> None:
+        self._items: dict[type, object] = {}
+
+    def put(self, value: object) -> None:
+        self._items[type(value)] = value
+
+    def get(self, kind: type[T]) -> T:
+        """Raises ``KeyError`` naming the type when none was put."""
+        try:
+            return cast(T, self._items[kind])
+        except KeyError:
+            raise KeyError(f"no {kind.__name__} in the server's state") from None
+
+    def find(self, kind: type[T]) -> T | None:
+        return cast("T | None", self._items.get(kind))
+
+    def setdefault(self, kind: type[T], factory: Callable[[], T]) -> T:
+        """The stored ``kind``, built by ``factory`` on first use."""
+        found = self._items.get(kind)
+        if found is None:
+            found = self._items[kind] = factory()
+        return cast(T, found)
+
+    def remove(self, kind: type) -> None:
+        self._items.pop(kind, None)
 
 
 @dataclass
@@ -38,7 +72,7 @@ class Services:
     outbox: OutboxFollower
     engine: Engine | None = None
     workers: list[Worker] = field(default_factory=list)
-    state: dict[str, Any] = field(default_factory=dict)  # per-dialect state (A1111 options, ...)
+    state: StateRegistry = field(default_factory=StateRegistry)  # per-dialect typed state
 
     @classmethod
     def build(cls, settings: Settings, *, engine: Engine | None = None, run_workers: bool = True) -> Services:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, BackgroundTasks
@@ -38,20 +39,26 @@ router = APIRouter(prefix="/sdapi/v1", route_class=A1111Route, tags=["AUTOMATIC1
 MAX_SCALE = 8.0
 
 
+@dataclass(frozen=True)
+class _LoadedUpscalers:
+    files: tuple[str, ...]  # the model files they were built from: a new file builds them again
+    upscalers: Any
+
+
 def get_upscalers(services: Services) -> Any:
     from sdgate.engine.devices import resolve_device
     from sdgate.engine.upscalers import Upscalers
 
     files = services.catalog.list_files("esrgan")
     key = tuple(str(f.path) for f in files)
-    cached = services.state.get("a1111_upscalers")
-    if cached is None or cached[0] != key:
+    cached = services.state.find(_LoadedUpscalers)
+    if cached is None or cached.files != key:
         device = (
             resolve_device(services.settings.device) if services.settings.engine == "diffusers" else "cpu"
         )
-        cached = (key, Upscalers(files, device))
-        services.state["a1111_upscalers"] = cached
-    return cached[1]
+        cached = _LoadedUpscalers(key, Upscalers(files, device))
+        services.state.put(cached)
+    return cached.upscalers
 
 
 def get_face_restorers(services: Services) -> Any:

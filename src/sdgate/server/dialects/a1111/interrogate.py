@@ -5,7 +5,7 @@ neither network; it ships the demo model, whose scenes its analyser reads exactl
 model current the demo interrogator captions in the demo data set's words (a caption fed back as a
 prompt draws the scene again) and "deepdanbooru" gets the same facts as tags. With any other
 checkpoint the answer is a 400 naming the interrogator that is not installed, as ``restore_faces``
-is refused. An interrogator set in ``services.state["a1111_interrogator"]`` (anything with
+is refused. A ``CustomInterrogator`` put in ``services.state`` (holding anything with
 ``caption(image, *, model)``) replaces both.
 
 A1111's errors: no image is a 404 "Image not found", a model other than clip or deepdanbooru a 404
@@ -14,6 +14,7 @@ A1111's errors: no image is a 404 "Image not found", a model other than clip or 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from PIL import Image
@@ -27,7 +28,6 @@ from sdgate.server.fetch import make_fetcher
 from sdgate.server.services import Services
 
 MODELS = {"clip": "CLIP", "deepdanbooru": "DeepDanbooru"}
-STATE_KEY = "a1111_interrogator"
 
 
 class InterrogateRequest(BaseModel):
@@ -41,6 +41,13 @@ class InterrogateResponse(BaseModel):
 
 class Interrogator(Protocol):
     def caption(self, image: Image.Image, *, model: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class CustomInterrogator:
+    """An operator's (or a test's) interrogator, put in ``services.state``."""
+
+    interrogator: Interrogator
 
 
 class DemoSceneInterrogator:
@@ -61,9 +68,9 @@ def check_request(body: InterrogateRequest) -> None:
 
 
 def choose(services: Services, checkpoint: ModelInfo, model: str) -> Interrogator:
-    custom = services.state.get(STATE_KEY)
+    custom = services.state.find(CustomInterrogator)
     if custom is not None:
-        return custom  # type: ignore[no-any-return]
+        return custom.interrogator
     if checkpoint.builtin:
         return DemoSceneInterrogator()
     raise InvalidRequest(

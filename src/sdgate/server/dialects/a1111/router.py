@@ -100,11 +100,10 @@ GENERATION_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def get_options(services: ServicesDep) -> A1111Options:
-    options = services.state.get("a1111_options")
-    if options is None:
-        options = A1111Options(services.settings.data_dir / "a1111-options.json", services.catalog)
-        services.state["a1111_options"] = options
-    return options
+    return services.state.setdefault(
+        A1111Options,
+        lambda: A1111Options(services.settings.data_dir / "a1111-options.json", services.catalog),
+    )
 
 
 OptionsDep = Annotated[A1111Options, Depends(get_options)]

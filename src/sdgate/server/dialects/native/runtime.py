@@ -23,7 +23,6 @@ from sdgate.server.dialects.native.eventlog import TERMINAL, EventLog
 from sdgate.server.services import Services
 
 log = logging.getLogger("sdgate.native")
-_KEY = "native"
 
 
 @dataclass
@@ -66,7 +65,7 @@ class NativeRuntime:
             base=base,
         )
         runtime._remove_listener = services.events.add_listener(runtime._on_event)
-        services.state[_KEY] = runtime
+        services.state.put(runtime)
         return runtime
 
     def _on_event(self, kind: JobEventKind, job: Job) -> None:
@@ -96,8 +95,7 @@ class NativeRuntime:
 
 
 def get_runtime(services: ServicesDep) -> NativeRuntime:
-    runtime: NativeRuntime = services.state[_KEY]
-    return runtime
+    return services.state.get(NativeRuntime)
 
 
 RuntimeDep = Annotated[NativeRuntime, Depends(get_runtime)]

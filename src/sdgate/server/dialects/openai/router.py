@@ -95,10 +95,7 @@ def _model(services: Services, name: str | None) -> tuple[ModelInfo, Any]:
 
 
 def _signer(services: Services) -> UrlSigner:
-    signer = services.state.get("url_signer")
-    if signer is None:
-        signer = services.state["url_signer"] = UrlSigner.from_settings(services.settings)
-    return signer
+    return services.state.setdefault(UrlSigner, lambda: UrlSigner.from_settings(services.settings))
 
 
 async def _respond(
