@@ -25,6 +25,12 @@ from tests.jobs.faults import DiskFull
 
 
 @pytest.fixture
+def db_url(sqlite_url: str) -> str:
+    """SQLite only: the faults are SQLite's own (sqlite3 errors, a file's disk)."""
+    return sqlite_url
+
+
+@pytest.fixture
 def disk(store: SqlJobStore) -> Iterator[DiskFull]:
     yield DiskFull(store.database)
 

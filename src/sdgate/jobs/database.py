@@ -3,7 +3,17 @@
 SQLite (embedded mode) gets WAL, a busy timeout and transactions begun by us rather than by the
 ``sqlite3`` module: reads use ``BEGIN`` and writes ``BEGIN IMMEDIATE``, so a write transaction takes
 the write lock up front and two threads or processes never interleave a read-then-write (a claim).
-PostgreSQL (cluster mode) needs nothing special here: the claim uses ``FOR UPDATE SKIP LOCKED``.
+PostgreSQL (cluster mode, psycopg 3) runs at READ COMMITTED: a read-then-write there locks what it
+read (``FOR UPDATE [SKIP LOCKED]``, see ``store.py``), and ``serialize`` takes a transaction-level
+advisory lock where a whole table must take turns (the outbox's ``seq`` order, queue limits); on
+SQLite ``serialize`` is a no-op, the write transaction being exclusive already.
+
+The schema at start (``ensure_schema``): an empty database is created at the newest migration on
+both; an older SQLite schema is upgraded in place (embedded mode needs no extra step), an older
+PostgreSQL schema is refused with "run `sdgate db upgrade`" (several nodes share it: upgrading is an
+operator's decision, taken once); a schema newer than this code is refused on both
+(``SchemaMismatch``). A database that cannot be reached at all raises ``DatabaseUnreachable``. Both
+messages are one line naming the database (password hidden), for the CLI to print as they are.
 
 A full or read-only disk surfaces from ``transaction`` as ``StorageFull`` / ``StorageUnavailable``
 (see ``storage.py``) and is remembered per engine (``storage_health``) until a write succeeds again.
@@ -11,6 +21,7 @@ A full or read-only disk surfaces from ``transaction`` as ``StorageFull`` / ``St
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import threading
@@ -18,14 +29,17 @@ import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
-from sdgate.core.errors import StorageUnavailable
+from sdgate.core.errors import StorageFull, StorageUnavailable
 from sdgate.jobs.storage import StorageHealth, storage_error
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -42,10 +56,50 @@ _health: weakref.WeakKeyDictionary[sa.Engine, StorageHealth] = weakref.WeakKeyDi
 _health_lock = threading.Lock()
 
 
-def create_db_engine(url: str) -> sa.Engine:
+# PostgreSQL connections of one process: an API node runs its store calls in asyncio's thread pool
+# (and the outbox, webhooks and retention beside them), a worker a few threads. Past the pool a
+# caller waits up to POOL_TIMEOUT_S for a connection.
+PG_POOL_SIZE = 10
+PG_MAX_OVERFLOW = 20
+PG_POOL_TIMEOUT_S = 30.0
+PG_CONNECT_TIMEOUT_S = 10
+
+
+class DatabaseUnreachable(RuntimeError):
+    """The database could not be reached or opened; the message names it (password hidden)."""
+
+
+class SchemaMismatch(RuntimeError):
+    """The database's schema is not the one this code needs; the message says what to do."""
+
+
+def describe(url: sa.URL | str) -> str:
+    """``url`` for messages: the password hidden."""
+    return sa.make_url(url).render_as_string(hide_password=True)
+
+
+def normalize_url(url: str | sa.URL) -> sa.URL:
+    """``postgresql://`` means psycopg 3 (SQLAlchemy's default driver for it is psycopg2)."""
     parsed = sa.make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def create_db_engine(url: str | sa.URL) -> sa.Engine:
+    parsed = normalize_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(parsed, pool_pre_ping=True)
+        connect_args: dict[str, Any] = {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+        if "application_name" not in parsed.query:
+            connect_args["application_name"] = "sdgate"
+        return sa.create_engine(
+            parsed,
+            pool_pre_ping=True,  # a connection the server dropped (a restart) is replaced, not used
+            pool_size=PG_POOL_SIZE,
+            max_overflow=PG_MAX_OVERFLOW,
+            pool_timeout=PG_POOL_TIMEOUT_S,
+            connect_args=connect_args,
+        )
 
     memory = parsed.database in (None, "", ":memory:")
     kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}}
@@ -113,7 +167,7 @@ def transaction(engine: sa.Engine, *, write: bool) -> Iterator[sa.Connection]:
                 yield conn
             wrote = conn.info.pop(_WROTE, False)
     except (sa.exc.DBAPIError, OSError) as exc:
-        fault = storage_error(DATABASE, exc)
+        fault = storage_error(DATABASE, exc) or _lost_server(engine, exc)
         if fault is None:
             raise
         health.failed(fault)
@@ -122,6 +176,32 @@ def transaction(engine: sa.Engine, *, write: bool) -> Iterator[sa.Connection]:
     # transaction that found nothing to change (a lease sweep, an empty claim) proves nothing.
     if wrote:
         health.succeeded()
+
+
+def _lost_server(engine: sa.Engine, exc: BaseException) -> StorageUnavailable | None:
+    """A PostgreSQL server that cannot be reached (down, restarting, the network) is storage that is
+    unavailable: a 503 for the request, a retry for the worker; the pool reconnects once it is back."""
+    if engine.dialect.name != "postgresql" or not isinstance(exc, sa.exc.DBAPIError):
+        return None
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    lost = (
+        exc.connection_invalidated
+        or (isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) and sqlstate is None)
+        or (sqlstate or "").startswith("08")  # connection_exception
+        or sqlstate in ("57P01", "57P02", "57P03")  # shutdown, crash shutdown, cannot connect now
+    )
+    if not lost:
+        return None
+    detail = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+    return StorageUnavailable(f"storage unavailable: could not reach {DATABASE} ({detail})")
+
+
+def serialize(conn: sa.Connection, name: str) -> None:
+    """Inside a write transaction: the callers naming ``name`` take turns until this transaction
+    ends (PostgreSQL: an advisory transaction lock; SQLite: already so, the write lock is global)."""
+    if conn.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def _note_write(conn: sa.Connection, _cursor: Any, statement: str, *_args: Any) -> None:
@@ -173,11 +253,70 @@ def alembic_config(url: str | None = None) -> Config:
     return config
 
 
-def upgrade_schema(engine: sa.Engine) -> None:
-    """``alembic upgrade head`` in one transaction; safe to run from several processes at once."""
+def head_revision() -> str:
+    """The newest migration this code has."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def schema_revision(conn: sa.Connection) -> str | None:
+    """The database's migration (None: an empty database)."""
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+@dataclass(frozen=True)
+class SchemaChange:
+    before: str | None  # None: the database was empty
+    after: str
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+
+def upgrade_schema(engine: sa.Engine, *, outdated: bool = True) -> SchemaChange:
+    """``alembic upgrade head`` in one transaction; safe to run from several processes at once.
+    An empty database is always brought to head; an older schema only with ``outdated`` (else
+    ``SchemaMismatch`` saying to run ``sdgate db upgrade``); a newer one never (``SchemaMismatch``).
+    ``DatabaseUnreachable`` when the database cannot be reached or opened."""
     config = alembic_config()
-    with transaction(engine, write=True) as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
-        config.attributes["connection"] = conn
-        command.upgrade(config, "head")
+    head = head_revision()
+    try:
+        with transaction(engine, write=True) as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+            current = schema_revision(conn)
+            if current == head:
+                return SchemaChange(current, head)
+            known = {rev.revision for rev in ScriptDirectory.from_config(config).walk_revisions()}
+            if current is not None and current not in known:
+                raise SchemaMismatch(
+                    f"{DATABASE} {describe(engine.url)} has schema {current}, newer than this sdgate "
+                    f"(which knows up to {head}): upgrade sdgate on this node, or point it at another "
+                    "database"
+                )
+            if current is not None and not outdated:
+                raise SchemaMismatch(
+                    f"{DATABASE} {describe(engine.url)} has schema {current}, older than this sdgate "
+                    f"({head}): run `sdgate db upgrade --database URL` once, then start the nodes"
+                )
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+            return SchemaChange(current, head)
+    except StorageFull:
+        raise
+    except (sa.exc.OperationalError, sa.exc.InterfaceError, StorageUnavailable) as exc:
+        raise DatabaseUnreachable(_unreachable(engine, exc)) from exc
+
+
+def ensure_schema(engine: sa.Engine) -> SchemaChange:
+    """The start-up check of every process that opens the store: SQLite is upgraded in place,
+    PostgreSQL only when empty (its upgrades are ``sdgate db upgrade``); see the module docstring."""
+    return upgrade_schema(engine, outdated=engine.dialect.name == "sqlite")
+
+
+def _unreachable(engine: sa.Engine, exc: BaseException) -> str:
+    cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
+    detail = " ".join(str(cause).split()) or type(cause).__name__
+    return f"could not reach {DATABASE} at {describe(engine.url)}: {detail}"

@@ -204,6 +204,8 @@ class Webhooks:
             )
             .order_by(hooks_table.c.next_attempt_at)
             .limit(limit)
+            # PostgreSQL: deliveries another process is claiming right now are skipped, not waited on.
+            .with_for_update(skip_locked=True, of=hooks_table)
         )
         claimed = []
         with transaction(self._db, write=True) as conn:
@@ -221,7 +223,9 @@ class Webhooks:
     def _record(self, job_id: str, attempt: dict[str, Any], *, ok: bool) -> None:
         now = _now()
         with transaction(self._db, write=True) as conn:
-            row = conn.execute(sa.select(hooks_table).where(hooks_table.c.job_id == job_id)).one_or_none()
+            row = conn.execute(  # locked: the attempt log is read, extended and written back
+                sa.select(hooks_table).where(hooks_table.c.job_id == job_id).with_for_update()
+            ).one_or_none()
             if row is None:  # the job was deleted meanwhile
                 return
             attempts = row.attempts + 1
