@@ -1,18 +1,23 @@
 """The contract between the worker and an engine (diffusers, null, ...).
 
-The worker resolves image ids to decoded, validated PIL images, calls ``generate`` once per job, and
-reports each step through a ``GenerationControl`` whose answer tells the engine to go on, skip the
-current iteration, stop early keeping what is done (A1111's interrupt), or abandon the job (cancel).
+The worker resolves a request's ``image_refs()`` to decoded, validated PIL images grouped by role
+(``EngineInputs``), and hands the engine one ``EngineJob`` per job: the request, its inputs and the
+job's own control handle. The engine reports each step of a job through that job's
+``GenerationControl``, whose answer tells it to go on, skip the current iteration, stop early
+keeping what is done (A1111's interrupt), or abandon the job (cancel). A handle belongs to one job,
+so an engine that runs several jobs in one call (GPU batching) can stop one and go on with the rest.
+
+``run_job`` is how the worker calls an engine today: one job per call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
-from sdgate.core.requests import GenerationRequest
+from sdgate.core.requests import GenerationRequest, ImageRef, ImageRole
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -48,10 +53,37 @@ class NoControl:
 
 @dataclass(frozen=True)
 class EngineInputs:
-    """Decoded inputs for img2img / inpaint, in the order of ``request.init_images``."""
+    """A job's decoded input images by role: init images (in the order of ``request.init_images``),
+    the mask, and control images (room for ControlNet; no engine reads them yet)."""
 
     init_images: tuple[Image, ...] = ()
     mask: Image | None = None
+    control_images: tuple[Image, ...] = ()
+
+    @classmethod
+    def from_refs(cls, loaded: Iterable[tuple[ImageRef, Image]]) -> EngineInputs:
+        """Inputs from ``(ref, image)`` pairs in ``request.image_refs()`` order."""
+        by_role: dict[ImageRole, list[Image]] = {role: [] for role in ImageRole}
+        for ref, image in loaded:
+            by_role[ref.role].append(image)
+        masks = by_role[ImageRole.MASK]
+        if len(masks) > 1:
+            raise ValueError(f"a job has at most one mask, not {len(masks)}")
+        return cls(
+            init_images=tuple(by_role[ImageRole.INIT]),
+            mask=masks[0] if masks else None,
+            control_images=tuple(by_role[ImageRole.CONTROL]),
+        )
+
+
+@dataclass(frozen=True)
+class EngineJob:
+    """One job of an engine call: what it asks, its decoded inputs, and its own control handle
+    (the worker makes one per job; progress, skip, interrupt and cancel act on this job only)."""
+
+    request: GenerationRequest
+    inputs: EngineInputs
+    control: GenerationControl
 
 
 @dataclass
@@ -119,6 +151,11 @@ class Engine(Protocol):
         """What one job may use (torch-free to call, cheap: asked at every submit); None: unknown,
         and no job is refused for its memory. Optional: see ``memory_budget``."""
         ...
+
+
+def run_job(engine: Engine, job: EngineJob) -> EngineOutput:
+    """``job`` on ``engine``: the one place the worker calls ``generate``."""
+    return engine.generate(job.request, job.inputs, job.control)
 
 
 def memory_budget(engine: object | None) -> MemoryBudget | None:

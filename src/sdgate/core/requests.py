@@ -1,15 +1,22 @@
-"""The one request type every dialect translates into.
+"""The one request type every dialect translates into, and the other kind of job a worker runs.
 
 A ``GenerationRequest`` is what a job stores and what the engine runs: fully resolved (seeds are
 concrete numbers, sampler and scheduler are canonical A1111 names), so a job re-run after a crash
 draws the same pixels. Dialect quirks stay in the dialects.
+
+A ``PostprocessRequest`` (A1111's extras: upscale, blend a second upscaler, crop, restore faces) is
+the other kind of job: it draws nothing, but it runs on a worker like a generation, so the API
+process never loads an upscaler. ``JobRequest`` is either, told apart by ``mode`` (``"extras"``
+for a postprocess; a generation's JSON is unchanged). Both name their input images through
+``image_refs()``: the one list of a request's images, with the role each plays.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter
 
 MAX_SEED = 2**64 - 1
 
@@ -18,6 +25,23 @@ class Mode(StrEnum):
     TXT2IMG = "txt2img"
     IMG2IMG = "img2img"
     INPAINT = "inpaint"
+
+
+class ImageRole(StrEnum):
+    """What an input image is for; the engine receives images grouped by it (``EngineInputs``)."""
+
+    INIT = "init"
+    MASK = "mask"
+    CONTROL = "control"  # room for ControlNet's control images
+
+
+class ImageRef(NamedTuple):
+    """One input image of a request: its ``ImageStore`` id, its role, and the request field it came
+    from (``init_images``, ``mask``), which an error about it names."""
+
+    id: str
+    role: ImageRole
+    field: str
 
 
 class LoraRef(BaseModel):
@@ -110,6 +134,11 @@ class GenerationRequest(BaseModel):
     def image_count(self) -> int:
         return self.batch_size * self.n_iter
 
+    def image_refs(self) -> tuple[ImageRef, ...]:
+        """Every image this request reads, init images first (in order), then the mask."""
+        mask = (ImageRef(self.mask, ImageRole.MASK, "mask"),) if self.mask is not None else ()
+        return (*_init_refs(self.init_images), *mask)
+
     def seeds(self) -> list[int]:
         """A1111's rule: image i uses seed + i (wrapping at 2**64), unless a variation seed is used."""
         if self.subseed_strength > 0:
@@ -120,3 +149,94 @@ class GenerationRequest(BaseModel):
         if self.subseed_strength > 0:
             return [(self.subseed + i) % (MAX_SEED + 1) for i in range(self.image_count)]
         return [self.subseed] * self.image_count
+
+
+EXTRAS_MODE = "extras"
+
+
+class FacePass(BaseModel):
+    """One face restorer run over each picture, blended in at ``visibility`` (0..1]."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    restorer: str  # an installed restorer's name (``core.restorers``), resolved at submit
+    visibility: float = Field(1.0, gt=0.0, le=1.0)
+    field: str = "restore_faces"  # the request field an error names (``gfpgan_visibility``, ...)
+
+
+class PostprocessRequest(BaseModel):
+    """A1111's extras over stored pictures, in A1111's order: ``upscaler_1`` to the target size,
+    ``upscaler_2`` blended in at ``upscaler_2_visibility``, a centred crop to the exact size when
+    ``crop`` (to-size mode only), then each face pass. One output picture per input, no infotext.
+
+    The target size is ``scale`` times the picture's (``resize_mode`` 0) or ``width`` x ``height``
+    (``resize_mode`` 1); ``target_size`` computes it, at submit (for the limits) and on the worker.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: Literal["extras"] = EXTRAS_MODE
+    # ``init_images``, as every request calls its input images: ``ImageStore`` ids, validated at the edge.
+    init_images: tuple[str, ...] = ()
+    resize_mode: int = Field(0, ge=0, le=1)  # 0: by ``scale``; 1: to ``width`` x ``height``
+    scale: float = Field(2.0, gt=0.0)
+    width: int = Field(512, ge=1)
+    height: int = Field(512, ge=1)
+    crop: bool = True
+    upscaler_1: str = "None"
+    upscaler_2: str = "None"
+    upscaler_2_visibility: float = Field(0.0, ge=0.0, le=1.0)
+    faces: tuple[FacePass, ...] = ()
+    codeformer_weight: float = Field(0.5, ge=0.0, le=1.0)
+
+    @property
+    def image_count(self) -> int:
+        return len(self.init_images)
+
+    @property
+    def second_upscaler(self) -> str | None:
+        """``upscaler_2`` when it takes part (a name and a visibility above 0), else None."""
+        if self.upscaler_2 in ("None", "") or self.upscaler_2_visibility <= 0:
+            return None
+        return self.upscaler_2
+
+    def image_refs(self) -> tuple[ImageRef, ...]:
+        return _init_refs(self.init_images)
+
+    def target_size(self, width: int, height: int) -> tuple[int, int]:
+        """The output size of a ``width`` x ``height`` picture."""
+        if self.resize_mode == 1:
+            return self.width, self.height
+        return round(width * self.scale), round(height * self.scale)
+
+    def upscaled_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size the upscalers bring a picture to: the target, or, when cropping to a size of
+        another aspect, the smallest size covering it (A1111: then crop, centred)."""
+        w, h = self.target_size(width, height)
+        if not (self.resize_mode == 1 and self.crop):
+            return w, h
+        scale = max(w / width, h / height)
+        return round(width * scale), round(height * scale)
+
+
+def _init_refs(ids: tuple[str, ...]) -> tuple[ImageRef, ...]:
+    return tuple(ImageRef(image_id, ImageRole.INIT, "init_images") for image_id in ids)
+
+
+def _request_kind(value: Any) -> str:
+    mode = value.get("mode") if isinstance(value, dict) else getattr(value, "mode", None)
+    return "extras" if mode == EXTRAS_MODE else "generation"
+
+
+# What a job runs: a generation, or a postprocess (told apart by ``mode``).
+JobRequest = Annotated[
+    Annotated[GenerationRequest, Tag("generation")] | Annotated[PostprocessRequest, Tag("extras")],
+    Discriminator(_request_kind),
+]
+
+_JOB_REQUEST: TypeAdapter[GenerationRequest | PostprocessRequest] = TypeAdapter(JobRequest)
+
+
+def parse_job_request(data: Any) -> GenerationRequest | PostprocessRequest:
+    """A stored request (its JSON) as the model its ``mode`` names."""
+    return _JOB_REQUEST.validate_python(data)

@@ -10,7 +10,6 @@ is a 503 naming the install command; a file spandrel does not recognise is a 400
 
 from __future__ import annotations
 
-import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from PIL import Image
 
 from sdgate.core.errors import InvalidRequest
+from sdgate.core.upscaler_files import UpscalerScales, scale_hint
 from sdgate.core.upscalers import BUILTIN_UPSCALERS
 from sdgate.engine.spandrel_loader import load_image_model
 
@@ -50,10 +50,13 @@ class UpscalerInfo:
 class Upscalers:
     """Names -> upscalers; model files are loaded on first use and kept (one at a time)."""
 
-    def __init__(self, files: list[Any], device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, files: list[Any], device: torch.device | str = "cpu", *, record: UpscalerScales | None = None
+    ) -> None:
         self.device = torch.device(device)
         self._files = {f.name: Path(f.path) for f in files}
         self._scales: dict[Path, int] = {}  # the real scale, once a file has been loaded
+        self._record = record  # where other processes' listings read the real scales
         self._loaded: tuple[str, Any] | None = None
         self._lock = threading.Lock()
 
@@ -102,6 +105,8 @@ class Upscalers:
         self._loaded = None  # one model in memory at a time
         model = load_image_model(path, purposes=UPSCALER_PURPOSES, field=field).to(self.device)
         self._scales[path] = model.scale
+        if self._record is not None:
+            self._record.put(path, model.scale)
         self._loaded = (name, model)
         return model
 
@@ -136,7 +141,4 @@ def to_image(tensor: torch.Tensor) -> Image.Image:
     return Image.fromarray(array, "RGB")
 
 
-def scale_hint(name: str) -> int:
-    """The scale a file's name announces (``4x-UltraSharp``, ``RealESRGAN_x2plus``); 4 otherwise."""
-    m = re.search(r"x(\d)|(\d)x", name.lower())
-    return int(m[1] or m[2]) if m else 4
+__all__ = ["BUILTIN", "UpscalerInfo", "Upscalers", "run_model", "scale_hint", "to_image"]

@@ -32,10 +32,8 @@ PROGRESS_LOG_KEEP = timedelta(hours=1)
 
 
 def job_image_ids(job: Job) -> list[str]:
-    """Every image a job refers to: its inputs and its results."""
-    ids = list(job.request.init_images)
-    if job.request.mask:
-        ids.append(job.request.mask)
+    """Every image a job refers to: its inputs (whatever their role) and its results."""
+    ids = [ref.id for ref in job.request.image_refs()]
     if job.result is not None:
         ids.extend(img.id for img in job.result.images)
     return list(dict.fromkeys(ids))

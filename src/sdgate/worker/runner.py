@@ -1,7 +1,11 @@
 """``Worker``: one thread that claims jobs and runs them on one engine (one worker per device).
 
-    claim_next -> load init images / mask -> engine.generate(request, inputs, control)
+    claim_next -> load request.image_refs() -> engine.generate(request, inputs, control)
                -> encode_png + ImageStore.put per image -> succeed | fail | cancelled
+
+A job's request is a generation (the engine runs it) or a postprocess, A1111's extras (the worker's
+``engine.extras.Postprocessor`` runs it, on the engine's device, one job at a time like the rest):
+the API process submits extras as jobs and never loads an upscaler itself.
 
 A job's failure is that job's alone: the loop logs it, records it, and claims the next. Out of
 memory in the engine (CUDA or CPU) is such a failure too: memory is released and the next job runs.
@@ -29,7 +33,7 @@ from collections.abc import Callable, MutableMapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sdgate.core.engine import Engine, EngineInputs, EngineOutput
+from sdgate.core.engine import Engine, EngineInputs, EngineJob, EngineOutput, run_job
 from sdgate.core.errors import (
     Conflict,
     InvalidRequest,
@@ -41,7 +45,7 @@ from sdgate.core.errors import (
 )
 from sdgate.core.images import encode_png
 from sdgate.core.jobs import Job, JobEventKind
-from sdgate.core.requests import GenerationRequest
+from sdgate.core.requests import GenerationRequest, ImageRef, PostprocessRequest
 from sdgate.core.results import GenerationResult, StoredImage
 from sdgate.jobs.events import JobEvents
 from sdgate.jobs.images import ImageStore
@@ -51,6 +55,8 @@ from sdgate.worker.oom import is_out_of_memory, out_of_memory_error, release_mem
 
 if TYPE_CHECKING:
     from PIL.Image import Image
+
+    from sdgate.engine.extras import Postprocessor
 
 logger = logging.getLogger("sdgate.worker")
 
@@ -79,10 +85,13 @@ class Worker:
         *,
         worker_id: str | None = None,
         progress_interval_s: float = PROGRESS_INTERVAL_S,
+        postprocessor: Postprocessor | None = None,
     ) -> None:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{next(_numbers)}"
         self._store = store
         self._engine = engine
+        self._settings = settings
+        self._postprocessor = postprocessor  # built at the first extras job when not given
         self._images = images
         self._events = events
         self._poll_s = settings.worker_poll_s
@@ -190,14 +199,17 @@ class Worker:
         try:
             # 1. Decode the inputs the request refers to.
             inputs = self._load_inputs(job.request)
-            # 2. Generate.
+            # 2. Generate (or postprocess).
             started = time.perf_counter()
-            output = self._engine.generate(job.request, inputs, control)
+            if isinstance(job.request, PostprocessRequest):
+                output = self._get_postprocessor().run(job.request, inputs, control)
+            else:
+                output = run_job(self._engine, EngineJob(job.request, inputs, control))
             generated = time.perf_counter()
             if control.cancelled or control.cancel_requested():
                 raise JobCancelled(f"job {job.id} was cancelled")
-            # 3. Store the images, each a PNG carrying its infotext.
-            stored = self._store_images(output)
+            # 3. Store the images, each a PNG carrying its infotext (extras carry none).
+            stored = self._store_images(output, with_infotext=not isinstance(job.request, PostprocessRequest))
             # 4. Record the result.
             timings = {
                 **output.timings,
@@ -268,31 +280,39 @@ class Worker:
             self._stopping.wait(delay)
             delay = min(delay * 2, STORAGE_RETRY_MAX_S)
 
-    def _load_inputs(self, request: GenerationRequest) -> EngineInputs:
-        if not request.init_images and request.mask is None:
-            return EngineInputs()
-        init_images = tuple(self._open_image(i, "init_images") for i in request.init_images)
-        mask = self._open_image(request.mask, "mask") if request.mask is not None else None
-        return EngineInputs(init_images=init_images, mask=mask)
+    def _get_postprocessor(self) -> Postprocessor:
+        if self._postprocessor is None:
+            from sdgate.core.models import ModelCatalog
+            from sdgate.engine.extras import postprocessor_for
 
-    def _open_image(self, image_id: str, field: str) -> Image:
+            catalog = getattr(self._engine, "catalog", None) or ModelCatalog(self._settings)
+            self._postprocessor = postprocessor_for(self._engine, catalog)
+        return self._postprocessor
+
+    def _load_inputs(self, request: GenerationRequest | PostprocessRequest) -> EngineInputs:
+        refs = request.image_refs()
+        if not refs:
+            return EngineInputs()
+        return EngineInputs.from_refs((ref, self._open_image(ref)) for ref in refs)
+
+    def _open_image(self, ref: ImageRef) -> Image:
         from PIL import Image as PILImage
 
         try:
-            data = self._images.get(image_id)
+            data = self._images.get(ref.id)
         except NotFound as exc:
-            raise NotFound(exc.message, field=field) from exc
+            raise NotFound(exc.message, field=ref.field) from exc
         try:
             image = PILImage.open(io.BytesIO(data))
             image.load()
         except (OSError, ValueError, PILImage.DecompressionBombError) as exc:
-            raise InvalidRequest(f"image {image_id} cannot be decoded: {exc}", field=field) from exc
+            raise InvalidRequest(f"image {ref.id} cannot be decoded: {exc}", field=ref.field) from exc
         return image
 
-    def _store_images(self, output: EngineOutput) -> tuple[StoredImage, ...]:
+    def _store_images(self, output: EngineOutput, *, with_infotext: bool = True) -> tuple[StoredImage, ...]:
         stored = []
         for generated in output.images:
-            png = encode_png(generated.image, generated.infotext)
+            png = encode_png(generated.image, generated.infotext if with_infotext else None)
             stored.append(
                 StoredImage(
                     id=self._images.put(png, content_type="image/png"),
@@ -307,7 +327,7 @@ class Worker:
 
 
 def _result(
-    request: GenerationRequest,
+    request: GenerationRequest | PostprocessRequest,
     output: EngineOutput,
     stored: tuple[StoredImage, ...],
     control: JobControl,

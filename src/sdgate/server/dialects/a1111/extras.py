@@ -1,9 +1,12 @@
 """A1111's extras (upscaling) routes and its remaining listings and controls.
 
-``/extra-single-image`` and ``/extra-batch-images`` run the upscalers of ``engine.upscalers`` and
-then, as A1111 1.x orders them, GFPGAN and CodeFormer (``engine.restorers``: the whole picture, no
-face detector; see there) in this process; the listings read the models folder live (without
-torch), so the refresh routes have nothing to do.
+``/extra-single-image`` and ``/extra-batch-images`` are checked and their pictures stored here,
+then run as one job (a ``PostprocessRequest``) on a worker: the upscalers of ``engine.upscalers``
+and then, as A1111 1.x orders them, GFPGAN and CodeFormer (``engine.restorers``: the whole picture,
+no face detector; see there), by ``engine.extras``. The route waits for the job and answers with its
+pictures; an API-only process queues the job for a worker elsewhere. Nothing here imports torch:
+the listings read the models folder live (a file's scale from its name, or the one a worker
+recorded when it loaded it), so the refresh routes have nothing to do.
 """
 
 from __future__ import annotations
@@ -14,14 +17,18 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter, BackgroundTasks
+from fastapi import APIRouter, BackgroundTasks, Request
 from starlette.concurrency import run_in_threadpool
 
 from sdgate.core import images as core_images
 from sdgate.core import restorers
 from sdgate.core.errors import InvalidRequest, NotFound
-from sdgate.core.upscalers import LATENT_UPSCALE_MODES
-from sdgate.server.deps import ServicesDep, image_limits
+from sdgate.core.requests import FacePass, PostprocessRequest
+from sdgate.core.upscaler_files import scale_hint, scales_for, upscaler_listing
+from sdgate.core.upscalers import LATENT_UPSCALE_MODES, check_upscaler
+from sdgate.server import jobflow
+from sdgate.server.auth import Principal
+from sdgate.server.deps import CurrentPrincipal, ServicesDep, image_limits
 from sdgate.server.dialects.a1111.protocol import (
     ExtrasBase,
     ExtrasBatchImagesRequest,
@@ -37,6 +44,9 @@ log = logging.getLogger("sdgate.a1111")
 router = APIRouter(prefix="/sdapi/v1", route_class=A1111Route, tags=["AUTOMATIC1111"])
 
 MAX_SCALE = 8.0
+# The jobs of these routes: not A1111 generations, so ``/progress``, ``/interrupt`` and ``/skip``
+# (which follow the ``a1111`` dialect's jobs) leave them alone, as A1111's do.
+EXTRAS_DIALECT = "a1111-extras"
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,8 @@ class _LoadedUpscalers:
 
 
 def get_upscalers(services: Services) -> Any:
+    """The models folder's upscalers loaded in this process (torch). Only the SD upscale script's
+    model upscaler still runs here; the extras routes run theirs on a worker."""
     from sdgate.engine.devices import resolve_device
     from sdgate.engine.upscalers import Upscalers
 
@@ -56,35 +68,22 @@ def get_upscalers(services: Services) -> Any:
         device = (
             resolve_device(services.settings.device) if services.settings.engine == "diffusers" else "cpu"
         )
-        cached = _LoadedUpscalers(key, Upscalers(files, device))
+        record = scales_for(services.settings.data_dir)
+        cached = _LoadedUpscalers(key, Upscalers(files, device, record=record))
         services.state.put(cached)
     return cached.upscalers
 
 
-def get_face_restorers(services: Services) -> Any:
-    from sdgate.engine.devices import resolve_device
-    from sdgate.engine.restorers import face_restorers
-
-    settings = services.settings
-    return face_restorers(
-        services.catalog, resolve_device(settings.device) if settings.engine == "diffusers" else "cpu"
-    )
-
-
-def _target_size(body: ExtrasBase, width: int, height: int) -> tuple[int, int]:
-    if body.resize_mode == 1:
-        w, h = body.upscaling_resize_w, body.upscaling_resize_h
-    elif body.resize_mode == 0:
-        if not 0 < body.upscaling_resize <= MAX_SCALE:
-            raise InvalidRequest(f"upscaling_resize must be in (0, {MAX_SCALE}]", field="upscaling_resize")
-        w, h = round(width * body.upscaling_resize), round(height * body.upscaling_resize)
-    else:
+def _check_scale(body: ExtrasBase) -> None:
+    if body.resize_mode == 0 and not 0 < body.upscaling_resize <= MAX_SCALE:
+        raise InvalidRequest(f"upscaling_resize must be in (0, {MAX_SCALE}]", field="upscaling_resize")
+    if body.resize_mode not in (0, 1):
         raise InvalidRequest("resize_mode must be 0 (scale) or 1 (to size)", field="resize_mode")
-    return w, h
 
 
-def _face_passes(body: ExtrasBase, services: Services) -> list[tuple[str, str, float]]:
-    """(field, restorer, visibility) in A1111's order; a 400 naming the field when one is not installed."""
+def _face_passes(body: ExtrasBase, services: Services) -> tuple[FacePass, ...]:
+    """GFPGAN then CodeFormer (A1111's order) where asked; a 400 naming the field when one is not
+    installed."""
     files = services.catalog.list_files("face_restorers")
     passes = []
     for field, name, visibility in (
@@ -94,8 +93,9 @@ def _face_passes(body: ExtrasBase, services: Services) -> list[tuple[str, str, f
         if not 0.0 <= visibility <= 1.0:
             raise InvalidRequest(f"{field} must be between 0 and 1", field=field)
         if visibility > 0:
-            passes.append((field, restorers.choose(files, name, field=field), visibility))
-    return passes
+            restorer = restorers.choose(files, name, field=field)
+            passes.append(FacePass(restorer=restorer, visibility=visibility, field=field))
+    return tuple(passes)
 
 
 def _check(body: ExtrasBase, services: Services) -> None:
@@ -112,56 +112,82 @@ def _check(body: ExtrasBase, services: Services) -> None:
                 raise InvalidRequest(f"{field} must be in 1..{services.settings.max_side}", field=field)
 
 
-def _process(services: Services, body: ExtrasBase, encoded: str, field: str) -> str:
-    from PIL import Image
-
+def _postprocess_request(
+    services: Services, body: ExtrasBase, encoded: list[tuple[str, str]]
+) -> PostprocessRequest:
+    """Check ``body`` and its pictures (``(base64, field)`` pairs) as A1111's extras would be run,
+    and store the pictures: a 400 naming the field before any job exists."""
     _check(body, services)
     faces = _face_passes(body, services)
-    image = core_images.decode_base64_image(encoded, field=field, limits=image_limits(services))
-    w, h = _target_size(body, image.width, image.height)
-    if w * h > services.settings.max_pixels * 4 or max(w, h) > 4 * services.settings.max_side:
-        raise InvalidRequest(f"the upscaled image ({w}x{h}) would be too large", field="upscaling_resize")
-    upscalers = get_upscalers(services)
-    crop = body.resize_mode == 1 and body.upscaling_crop
-    scale = max(w / image.width, h / image.height) if crop else None
-    inner = (round(image.width * scale), round(image.height * scale)) if scale else (w, h)
-    out = upscalers.upscale(image, body.upscaler_1, *inner, field="upscaler_1")
-    if body.upscaler_2 not in ("None", "") and body.extras_upscaler_2_visibility > 0:
-        second = upscalers.upscale(image, body.upscaler_2, *inner, field="upscaler_2")
-        out = Image.blend(out, second, body.extras_upscaler_2_visibility)
-    if crop and out.size != (w, h):  # A1111: crop to the asked size, centred
-        left, top = (out.width - w) // 2, (out.height - h) // 2
-        out = out.crop((left, top, left + w, top + h))
-    for field_name, name, visibility in faces:
-        out = get_face_restorers(services).restore(
-            out, name, visibility=visibility, codeformer_weight=body.codeformer_weight, field=field_name
-        )
-    return core_images.image_to_base64_png(out)
+    request = PostprocessRequest(
+        resize_mode=body.resize_mode,
+        scale=body.upscaling_resize,
+        width=body.upscaling_resize_w,
+        height=body.upscaling_resize_h,
+        crop=body.upscaling_crop,
+        upscaler_1=body.upscaler_1,
+        upscaler_2=body.upscaler_2,
+        upscaler_2_visibility=body.extras_upscaler_2_visibility,
+        faces=faces,
+        codeformer_weight=body.codeformer_weight,
+    )
+    limits, settings = image_limits(services), services.settings
+    pictures = []
+    for value, field in encoded:
+        image = core_images.decode_base64_image(value, field=field, limits=limits)
+        _check_scale(body)
+        w, h = request.target_size(image.width, image.height)
+        if w * h > settings.max_pixels * 4 or max(w, h) > 4 * settings.max_side:
+            raise InvalidRequest(f"the upscaled image ({w}x{h}) would be too large", field="upscaling_resize")
+        pictures.append(image)
+    check_upscaler(body.upscaler_1, services.catalog, field="upscaler_1", latent=False)
+    if request.second_upscaler is not None:
+        check_upscaler(request.second_upscaler, services.catalog, field="upscaler_2", latent=False)
+    ids = tuple(services.images.put(core_images.encode_png(p), content_type="image/png") for p in pictures)
+    return request.model_copy(update={"init_images": ids})
+
+
+async def _run(
+    services: Services,
+    http_request: Request,
+    principal: Principal,
+    body: ExtrasBase,
+    encoded: list[tuple[str, str]],
+) -> list[str]:
+    """The pictures of ``encoded`` through ``body``'s extras, on a worker, as base64 PNGs."""
+    if not encoded:
+        return []
+    request = await run_in_threadpool(_postprocess_request, services, body, encoded)
+    job = await jobflow.run_blocking(
+        services, request, http_request, dialect=EXTRAS_DIALECT, principal=principal
+    )
+    return [jobflow.b64(data) for data in await jobflow.image_bytes(services, job)]
 
 
 @router.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
-async def extra_single_image(services: ServicesDep, body: ExtrasSingleImageRequest) -> dict[str, Any]:
-    image = await run_in_threadpool(_process, services, body, body.image, "image")
-    return {"html_info": "", "image": image}
+async def extra_single_image(
+    request: Request, services: ServicesDep, principal: CurrentPrincipal, body: ExtrasSingleImageRequest
+) -> dict[str, Any]:
+    images = await _run(services, request, principal, body, [(body.image, "image")])
+    return {"html_info": "", "image": images[0] if images else ""}
 
 
 @router.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse)
-async def extra_batch_images(services: ServicesDep, body: ExtrasBatchImagesRequest) -> dict[str, Any]:
+async def extra_batch_images(
+    request: Request, services: ServicesDep, principal: CurrentPrincipal, body: ExtrasBatchImagesRequest
+) -> dict[str, Any]:
     if len(body.imageList) > services.settings.max_batch_images:
         raise InvalidRequest(
             f"imageList: at most {services.settings.max_batch_images} images", field="imageList"
         )
-    images = [
-        await run_in_threadpool(_process, services, body, item.data, f"imageList.{i}.data")
-        for i, item in enumerate(body.imageList)
-    ]
-    return {"html_info": "", "images": images}
+    encoded = [(item.data, f"imageList.{i}.data") for i, item in enumerate(body.imageList)]
+    return {"html_info": "", "images": await _run(services, request, principal, body, encoded)}
 
 
 @router.get("/upscalers", response_model=list[dict[str, Any]])
 async def upscalers(services: ServicesDep) -> list[dict[str, Any]]:
-    found = await run_in_threadpool(get_upscalers, services)
-    return [u.listing() for u in found.list()]
+    files = await run_in_threadpool(services.catalog.list_files, "esrgan")
+    return upscaler_listing(files, scales_for(services.settings.data_dir))
 
 
 @router.get("/latent-upscale-modes", response_model=list[dict[str, str]])
@@ -196,13 +222,7 @@ async def realesrgan_models(services: ServicesDep) -> list[dict[str, Any]]:
     files = await run_in_threadpool(services.catalog.list_files, "esrgan")
     root = services.settings.resolved_models_dir / "RealESRGAN"
     found = [f for f in files if root in f.path.parents or (root.resolve() in f.path.parents)]
-    return [{"name": f.name, "path": str(f.path), "scale": _scale(f.name)} for f in found]
-
-
-def _scale(name: str) -> int:
-    from sdgate.engine.upscalers import scale_hint
-
-    return scale_hint(name)
+    return [{"name": f.name, "path": str(f.path), "scale": scale_hint(f.name)} for f in found]
 
 
 @router.post("/unload-checkpoint", response_model=None)

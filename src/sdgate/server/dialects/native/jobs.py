@@ -11,19 +11,16 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
 from starlette.concurrency import run_in_threadpool
 
 from sdgate.core.errors import Conflict, InvalidRequest, NotFound
 from sdgate.core.jobs import ControlAction, Job, JobEventKind, JobState
 from sdgate.core.requests import GenerationRequest
-from sdgate.jobs.database import transaction
 from sdgate.jobs.idempotency import canonical_hash
 from sdgate.jobs.retention import purge_job
-from sdgate.jobs.schema import uploads as uploads_table
 from sdgate.jobs.webhooks import check_callback_url
 from sdgate.server import jobflow
 from sdgate.server.auth import Principal
@@ -31,7 +28,8 @@ from sdgate.server.deps import image_limits
 from sdgate.server.dialects.native import images as native_images
 from sdgate.server.dialects.native import names, translate
 from sdgate.server.dialects.native.protocol import JobCreate
-from sdgate.server.dialects.native.runtime import NativeRuntime
+from sdgate.server.imaging import stand_ins
+from sdgate.server.runtime import ServerRuntime
 from sdgate.server.services import Services
 
 log = logging.getLogger("sdgate.native")
@@ -40,7 +38,6 @@ DIALECT = "native"
 DELETE_WAIT_S = 60.0
 # The longest ``?wait=`` a caller may ask for: a long poll, not a blocking route.
 MAX_WAIT_S = 60.0
-_PLACEHOLDER = "img_" + "0" * 24
 
 
 # -- submit -----------------------------------------------------------------------------------------
@@ -53,10 +50,10 @@ def build_request(services: Services, body: JobCreate) -> GenerationRequest:
     restorer = names.face_restorer(services.settings, body.restore_faces)
     inits, mask = translate.image_inputs(body)
     # Check everything cheap before storing any image.
+    init_stand_ins, mask_stand_in = stand_ins(len(inits), mask=mask is not None)
     checked = translate.generation_request(
         body, model=model.name, defaults=services.model_defaults(model), settings=services.settings,
-        init_images=tuple(_PLACEHOLDER for _ in inits), mask=_PLACEHOLDER if mask else None, styles=styles,
-        restore_faces=restorer,
+        init_images=init_stand_ins, mask=mask_stand_in, styles=styles, restore_faces=restorer,
     )
     if body.callback_url is not None:
         check_callback_url(body.callback_url, allow_private=services.settings.allow_private_callbacks)
@@ -77,7 +74,7 @@ def build_request(services: Services, body: JobCreate) -> GenerationRequest:
     return checked.model_copy(update={"init_images": init_ids, "mask": mask_id})
 
 
-async def submit(runtime: NativeRuntime, body: JobCreate, *, principal: Principal,
+async def submit(runtime: ServerRuntime, body: JobCreate, *, principal: Principal,
                  idempotency_key: str | None) -> tuple[Job, bool]:
     """The job for ``body`` and whether it is new (False: an ``Idempotency-Key`` replay)."""
     services = runtime.services
@@ -119,7 +116,7 @@ async def wait_until_done(services: Services, job: Job, wait: float) -> Job:
         return await run_in_threadpool(services.store.get, job.id)
 
 
-def render(runtime: NativeRuntime, job: Job, *, include_images: bool = False) -> dict[str, Any]:
+def render(runtime: ServerRuntime, job: Job, *, include_images: bool = False) -> dict[str, Any]:
     """One job as the API shows it (sync); with ``include_images``, each image's file inline."""
     position = runtime.services.store.position(job.id) if job.state is JobState.QUEUED else None
     webhook = runtime.webhooks.status([job.id]).get(job.id)
@@ -131,7 +128,7 @@ def render(runtime: NativeRuntime, job: Job, *, include_images: bool = False) ->
                              image_data=image_data)
 
 
-def inline_event_images(runtime: NativeRuntime, message: str) -> str:
+def inline_event_images(runtime: ServerRuntime, message: str) -> str:
     """One SSE message (``events.sse_message``); a ``succeeded`` one gets each image's file inline
     (base64 ``data``), as ``?include=images`` gives it on the job routes. Others pass unchanged, and
     so does an image gone from the store (the client still has its URL)."""
@@ -148,7 +145,7 @@ def inline_event_images(runtime: NativeRuntime, message: str) -> str:
     return "\n".join(lines) + "\n\n"
 
 
-async def with_inline_images(runtime: NativeRuntime, stream: AsyncIterator[str]) -> AsyncIterator[str]:
+async def with_inline_images(runtime: ServerRuntime, stream: AsyncIterator[str]) -> AsyncIterator[str]:
     """A job's SSE stream whose terminal ``succeeded`` event carries the images' files: the client
     that follows a job for its progress needs no GET per image afterwards."""
     try:
@@ -162,7 +159,7 @@ async def with_inline_images(runtime: NativeRuntime, stream: AsyncIterator[str])
             await close()
 
 
-def render_many(runtime: NativeRuntime, jobs: list[Job]) -> list[dict[str, Any]]:
+def render_many(runtime: ServerRuntime, jobs: list[Job]) -> list[dict[str, Any]]:
     hooks = runtime.webhooks.status([j.id for j in jobs])
     store = runtime.services.store
     return [
@@ -182,7 +179,7 @@ def parse_metadata_filters(filters: list[str]) -> dict[str, str]:
     return out
 
 
-def page(runtime: NativeRuntime, *, user: str | None, states: list[JobState] | None,
+def page(runtime: ServerRuntime, *, user: str | None, states: list[JobState] | None,
          created_after: datetime | None, created_before: datetime | None, metadata: list[str],
          limit: int, cursor: str | None) -> dict[str, Any]:
     jobs, next_seq = runtime.services.store.page(
@@ -209,7 +206,7 @@ async def cancel(services: Services, job_id: str, user: str | None) -> Job:
     return await run_in_threadpool(services.store.request_control, job_id, ControlAction.CANCEL)
 
 
-async def delete(runtime: NativeRuntime, job_id: str, user: str | None) -> None:
+async def delete(runtime: ServerRuntime, job_id: str, user: str | None) -> None:
     """Cancels the job if needed, waits for it to stop, then deletes it and the images only it used."""
     services = runtime.services
     job = await run_in_threadpool(get, services, job_id, user)
@@ -224,14 +221,14 @@ async def delete(runtime: NativeRuntime, job_id: str, user: str | None) -> None:
     log.info("job %s deleted", job_id)
 
 
-async def retry(runtime: NativeRuntime, job_id: str, principal: Principal) -> Job:
+async def retry(runtime: ServerRuntime, job_id: str, principal: Principal) -> Job:
     """A new job with the same resolved request (so the same seeds), priority, metadata and callback;
     an anonymous caller's retry keeps the job's owner."""
     services = runtime.services
     job = await run_in_threadpool(get, services, job_id, principal.id)
     if not job.state.terminal:
         raise Conflict(f"job {job_id} is {job.state.value}; only a finished job can be retried")
-    missing = [i for i in (*job.request.init_images, job.request.mask) if i and not services.images.exists(i)]
+    missing = [ref.id for ref in job.request.image_refs() if not services.images.exists(ref.id)]
     if missing:
         raise Conflict(f"job {job_id}'s input image {missing[0]} is gone; submit it again")
     owner = principal if principal.id is not None else replace(principal, id=job.owner)
@@ -247,28 +244,15 @@ async def retry(runtime: NativeRuntime, job_id: str, principal: Principal) -> Jo
 # -- uploads and the queue --------------------------------------------------------------------------
 
 
-def upload(runtime: NativeRuntime, data: bytes, user: str | None) -> native_images.StoredUpload:
+def upload(runtime: ServerRuntime, data: bytes, user: str | None) -> native_images.StoredUpload:
     """Validates and stores an uploaded image once (by content hash), and starts its retention clock."""
     services = runtime.services
     stored = native_images.store_upload(services.images, data, limits=image_limits(services))
-    now = datetime.now(UTC)
-    with transaction(services.store.database, write=True) as conn:
-        known = conn.execute(
-            sa.select(uploads_table.c.image_id).where(uploads_table.c.image_id == stored.id)
-        ).first()
-        if known is None:
-            conn.execute(sa.insert(uploads_table).values(
-                image_id=stored.id, owner=user, content_type=stored.content_type, size=stored.size,
-                created_at=now,
-            ))
-        else:
-            conn.execute(
-                sa.update(uploads_table).where(uploads_table.c.image_id == stored.id).values(created_at=now)
-            )
+    runtime.uploads.record(stored.id, owner=user, content_type=stored.content_type, size=stored.size)
     return stored
 
 
-def queue_status(runtime: NativeRuntime) -> dict[str, Any]:
+def queue_status(runtime: ServerRuntime) -> dict[str, Any]:
     """Depth, running job ids and a rough ETA: what the running jobs say they need, plus the queued
     jobs at the mean duration of recent ones, spread over the workers."""
     services = runtime.services
