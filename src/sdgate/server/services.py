@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from sdgate.core.engine import Engine, ModelDefaults
+from sdgate.core.jobs import JobStore
 from sdgate.core.models import ModelCatalog, ModelInfo
 from sdgate.jobs.events import JobEvents
-from sdgate.jobs.images import LocalImageStore
+from sdgate.jobs.factory import Stores, stores_for
+from sdgate.jobs.images import ImageStore
 from sdgate.jobs.outbox import OutboxFollower
-from sdgate.jobs.store import SqlJobStore
 from sdgate.settings import Settings
 
 if TYPE_CHECKING:
@@ -64,12 +65,12 @@ class StateRegistry:
 
 @dataclass
 class Services:
+    """The ports a server runs on: only protocols (``JobStore``, ``ImageStore``, the event bus and
+    outbox, an ``Engine``), built from URLs by ``jobs.factory``; nothing here names a concrete store."""
+
     settings: Settings
     catalog: ModelCatalog
-    store: SqlJobStore
-    images: LocalImageStore
-    events: JobEvents
-    outbox: OutboxFollower
+    stores: Stores
     engine: Engine | None = None
     workers: list[Worker] = field(default_factory=list)
     state: StateRegistry = field(default_factory=StateRegistry)  # per-dialect typed state
@@ -78,14 +79,7 @@ class Services:
     def build(cls, settings: Settings, *, engine: Engine | None = None, run_workers: bool = True) -> Services:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         catalog = ModelCatalog(settings)
-        events = JobEvents()
-        store = SqlJobStore(settings.database_url, events=events, max_queue=settings.max_queue,
-                            lease_s=settings.job_lease_s)
-        outbox = OutboxFollower(store.database, origin=store.origin, bus=events)
-        store.on_commit(outbox.wake)
-        images = LocalImageStore(settings.images_dir)
-        services = cls(settings=settings, catalog=catalog, store=store, images=images, events=events,
-                       outbox=outbox)
+        services = cls(settings=settings, catalog=catalog, stores=stores_for(settings))
         if run_workers and settings.workers > 0:
             if engine is None:
                 from sdgate.engine import create_engine
@@ -93,6 +87,28 @@ class Services:
                 engine = create_engine(settings, catalog)
             services.engine = engine
         return services
+
+    @property
+    def store(self) -> JobStore:
+        return self.stores.jobs
+
+    @property
+    def images(self) -> ImageStore:
+        return self.stores.images
+
+    @property
+    def events(self) -> JobEvents:
+        return self.stores.events
+
+    @property
+    def outbox(self) -> OutboxFollower:
+        return self.stores.outbox
+
+    @property
+    def database(self) -> Any:
+        """The handle ``jobs/`` modules with their own tables are built from (event log, keys,
+        webhooks, uploads); opaque here: nothing outside ``jobs/`` runs SQL on it."""
+        return self.stores.database
 
     def start(self) -> None:
         """Follow the outbox, hand back jobs whose worker's lease expired (each is re-queued until
@@ -115,10 +131,12 @@ class Services:
         for worker in self.workers:
             worker.stop(timeout=30)
         self.workers.clear()
-        self.outbox.stop()
+        self.stores.close()
 
     def model_defaults(self, info: ModelInfo) -> ModelDefaults:
-        if self.engine is not None and self.settings.engine == "null":
+        """What a request that leaves size or steps out gets: the engine's answer where one runs
+        (it knows what loading found out), else the catalog's (an API-only process)."""
+        if self.engine is not None:
             return self.engine.model_defaults(info.name)
         return self.catalog.defaults_for(info)
 
