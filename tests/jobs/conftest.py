@@ -106,7 +106,8 @@ def sqlite_url(tmp_path: Path) -> str:
 
 @pytest.fixture(params=DATABASES)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database at the newest migration: a SQLite file, or a fresh PostgreSQL database."""
+    """A SQLite file (made and migrated by the first store that opens it), or a fresh PostgreSQL
+    database already at the newest migration."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'jobs.db'}"
         return

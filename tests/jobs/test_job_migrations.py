@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 import threading
 from pathlib import Path
 
@@ -11,7 +12,15 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from sdgate.core.requests import GenerationRequest
-from sdgate.jobs.database import alembic_config, create_db_engine, transaction, upgrade_schema
+from sdgate.jobs.database import (
+    DatabaseUnreachable,
+    SchemaChange,
+    SchemaMismatch,
+    alembic_config,
+    create_db_engine,
+    transaction,
+    upgrade_schema,
+)
 from sdgate.jobs.schema import metadata
 from sdgate.jobs.store import SqlJobStore
 
@@ -27,17 +36,18 @@ def _version(engine: sa.Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def test_upgrade_creates_the_schema_on_an_empty_database(tmp_path: Path) -> None:
-    engine = create_db_engine(f"sqlite:///{tmp_path / 'fresh' / 'db.sqlite'}")
+def test_upgrade_creates_the_schema_on_an_empty_database(empty_db_url: str) -> None:
+    engine = create_db_engine(empty_db_url)
     try:
-        upgrade_schema(engine)
+        assert upgrade_schema(engine) == SchemaChange(None, _head())
         inspector = sa.inspect(engine)
         assert "jobs" in inspector.get_table_names()
         indexes = {ix["name"] for ix in inspector.get_indexes("jobs")}
         assert {"ix_jobs_claim", "ix_jobs_owner_seq", "ix_jobs_dialect_seq"} <= indexes
         assert _version(engine) == _head()
-        with engine.connect() as conn:
-            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        if engine.dialect.name == "sqlite":
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     finally:
         engine.dispose()
 
@@ -57,22 +67,22 @@ def test_the_claim_query_uses_its_index(tmp_path: Path) -> None:
         engine.dispose()
 
 
-def test_upgrade_is_idempotent_and_keeps_data(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    with SqlJobStore(url) as first:
+def test_upgrade_is_idempotent_and_keeps_data(empty_db_url: str) -> None:
+    url = empty_db_url
+    with SqlJobStore(url) as first:  # an empty database is created at head, PostgreSQL too
         job = first.submit(GenerationRequest(prompt="kept"))
     with SqlJobStore(url) as second:  # runs ``upgrade head`` again
         assert second.get(job.id) == job
     engine = create_db_engine(url)
     try:
-        upgrade_schema(engine)
+        assert not upgrade_schema(engine).changed
         assert _version(engine) == _head()
     finally:
         engine.dispose()
 
 
-def test_migrations_match_the_live_schema(tmp_path: Path) -> None:
-    engine = create_db_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def test_migrations_match_the_live_schema(empty_db_url: str) -> None:
+    engine = create_db_engine(empty_db_url)
     try:
         upgrade_schema(engine)
         with engine.connect() as conn:
@@ -82,8 +92,8 @@ def test_migrations_match_the_live_schema(tmp_path: Path) -> None:
         engine.dispose()
 
 
-def test_downgrade_to_base_and_back(tmp_path: Path) -> None:
-    engine = create_db_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def test_downgrade_to_base_and_back(empty_db_url: str) -> None:
+    engine = create_db_engine(empty_db_url)
     try:
         upgrade_schema(engine)
         config = alembic_config()
@@ -97,8 +107,8 @@ def test_downgrade_to_base_and_back(tmp_path: Path) -> None:
         engine.dispose()
 
 
-def test_concurrent_start_ups_migrate_once(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+def test_concurrent_start_ups_migrate_once(empty_db_url: str) -> None:
+    url = empty_db_url
     errors: list[BaseException] = []
     start = threading.Barrier(4)
 
@@ -127,3 +137,61 @@ def test_migrations_render_offline_for_sqlite_and_postgresql(
     assert "CREATE INDEX ix_jobs_claim ON jobs (state, priority DESC, seq)" in sql
     if url.startswith("postgresql"):
         assert "JSONB" in sql and "TIMESTAMP WITH TIME ZONE" in sql
+
+
+# -- the start-up check (database.ensure_schema, run by every SqlJobStore) ---------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_schema_newer_than_the_code_is_refused_with_one_line(db_url: str) -> None:
+    engine = create_db_engine(db_url)
+    try:
+        upgrade_schema(engine)
+        with transaction(engine, write=True) as conn:
+            conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999_from_the_future'"))
+        with pytest.raises(SchemaMismatch) as info:
+            SqlJobStore(db_url)
+        message = str(info.value)
+        assert "9999_from_the_future, newer than this sdgate" in message and "\n" not in message
+        with pytest.raises(SchemaMismatch):  # nor does `sdgate db upgrade` touch it
+            upgrade_schema(engine)
+        assert _version(engine) == "9999_from_the_future"
+    finally:
+        engine.dispose()
+
+
+def test_an_older_schema_is_upgraded_on_sqlite_and_refused_on_postgresql(empty_db_url: str) -> None:
+    engine = create_db_engine(empty_db_url)
+    try:
+        config = alembic_config()
+        with transaction(engine, write=True) as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0002_native_api")
+        if engine.dialect.name == "sqlite":  # embedded mode: no extra step for users
+            SqlJobStore(empty_db_url).close()
+            assert _version(engine) == _head()
+            return
+        with pytest.raises(SchemaMismatch) as info:
+            SqlJobStore(empty_db_url)
+        assert "older than this sdgate" in str(info.value)
+        assert "run `sdgate db upgrade --database URL` once" in str(info.value)
+        assert _version(engine) == "0002_native_api"  # left alone
+        assert upgrade_schema(engine) == SchemaChange("0002_native_api", _head())
+        SqlJobStore(empty_db_url).close()
+    finally:
+        engine.dispose()
+
+
+def test_an_unreachable_database_is_one_line_naming_it_without_the_password() -> None:
+    port = _free_port()
+    url = f"postgresql://me:hunter2@127.0.0.1:{port}/nowhere"  # nothing listens there
+    with pytest.raises(DatabaseUnreachable) as info:
+        SqlJobStore(url)
+    message = str(info.value)
+    assert message.startswith(f"could not reach the job database at postgresql+psycopg://me:***@127.0.0.1:{port}/")
+    assert "hunter2" not in message and "\n" not in message
