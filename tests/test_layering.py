@@ -49,9 +49,19 @@ def test_core_imports_neither_fastapi_nor_torch() -> None:
 
 
 # Routes that must answer without torch in the API process (the null engine in embedded mode: its
-# workers are torch-free too). Left out, with the reason: the A1111 extras routes
-# (``/sdapi/v1/extra-*``) load upscalers with torch in the API process until they run on a worker
-# as jobs (issue 14, item 2).
+# workers are torch-free too, and so are the built-in upscalers an extras job runs there).
+def _tiny_png_b64() -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (6, 4), "red").save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+_PNG = _tiny_png_b64()
 REQUEST_TIME_ROUTES = [
     ("GET", "/healthz", None),
     ("GET", "/readyz", None),
@@ -66,6 +76,9 @@ REQUEST_TIME_ROUTES = [
     ("GET", "/api/v1/models", None),
     ("GET", "/v1/models", None),
     ("GET", "/v1/engines/list", None),
+    ("GET", "/sdapi/v1/upscalers", None),
+    ("POST", "/sdapi/v1/extra-single-image", {"image": _PNG, "upscaler_1": "Lanczos", "upscaling_resize": 2}),
+    ("POST", "/sdapi/v1/extra-batch-images", {"imageList": [{"data": _PNG}], "upscaler_1": "Nearest"}),
 ]
 
 
@@ -111,3 +124,5 @@ def test_api_requests_do_not_import_torch(tmp_path: Path) -> None:
     assert failed == [], failed
     native = next(r for r in report["results"] if r[1].startswith("/api/v1/jobs?"))
     assert '"succeeded"' in native[3], native
+    extras = [r for r in report["results"] if "/extra-" in r[1]]
+    assert [r[2] for r in extras] == [200, 200], extras  # the extras jobs ran on the worker
