@@ -23,6 +23,7 @@ from urllib.parse import quote
 from sdgate.core.errors import ModelNotFound
 from sdgate.core.jobs import Job
 from sdgate.core.models import Family, ModelCatalog, ModelInfo
+from sdgate.server.logs import LogOnce
 from sdgate.settings import Settings
 
 log = logging.getLogger("sdgate.models")
@@ -70,7 +71,7 @@ _REPO_FAMILIES: tuple[tuple[re.Pattern[str], Family], ...] = (
     (re.compile(r"stable-diffusion-v1|sd-?1|v1-5|dreamshaper|realistic_vision|openjourney", re.I), "sd1"),
 )
 
-_warned: set[str] = set()
+_unknown_model = LogOnce(log, "%s: unknown model %r; using the default model %s")
 
 MODEL_HEADER = "X-Sdgate-Model"
 # Printable ASCII passes as is; anything else is percent-encoded (header values are latin-1).
@@ -107,9 +108,7 @@ def resolve_model(catalog: ModelCatalog, settings: Settings, name: str | None, *
     except ModelNotFound:
         if settings.strict_models:
             raise
-    if name not in _warned:
-        _warned.add(name)
-        log.info("%s: unknown model %r; using the default model %s", dialect, name, catalog.default.name)
+    _unknown_model.once(name, dialect, name, catalog.default.name)
     return catalog.default
 
 

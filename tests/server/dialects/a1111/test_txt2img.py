@@ -142,7 +142,7 @@ async def test_known_but_ignored_fields_are_logged_once(
 ) -> None:
     from sdgate.server.dialects.a1111 import router
 
-    router._warned_fields.discard("comments")
+    router._ignored_fields.forget("comments")
     payload = {"prompt": "x", "steps": 2, "width": 64, "height": 64, "comments": {"a": 1}}
     with caplog.at_level("INFO", logger="sdgate.a1111"):
         for _ in range(2):

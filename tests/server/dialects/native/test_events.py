@@ -12,7 +12,7 @@ import websockets
 from sdgate.core.jobs import Job
 from sdgate.server.app import create_app
 from sdgate.server.dialects.native.events import parse_last_event_id
-from sdgate.server.dialects.native.runtime import NativeRuntime
+from sdgate.server.runtime import ServerRuntime
 from tests.harness import ThreadServer
 from tests.server.dialects.native.conftest import (
     parse_sse,
@@ -145,7 +145,7 @@ async def test_a_long_stream_closes_and_resumes_where_it_stopped(api: httpx.Asyn
     from sdgate.server.dialects.native.events import job_stream
 
     job = (await api.post("/api/v1/jobs", json={"prompt": "slow", "steps": 40})).json()
-    runtime = api.app.state.services.state.get(NativeRuntime)  # type: ignore[attr-defined]
+    runtime = api.app.state.services.state.get(ServerRuntime)  # type: ignore[attr-defined]
     stream = job_stream(runtime, await _stored_job(api, job["id"]), 0, poll_s=0.05, max_s=0.2)
     first = parse_sse("".join([chunk async for chunk in stream]))
     assert first and first[-1]["event"] not in ("succeeded", "failed", "cancelled")

@@ -12,7 +12,7 @@ import httpx
 from sdgate.core.jobs import JobEventKind
 from sdgate.server.dialects.native import jobs as native_jobs
 from sdgate.server.dialects.native.events import sse_message
-from sdgate.server.dialects.native.runtime import get_runtime
+from sdgate.server.runtime import get_runtime
 from tests.server.dialects.native.conftest import parse_sse, read_sse, wait_state
 
 BODY = {"prompt": "a slow circle", "width": 64, "height": 64, "steps": 4, "seed": 7, "batch_size": 2}

@@ -47,6 +47,8 @@ from sdgate.server.dialects.a1111.protocol import (
 from sdgate.server.dialects.a1111.scripts.base import Builder, ScriptContext
 from sdgate.server.errors import DialectRoute, WrappedError
 from sdgate.server.fetch import make_fetcher
+from sdgate.server.imaging import stand_ins
+from sdgate.server.logs import LogOnce
 from sdgate.server.services import Services
 
 log = logging.getLogger("sdgate.a1111")
@@ -110,18 +112,14 @@ OptionsDep = Annotated[A1111Options, Depends(get_options)]
 BodyT = TypeVar("BodyT", Txt2ImgRequest, Img2ImgRequest)
 # Saved options that every job reads, as A1111's global opts (e.g. a Clip skip set once).
 JOB_SETTINGS = ("CLIP_stop_at_last_layers", "eta_noise_seed_delta")
-_warned_fields: set[str] = set()
+_unknown_fields = LogOnce(log, "accepting and ignoring unknown field(s): %s")
+_ignored_fields = LogOnce(log, "accepting and ignoring %s: %s")
 
 
 def _log_unknown_fields(body: Txt2ImgRequest | Img2ImgRequest) -> None:
-    fresh = [f for f in translate.unknown_fields(body) if f not in _warned_fields]
-    if fresh:
-        _warned_fields.update(fresh)
-        log.info("accepting and ignoring unknown field(s): %s", ", ".join(fresh))
+    _unknown_fields.names(translate.unknown_fields(body))
     for name, why in translate.ignored_fields(body):
-        if name not in _warned_fields:
-            _warned_fields.add(name)
-            log.info("accepting and ignoring %s: %s", name, why)
+        _ignored_fields.once(name, name, why)
 
 
 def _with_infotext(services: Services, body: BodyT) -> BodyT:
@@ -215,15 +213,15 @@ async def img2img(
     defaults = services.model_defaults(model)
     vae = options.vae_for(body.override_settings, model)
     body_in = _with_saved_settings(options, body)
-    placeholder = ("-",) * len(body.init_images or ())
+    inits, mask = stand_ins(len(body.init_images or ()), mask=bool(body.mask))
     # Check everything cheap before decoding or storing any image.
     translate.img2img_request(
         body_in,
         model=model.name,
         defaults=defaults,
         settings=services.settings,
-        init_images=placeholder,
-        mask="-" if body.mask else None,
+        init_images=inits,
+        mask=mask,
         resolve_checkpoint=_checkpoint_resolver(services),
     )
     if not body.init_images:

@@ -1,1 +1,9 @@
-"""hf dialect."""
+"""The Hugging Face Inference API's text-to-image task (``POST /models/{model_id}``)."""
+
+from __future__ import annotations
+
+from sdgate.server.dialect import Dialect
+from sdgate.server.dialects.hf.router import DIALECT as NAME
+from sdgate.server.dialects.hf.router import router
+
+DIALECT = Dialect(name=NAME, routers=(router,))

@@ -10,17 +10,17 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from sdgate.core.errors import GenerationFailed, SdgateError
-from sdgate.server import jobflow
+from sdgate.server import imaging, jobflow
 from sdgate.server.deps import CurrentPrincipal, ServicesDep
 from sdgate.server.dialects.hf import translate
 from sdgate.server.dialects.hf.protocol import HfError, HfValidationError, TextToImageRequest
-from sdgate.server.dialects.stability import images as images_io
 from sdgate.server.errors import DialectRoute
+from sdgate.server.logs import LogOnce
 from sdgate.server.model_aliases import model_header, resolve_model
 
 log = logging.getLogger("sdgate.hf")
 DIALECT = "hf"
-_warned_fields: set[str] = set()
+_unknown_fields = LogOnce(log, "accepting and ignoring unknown Hugging Face field(s): %s")
 
 
 class HfRoute(DialectRoute):
@@ -51,10 +51,7 @@ router = APIRouter(route_class=HfRoute, tags=["Hugging Face"])
 def _log_unknown(body: TextToImageRequest) -> None:
     names = [f"parameters.{k}" for k in sorted(body.parameters.model_extra or {})]
     names += sorted(body.model_extra or {})
-    fresh = [n for n in names if n not in _warned_fields]
-    if fresh:
-        _warned_fields.update(fresh)
-        log.info("accepting and ignoring unknown Hugging Face field(s): %s", ", ".join(fresh))
+    _unknown_fields.names(names)
 
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
@@ -90,5 +87,5 @@ async def text_to_image(
         raise GenerationFailed("the job finished without an image")
     png = pngs[0]
     fmt = translate.output_format(request.headers.get("accept"))
-    data = await run_in_threadpool(images_io.reencode, png, fmt, 95)
+    data = await run_in_threadpool(imaging.reencode, png, fmt, 95)
     return Response(data, media_type=f"image/{fmt}", headers=model_header(job))

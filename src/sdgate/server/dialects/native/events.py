@@ -27,10 +27,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sdgate.core.errors import InvalidRequest, NotFound
 from sdgate.core.jobs import Job, JobEventKind, JobState
+from sdgate.jobs.eventlog import LoggedEvent
 from sdgate.server.dialects.native import images as native_images
 from sdgate.server.dialects.native import translate
-from sdgate.server.dialects.native.eventlog import LoggedEvent
-from sdgate.server.dialects.native.runtime import NativeRuntime
+from sdgate.server.runtime import ServerRuntime
 
 log = logging.getLogger("sdgate.native")
 
@@ -69,7 +69,7 @@ def sse_message(kind: JobEventKind, data: dict[str, Any], seq: int | None = None
     return "\n".join(lines) + "\n\n"
 
 
-def _synthetic(runtime: NativeRuntime, job: Job) -> LoggedEvent:
+def _synthetic(runtime: ServerRuntime, job: Job) -> LoggedEvent:
     """An event made from the job row itself (no logged event says it)."""
     kind = _STATE_KIND[job.state]
     data = translate.event_data(kind, job, base=runtime.base)
@@ -80,7 +80,7 @@ class _Previews:
     """Attaches a small live preview to progress events every ``every`` steps, rendered here (on
     the API's thread pool) from the worker's latest latents, never on the generating thread."""
 
-    def __init__(self, runtime: NativeRuntime, job_id: str, every: int) -> None:
+    def __init__(self, runtime: ServerRuntime, job_id: str, every: int) -> None:
         self._runtime = runtime
         self._job_id = job_id
         self._every = every
@@ -126,7 +126,7 @@ class _Shown:
             self.state = str(event.data.get("state", ""))
             self.step = int((event.data.get("progress") or {}).get("step") or 0)
 
-    def news(self, runtime: NativeRuntime, job: Job) -> LoggedEvent | None:
+    def news(self, runtime: ServerRuntime, job: Job) -> LoggedEvent | None:
         """A synthetic event when the job row is ahead of what was shown."""
         if job.state.value != self.state:
             return _synthetic(runtime, job)
@@ -137,7 +137,7 @@ class _Shown:
         return None
 
 
-async def job_stream(runtime: NativeRuntime, job: Job, last_event_id: int | None,
+async def job_stream(runtime: ServerRuntime, job: Job, last_event_id: int | None,
                      *, poll_s: float | None = None, max_s: float = MAX_STREAM_S) -> AsyncIterator[str]:
     """The SSE body for one job (the caller checked the job exists and is theirs)."""
     poll_s = POLL_S if poll_s is None else poll_s
@@ -190,7 +190,7 @@ async def job_stream(runtime: NativeRuntime, job: Job, last_event_id: int | None
                 backlog, ahead = [news], 0
 
 
-async def fan_out(runtime: NativeRuntime, websocket: WebSocket, user: str | None) -> None:
+async def fan_out(runtime: ServerRuntime, websocket: WebSocket, user: str | None) -> None:
     """``/api/v1/events``: every event of the caller's jobs (every job without auth), as JSON
     messages ``{"id", "event", "data"}``, until the client goes away."""
     await websocket.accept()

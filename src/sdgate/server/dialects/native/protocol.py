@@ -26,6 +26,7 @@ from pydantic import (
 
 from sdgate.core.jobs import JobState
 from sdgate.core.requests import MAX_SEED, Mode
+from sdgate.server.bodies import ErrorOut
 
 MAX_PRIORITY = 1000
 # Hard ceilings the schema states. The server's settings may set lower limits (max_side,
@@ -265,24 +266,6 @@ class ResultOut(BaseModel):
     timings: dict[str, float]
 
 
-class ErrorOut(BaseModel):
-    code: str
-    message: str
-    field: str | None = None
-
-
-class ErrorBody(BaseModel):
-    """Every native error: ``{"error": {"code", "message", "field"?}}``."""
-
-    error: ErrorOut
-
-
-class AuthErrorBody(BaseModel):
-    """A 401 from ``--api-auth``: answered before any route, in FastAPI's shape for every dialect."""
-
-    detail: str
-
-
 class WebhookOut(BaseModel):
     url: str
     state: Literal["pending", "delivered", "failed"]
@@ -373,16 +356,3 @@ class QueueOut(BaseModel):
     running: list[str] = Field(description="ids of the jobs running now")
     workers: int
     eta_s: float | None = Field(None, description="rough time until the queue is empty")
-
-
-class HealthOut(BaseModel):
-    status: Literal["ok"]
-    version: str
-
-
-class ReadyOut(BaseModel):
-    """``/readyz``: 200 when ready, 503 (same body) with ``reason`` when not."""
-
-    ready: bool
-    checks: dict[str, Any] = Field(description="store, storage, engine, workers, model, queue_depth")
-    reason: str | None = None

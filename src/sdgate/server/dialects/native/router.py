@@ -18,14 +18,13 @@ from sdgate.core.loras import list_loras
 from sdgate.core.samplers import samplers_listing, schedulers_listing
 from sdgate.core.styles import STYLES_FILE, load_styles
 from sdgate.server.auth import current_principal
+from sdgate.server.bodies import AuthErrorBody, ErrorBody
 from sdgate.server.deps import CurrentPrincipal, ServicesDep
 from sdgate.server.dialects.native import events as native_events
 from sdgate.server.dialects.native import images as native_images
 from sdgate.server.dialects.native import jobs as native_jobs
 from sdgate.server.dialects.native import translate
 from sdgate.server.dialects.native.protocol import (
-    AuthErrorBody,
-    ErrorBody,
     JobCreate,
     JobOut,
     JobPage,
@@ -38,12 +37,12 @@ from sdgate.server.dialects.native.protocol import (
     UploadOut,
     VaeOut,
 )
-from sdgate.server.dialects.native.runtime import RuntimeDep, get_runtime
 from sdgate.server.errors import DialectRoute
+from sdgate.server.runtime import RuntimeDep, get_runtime
 
 
 class NativeRoute(DialectRoute):
-    """Native and ops routes: every error is an ``ErrorBody``, documented for each status."""
+    """Every native error is an ``ErrorBody``, documented for each status."""
 
     error_body: ClassVar[type[BaseModel] | None] = ErrorBody
 

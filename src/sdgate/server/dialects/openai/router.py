@@ -20,7 +20,7 @@ from sdgate.core.images import decode_image_bytes
 from sdgate.core.jobs import Job
 from sdgate.core.models import ModelInfo
 from sdgate.core.requests import GenerationRequest
-from sdgate.server import jobflow
+from sdgate.server import imaging, jobflow
 from sdgate.server.auth import Principal
 from sdgate.server.deps import CurrentPrincipal, ServicesDep, image_limits
 from sdgate.server.dialects.openai import translate
@@ -32,8 +32,8 @@ from sdgate.server.dialects.openai.protocol import (
     ModelList,
     OpenAIError,
 )
-from sdgate.server.dialects.stability import images as images_io
 from sdgate.server.errors import DialectRoute
+from sdgate.server.logs import LogOnce
 from sdgate.server.model_aliases import ALIASES, model_header, resolve_model
 from sdgate.server.services import Services
 from sdgate.server.signing import SIGNED_PATH, UrlSigner
@@ -41,7 +41,7 @@ from sdgate.server.wire import Model, inline_schema, multipart_body, validate_fo
 
 log = logging.getLogger("sdgate.openai")
 DIALECT = "openai"
-_warned_fields: set[str] = set()
+_unknown_fields = LogOnce(log, "accepting and ignoring unknown OpenAI field(s): %s")
 OPENAI_MODELS = tuple(name for name in ALIASES if name.startswith(("dall-e", "gpt-image")))
 
 
@@ -83,10 +83,7 @@ _VARIATION_FORM = multipart_body(
 
 
 def _log_unknown(kind: str, body: BaseModel) -> None:
-    fresh = [f"{kind}.{f}" for f in sorted(body.model_extra or {}) if f"{kind}.{f}" not in _warned_fields]
-    if fresh:
-        _warned_fields.update(fresh)
-        log.info("accepting and ignoring unknown OpenAI field(s): %s", ", ".join(fresh))
+    _unknown_fields.names(f"{kind}.{f}" for f in sorted(body.model_extra or {}))
 
 
 def _model(services: Services, name: str | None) -> tuple[ModelInfo, Any]:
@@ -114,7 +111,7 @@ async def _respond(
     def encode() -> list[str]:
         out = []
         for png in images:
-            data = images_io.reencode(png, kind, quality if quality is not None else 100)
+            data = imaging.reencode(png, kind, quality if quality is not None else 100)
             if fmt == "b64_json":
                 out.append(jobflow.b64(data))
             else:
@@ -188,13 +185,13 @@ async def edits(
 
     def store() -> tuple[str, str | None, tuple[int, int]]:
         limits = image_limits(services)
-        rgb, image_alpha = images_io.read_upload(image, field="image", limits=limits)
+        rgb, image_alpha = imaging.read_upload(image, field="image", limits=limits)
         mask_image = mask_alpha = None
         if mask is not None:
-            mask_image, mask_alpha = images_io.read_upload(mask, field="mask", limits=limits)
+            mask_image, mask_alpha = imaging.read_upload(mask, field="mask", limits=limits)
         edit = translate.edit_mask(image_alpha, mask_image, mask_alpha, rgb.size)
-        mask_id = services.images.put(images_io.to_png(edit)) if edit is not None else None
-        return services.images.put(images_io.to_png(rgb)), mask_id, rgb.size
+        mask_id = services.images.put(imaging.to_png(edit)) if edit is not None else None
+        return services.images.put(imaging.to_png(rgb)), mask_id, rgb.size
 
     init_id, mask_id, size = await run_in_threadpool(store)
     gen = translate.edit_request(
@@ -233,7 +230,7 @@ async def variations(
 
     def store() -> tuple[str, tuple[int, int]]:
         rgb = decode_image_bytes(image, field="image", limits=image_limits(services))
-        return services.images.put(images_io.to_png(rgb)), rgb.size
+        return services.images.put(imaging.to_png(rgb)), rgb.size
 
     init_id, size = await run_in_threadpool(store)
     gen = translate.variation_request(

@@ -17,10 +17,10 @@ from sdgate.core.errors import GenerationFailed, InvalidRequest, NotFound, Sdgat
 from sdgate.core.images import decode_image_bytes
 from sdgate.core.models import ModelInfo
 from sdgate.core.requests import GenerationRequest
-from sdgate.server import jobflow
+from sdgate.server import imaging, jobflow
 from sdgate.server.auth import Principal
 from sdgate.server.deps import CurrentPrincipal, ServicesDep, image_limits
-from sdgate.server.dialects.stability import images, translate
+from sdgate.server.dialects.stability import translate
 from sdgate.server.dialects.stability.protocol import (
     ArtifactsResponse,
     Engine,
@@ -34,6 +34,7 @@ from sdgate.server.dialects.stability.protocol import (
     V2Error,
 )
 from sdgate.server.errors import DialectRoute
+from sdgate.server.logs import LogOnce
 from sdgate.server.middleware import request_id_var
 from sdgate.server.model_aliases import ALIASES, model_header, resolve_model
 from sdgate.server.services import Services
@@ -41,7 +42,7 @@ from sdgate.server.wire import NO_NUL, inline_schema, multipart_body, validate_f
 
 log = logging.getLogger("sdgate.stability")
 DIALECT = "stability"
-_warned_fields: set[str] = set()
+_unknown_fields = LogOnce(log, "accepting and ignoring unknown Stability field(s): %s")
 
 
 class StabilityV1Route(DialectRoute):
@@ -127,10 +128,7 @@ def _v1_form(model: type[Any], files: dict[str, str]) -> dict[str, Any]:
 
 
 def _log_unknown(kind: str, body: Any) -> None:
-    fresh = [f"{kind}.{f}" for f in translate.unknown_fields(body) if f"{kind}.{f}" not in _warned_fields]
-    if fresh:
-        _warned_fields.update(fresh)
-        log.info("accepting and ignoring unknown Stability field(s): %s", ", ".join(fresh))
+    _unknown_fields.names(f"{kind}.{f}" for f in translate.unknown_fields(body))
 
 
 def _model(services: Services, name: str) -> tuple[ModelInfo, Any]:
@@ -310,7 +308,7 @@ async def masking(
         mask = translate.mask_from_source(
             body.mask_source, init_alpha=alpha, mask_image=mask_image, init_size=init_size
         )
-        return services.images.put(images.to_png(mask))
+        return services.images.put(imaging.to_png(mask))
 
     mask_id = await run_in_threadpool(store_mask)
     gen = translate.masking_request(
@@ -342,9 +340,9 @@ async def upscale(
     if engine_id.startswith("esrgan"):
         # No ESRGAN weights ship with sdgate: a Lanczos resize, said so in the log, not a silent swap.
         def resized() -> bytes:
-            image, _ = images.read_upload(data, field="image", limits=image_limits(services))
+            image, _ = imaging.read_upload(data, field="image", limits=image_limits(services))
             size = translate.upscale_size(image.size, body.width, body.height)
-            return images.to_png(images.resize(image, size))
+            return imaging.to_png(imaging.resize(image, size))
 
         log.info("stability: %s upscale served as a Lanczos resize (no ESRGAN model installed)", engine_id)
         return _render_v1(_wants_image(request), [await run_in_threadpool(resized)], [0])
@@ -365,8 +363,8 @@ async def _store_init(
 
     def store() -> tuple[str, tuple[int, int], Any]:
         limits = image_limits(services)
-        rgb, alpha = images.read_upload(data, field=field, limits=limits)
-        return services.images.put(images.to_png(rgb)), rgb.size, alpha
+        rgb, alpha = imaging.read_upload(data, field=field, limits=limits)
+        return services.images.put(imaging.to_png(rgb)), rgb.size, alpha
 
     return await run_in_threadpool(store)
 
@@ -438,7 +436,7 @@ async def generate(
     if not pngs:
         raise GenerationFailed("the job finished without an image")
     png = pngs[0]
-    data = await run_in_threadpool(images.reencode, png, body.output_format.value)
+    data = await run_in_threadpool(imaging.reencode, png, body.output_format.value)
     seed = job.result.seeds[0] if job.result.seeds else gen.seed
     if "application/json" in request.headers.get("accept", "").lower():
         return JSONResponse(

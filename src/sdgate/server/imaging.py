@@ -1,9 +1,6 @@
-"""Image plumbing the Stability, OpenAI and HF dialects share: uploads kept with their alpha,
-stored PNGs re-encoded to what a client asked for.
-
-It lives here, not in ``core.images``, only because this change may touch no other file; it
-belongs beside ``core.images`` (or in ``server/``) once the lead moves it.
-"""
+"""Client images that several dialects share: uploads read with their alpha kept, stored PNGs
+re-encoded to what a client asked for, and stand-in image ids for checking a request before any of
+its images is decoded or stored (so a refused request leaves nothing behind)."""
 
 from __future__ import annotations
 
@@ -49,3 +46,13 @@ def reencode(png: bytes, fmt: str, quality: int = 80) -> bytes:
 
 def resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+
+
+# Not an image: a well-formed id that only a request's cheap checks see, which read no image.
+STAND_IN_ID = "img_" + "0" * 24
+
+
+def stand_ins(images: int, *, mask: bool) -> tuple[tuple[str, ...], str | None]:
+    """(init image ids, mask id) to translate a request with before its images are stored: each
+    dialect checks everything cheap first, then decodes and stores, then translates again."""
+    return (STAND_IN_ID,) * images, STAND_IN_ID if mask else None

@@ -1,17 +1,23 @@
-"""The per-job event log behind ``GET /api/v1/jobs/{id}/events`` and ``/api/v1/events``.
+"""The job event log, for readers: one job's events after a cursor, a late joiner's snapshot, and
+live subscriptions (the native API's ``GET /api/v1/jobs/{id}/events`` and ``/api/v1/events``).
 
-It is the job outbox (table ``job_events``, see ``sdgate.jobs.outbox``), rendered for the native
-API: the store appends a row in the transaction that changes the job, so the log holds every change
-in commit order whichever process made it, and an event's id is its row's ``seq``: ``Last-Event-ID``
-resumes across reconnects, restarts and processes. Live subscribers are fed by this process's
-``OutboxFollower``, which reads the rows every process writes.
+It is the job outbox (table ``job_events``, see ``sdgate.jobs.outbox``): the store appends a row in
+the transaction that changes the job, so the log holds every change in commit order whichever
+process made it, and an event's id is its row's ``seq``: ``Last-Event-ID`` resumes across
+reconnects, restarts and processes. Live subscribers are fed by this process's ``OutboxFollower``,
+which reads the rows every process writes. How an event's data looks is the caller's (``render``):
+the server runtime passes the native dialect's renderer in.
+
+    log = EventLog(database, render, outbox)
+    log.read(job_id, after=seq)         # [LoggedEvent], in commit order
+    with log.subscribe(job_id=job_id) as live:
+        event = await live.next(timeout=1.0)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,8 +30,6 @@ from sdgate.core.jobs import Job, JobEventKind
 from sdgate.jobs.database import transaction
 from sdgate.jobs.outbox import OutboxEvent, OutboxFollower, to_event
 from sdgate.jobs.schema import job_events
-
-logger = logging.getLogger("sdgate.native")
 
 TERMINAL = frozenset({JobEventKind.SUCCEEDED, JobEventKind.FAILED, JobEventKind.CANCELLED})
 _MAX_BACKLOG = 512

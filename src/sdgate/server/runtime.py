@@ -1,51 +1,63 @@
-"""What the native API keeps while the server runs: the event log, idempotency keys, webhooks and
-the retention task. Built and started by the app's lifespan, found by routes through ``RuntimeDep``.
+"""What the server keeps while it runs, whatever dialect a request speaks: the job event log,
+idempotency keys, webhooks, uploads and the retention task.
+
+Built by the app's lifespan from ``Services`` (before the workers start, so webhooks hear of jobs
+recovered at start-up), kept in ``services.state`` and found by routes through ``RuntimeDep``. How a
+job and its events look to webhook receivers and event streams is one dialect's public job format
+(the native API's): it comes in as ``JobPayloads``, so nothing here imports a dialect.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import Depends
 
 from sdgate.core.jobs import Job, JobEventKind
+from sdgate.jobs.eventlog import TERMINAL, EventLog
 from sdgate.jobs.idempotency import IdempotencyKeys
 from sdgate.jobs.retention import Retention
+from sdgate.jobs.uploads import Uploads
 from sdgate.jobs.webhooks import Webhooks, load_secret
 from sdgate.server.deps import ServicesDep
-from sdgate.server.dialects.native import translate
-from sdgate.server.dialects.native.eventlog import TERMINAL, EventLog
 from sdgate.server.services import Services
 
-log = logging.getLogger("sdgate.native")
+
+class JobPayloads(Protocol):
+    """A job, and one of its events, as JSON for webhook bodies and event streams; ``base`` is the
+    public URL links start with ("" for relative links)."""
+
+    def job(self, job: Job, *, base: str) -> dict[str, Any]: ...
+
+    def event(self, kind: JobEventKind, job: Job, *, base: str) -> dict[str, Any]: ...
 
 
 @dataclass
-class NativeRuntime:
+class ServerRuntime:
     services: Services
     events: EventLog
     keys: IdempotencyKeys
     webhooks: Webhooks
+    uploads: Uploads
     retention: Retention
     base: str  # the public URL links start with ("" for relative links)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _remove_listener: Callable[[], None] | None = None
 
     @classmethod
-    def attach(cls, services: Services) -> NativeRuntime:
-        """Builds the runtime and starts following job events (the store logs them, in the outbox).
-        Call before ``services.start()``, so webhooks hear of jobs recovered at start-up."""
+    def attach(cls, services: Services, payloads: JobPayloads) -> ServerRuntime:
+        """Builds the runtime, puts it in ``services.state`` and starts following job events (the
+        store logs them, in the outbox). Call before ``services.start()``."""
         settings = services.settings
         base = (settings.public_url or "").rstrip("/")
-        db = services.store.database
+        db = services.store.database  # the handle the jobs/ modules with their own tables take
 
         def render_event(kind: JobEventKind, job: Job) -> dict[str, Any]:
-            return translate.event_data(kind, job, base=base)
+            return payloads.event(kind, job, base=base)
 
         runtime = cls(
             services=services,
@@ -54,12 +66,13 @@ class NativeRuntime:
             webhooks=Webhooks(
                 db,
                 secret=load_secret(settings.webhook_secret, settings.data_dir),
-                render=lambda job: translate.job_out(job, base=base),
+                render=lambda job: payloads.job(job, base=base),
                 allow_private=settings.allow_private_callbacks,
                 max_attempts=settings.webhook_max_attempts,
                 backoff_s=settings.webhook_backoff_s,
                 timeout_s=settings.webhook_timeout_s,
             ),
+            uploads=Uploads(db),
             retention=Retention(services.store, services.images, ttl_s=settings.retention_ttl_s,
                                 interval_s=settings.retention_interval_s),
             base=base,
@@ -94,8 +107,8 @@ class NativeRuntime:
             self._remove_listener = None
 
 
-def get_runtime(services: ServicesDep) -> NativeRuntime:
-    return services.state.get(NativeRuntime)
+def get_runtime(services: ServicesDep) -> ServerRuntime:
+    return services.state.get(ServerRuntime)
 
 
-RuntimeDep = Annotated[NativeRuntime, Depends(get_runtime)]
+RuntimeDep = Annotated[ServerRuntime, Depends(get_runtime)]

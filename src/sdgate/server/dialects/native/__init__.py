@@ -1,0 +1,27 @@
+"""The native job API (``/api/v1``): jobs, their events, uploads, images and the server's names.
+
+Its job format is the server's public one: webhook bodies and logged events are rendered by it
+(``NativePayloads``), whichever dialect submitted the job.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sdgate.core.jobs import Job, JobEventKind
+from sdgate.server.dialect import Dialect
+from sdgate.server.dialects.native import translate
+from sdgate.server.dialects.native.router import router
+
+
+class NativePayloads:
+    """A job as ``GET /api/v1/jobs/{id}`` shows it; an event as its SSE stream sends it."""
+
+    def job(self, job: Job, *, base: str) -> dict[str, Any]:
+        return translate.job_out(job, base=base)
+
+    def event(self, kind: JobEventKind, job: Job, *, base: str) -> dict[str, Any]:
+        return translate.event_data(kind, job, base=base)
+
+
+DIALECT = Dialect(name="native", routers=(router,), job_payloads=NativePayloads())
