@@ -210,10 +210,12 @@ def version() -> None:
 
 
 def _mount_sub_apps() -> None:
+    from sdgate.cli.db import app as db_app
     from sdgate.cli.demo import app as demo_app
     from sdgate.cli.generate import mount as mount_client_commands
 
     app.add_typer(demo_app, name="demo", help="The built-in demo model: train and evaluate it.")
+    app.add_typer(db_app, name="db", help="The job database: its schema migrations.")
     mount_client_commands(app)  # generate, batch, info and jobs: the SDK's commands
 
 
