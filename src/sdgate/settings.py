@@ -23,10 +23,6 @@ class Settings(BaseSettings):
     models_dir: Path | None = None  # None: <data_dir>/models
     model: Path | None = None  # one checkpoint (file or diffusers folder) instead of / besides models_dir
     default_model: str | None = None  # name of the default model; None: the first found, else the demo
-    # The job database: sqlite:///path or postgresql://user:pass@host/db; None: <data_dir>/sdgate.db.
-    database: str | None = None
-    # Where images live: a folder (or file:///path), or s3://bucket/prefix; None: <data_dir>/images.
-    storage: str | None = None
 
     # Serving.
     host: str = "127.0.0.1"
@@ -65,6 +61,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = 64 * 1024 * 1024
     max_job_memory_bytes: int | None = None  # estimated peak per job; None: the engine's device budget
     max_queue: int = 1000  # queued jobs before 429
+    # Jobs one caller (a Basic user; without --api-auth, everyone together as the one anonymous
+    # caller) may have queued or running at once, before 429 too_many_jobs; None: no such limit.
+    max_queued_per_principal: int | None = Field(default=None, ge=1)
 
     # Jobs.
     job_max_attempts: int = 2  # starts of a job whose process died mid-run before it fails (not retried)
@@ -103,13 +102,7 @@ class Settings(BaseSettings):
 
     @property
     def database_url(self) -> str:
-        if self.database:
-            return self.database
         return f"sqlite:///{(self.data_dir / 'sdgate.db').resolve()}"
-
-    @property
-    def storage_location(self) -> str | Path:
-        return self.storage or self.images_dir
 
     @property
     def images_dir(self) -> Path:

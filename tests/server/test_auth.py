@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import httpx
 import pytest
@@ -19,10 +20,12 @@ from sdgate.server.auth import (
     AnonymousAuth,
     AuthMiddleware,
     BasicAuth,
+    Limits,
     Principal,
     authenticator_for,
     current_principal,
 )
+from sdgate.settings import Settings
 
 
 def basic(user: str, password: str) -> Headers:
@@ -57,10 +60,20 @@ def test_basic_refusals(headers: Headers, detail: str) -> None:
     assert info.value.message == detail
 
 
-def test_authenticator_for_settings() -> None:
-    assert isinstance(authenticator_for({"a": "b"}), BasicAuth)
-    assert isinstance(authenticator_for({}), AnonymousAuth)
-    assert isinstance(authenticator_for(None), AnonymousAuth)
+def test_authenticator_for_settings(tmp_path: Path) -> None:
+    assert isinstance(authenticator_for(Settings(data_dir=tmp_path, api_auth="a:b")), BasicAuth)
+    assert isinstance(authenticator_for(Settings(data_dir=tmp_path)), AnonymousAuth)
+    assert authenticator_for(Settings(data_dir=tmp_path)).authenticate(Headers({})) is ANONYMOUS
+
+
+def test_every_principal_carries_the_servers_limits(tmp_path: Path) -> None:
+    limited = Settings(data_dir=tmp_path, api_auth="alice:s3cret,bob:pw", max_queued_per_principal=2)
+    auth = authenticator_for(limited)
+    assert auth.authenticate(basic("alice", "s3cret")) == Principal(id="alice", limits=Limits(2))
+    assert auth.authenticate(basic("bob", "pw")).limits.max_queued_jobs == 2
+    anonymous = authenticator_for(Settings(data_dir=tmp_path, max_queued_per_principal=3))
+    principal = anonymous.authenticate(Headers({}))
+    assert principal.anonymous and principal.limits == Limits(max_queued_jobs=3)
 
 
 async def _whoami(request: Request) -> JSONResponse:

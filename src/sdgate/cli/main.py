@@ -87,6 +87,11 @@ def serve(
         typer.Option(min=0, help="Worker threads (one per device); 0: API only, another process on the "
                      "same --data-dir runs the jobs. [default: 1]"),
     ] = None,
+    max_queued_per_principal: Annotated[
+        int | None,
+        typer.Option(min=1, help="Jobs each --api-auth user (without it: everyone together) may have "
+                     "queued or running at once; more is a 429. [default: no limit]"),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run the server: the AUTOMATIC1111 API on one port, jobs in a durable queue."""
@@ -103,6 +108,7 @@ def serve(
         vram_mode="lowvram" if lowvram else "medvram" if medvram else None,
         allow_image_urls=True if allow_image_urls else None,
         workers=workers,
+        max_queued_per_principal=max_queued_per_principal,
     )
     try:
         settings.auth_pairs()

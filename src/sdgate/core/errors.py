@@ -8,6 +8,7 @@
     │   └── ModelNotFound          404 model_not_found
     ├── Conflict                   409 conflict
     ├── QueueFull                  429 queue_full           (``retry_after`` seconds)
+    │   └── TooManyJobs            429 too_many_jobs        (the caller's own limit, not the server's)
     ├── JobCancelled               409 job_cancelled
     ├── GenerationFailed           500 generation_failed
     │   └── OutOfMemory            507 out_of_memory        (names what to lower)
@@ -75,6 +76,13 @@ class QueueFull(SdgateError):
         self.retry_after = retry_after
 
 
+class TooManyJobs(QueueFull):
+    """The caller already holds as many queued or running jobs as its limit allows; others may
+    still submit. A ``QueueFull``, so every dialect answers it as its 429 with ``Retry-After``."""
+
+    code = "too_many_jobs"
+
+
 class JobCancelled(SdgateError):
     status_code = 409
     code = "job_cancelled"
@@ -115,6 +123,7 @@ ERROR_CLASSES: dict[str, type[SdgateError]] = {
         ModelNotFound,
         Conflict,
         QueueFull,
+        TooManyJobs,
         JobCancelled,
         GenerationFailed,
         OutOfMemory,

@@ -7,6 +7,11 @@ credentials into a principal, with one implementation per scheme:
     ├── AnonymousAuth    no credentials configured: everyone is the anonymous principal
     └── BasicAuth        ``--api-auth user:pass,...``: HTTP Basic (API keys come next)
 
+``authenticator_for(settings)`` picks the one a server runs with and gives every principal it makes
+the server's per-principal ``Limits`` (``--max-queued-per-principal``). Without credentials that
+limit is the anonymous principal's, so it caps everyone's jobs together: a server that cannot tell
+callers apart has one caller. The job store enforces it (``JobStore.submit(max_owner_jobs=...)``).
+
 ``AuthMiddleware`` runs the authenticator before routing (so a refused request never reaches a
 route) and leaves the principal in the ASGI scope; routes take it as ``CurrentPrincipal``
 (``server/deps.py``) and pass it down (``jobflow.submit``), never a header.
@@ -27,6 +32,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sdgate.core.errors import Unauthorized
+from sdgate.settings import Settings
 
 ALL_SCOPES = "*"
 _SCOPE_KEY = "principal"
@@ -38,8 +44,10 @@ _PUBLIC_PREFIXES = ("/v1/images/files/",)
 
 @dataclass(frozen=True)
 class Limits:
-    """What a principal may hold at once; ``None``: only the server-wide limits apply (today's
-    behaviour for everyone; API keys will carry their own)."""
+    """What a principal may hold at once; ``None``: only the server-wide limits apply.
+
+    ``max_queued_jobs``: its jobs queued or running at once (checked by the store, in the
+    transaction that inserts; over it: ``TooManyJobs``, a 429). API keys will carry their own."""
 
     max_queued_jobs: int | None = None
 
@@ -75,17 +83,23 @@ class Authenticator:
 
 
 class AnonymousAuth(Authenticator):
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.principal = ANONYMOUS
+        if limits is not None and limits != ANONYMOUS.limits:
+            self.principal = Principal(id=None, limits=limits)
+
     def authenticate(self, headers: Headers) -> Principal:
-        return ANONYMOUS
+        return self.principal
 
 
 class BasicAuth(Authenticator):
-    """HTTP Basic against ``{user: password}`` (A1111's ``--api-auth``)."""
+    """HTTP Basic against ``{user: password}`` (A1111's ``--api-auth``); every user gets ``limits``."""
 
     challenge = "Basic"
 
-    def __init__(self, credentials: Mapping[str, str]) -> None:
+    def __init__(self, credentials: Mapping[str, str], limits: Limits | None = None) -> None:
         self.credentials = {u.encode(): p.encode() for u, p in credentials.items()}
+        self.limits = limits or Limits()
 
     def authenticate(self, headers: Headers) -> Principal:
         header = headers.get("authorization")
@@ -94,7 +108,7 @@ class BasicAuth(Authenticator):
         user = self._check(header)
         if user is None:
             raise Unauthorized("Incorrect username or password")
-        return Principal(id=user)
+        return Principal(id=user, limits=self.limits)
 
     def _check(self, header: str) -> str | None:
         scheme, _, value = header.partition(" ")
@@ -110,14 +124,19 @@ class BasicAuth(Authenticator):
         return user.decode("utf-8", "replace") if sep and expected is not None and ok else None
 
 
-def authenticator_for(credentials: Mapping[str, str] | None) -> Authenticator:
-    """The one authenticator a server runs with: Basic when credentials are configured."""
-    return BasicAuth(credentials) if credentials else AnonymousAuth()
+def authenticator_for(settings: Settings) -> Authenticator:
+    """The one authenticator a server runs with: Basic when ``--api-auth`` is set, else anonymous;
+    either way its principals carry the server's per-principal limits."""
+    limits = Limits(max_queued_jobs=settings.max_queued_per_principal)
+    credentials = settings.auth_pairs()
+    return BasicAuth(credentials, limits) if credentials else AnonymousAuth(limits)
 
 
 class AuthMiddleware:
     """Authenticates every HTTP and WebSocket request except the public ones (health checks and
-    signed image links); a refusal is a 401 ``{"detail": ...}`` (a WebSocket closes with 1008)."""
+    signed image links; A1111 leaves /loras open, we do not); a refusal is a 401 ``{"detail": ...}``
+    (a WebSocket closes with 1008). Installed on every server, with or without credentials, so
+    every route sees the principal the authenticator made, with its limits."""
 
     def __init__(self, app: ASGIApp, authenticator: Authenticator) -> None:
         self.app = app
@@ -149,7 +168,7 @@ class AuthMiddleware:
 
 
 def current_principal(scope: Scope) -> Principal:
-    """The principal ``AuthMiddleware`` left in ``scope``; anonymous where none ran (a server
-    without credentials, or a public path)."""
+    """The principal ``AuthMiddleware`` left in ``scope``; anonymous (without limits) where none
+    ran (a public path, or an app built without the middleware)."""
     principal = scope.get("state", {}).get(_SCOPE_KEY)
     return principal if isinstance(principal, Principal) else ANONYMOUS

@@ -17,7 +17,6 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sdgate.core.errors import PayloadTooLarge, SdgateError
-from sdgate.server.auth import AuthMiddleware, BasicAuth
 from sdgate.server.errors import DialectRoute, WrappedError, render_safely
 
 log = logging.getLogger("sdgate.server")
@@ -83,13 +82,6 @@ class DefaultJsonMiddleware:
         ):
             scope = {**scope, "headers": [*scope.get("headers", ()), (b"content-type", b"application/json")]}
         await self.app(scope, receive, send)
-
-
-class BasicAuthMiddleware(AuthMiddleware):
-    """``--api-auth``: HTTP Basic on every route (A1111 leaves /loras open; we do not)."""
-
-    def __init__(self, app: ASGIApp, credentials: dict[str, str]) -> None:
-        super().__init__(app, BasicAuth(credentials))
 
 
 class BodyLimitMiddleware:
