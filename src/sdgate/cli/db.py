@@ -34,7 +34,9 @@ DatabaseOpt = Annotated[
         "[env: SDGATE_DATABASE]",
     ),
 ]
-DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Where the default SQLite database lives.")]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="Where the default SQLite database lives.")
+]
 
 
 def _fail(message: str, *, code: int, kind: str) -> NoReturn:

@@ -317,6 +317,8 @@ def ensure_schema(engine: sa.Engine) -> SchemaChange:
 
 
 def _unreachable(engine: sa.Engine, exc: BaseException) -> str:
+    if isinstance(exc, StorageUnavailable) and isinstance(exc.__cause__, sa.exc.DBAPIError):
+        exc = exc.__cause__  # the driver's own words, not "could not reach" twice
     cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
     detail = " ".join(str(cause).split()) or type(cause).__name__
     return f"could not reach {DATABASE} at {describe(engine.url)}: {detail}"
