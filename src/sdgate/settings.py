@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     models_dir: Path | None = None  # None: <data_dir>/models
     model: Path | None = None  # one checkpoint (file or diffusers folder) instead of / besides models_dir
     default_model: str | None = None  # name of the default model; None: the first found, else the demo
+    # The job database: sqlite:///path or postgresql://user:pass@host/db; None: <data_dir>/sdgate.db.
+    database: str | None = None
+    # Where images live: a folder (or file:///path), or s3://bucket/prefix; None: <data_dir>/images.
+    storage: str | None = None
 
     # Serving.
     host: str = "127.0.0.1"
@@ -102,7 +106,13 @@ class Settings(BaseSettings):
 
     @property
     def database_url(self) -> str:
+        if self.database:
+            return self.database
         return f"sqlite:///{(self.data_dir / 'sdgate.db').resolve()}"
+
+    @property
+    def storage_location(self) -> str | Path:
+        return self.storage or self.images_dir
 
     @property
     def images_dir(self) -> Path:

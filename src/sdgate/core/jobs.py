@@ -7,12 +7,14 @@ always replace, so API processes and workers may live on different machines.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sdgate.core.errors import StorageUnavailable
 from sdgate.core.requests import GenerationRequest
 from sdgate.core.results import GenerationResult
 
@@ -84,7 +86,14 @@ class JobEventKind(StrEnum):
 
 
 class JobStore(Protocol):
-    """Durable jobs. Every method is synchronous and thread-safe; async callers use a thread."""
+    """Durable jobs: the one port every process goes through (API nodes submit and read, workers
+    claim with a lease, heartbeat and finish). Every method is synchronous and thread-safe; async
+    callers use a thread. Implementations: ``jobs.store.SqlJobStore`` over SQLite or PostgreSQL,
+    built by ``jobs.factory`` from a URL; tests may pass any object with these methods."""
+
+    lease_s: float  # how long a claim holds a running job without a heartbeat
+
+    # -- submitting and reading ---------------------------------------------------------------
 
     def submit(
         self,
@@ -95,7 +104,11 @@ class JobStore(Protocol):
         priority: int = 0,
         metadata: dict[str, Any] | None = None,
         max_owner_jobs: int | None = None,
-    ) -> Job: ...
+    ) -> Job:
+        """Raises ``QueueFull`` over the queue limit, ``TooManyJobs`` when ``owner`` already holds
+        ``max_owner_jobs`` queued or running jobs; the job's ``queued`` event is in the same
+        transaction as its row."""
+        ...
 
     def get(self, job_id: str) -> Job:
         """Raises ``NotFound``."""
@@ -112,17 +125,53 @@ class JobStore(Protocol):
         """Newest first."""
         ...
 
+    def page(
+        self,
+        *,
+        states: tuple[JobState, ...] | None = None,
+        owner: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        metadata: Mapping[str, str] | None = None,
+        before_seq: int | None = None,
+        limit: int = 50,
+    ) -> tuple[list[Job], int | None]:
+        """Newest first, for cursor pagination: the jobs and the cursor of the next page (or None)."""
+        ...
+
     def position(self, job_id: str) -> int | None:
         """0 = next to run; None when not queued."""
         ...
 
     def queue_depth(self) -> int: ...
 
+    def delete(self, job_id: str) -> Job:
+        """Removes a finished job (``Conflict`` while it is queued or running)."""
+        ...
+
+    # -- running: claims, leases, progress ----------------------------------------------------
+
     def claim_next(self, worker_id: str) -> Job | None:
-        """Atomically move the first queued job (highest priority, then FIFO) to running."""
+        """Atomically move the first queued job (highest priority, then FIFO) to running, leased to
+        ``worker_id`` for ``lease_s``."""
+        ...
+
+    def heartbeat(self, job_id: str, worker_id: str) -> bool:
+        """Renews the lease; False when ``worker_id`` no longer holds the job (stop working on it)."""
+        ...
+
+    def requeue_expired(self, *, max_attempts: int) -> list[str]:
+        """Jobs whose lease expired go back to queued (or fail once started ``max_attempts``
+        times); never a job whose worker still heartbeats. Returns the ids re-queued."""
         ...
 
     def update_progress(self, job_id: str, progress: Progress) -> None: ...
+
+    def put_preview(self, job_id: str, png: bytes, *, iteration: int, step: int) -> None:
+        """The running job's latest preview, readable by every process (``preview``)."""
+        ...
+
+    def preview(self, job_id: str) -> bytes | None: ...
 
     def request_control(self, job_id: str, action: ControlAction) -> Job:
         """Cancel of a queued job makes it cancelled at once; otherwise the worker sees the flag."""
@@ -134,13 +183,25 @@ class JobStore(Protocol):
         """Forget a consumed one-shot request (a skip applies to one iteration only)."""
         ...
 
-    def succeed(self, job_id: str, result: GenerationResult) -> Job: ...
+    # -- finishing: exactly one terminal state per job -----------------------------------------
 
-    def fail(self, job_id: str, error: dict[str, str]) -> Job: ...
+    def succeed(self, job_id: str, result: GenerationResult, *, worker_id: str | None = None) -> Job: ...
 
-    def cancelled(self, job_id: str, result: GenerationResult | None = None) -> Job: ...
+    def fail(self, job_id: str, error: dict[str, str], *, worker_id: str | None = None) -> Job: ...
 
-    def recover(self, *, max_attempts: int) -> list[str]:
-        """At start-up: jobs left running by a dead process go back to queued (or fail when they
-        used up ``max_attempts``). Returns the ids re-queued."""
+    def cancelled(
+        self, job_id: str, result: GenerationResult | None = None, *, worker_id: str | None = None
+    ) -> Job: ...
+
+    # -- health --------------------------------------------------------------------------------
+
+    @property
+    def storage_fault(self) -> StorageUnavailable | None:
+        """Why the last write was refused (disk full, read-only), until one succeeds again."""
         ...
+
+    def probe_write(self) -> None:
+        """One small real write; raises ``StorageUnavailable`` while writes are refused."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,4 +1,4 @@
-"""``SqlJobStore``: the ``JobStore`` contract on SQLAlchemy Core, for SQLite now and PostgreSQL later.
+"""``SqlJobStore``: the ``JobStore`` contract on SQLAlchemy Core, one behaviour on SQLite and PostgreSQL.
 
 Every method is one short transaction. Writes that change a job return the new row (``UPDATE ...
 RETURNING``), append the change to the outbox (``outbox.py``) in the same transaction and, once
@@ -12,6 +12,14 @@ lease ran out, whichever process calls it, so a process that starts never takes 
 Claiming is portable: ``SELECT ... FOR UPDATE SKIP LOCKED`` (a no-op on SQLite, where the write
 transaction itself is ``BEGIN IMMEDIATE`` and so already exclusive) followed by a conditional
 ``UPDATE ... WHERE state = 'queued'``. No two workers, threads or processes claim the same job.
+
+PostgreSQL runs at READ COMMITTED, so every read-then-write locks what it read: a control request
+and a delete lock the job row (``FOR UPDATE``; a claim then skips it), the lease sweep takes only
+rows nobody holds (``SKIP LOCKED``) and re-checks the lease in its ``UPDATE``, a preview write
+holds the job row shared so the job cannot end under it. Outbox rows are appended one transaction
+at a time (``serialize``): their ``seq`` then follows commit order, and a reader that resumes
+"after seq N" (the outbox follower, an SSE ``Last-Event-ID``) never skips a row that committed late.
+A job id or owner holding NUL (which PostgreSQL's text cannot hold) matches nothing, as on SQLite.
 """
 
 from __future__ import annotations
@@ -32,9 +40,16 @@ import sqlalchemy as sa
 
 from sdgate.core.errors import Conflict, NotFound, QueueFull, StorageUnavailable, TooManyJobs
 from sdgate.core.jobs import ControlAction, Job, JobEventKind, JobState, Progress
-from sdgate.core.requests import GenerationRequest
+from sdgate.core.requests import GenerationRequest, PostprocessRequest, parse_job_request
 from sdgate.core.results import GenerationResult
-from sdgate.jobs.database import create_db_engine, probe_write, storage_health, transaction, upgrade_schema
+from sdgate.jobs.database import (
+    create_db_engine,
+    ensure_schema,
+    probe_write,
+    serialize,
+    storage_health,
+    transaction,
+)
 from sdgate.jobs.events import JobEvents
 from sdgate.jobs.outbox import write_event
 from sdgate.jobs.schema import job_previews, jobs
@@ -101,13 +116,19 @@ def _readable(value: Any, *, drop_nonfinite: bool = False, depth: int = 0) -> An
     return value
 
 
+def _check_id(job_id: str) -> None:
+    """No job id holds NUL (PostgreSQL's text cannot even compare one): such an id is not found."""
+    if "\x00" in job_id:
+        raise NotFound(f"job {job_id!r} not found")
+
+
 def _to_job(row: sa.Row[Any]) -> Job:
     m = row._mapping
     result = _readable(m["result"], drop_nonfinite=True)
     return Job(
         id=m["id"],
         state=JobState(m["state"]),
-        request=GenerationRequest.model_validate(_readable(m["request"], drop_nonfinite=True)),
+        request=parse_job_request(_readable(m["request"], drop_nonfinite=True)),
         dialect=m["dialect"],
         owner=m["owner"],
         priority=m["priority"],
@@ -129,7 +150,9 @@ class SqlJobStore:
 
     ``events``: where state changes and progress are published (pass the same ``JobEvents`` to the
     worker). ``max_queue``: ``submit`` raises ``QueueFull`` when this many jobs are queued.
-    ``lease_s``: how long a claim holds a job without a heartbeat.
+    ``lease_s``: how long a claim holds a job without a heartbeat. ``migrate``: check the schema
+    at start (``database.ensure_schema``: SQLite is upgraded, PostgreSQL only when empty; a schema
+    it will not use raises ``SchemaMismatch``, a database it cannot reach ``DatabaseUnreachable``).
     """
 
     def __init__(
@@ -152,7 +175,11 @@ class SqlJobStore:
         single = isinstance(self._engine.pool, sa.StaticPool)
         self._serial: threading.Lock | None = threading.Lock() if single else None
         if migrate:
-            upgrade_schema(self._engine)
+            try:
+                ensure_schema(self._engine)
+            except BaseException:
+                self._engine.dispose()
+                raise
 
     @property
     def database(self) -> sa.Engine:
@@ -184,6 +211,7 @@ class SqlJobStore:
     # -- reading -----------------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job:
+        _check_id(job_id)
         with self._tx() as conn:
             row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).one_or_none()
         if row is None:
@@ -204,11 +232,14 @@ class SqlJobStore:
         if dialect is not None:
             query = query.where(jobs.c.dialect == dialect)
         if owner is not None:
+            if "\x00" in owner:
+                return []
             query = query.where(jobs.c.owner == owner)
         with self._tx() as conn:
             return [_to_job(row) for row in conn.execute(query)]
 
     def position(self, job_id: str) -> int | None:
+        _check_id(job_id)
         with self._tx() as conn:
             row = conn.execute(
                 sa.select(jobs.c.state, jobs.c.priority, jobs.c.seq).where(jobs.c.id == job_id)
@@ -228,6 +259,7 @@ class SqlJobStore:
             return self._count_queued(conn)
 
     def pending_control(self, job_id: str) -> ControlAction | None:
+        _check_id(job_id)
         with self._tx() as conn:
             row = conn.execute(sa.select(jobs.c.control).where(jobs.c.id == job_id)).one_or_none()
         if row is None:
@@ -238,7 +270,7 @@ class SqlJobStore:
 
     def submit(
         self,
-        request: GenerationRequest,
+        request: GenerationRequest | PostprocessRequest,
         *,
         dialect: str = "native",
         owner: str | None = None,
@@ -263,6 +295,8 @@ class SqlJobStore:
             "attempts": 0,
         }
         with self._tx(write=True) as conn:
+            if self._max_queue is not None or max_owner_jobs is not None:
+                serialize(conn, "jobs.queue")  # the counts stay true until this insert commits
             if self._max_queue is not None and self._count_queued(conn) >= self._max_queue:
                 raise QueueFull(f"the queue is full ({self._max_queue} jobs waiting)")
             if max_owner_jobs is not None and self._count_held(conn, owner) >= max_owner_jobs:
@@ -318,6 +352,8 @@ class SqlJobStore:
     def heartbeat(self, job_id: str, worker_id: str) -> bool:
         """Renews ``worker_id``'s lease on a running job; False when the job is no longer its own
         (finished, deleted, or re-queued after the lease ran out)."""
+        if "\x00" in job_id:
+            return False
         now = _now()
         with self._tx(write=True) as conn:
             renewed = conn.execute(
@@ -332,7 +368,9 @@ class SqlJobStore:
         """Keeps ``png`` as the running job's latest preview (dropped when the job ends)."""
         now = _now()
         with self._tx(write=True) as conn:
-            state = conn.execute(sa.select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one_or_none()
+            state = conn.execute(  # held shared: the job cannot end (and drop its preview) meanwhile
+                sa.select(jobs.c.state).where(jobs.c.id == job_id).with_for_update(read=True)
+            ).scalar_one_or_none()
             if state != JobState.RUNNING.value:
                 return
             values = {"iteration": iteration, "step": step, "png": png, "updated_at": now}
@@ -344,6 +382,8 @@ class SqlJobStore:
 
     def preview(self, job_id: str) -> bytes | None:
         """The latest preview PNG of a running job, whichever process runs it."""
+        if "\x00" in job_id:
+            return None
         with self._tx() as conn:
             png = conn.execute(
                 sa.select(job_previews.c.png).where(job_previews.c.job_id == job_id)
@@ -351,10 +391,11 @@ class SqlJobStore:
         return bytes(png) if png is not None else None
 
     def request_control(self, job_id: str, action: ControlAction) -> Job:
+        _check_id(job_id)
         now = _now()
         with self._tx(write=True) as conn:
-            current = conn.execute(
-                sa.select(jobs.c.state, jobs.c.control).where(jobs.c.id == job_id)
+            current = conn.execute(  # locked: a claim cannot start the job between read and write
+                sa.select(jobs.c.state, jobs.c.control).where(jobs.c.id == job_id).with_for_update()
             ).one_or_none()
             if current is None:
                 raise NotFound(f"job {job_id} not found")
@@ -373,7 +414,7 @@ class SqlJobStore:
             ).one()
             job = _to_job(row)
             if job.state is not state:
-                write_event(conn, _STATE_EVENT[job.state], job, self.origin)
+                self._append_event(conn, _STATE_EVENT[job.state], job)
         if job.state is not state:
             self._announced(job)
         return job
@@ -422,11 +463,16 @@ class SqlJobStore:
         now = now or _now()
         changed: builtins.list[Job] = []
         with self._tx(write=True) as conn:
+            expired = sa.and_(
+                jobs.c.state == JobState.RUNNING.value,
+                sa.or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at < now),
+            )
+            # Rows another sweeper (or a heartbeat) holds are left to it; the UPDATE re-checks.
             stranded = conn.execute(
-                sa.select(jobs.c.id, jobs.c.attempts, jobs.c.control).where(
-                    jobs.c.state == JobState.RUNNING.value,
-                    sa.or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at < now),
-                )
+                sa.select(jobs.c.id, jobs.c.attempts, jobs.c.control)
+                .where(expired)
+                .order_by(jobs.c.seq)
+                .with_for_update(skip_locked=True)
             ).all()
             for job_id, attempts, control in stranded:
                 values: dict[str, Any] = {"updated_at": now, "lease_expires_at": None}
@@ -447,8 +493,10 @@ class SqlJobStore:
                         control=None,
                     )
                 row = conn.execute(
-                    sa.update(jobs).where(jobs.c.id == job_id).values(values).returning(jobs)
-                ).one()
+                    sa.update(jobs).where(jobs.c.id == job_id, expired).values(values).returning(jobs)
+                ).one_or_none()
+                if row is None:
+                    continue
                 conn.execute(sa.delete(job_previews).where(job_previews.c.job_id == job_id))
                 changed.append(self._record(conn, row))
         requeued: builtins.list[str] = []
@@ -462,8 +510,9 @@ class SqlJobStore:
     def delete(self, job_id: str) -> Job:
         """Removes a terminal job's row and returns what it was. Raises ``NotFound``, and
         ``Conflict`` while the job is still queued or running (cancel it first)."""
+        _check_id(job_id)
         with self._tx(write=True) as conn:
-            row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).one_or_none()
+            row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id).with_for_update()).one_or_none()
             if row is None:
                 raise NotFound(f"job {job_id} not found")
             job = _to_job(row)
@@ -486,6 +535,9 @@ class SqlJobStore:
     ) -> tuple[builtins.list[Job], int | None]:
         """Newest first, for cursor pagination: the jobs and, when more may follow, the ``seq`` to
         pass as ``before_seq`` for the next page. ``metadata`` matches top-level string values."""
+        texts = [owner or "", *(metadata or {}).keys(), *(metadata or {}).values()]
+        if any("\x00" in text for text in texts):
+            return [], None  # no stored text holds NUL
         query = sa.select(jobs).order_by(jobs.c.seq.desc()).limit(limit + 1)
         if states is not None:
             query = query.where(jobs.c.state.in_([s.value for s in states]))
@@ -549,6 +601,8 @@ class SqlJobStore:
         """Changes a job in one of ``from_states`` and records the change (``kind``, or the event
         of its new state) in the outbox, in one transaction. None when the job was in no such state
         (or, with ``worker_id``, is not that worker's)."""
+        if "\x00" in job_id:
+            return None
         held = [jobs.c.worker_id == worker_id] if worker_id is not None else []
         with self._tx(write=True) as conn:
             row = conn.execute(
@@ -580,8 +634,14 @@ class SqlJobStore:
     def _record(self, conn: sa.Connection, row: sa.Row[Any], kind: JobEventKind | None = None) -> Job:
         """The job a written row holds, its change appended to the outbox in the same transaction."""
         job = _to_job(row)
-        write_event(conn, kind or _STATE_EVENT[job.state], job, self.origin)
+        self._append_event(conn, kind or _STATE_EVENT[job.state], job)
         return job
+
+    def _append_event(self, conn: sa.Connection, kind: JobEventKind, job: Job) -> None:
+        """One outbox row, the transaction's last statement: appends take turns until commit, so
+        on PostgreSQL too a row's ``seq`` is higher than that of every row committed before it."""
+        serialize(conn, "job_events")
+        write_event(conn, kind, job, self.origin)
 
     def _announced(self, job: Job, kind: JobEventKind | None = None) -> Job:
         """After commit: this process hears of the change at once, the outbox follower too."""

@@ -1,4 +1,5 @@
-"""``create_app(settings)``: builds every service, mounts every dialect; nothing at import time."""
+"""``create_app(settings)``: builds every service, mounts every dialect of the registry
+(``server/dialects/registry.py``) and the health checks; nothing at import time."""
 
 from __future__ import annotations
 
@@ -16,24 +17,14 @@ from starlette.routing import compile_path
 
 import sdgate
 from sdgate.core.engine import Engine
+from sdgate.server import health
 from sdgate.server.auth import AuthMiddleware, authenticator_for
-from sdgate.server.dialects.a1111.extras import router as a1111_extras_router
-from sdgate.server.dialects.a1111.networks import router as a1111_networks_router
-from sdgate.server.dialects.a1111.router import router as a1111_router
-from sdgate.server.dialects.hf.router import router as hf_router
-from sdgate.server.dialects.native.ops import router as ops_router
-from sdgate.server.dialects.native.router import router as native_router
-from sdgate.server.dialects.native.runtime import NativeRuntime
-from sdgate.server.dialects.openai.router import router as openai_router
-from sdgate.server.dialects.stability.router import router as stability_router
-from sdgate.server.dialects.stability.router import v2_router as stability_v2_router
+from sdgate.server.dialect import job_payloads
+from sdgate.server.dialects.registry import DIALECTS
 from sdgate.server.docs import install_docs
 from sdgate.server.errors import install_error_handlers
-from sdgate.server.middleware import (
-    BodyLimitMiddleware,
-    DefaultJsonMiddleware,
-    RequestContextMiddleware,
-)
+from sdgate.server.middleware import BodyLimitMiddleware, DefaultJsonMiddleware, RequestContextMiddleware
+from sdgate.server.runtime import ServerRuntime
 from sdgate.server.services import Services
 from sdgate.settings import Settings
 
@@ -52,19 +43,24 @@ def create_app(
     """The whole server. ``engine`` overrides the one ``settings.engine`` names (tests);
     ``run_workers=False`` makes an API-only process that leaves generation to ``sdgate worker``."""
 
+    payloads = job_payloads(DIALECTS)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = Services.build(settings, engine=engine, run_workers=run_workers)
         app.state.services = services
-        native = NativeRuntime.attach(services)  # before start(): recovered jobs' events are logged
+        # Before start(): webhooks hear of the jobs recovered at start-up.
+        runtime = ServerRuntime.attach(services, payloads)
+        for dialect in DIALECTS:
+            dialect.attach(services)
         services.start()
-        await native.start()
+        await runtime.start()
         try:
             yield
         finally:
-            await native.stop()
+            await runtime.stop()
             services.stop()
-            native.detach()
+            runtime.detach()
 
     app = FastAPI(
         title="sdgate",
@@ -77,15 +73,10 @@ def create_app(
     install_error_handlers(app)
     app.add_exception_handler(405, _method_not_allowed)
     install_docs(app)
-    app.include_router(stability_router)
-    app.include_router(stability_v2_router)
-    app.include_router(openai_router)
-    app.include_router(hf_router)
-    app.include_router(a1111_router)
-    app.include_router(a1111_networks_router)
-    app.include_router(a1111_extras_router)
-    app.include_router(native_router)
-    app.include_router(ops_router)
+    for dialect in DIALECTS:
+        for router in dialect.routers:
+            app.include_router(router)
+    app.include_router(health.router)
 
     # Outermost first: the request id wraps everything, so even a 401 or 413 carries one.
     app.add_middleware(DefaultJsonMiddleware)

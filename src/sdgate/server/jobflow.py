@@ -11,11 +11,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from sdgate.core.engine import memory_budget
-from sdgate.core.errors import ModelNotFound, error_from_dict
+from sdgate.core.errors import InvalidRequest, ModelNotFound, error_from_dict
 from sdgate.core.jobs import ControlAction, Job, JobState
 from sdgate.core.limits import weights_bytes
 from sdgate.core.models import ModelInfo
-from sdgate.core.requests import GenerationRequest
+from sdgate.core.requests import GenerationRequest, PostprocessRequest
 from sdgate.core.upscalers import check_upscaler
 from sdgate.server.auth import Principal
 from sdgate.server.services import Services
@@ -26,7 +26,7 @@ log = logging.getLogger("sdgate.server")
 
 async def submit(
     services: Services,
-    request: GenerationRequest,
+    request: GenerationRequest | PostprocessRequest,
     *,
     dialect: str,
     principal: Principal,
@@ -54,12 +54,17 @@ async def submit(
     return job
 
 
-def check_submission(services: Services, request: GenerationRequest, metadata: Any = None) -> None:
+def check_submission(
+    services: Services, request: GenerationRequest | PostprocessRequest, metadata: Any = None
+) -> None:
     """The last check before a job exists, whichever dialect, script or retry submits it: the
     request as the engine will run it (every derived size, steps, counts, text, memory) and the
     job's metadata, against ``services.settings`` (sync: it may count a long prompt's tokens)."""
     settings = services.settings
     check_metadata(metadata, settings)
+    if isinstance(request, PostprocessRequest):
+        check_postprocess(services, request)
+        return
     info: ModelInfo | None = None
     try:
         info = services.catalog.resolve(request.model)
@@ -79,6 +84,17 @@ def check_submission(services: Services, request: GenerationRequest, metadata: A
         weights=_weights(services, request, info),
         budget=memory_budget(services.engine),
     )
+
+
+def check_postprocess(services: Services, request: PostprocessRequest) -> None:
+    """An extras job's own checks (its pictures' sizes were checked when they were stored): a
+    picture to process, at most ``max_batch_images``, and upscalers this server has."""
+    limit = services.settings.max_batch_images
+    if not 1 <= request.image_count <= limit:
+        raise InvalidRequest(f"an extras job takes 1 to {limit} images", field="init_images")
+    check_upscaler(request.upscaler_1, services.catalog, field="upscaler_1", latent=False)
+    if request.second_upscaler is not None:
+        check_upscaler(request.second_upscaler, services.catalog, field="upscaler_2", latent=False)
 
 
 def _weights(services: Services, request: GenerationRequest, info: ModelInfo | None) -> int:
@@ -117,7 +133,7 @@ async def wait_for(services: Services, job: Job, http_request: Request | None = 
 
 async def run_blocking(
     services: Services,
-    request: GenerationRequest,
+    request: GenerationRequest | PostprocessRequest,
     http_request: Request,
     *,
     dialect: str,
