@@ -1,4 +1,5 @@
-"""No job is ever claimed twice: not by threads sharing a store, not by processes sharing a file."""
+"""No job is ever claimed twice: not by threads sharing a store, not by processes sharing a database;
+and the other read-then-writes (lease sweeps, cancels, outbox appends) hold under concurrency too."""
 
 from __future__ import annotations
 
@@ -6,9 +7,14 @@ import multiprocessing
 import threading
 import time
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
+
+from sdgate.core.jobs import ControlAction, JobState
 from sdgate.core.requests import GenerationRequest
+from sdgate.jobs.schema import job_events
 from sdgate.jobs.store import SqlJobStore
 
 JOBS = 200
@@ -73,3 +79,108 @@ def test_two_processes_never_claim_the_same_job(store: SqlJobStore, db_url: str)
     assert Counter(every).most_common(1)[0][1] == 1
     assert set(every) == submitted
     assert results["p0"] and results["p1"]
+
+
+def _stores(db_url: str, n: int) -> list[SqlJobStore]:
+    return [SqlJobStore(db_url) for _ in range(n)]
+
+
+def _together(n: int, work: Any) -> None:
+    """``work(i)`` in ``n`` threads started at once; re-raises the first failure."""
+    start = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            start.wait()
+            work(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+
+
+def test_concurrent_lease_sweeps_requeue_each_expired_job_once(store: SqlJobStore, db_url: str) -> None:
+    ids = [store.submit(GenerationRequest(prompt=f"p{i}")).id for i in range(60)]
+    for i in range(60):
+        assert store.claim_next(f"dead{i}") is not None
+    later = datetime.now(UTC) + timedelta(hours=1)
+    sweepers = _stores(db_url, 4)
+    requeued: list[list[str]] = [[] for _ in sweepers]
+    try:
+        _together(4, lambda i: requeued[i].extend(sweepers[i].requeue_expired(max_attempts=5, now=later)))
+    finally:
+        for s in sweepers:
+            s.close()
+    every = [job_id for ids_ in requeued for job_id in ids_]
+    assert sorted(every) == sorted(ids)  # each once, by exactly one sweeper
+    with store.database.connect() as conn:
+        queued_events = conn.execute(
+            sa.select(job_events.c.job_id).where(job_events.c.kind == "queued")
+        ).scalars().all()
+    assert Counter(queued_events) == Counter({job_id: 2 for job_id in ids})  # submitted, re-queued
+
+
+def test_a_cancel_racing_a_claim_never_cancels_a_claimed_job(store: SqlJobStore, db_url: str) -> None:
+    ids = [store.submit(GenerationRequest(prompt=f"p{i}")).id for i in range(80)]
+    claimed: list[str] = []
+    canceller = SqlJobStore(db_url)
+
+    def work(i: int) -> None:
+        if i == 0:
+            claimed.extend(_claim_until_empty(store, "w"))
+        else:
+            for job_id in ids:
+                canceller.request_control(job_id, ControlAction.CANCEL)
+
+    try:
+        _together(2, work)
+    finally:
+        canceller.close()
+    for job_id in ids:
+        job = store.get(job_id)
+        if job_id in claimed:  # the worker holds it: the cancel is a request for the worker
+            assert job.state is JobState.RUNNING and job.control is ControlAction.CANCEL, job_id
+        else:
+            assert job.state is JobState.CANCELLED and job.started_at is None, job_id
+
+
+def test_outbox_readers_resuming_after_a_seq_miss_nothing(store: SqlJobStore, db_url: str) -> None:
+    """Rows become visible in ``seq`` order, so "every row after the last seq I saw" (the outbox
+    follower, an SSE Last-Event-ID) is complete while eight writers append at once."""
+    writers = _stores(db_url, 8)
+    seen: list[int] = []
+    done = threading.Event()
+
+    def read_new(cursor: int) -> int:
+        with store.database.connect() as conn:
+            rows = conn.execute(
+                sa.select(job_events.c.seq).where(job_events.c.seq > cursor).order_by(job_events.c.seq)
+            ).scalars().all()
+        seen.extend(rows)
+        return rows[-1] if rows else cursor
+
+    def follow() -> None:
+        cursor = 0
+        while not done.is_set():
+            cursor = read_new(cursor)
+        read_new(cursor)
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    try:
+        _together(8, lambda i: [writers[i].submit(GenerationRequest(prompt=f"{i}-{n}")) for n in range(40)])
+    finally:
+        done.set()
+        follower.join(timeout=60)
+        for w in writers:
+            w.close()
+    with store.database.connect() as conn:
+        every = conn.execute(sa.select(job_events.c.seq).order_by(job_events.c.seq)).scalars().all()
+    assert len(every) == 8 * 40
+    assert seen == every
