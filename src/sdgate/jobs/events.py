@@ -20,11 +20,13 @@ import logging
 import threading
 from collections.abc import Callable
 from types import TracebackType
+from typing import Generic, ParamSpec
 
 from sdgate.core.jobs import Job, JobEventKind, JobStore
 
 logger = logging.getLogger(__name__)
 
+P = ParamSpec("P")
 Listener = Callable[[JobEventKind, Job], None]
 
 TERMINAL_EVENTS = frozenset({JobEventKind.SUCCEEDED, JobEventKind.FAILED, JobEventKind.CANCELLED})
@@ -33,36 +35,55 @@ MAX_BACKLOG = 256
 DEFAULT_POLL_S = 0.5
 
 
+class Listeners(Generic[P]):
+    """A thread-safe list of callbacks, called in the order added; one that raises is logged and
+    the others still run. Shared by ``JobEvents`` and the outbox follower."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what  # for the log line: "event listener", "outbox listener"
+        self._lock = threading.Lock()
+        self._items: list[Callable[P, None]] = []
+
+    def add(self, listener: Callable[P, None]) -> Callable[[], None]:
+        """Adds ``listener``; returns the function that removes it (calling it twice is harmless)."""
+        with self._lock:
+            self._items.append(listener)
+
+        def remove() -> None:
+            with self._lock:
+                if listener in self._items:
+                    self._items.remove(listener)
+
+        return remove
+
+    def call(self, job_id: str, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Calls every listener (a snapshot: one may add or remove listeners meanwhile)."""
+        with self._lock:
+            listeners = list(self._items)
+        for listener in listeners:
+            try:
+                listener(*args, **kwargs)
+            except Exception:
+                logger.exception("job %s: %s failed", job_id, self._what)
+
+
 class JobEvents:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._listeners: list[Listener] = []
+        self._listeners: Listeners[[JobEventKind, Job]] = Listeners("event listener")
         self._subscriptions: set[Subscription] = set()
 
     def publish(self, kind: JobEventKind, job: Job) -> None:
         """Thread-safe; returns at once (listeners are expected to be quick)."""
         with self._lock:
-            listeners = list(self._listeners)
             subscriptions = [s for s in self._subscriptions if s.job_id in (None, job.id)]
-        for listener in listeners:
-            try:
-                listener(kind, job)
-            except Exception:
-                logger.exception("job %s: event listener failed", job.id)
+        self._listeners.call(job.id, kind, job)
         for subscription in subscriptions:
             subscription.deliver(kind, job)
 
     def add_listener(self, listener: Listener) -> Callable[[], None]:
         """Calls ``listener(kind, job)`` on the publishing thread; returns the function that removes it."""
-        with self._lock:
-            self._listeners.append(listener)
-
-        def remove() -> None:
-            with self._lock:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
-
-        return remove
+        return self._listeners.add(listener)
 
     def subscribe(self, job_id: str | None = None) -> Subscription:
         """Events for one job (the iteration ends after its terminal event) or, with ``None``, for

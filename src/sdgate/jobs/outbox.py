@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from sdgate.core.jobs import Job, JobEventKind
 from sdgate.jobs.database import transaction
-from sdgate.jobs.events import JobEvents
+from sdgate.jobs.events import JobEvents, Listeners
 from sdgate.jobs.schema import job_events
 
 logger = logging.getLogger(__name__)
@@ -90,22 +90,14 @@ class OutboxFollower:
         self._bus = bus
         self._poll_s = poll_s
         self._cursor = 0
-        self._listeners: list[OutboxListener] = []
-        self._lock = threading.Lock()
+        self._listeners: Listeners[[OutboxEvent]] = Listeners("outbox listener")
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
     def add_listener(self, listener: OutboxListener) -> Callable[[], None]:
-        with self._lock:
-            self._listeners.append(listener)
-
-        def remove() -> None:
-            with self._lock:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
-
-        return remove
+        """``listener(event)`` for every row, on the follower's thread; returns its remover."""
+        return self._listeners.add(listener)
 
     def start(self) -> None:
         """Follows from the newest row on: what happened before is read from the table itself."""
@@ -144,13 +136,7 @@ class OutboxFollower:
     def _dispatch(self, event: OutboxEvent) -> None:
         if self._bus is not None and event.origin != self._origin:
             self._bus.publish(event.kind, event.job)
-        with self._lock:
-            listeners = list(self._listeners)
-        for listener in listeners:
-            try:
-                listener(event)
-            except Exception:
-                logger.exception("job %s: outbox listener failed", event.job.id)
+        self._listeners.call(event.job.id, event)
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
