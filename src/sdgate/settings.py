@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     database: str | None = None
     # Where images live: a folder (or file:///path), or s3://bucket/prefix; None: <data_dir>/images.
     storage: str | None = None
+    storage_endpoint: str | None = None  # s3:// storage on an S3-compatible server: its URL (else boto3's)
 
     # Serving.
     host: str = "127.0.0.1"

@@ -70,18 +70,19 @@ def check_database_url(url: str) -> str:
     return url
 
 
-def image_store(location: str | Path) -> ImageStore:
-    """A folder (a path or ``file:///path``) today; ``s3://bucket/prefix`` in cluster mode."""
+def image_store(location: str | Path, *, endpoint: str | None = None) -> ImageStore:
+    """A folder (a path or ``file:///path``), or ``s3://bucket/prefix`` (cluster mode: ``endpoint``
+    overrides boto3's for S3-compatible servers; the bucket must answer, else ``StorageUnavailable``)."""
     text = str(location)
     scheme = urlsplit(text).scheme if "://" in text else ""
     if scheme in ("", "file"):
         return LocalImageStore(Path(urlsplit(text).path if scheme else text))
     if scheme == "s3":
         try:
-            from sdgate.jobs.s3images import S3ImageStore  # type: ignore[import-not-found,unused-ignore]
+            from sdgate.jobs.s3images import S3ImageStore
         except ImportError as exc:
-            raise StoreLocationError(f"storage: s3:// needs the S3 client ({exc})") from None
-        return S3ImageStore.from_url(text)  # type: ignore[no-any-return,unused-ignore]
+            raise StoreLocationError(f"storage: s3:// needs the S3 client, boto3 ({exc})") from None
+        return S3ImageStore.from_url(text, endpoint=endpoint)
     raise StoreLocationError(f"storage: {scheme!r} is not supported (a folder, file:// or s3://)")
 
 
@@ -91,6 +92,7 @@ def open_stores(
     *,
     max_queue: int | None = None,
     lease_s: float | None = None,
+    storage_endpoint: str | None = None,
 ) -> Stores:
     """Opens (and migrates) the job database and the image store, and wires the outbox follower to
     the store's commits. Raises ``StoreLocationError`` for a location sdgate cannot use."""
@@ -103,7 +105,7 @@ def open_stores(
     outbox = OutboxFollower(store.database, origin=store.origin, bus=events)
     store.on_commit(outbox.wake)
     try:
-        images = image_store(storage)
+        images = image_store(storage, endpoint=storage_endpoint)
     except BaseException:
         store.close()
         raise
@@ -117,4 +119,5 @@ def stores_for(settings: Settings) -> Stores:
         settings.storage_location,
         max_queue=settings.max_queue,
         lease_s=settings.job_lease_s,
+        storage_endpoint=settings.storage_endpoint,
     )
