@@ -15,14 +15,15 @@
 # PostgreSQL runs as a non-root user (`postgres`) when started by root, as initdb requires.
 #
 # Environment (all optional): SDGATE_SERVICES_DIR (/tmp/sdgate-services), SDGATE_PG_PORT (55432),
-# SDGATE_S3_PORT (58333), SDGATE_WEED_PORT_BASE (58340: SeaweedFS's master, volume and filer ports
-# and their gRPC ports take BASE..BASE+7), PYTHON.
+# SDGATE_S3_PORT (58333), SDGATE_WEED_PORT_BASE (28340: SeaweedFS's master, volume and filer ports
+# and their gRPC ports take BASE..BASE+6, kept below Linux's ephemeral range 32768-60999 so an
+# outgoing connection cannot hold one), PYTHON.
 set -euo pipefail
 
 DIR=${SDGATE_SERVICES_DIR:-/tmp/sdgate-services}
 PG_PORT=${SDGATE_PG_PORT:-55432}
 S3_PORT=${SDGATE_S3_PORT:-58333}
-WEED_BASE=${SDGATE_WEED_PORT_BASE:-58340}
+WEED_BASE=${SDGATE_WEED_PORT_BASE:-28340}
 PG_USER=sdgate
 PG_DB=sdgate_test
 S3_KEY=sdgate-test-key
