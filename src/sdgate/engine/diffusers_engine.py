@@ -4,6 +4,13 @@ One job reads as numbered steps: check the request, get the model (cached or loa
 model's defaults, then per iteration build a fresh scheduler, draw seeded noise, run the pipeline
 with a step callback, decode and write infotexts. The engine runs one job at a time (pipelines and
 schedulers hold per-call state); a second worker thread on the same engine waits its turn.
+
+What a job's steps share travels in one ``_Job`` (request, inputs, its control handle, model,
+shape, other checkpoints) and each iteration's draw in one ``_Draw``. Per-call pipeline state stays
+in the call (``_call_state``): the schedulers a call sets are put back to each model's own after
+it, an external VAE and seamless tiling are undone by their blocks, and LoRA weights are set by
+every call for itself (``lora.activate`` compares and re-patches; a call that fails restores the
+base weights, so a half-applied set never reaches the next call).
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from dataclasses import field as dc_field
 from typing import Any
@@ -64,10 +73,20 @@ class LoadedModel:
     base_scheduler_config: dict[str, Any]  # as loaded: every job's scheduler starts from this
     variants: dict[str, Any] = dc_field(default_factory=dict)  # e.g. the img2img/inpaint pipeline
     external_vae: vae.ExternalVae | None = None  # while a job decodes with a VAE file (sd_vae)
+    base_scheduler: Any = None  # the scheduler it loaded with: what its pipelines hold between calls
 
     @property
     def pipeline(self) -> Any:
         return self.loaded.pipeline
+
+    def pipelines(self) -> list[Any]:
+        """Every pipeline over this model's components: its own, its variants, the hires pass's."""
+        own = self.pipeline
+        if own is None:  # evicted
+            return []
+        found = [own, *self.variants.values()]
+        hires_variant = hires.existing_img2img_pipeline(own)
+        return found if hires_variant is None else [*found, hires_variant]
 
 
 @dataclass
@@ -83,6 +102,53 @@ class _Iteration:
     images: list[GeneratedImage]
     action: StepAction
     plan: SchedulerPlan
+
+
+@dataclass
+class _Job:
+    """One job of an engine call: what every step of it reads."""
+
+    request: GenerationRequest
+    inputs: EngineInputs
+    control: GenerationControl  # this job's own handle
+    model: LoadedModel
+    shape: JobShape
+    seconds: _Seconds
+
+
+@dataclass
+class _Draw:
+    """One iteration's draw: the pipeline it samples on, its scheduler, seeds and noise."""
+
+    it: int
+    pipe: Any
+    plan: SchedulerPlan
+    seeds: list[int]
+    subseeds: list[int]
+    noise: Any
+    generators: Any
+
+
+@contextmanager
+def _call_state(models: Sequence[LoadedModel | None]) -> Iterator[None]:
+    """Per-call pipeline state does not outlive the call: after it, every pipeline of ``models``
+    holds its model's own scheduler again, and after a failure its LoRA weights are the base
+    model's (a LoRA set that failed half-way is not left patched in)."""
+    held = [m for m in models if m is not None]
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        for model in held:
+            for pipe in model.pipelines():
+                if model.base_scheduler is not None:
+                    pipe.scheduler = model.base_scheduler
+            if failed and model.pipeline is not None:
+                try:
+                    lora.apply_loras(model.pipeline, [])
+                except Exception:  # the weights stay marked unknown: the next call restores them
+                    log.warning("could not restore %s's base weights", model.info.name, exc_info=True)
 
 
 class DiffusersEngine:
@@ -137,22 +203,17 @@ class DiffusersEngine:
             started = time.perf_counter()
             # 2. The model, and its defaults for what the request left out.
             model = self._get_model(info)
-            missing = lora.activate(model.pipeline, self.catalog, request)  # patched in place
-            seconds = self._seconds(request, model, refiner_info, hires_info)
-            loaded_at = time.perf_counter()
             shape = resolve_shape(request, self._defaults(model.info))
             # 3. Sample, iteration by iteration.
             try:
-                external = self._external_vae(model, vae_file)
-                # The VAE first: tiling then pads the convs that will actually run.
-                with vae.swapped_in(model.pipeline.vae, external), seamless(model.pipeline, request.tiling):
-                    model.external_vae = external
-                    try:
-                        out = self._run(request, model, shape, control, started, loaded_at, inputs, seconds)
-                        out.notes[:0] = lora.missing_note(missing)  # A1111 warns; info names them
-                        return out
-                    finally:
-                        model.external_vae = None
+                with _call_state([model]):
+                    missing = lora.activate(model.pipeline, self.catalog, request)  # patched in place
+                    seconds = self._seconds(request, model, refiner_info, hires_info)
+                    loaded_at = time.perf_counter()
+                    job = _Job(request, inputs, control, model, shape, seconds)
+                    out = self._sample(job, vae_file, started, loaded_at)
+                    out.notes[:0] = lora.missing_note(missing)  # A1111 warns; info names them
+                    return out
             except Exception as exc:
                 if not is_oom(exc):
                     raise
@@ -163,6 +224,26 @@ class DiffusersEngine:
             )
             size = f"{shape.width}x{shape.height}"
             raise OutOfMemory(f"out of memory drawing {request.batch_size} image(s) of {size}: {advice}")
+
+    def _sample(
+        self, job: _Job, vae_file: AssetFile | None, started: float, loaded_at: float
+    ) -> EngineOutput:
+        """The job's iterations with its VAE and tiling in place, and its other checkpoints' state
+        undone after it."""
+        model, seconds = job.model, job.seconds
+        second_models = [seconds.hires, seconds.refiner.model if seconds.refiner else None]
+        external = self._external_vae(model, vae_file)
+        # The VAE first: tiling then pads the convs that will actually run.
+        with (
+            _call_state(second_models),
+            vae.swapped_in(model.pipeline.vae, external),
+            seamless(model.pipeline, job.request.tiling),
+        ):
+            model.external_vae = external
+            try:
+                return self._run(job, started, loaded_at)
+            finally:
+                model.external_vae = None
 
     # --- steps ---------------------------------------------------------------------------------
 
@@ -237,7 +318,8 @@ class DiffusersEngine:
         info = self.catalog.ensure_hash(info)  # A1111 hashes a checkpoint when it loads it
         self.cache.make_room(_file_bytes(info), keep=keep)
         loaded = self._load_with_retry(info, keep or [])
-        model = LoadedModel(info, loaded, dict(loaded.pipeline.scheduler.config))
+        scheduler = loaded.pipeline.scheduler
+        model = LoadedModel(info, loaded, dict(scheduler.config), base_scheduler=scheduler)
         self.cache.put(key, model, pipeline_bytes(loaded.pipeline), keep=keep)
         return model
 
@@ -285,25 +367,14 @@ class DiffusersEngine:
             memory.apply(loaded.pipeline, plan, self.device)
         return loaded
 
-    def _run(
-        self,
-        request: GenerationRequest,
-        model: LoadedModel,
-        shape: JobShape,
-        control: GenerationControl,
-        started: float,
-        loaded_at: float,
-        inputs: EngineInputs | None = None,
-        seconds: _Seconds | None = None,
-    ) -> EngineOutput:
-        inputs = inputs or EngineInputs()
-        seconds = seconds or _Seconds()
+    def _run(self, job: _Job, started: float, loaded_at: float) -> EngineOutput:
+        request = job.request
         images: list[GeneratedImage] = []
         notes: list[str] = []
         interrupted = False
         plan: SchedulerPlan | None = None
         for it in range(request.n_iter):
-            result = self._iteration(request, model, shape, control, it, inputs, seconds)
+            result = self._iteration(job, it)
             plan = result.plan
             for note in plan.notes:
                 if note not in notes:
@@ -319,32 +390,24 @@ class DiffusersEngine:
         done = time.perf_counter()
         return EngineOutput(
             images=images,
-            model_name=model.info.name,
-            model_hash=model.info.short_hash,
+            model_name=job.model.info.name,
+            model_hash=job.model.info.short_hash,
             sampler=request.sampler,
             scheduler=plan.schedule,
-            width=shape.width,
-            height=shape.height,
-            steps=shape.steps,
+            width=job.shape.width,
+            height=job.shape.height,
+            steps=job.shape.steps,
             interrupted=interrupted,
             notes=notes,
             timings={"load": loaded_at - started, "sample": done - loaded_at, "total": done - started},
         )
 
-    def _iteration(
-        self,
-        request: GenerationRequest,
-        model: LoadedModel,
-        shape: JobShape,
-        control: GenerationControl,
-        it: int,
-        inputs: EngineInputs | None = None,
-        seconds: _Seconds | None = None,
-    ) -> _Iteration:
-        """One pipeline call: ``batch_size`` images with seeds seed + it * batch_size + i."""
-        seconds = seconds or _Seconds()
+    def _draw(self, job: _Job, it: int) -> _Draw:
+        """Iteration ``it``'s pipeline, a fresh scheduler on it, and its noise: ``batch_size``
+        images with seeds seed + it * batch_size + i."""
+        request, model, shape = job.request, job.model, job.shape
         pipe, family = model.pipeline, model.loaded.family
-        with_images = bool(inputs and inputs.init_images)
+        with_images = bool(job.inputs.init_images)
         if with_images:
             pipe = img2img.variant(model)
         batch = slice(it * request.batch_size, (it + 1) * request.batch_size)
@@ -362,7 +425,7 @@ class DiffusersEngine:
             s_tmin=request.s_tmin,
             s_tmax=request.s_tmax,
         )
-        pipe.scheduler = plan.scheduler
+        pipe.scheduler = plan.scheduler  # put back after the call (_call_state)
         # 2. Noise from each image's own seed, on the CPU.
         factor = model.loaded.vae_scale_factor
         channels = pipe.vae.config.latent_channels if with_images else pipe.unet.config.in_channels
@@ -375,15 +438,18 @@ class DiffusersEngine:
             ensd=request.eta_noise_seed_delta,
             resize_from=seed_resize_from(request, factor),
         )
-        if with_images:
-            assert inputs is not None
-            return self._img2img_iteration(
-                request, inputs, model, pipe, shape, control, it, plan, noise, generators, seeds, subseeds,
-                seconds.refiner,
-            )  # fmt: skip
+        return _Draw(it, pipe, plan, seeds, subseeds, noise, generators)
+
+    def _iteration(self, job: _Job, it: int) -> _Iteration:
+        """One pipeline call (txt2img, with hires fix and the refiner when asked)."""
+        draw = self._draw(job, it)
+        if job.inputs.init_images:
+            return self._img2img_iteration(job, draw)
+        request, model, shape, seconds = job.request, job.model, job.shape, job.seconds
+        pipe, family, plan = draw.pipe, model.loaded.family, draw.plan
         # 3. Sample, reporting every step.
         passes = 2 if request.hires is not None else 1  # progress counts both hires passes, as A1111
-        tracker = StepTracker(control, passes * it, passes * request.n_iter, shape.steps)
+        tracker = StepTracker(job.control, passes * it, passes * request.n_iter, shape.steps)
         embeds = embeddings.for_pipeline(self.catalog, pipe)  # textual inversion from embeddings/
         prompts = prompt_plan(pipe, family, request, shape.steps, embeddings=embeds)  # per step, AND
         # A refiner switches in this pass unless hires fix has a second one (A1111: "second pass").
@@ -396,8 +462,8 @@ class DiffusersEngine:
                 width=shape.width,
                 num_inference_steps=shape.steps,
                 guidance_scale=request.cfg_scale,
-                latents=noise.to(device=self.device, dtype=pipe.unet.dtype),
-                generator=generators,
+                latents=draw.noise.to(device=self.device, dtype=pipe.unet.dtype),
+                generator=draw.generators,
                 output_type="latent",
                 callback_on_step_end=prompts.wrap(StepCallback(refiners.reporting(first, tracker), family)),
                 callback_on_step_end_tensor_inputs=prompts.tensor_inputs,
@@ -408,7 +474,7 @@ class DiffusersEngine:
             assert refiner is not None and first is not None
             latents = refiner.continue_sampling(
                 first, latents, pipe=pipe, family=family, request=request, prompt_steps=shape.steps,
-                width=shape.width, height=shape.height, generators=generators,
+                width=shape.width, height=shape.height, generators=draw.generators,
                 extra=eta_kwargs(plan, request.eta), catalog=self.catalog,
             )  # fmt: skip
             pipe = refiner.pipeline  # the latents are the refiner's now
@@ -421,10 +487,11 @@ class DiffusersEngine:
         if request.hires is not None and action == StepAction.CONTINUE:
             runs = hires.second_pass_steps(request, shape.steps)[1]
             second = hires.second_pass(
-                pipe, family, model.base_scheduler_config, request, latents, seeds,
-                width=shape.width, height=shape.height, steps=shape.steps, factor=factor,
-                tracker=StepTracker(control, 2 * it + 1, 2 * request.n_iter, max(1, runs)),
-                catalog=self.catalog, subseeds=subseeds, second=seconds.hires, refiner=seconds.refiner,
+                pipe, family, model.base_scheduler_config, request, latents, draw.seeds,
+                width=shape.width, height=shape.height, steps=shape.steps,
+                factor=model.loaded.vae_scale_factor,
+                tracker=StepTracker(job.control, 2 * it + 1, 2 * request.n_iter, max(1, runs)),
+                catalog=self.catalog, subseeds=draw.subseeds, second=seconds.hires, refiner=seconds.refiner,
             )  # fmt: skip
             pictures, action = second.pictures, second.action
             extras = hires.infotext_params(request, seconds.hires)
@@ -436,46 +503,31 @@ class DiffusersEngine:
         if refined:
             assert seconds.refiner is not None
             extras = {**(extras or {}), **seconds.refiner.infotext_params()}
-        images = self._images(request, model, shape, plan, pictures, seeds, subseeds, extras)
-        return _Iteration(images, action, plan)
+        return _Iteration(self._images(job, draw, pictures, extras), action, plan)
 
-    def _img2img_iteration(
-        self,
-        request: GenerationRequest,
-        inputs: EngineInputs,
-        model: LoadedModel,
-        pipe: Any,
-        shape: JobShape,
-        control: GenerationControl,
-        it: int,
-        plan: SchedulerPlan,
-        noise: Any,
-        generators: Any,
-        seeds: list[int],
-        subseeds: list[int],
-        refiner: refiners.Refiner | None = None,
-    ) -> _Iteration:
+    def _img2img_iteration(self, job: _Job, draw: _Draw) -> _Iteration:
         """img2img / inpaint: the same seeds and reports, through ``engine.img2img``."""
-        family = model.loaded.family
+        request, model, shape, refiner = job.request, job.model, job.shape, job.seconds.refiner
+        pipe, family, plan = draw.pipe, model.loaded.family, draw.plan
         steps = img2img.effective_steps(shape.steps, img2img.strength_of(request, shape.steps))
-        tracker = StepTracker(control, it, request.n_iter, steps)
+        tracker = StepTracker(job.control, draw.it, request.n_iter, steps)
         first = refiner.first_part(tracker, steps, plan.scheduler.order) if refiner else None
         embeds = embeddings.for_pipeline(self.catalog, pipe)
         prompts = prompt_plan(pipe, family, request, steps, embeddings=embeds)
         latents, batch = img2img.run(
             pipe,
             request,
-            inputs,
+            job.inputs,
             prompts=prompts,
             width=shape.width,
             height=shape.height,
             steps=shape.steps,
-            noise=noise.to(device=self.device, dtype=pipe.unet.dtype),
-            generators=generators,
+            noise=draw.noise.to(device=self.device, dtype=pipe.unet.dtype),
+            generators=draw.generators,
             tracker=refiners.reporting(first, tracker),
             family=family,
             factor=model.loaded.vae_scale_factor,
-            first=it * request.batch_size,
+            first=draw.it * request.batch_size,
             extra=eta_kwargs(plan, request.eta),
         )
         owner = model.pipeline
@@ -485,7 +537,7 @@ class DiffusersEngine:
             # (``img2img.finish`` still pastes the original outside the mask).
             latents = refiner.continue_sampling(
                 first, latents, pipe=pipe, family=family, request=request, prompt_steps=steps,
-                width=shape.width, height=shape.height, generators=generators,
+                width=shape.width, height=shape.height, generators=draw.generators,
                 extra=eta_kwargs(plan, request.eta), catalog=self.catalog,
             )  # fmt: skip
             owner = refiner.pipeline
@@ -493,26 +545,17 @@ class DiffusersEngine:
             return _Iteration([], tracker.action, plan)
         check_finite(latents, request.sampler)
         pictures = img2img.finish(decode_latents(owner, latents), batch)
-        extras = {**img2img.infotext_extras(request, inputs, shape.steps), **prompts.infotext_params()}
+        extras = {**img2img.infotext_extras(request, job.inputs, shape.steps), **prompts.infotext_params()}
         if owner is not model.pipeline:
             assert refiner is not None
             extras.update(refiner.infotext_params())
-        images = self._images(request, model, shape, plan, pictures, seeds, subseeds, extras)
-        return _Iteration(images, tracker.action, plan)
+        return _Iteration(self._images(job, draw, pictures, extras), tracker.action, plan)
 
     def _images(
-        self,
-        request: GenerationRequest,
-        model: LoadedModel,
-        shape: JobShape,
-        plan: SchedulerPlan,
-        pictures: list[Any],
-        seeds: list[int],
-        subseeds: list[int],
-        extras: dict[str, object] | None,
+        self, job: _Job, draw: _Draw, pictures: list[Any], extras: dict[str, object] | None
     ) -> list[GeneratedImage]:
         """One ``GeneratedImage`` per picture (faces restored when asked), with its seeds and infotext."""
-        restore = request.restore_faces
+        request, restore = job.request, job.request.restore_faces
         pictures, faces = restorers.restore_pictures(pictures, restore, self.catalog, self.device)
         extras = {**(extras or {}), **faces} or None
         return [
@@ -520,23 +563,18 @@ class DiffusersEngine:
                 picture,
                 seed,
                 subseed,
-                self._infotext(request, model, shape, plan, seed, subseed, extras),
+                self._infotext(job, draw.plan, seed, subseed, extras),
                 request.prompt,
                 request.negative_prompt,
             )
-            for picture, seed, subseed in zip(pictures, seeds, subseeds, strict=True)
+            for picture, seed, subseed in zip(pictures, draw.seeds, draw.subseeds, strict=True)
         ]
 
     @staticmethod
     def _infotext(
-        request: GenerationRequest,
-        model: LoadedModel,
-        shape: JobShape,
-        plan: SchedulerPlan,
-        seed: int,
-        subseed: int,
-        extras: dict[str, object] | None = None,
+        job: _Job, plan: SchedulerPlan, seed: int, subseed: int, extras: dict[str, object] | None = None
     ) -> str:
+        request, model, shape = job.request, job.model, job.shape
         params = infotext_params(
             request,
             shape,

@@ -146,6 +146,11 @@ def _crop(latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
 _VARIANTS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
+def existing_img2img_pipeline(pipe: Any) -> Any | None:
+    """The img2img pipeline ``img2img_pipeline`` made over ``pipe``, if it made one."""
+    return _VARIANTS.get(pipe)
+
+
 def img2img_pipeline(pipe: Any, family: str | None) -> Any:
     """An img2img pipeline over ``pipe``'s own components (made once per loaded pipeline)."""
     variant = _VARIANTS.get(pipe)

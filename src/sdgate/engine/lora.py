@@ -145,7 +145,9 @@ class ActiveLora:
 @dataclass
 class _PipelineLoras:
     backups: dict[str, tuple[_Target, torch.Tensor]] = field(default_factory=dict)
-    active: tuple[tuple[str, float, float], ...] = ()
+    # The set the weights hold; None while patching (a set that failed half-way): the next
+    # ``apply_loras`` then restores the base weights whatever it asks for.
+    active: tuple[tuple[str, float, float], ...] | None = ()
     loras: list[ActiveLora] = field(default_factory=list)  # what the pipeline's weights hold now
 
 
@@ -237,10 +239,10 @@ def apply_loras(pipe: Any, wanted: list[ActiveLora]) -> None:
         state.loras = list(wanted)
         return
     with torch.no_grad():
+        state.active = None  # until the whole set is in
+        state.loras = []
         for module, original in state.backups.values():
             module.weight.copy_(original)
-        state.active = ()
-        state.loras = []
         modules = {c: _modules(pipe, c) for c in ("unet", *TEXT_ENCODERS)}
         for lora in wanted:
             pairs, unknown = _load(lora.path)
