@@ -77,6 +77,8 @@ class EventLog:
     # -- reading ---------------------------------------------------------------------------------
 
     def read(self, job_id: str, after: int = 0, *, limit: int = 1000) -> list[LoggedEvent]:
+        if "\x00" in job_id:  # no job id holds NUL (PostgreSQL's text cannot even compare one)
+            return []
         query = (
             sa.select(job_events)
             .where(job_events.c.job_id == job_id, job_events.c.seq > after)
@@ -89,6 +91,8 @@ class EventLog:
 
     def snapshot(self, job_id: str) -> list[LoggedEvent]:
         """What a late joiner gets first: the latest state change, then the latest progress after it."""
+        if "\x00" in job_id:
+            return []
         with transaction(self._db, write=False) as conn:
             state = conn.execute(
                 sa.select(job_events)

@@ -13,6 +13,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from sdgate.jobs.database import transaction
 from sdgate.jobs.schema import uploads as uploads_table
@@ -27,11 +29,12 @@ class Uploads:
         """Records an upload of ``image_id``; one already recorded keeps its first owner and gets
         ``now`` as its time."""
         now = now or datetime.now(UTC)
-        this = uploads_table.c.image_id == image_id
         with transaction(self._db, write=True) as conn:
-            if conn.execute(sa.select(uploads_table.c.image_id).where(this)).first() is None:
-                conn.execute(sa.insert(uploads_table).values(
-                    image_id=image_id, owner=owner, content_type=content_type, size=size, created_at=now,
-                ))
-            else:
-                conn.execute(sa.update(uploads_table).where(this).values(created_at=now))
+            # One statement, so two nodes recording the same bytes at once cannot both insert
+            # (PostgreSQL runs at READ COMMITTED; SQLite's write lock made a read-then-write safe).
+            insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            conn.execute(
+                insert(uploads_table)
+                .values(image_id=image_id, owner=owner, content_type=content_type, size=size, created_at=now)
+                .on_conflict_do_update(index_elements=[uploads_table.c.image_id], set_={"created_at": now})
+            )
