@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from sdgate.core.errors import NotFound, StorageUnavailable
 from sdgate.jobs.factory import StoreLocationError
@@ -250,6 +250,11 @@ class S3ImageStore:
                 message = f"storage unavailable: the {where} refused access ({detail}; check the credentials)"
             else:
                 message = f"storage unavailable: could not {action} the {where} ({detail})"
+        elif isinstance(exc, NoCredentialsError):
+            message = (
+                f"storage unavailable: no S3 credentials for the {where} (set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
+            )
         else:
             message = f"storage unavailable: could not {action} the {where} ({_one_line(exc)})"
         fault = StorageUnavailable(message)
@@ -289,7 +294,7 @@ def make_client(
     options: dict[str, Any] = {
         "connect_timeout": connect_timeout_s,
         "read_timeout": read_timeout_s,
-        "retries": {"mode": "standard", "max_attempts": max_attempts},
+        "retries": {"mode": "standard", "total_max_attempts": max_attempts},  # the first one included
         "max_pool_connections": MAX_POOL_CONNECTIONS,
         "signature_version": "s3v4",
     }
