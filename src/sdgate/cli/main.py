@@ -63,6 +63,21 @@ def serve(
     data_dir: DataDirOpt = None,
     models_dir: ModelsDirOpt = None,
     model: ModelOpt = None,
+    database: Annotated[
+        str | None,
+        typer.Option(help="sqlite:///path/sdgate.db or postgresql://user:pass@host/db. "
+                     "[default: <data-dir>/sdgate.db]"),
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="Images: a folder, or s3://bucket/prefix (credentials and region from the "
+                     "standard AWS variables and files). [default: <data-dir>/images]"),
+    ] = None,
+    storage_endpoint: Annotated[
+        str | None,
+        typer.Option("--storage-endpoint", help="s3:// storage on an S3-compatible server (MinIO, "
+                     "SeaweedFS, ...): its URL. [default: AWS_ENDPOINT_URL, else AWS]"),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
     engine: Annotated[
         str | None, typer.Option(help="diffusers, or null (blank images at once, for benchmarks).")
@@ -101,6 +116,9 @@ def serve(
         data_dir=data_dir,
         models_dir=models_dir,
         model=model,
+        database=database,
+        storage=storage,
+        storage_endpoint=storage_endpoint,
         device=device,
         engine=engine,
         api_auth=api_auth,
@@ -121,6 +139,7 @@ def serve(
     storage_problem = data_dir_problem(settings.data_dir, settings.database_url)
     if storage_problem is not None:  # before serving: a server that cannot write would fail every submit
         raise fail(storage_problem, code=1, kind="StorageUnavailable")
+    _check_stores(settings)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration plugin otherwise
 
@@ -160,6 +179,22 @@ def serve(
     server.run()
     if not server.started:  # the port was taken, or start-up failed: uvicorn has logged why
         raise typer.Exit(1)
+
+
+def _check_stores(settings: Settings) -> None:
+    """A database URL sdgate cannot use, or object storage that does not answer: one line and exit,
+    before serving (the app would only fail inside its start-up)."""
+    from sdgate.core.errors import StorageUnavailable
+    from sdgate.jobs.factory import StoreLocationError, check_database_url, image_store
+
+    try:
+        check_database_url(settings.database_url)
+        if settings.storage is not None:
+            image_store(settings.storage, endpoint=settings.storage_endpoint)
+    except StoreLocationError as exc:
+        raise fail(f"--{exc}", code=2, kind="UsageError") from None
+    except StorageUnavailable as exc:
+        raise fail(exc.message, code=1, kind="StorageUnavailable") from None
 
 
 def _announce_when_listening(server: object, settings: Settings) -> None:
