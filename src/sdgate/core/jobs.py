@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdgate.core.errors import StorageUnavailable
-from sdgate.core.requests import GenerationRequest
+from sdgate.core.requests import GenerationRequest, JobRequest, PostprocessRequest
 from sdgate.core.results import GenerationResult
 
 
@@ -60,7 +60,7 @@ class Job(BaseModel):
 
     id: str
     state: JobState
-    request: GenerationRequest
+    request: JobRequest  # a generation, or a postprocess (A1111's extras)
     dialect: str = "native"
     owner: str | None = None
     priority: int = 0
@@ -97,7 +97,7 @@ class JobStore(Protocol):
 
     def submit(
         self,
-        request: GenerationRequest,
+        request: GenerationRequest | PostprocessRequest,
         *,
         dialect: str = "native",
         owner: str | None = None,
