@@ -288,3 +288,15 @@ def test_page_walks_newest_first_with_filters(store: SqlJobStore) -> None:
     assert [j.id for j in rest] == ids[::-1][2:] and end is None
     odd, _ = store.page(metadata={"k": "v1"})
     assert [j.id for j in odd] == [ids[3], ids[1]]
+
+
+def test_count_by_state_counts_every_state(store: SqlJobStore) -> None:
+    assert store.count_by_state() == {s.value: 0 for s in JobState}
+    a = store.submit(GenerationRequest(prompt="a"))
+    store.submit(GenerationRequest(prompt="b"))
+    store.submit(GenerationRequest(prompt="c"))
+    claimed = store.claim_next("w1")
+    assert claimed is not None and claimed.id == a.id
+    store.fail(a.id, {"code": "x", "message": "y"}, worker_id="w1")
+    assert store.claim_next("w1") is not None
+    assert store.count_by_state() == {"queued": 1, "running": 1, "succeeded": 0, "failed": 1, "cancelled": 0}

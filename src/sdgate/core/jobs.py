@@ -145,6 +145,10 @@ class JobStore(Protocol):
 
     def queue_depth(self) -> int: ...
 
+    def count_by_state(self) -> dict[str, int]:
+        """Jobs in the store by state (every state, zeros included): the queue for ``/metrics``."""
+        ...
+
     def delete(self, job_id: str) -> Job:
         """Removes a finished job (``Conflict`` while it is queued or running)."""
         ...

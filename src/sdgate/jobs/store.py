@@ -258,6 +258,14 @@ class SqlJobStore:
         with self._tx() as conn:
             return self._count_queued(conn)
 
+    def count_by_state(self) -> dict[str, int]:
+        counts = {state.value: 0 for state in JobState}
+        with self._tx() as conn:
+            rows = conn.execute(sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)).all()
+        for state, n in rows:
+            counts[str(state)] = int(n)
+        return counts
+
     def pending_control(self, job_id: str) -> ControlAction | None:
         _check_id(job_id)
         with self._tx() as conn:

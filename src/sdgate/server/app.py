@@ -17,13 +17,14 @@ from starlette.routing import compile_path
 
 import sdgate
 from sdgate.core.engine import Engine
-from sdgate.server import health
+from sdgate.server import health, observability
 from sdgate.server.auth import AuthMiddleware, authenticator_for
 from sdgate.server.dialect import job_payloads
 from sdgate.server.dialects.registry import DIALECTS
 from sdgate.server.docs import install_docs
 from sdgate.server.errors import install_error_handlers
 from sdgate.server.middleware import BodyLimitMiddleware, DefaultJsonMiddleware, RequestContextMiddleware
+from sdgate.server.observability import MetricsMiddleware
 from sdgate.server.runtime import ServerRuntime
 from sdgate.server.services import Services
 from sdgate.settings import Settings
@@ -77,6 +78,7 @@ def create_app(
         for router in dialect.routers:
             app.include_router(router)
     app.include_router(health.router)
+    app.include_router(observability.router)
 
     # Outermost first: the request id wraps everything, so even a 401 or 413 carries one.
     app.add_middleware(DefaultJsonMiddleware)
@@ -92,6 +94,36 @@ def create_app(
             allow_headers=["*"],
         )
     app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(MetricsMiddleware)  # outermost: counts even what the request id wraps
+    return app
+
+
+def create_worker_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
+    """A worker node (``sdgate worker``): its workers claim jobs from the shared store and run them;
+    over HTTP it answers only ``/healthz``, ``/readyz`` (store, storage, engine and model) and
+    ``/metrics``. No dialect, webhook or retention task: the API nodes own those. A SIGTERM
+    drains it: the workers finish the jobs in hand and claim nothing new."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = Services.build(settings, engine=engine, run_workers=True)
+        if services.engine is None:
+            raise RuntimeError("a worker node needs workers (--workers 1 or more)")
+        app.state.services = services
+        services.start()
+        try:
+            yield
+        finally:
+            services.stop()
+
+    app = FastAPI(title="sdgate worker", version=sdgate.__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(observability.router)
+    app.add_middleware(AuthMiddleware, authenticator=authenticator_for(settings))
+    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(MetricsMiddleware)
     return app
 
 

@@ -50,6 +50,7 @@ async def submit(
         )
 
     job = await run_in_threadpool(create)
+    services.metrics.jobs_submitted.labels(dialect).inc()
     log.info("job %s queued (%s, %d image(s))", job.id, dialect, request.image_count)
     return job
 

@@ -22,6 +22,7 @@ from sdgate.jobs.events import JobEvents
 from sdgate.jobs.factory import Stores, stores_for
 from sdgate.jobs.images import ImageStore
 from sdgate.jobs.outbox import OutboxFollower
+from sdgate.metrics import Metrics
 from sdgate.settings import Settings
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ class Services:
     stores: Stores
     engine: Engine | None = None
     workers: list[Worker] = field(default_factory=list)
+    metrics: Metrics = field(default_factory=Metrics)
     state: StateRegistry = field(default_factory=StateRegistry)  # per-dialect typed state
 
     @classmethod
@@ -115,6 +117,10 @@ class Services:
         it has been started ``job_max_attempts`` times, then failed: a job that kills its process
         must not crash-loop the server), then start the workers, which keep doing so."""
         self.outbox.start()
+        self.metrics.watch_queue(self.store.count_by_state)
+        stats = getattr(self.engine, "memory_stats", None)
+        if callable(stats):
+            self.metrics.watch_gpu(stats, self.settings.device)
         requeued = self.store.requeue_expired(max_attempts=self.settings.job_max_attempts)
         if requeued:
             log.info("re-queued %d job(s) whose worker's lease expired", len(requeued))
@@ -123,7 +129,8 @@ class Services:
         from sdgate.worker.runner import Worker
 
         for _ in range(self.settings.workers):
-            worker = Worker(self.store, self.engine, self.images, self.events, self.settings)
+            worker = Worker(self.store, self.engine, self.images, self.events, self.settings,
+                            metrics=self.metrics)
             worker.start()
             self.workers.append(worker)
 

@@ -68,8 +68,11 @@ class JobControl:
         *,
         interval_s: float = PROGRESS_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
+        on_renew: Callable[[], None] | None = None,
     ) -> None:
         self.job_id = job_id
+        self.steps_done = 0  # steps the engine reported (all iterations and passes)
+        self._on_renew = on_renew  # after each renewed lease (the worker's heartbeat metric)
         self.interrupted = False
         self.cancelled = False
         self.lost = False  # the lease went to someone else: stop, record nothing
@@ -87,6 +90,7 @@ class JobControl:
 
     def on_step(self, report: StepReport) -> StepAction:
         now = self._clock()
+        self.steps_done += 1
         if report.preview is not None:
             with self._state_lock:
                 self._preview = report.preview
@@ -117,6 +121,8 @@ class JobControl:
             if not self.lost:
                 logger.warning("job %s: %s no longer holds its lease", self.job_id, worker_id)
             self.lost = True
+        elif self._on_renew is not None:
+            self._on_renew()
 
     def store_preview(self) -> None:
         """Writes the latest step's preview to the store, once per step."""

@@ -49,6 +49,8 @@ from sdgate.core.requests import GenerationRequest, ImageRef, PostprocessRequest
 from sdgate.core.results import GenerationResult, StoredImage
 from sdgate.jobs.events import JobEvents
 from sdgate.jobs.images import ImageStore
+from sdgate.logs import log_context
+from sdgate.metrics import Metrics
 from sdgate.settings import Settings
 from sdgate.worker.control import PROGRESS_INTERVAL_S, Heartbeat, JobControl, WorkerJobStore
 from sdgate.worker.oom import is_out_of_memory, out_of_memory_error, release_memory
@@ -86,6 +88,7 @@ class Worker:
         worker_id: str | None = None,
         progress_interval_s: float = PROGRESS_INTERVAL_S,
         postprocessor: Postprocessor | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{next(_numbers)}"
         self._store = store
@@ -104,6 +107,8 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._remove_listener: Callable[[], None] | None = None
         self._current: JobControl | None = None
+        self._metrics = metrics
+        self._outcome: tuple[str, str | None] | None = None  # (state, error code) of the job in hand
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -188,14 +193,33 @@ class Worker:
 
     def _run(self, job: Job) -> None:
         log = _JobLog(logger, {"job_id": job.id})
-        log.info("started on %s (attempt %d)", self.worker_id, job.attempts)
-        control = JobControl(self._store, job.id, interval_s=self._progress_interval_s)
+        on_renew = (lambda: self._metrics.heartbeat(self.worker_id)) if self._metrics is not None else None
+        control = JobControl(self._store, job.id, interval_s=self._progress_interval_s, on_renew=on_renew)
         self._current = control
-        with Heartbeat(control, self.worker_id, lease_s=self._lease_s):
-            self._run_with(job, control, log)
+        self._outcome = None
+        started = time.perf_counter()
+        with log_context(job_id=job.id, worker_id=self.worker_id):
+            log.info("started on %s (attempt %d)", self.worker_id, job.attempts)
+            output: EngineOutput | None = None
+            with Heartbeat(control, self.worker_id, lease_s=self._lease_s):
+                output = self._run_with(job, control, log)
+        if self._metrics is not None and self._outcome is not None:
+            state, error = self._outcome
+            images = len(output.images) if output is not None and state == "succeeded" else 0
+            self._metrics.job_finished(
+                state=state, error=error,
+                model=output.model_name if output is not None else "",
+                width=output.width if output is not None else 0,
+                height=output.height if output is not None else 0,
+                waited_s=_seconds_between(job.created_at, job.started_at) if job.started_at else None,
+                ran_s=time.perf_counter() - started, steps=control.steps_done, images=images,
+                worker=self.worker_id,
+            )
 
-    def _run_with(self, job: Job, control: JobControl, log: _JobLog) -> None:
+    def _run_with(self, job: Job, control: JobControl, log: _JobLog) -> EngineOutput | None:
+        """Runs the job and records its outcome; the engine's output when there was one."""
         out_of_memory: OutOfMemory | None = None
+        output: EngineOutput | None = None
         try:
             # 1. Decode the inputs the request refers to.
             inputs = self._load_inputs(job.request)
@@ -240,6 +264,7 @@ class Worker:
             release_memory()
             log.warning("failed: %s", out_of_memory.message)
             self._finish(log, control, job.id, self._store.fail, out_of_memory.to_dict())
+        return output
 
     def _finish(self, log: _JobLog, control: JobControl, job_id: str, record: Callable[..., Job],
                 *args: Any) -> None:
@@ -247,7 +272,8 @@ class Worker:
             log.warning("stopped without recording an outcome: the lease was lost")
             return
         try:
-            record(job_id, *args, worker_id=self.worker_id)
+            finished = record(job_id, *args, worker_id=self.worker_id)
+            self._outcome = (finished.state.value, _error_code(finished))
             return
         except StorageUnavailable as exc:
             fault = exc
@@ -267,6 +293,7 @@ class Worker:
         while True:
             try:
                 self._store.fail(job_id, error, worker_id=self.worker_id)
+                self._outcome = ("failed", error.get("code"))
                 log.warning("failed: %s", error["message"])
                 return
             except (Conflict, NotFound):  # finished or deleted meanwhile: nothing left running
@@ -351,6 +378,10 @@ def _result(
         notes=tuple(output.notes),
         timings=timings,
     )
+
+
+def _error_code(job: Job) -> str | None:
+    return str(job.error.get("code")) if job.error else None
 
 
 def _seconds_between(start: datetime, end: datetime | None) -> float:
