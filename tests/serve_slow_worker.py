@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sdgate.server.app import create_app  # noqa: E402
 from sdgate.settings import Settings  # noqa: E402
-from tests.server.fakes import FakeEngine  # noqa: E402
+from tests.fakes import FakeEngine  # noqa: E402
 
 STEP_S = 0.1
 
@@ -25,5 +25,5 @@ if __name__ == "__main__":
     data_dir, models_dir, port, lease_s = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
     settings = Settings(data_dir=Path(data_dir), models_dir=Path(models_dir), device="cpu",
                         worker_poll_s=0.05, job_lease_s=lease_s)
-    uvicorn.run(create_app(settings, engine=FakeEngine(step_s=STEP_S)), host="127.0.0.1", port=port,
+    uvicorn.run(create_app(settings, engine=FakeEngine(slow_step_s=STEP_S)), host="127.0.0.1", port=port,
                 log_level="warning")

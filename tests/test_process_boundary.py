@@ -17,9 +17,9 @@ import pytest
 import sqlalchemy as sa
 
 from sdgate.jobs.schema import UTCDateTime, job_events, jobs
+from tests.fakes import write_fake_checkpoint
 from tests.harness import ProcessServer, free_port
 from tests.server.dialects.native.conftest import parse_sse
-from tests.server.fakes import write_fake_checkpoint
 
 pytestmark = pytest.mark.slow  # four server processes start: about 35 s
 WORKER = Path(__file__).with_name("serve_slow_worker.py")

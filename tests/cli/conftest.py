@@ -17,7 +17,7 @@ from tests.sdk.fakes import FakeNative
 @pytest.fixture
 def live_server(tmp_path: Path) -> Iterator[ThreadedServer]:
     from sdgate.settings import Settings
-    from tests.server.fakes import write_fake_checkpoint
+    from tests.fakes import write_fake_checkpoint
 
     write_fake_checkpoint(tmp_path / "models" / "Stable-diffusion" / "alpha.safetensors")
     settings = Settings(

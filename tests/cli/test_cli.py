@@ -8,7 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from sdgate.cli.main import app
-from tests.server.fakes import write_fake_checkpoint
+from tests.fakes import write_fake_checkpoint
 
 runner = CliRunner()
 

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from sdgate.cli.main import app as sdgate_app
 from sdgate.settings import Settings
+from tests.fakes import write_fake_checkpoint
 from tests.sdk.conftest import ThreadedServer
-from tests.server.fakes import write_fake_checkpoint
 
 runner = CliRunner()
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from sdgate.core.engine import memory_budget
 from sdgate.engine.memory import job_budget, ram_total_bytes
 from sdgate.engine.null import NullEngine
-from tests.server.fakes import FakeEngine
+from tests.fakes import FakeEngine
 
 
 def test_cpu_budget_is_the_machines_memory_at_the_engines_width() -> None:

@@ -25,9 +25,9 @@ from sdgate.jobs.webhooks import (
     verify,
 )
 from sdgate.settings import Settings
+from tests.fakes import FakeEngine, write_fake_checkpoint
 from tests.harness import ThreadServer
 from tests.server.dialects.native.conftest import serve
-from tests.server.fakes import FakeEngine, write_fake_checkpoint
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import pytest
 
 from sdgate.server.app import create_app
 from sdgate.settings import Settings
+from tests.fakes import FakeEngine, write_fake_checkpoint
 from tests.harness import ThreadServer
-from tests.server.fakes import FakeEngine, write_fake_checkpoint
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def sd_settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 async def asgi_transport(sd_settings: Settings) -> AsyncIterator[httpx.ASGITransport]:
-    app = create_app(sd_settings, engine=FakeEngine(step_s=0.01))
+    app = create_app(sd_settings, engine=FakeEngine(slow_step_s=0.01))
     async with app.router.lifespan_context(app):
         yield httpx.ASGITransport(app=app)
 
@@ -33,7 +33,7 @@ class ThreadedServer(ThreadServer):
     """The app over a fast fake engine, live on loopback for the sync client."""
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__(create_app(settings, engine=FakeEngine(step_s=0.01)))
+        super().__init__(create_app(settings, engine=FakeEngine(slow_step_s=0.01)))
 
 
 @pytest.fixture

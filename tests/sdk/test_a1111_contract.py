@@ -18,8 +18,8 @@ from sdgate.client import (
 )
 from sdgate.server.app import create_app
 from sdgate.settings import Settings
+from tests.fakes import FakeEngine
 from tests.sdk.conftest import ThreadedServer
-from tests.server.fakes import FakeEngine
 
 
 async def test_async_txt2img_models_and_stream(asgi_transport: httpx.ASGITransport) -> None:

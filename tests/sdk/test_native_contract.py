@@ -12,9 +12,9 @@ import pytest
 from sdgate.client import AsyncClient, Client, JobFailedError, NotFoundError, UnprocessableEntityError
 from sdgate.server.app import create_app
 from sdgate.settings import Settings
+from tests.fakes import FakeEngine
 from tests.sdk.conftest import ThreadedServer
 from tests.sdk.fakes import png_bytes
-from tests.server.fakes import FakeEngine
 
 
 async def test_async_every_method(asgi_transport: httpx.ASGITransport) -> None:
@@ -113,7 +113,7 @@ async def test_other_backends_against_our_own_dialects(
 
 async def test_progress_events_carry_previews(sd_settings: Settings) -> None:
     app = create_app(
-        sd_settings.model_copy(update={"preview_every_n_steps": 1}), engine=FakeEngine(step_s=0.02)
+        sd_settings.model_copy(update={"preview_every_n_steps": 1}), engine=FakeEngine(slow_step_s=0.02)
     )
     async with (
         app.router.lifespan_context(app),

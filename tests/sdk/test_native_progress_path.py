@@ -101,7 +101,7 @@ async def test_async_client_takes_the_same_path() -> None:
 async def test_against_the_real_app(sd_settings: Settings) -> None:
     """The real server's SSE stream with ``?include=images``: no GET of any image."""
     from sdgate.server.app import create_app
-    from tests.server.fakes import FakeEngine
+    from tests.fakes import FakeEngine
 
     stream_opened = threading.Event()
 

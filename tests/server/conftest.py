@@ -10,7 +10,7 @@ import pytest
 
 from sdgate.server.app import create_app
 from sdgate.settings import Settings
-from tests.server.fakes import FakeEngine, write_fake_checkpoint
+from tests.fakes import FakeEngine, write_fake_checkpoint
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def settings(tmp_path: Path, models_dir: Path) -> Settings:
 
 @pytest.fixture
 def engine() -> FakeEngine:
-    return FakeEngine(step_s=0.02)
+    return FakeEngine(slow_step_s=0.02)
 
 
 @pytest.fixture

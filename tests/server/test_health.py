@@ -12,7 +12,7 @@ from sdgate.core.engine import ModelDefaults
 from sdgate.core.errors import ModelNotFound
 from sdgate.server.app import create_app
 from sdgate.settings import Settings
-from tests.server.fakes import FakeEngine
+from tests.fakes import FakeEngine
 
 
 class NoModelEngine(FakeEngine):

@@ -23,7 +23,7 @@ from sdgate.server.auth import ANONYMOUS
 from sdgate.server.errors import DialectRoute, fastapi_validation_body, json_safe, render_safely
 from sdgate.server.services import Services
 from sdgate.settings import Settings
-from tests.server.fakes import FakeEngine
+from tests.fakes import FakeEngine
 
 FIFTY_MB = 50 * 1024 * 1024
 

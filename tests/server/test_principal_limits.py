@@ -23,7 +23,7 @@ from sdgate.jobs.store import SqlJobStore
 from sdgate.server.app import create_app
 from sdgate.server.services import Services
 from sdgate.settings import Settings
-from tests.server.fakes import FakeEngine
+from tests.fakes import FakeEngine
 
 ALICE, BOB = ("alice", "s3cret"), ("bob", "pw")
 HELD = (JobState.QUEUED, JobState.RUNNING)
@@ -105,7 +105,7 @@ def limited(settings: Settings, limit: int, *, auth: bool = True) -> Settings:
 
 @asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Services]]:
-    app = create_app(settings, engine=FakeEngine(step_s=0.02))
+    app = create_app(settings, engine=FakeEngine(slow_step_s=0.02))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=30) as client:

@@ -21,8 +21,8 @@ from PIL import Image
 from sdgate.server.app import create_app
 from sdgate.server.services import Services
 from sdgate.settings import Settings
+from tests.fakes import FakeEngine
 from tests.jobs.faults import DiskFull
-from tests.server.fakes import FakeEngine
 
 DB_FULL = "storage full: could not write the job database (database or disk is full)"
 IMAGES_FULL = "storage full: could not write an image (No space left on device)"

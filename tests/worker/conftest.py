@@ -10,7 +10,7 @@ from sdgate.jobs.images import LocalImageStore
 from sdgate.jobs.store import SqlJobStore
 from sdgate.settings import Settings
 from sdgate.worker.runner import Worker
-from tests.worker.fakes import FakeEngine
+from tests.fakes import FakeEngine
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from sdgate.jobs.images import LocalImageStore
 from sdgate.jobs.store import SqlJobStore
 from sdgate.settings import Settings
 from sdgate.worker.runner import Worker
-from tests.worker.fakes import FakeEngine
+from tests.fakes import FakeEngine
 
 STEPS = 10
 STEP_S = 0.03

@@ -22,7 +22,7 @@ from sdgate.core.engine import EngineInputs, EngineOutput, GenerationControl, St
 from sdgate.core.requests import GenerationRequest  # noqa: E402
 from sdgate.server.app import create_app  # noqa: E402
 from sdgate.settings import Settings  # noqa: E402
-from tests.server.fakes import FakeEngine  # noqa: E402
+from tests.fakes import FakeEngine  # noqa: E402
 
 DIE_EXIT_CODE = 17
 

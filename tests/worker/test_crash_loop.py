@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fakes import write_fake_checkpoint
 from tests.harness import ProcessServer, free_port
-from tests.server.fakes import write_fake_checkpoint
 from tests.worker.serve_poison import DIE_EXIT_CODE
 
 pytestmark = pytest.mark.slow  # three server processes start: about 10 s

@@ -14,7 +14,7 @@ from sdgate.core.requests import GenerationRequest, PostprocessRequest
 from sdgate.jobs.images import LocalImageStore
 from sdgate.jobs.store import SqlJobStore
 from sdgate.worker.runner import Worker
-from tests.worker.fakes import FakeEngine
+from tests.fakes import FakeEngine
 
 MakeWorker = Callable[..., Worker]
 

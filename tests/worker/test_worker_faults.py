@@ -17,8 +17,8 @@ from sdgate.core.jobs import JobState
 from sdgate.core.requests import GenerationRequest
 from sdgate.jobs.store import SqlJobStore
 from sdgate.worker.runner import Worker
+from tests.fakes import FakeEngine
 from tests.jobs.faults import DiskFull
-from tests.worker.fakes import FakeEngine
 from tests.worker.test_worker_runner import finished, held, wait_for_state
 
 MakeWorker = Callable[..., Worker]

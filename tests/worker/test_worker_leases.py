@@ -16,7 +16,7 @@ from sdgate.jobs.images import LocalImageStore
 from sdgate.jobs.store import SqlJobStore
 from sdgate.settings import Settings
 from sdgate.worker.runner import Worker
-from tests.worker.fakes import FakeEngine
+from tests.fakes import FakeEngine
 from tests.worker.test_worker_runner import wait_for_state
 
 LEASE_S = 0.3

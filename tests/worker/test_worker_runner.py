@@ -16,7 +16,7 @@ from sdgate.jobs.events import JobEvents
 from sdgate.jobs.images import LocalImageStore
 from sdgate.jobs.store import SqlJobStore
 from sdgate.worker.runner import Worker
-from tests.worker.fakes import FakeEngine
+from tests.fakes import FakeEngine
 
 MakeWorker = Callable[..., Worker]
 
@@ -43,7 +43,7 @@ def finished(store: SqlJobStore, job_id: str) -> Job:
 def test_a_job_runs_to_success_with_stored_pngs(
     store: SqlJobStore, images: LocalImageStore, make_worker: MakeWorker
 ) -> None:
-    make_worker(FakeEngine())
+    make_worker(FakeEngine(size=16, steps=4))
     request = GenerationRequest(prompt="a cat", seed=MAX_SEED - 1, batch_size=2, n_iter=2)
     job = finished(store, store.submit(request).id)
 
@@ -97,7 +97,7 @@ def test_a_failing_job_does_not_stop_the_next(store: SqlJobStore, make_worker: M
         "field": "prompt",
     }
     assert finished(store, ok.id).state is JobState.SUCCEEDED
-    assert [r.prompt for r, _ in engine.calls] == ["boom", "invalid", "ok"]
+    assert [r.prompt for r in engine.calls] == ["boom", "invalid", "ok"]
 
 
 def test_cancel_of_a_queued_job_never_reaches_the_engine(store: SqlJobStore, make_worker: MakeWorker) -> None:
@@ -110,7 +110,7 @@ def test_cancel_of_a_queued_job_never_reaches_the_engine(store: SqlJobStore, mak
 
     assert finished(store, slow.id).state is JobState.SUCCEEDED
     assert finished(store, doomed.id).state is JobState.CANCELLED
-    assert [r.prompt for r, _ in engine.calls] == ["slow"]
+    assert [r.prompt for r in engine.calls] == ["slow"]
 
 
 def test_cancel_of_a_running_job(store: SqlJobStore, make_worker: MakeWorker) -> None:
@@ -140,7 +140,7 @@ def test_interrupt_keeps_the_images_done_so_far(
     done = finished(store, job.id)
     assert done.state is JobState.SUCCEEDED  # A1111: an interrupted job still returns its images
     assert done.result is not None and done.result.interrupted
-    assert done.result.seeds == [10]
+    assert done.result.seeds == [10, 11]  # the interrupted iteration is decoded and returned too
     assert images.exists(done.result.images[0].id)
 
 
@@ -169,7 +169,7 @@ def test_init_images_and_mask_are_decoded_from_the_image_store(
     job = store.submit(GenerationRequest(mode=Mode.INPAINT, init_images=(init,), mask=mask))
 
     assert finished(store, job.id).state is JobState.SUCCEEDED
-    _, inputs = engine.calls[0]
+    inputs = engine.inputs[0]
     assert [im.size for im in inputs.init_images] == [(24, 8)]
     assert inputs.init_images[0].getpixel((0, 0)) == (0, 0, 255)
     assert inputs.mask is not None and inputs.mask.mode == "L"
@@ -204,7 +204,7 @@ def test_current_preview_is_rendered_lazily_for_the_running_job(
 
     assert worker.current_job_id == job.id
     preview = worker.current_preview(job.id)
-    assert isinstance(preview, Image.Image) and preview.size == (4, 4)
+    assert isinstance(preview, Image.Image) and preview.size == (8, 8)
     assert preview.getpixel((0, 0)) == (0, 20, 0)  # step 2's, the latest reported
     assert worker.current_preview(job.id) is preview  # rendered once per step
     assert worker.current_preview(other.id) is None

@@ -76,7 +76,7 @@ async def test_numeric_strings_are_coerced_like_pydantic_v1(client: httpx.AsyncC
 
 async def test_body_too_large_is_413_in_a1111_shape(settings: Settings, tmp_path) -> None:
     from sdgate.server.app import create_app
-    from tests.server.fakes import FakeEngine
+    from tests.fakes import FakeEngine
 
     small = settings.model_copy(update={"max_body_bytes": 1000})
     app = create_app(small, engine=FakeEngine())
@@ -110,7 +110,7 @@ async def test_unexpected_error_is_a_500_in_a1111_shape_with_a_request_id(settin
 
     from sdgate.server.app import create_app
     from sdgate.server.dialects.a1111.router import A1111Route
-    from tests.server.fakes import FakeEngine
+    from tests.fakes import FakeEngine
 
     app = create_app(settings, engine=FakeEngine())
     broken = APIRouter(route_class=A1111Route)

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from sdgate.server.dialects.a1111.protocol import MAX_SIDE, Img2ImgRequest, Txt2ImgRequest
-from tests.server.fakes import FakeEngine
+from tests.fakes import FakeEngine
 
 TXT2IMG = "/sdapi/v1/txt2img"
 

@@ -17,7 +17,7 @@ from sdgate.jobs.store import SqlJobStore
 from sdgate.server.app import create_app
 from sdgate.settings import Settings
 from sdgate.worker.runner import Worker
-from tests.server.fakes import FakeEngine
+from tests.fakes import FakeEngine
 
 
 def b64(image: Image.Image) -> str:

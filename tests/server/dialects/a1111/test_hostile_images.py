@@ -12,7 +12,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.server.fakes import FakeEngine
+from tests.fakes import FakeEngine
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

@@ -8,7 +8,7 @@ import pytest
 from sdgate.core.errors import InvalidRequest
 from sdgate.server.dialects.a1111.infotext_fields import with_infotext
 from sdgate.server.dialects.a1111.protocol import Img2ImgRequest, Txt2ImgRequest
-from tests.server.fakes import FakeEngine
+from tests.fakes import FakeEngine
 
 TXT2IMG_INFOTEXT = (
     "a (red:1.2) circle, on blue\n"

@@ -11,7 +11,7 @@ import pytest
 
 from sdgate.server.app import create_app
 from sdgate.settings import Settings
-from tests.server.fakes import FakeEngine
+from tests.fakes import FakeEngine
 
 STYLES = 'name,prompt,negative_prompt\nink,"{prompt}, ink drawing",blurry\nsharp,sharp focus,\n'
 

@@ -16,7 +16,7 @@ from sdgate.server.app import create_app
 from sdgate.server.dialects.a1111.option_table import OPTIONS
 from sdgate.server.dialects.a1111.system import A1111_FLAGS
 from sdgate.settings import Settings
-from tests.server.fakes import FakeEngine
+from tests.fakes import FakeEngine
 
 # Counted from A1111 v1.10.1: 284 in modules/shared_options.py, 1 from the prompt-comments script,
 # 44 from the built-in extensions (Lora 10, canvas-zoom 12, extra-options 5, LDSR 2, ScuNET 2,

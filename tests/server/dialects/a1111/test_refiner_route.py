@@ -9,7 +9,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.server.fakes import FakeEngine
+from tests.fakes import FakeEngine
 
 URL = "/sdapi/v1/txt2img"
 SMALL = {"prompt": "x", "steps": 2, "width": 64, "height": 64}

@@ -13,7 +13,7 @@ from PIL import Image
 
 from sdgate.server.app import create_app
 from sdgate.settings import Settings
-from tests.server.fakes import FakeEngine
+from tests.fakes import FakeEngine
 
 SMALL = {"steps": 2, "width": 64, "height": 64}
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from sdgate.core.infotext import parse_infotext
 from sdgate.core.tiles import split_grid, tile_counts
-from tests.server.fakes import FakeEngine
+from tests.fakes import FakeEngine
 
 SMALL = {"width": 64, "height": 64, "steps": 2, "seed": 100}
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from sdgate.core.infotext import parse_infotext
-from tests.server.fakes import FakeEngine
+from tests.fakes import FakeEngine
 
 URL = "/sdapi/v1/txt2img"
 SMALL = {"width": 64, "height": 64, "steps": 2, "seed": 5}

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.server.fakes import FakeEngine
+from tests.fakes import FakeEngine
 
 
 def decode(b64: str) -> Image.Image:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from sdgate.server.dialects.a1111.outputs import next_number, write_numbered
 from sdgate.settings import Settings
-from tests.server.fakes import FakeEngine
+from tests.fakes import FakeEngine
 from tests.server.real_engine import real_engine_client
 
 SMALL = {"width": 64, "height": 64, "steps": 2, "seed": 100}

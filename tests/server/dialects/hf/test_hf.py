@@ -11,9 +11,9 @@ from huggingface_hub import InferenceClient
 from PIL import Image
 
 from sdgate.settings import Settings
+from tests.fakes import FakeEngine
 from tests.harness import serve
 from tests.server.dialects.stability.loopback import default_model_defaults, fresh
-from tests.server.fakes import FakeEngine
 
 REPO = "stabilityai/stable-diffusion-xl-base-1.0"
 

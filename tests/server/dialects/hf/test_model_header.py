@@ -14,8 +14,8 @@ from PIL import Image
 from sdgate.core.jobs import Job
 from sdgate.server.model_aliases import MODEL_HEADER, model_header
 from sdgate.settings import Settings
+from tests.fakes import FakeEngine
 from tests.harness import serve
-from tests.server.fakes import FakeEngine
 
 
 def demo_only(tmp_path: Path) -> Settings:

@@ -17,8 +17,8 @@ from PIL import Image
 
 from sdgate.server.app import create_app
 from sdgate.settings import Settings
+from tests.fakes import FakeEngine
 from tests.harness import ThreadServer
-from tests.server.fakes import FakeEngine
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 

@@ -13,6 +13,7 @@ from sdgate.core.jobs import Job
 from sdgate.server.app import create_app
 from sdgate.server.dialects.native.events import parse_last_event_id
 from sdgate.server.runtime import ServerRuntime
+from tests.fakes import FakeEngine
 from tests.harness import ThreadServer
 from tests.server.dialects.native.conftest import (
     parse_sse,
@@ -20,7 +21,6 @@ from tests.server.dialects.native.conftest import (
     serve,
     wait_state,
 )
-from tests.server.fakes import FakeEngine
 
 
 async def test_sse_stream_order_ends_after_the_terminal_event(api: httpx.AsyncClient) -> None:

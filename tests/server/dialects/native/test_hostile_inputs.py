@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from sdgate.settings import Settings
+from tests.fakes import FakeEngine
 from tests.server.dialects.native.conftest import serve, submit, wait_state
-from tests.server.fakes import FakeEngine
 
 
 async def post_raw(api: httpx.AsyncClient, text: str) -> httpx.Response:

@@ -8,8 +8,8 @@ import base64
 import httpx
 import pytest
 
+from tests.fakes import FakeEngine
 from tests.server.dialects.native.conftest import png_b64, serve, submit, wait_state
-from tests.server.fakes import FakeEngine
 
 
 async def test_txt2img_lifecycle_with_the_wire_names(api: httpx.AsyncClient) -> None:

@@ -9,8 +9,8 @@ import time
 import httpx
 from PIL import Image
 
+from tests.fakes import FakeEngine
 from tests.server.dialects.native.conftest import serve, wait_state
-from tests.server.fakes import FakeEngine
 
 BODY = {"prompt": "a red circle", "width": 64, "height": 64, "steps": 2, "seed": 7}
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fakes import write_fake_checkpoint
 from tests.harness import ProcessServer, free_port
 from tests.server.dialects.native.conftest import parse_sse
-from tests.server.fakes import write_fake_checkpoint
 
 pytestmark = pytest.mark.slow
 CHILD = Path(__file__).with_name("serve_fake.py")

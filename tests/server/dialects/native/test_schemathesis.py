@@ -21,8 +21,8 @@ from schemathesis.checks import positive_data_acceptance
 from sdgate.core.requests import MAX_SEED
 from sdgate.server.app import create_app
 from sdgate.settings import Settings
+from tests.fakes import FakeEngine, write_fake_checkpoint
 from tests.harness import ThreadServer
-from tests.server.fakes import FakeEngine, write_fake_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from sdgate.settings import Settings
+from tests.fakes import FakeEngine
 from tests.server.dialects.native.conftest import serve, wait_state
-from tests.server.fakes import FakeEngine
 
 STYLES = "name,prompt,negative_prompt\nink,{prompt} in ink,blurry\n"
 

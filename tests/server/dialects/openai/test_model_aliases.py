@@ -12,7 +12,7 @@ from sdgate.core.errors import ModelNotFound
 from sdgate.core.models import ModelCatalog
 from sdgate.server.model_aliases import alias_family, resolve_model
 from sdgate.settings import Settings
-from tests.server.fakes import write_fake_checkpoint
+from tests.fakes import write_fake_checkpoint
 
 
 def sdxl_checkpoint(path: Path) -> None:

@@ -14,9 +14,9 @@ from PIL import Image
 from sdgate.core.requests import Mode
 from sdgate.jobs.images import LocalImageStore
 from sdgate.settings import Settings
+from tests.fakes import FakeEngine
 from tests.harness import serve
 from tests.server.dialects.stability.loopback import fresh
-from tests.server.fakes import FakeEngine
 
 
 @pytest.fixture

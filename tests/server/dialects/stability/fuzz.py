@@ -14,8 +14,8 @@ from PIL import Image
 from schemathesis.specs.openapi.checks import negative_data_rejection
 
 from sdgate.settings import Settings
+from tests.fakes import FakeEngine, write_fake_checkpoint
 from tests.harness import serve
-from tests.server.fakes import FakeEngine, write_fake_checkpoint
 
 # Examples per operation: enough to reach every field, few enough for CI (the suite's fuzz step).
 MAX_EXAMPLES = 25

@@ -12,8 +12,8 @@ import pytest
 from sdgate.core.engine import ModelDefaults
 from sdgate.core.models import ModelCatalog
 from sdgate.settings import Settings
+from tests.fakes import FakeEngine, write_fake_checkpoint
 from tests.harness import serve
-from tests.server.fakes import FakeEngine, write_fake_checkpoint
 
 
 def default_model_defaults(settings: Settings, engine_id: str | None = None) -> ModelDefaults:
@@ -47,7 +47,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Sett
 
 @pytest.fixture(scope="module")
 def engine() -> FakeEngine:
-    return FakeEngine(step_s=0.02)
+    return FakeEngine(slow_step_s=0.02)
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from tests.fakes import FakeEngine
 from tests.server.dialects.stability.test_v1 import T2I, assert_error, png_bytes
-from tests.server.fakes import FakeEngine
 
 JSON = {"content-type": "application/json"}
 

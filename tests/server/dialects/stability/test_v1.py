@@ -13,9 +13,9 @@ from PIL import Image
 from sdgate.core.requests import Mode
 from sdgate.jobs.images import LocalImageStore
 from sdgate.settings import Settings
+from tests.fakes import FakeEngine
 from tests.harness import serve
 from tests.server.dialects.stability.loopback import default_model_defaults, fresh
-from tests.server.fakes import FakeEngine
 
 T2I = "/v1/generation/stable-diffusion-v1-6/text-to-image"
 

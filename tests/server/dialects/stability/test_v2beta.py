@@ -11,8 +11,8 @@ from PIL import Image
 
 from sdgate.core.requests import Mode
 from sdgate.settings import Settings
+from tests.fakes import FakeEngine
 from tests.server.dialects.stability.loopback import default_model_defaults
-from tests.server.fakes import FakeEngine
 
 URL = "/v2beta/stable-image/generate/{}"
 
