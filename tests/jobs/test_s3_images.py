@@ -319,3 +319,42 @@ def test_serve_refuses_to_start_on_a_missing_bucket(s3_env: S3Server, tmp_path: 
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("StorageUnavailable: ") and "'sdgate-no-such-bucket'" in lines[0]
     assert s3_env.endpoint in lines[0]
+
+
+@cluster
+def test_jobs_fail_with_a_clear_error_while_s3_is_down_and_readyz_follows(
+    s3_env: S3Server, s3_bucket: str, s3_prefix: str, tmp_path: Path
+) -> None:
+    from sdgate.server.app import create_app
+    from sdgate.settings import Settings
+    from tests.harness import ThreadServer
+
+    def finished(client: httpx.Client, job_id: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 60
+        while True:
+            job: dict[str, Any] = client.get(f"/api/v1/jobs/{job_id}").json()
+            if job["state"] not in ("queued", "running"):
+                return job
+            assert time.monotonic() < deadline, job
+            time.sleep(0.05)
+
+    body = {"prompt": "a red circle", "steps": 2, "width": 64, "height": 64}
+    with flaky_proxy(s3_env.endpoint) as proxy:
+        settings = Settings(data_dir=tmp_path / "data", engine="null", device="cpu", worker_poll_s=0.05,
+                            storage=f"s3://{s3_bucket}/{s3_prefix}", storage_endpoint=proxy.endpoint)
+        server = ThreadServer(create_app(settings))
+        with server, httpx.Client(base_url=server.url, timeout=30) as client:
+            proxy.down()
+            job = finished(client, client.post("/api/v1/jobs", json=body).json()["id"])
+            assert job["state"] == "failed"  # never "succeeded" without its images
+            assert job["error"]["code"] == "storage_unavailable"
+            assert repr(s3_bucket) in job["error"]["message"]
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and s3_bucket in ready.json()["reason"]
+
+            proxy.up()
+            assert client.get("/readyz").status_code == 200  # its probe write cleared the fault
+            job = finished(client, client.post("/api/v1/jobs", json=body).json()["id"])
+            assert job["state"] == "succeeded"
+            stored = [key.rsplit("/", 1)[1] for key in s3_env.keys(s3_bucket, s3_prefix)]
+            assert stored == [f"{job['result']['images'][0]['id']}.png"]
