@@ -28,22 +28,21 @@ import copy
 import json
 import math
 import os
-import socket
 import struct
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import zlib
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.harness
+from tests.harness import ProcessServer, null_server  # noqa: E402
 
 MB = 1024 * 1024
 NaN, INF = math.nan, math.inf
@@ -1030,77 +1029,6 @@ def endpoints() -> list[Any]:
 # -- the server ---------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def write_placeholder_checkpoint(path: Path) -> None:
-    """An empty, valid safetensors file: the null engine never loads it."""
-    header = json.dumps({"__metadata__": {"format": "pt"}}).encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(struct.pack("<Q", len(header)) + header)
-
-
-@dataclass
-class Server:
-    url: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-
-@contextmanager
-def null_server() -> Iterator[Server]:
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        models = Path(tmp) / "models"
-        write_placeholder_checkpoint(models / "Stable-diffusion" / "bench.safetensors")
-        cmd = [
-            sys.executable,
-            "-m",
-            "sdgate",
-            "serve",
-            "--engine",
-            "null",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(Path(tmp) / "data"),
-            "--models-dir",
-            str(models),
-            "--log-level",
-            "warning",
-        ]
-        log_path = Path(tmp) / "server.log"
-        log = open(log_path, "wb")  # noqa: SIM115 - closed below
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                if proc.poll() is not None:
-                    raise SystemExit(f"the server exited:\n{log_path.read_text()}")
-                try:
-                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit("the server did not become ready in 120 s")
-                time.sleep(0.2)
-            yield Server(url, proc, log_path)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
-
-
 def proc_status(pid: int, key: str) -> int | None:
     """A ``/proc/<pid>/status`` figure in bytes (VmRSS, VmHWM), None once the process is gone."""
     try:
@@ -1191,7 +1119,7 @@ def send(client: httpx.Client, case: Case) -> httpx.Response:
     return client.send(request)
 
 
-def run(server: Server, only: set[str] | None, big: bool, log: Any) -> dict[str, Any]:
+def run(server: ProcessServer, only: set[str] | None, big: bool, log: Any) -> dict[str, Any]:
     sampler = RssSampler(server.proc.pid)
     sampler.start()
     tallies: dict[str, Tally] = {}

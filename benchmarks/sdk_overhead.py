@@ -21,25 +21,20 @@ poll; compare the requests per job.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import socket
 import statistics
-import struct
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpcore
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.harness
 from sdgate.client import Client, ImageRequest
+from tests.harness import null_server  # noqa: E402
 
 
 class TimedStream(httpx.SyncByteStream):
@@ -150,70 +145,6 @@ class TimingTransport(httpx.BaseTransport):
         self.inner.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def write_placeholder_checkpoint(path: Path) -> None:
-    """An empty, valid safetensors file: the null engine never loads it, but the catalog needs a
-    model to name until the built-in demo model ships."""
-    header = json.dumps({"__metadata__": {"format": "pt"}}).encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(struct.pack("<Q", len(header)) + header)
-
-
-@contextmanager
-def null_server() -> Iterator[str]:
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        models = Path(tmp) / "models"
-        write_placeholder_checkpoint(models / "Stable-diffusion" / "bench.safetensors")
-        cmd = [
-            sys.executable,
-            "-m",
-            "sdgate",
-            "serve",
-            "--engine",
-            "null",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(Path(tmp) / "data"),
-            "--models-dir",
-            str(models),
-            "--log-level",
-            "warning",
-        ]
-        log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115 - closed below
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                if proc.poll() is not None:
-                    raise SystemExit(f"the server exited:\n{(Path(tmp) / 'server.log').read_text()}")
-                try:
-                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit("the server did not become ready in 120 s")
-                time.sleep(0.2)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
-
-
 def run(
     url: str, *, jobs: int, concurrency: int, backend: str, size: int, progress: bool = False
 ) -> dict[str, float]:
@@ -305,8 +236,8 @@ def main() -> None:
     if args.url:
         stats = run(args.url, **options)
     else:
-        with null_server() as url:
-            stats = run(url, **options)
+        with null_server() as server:
+            stats = run(server.url, **options)
     s = stats
     listeners = ", with progress listeners" if args.progress else ""
     print(

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import free_port
-from tests.server.test_live import LiveServer
+from tests.harness import ProcessServer, free_port
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 pytestmark = pytest.mark.slow
@@ -53,8 +52,8 @@ def workdir(tmp_path: Path, tiny_models_dir: Path, monkeypatch: pytest.MonkeyPat
 @pytest.mark.parametrize("argv", usage_commands(), ids=lambda a: " ".join(a[1:3]))
 def test_usage_command_runs(argv: list[str], workdir: Path) -> None:
     if argv[1] == "serve":
-        server = LiveServer(argv[2:], workdir / f"data-{free_port()}")
-        server.kill()
+        server = ProcessServer.sdgate(argv[2:], workdir / f"data-{free_port()}")
+        server.stop()
         assert server.proc.returncode in (0, -15), server.log.read_text()
         output = server.log.read_text()
         assert "listening on http://" in output and "model:" in output
@@ -66,7 +65,7 @@ def test_usage_command_runs(argv: list[str], workdir: Path) -> None:
 
 
 def test_python_examples_run_against_a_live_server(workdir: Path) -> None:
-    server = LiveServer(["--models-dir", "./models", "--device", "cpu"], workdir / "data")
+    server = ProcessServer.sdgate(["--models-dir", "./models", "--device", "cpu"], workdir / "data")
     try:
         examples = blocks("python")
         assert len(examples) == 2
@@ -76,4 +75,4 @@ def test_python_examples_run_against_a_live_server(workdir: Path) -> None:
         assert (workdir / "out.png").stat().st_size > 0
         assert list((workdir / "out").glob("*.png"))
     finally:
-        server.kill()
+        server.stop()

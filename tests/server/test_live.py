@@ -6,62 +6,29 @@ import base64
 import contextlib
 import io
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import requests
 from PIL import Image
 
-from tests.harness import free_port
+from tests.harness import ProcessServer
 
 pytestmark = pytest.mark.slow
 
 
-class LiveServer:
-    def __init__(self, args: list[str], data_dir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = data_dir.parent / f"server-{self.port}.log"
-        cmd = [sys.executable, "-m", "sdgate", "serve", "--port", str(self.port), "--data-dir", str(data_dir),
-               *args]
-        self.proc = subprocess.Popen(cmd, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.wait_ready()
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited: {self.log.read_text()}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"server not ready: {self.log.read_text()}")
-
-    def kill(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(30)
-
-
 @pytest.fixture
-def live(tmp_path: Path, tiny_models_dir: Path) -> Iterator[LiveServer]:
-    server = LiveServer(["--models-dir", str(tiny_models_dir), "--device", "cpu"], tmp_path / "data")
+def live(tmp_path: Path, tiny_models_dir: Path) -> Iterator[ProcessServer]:
+    args = ["--models-dir", str(tiny_models_dir), "--device", "cpu"]
+    server = ProcessServer.sdgate(args, tmp_path / "data")
     yield server
-    server.kill()
+    server.stop()
 
 
-def test_webuiapi_drives_txt2img_progress_and_models(live: LiveServer) -> None:
+def test_webuiapi_drives_txt2img_progress_and_models(live: ProcessServer) -> None:
     import webuiapi
 
     api = webuiapi.WebUIApi(host="127.0.0.1", port=live.port, sampler="Euler a", steps=3)
@@ -82,7 +49,7 @@ def test_webuiapi_drives_txt2img_progress_and_models(live: LiveServer) -> None:
     api.interrupt()  # nothing running: a no-op that must not fail
 
 
-def test_plain_requests_script_with_and_without_json_header(live: LiveServer) -> None:
+def test_plain_requests_script_with_and_without_json_header(live: ProcessServer) -> None:
     payload = {"prompt": "a blue square", "steps": 2, "width": 64, "height": 64, "seed": 3}
     r1 = requests.post(live.url + "/sdapi/v1/txt2img", json=payload, timeout=60)
     r2 = requests.post(live.url + "/sdapi/v1/txt2img", data=json.dumps(payload), timeout=60)
@@ -101,7 +68,7 @@ def test_kill_9_then_restart_finishes_every_job_once(tmp_path: Path, tiny_models
 
     data = tmp_path / "data"
     args = ["--models-dir", str(tiny_models_dir), "--device", "cpu"]
-    server = LiveServer(args, data)
+    server = ProcessServer.sdgate(args, data)
     payloads = [{"prompt": f"job {i}", "seed": 100 + i, "steps": 40, "width": 64, "height": 64}
                 for i in range(4)]
 
@@ -124,9 +91,9 @@ def test_kill_9_then_restart_finishes_every_job_once(tmp_path: Path, tiny_models
     else:
         raise AssertionError(f"never saw a running job with others queued: {states}")
     running_id = next(j.id for j in jobs if j.state == JobState.RUNNING)
-    server.kill(signal.SIGKILL)
+    server.stop(signal.SIGKILL)
 
-    restarted = LiveServer(args, data)
+    restarted = ProcessServer.sdgate(args, data)
     try:
         deadline = time.monotonic() + 300  # generous: CI machines are slow and shared
         while time.monotonic() < deadline:
@@ -141,5 +108,5 @@ def test_kill_9_then_restart_finishes_every_job_once(tmp_path: Path, tiny_models
         assert attempts.pop(running_id) == 2  # re-run once after the kill
         assert set(attempts.values()) == {1}  # the queued ones ran once
     finally:
-        restarted.kill()
+        restarted.stop()
         store.close()
