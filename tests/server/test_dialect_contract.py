@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import importlib
 import logging
+import types
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,6 @@ from fastapi.routing import APIRoute
 import sdgate.server
 from sdgate.core.jobs import Job, JobEventKind, JobState
 from sdgate.core.requests import GenerationRequest
-from sdgate.server import health
 from sdgate.server.app import create_app
 from sdgate.server.dialect import Dialect, job_payloads
 from sdgate.server.dialects.registry import DIALECTS
@@ -131,17 +131,30 @@ def test_nothing_server_wide_imports_a_dialect() -> None:
     assert f"{PREFIX}.registry" in imported_modules(SERVER / "app.py")
 
 
+def server_routers_of_app() -> list[str]:
+    """The server-level modules whose ``router`` ``create_app`` mounts beside the registry's."""
+    tree = ast.parse((SERVER / "app.py").read_text(encoding="utf-8"))
+    create_app = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "create_app")
+    mounted = [
+        ast.unparse(n.args[0]) for n in ast.walk(create_app)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "include_router"
+    ]
+    return [m.removesuffix(".router") for m in mounted if m != "router"]
+
+
 def test_app_names_no_dialect_router() -> None:
-    """``app.py`` mounts routers only by walking the registry: no router name of a dialect in it."""
+    """``create_app`` mounts the dialects' routers only by walking the registry; the others it
+    mounts are the server's own (health checks, metrics)."""
     source = (SERVER / "app.py").read_text(encoding="utf-8")
     for dialect in DIALECTS:
         assert f"dialects.{dialect.name}" not in source
-    calls = [
-        n for n in ast.walk(ast.parse(source))
-        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "include_router"
-    ]
-    mounted = sorted(ast.unparse(c.args[0]) for c in calls)
-    assert mounted == ["health.router", "router"]  # the registry loop's variable, and the health checks
+    tree = ast.parse(source)
+    loops = [ast.unparse(n.iter) for n in ast.walk(tree) if isinstance(n, ast.For)]
+    assert "DIALECTS" in loops and "dialect.routers" in loops
+    others = server_routers_of_app()
+    assert "health" in others
+    for name in others:
+        assert importlib.import_module(f"sdgate.server.{name}").router.routes
 
 
 @pytest.mark.parametrize("package", dialect_packages())
@@ -152,6 +165,10 @@ def test_every_dialect_package_exposes_one_registered_dialect(package: str) -> N
     assert any(d is dialect for d in DIALECTS), f"{package}.DIALECT is not in the registry"
     assert dialect.routers and all(isinstance(r, APIRouter) for r in dialect.routers)
     assert all(c.dialect == package for c in dialect.route_classes)
+    # ``from sdgate.server.dialects.<x> import router`` must still be the module, not its APIRouter.
+    submodules = [p.stem for p in (DIALECTS_DIR / package).glob("*.py") if p.stem != "__init__"]
+    shadowed = [n for n in submodules if not isinstance(getattr(module, n, types), types.ModuleType)]
+    assert shadowed == []
 
 
 def test_the_registry_lists_each_dialect_once() -> None:
@@ -159,20 +176,25 @@ def test_the_registry_lists_each_dialect_once() -> None:
     assert sorted(names) == sorted(set(names)) == dialect_packages()
 
 
-def test_every_route_belongs_to_a_registered_dialect_or_the_health_checks(tmp_path: Path) -> None:
+def test_every_route_belongs_to_a_registered_dialect_or_the_server(tmp_path: Path) -> None:
     app = create_app(Settings(data_dir=tmp_path, engine="null"))
     served: dict[tuple[str, str], type] = {}
     for path, methods, route in _routes(app.router.routes):
         if isinstance(route, APIRoute) and not path.startswith(("/docs", "/redoc")):  # the docs pages
             served.update({(path, m): type(route) for m in methods})
-    declared: dict[tuple[str, str], type] = {}
-    for router in [*(r for d in DIALECTS for r in d.routers), health.router]:
+    server = [importlib.import_module(f"sdgate.server.{name}").router for name in server_routers_of_app()]
+    by_dialect: dict[tuple[str, str], type] = {}
+    for router in (r for d in DIALECTS for r in d.routers):
+        for path, methods, route in _routes(router.routes):
+            by_dialect.update({(path, m): type(route) for m in methods})
+    declared = dict(by_dialect)
+    for router in server:
         for path, methods, route in _routes(router.routes):
             declared.update({(path, m): type(route) for m in methods})
     assert served == declared
-    classes = {c for d in DIALECTS for c in d.route_classes} | {health.HealthRoute}
-    assert set(served.values()) <= classes
-    assert {("/healthz", "GET"), ("/readyz", "GET")} <= set(served)
+    classes = {c for d in DIALECTS for c in d.route_classes}
+    assert set(by_dialect.values()) <= classes
+    assert {("/healthz", "GET"), ("/readyz", "GET")} <= set(served) - set(by_dialect)
 
 
 def _routes(routes: list[Any]) -> list[tuple[str, set[str], Any]]:

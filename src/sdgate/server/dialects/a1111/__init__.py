@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from sdgate.server.dialect import Dialect
-from sdgate.server.dialects.a1111.extras import router as extras_router
-from sdgate.server.dialects.a1111.networks import router as networks_router
-from sdgate.server.dialects.a1111.router import DIALECT as NAME
-from sdgate.server.dialects.a1111.router import get_options, router
+from sdgate.server.dialects.a1111 import extras, networks, router
 from sdgate.server.services import Services
 
 
@@ -14,7 +11,7 @@ class A1111Dialect(Dialect):
     def attach(self, services: Services) -> None:
         """The saved options (A1111's global ``opts``), read at start: a bad saved file is repaired
         and logged then, not at the first request."""
-        get_options(services)
+        router.get_options(services)
 
 
-DIALECT = A1111Dialect(name=NAME, routers=(router, networks_router, extras_router))
+DIALECT = A1111Dialect(name=router.DIALECT, routers=(router.router, networks.router, extras.router))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from sdgate.server.dialect import Dialect
-from sdgate.server.dialects.hf.router import DIALECT as NAME
-from sdgate.server.dialects.hf.router import router
+from sdgate.server.dialects.hf import router
 
-DIALECT = Dialect(name=NAME, routers=(router,))
+DIALECT = Dialect(name=router.DIALECT, routers=(router.router,))

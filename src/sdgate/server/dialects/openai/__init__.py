@@ -5,7 +5,6 @@ so a server that never hands one out writes no key)."""
 from __future__ import annotations
 
 from sdgate.server.dialect import Dialect
-from sdgate.server.dialects.openai.router import DIALECT as NAME
-from sdgate.server.dialects.openai.router import router
+from sdgate.server.dialects.openai import router
 
-DIALECT = Dialect(name=NAME, routers=(router,))
+DIALECT = Dialect(name=router.DIALECT, routers=(router.router,))
