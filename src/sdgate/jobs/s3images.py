@@ -11,6 +11,9 @@ overrides the endpoint for S3-compatible servers (MinIO, SeaweedFS, Ceph, R2), w
 addressed path-style (``http://host:port/bucket/key``). Servers that reject boto3's default request
 checksums take boto3's own ``AWS_REQUEST_CHECKSUM_CALCULATION=when_required``.
 
+The credentials need ``s3:GetObject``, ``s3:PutObject`` and ``s3:DeleteObject`` on the prefix and
+``s3:ListBucket`` on the bucket (without it AWS answers 403, not 404, for a missing image).
+
 Ids are the same content addresses as ``LocalImageStore``'s, so keys are
 ``prefix/ab/cd/img_abcd....png`` with the image's Content-Type. ``put`` HEADs its key first: putting
 bytes that are already there writes nothing (a HEAD is cheaper than uploading an image again).
