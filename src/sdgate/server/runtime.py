@@ -54,7 +54,7 @@ class ServerRuntime:
         store logs them, in the outbox). Call before ``services.start()``."""
         settings = services.settings
         base = (settings.public_url or "").rstrip("/")
-        db = services.store.database  # the handle the jobs/ modules with their own tables take
+        db = services.database  # the handle the jobs/ modules with their own tables are built from
 
         def render_event(kind: JobEventKind, job: Job) -> dict[str, Any]:
             return payloads.event(kind, job, base=base)

@@ -29,7 +29,7 @@ async def test_submit_with_wait_answers_with_the_finished_job_and_its_images(api
 async def test_without_include_no_image_data_and_without_wait_no_waiting(
     native_settings, engine: FakeEngine
 ) -> None:
-    engine.step_s = 0.2
+    engine.slow_step_s = 0.2
     async with serve(native_settings, engine) as api:
         start = time.monotonic()
         r = await api.post("/api/v1/jobs", json={**BODY, "prompt": "slow"})
@@ -40,7 +40,7 @@ async def test_without_include_no_image_data_and_without_wait_no_waiting(
 
 
 async def test_get_with_wait_returns_when_the_job_ends(native_settings, engine: FakeEngine) -> None:
-    engine.step_s = 0.1
+    engine.slow_step_s = 0.1
     async with serve(native_settings, engine) as api:
         job = (await api.post("/api/v1/jobs", json={**BODY, "prompt": "slow", "steps": 3})).json()
         r = await api.get(f"/api/v1/jobs/{job['id']}", params={"wait": 20, "include": "images"})
@@ -52,7 +52,7 @@ async def test_get_with_wait_returns_when_the_job_ends(native_settings, engine: 
 async def test_wait_gives_up_after_n_seconds_with_the_job_as_it_is(
     native_settings, engine: FakeEngine
 ) -> None:
-    engine.step_s = 0.5
+    engine.slow_step_s = 0.5
     async with serve(native_settings, engine) as api:
         job = (await api.post("/api/v1/jobs", json={**BODY, "prompt": "slow", "steps": 6})).json()
         start = time.monotonic()
