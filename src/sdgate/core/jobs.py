@@ -7,7 +7,7 @@ always replace, so API processes and workers may live on different machines.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
@@ -85,6 +85,26 @@ class JobEventKind(StrEnum):
     CANCELLED = "cancelled"
 
 
+class WorkerInfo(BaseModel):
+    """A worker as the registry shows it: what it runs on, what it holds loaded, what it does now.
+    ``last_seen`` and ``stale`` are the registry's (stale: no report within its TTL, a worker that
+    probably died); the worker itself leaves them out."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    host: str
+    pid: int
+    device: str | None = None
+    engine: str | None = None
+    models: tuple[str, ...] = ()  # names of the models it holds loaded
+    free_memory_bytes: int | None = None  # on its device; None: the engine cannot tell
+    current_job_id: str | None = None
+    started_at: datetime
+    last_seen: datetime | None = None
+    stale: bool = False
+
+
 class JobStore(Protocol):
     """Durable jobs: the one port every process goes through (API nodes submit and read, workers
     claim with a lease, heartbeat and finish). Every method is synchronous and thread-safe; async
@@ -155,9 +175,11 @@ class JobStore(Protocol):
 
     # -- running: claims, leases, progress ----------------------------------------------------
 
-    def claim_next(self, worker_id: str) -> Job | None:
+    def claim_next(self, worker_id: str, *, prefer_models: Collection[str] = ()) -> Job | None:
         """Atomically move the first queued job (highest priority, then FIFO) to running, leased to
-        ``worker_id`` for ``lease_s``."""
+        ``worker_id`` for ``lease_s``. ``prefer_models`` (the worker's loaded models): among the
+        jobs of the highest priority, one naming such a model goes first, but a job queued longer
+        than the store's affinity window is never passed over."""
         ...
 
     def heartbeat(self, job_id: str, worker_id: str) -> bool:
@@ -196,6 +218,31 @@ class JobStore(Protocol):
     def cancelled(
         self, job_id: str, result: GenerationResult | None = None, *, worker_id: str | None = None
     ) -> Job: ...
+
+    # -- the worker registry: who runs, where, with which models -----------------------------------
+
+    def register_worker(self, info: WorkerInfo) -> None:
+        """Adds (or replaces) ``info.id``'s row, seen now; a worker calls it at start."""
+        ...
+
+    def worker_seen(
+        self,
+        worker_id: str,
+        *,
+        models: Collection[str],
+        free_memory_bytes: int | None,
+        current_job_id: str | None,
+    ) -> bool:
+        """The worker's periodic report; False when its row is gone (it registers again)."""
+        ...
+
+    def remove_worker(self, worker_id: str) -> None:
+        """A worker that stops cleanly leaves the registry."""
+        ...
+
+    def list_workers(self) -> list[WorkerInfo]:
+        """Every registered worker, stale ones marked, oldest first."""
+        ...
 
     # -- health --------------------------------------------------------------------------------
 

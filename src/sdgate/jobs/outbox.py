@@ -7,12 +7,16 @@ every process that shares the database.
     follower.start(); follower.wake(); follower.stop()
 
 A row is ``(seq, job_id, kind, job snapshot, origin)`` in the ``job_events`` table. The store still
-publishes its own changes on its process's ``JobEvents`` at once; the follower polls the table and
+publishes its own changes on its process's ``JobEvents`` at once; the follower reads the table and
 publishes the rows other processes wrote (``origin`` differs) on the same bus, so a worker in one
-process wakes the waiters, event streams and webhooks of another. On SQLite writes are serialised,
-so rows commit in ``seq`` order and "every row after the cursor" misses nothing. PostgreSQL
-(cluster mode, later) assigns ``seq`` before commit: its follower will wake on LISTEN/NOTIFY and
-re-read a short window behind the cursor.
+process wakes the waiters, event streams and webhooks of another. Appends take turns until commit
+(``database.serialize``), so rows commit in ``seq`` order and "every row after the cursor" misses
+nothing, on both databases.
+
+When does the follower read? At once after ``wake`` (the store calls it after each of its own
+commits), every ``poll_s`` regardless, and on PostgreSQL also at once when any process commits a row:
+each append sends ``NOTIFY sdgate_jobs, '<seq>'`` in its INSERT, and the follower keeps a
+``notify.NotifyListener`` LISTENing (the poll remains the fallback while that connection is down).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import sqlalchemy as sa
 from sdgate.core.jobs import Job, JobEventKind
 from sdgate.jobs.database import transaction
 from sdgate.jobs.events import JobEvents, Listeners
+from sdgate.jobs.notify import NotifyListener, notifying
 from sdgate.jobs.schema import job_events
 
 logger = logging.getLogger(__name__)
@@ -49,21 +54,19 @@ OutboxListener = Callable[[OutboxEvent], None]
 
 
 def write_event(conn: sa.Connection, kind: JobEventKind, job: Job, origin: str) -> int:
-    """Appends one row inside the caller's transaction; returns its ``seq``."""
-    return int(
-        conn.execute(
-            sa.insert(job_events)
-            .values(
-                job_id=job.id,
-                kind=kind.value,
-                data={},
-                job=job.model_dump(mode="json"),
-                origin=origin,
-                created_at=datetime.now(UTC),
-            )
-            .returning(job_events.c.seq)
-        ).scalar_one()
+    """Appends one row inside the caller's transaction (on PostgreSQL with its NOTIFY); returns
+    its ``seq``."""
+    insert = sa.insert(job_events).values(
+        job_id=job.id,
+        kind=kind.value,
+        data={},
+        job=job.model_dump(mode="json"),
+        origin=origin,
+        created_at=datetime.now(UTC),
     )
+    if conn.dialect.name == "postgresql":
+        return int(conn.execute(notifying(insert, job_events.c.seq)).scalar_one())
+    return int(conn.execute(insert.returning(job_events.c.seq)).scalar_one())
 
 
 def to_event(row: sa.Row[Any]) -> OutboxEvent | None:
@@ -81,7 +84,8 @@ def latest_seq(engine: sa.Engine) -> int:
 
 class OutboxFollower:
     """One thread per process that reads new outbox rows every ``poll_s`` (or at once after
-    ``wake``), publishes other processes' rows on ``bus`` and hands every row to its listeners."""
+    ``wake``, or a notification on PostgreSQL), publishes other processes' rows on ``bus`` and
+    hands every row to its listeners."""
 
     def __init__(self, engine: sa.Engine, *, origin: str, bus: JobEvents | None = None,
                  poll_s: float = DEFAULT_POLL_S) -> None:
@@ -94,6 +98,7 @@ class OutboxFollower:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self.notifications: NotifyListener | None = None  # PostgreSQL: while started
 
     def add_listener(self, listener: OutboxListener) -> Callable[[], None]:
         """``listener(event)`` for every row, on the follower's thread; returns its remover."""
@@ -107,10 +112,16 @@ class OutboxFollower:
         self._stopping.clear()
         self._thread = threading.Thread(target=self._loop, name="sdgate-outbox", daemon=True)
         self._thread.start()
+        if self._engine.dialect.name == "postgresql":
+            self.notifications = NotifyListener(self._engine, self.wake)
+            self.notifications.start()
 
     def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
+        if self.notifications is not None:
+            self.notifications.stop()
+            self.notifications = None
         if self._thread is not None:
             self._thread.join(10)
             self._thread = None

@@ -75,12 +75,18 @@ jobs = sa.Table(
     # While running: until when the claiming worker holds the job (migration 0003). The worker renews
     # it; once it is in the past, any process may re-queue the job.
     sa.Column("lease_expires_at", UTCDateTime, nullable=True),
+    # The model a generation names (migration 0004), copied from ``request`` at submit so a claim can
+    # prefer the jobs of a worker's loaded models; None: the default model, an extras job, or a job
+    # queued before 0004.
+    sa.Column("model", sa.String(255), nullable=True),
     # Listing a caller's jobs newest first.
     sa.Index("ix_jobs_owner_seq", "owner", "seq"),
     sa.Index("ix_jobs_dialect_seq", "dialect", "seq"),
 )
 # The claim query and position(): WHERE state = 'queued' ORDER BY priority DESC, seq.
 sa.Index("ix_jobs_claim", jobs.c.state, jobs.c.priority.desc(), jobs.c.seq)
+# A claim with model affinity: WHERE state = 'queued' AND priority = p AND model IN (...) ORDER BY seq.
+sa.Index("ix_jobs_claim_model", jobs.c.state, jobs.c.priority.desc(), jobs.c.model, jobs.c.seq)
 # Recovery: WHERE state = 'running' AND lease_expires_at < now.
 sa.Index("ix_jobs_state_lease_expires_at", jobs.c.state, jobs.c.lease_expires_at)
 
@@ -155,4 +161,25 @@ uploads = sa.Table(
     sa.Column("size", sa.Integer, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Index("ix_uploads_created_at", "created_at"),
+)
+
+# -- the worker registry (migration 0004) ----------------------------------------------------------
+
+# One row per running worker, written by the worker itself (``jobs/workers.py``): at start, every few
+# seconds and when its loaded models change; removed when it stops cleanly. A row whose ``last_seen``
+# is older than the registry's TTL is a worker that died: shown as stale, deleted later.
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("id", sa.String(255), primary_key=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("device", sa.String(64), nullable=True),
+    sa.Column("engine", sa.String(64), nullable=True),
+    sa.Column("models", JsonDoc, nullable=False),  # names of the models it holds loaded, a JSON list
+    sa.Column("free_memory_bytes", sa.BigInteger, nullable=True),  # None: the engine cannot tell
+    sa.Column("current_job_id", sa.String(40), nullable=True),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("last_seen", UTCDateTime, nullable=False),
+    sa.Index("ix_workers_last_seen", "last_seen"),
 )

@@ -12,6 +12,12 @@ lease ran out, whichever process calls it, so a process that starts never takes 
 Claiming is portable: ``SELECT ... FOR UPDATE SKIP LOCKED`` (a no-op on SQLite, where the write
 transaction itself is ``BEGIN IMMEDIATE`` and so already exclusive) followed by a conditional
 ``UPDATE ... WHERE state = 'queued'``. No two workers, threads or processes claim the same job.
+A claim may prefer the jobs of the models the worker holds loaded (model affinity): among the jobs
+of the highest priority, the first naming such a model goes before the head of the queue, unless
+the head has waited ``affinity_s`` already, so no job waits more than that for its turn.
+
+The worker registry (``workers.py``) lives in the same database: ``register_worker``,
+``worker_seen``, ``remove_worker``, ``list_workers``.
 
 PostgreSQL runs at READ COMMITTED, so every read-then-write locks what it read: a control request
 and a delete lock the job row (``FOR UPDATE``; a claim then skips it), the lease sweep takes only
@@ -31,7 +37,7 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,7 +45,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from sdgate.core.errors import Conflict, NotFound, QueueFull, StorageUnavailable, TooManyJobs
-from sdgate.core.jobs import ControlAction, Job, JobEventKind, JobState, Progress
+from sdgate.core.jobs import ControlAction, Job, JobEventKind, JobState, Progress, WorkerInfo
 from sdgate.core.requests import GenerationRequest, PostprocessRequest, parse_job_request
 from sdgate.core.results import GenerationResult
 from sdgate.jobs.database import (
@@ -53,6 +59,7 @@ from sdgate.jobs.database import (
 from sdgate.jobs.events import JobEvents
 from sdgate.jobs.outbox import write_event
 from sdgate.jobs.schema import job_previews, jobs
+from sdgate.jobs.workers import WORKER_TTL_S, WorkerRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +69,9 @@ _MAX_READ_DEPTH = 64  # levels of a stored document a reader gets; submit allows
 # A later request never weakens an earlier one: a cancel is not turned back into a skip.
 _CONTROL_RANK = {ControlAction.SKIP: 0, ControlAction.INTERRUPT: 1, ControlAction.CANCEL: 2}
 DEFAULT_LEASE_S = 30.0
+# How long a queued job may be passed over for jobs of a worker's loaded models.
+DEFAULT_AFFINITY_S = 10.0
+_MODEL_CHARS = 255  # the ``model`` column; a longer name (no model has one) gets no affinity
 _STATE_EVENT = {
     JobState.QUEUED: JobEventKind.QUEUED,
     JobState.RUNNING: JobEventKind.STARTED,
@@ -116,6 +126,18 @@ def _readable(value: Any, *, drop_nonfinite: bool = False, depth: int = 0) -> An
     return value
 
 
+def _modelable(name: str | None) -> bool:
+    """A model name the ``model`` column can hold (PostgreSQL's text holds no NUL)."""
+    return bool(name) and len(name or "") <= _MODEL_CHARS and "\x00" not in (name or "")
+
+
+def _job_model(request: GenerationRequest | PostprocessRequest) -> str | None:
+    """What a claim's model affinity matches: the model a generation names (dialects store the
+    catalog's name), None for the default model and for extras."""
+    model = request.model if isinstance(request, GenerationRequest) else None
+    return model if _modelable(model) else None
+
+
 def _check_id(job_id: str) -> None:
     """No job id holds NUL (PostgreSQL's text cannot even compare one): such an id is not found."""
     if "\x00" in job_id:
@@ -153,6 +175,8 @@ class SqlJobStore:
     ``lease_s``: how long a claim holds a job without a heartbeat. ``migrate``: check the schema
     at start (``database.ensure_schema``: SQLite is upgraded, PostgreSQL only when empty; a schema
     it will not use raises ``SchemaMismatch``, a database it cannot reach ``DatabaseUnreachable``).
+    ``affinity_s``: how long a queued job may be passed over for a worker's loaded models.
+    ``worker_ttl_s``: a registered worker not heard from for this long is stale.
     """
 
     def __init__(
@@ -163,11 +187,15 @@ class SqlJobStore:
         max_queue: int | None = None,
         migrate: bool = True,
         lease_s: float = DEFAULT_LEASE_S,
+        affinity_s: float = DEFAULT_AFFINITY_S,
+        worker_ttl_s: float = WORKER_TTL_S,
     ) -> None:
         self._engine = create_db_engine(database_url)
         self._events = events
         self._max_queue = max_queue
         self.lease_s = lease_s
+        self.affinity_s = affinity_s
+        self._workers = WorkerRegistry(self._tx, ttl_s=worker_ttl_s)
         # Marks this store's outbox rows, so its own follower does not publish them twice.
         self.origin = uuid.uuid4().hex[:16]
         self._commit_hooks: builtins.list[Callable[[], None]] = []
@@ -297,6 +325,7 @@ class SqlJobStore:
             "owner": owner,
             "priority": priority,
             "request": request.model_dump(mode="json"),
+            "model": _job_model(request),
             "meta": metadata or {},
             "created_at": now,
             "updated_at": now,
@@ -316,23 +345,37 @@ class SqlJobStore:
             job = self._record(conn, row)
         return self._announced(job)
 
-    def claim_next(self, worker_id: str) -> Job | None:
+    def claim_next(self, worker_id: str, *, prefer_models: Collection[str] = ()) -> Job | None:
+        """The next job, running and leased to ``worker_id``: the head of the queue (highest
+        priority, then FIFO), or, when the head has waited less than ``affinity_s``, the first job of
+        the same priority naming one of ``prefer_models`` (the worker's loaded models)."""
         now = _now()
+        preferred = [m for m in dict.fromkeys(prefer_models) if _modelable(m)]
+        queued = jobs.c.state == JobState.QUEUED.value
         with self._tx(write=True) as conn:
             while True:
-                seq = conn.execute(
-                    sa.select(jobs.c.seq)
-                    .where(jobs.c.state == JobState.QUEUED.value)
+                head = conn.execute(
+                    sa.select(jobs.c.seq, jobs.c.priority, jobs.c.model, jobs.c.created_at)
+                    .where(queued)
                     .order_by(jobs.c.priority.desc(), jobs.c.seq)
                     .limit(1)
                     .with_for_update(skip_locked=True)
-                ).scalar_one_or_none()
-                if seq is None:
+                ).one_or_none()
+                if head is None:
                     return None
+                seq = head.seq
+                if preferred and head.model not in preferred and now - head.created_at < self._affinity:
+                    seq = conn.execute(
+                        sa.select(jobs.c.seq)
+                        .where(queued, jobs.c.priority == head.priority, jobs.c.model.in_(preferred))
+                        .order_by(jobs.c.seq)
+                        .limit(1)
+                        .with_for_update(skip_locked=True)
+                    ).scalar_one_or_none() or head.seq
                 # The state guard keeps this exactly-once even on a backend that did not lock.
                 row = conn.execute(
                     sa.update(jobs)
-                    .where(jobs.c.seq == seq, jobs.c.state == JobState.QUEUED.value)
+                    .where(jobs.c.seq == seq, queued)
                     .values(
                         state=JobState.RUNNING.value,
                         worker_id=worker_id,
@@ -530,6 +573,29 @@ class SqlJobStore:
             conn.execute(sa.delete(job_previews).where(job_previews.c.job_id == job_id))
         return job
 
+    # -- the worker registry ------------------------------------------------------------------
+
+    def register_worker(self, info: WorkerInfo) -> None:
+        self._workers.register(info)
+
+    def worker_seen(
+        self,
+        worker_id: str,
+        *,
+        models: Collection[str],
+        free_memory_bytes: int | None,
+        current_job_id: str | None,
+    ) -> bool:
+        return self._workers.seen(
+            worker_id, models=models, free_memory_bytes=free_memory_bytes, current_job_id=current_job_id
+        )
+
+    def remove_worker(self, worker_id: str) -> None:
+        self._workers.remove(worker_id)
+
+    def list_workers(self) -> builtins.list[WorkerInfo]:
+        return self._workers.workers()
+
     def page(
         self,
         *,
@@ -635,6 +701,10 @@ class SqlJobStore:
                 raise Conflict(f"job {job_id} is no longer held by {worker_id}")
             raise Conflict(f"job {job_id} is {current.state.value}; it cannot become {state.value}")
         return self._announced(job)
+
+    @property
+    def _affinity(self) -> timedelta:
+        return timedelta(seconds=self.affinity_s)
 
     def _lease_end(self, now: datetime) -> datetime:
         return now + timedelta(seconds=self.lease_s)

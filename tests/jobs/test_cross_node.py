@@ -1,0 +1,128 @@
+"""Two nodes on one PostgreSQL database: events cross by LISTEN/NOTIFY (not by the poll), a follower
+outlives its LISTEN connection, and a cancel asked on one node stops the job a worker of the other
+runs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pytest
+import sqlalchemy as sa
+
+from sdgate.core.engine import StepAction, StepReport
+from sdgate.core.jobs import ControlAction, JobEventKind, JobState
+from sdgate.core.requests import GenerationRequest
+from sdgate.jobs.events import JobEvents
+from sdgate.jobs.outbox import OutboxFollower
+from sdgate.jobs.store import SqlJobStore
+from sdgate.worker.control import JobControl
+from tests.jobs.conftest import PgServer
+
+pytestmark = pytest.mark.cluster
+
+SLOW_POLL_S = 10.0  # a follower that only polled would see nothing within the tests' deadlines
+
+
+@dataclass
+class Node:
+    store: SqlJobStore
+    events: JobEvents
+    outbox: OutboxFollower
+    seen: list[tuple[JobEventKind, str]]
+
+    def wait_for(self, kind: JobEventKind, job_id: str, timeout: float) -> float:
+        """Seconds until this node's bus published ``kind`` for ``job_id``; fails after ``timeout``."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if (kind, job_id) in self.seen:
+                return time.monotonic() - started
+            time.sleep(0.005)
+        pytest.fail(f"{kind.value} of {job_id} not published within {timeout} s")
+
+
+@contextmanager
+def node(url: str) -> Iterator[Node]:
+    """What ``open_stores`` wires, with a follower that polls only every SLOW_POLL_S."""
+    events = JobEvents()
+    store = SqlJobStore(url, events=events)
+    outbox = OutboxFollower(store.database, origin=store.origin, bus=events, poll_s=SLOW_POLL_S)
+    store.on_commit(outbox.wake)
+    seen: list[tuple[JobEventKind, str]] = []
+    events.add_listener(lambda kind, job: seen.append((kind, job.id)))
+    outbox.start()
+    try:
+        assert outbox.notifications is not None
+        assert outbox.notifications.listening.wait(5), "the follower never LISTENed"
+        yield Node(store, events, outbox, seen)
+    finally:
+        outbox.stop()
+        store.close()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    with pg_server.database() as url:
+        yield url
+
+
+def test_an_event_of_one_node_reaches_the_other_by_notify(pg_url: str) -> None:
+    with node(pg_url) as a, node(pg_url) as b:
+        time.sleep(0.2)  # both followers past their first read
+        for _ in range(3):
+            job = a.store.submit(GenerationRequest(prompt="across"))
+            assert b.wait_for(JobEventKind.QUEUED, job.id, timeout=0.5) < 0.5
+            claimed = b.store.claim_next("worker-on-b")
+            assert claimed is not None and claimed.id == job.id
+            assert a.wait_for(JobEventKind.STARTED, job.id, timeout=0.5) < 0.5
+
+
+def test_the_follower_survives_the_loss_of_its_listen_connection(pg_url: str) -> None:
+    with node(pg_url) as a, node(pg_url) as b:
+        listener = b.outbox.notifications
+        assert listener is not None
+        old_pid = listener.backend_pid
+        _terminate(pg_url, old_pid)
+        deadline = time.monotonic() + 10
+        while listener.backend_pid == old_pid or not listener.listening.is_set():
+            assert time.monotonic() < deadline, "the listener did not reconnect"
+            time.sleep(0.02)
+        job = a.store.submit(GenerationRequest(prompt="after the loss"))
+        assert b.wait_for(JobEventKind.QUEUED, job.id, timeout=0.5) < 0.5
+
+
+def test_an_event_committed_while_the_listen_connection_was_down_is_not_lost(pg_url: str) -> None:
+    with node(pg_url) as a, node(pg_url) as b:
+        listener = b.outbox.notifications
+        assert listener is not None
+        _terminate(pg_url, listener.backend_pid)
+        job = a.store.submit(GenerationRequest(prompt="in the gap"))
+        # Read on reconnection (or the poll), long before SLOW_POLL_S.
+        b.wait_for(JobEventKind.QUEUED, job.id, timeout=5)
+
+
+def test_a_cancel_asked_on_one_node_stops_the_job_a_worker_of_the_other_runs(pg_url: str) -> None:
+    with SqlJobStore(pg_url) as api_node, SqlJobStore(pg_url) as worker_node:
+        job = api_node.submit(GenerationRequest(prompt="stop me", steps=1000))
+        claimed = worker_node.claim_next("gpu-1")
+        assert claimed is not None and claimed.id == job.id
+        control = JobControl(worker_node, job.id)
+        report = StepReport(iteration=0, iterations=1, step=1, steps=1000)
+        assert control.on_step(report) is StepAction.CONTINUE
+        asked = api_node.request_control(job.id, ControlAction.CANCEL)
+        assert asked.state is JobState.RUNNING  # running: only its worker can stop it
+        assert control.on_step(report) is StepAction.CANCEL
+        worker_node.cancelled(job.id, worker_id="gpu-1")
+        assert api_node.get(job.id).state is JobState.CANCELLED
+
+
+def _terminate(url: str, pid: int | None) -> None:
+    assert pid is not None
+    engine = sa.create_engine(sa.make_url(url), poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar() is True
+    finally:
+        engine.dispose()
