@@ -9,19 +9,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.server.test_live import LiveServer
+from tests.harness import ProcessServer
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def live(tmp_path: Path, tiny_models_dir: Path) -> Iterator[LiveServer]:
-    server = LiveServer(["--models-dir", str(tiny_models_dir), "--device", "cpu"], tmp_path / "data")
+def live(tmp_path: Path, tiny_models_dir: Path) -> Iterator[ProcessServer]:
+    args = ["--models-dir", str(tiny_models_dir), "--device", "cpu"]
+    server = ProcessServer.sdgate(args, tmp_path / "data")
     yield server
-    server.kill()
+    server.stop()
 
 
-def test_webuiapi_img2img_and_inpainting(live: LiveServer) -> None:
+def test_webuiapi_img2img_and_inpainting(live: ProcessServer) -> None:
     import webuiapi
 
     api = webuiapi.WebUIApi(host="127.0.0.1", port=live.port, sampler="Euler a", steps=4)
