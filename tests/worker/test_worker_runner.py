@@ -4,7 +4,7 @@ import io
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import pytest
 from PIL import Image
@@ -237,11 +237,11 @@ class FlakyStore:
         self._store = store
         self.claims = 0
 
-    def claim_next(self, worker_id: str) -> Job | None:
+    def claim_next(self, worker_id: str, *, prefer_models: Collection[str] = ()) -> Job | None:
         self.claims += 1
         if self.claims == 1:
             raise RuntimeError("database is locked")
-        return self._store.claim_next(worker_id)
+        return self._store.claim_next(worker_id, prefer_models=prefer_models)
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._store, name)

@@ -152,6 +152,17 @@ class Engine(Protocol):
         and no job is refused for its memory. Optional: see ``memory_budget``."""
         ...
 
+    def loaded_models(self) -> list[str]:
+        """Names (the catalog's ``name``, as dialects put in requests) of the models held loaded,
+        most recently used first: the worker registry shows them and claims prefer their jobs.
+        Optional: see ``loaded_models``."""
+        ...
+
+    def free_memory_bytes(self) -> int | None:
+        """Free memory on the engine's device now (None: cannot tell). Optional: see
+        ``free_memory_bytes``."""
+        ...
+
 
 def run_job(engine: Engine, job: EngineJob) -> EngineOutput:
     """``job`` on ``engine``: the one place the worker calls ``generate``."""
@@ -161,4 +172,16 @@ def run_job(engine: Engine, job: EngineJob) -> EngineOutput:
 def memory_budget(engine: object | None) -> MemoryBudget | None:
     """``engine.memory_budget()``, or None for no engine or one that does not say."""
     method = getattr(engine, "memory_budget", None)
+    return method() if callable(method) else None
+
+
+def loaded_models(engine: object | None) -> list[str]:
+    """``engine.loaded_models()``, or none for no engine or one that does not say."""
+    method = getattr(engine, "loaded_models", None)
+    return list(method()) if callable(method) else []
+
+
+def free_memory_bytes(engine: object | None) -> int | None:
+    """``engine.free_memory_bytes()``, or None for no engine or one that does not say."""
+    method = getattr(engine, "free_memory_bytes", None)
     return method() if callable(method) else None

@@ -164,6 +164,7 @@ class DiffusersEngine:
         self.vaes = vae.VaeCache()
         self._lock = threading.Lock()
         self._budget: MemoryBudget | None = None
+        self._names: dict[str, str] = {}  # cache key -> the model's name, while it is loaded
         _quiet_loading()
         log.info("diffusers engine on %s (%s), model cache %.1f GiB", self.device, self.dtype, budget / 2**30)
 
@@ -182,6 +183,15 @@ class DiffusersEngine:
         if self._budget is None:
             self._budget = memory.job_budget(self.device, self.dtype)
         return self._budget
+
+    def loaded_models(self) -> list[str]:
+        """The models in the cache, most recently used first."""
+        names = self._names
+        return [names[key] for key in reversed(self.cache.keys_by_age()) if key in names]
+
+    def free_memory_bytes(self) -> int | None:
+        """Free CUDA memory; None on other devices."""
+        return memory.free_cuda_bytes(self.device) if self.device.type == "cuda" else None
 
     def memory_stats(self) -> dict[str, Any] | None:
         """The ``cuda`` part of A1111's ``/memory``; None off CUDA."""
@@ -321,6 +331,7 @@ class DiffusersEngine:
         scheduler = loaded.pipeline.scheduler
         model = LoadedModel(info, loaded, dict(scheduler.config), base_scheduler=scheduler)
         self.cache.put(key, model, pipeline_bytes(loaded.pipeline), keep=keep)
+        self._names[key] = info.name  # after put: replacing an entry evicts (and forgets) it first
         return model
 
     def _load_with_retry(self, info: ModelInfo, keep: list[str]) -> LoadedPipeline:
@@ -340,6 +351,7 @@ class DiffusersEngine:
         raise OutOfMemory(f"not enough memory on {self.device} to load model {info.name}")
 
     def _on_evict(self, key: str, model: LoadedModel) -> None:
+        self._names.pop(key, None)
         model.loaded.pipeline = None  # drop the last reference before returning memory
         free_memory(self.device)
 

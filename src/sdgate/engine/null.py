@@ -61,6 +61,13 @@ class NullEngine:
         """None: the null engine draws nothing, so no job is refused for its memory."""
         return None
 
+    def loaded_models(self) -> list[str]:
+        """Its default model, "loaded" from the start (it loads nothing)."""
+        return [self.model_defaults(None).name]
+
+    def free_memory_bytes(self) -> int | None:
+        return None
+
     def generate(
         self, request: GenerationRequest, inputs: EngineInputs, control: GenerationControl
     ) -> EngineOutput:

@@ -15,6 +15,10 @@ the job succeeds with the images finished so far (``interrupted=True``); cancel 
 cancelled with no result. The store publishes every change to the ``JobEvents`` it was built with,
 so pass the worker the same ``JobEvents`` (it listens there for new submissions).
 
+A claim prefers the jobs of the models the engine holds loaded (``engine.loaded_models()``; the store
+never lets that starve another job). The worker keeps its row in the worker registry while it runs
+(``registration.Registration``: device, engine, loaded models, free memory, the job in hand).
+
 A claim is a lease the worker renews while the job runs (``control.Heartbeat``). Between jobs, every
 ``lease_s / 2``, the worker also hands back jobs whose lease expired (whichever process held them):
 a process that runs workers recovers dead workers' jobs, at start and while it runs.
@@ -33,7 +37,7 @@ from collections.abc import Callable, MutableMapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sdgate.core.engine import Engine, EngineInputs, EngineJob, EngineOutput, run_job
+from sdgate.core.engine import Engine, EngineInputs, EngineJob, EngineOutput, loaded_models, run_job
 from sdgate.core.errors import (
     Conflict,
     InvalidRequest,
@@ -54,6 +58,7 @@ from sdgate.metrics import Metrics
 from sdgate.settings import Settings
 from sdgate.worker.control import PROGRESS_INTERVAL_S, Heartbeat, JobControl, WorkerJobStore
 from sdgate.worker.oom import is_out_of_memory, out_of_memory_error, release_memory
+from sdgate.worker.registration import Registration
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -109,6 +114,9 @@ class Worker:
         self._current: JobControl | None = None
         self._metrics = metrics
         self._outcome: tuple[str, str | None] | None = None  # (state, error code) of the job in hand
+        device = getattr(engine, "device", None) or settings.device
+        self._registration = Registration(store, engine, self.worker_id, device=str(device),
+                                          current_job=lambda: self.current_job_id)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -116,6 +124,7 @@ class Worker:
         if self._thread is not None:
             raise RuntimeError(f"worker {self.worker_id} already started")
         self._remove_listener = self._events.add_listener(self._on_event)
+        self._registration.start()
         self._thread = threading.Thread(target=self._loop, name=f"sdgate-{self.worker_id}", daemon=True)
         self._thread.start()
         logger.info("worker %s: started (engine %s)", self.worker_id, self._engine.name)
@@ -152,7 +161,7 @@ class Worker:
     def run_once(self) -> bool:
         """Claims and runs one job; False when none was queued."""
         self._wake.clear()  # before the claim: a submission after this point wakes the next wait
-        job = self._store.claim_next(self.worker_id)
+        job = self._store.claim_next(self.worker_id, prefer_models=loaded_models(self._engine))
         if job is None:
             return False
         self._run(job)
@@ -169,6 +178,12 @@ class Worker:
             logger.info("worker %s: re-queued %d job(s) whose lease expired", self.worker_id, len(requeued))
 
     def _loop(self) -> None:
+        try:
+            self._claim_and_run()
+        finally:
+            self._registration.stop()  # once the job in hand is done: the row leaves with the worker
+
+    def _claim_and_run(self) -> None:
         claim_fault: str | None = None  # logged once, not at every poll while the disk stays full
         while not self._stopping.is_set():
             try:
@@ -196,6 +211,7 @@ class Worker:
         on_renew = (lambda: self._metrics.heartbeat(self.worker_id)) if self._metrics is not None else None
         control = JobControl(self._store, job.id, interval_s=self._progress_interval_s, on_renew=on_renew)
         self._current = control
+        self._registration.changed()
         self._outcome = None
         started = time.perf_counter()
         with log_context(job_id=job.id, worker_id=self.worker_id):
@@ -259,6 +275,7 @@ class Worker:
                 self._finish(log, control, job.id, self._store.fail, error)
         finally:
             self._current = None
+            self._registration.changed()  # no job in hand; maybe another model loaded
         if out_of_memory is not None:
             # Out of the except block: its traceback no longer pins the tensors being freed.
             release_memory()
