@@ -33,6 +33,7 @@ from sdgate.core.engine import (
 )
 from sdgate.core.errors import InvalidRequest, JobCancelled, OutOfMemory
 from sdgate.core.infotext import format_infotext
+from sdgate.core.models import ModelCatalog
 from sdgate.core.requests import GenerationRequest
 
 
@@ -73,7 +74,9 @@ class FakeEngine:
         slow_step_s: float = 0.0,
         hold_at: tuple[int, int] | None = None,
         done_dir: Path | None = None,
+        catalog: ModelCatalog | None = None,
     ) -> None:
+        self.catalog = catalog  # given: the catalog's defaults for its models, as a real engine's
         self.size = size
         self.steps = steps
         self.step_s = step_s
@@ -87,6 +90,8 @@ class FakeEngine:
         self.release = threading.Event()
 
     def model_defaults(self, model: str | None) -> ModelDefaults:
+        if self.catalog is not None:
+            return self.catalog.defaults_for(self.catalog.resolve(model))
         return ModelDefaults(
             name=model or "fake", width=self.size, height=self.size, steps=self.steps, vae_scale_factor=8
         )

@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     job_max_attempts: int = 2  # starts of a job whose process died mid-run before it fails (not retried)
     job_lease_s: float = 30.0  # a claim holds a running job this long without its worker's heartbeat
     worker_poll_s: float = 0.5
+    drain_timeout_s: float = 30.0  # at shutdown: how long workers may finish the jobs in hand
 
     # The native job API (/api/v1).
     public_url: str | None = None  # e.g. https://sd.example.com: links become absolute

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sdgate.core.models import ModelCatalog
 from sdgate.server.app import create_app
 from sdgate.settings import Settings
 from tests.fakes import FakeEngine, write_fake_checkpoint
@@ -33,7 +34,8 @@ class ThreadedServer(ThreadServer):
     """The app over a fast fake engine, live on loopback for the sync client."""
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__(create_app(settings, engine=FakeEngine(slow_step_s=0.01)))
+        engine = FakeEngine(slow_step_s=0.01, catalog=ModelCatalog(settings))
+        super().__init__(create_app(settings, engine=engine))
 
 
 @pytest.fixture

@@ -136,7 +136,7 @@ class Services:
 
     def stop(self) -> None:
         for worker in self.workers:
-            worker.stop(timeout=30)
+            worker.stop(timeout=self.settings.drain_timeout_s)
         self.workers.clear()
         self.stores.close()
 
