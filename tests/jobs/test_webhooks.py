@@ -113,6 +113,9 @@ async def test_delivery_is_signed_retried_and_recorded(settings: Settings) -> No
                 if shown["webhook"]["state"] == "delivered":
                     break
                 await asyncio.sleep(0.05)
+            metrics = (await api.get("/metrics")).text
+    assert 'sdgate_webhook_deliveries_total{outcome="retry"} 1.0' in metrics
+    assert 'sdgate_webhook_deliveries_total{outcome="delivered"} 1.0' in metrics
     assert shown["webhook"]["state"] == "delivered" and shown["webhook"]["attempts"] == 2
     assert shown["webhook"]["last_status"] == 204
     assert [a["status"] for a in shown["webhook"]["log"]] == [500, 204]

@@ -146,8 +146,11 @@ class Webhooks:
         timeout_s: float = 10.0,
         poll_s: float = 1.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        on_attempt: Callable[[str], None] | None = None,
     ) -> None:
         self._db = database
+        # After each recorded attempt, its outcome: "delivered", "retry" or "failed" (metrics).
+        self._on_attempt = on_attempt
         self._secret = secret
         self._render = render
         self._allow_private = allow_private
@@ -237,11 +240,16 @@ class Webhooks:
             }
             if ok:
                 values.update(state="delivered", delivered_at=now, next_attempt_at=None)
+                outcome = "delivered"
             elif attempts >= self._max_attempts or attempt.get("final"):
                 values.update(state="failed", next_attempt_at=None)
+                outcome = "failed"
             else:
                 values["next_attempt_at"] = now + timedelta(seconds=backoff_s(attempts, self._backoff_s))
+                outcome = "retry"
             conn.execute(sa.update(hooks_table).where(hooks_table.c.job_id == job_id).values(values))
+        if self._on_attempt is not None:
+            self._on_attempt(outcome)
 
     # -- delivery ------------------------------------------------------------------------------
 

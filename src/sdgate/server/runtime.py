@@ -71,6 +71,7 @@ class ServerRuntime:
                 max_attempts=settings.webhook_max_attempts,
                 backoff_s=settings.webhook_backoff_s,
                 timeout_s=settings.webhook_timeout_s,
+                on_attempt=lambda outcome: services.metrics.webhook_deliveries.labels(outcome).inc(),
             ),
             uploads=Uploads(db),
             retention=Retention(services.store, services.images, ttl_s=settings.retention_ttl_s,
