@@ -5,12 +5,16 @@ from __future__ import annotations
 import base64
 import io
 import json
+from pathlib import Path
 
 import httpx
 from PIL import Image
 
 from sdgate.core.infotext import parse_infotext
+from sdgate.core.requests import PostprocessRequest
 from sdgate.core.tiles import split_grid, tile_counts
+from sdgate.jobs.store import SqlJobStore
+from sdgate.settings import Settings
 from tests.fakes import FakeEngine
 
 SMALL = {"width": 64, "height": 64, "steps": 2, "seed": 100}
@@ -167,3 +171,27 @@ def test_split_and_combine_round_trip() -> None:
     assert grid.count == len(grid.images())
     assert all(tile.size == (64, 64) for tile in grid.images())
     assert list(combine_grid(grid).getdata()) == list(image.getdata())
+
+
+async def test_sd_upscale_with_a_model_upscaler_runs_it_as_a_worker_job(
+    client: httpx.AsyncClient, engine: FakeEngine, models_dir: Path, settings: Settings
+) -> None:
+    """A model upscaler (spandrel, torch) runs on a worker as an extras job of the caller, never in
+    the API process; the tiles then go to the engine as with a built-in upscaler."""
+    from tests.engine import spandrel_models as sm
+
+    sm.write_upscaler(models_dir, "ESRGAN", name="tiny-x4")
+    payload = {**SMALL, "init_images": [png_b64((80, 48))], "denoising_strength": 0.3,
+               "script_name": "SD upscale", "script_args": [None, 16, "tiny-x4", 2]}
+    r = await client.post("/sdapi/v1/img2img", json=payload)
+    assert r.status_code == 200, r.text
+    assert decode(r.json()["images"][0]).size == (160, 96)
+    params = parse_infotext(json.loads(r.json()["info"])["infotexts"][0])
+    assert params["SD upscale upscaler"] == "tiny-x4"
+    with SqlJobStore(settings.database_url) as store:
+        extras = store.list(dialect="a1111-extras")
+    assert len(extras) == 1 and extras[0].state.value == "succeeded"
+    request = extras[0].request
+    assert isinstance(request, PostprocessRequest)
+    assert (request.upscaler_1, request.width, request.height, request.crop) == ("tiny-x4", 160, 96, False)
+    assert sum(c.image_count for c in engine.calls) == 6  # the tiles, as with Lanczos

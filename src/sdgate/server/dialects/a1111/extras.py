@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, BackgroundTasks, Request
@@ -47,31 +46,6 @@ MAX_SCALE = 8.0
 # The jobs of these routes: not A1111 generations, so ``/progress``, ``/interrupt`` and ``/skip``
 # (which follow the ``a1111`` dialect's jobs) leave them alone, as A1111's do.
 EXTRAS_DIALECT = "a1111-extras"
-
-
-@dataclass(frozen=True)
-class _LoadedUpscalers:
-    files: tuple[str, ...]  # the model files they were built from: a new file builds them again
-    upscalers: Any
-
-
-def get_upscalers(services: Services) -> Any:
-    """The models folder's upscalers loaded in this process (torch). Only the SD upscale script's
-    model upscaler still runs here; the extras routes run theirs on a worker."""
-    from sdgate.engine.devices import resolve_device
-    from sdgate.engine.upscalers import Upscalers
-
-    files = services.catalog.list_files("esrgan")
-    key = tuple(str(f.path) for f in files)
-    cached = services.state.find(_LoadedUpscalers)
-    if cached is None or cached.files != key:
-        device = (
-            resolve_device(services.settings.device) if services.settings.engine == "diffusers" else "cpu"
-        )
-        record = scales_for(services.settings.data_dir)
-        cached = _LoadedUpscalers(key, Upscalers(files, device, record=record))
-        services.state.put(cached)
-    return cached.upscalers
 
 
 def _check_scale(body: ExtrasBase) -> None:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from sdgate.core.errors import InvalidRequest
 from sdgate.core.infotext import format_value, quote
-from sdgate.core.requests import GenerationRequest
+from sdgate.core.requests import GenerationRequest, PostprocessRequest
 from sdgate.core.results import GenerationResult
 from sdgate.server.dialects.a1111.protocol import Img2ImgRequest, Txt2ImgRequest
 from sdgate.settings import Settings
@@ -63,6 +63,9 @@ class ScriptContext:
     services: Services
     build: Builder
     init_images: tuple[str, ...] = ()  # img2img: the stored init images' ids
+    # Runs A1111's extras on a worker and returns the pictures' PNGs (set by the runner; a script's
+    # ``expand`` runs in a thread and may block on it). The API process never loads an upscaler.
+    postprocess: Callable[[PostprocessRequest], list[bytes]] | None = None
 
 
 @dataclass

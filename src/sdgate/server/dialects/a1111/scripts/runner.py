@@ -7,17 +7,19 @@ job fails, the others are cancelled and the failure is the response, as for a pl
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
 from typing import Any
 
+import anyio.from_thread
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from sdgate.core.errors import QueueFull, error_from_dict
 from sdgate.core.jobs import ControlAction, Job, JobState
-from sdgate.core.requests import GenerationRequest
+from sdgate.core.requests import GenerationRequest, PostprocessRequest
 from sdgate.core.results import GenerationResult
 from sdgate.server import jobflow
 from sdgate.server.auth import Principal
@@ -46,6 +48,20 @@ async def run_script(
 ) -> dict[str, Any]:
     """The A1111 response (``images``, ``parameters``, ``info``) of ``ctx.body`` run by ``script``."""
     services = ctx.services
+
+    def postprocess(request: PostprocessRequest) -> list[bytes]:
+        """From ``expand``'s thread: the extras job on a worker, as this caller's job."""
+        from sdgate.server.dialects.a1111.extras import EXTRAS_DIALECT
+
+        async def run() -> list[bytes]:
+            job = await jobflow.run_blocking(
+                services, request, http_request, dialect=EXTRAS_DIALECT, principal=principal
+            )
+            return await jobflow.image_bytes(services, job)
+
+        return anyio.from_thread.run(run)
+
+    ctx = dataclasses.replace(ctx, postprocess=postprocess)
     args = fill_args(script, ctx.is_img2img, ctx.body.script_args or [])
     plan = await run_in_threadpool(script.expand, ctx, args)
     check_total(script, sum(r.image_count for r in plan.requests), services.settings)

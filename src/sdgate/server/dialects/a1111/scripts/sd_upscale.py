@@ -16,6 +16,7 @@ from typing import Any
 from PIL import Image
 
 from sdgate.core.images import encode_png
+from sdgate.core.requests import PostprocessRequest
 from sdgate.core.tiles import (
     TileGrid,
     combine_grid,
@@ -126,10 +127,16 @@ class SDUpscale:
     ) -> Image.Image:
         if name in BUILTIN_UPSCALERS:
             return upscale_builtin(image, name, width, height)
-        # A model upscaler runs where the extras routes run theirs (imported here: it needs torch).
-        from sdgate.server.dialects.a1111.extras import get_upscalers
-
-        return get_upscalers(ctx.services).upscale(image, name, width, height, field="script_args")
+        # A model upscaler runs on a worker, as an extras job (the API process never loads one).
+        if ctx.postprocess is None:
+            raise script_error(self, f"Upscaler: {name!r} needs a worker to run on")
+        source = ctx.services.images.put(encode_png(image), content_type="image/png")
+        request = PostprocessRequest(init_images=(source,), resize_mode=1, width=width, height=height,
+                                     crop=False, upscaler_1=name)
+        pictures = ctx.postprocess(request)
+        if not pictures:
+            raise script_error(self, f"Upscaler: {name!r} returned no picture")
+        return Image.open(io.BytesIO(pictures[0])).convert("RGB")
 
 
 def _combine(grid: TileGrid, pictures: list[Image.Image]) -> Image.Image:
