@@ -17,11 +17,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from sdgate.core.engine import StepAction, StepReport
-from sdgate.core.jobs import ControlAction, Job, JobStore, Progress
-from sdgate.core.results import GenerationResult
+from sdgate.core.jobs import ControlAction, JobStore, Progress
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -38,26 +37,8 @@ _STEP_ACTIONS = {
 }
 
 
-class WorkerJobStore(JobStore, Protocol):
-    """What a worker needs beyond ``JobStore``: consuming a skip, which applies to one iteration."""
-
-    lease_s: float
-
-    def succeed(self, job_id: str, result: GenerationResult, *, worker_id: str | None = None) -> Job: ...
-
-    def fail(self, job_id: str, error: dict[str, str], *, worker_id: str | None = None) -> Job: ...
-
-    def cancelled(
-        self, job_id: str, result: GenerationResult | None = None, *, worker_id: str | None = None
-    ) -> Job: ...
-
-    def clear_control(self, job_id: str, action: ControlAction) -> None: ...
-
-    def heartbeat(self, job_id: str, worker_id: str) -> bool: ...
-
-    def requeue_expired(self, *, max_attempts: int) -> list[str]: ...
-
-    def put_preview(self, job_id: str, png: bytes, *, iteration: int, step: int) -> None: ...
+# What a worker needs of the store: the whole port (claims, leases, previews, outcomes).
+WorkerJobStore = JobStore
 
 
 class JobControl:
