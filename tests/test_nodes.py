@@ -54,6 +54,7 @@ def test_api_node_and_worker_node(tmp_path: Path) -> None:
             image = c.get(job["result"]["images"][0]["url"])
             assert image.status_code == 200 and image.content[:8] == b"\x89PNG\r\n\x1a\n"
             assert c.get("/readyz").json()["checks"].get("workers") is None  # no engine here
+            assert c.get("/api/v1/queue").json()["workers"] == 1  # the worker node's, from the registry
         with httpx.Client(base_url=node.url, timeout=30) as w:
             ready = w.get("/readyz").json()
             assert ready["ready"] and ready["checks"]["workers"] == 1 and ready["checks"]["engine"] == "null"

@@ -254,7 +254,7 @@ def upload(runtime: ServerRuntime, data: bytes, user: str | None) -> native_imag
 
 def queue_status(runtime: ServerRuntime) -> dict[str, Any]:
     """Depth, running job ids and a rough ETA: what the running jobs say they need, plus the queued
-    jobs at the mean duration of recent ones, spread over the workers."""
+    jobs at the mean duration of recent ones, spread over the live workers of every process."""
     services = runtime.services
     store = services.store
     depth = store.queue_depth()
@@ -263,7 +263,9 @@ def queue_status(runtime: ServerRuntime) -> dict[str, Any]:
     durations = [
         (j.finished_at - j.started_at).total_seconds() for j in recent if j.started_at and j.finished_at
     ]
-    workers = len(services.workers)
+    # Every live worker of the cluster (the registry), not only this process's threads: an API-only
+    # process has none of its own.
+    workers = max(len(services.workers), sum(1 for w in store.list_workers() if not w.stale))
     eta: float | None = None
     if durations or (not depth and not running):
         mean = sum(durations) / len(durations) if durations else 0.0
