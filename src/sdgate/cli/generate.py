@@ -86,12 +86,13 @@ def _safe(name: str) -> str:
 
 
 def mount(app: typer.Typer) -> None:
-    """Add the client commands to the ``sdgate`` app: generate, batch, info and the jobs group."""
-    from sdgate.cli import batch, info, jobs
+    """Add the client commands to the ``sdgate`` app: generate, batch, info, status and the jobs group."""
+    from sdgate.cli import batch, info, jobs, status
 
     app.command("generate")(generate)
     app.command("batch")(batch.batch)
     app.command("info")(info.info)
+    app.command("status")(status.status)
     app.add_typer(
         jobs.app,
         name="jobs",

@@ -199,6 +199,11 @@ class AsyncClient(BaseClient):
         response = await self._send(op.call, backend, stream=True)
         return response.aclose, _sse_events(response)
 
+    async def cluster(self) -> dict[str, Any]:
+        """The server's workers and queue depth by state (``GET /api/v1/cluster``); see ``Client.cluster``."""
+        backend = self._jobs_backend()
+        return await self._run(backend.cluster_status(), backend)  # type: ignore[no-any-return]
+
     async def _run(
         self,
         gen: Gen,

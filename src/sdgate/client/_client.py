@@ -194,6 +194,12 @@ class Client(BaseClient):
         response = self._send(op.call, backend, stream=True)
         return response, _sse_events(response)
 
+    def cluster(self) -> dict[str, Any]:
+        """The server's workers (device, loaded models, free memory, current job, stale) and queue
+        depth by state: ``GET /api/v1/cluster`` (sdgate servers only), what ``sdgate status`` shows."""
+        backend = self._jobs_backend()
+        return self._run(backend.cluster_status(), backend)  # type: ignore[no-any-return]
+
     def _run(
         self,
         gen: Gen,

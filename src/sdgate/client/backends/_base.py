@@ -204,6 +204,10 @@ class Backend:
         raise self._no_jobs()
         yield  # pragma: no cover
 
+    def cluster_status(self) -> Gen:
+        raise self._no_jobs()
+        yield  # pragma: no cover
+
     def list_jobs(self, **filters: Any) -> Gen:
         raise self._no_jobs()
         yield  # pragma: no cover

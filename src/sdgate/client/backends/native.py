@@ -269,6 +269,15 @@ class NativeBackend(Backend):
         resp = yield Call("GET", self._job_url(job_id), params=params)
         return Job.from_json(_json(resp, "job"))
 
+    def cluster_status(self) -> Gen:
+        """``GET /api/v1/cluster``: workers (device, loaded models, free memory, current job,
+        stale) and the queue by state, as the server sends them."""
+        resp = yield Call("GET", self.url(f"{API}/cluster"))
+        data = _json(resp, "cluster")
+        if not isinstance(data, dict):
+            raise APIResponseError("cluster: expected an object")
+        return data
+
     def list_jobs(self, **filters: Any) -> Gen:
         params = {k: v for k, v in filters.items() if v is not None}
         resp = yield Call("GET", self.url(f"{API}/jobs"), params=params)

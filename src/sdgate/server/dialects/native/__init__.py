@@ -10,7 +10,7 @@ from typing import Any
 
 from sdgate.core.jobs import Job, JobEventKind
 from sdgate.server.dialect import Dialect
-from sdgate.server.dialects.native import router, translate
+from sdgate.server.dialects.native import cluster, router, translate
 
 
 class NativePayloads:
@@ -23,4 +23,4 @@ class NativePayloads:
         return translate.event_data(kind, job, base=base)
 
 
-DIALECT = Dialect(name="native", routers=(router.router,), job_payloads=NativePayloads())
+DIALECT = Dialect(name="native", routers=(router.router, cluster.router), job_payloads=NativePayloads())
