@@ -181,7 +181,7 @@ def check_drawn(prompt: str, paths: list[str], env: dict[str, str], work: Path) 
     run(f"python -c {shlex.quote(DRAWN)} {shlex.quote(prompt)} {shlex.join(paths)}", env, work)
 
 
-def check_sdk_alone(env: dict[str, str], work: Path) -> None:
+def check_sdk_alone(env: dict[str, str], work: Path) -> dict[str, str]:
     """The README's SDK-only install: a wheel, in a virtualenv with no torch, drives the server."""
     wheel = re.search(r"`(dist/sdgate-[^`]+\.whl)`", README.read_text(encoding="utf-8"))
     assert wheel, "the README names the wheel it builds"
@@ -194,6 +194,31 @@ def check_sdk_alone(env: dict[str, str], work: Path) -> None:
         run("python -c 'import importlib.util as u, sdgate; assert u.find_spec(\"torch\") is None; "
             "sdgate.Client'", sdk_env, work)
         run('sdgate generate "a red circle on a blue background" --steps 4 -o sdk-out', sdk_env, work)
+    return sdk_env
+
+
+def check_api_node(sdk_env: dict[str, str], work: Path) -> None:
+    """The README's API node: the wheel with the ``api`` extra, still without torch, serves every
+    dialect from the running ``sdgate serve``'s data dir while that process's worker runs the jobs."""
+    found = re.search(r'pip install "(dist/sdgate-[^"]+\.whl\[api\])"', README.read_text(encoding="utf-8"))
+    assert found, "the README shows the API node's install"
+    with Step(f'API node without torch: pip install "{found.group(1)}" && sdgate api'):
+        run(f"pip install -q {shlex.quote(found.group(1))}", sdk_env, work)
+        run("python -c 'import importlib.util as u; assert u.find_spec(\"torch\") is None'", sdk_env, work)
+        port = free_port()
+        log = work / "api-node.log"
+        proc = subprocess.Popen(["sdgate", "api", "--data-dir", "sdgate-data", "--port", str(port)],
+                                env=sdk_env, cwd=work, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while "listening on" not in log.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            api_env = {**sdk_env, "SDGATE_BASE_URL": f"http://127.0.0.1:{port}"}
+            run('sdgate generate "a blue square on a white background" --steps 4 -o api-out', api_env, work)
+        finally:
+            proc.terminate()
+            proc.wait(60)
 
 
 def make_models(env: dict[str, str], work: Path) -> None:
@@ -232,7 +257,7 @@ def check_examples(env: dict[str, str], work: Path) -> None:
                     job_id = found.group(1)
                 if line.startswith("sdgate generate") and "--seed" in line:
                     check_drawn(shlex.split(line)[2], re.findall(r"\S+\.png", out), env, work)
-        check_sdk_alone(env, work)
+        check_api_node(check_sdk_alone(env, work), work)
     finally:
         server.stop()
     make_models(env, work)
