@@ -200,8 +200,12 @@ def serialize(conn: sa.Connection, name: str) -> None:
     """Inside a write transaction: the callers naming ``name`` take turns until this transaction
     ends (PostgreSQL: an advisory transaction lock; SQLite: already so, the write lock is global)."""
     if conn.dialect.name == "postgresql":
-        key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(name)})
+
+
+def lock_key(name: str) -> int:
+    """The PostgreSQL advisory lock ``serialize(conn, name)`` takes."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
 
 
 def _note_write(conn: sa.Connection, _cursor: Any, statement: str, *_args: Any) -> None:

@@ -31,9 +31,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from sdgate.core.jobs import Job, JobEventKind
-from sdgate.jobs.database import transaction
+from sdgate.jobs.database import lock_key, serialize, transaction
 from sdgate.jobs.events import JobEvents, Listeners
-from sdgate.jobs.notify import NotifyListener, notifying
+from sdgate.jobs.notify import NotifyListener, locked_then, notifying
 from sdgate.jobs.schema import job_events
 
 logger = logging.getLogger(__name__)
@@ -53,20 +53,29 @@ class OutboxEvent:
 OutboxListener = Callable[[OutboxEvent], None]
 
 
-def write_event(conn: sa.Connection, kind: JobEventKind, job: Job, origin: str) -> int:
+def write_event(conn: sa.Connection, kind: JobEventKind, job: Job, origin: str, *,
+                serialize_as: str | None = None) -> int:
     """Appends one row inside the caller's transaction (on PostgreSQL with its NOTIFY); returns
-    its ``seq``."""
-    insert = sa.insert(job_events).values(
-        job_id=job.id,
-        kind=kind.value,
-        data={},
-        job=job.model_dump(mode="json"),
-        origin=origin,
-        created_at=datetime.now(UTC),
-    )
-    if conn.dialect.name == "postgresql":
-        return int(conn.execute(notifying(insert, job_events.c.seq)).scalar_one())
-    return int(conn.execute(insert.returning(job_events.c.seq)).scalar_one())
+    its ``seq``. ``serialize_as``: first ``database.serialize(conn, serialize_as)``, in the same
+    statement on PostgreSQL (one round trip: lock, insert, notify)."""
+    values = {
+        "job_id": job.id,
+        "kind": kind.value,
+        "data": {},
+        "job": job.model_dump(mode="json"),
+        "origin": origin,
+        "created_at": datetime.now(UTC),
+    }
+    if conn.dialect.name != "postgresql":
+        if serialize_as is not None:
+            serialize(conn, serialize_as)
+        inserted = conn.execute(sa.insert(job_events).values(values).returning(job_events.c.seq))
+        return int(inserted.scalar_one())
+    if serialize_as is None:
+        insert = sa.insert(job_events).values(values)
+    else:
+        insert = locked_then(lock_key(serialize_as), job_events, values)
+    return int(conn.execute(notifying(insert, job_events.c.seq)).scalar_one())
 
 
 def to_event(row: sa.Row[Any]) -> OutboxEvent | None:
@@ -95,6 +104,8 @@ class OutboxFollower:
         self._poll_s = poll_s
         self._cursor = 0
         self._listeners: Listeners[[OutboxEvent]] = Listeners("outbox listener")
+        self._listener_count = 0  # none: this process's own rows need not even be parsed
+        self._count_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -102,7 +113,19 @@ class OutboxFollower:
 
     def add_listener(self, listener: OutboxListener) -> Callable[[], None]:
         """``listener(event)`` for every row, on the follower's thread; returns its remover."""
-        return self._listeners.add(listener)
+        remove = self._listeners.add(listener)
+        with self._count_lock:
+            self._listener_count += 1
+        removed = threading.Event()
+
+        def remover() -> None:
+            remove()
+            with self._count_lock:
+                if not removed.is_set():
+                    removed.set()
+                    self._listener_count -= 1
+
+        return remover
 
     def start(self) -> None:
         """Follows from the newest row on: what happened before is read from the table itself."""
@@ -139,6 +162,8 @@ class OutboxFollower:
             ).all()
         for row in rows:
             self._cursor = row.seq
+            if row.origin == self._origin and not self._listener_count:
+                continue  # already published by the store that wrote it, and nobody else listens
             event = to_event(row)
             if event is not None:
                 self._dispatch(event)

@@ -718,8 +718,7 @@ class SqlJobStore:
     def _append_event(self, conn: sa.Connection, kind: JobEventKind, job: Job) -> None:
         """One outbox row, the transaction's last statement: appends take turns until commit, so
         on PostgreSQL too a row's ``seq`` is higher than that of every row committed before it."""
-        serialize(conn, "job_events")
-        write_event(conn, kind, job, self.origin)
+        write_event(conn, kind, job, self.origin, serialize_as="job_events")
 
     def _announced(self, job: Job, kind: JobEventKind | None = None) -> Job:
         """After commit: this process hears of the change at once, the outbox follower too."""
