@@ -73,3 +73,35 @@ def test_configure_logging_json_writes_one_object_per_line(capsys: pytest.Captur
             configure_logging("info", "xml")  # type: ignore[arg-type]
     finally:
         root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+
+
+def test_a_request_s_log_lines_carry_its_request_id_and_dialect(tmp_path) -> None:  # noqa: ANN001
+    import httpx
+
+    from sdgate.server.app import create_app
+    from sdgate.settings import Settings
+    from tests.harness import ThreadServer
+
+    lines: list[dict[str, object]] = []
+    formatter = JsonFormatter()
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:  # formatted where it is logged
+            lines.append(json.loads(formatter.format(record)))
+
+    handler = Collect(level=logging.INFO)
+    server_log = logging.getLogger("sdgate.server")
+    saved = server_log.level
+    server_log.setLevel(logging.INFO)
+    server_log.addHandler(handler)
+    try:
+        settings = Settings(data_dir=tmp_path, engine="null", models_dir=tmp_path / "models")
+        with ThreadServer(create_app(settings)) as server:
+            r = httpx.post(server.url + "/sdapi/v1/txt2img", headers={"X-Request-ID": "req-abc"},
+                           json={"prompt": "x", "steps": 1, "width": 64, "height": 64}, timeout=30)
+            assert r.status_code == 200, r.text
+    finally:
+        server_log.removeHandler(handler)
+        server_log.setLevel(saved)
+    queued = [x for x in lines if "queued" in str(x["message"])]
+    assert queued and queued[0]["request_id"] == "req-abc" and queued[0]["dialect"] == "a1111", lines

@@ -21,8 +21,10 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from sdgate.core.errors import InvalidRequest, QueueFull, SdgateError
+from sdgate.logs import log_context
 
 log = logging.getLogger("sdgate.server")
 
@@ -52,6 +54,10 @@ class DialectRoute(APIRoute):
                 dict(kwargs.get("responses") or {}), self.error_body, self.validation_body
             )
         super().__init__(path, endpoint, **kwargs)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with log_context(dialect=self.dialect):  # structured logs say which dialect served it
+            await super().handle(scope, receive, send)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         """FastAPI's and Starlette's own 400 for a body they cannot parse (bytes that are not UTF-8,

@@ -38,6 +38,7 @@ class HealthRoute(DialectRoute):
     """Errors in the server's default shape (``ErrorBody``), documented for each status."""
 
     error_body: ClassVar[type[BaseModel] | None] = ErrorBody
+    dialect = "server"  # the server's own routes (health, metrics): no client dialect
 
 
 router = APIRouter(tags=["ops"], route_class=HealthRoute)

@@ -17,11 +17,13 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sdgate.core.errors import PayloadTooLarge, SdgateError
+from sdgate.logs import context_var
 from sdgate.server.errors import DialectRoute, WrappedError, render_safely
 
 log = logging.getLogger("sdgate.server")
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+log_request_id = context_var("request_id")
 
 
 class RequestContextMiddleware:
@@ -40,6 +42,7 @@ class RequestContextMiddleware:
         request_id = incoming if incoming and len(incoming) <= 128 and incoming.isprintable() else None
         request_id = request_id or uuid.uuid4().hex
         token = request_id_var.set(request_id)
+        log_token = log_request_id.set(request_id)  # structured logs (--log-format json) carry it
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         response_started = False
@@ -65,6 +68,7 @@ class RequestContextMiddleware:
             await response(scope, receive, send_with_headers)
         finally:
             request_id_var.reset(token)
+            log_request_id.reset(log_token)
 
 
 class DefaultJsonMiddleware:
