@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     job_max_attempts: int = 2  # starts of a job whose process died mid-run before it fails (not retried)
     job_lease_s: float = 30.0  # a claim holds a running job this long without its worker's heartbeat
     worker_poll_s: float = 0.5
+    # A queued job may be passed over this long for a worker that has another job's model loaded.
+    model_affinity_s: float = Field(10.0, ge=0)
     drain_timeout_s: float = 30.0  # at shutdown: how long workers may finish the jobs in hand
 
     # The native job API (/api/v1).

@@ -93,6 +93,7 @@ def open_stores(
     max_queue: int | None = None,
     lease_s: float | None = None,
     storage_endpoint: str | None = None,
+    affinity_s: float | None = None,
 ) -> Stores:
     """Opens (and migrates) the job database and the image store, and wires the outbox follower to
     the store's commits. Raises ``StoreLocationError`` for a location sdgate cannot use."""
@@ -100,7 +101,11 @@ def open_stores(
 
     url = check_database_url(database)
     events = JobEvents()
-    extra = {} if lease_s is None else {"lease_s": lease_s}
+    extra: dict[str, float] = {}
+    if lease_s is not None:
+        extra["lease_s"] = lease_s
+    if affinity_s is not None:
+        extra["affinity_s"] = affinity_s
     store = SqlJobStore(url, events=events, max_queue=max_queue, **extra)
     outbox = OutboxFollower(store.database, origin=store.origin, bus=events)
     store.on_commit(outbox.wake)
@@ -117,6 +122,7 @@ def stores_for(settings: Settings) -> Stores:
     return open_stores(
         settings.database_url,
         settings.storage_location,
+        affinity_s=settings.model_affinity_s,
         max_queue=settings.max_queue,
         lease_s=settings.job_lease_s,
         storage_endpoint=settings.storage_endpoint,
