@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from sdgate.core.errors import Conflict, InvalidRequest, QueueFull
+from sdgate.jobs import idempotency
 from sdgate.jobs.database import transaction
 from sdgate.jobs.idempotency import IdempotencyKeys, canonical_hash, check_key
 from sdgate.jobs.images import LocalImageStore
@@ -72,6 +73,44 @@ async def test_a_failed_submission_releases_the_key(store: SqlJobStore) -> None:
     with pytest.raises(QueueFull):
         await keys.run("", "k", "h", full)
     assert await keys.run("", "k", "h", ok) == ("job_b", True)
+
+
+def _pending_claim(store: SqlJobStore, age_s: float) -> None:
+    """A claim made ``age_s`` ago whose request never recorded a job nor released it (its node was
+    killed, or lost the database, in between)."""
+    now = datetime.now(UTC)
+    with transaction(store.database, write=True) as conn:
+        conn.execute(sa.insert(idempotency_keys).values(
+            scope="", key="k", body_hash="h", job_id=None, created_at=now - timedelta(seconds=age_s),
+            expires_at=now + timedelta(hours=1)))
+
+
+async def test_an_abandoned_claim_is_taken_over(store: SqlJobStore) -> None:
+    keys = IdempotencyKeys(store.database, ttl_s=3600)
+    _pending_claim(store, idempotency.PENDING_WAIT_S + 1)
+
+    async def ok() -> str:
+        return "job_c"
+
+    with pytest.raises(Conflict):  # another body is still another body
+        await keys.run("", "k", "other", ok)
+    assert await keys.run("", "k", "h", ok) == ("job_c", True)
+    assert await keys.run("", "k", "h", ok) == ("job_c", False)
+
+
+async def test_a_retry_waits_for_a_pending_claim_to_be_abandoned(
+    store: SqlJobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(idempotency, "PENDING_WAIT_S", 0.5)
+    keys = IdempotencyKeys(store.database, ttl_s=3600)
+    _pending_claim(store, 0)
+
+    async def ok() -> str:
+        return "job_d"
+
+    started = asyncio.get_running_loop().time()
+    assert await keys.run("", "k", "h", ok) == ("job_d", True)
+    assert asyncio.get_running_loop().time() - started >= 0.4
 
 
 async def test_expired_keys_are_free_again_and_purged(store: SqlJobStore, tmp_path: Path) -> None:

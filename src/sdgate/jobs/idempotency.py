@@ -5,8 +5,10 @@ by inserting ``(scope, key)`` (the primary key makes exactly one of any number o
 inserts win, on SQLite and PostgreSQL alike), submits its job, then records the job id. A duplicate
 with the same body hash gets that job (waiting briefly while the first request is still submitting);
 one with another body is a ``Conflict``. A claim whose submission failed is released, so the client
-can retry with the same key. Expired keys are deleted by the retention task, and a deleted
-job's keys with it (``sdgate.jobs.retention``).
+can retry with the same key. A claim still pending after ``PENDING_WAIT_S`` was abandoned (its node
+died, or lost the database before it could record a job or release the claim): the next request
+with the key and body takes it over instead of answering 409 until the key expires. Expired keys
+are deleted by the retention task, and a deleted job's keys with it (``sdgate.jobs.retention``).
 
     keys = IdempotencyKeys(store.database, ttl_s=86400)
     job_id, created = await keys.run(scope, key, body_hash, submit)  # submit() runs at most once
@@ -31,6 +33,9 @@ MAX_KEY_LENGTH = 255
 # How long a duplicate waits for the first request to record its job before giving up.
 PENDING_WAIT_S = 30.0
 _POLL_S = 0.02
+# A duplicate waits a little longer than a claim may stay pending, so it takes an abandoned claim
+# over rather than giving up just before (the claim's age is read from another node's clock).
+_TAKEOVER_MARGIN_S = 5.0
 
 
 def canonical_hash(body: Any) -> str:
@@ -52,6 +57,12 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _abandoned_before(now: datetime) -> datetime:
+    """A claim made before this and still without a job was abandoned: any live submission would
+    have recorded its job or released the claim by now."""
+    return now - timedelta(seconds=PENDING_WAIT_S)
+
+
 class IdempotencyKeys:
     def __init__(self, database: sa.Engine, *, ttl_s: float) -> None:
         self._db = database
@@ -62,7 +73,7 @@ class IdempotencyKeys:
     ) -> tuple[str, bool]:
         """The job id for ``key`` and whether this call created it (``submit`` ran)."""
         check_key(key)
-        deadline = asyncio.get_running_loop().time() + PENDING_WAIT_S
+        deadline = asyncio.get_running_loop().time() + PENDING_WAIT_S + _TAKEOVER_MARGIN_S
         while True:
             claimed, row = await asyncio.to_thread(self._claim, scope, key, body_hash)
             if claimed:
@@ -92,6 +103,15 @@ class IdempotencyKeys:
         where = sa.and_(keys_table.c.scope == scope, keys_table.c.key == key)
         with transaction(self._db, write=True) as conn:
             row = conn.execute(sa.select(keys_table).where(where)).one_or_none()
+            cutoff = _abandoned_before(now)
+            if (row is not None and row.job_id is None and row.body_hash == body_hash
+                    and row.expires_at > now and row.created_at <= cutoff):
+                taken = conn.execute(  # one of any concurrent retries takes it over
+                    sa.update(keys_table)
+                    .where(where, keys_table.c.job_id.is_(None), keys_table.c.created_at <= cutoff)
+                    .values(created_at=now, expires_at=now + self._ttl)
+                )
+                return (True, None) if taken.rowcount == 1 else (False, row)
             if row is not None and row.expires_at > now:
                 return False, row
             if row is not None:  # expired: the key is free again
