@@ -10,10 +10,10 @@ Three set-ups, printed side by side:
   side and one worker thread; events go through the in-process bus.
 - ``pg1`` / ``pg4``: cluster mode on a fresh PostgreSQL database (made on the server of
   ``--database-url`` and dropped at the end): an "API node" store that submits and listens, and a
-  "worker node" store with 1 or 4 ``Worker`` threads, each store with its own outbox follower, so a
-  submission reaches the workers and a finish reaches the API node through the outbox and
-  LISTEN/NOTIFY, as between processes. (Both nodes live in this one process, threads sharing the
-  GIL: separate processes would have more CPU, not less.)
+  "worker node" per worker: 1 or 4 separate processes (``multiprocessing``, spawned), each with its
+  own store, outbox follower and one ``Worker`` thread, as ``sdgate worker`` nodes run in
+  production. A submission reaches the workers and a finish reaches the API node through the outbox
+  and LISTEN/NOTIFY, between processes, so no one GIL bounds the figures.
 
 Every job runs the real worker path: claim (with its lease), the null engine (``--steps`` steps,
 64x64), a PNG into a local image store, the outcome, the events. Figures:
@@ -38,6 +38,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 import argparse  # noqa: E402
+import multiprocessing  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
@@ -49,6 +50,7 @@ from collections.abc import Iterator  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
+from typing import Any  # noqa: E402
 
 import sqlalchemy as sa  # noqa: E402
 
@@ -137,20 +139,57 @@ def _request(steps: int, i: int) -> GenerationRequest:
     return GenerationRequest(prompt=f"bench {i}", width=64, height=64, steps=steps, seed=i)
 
 
+def _engine(settings: Settings) -> NullEngine:
+    return NullEngine(settings, ModelCatalog(settings, builtin_dir=None))
+
+
+def _settings(tmp: Path) -> Settings:
+    return Settings(data_dir=tmp / "data", models_dir=tmp / "no-models", engine="null", worker_poll_s=0.5)
+
+
+def worker_node(database: str, tmp: str, worker_id: str, ready: Any, stop: Any) -> None:
+    """A worker node's process: its own store, outbox follower and one ``Worker`` thread, until
+    ``stop`` is set."""
+    settings = _settings(Path(tmp))
+    stores = open_stores(database, Path(tmp) / "images")
+    worker = Worker(stores.jobs, _engine(settings), stores.images, stores.events, settings,
+                    worker_id=worker_id)
+    stores.outbox.start()
+    worker.start()
+    ready.set()
+    parent = multiprocessing.parent_process()
+    try:
+        while not stop.wait(1.0):
+            if parent is not None and not parent.is_alive():
+                break  # the benchmark was killed: do not linger
+    finally:
+        worker.stop(timeout=30)
+        stores.close()
+
+
 def run_setup(setup: Setup, database: str, tmp: Path, args: argparse.Namespace) -> Figures:
-    settings = Settings(data_dir=tmp / "data", models_dir=tmp / "no-models", engine="null", worker_poll_s=0.5)
+    settings = _settings(tmp)
     api = open_stores(database, tmp / "images")
-    worker_side: Stores = open_stores(database, tmp / "images") if setup.cluster else api
     notified = Notified()
     api.events.add_listener(notified)
-    engine = NullEngine(settings, ModelCatalog(settings, builtin_dir=None))
-    workers = [
-        Worker(worker_side.jobs, engine, worker_side.images, worker_side.events, settings,
-               worker_id=f"bench-{i}")
-        for i in range(setup.workers)
-    ]
-    for stores in {id(api): api, id(worker_side): worker_side}.values():
-        stores.outbox.start()
+    workers: list[Worker] = []
+    nodes: list[Any] = []
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    if setup.cluster:
+        for i in range(setup.workers):
+            ready = context.Event()
+            node = context.Process(target=worker_node, args=(database, str(tmp), f"bench-{i}", ready, stop),
+                                   name=f"bench-worker-{i}", daemon=True)
+            node.start()
+            nodes.append((node, ready))
+        for node, ready in nodes:
+            if not ready.wait(120):
+                raise RuntimeError(f"{node.name} did not start")
+    else:
+        workers = [Worker(api.jobs, _engine(settings), api.images, api.events, settings,
+                          worker_id=f"bench-{i}") for i in range(setup.workers)]
+    api.outbox.start()
     for worker in workers:
         worker.start()
     figures = Figures()
@@ -161,11 +200,14 @@ def run_setup(setup: Setup, database: str, tmp: Path, args: argparse.Namespace) 
         _measure_throughput(api, notified, figures, args)
         figures.failed = notified.failed
     finally:
+        stop.set()
         for worker in workers:
             worker.stop(timeout=30)
+        for node, _ in nodes:
+            node.join(60)
+            if node.is_alive():
+                node.kill()
         api.close()
-        if worker_side is not api:
-            worker_side.close()
     return figures
 
 
@@ -254,6 +296,7 @@ def main() -> None:
     print(f"  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.python_implementation()} "
           f"{platform.python_version()}, {os.cpu_count()} CPUs; {args.jobs} jobs for throughput, "
           f"{args.latency_jobs} one at a time for latency; null engine, {args.steps} step(s), 64x64")
+    print("  load average (1, 5, 15 min) at the start: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
     results: dict[str, Figures] = {}
     for key in keys:
         setup = SETUPS[key]
@@ -266,6 +309,7 @@ def main() -> None:
                 results[key] = run_setup(setup, f"sqlite:///{tmp / 'data' / 'sdgate.db'}", tmp, args)
         print(f"  {setup.name}: done", file=sys.stderr)
     print_table(results, args)
+    print("  load average (1, 5, 15 min) at the end: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
 
 
 if __name__ == "__main__":
