@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from sdgate.core.engine import StepAction, StepReport
+from sdgate.core.errors import StorageUnavailable
 from sdgate.core.jobs import ControlAction, Progress
 from sdgate.worker.control import JobControl
 
@@ -15,12 +16,15 @@ class RecordingStore:
         self.progress: list[Progress] = []
         self.control: ControlAction | None = None
         self.control_reads = 0
+        self.unreachable = False  # the database away: every read fails
 
     def update_progress(self, job_id: str, progress: Progress) -> None:
         self.progress.append(progress)
 
     def pending_control(self, job_id: str) -> ControlAction | None:
         self.control_reads += 1
+        if self.unreachable:
+            raise StorageUnavailable("storage unavailable: could not reach the job database")
         return self.control
 
     def clear_control(self, job_id: str, action: ControlAction) -> None:
@@ -95,6 +99,15 @@ def test_cancel_requested_reads_the_store_once_more(control: JobControl, store: 
     assert not control.cancel_requested()
     store.control = ControlAction.CANCEL
     assert control.cancel_requested()
+
+
+def test_a_control_read_that_fails_does_not_stop_the_job(control: JobControl, store: RecordingStore) -> None:
+    """The database restarting while a job runs: the job goes on (a cancel is seen once it is back)."""
+    store.unreachable = True
+    assert control.on_step(report(1)) is StepAction.CONTINUE
+    assert not control.cancel_requested()
+    store.unreachable, store.control = False, ControlAction.CANCEL
+    assert control.on_step(report(2)) is StepAction.CANCEL
 
 
 def test_preview_is_lazy_cached_per_step_and_never_raises(control: JobControl) -> None:

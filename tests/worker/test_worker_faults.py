@@ -126,3 +126,26 @@ def test_a_result_the_database_cannot_take_fails_the_job_once_space_returns(
     }
     assert finished(store, store.submit(GenerationRequest(prompt="room")).id).state is JobState.SUCCEEDED
     assert store.storage_fault is None
+
+
+def test_a_database_away_when_the_job_ends_takes_its_success_once_back(
+    store: SqlJobStore, make_worker: MakeWorker
+) -> None:
+    """Not full: unreachable or failing for a while (PostgreSQL restarting; here a failing disk). The
+    job's outcome stands: it is recorded once the database takes writes again, not turned into a
+    failure."""
+    disk = DiskFull(store.database, message="disk I/O error")
+    engine = FakeEngine(hold_at=(0, 1))
+    make_worker(engine)
+    job = store.submit(GenerationRequest(prompt="away"))
+    held(engine)
+
+    disk.on = True
+    engine.release.set()
+    time.sleep(0.6)  # the worker keeps trying to record the success
+    assert store.get(job.id).state is JobState.RUNNING
+
+    disk.on = False
+    done = wait_for_state(store, job.id, JobState.SUCCEEDED, JobState.FAILED, timeout=15)
+    assert done.state is JobState.SUCCEEDED, done.error
+    assert done.result is not None and len(done.result.images) == 1

@@ -121,7 +121,7 @@ class JobControl:
 
     def cancel_requested(self) -> bool:
         """A last look after the engine returned (an engine with no steps never asked)."""
-        self.cancelled = self.cancelled or self._store.pending_control(self.job_id) is ControlAction.CANCEL
+        self.cancelled = self.cancelled or self._pending() is ControlAction.CANCEL
         return self.cancelled
 
     def _report_progress(self, report: StepReport, now: float) -> None:
@@ -153,7 +153,7 @@ class JobControl:
     def _action(self) -> StepAction:
         if self.lost:
             return StepAction.CANCEL
-        pending = self._store.pending_control(self.job_id)
+        pending = self._pending()
         if pending is None:
             return StepAction.CONTINUE
         if pending is ControlAction.SKIP:
@@ -163,6 +163,16 @@ class JobControl:
         else:
             self.cancelled = True
         return _STEP_ACTIONS[pending]
+
+    def _pending(self) -> ControlAction | None:
+        """The job's pending control request; None when the store cannot be read (the database
+        restarting): like progress, a failed read must not fail the job, and a request made
+        meanwhile is seen at the next step."""
+        try:
+            return self._store.pending_control(self.job_id)
+        except Exception:
+            logger.warning("job %s: reading its control request failed", self.job_id, exc_info=True)
+            return None
 
 
 class Heartbeat:

@@ -9,11 +9,14 @@ the API process submits extras as jobs and never loads an upscaler itself.
 
 A job's failure is that job's alone: the loop logs it, records it, and claims the next. Out of
 memory in the engine (CUDA or CPU) is such a failure too: memory is released and the next job runs.
-A full or read-only disk never leaves a job running: a result that cannot be stored fails the job,
-and a failure that cannot be written is retried until the disk takes it. Interrupt follows A1111:
-the job succeeds with the images finished so far (``interrupted=True``); cancel leaves it
-cancelled with no result. The store publishes every change to the ``JobEvents`` it was built with,
-so pass the worker the same ``JobEvents`` (it listens there for new submissions).
+A full disk never leaves a job running: a result that cannot be stored fails the job, and a
+failure that cannot be written is retried until the disk takes it. A job database that refuses for
+another reason (PostgreSQL restarting, a read-only file) changes no outcome: the worker records it
+once the database takes it (nor does a failed read of a cancel request meanwhile fail the job, as a
+failed progress write does not). Interrupt follows A1111: the job succeeds with the images
+finished so far (``interrupted=True``); cancel leaves it cancelled with no result. The store
+publishes every change to the ``JobEvents`` it was built with, so pass the worker the same
+``JobEvents`` (it listens there for new submissions).
 
 A claim prefers the jobs of the models the engine holds loaded (``engine.loaded_models()``; the store
 never lets that starve another job). The worker keeps its row in the worker registry while it runs
@@ -45,6 +48,7 @@ from sdgate.core.errors import (
     NotFound,
     OutOfMemory,
     SdgateError,
+    StorageFull,
     StorageUnavailable,
 )
 from sdgate.core.images import encode_png
@@ -292,8 +296,12 @@ class Worker:
             finished = record(job_id, *args, worker_id=self.worker_id)
             self._outcome = (finished.state.value, _error_code(finished))
             return
-        except StorageUnavailable as exc:
+        except StorageFull as exc:
             fault = exc
+        except StorageUnavailable as exc:  # the database is away, not full: the outcome stands
+            log.warning("could not record the outcome yet: %s", exc.message)
+            self._record_until_taken(log, job_id, record, *args)
+            return
         except Conflict as exc:  # finished meanwhile, or handed to another worker: theirs to record
             log.warning("could not record the outcome: %s", exc.message)
             return
@@ -301,26 +309,27 @@ class Worker:
             log.exception("could not record the outcome")
             return
         log.warning("could not record the outcome: %s", fault.message)
-        self._fail_until_recorded(log, job_id, fault.to_dict())
+        self._record_until_taken(log, job_id, self._store.fail, fault.to_dict())
 
-    def _fail_until_recorded(self, log: _JobLog, job_id: str, error: dict[str, str]) -> None:
-        """Fails the job, retrying while the disk refuses, so it is never left running. A worker
-        told to stop gives up (the next start's recovery finds the job)."""
+    def _record_until_taken(self, log: _JobLog, job_id: str, record: Callable[..., Job], *args: Any) -> None:
+        """Records the outcome, retrying while the store refuses, so the job is never left running.
+        A worker told to stop gives up (the job's lease runs out and it runs again elsewhere)."""
         delay = self._poll_s
         while True:
             try:
-                self._store.fail(job_id, error, worker_id=self.worker_id)
-                self._outcome = ("failed", error.get("code"))
-                log.warning("failed: %s", error["message"])
+                finished = record(job_id, *args, worker_id=self.worker_id)
+                self._outcome = (finished.state.value, _error_code(finished))
+                if finished.error:
+                    log.warning("failed: %s", finished.error.get("message"))
                 return
             except (Conflict, NotFound):  # finished or deleted meanwhile: nothing left running
                 return
             except Exception as exc:
                 reason = exc.message if isinstance(exc, SdgateError) else repr(exc)
                 if self._stopping.is_set():
-                    log.error("stopping with the job still running: cannot record its failure: %s", reason)
+                    log.error("stopping with the job still running: cannot record its outcome: %s", reason)
                     return
-                log.warning("cannot record the failure yet (%s); retrying in %.1f s", reason, delay)
+                log.warning("cannot record the outcome yet (%s); retrying in %.1f s", reason, delay)
             self._stopping.wait(delay)
             delay = min(delay * 2, STORAGE_RETRY_MAX_S)
 
