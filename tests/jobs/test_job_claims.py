@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from sdgate.core.jobs import ControlAction, JobState
 from sdgate.core.requests import GenerationRequest
+from sdgate.jobs.outbox import Cursor, read_after
 from sdgate.jobs.schema import job_events
 from sdgate.jobs.store import SqlJobStore
 
@@ -151,25 +152,28 @@ def test_a_cancel_racing_a_claim_never_cancels_a_claimed_job(store: SqlJobStore,
 
 
 def test_outbox_readers_resuming_after_a_seq_miss_nothing(store: SqlJobStore, db_url: str) -> None:
-    """Rows become visible in ``seq`` order, so "every row after the last seq I saw" (the outbox
-    follower, an SSE Last-Event-ID) is complete while eight writers append at once."""
+    """"Every row after my cursor" (``outbox.read_after``: ``seq`` on SQLite, ``(tx, seq)`` behind
+    the transaction-id fence on PostgreSQL) is complete while eight writers append at once with no
+    lock between them: a row that commits late never lands behind a reader's cursor."""
     writers = _stores(db_url, 8)
     seen: list[int] = []
     done = threading.Event()
 
-    def read_new(cursor: int) -> int:
+    def read_new(cursor: Cursor) -> Cursor:
         with store.database.connect() as conn:
-            rows = conn.execute(
-                sa.select(job_events.c.seq).where(job_events.c.seq > cursor).order_by(job_events.c.seq)
-            ).scalars().all()
-        seen.extend(rows)
-        return rows[-1] if rows else cursor
+            batch = read_after(conn, cursor, limit=10_000)
+        seen.extend(row.seq for row in batch.rows)
+        return batch.cursor
 
     def follow() -> None:
-        cursor = 0
+        cursor: Cursor = (0, 0)
         while not done.is_set():
             cursor = read_new(cursor)
-        read_new(cursor)
+        for _ in range(100):  # the writers are done: the fence passes every row soon
+            cursor = read_new(cursor)
+            if len(seen) >= 8 * 40:
+                break
+            time.sleep(0.05)
 
     follower = threading.Thread(target=follow)
     follower.start()
@@ -183,4 +187,4 @@ def test_outbox_readers_resuming_after_a_seq_miss_nothing(store: SqlJobStore, db
     with store.database.connect() as conn:
         every = conn.execute(sa.select(job_events.c.seq).order_by(job_events.c.seq)).scalars().all()
     assert len(every) == 8 * 40
-    assert seen == every
+    assert sorted(seen) == every  # each row once: none skipped, none read twice

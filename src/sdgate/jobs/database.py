@@ -5,7 +5,7 @@ SQLite (embedded mode) gets WAL, a busy timeout and transactions begun by us rat
 the write lock up front and two threads or processes never interleave a read-then-write (a claim).
 PostgreSQL (cluster mode, psycopg 3) runs at READ COMMITTED: a read-then-write there locks what it
 read (``FOR UPDATE [SKIP LOCKED]``, see ``store.py``), and ``serialize`` takes a transaction-level
-advisory lock where a whole table must take turns (the outbox's ``seq`` order, queue limits); on
+advisory lock where a whole table must take turns (queue limits at submit); on
 SQLite ``serialize`` is a no-op, the write transaction being exclusive already.
 
 The schema at start (``ensure_schema``): an empty database is created at the newest migration on

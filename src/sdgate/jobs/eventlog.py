@@ -2,10 +2,13 @@
 live subscriptions (the native API's ``GET /api/v1/jobs/{id}/events`` and ``/api/v1/events``).
 
 It is the job outbox (table ``job_events``, see ``sdgate.jobs.outbox``): the store appends a row in
-the transaction that changes the job, so the log holds every change in commit order whichever
-process made it, and an event's id is its row's ``seq``: ``Last-Event-ID`` resumes across
-reconnects, restarts and processes. Live subscribers are fed by this process's ``OutboxFollower``,
-which reads the rows every process writes. How an event's data looks is the caller's (``render``):
+the transaction that changes the job, and an event's id is its row's ``seq``. One job's rows follow
+its commit order in ``seq`` whichever process wrote them (each write locks the job's row before it
+appends), so ``read(job_id, after=seq)``, a ``Last-Event-ID`` resume, misses nothing across
+reconnects, restarts and processes. Across jobs ``seq`` is not commit order on PostgreSQL (appends
+take no global lock), so nothing resumes a stream of every job by ``seq``: live subscribers (one job
+or all) are fed by this process's ``OutboxFollower``, which reads behind the outbox's
+transaction-id fence. How an event's data looks is the caller's (``render``):
 the server runtime passes the native dialect's renderer in.
 
     log = EventLog(database, render, outbox)

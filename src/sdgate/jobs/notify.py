@@ -46,16 +46,6 @@ def notifying(insert: sa.Insert, seq: sa.Column[Any]) -> sa.Select[Any]:
     return sa.select(appended.c[seq.name], sa.func.pg_notify(CHANNEL, sa.cast(appended.c[seq.name], sa.Text)))
 
 
-def locked_then(lock: int, table: sa.Table, values: dict[str, Any]) -> sa.Insert:
-    """``INSERT INTO table SELECT values`` that first takes the transaction advisory lock ``lock``
-    (``database.serialize``) in the same statement: the row's defaults (its ``seq``) are drawn
-    under the lock, and the lock is held one round trip less until commit."""
-    take = sa.func.pg_advisory_xact_lock(sa.literal(lock, sa.BigInteger))
-    locked = sa.select(take.label("locked")).cte("locked")
-    row = sa.select(*[sa.literal(v, type_=table.c[k].type).label(k) for k, v in values.items()])
-    return sa.insert(table).from_select(list(values), row.select_from(locked))
-
-
 class NotifyListener:
     """One thread LISTENing on ``channel``; ``on_notify()`` after each batch of notifications and
     after each (re)connection. ``listening`` is set while the LISTEN is in place."""

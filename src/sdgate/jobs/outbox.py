@@ -3,15 +3,25 @@ every process that shares the database.
 
     write_event(conn, kind, job, origin)       # the store, inside its write transaction
     follower = OutboxFollower(engine, origin=store.origin, bus=events)
-    follower.add_listener(fn)                  # fn(OutboxEvent) for every row, in seq order
+    follower.add_listener(fn)                  # fn(OutboxEvent) for every row, in commit order
     follower.start(); follower.wake(); follower.stop()
 
 A row is ``(seq, job_id, kind, job snapshot, origin)`` in the ``job_events`` table. The store still
 publishes its own changes on its process's ``JobEvents`` at once; the follower reads the table and
 publishes the rows other processes wrote (``origin`` differs) on the same bus, so a worker in one
-process wakes the waiters, event streams and webhooks of another. Appends take turns until commit
-(``database.serialize``), so rows commit in ``seq`` order and "every row after the cursor" misses
-nothing, on both databases.
+process wakes the waiters, event streams and webhooks of another.
+
+Reading "every row after my cursor" must never skip a row that commits late:
+
+- SQLite: write transactions are exclusive, so ``seq`` follows commit order; the cursor is a ``seq``.
+- PostgreSQL: appends run concurrently (no lock), so a row with a lower ``seq`` may commit after one
+  with a higher. Each row records its transaction id (``tx``, migration 0005) and a follower reads
+  ``(tx, seq) > cursor AND tx < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY tx, seq``: every
+  transaction below the snapshot's ``xmin`` has ended, so no row can appear behind the cursor later
+  (``read_after``). A row of a transaction that ended while an older one still runs waits for that
+  one; the read says so (``Batch.held``) and the follower reads again shortly rather than at its
+  next poll. One job's rows keep commit order in ``seq`` too (each write locks the job's row first),
+  which is what an SSE ``Last-Event-ID`` of one job resumes by (``eventlog.py``).
 
 When does the follower read? At once after ``wake`` (the store calls it after each of its own
 commits), every ``poll_s`` regardless, and on PostgreSQL also at once when any process commits a row:
@@ -31,15 +41,21 @@ from typing import Any
 import sqlalchemy as sa
 
 from sdgate.core.jobs import Job, JobEventKind
-from sdgate.jobs.database import lock_key, serialize, transaction
+from sdgate.jobs.database import transaction
 from sdgate.jobs.events import JobEvents, Listeners
-from sdgate.jobs.notify import NotifyListener, locked_then, notifying
+from sdgate.jobs.notify import NotifyListener, notifying
 from sdgate.jobs.schema import job_events
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_POLL_S = 0.2
 _BATCH = 500
+# PostgreSQL: how soon to read again while committed rows wait behind an older open transaction
+# (one that writes no outbox row sends no NOTIFY when it ends); doubles up to ``poll_s``.
+HELD_RETRY_S = 0.002
+
+Cursor = tuple[int, int]
+"""Where a reader stands: ``(tx, seq)`` of the last row it read; ``tx`` is always 0 on SQLite."""
 
 
 @dataclass(frozen=True)
@@ -53,11 +69,9 @@ class OutboxEvent:
 OutboxListener = Callable[[OutboxEvent], None]
 
 
-def write_event(conn: sa.Connection, kind: JobEventKind, job: Job, origin: str, *,
-                serialize_as: str | None = None) -> int:
-    """Appends one row inside the caller's transaction (on PostgreSQL with its NOTIFY); returns
-    its ``seq``. ``serialize_as``: first ``database.serialize(conn, serialize_as)``, in the same
-    statement on PostgreSQL (one round trip: lock, insert, notify)."""
+def write_event(conn: sa.Connection, kind: JobEventKind, job: Job, origin: str) -> int:
+    """Appends one row inside the caller's transaction (on PostgreSQL with its NOTIFY, in the same
+    statement); returns its ``seq``. No lock: readers read behind the ``tx`` fence."""
     values = {
         "job_id": job.id,
         "kind": kind.value,
@@ -66,16 +80,57 @@ def write_event(conn: sa.Connection, kind: JobEventKind, job: Job, origin: str, 
         "origin": origin,
         "created_at": datetime.now(UTC),
     }
+    insert = sa.insert(job_events).values(values)
     if conn.dialect.name != "postgresql":
-        if serialize_as is not None:
-            serialize(conn, serialize_as)
-        inserted = conn.execute(sa.insert(job_events).values(values).returning(job_events.c.seq))
-        return int(inserted.scalar_one())
-    if serialize_as is None:
-        insert = sa.insert(job_events).values(values)
-    else:
-        insert = locked_then(lock_key(serialize_as), job_events, values)
+        return int(conn.execute(insert.returning(job_events.c.seq)).scalar_one())
     return int(conn.execute(notifying(insert, job_events.c.seq)).scalar_one())
+
+
+@dataclass(frozen=True)
+class Batch:
+    rows: list[sa.Row[Any]]
+    cursor: Cursor  # after the last of ``rows`` (the given cursor when none)
+    held: bool = False  # PostgreSQL: committed rows wait behind the fence (an older transaction runs)
+
+
+_PG_FENCE = "WITH fence AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)"
+_PG_READ = sa.text(f"""{_PG_FENCE}
+SELECT EXISTS (SELECT 1 FROM job_events h WHERE h.tx >= fence.xmin) AS held, e.*
+FROM fence LEFT JOIN LATERAL (
+    SELECT j.seq, j.job_id, j.kind, j.data, j.created_at, j.job, j.origin,
+           CAST(CAST(j.tx AS text) AS bigint) AS tx
+    FROM job_events j
+    WHERE (j.tx, j.seq) > (CAST(CAST(:tx AS text) AS xid8), :seq) AND j.tx < fence.xmin
+    ORDER BY j.tx, j.seq
+    LIMIT :limit
+) e ON true""")
+_PG_START = sa.text(f"""{_PG_FENCE}
+SELECT CAST(CAST(fence.xmin AS text) AS bigint) AS xmin, j.seq
+FROM fence LEFT JOIN job_events j ON j.tx >= fence.xmin""")
+
+
+def read_after(conn: sa.Connection, cursor: Cursor, *, limit: int = _BATCH) -> Batch:
+    """The rows after ``cursor`` in an order no late commit can break (see the module's docstring):
+    ``seq`` on SQLite, ``(tx, seq)`` below the snapshot's ``xmin`` on PostgreSQL."""
+    if conn.dialect.name != "postgresql":
+        rows = conn.execute(
+            sa.select(job_events).where(job_events.c.seq > cursor[1]).order_by(job_events.c.seq).limit(limit)
+        ).all()
+        return Batch(list(rows), (0, rows[-1].seq) if rows else cursor)
+    result = conn.execute(_PG_READ, {"tx": cursor[0], "seq": cursor[1], "limit": limit}).all()
+    rows = [row for row in result if row.seq is not None]
+    return Batch(rows, (rows[-1].tx, rows[-1].seq) if rows else cursor, held=bool(result[0].held))
+
+
+def start_cursor(conn: sa.Connection) -> tuple[Cursor, frozenset[int]]:
+    """A reader that starts now: its cursor, and the ``seq`` of rows already committed beyond it
+    (PostgreSQL: behind the fence), which it is to skip. ``read_after`` from there yields exactly
+    the rows committed after this call."""
+    if conn.dialect.name != "postgresql":
+        newest = conn.execute(sa.select(sa.func.coalesce(sa.func.max(job_events.c.seq), 0))).scalar_one()
+        return (0, int(newest)), frozenset()
+    rows = conn.execute(_PG_START).all()
+    return (int(rows[0].xmin), 0), frozenset(row.seq for row in rows if row.seq is not None)
 
 
 def to_event(row: sa.Row[Any]) -> OutboxEvent | None:
@@ -84,11 +139,6 @@ def to_event(row: sa.Row[Any]) -> OutboxEvent | None:
         return None
     return OutboxEvent(seq=row.seq, kind=JobEventKind(row.kind), job=Job.model_validate(row.job),
                        origin=row.origin)
-
-
-def latest_seq(engine: sa.Engine) -> int:
-    with transaction(engine, write=False) as conn:
-        return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(job_events.c.seq), 0))).scalar_one())
 
 
 class OutboxFollower:
@@ -102,7 +152,9 @@ class OutboxFollower:
         self._origin = origin
         self._bus = bus
         self._poll_s = poll_s
-        self._cursor = 0
+        self._cursor: Cursor = (0, 0)
+        self._skip: frozenset[int] = frozenset()  # committed before start, beyond the cursor
+        self._held = False
         self._listeners: Listeners[[OutboxEvent]] = Listeners("outbox listener")
         self._listener_count = 0  # none: this process's own rows need not even be parsed
         self._count_lock = threading.Lock()
@@ -131,7 +183,8 @@ class OutboxFollower:
         """Follows from the newest row on: what happened before is read from the table itself."""
         if self._thread is not None:
             return
-        self._cursor = latest_seq(self._engine)
+        with transaction(self._engine, write=False) as conn:
+            self._cursor, self._skip = start_cursor(conn)
         self._stopping.clear()
         self._thread = threading.Thread(target=self._loop, name="sdgate-outbox", daemon=True)
         self._thread.start()
@@ -156,18 +209,20 @@ class OutboxFollower:
     def poll_once(self) -> int:
         """Reads and dispatches what is new; the number of rows read."""
         with transaction(self._engine, write=False) as conn:
-            rows = conn.execute(
-                sa.select(job_events).where(job_events.c.seq > self._cursor)
-                .order_by(job_events.c.seq).limit(_BATCH)
-            ).all()
-        for row in rows:
-            self._cursor = row.seq
+            batch = read_after(conn, self._cursor)
+        self._held = batch.held
+        for row in batch.rows:
+            self._cursor = (getattr(row, "tx", 0), row.seq)
+            if row.seq in self._skip:
+                continue
             if row.origin == self._origin and not self._listener_count:
                 continue  # already published by the store that wrote it, and nobody else listens
             event = to_event(row)
             if event is not None:
                 self._dispatch(event)
-        return len(rows)
+        if self._skip and not batch.held and len(batch.rows) < _BATCH:
+            self._skip = frozenset()  # every row committed before start is behind the cursor now
+        return len(batch.rows)
 
     def _dispatch(self, event: OutboxEvent) -> None:
         if self._bus is not None and event.origin != self._origin:
@@ -175,6 +230,7 @@ class OutboxFollower:
         self._listeners.call(event.job.id, event)
 
     def _loop(self) -> None:
+        held_wait = HELD_RETRY_S
         while not self._stopping.is_set():
             self._wake.clear()
             try:
@@ -182,4 +238,10 @@ class OutboxFollower:
                     continue
             except Exception:  # the database is busy or the disk refuses: try again next poll
                 logger.warning("reading the job outbox failed", exc_info=True)
+                self._held = False
+            if self._held:  # rows wait for an older transaction to end: look again soon
+                self._wake.wait(held_wait)
+                held_wait = min(held_wait * 2, self._poll_s)
+                continue
+            held_wait = HELD_RETRY_S
             self._wake.wait(self._poll_s)

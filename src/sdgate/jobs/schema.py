@@ -123,6 +123,11 @@ job_events = sa.Table(
     sa.Index("ix_job_events_job_id_seq", "job_id", "seq"),
 )
 
+# PostgreSQL only (migration 0005), so not in ``metadata``: ``job_events.tx xid8 NOT NULL DEFAULT
+# pg_current_xact_id()``, the transaction that wrote the row, and the index the outbox's fence reads
+# by (``outbox.read_after``). SQLite has neither: its write lock is global, ``seq`` is commit order.
+POSTGRESQL_ONLY = frozenset({("column", "job_events", "tx"), ("index", "job_events", "ix_job_events_tx_seq")})
+
 # The latest progress preview of a running job (PNG), written by its worker, read by any process.
 job_previews = sa.Table(
     "job_previews",

@@ -22,9 +22,11 @@ The worker registry (``workers.py``) lives in the same database: ``register_work
 PostgreSQL runs at READ COMMITTED, so every read-then-write locks what it read: a control request
 and a delete lock the job row (``FOR UPDATE``; a claim then skips it), the lease sweep takes only
 rows nobody holds (``SKIP LOCKED``) and re-checks the lease in its ``UPDATE``, a preview write
-holds the job row shared so the job cannot end under it. Outbox rows are appended one transaction
-at a time (``serialize``): their ``seq`` then follows commit order, and a reader that resumes
-"after seq N" (the outbox follower, an SSE ``Last-Event-ID``) never skips a row that committed late.
+holds the job row shared so the job cannot end under it. Outbox rows are appended without a
+global lock: each carries its transaction id on PostgreSQL, and the outbox follower reads behind
+that fence, so it never skips a row that committed late (``outbox.py``); one job's rows follow its
+commit order in ``seq`` (every write locks the job's row first), which an SSE ``Last-Event-ID`` of
+that job resumes by.
 A job id or owner holding NUL (which PostgreSQL's text cannot hold) matches nothing, as on SQLite.
 """
 
@@ -716,9 +718,9 @@ class SqlJobStore:
         return job
 
     def _append_event(self, conn: sa.Connection, kind: JobEventKind, job: Job) -> None:
-        """One outbox row, the transaction's last statement: appends take turns until commit, so
-        on PostgreSQL too a row's ``seq`` is higher than that of every row committed before it."""
-        write_event(conn, kind, job, self.origin, serialize_as="job_events")
+        """One outbox row, after the write that changed (and so locked) the job's row: the job's
+        own rows follow its commit order; readers of every job read behind the outbox's fence."""
+        write_event(conn, kind, job, self.origin)
 
     def _announced(self, job: Job, kind: JobEventKind | None = None) -> Job:
         """After commit: this process hears of the change at once, the outbox follower too."""
