@@ -1,7 +1,7 @@
 """The outbox's transaction-id fence on PostgreSQL (``outbox.read_after``): appends take no lock, so
 a row may commit after one with a higher ``seq``; a follower still hands every row on exactly once,
 none committed before it started, and does not wait for its poll when an older transaction that
-wrote nothing ends."""
+wrote nothing ends. And on both databases: a reader may leave its own process's rows out."""
 
 from __future__ import annotations
 
@@ -14,17 +14,16 @@ import sqlalchemy as sa
 
 from sdgate.core.jobs import JobEventKind
 from sdgate.core.requests import GenerationRequest
-from sdgate.jobs.outbox import OutboxEvent, OutboxFollower, write_event
+from sdgate.jobs.outbox import OutboxEvent, OutboxFollower, read_after, write_event
 from sdgate.jobs.store import SqlJobStore
 
 from .conftest import PgServer
 
-pytestmark = pytest.mark.cluster
 SLOW_POLL_S = 30.0  # longer than any test here: what arrives came through NOTIFY or the fence retry
 
 
-@pytest.fixture
-def pg_store(pg_server: PgServer) -> Iterator[SqlJobStore]:
+@pytest.fixture(params=[pytest.param("postgresql", marks=pytest.mark.cluster)])
+def pg_store(request: pytest.FixtureRequest, pg_server: PgServer) -> Iterator[SqlJobStore]:
     with pg_server.database() as url, SqlJobStore(url) as store:
         yield store
 
@@ -97,3 +96,17 @@ def test_an_older_transaction_that_writes_nothing_holds_rows_back_only_while_it_
         follower.stop()
     assert [e.job.id for e in events] == [job.id]
     assert waited < 2.0
+
+
+def test_a_reader_may_leave_out_its_own_rows_and_its_cursor_passes_them(db_url: str) -> None:
+    with SqlJobStore(db_url) as mine, SqlJobStore(db_url) as theirs:
+        ours = mine.submit(GenerationRequest(prompt="mine"))
+        other = theirs.submit(GenerationRequest(prompt="theirs"))
+        mine.submit(GenerationRequest(prompt="mine again"))
+        with mine.database.connect() as conn:
+            everything = read_after(conn, (0, 0))
+            others = read_after(conn, (0, 0), skip_origin=mine.origin)
+            after = read_after(conn, others.cursor, skip_origin=mine.origin)
+    assert [row.job_id for row in everything.rows][:2] == [ours.id, other.id]
+    assert [row.job_id for row in others.rows] == [other.id]
+    assert after.rows == []

@@ -1,13 +1,16 @@
 """LISTEN/NOTIFY on PostgreSQL: the outbox follower of every node wakes as soon as any node commits.
 
-    notifying(insert)                        # outbox.write_event: the INSERT that also NOTIFYs
-    listener = NotifyListener(engine, on_notify=follower.wake)
+    notifying(insert, seq, origin)           # outbox.write_event: the INSERT that also NOTIFYs
+    listener = NotifyListener(engine, on_notify=follower.notified)  # on_notify(origins or None)
     listener.start(); listener.listening.wait(5); listener.stop()
 
-The store appends an outbox row with ``NOTIFY sdgate_jobs, '<seq>'`` in the same statement, so the
-notification is delivered exactly when the row commits, and never for a rolled-back one. The payload
-is the row's ``seq`` only: a notification is a doorbell, the follower reads the row itself (progress
-previews are stored and referenced, never pushed through NOTIFY's 8 KB payload).
+The store appends an outbox row with ``NOTIFY sdgate_jobs, '<origin>'`` in the same statement, so
+the notification is delivered exactly when the row commits, and never for a rolled-back one. The
+payload is the writing process's ``origin`` only: a notification is a doorbell (a follower need not
+read at once for its own process's rows when nobody there needs them), the follower reads the row
+itself (progress previews are stored and referenced, never pushed through NOTIFY's 8 KB payload).
+``on_notify`` gets the origins of a batch of notifications, or None after a (re)connection: then
+anything may have committed unseen.
 
 The listener holds one dedicated psycopg connection in autocommit mode (outside the pool: a LISTEN
 belongs to its session) and waits on its socket. The follower's poll stays as the fallback: a
@@ -40,17 +43,19 @@ MIN_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 5.0
 
 
-def notifying(insert: sa.Insert, seq: sa.Column[Any]) -> sa.Select[Any]:
-    """``insert ... RETURNING seq`` that also sends ``NOTIFY CHANNEL, '<seq>'``: one round trip."""
+def notifying(insert: sa.Insert, seq: sa.Column[Any], origin: str) -> sa.Select[Any]:
+    """``insert ... RETURNING seq`` that also sends ``NOTIFY CHANNEL, '<origin>'``: one round trip."""
     appended = insert.returning(seq).cte("appended")
-    return sa.select(appended.c[seq.name], sa.func.pg_notify(CHANNEL, sa.cast(appended.c[seq.name], sa.Text)))
+    return sa.select(appended.c[seq.name], sa.func.pg_notify(CHANNEL, sa.literal(origin, sa.Text)))
 
 
 class NotifyListener:
-    """One thread LISTENing on ``channel``; ``on_notify()`` after each batch of notifications and
-    after each (re)connection. ``listening`` is set while the LISTEN is in place."""
+    """One thread LISTENing on ``channel``; ``on_notify(payloads)`` after each batch of
+    notifications, ``on_notify(None)`` after each (re)connection. ``listening`` is set while the
+    LISTEN is in place."""
 
-    def __init__(self, engine: sa.Engine, on_notify: Callable[[], None], *, channel: str = CHANNEL,
+    def __init__(self, engine: sa.Engine, on_notify: Callable[[frozenset[str] | None], None], *,
+                 channel: str = CHANNEL,
                  keepalive_s: float = KEEPALIVE_S) -> None:
         self._engine = engine
         self._on_notify = on_notify
@@ -100,7 +105,7 @@ class NotifyListener:
                 if failing:
                     logger.info("job notifications: listening again on %s", describe(self._engine.url))
                 failing, backoff = False, MIN_BACKOFF_S
-                self._on_notify()  # what committed while no LISTEN was in place
+                self._on_notify(None)  # what committed while no LISTEN was in place
                 self._listen(self._conn)
             except Exception as exc:  # never ends the thread: the poll covers the gap
                 if not self._stopping.is_set() and not failing:
@@ -122,8 +127,8 @@ class NotifyListener:
             ready, _, _ = select.select([conn.fileno(), self._stop_r], [], [], wait)
             if self._stop_r in ready:
                 return
-            if ready and list(conn.notifies(timeout=0)):
-                self._on_notify()
+            if ready and (batch := list(conn.notifies(timeout=0))):
+                self._on_notify(frozenset(n.payload for n in batch))
                 continue
             # Idle for keepalive_s, or readable with no notification (the server closing it): a
             # ping raises on a dead connection.

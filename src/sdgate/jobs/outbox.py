@@ -83,7 +83,7 @@ def write_event(conn: sa.Connection, kind: JobEventKind, job: Job, origin: str) 
     insert = sa.insert(job_events).values(values)
     if conn.dialect.name != "postgresql":
         return int(conn.execute(insert.returning(job_events.c.seq)).scalar_one())
-    return int(conn.execute(notifying(insert, job_events.c.seq)).scalar_one())
+    return int(conn.execute(notifying(insert, job_events.c.seq, origin)).scalar_one())
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,7 @@ FROM fence LEFT JOIN LATERAL (
            CAST(CAST(j.tx AS text) AS bigint) AS tx
     FROM job_events j
     WHERE (j.tx, j.seq) > (CAST(CAST(:tx AS text) AS xid8), :seq) AND j.tx < fence.xmin
+      AND (CAST(:skip AS text) IS NULL OR j.origin IS DISTINCT FROM CAST(:skip AS text))
     ORDER BY j.tx, j.seq
     LIMIT :limit
 ) e ON true""")
@@ -109,15 +110,19 @@ SELECT CAST(CAST(fence.xmin AS text) AS bigint) AS xmin, j.seq
 FROM fence LEFT JOIN job_events j ON j.tx >= fence.xmin""")
 
 
-def read_after(conn: sa.Connection, cursor: Cursor, *, limit: int = _BATCH) -> Batch:
+def read_after(conn: sa.Connection, cursor: Cursor, *, limit: int = _BATCH,
+               skip_origin: str | None = None) -> Batch:
     """The rows after ``cursor`` in an order no late commit can break (see the module's docstring):
-    ``seq`` on SQLite, ``(tx, seq)`` below the snapshot's ``xmin`` on PostgreSQL."""
+    ``seq`` on SQLite, ``(tx, seq)`` below the snapshot's ``xmin`` on PostgreSQL. ``skip_origin``:
+    leaves out that process's rows (the cursor passes them all the same)."""
     if conn.dialect.name != "postgresql":
-        rows = conn.execute(
-            sa.select(job_events).where(job_events.c.seq > cursor[1]).order_by(job_events.c.seq).limit(limit)
-        ).all()
+        query = sa.select(job_events).where(job_events.c.seq > cursor[1])
+        if skip_origin is not None:
+            query = query.where(job_events.c.origin.is_distinct_from(skip_origin))
+        rows = conn.execute(query.order_by(job_events.c.seq).limit(limit)).all()
         return Batch(list(rows), (0, rows[-1].seq) if rows else cursor)
-    result = conn.execute(_PG_READ, {"tx": cursor[0], "seq": cursor[1], "limit": limit}).all()
+    params = {"tx": cursor[0], "seq": cursor[1], "limit": limit, "skip": skip_origin}
+    result = conn.execute(_PG_READ, params).all()
     rows = [row for row in result if row.seq is not None]
     return Batch(rows, (rows[-1].tx, rows[-1].seq) if rows else cursor, held=bool(result[0].held))
 
@@ -189,7 +194,7 @@ class OutboxFollower:
         self._thread = threading.Thread(target=self._loop, name="sdgate-outbox", daemon=True)
         self._thread.start()
         if self._engine.dialect.name == "postgresql":
-            self.notifications = NotifyListener(self._engine, self.wake)
+            self.notifications = NotifyListener(self._engine, self.notified)
             self.notifications.start()
 
     def stop(self) -> None:
@@ -203,20 +208,30 @@ class OutboxFollower:
             self._thread = None
 
     def wake(self) -> None:
-        """Read now (a change was just committed in this process)."""
-        self._wake.set()
+        """A change was just committed in this process: read now. On PostgreSQL its NOTIFY wakes
+        the follower anyway (``notified``), so while the LISTEN is in place this waits for that."""
+        notifications = self.notifications
+        if notifications is None or not notifications.listening.is_set():
+            self._wake.set()
+
+    def notified(self, origins: frozenset[str] | None) -> None:
+        """NOTIFY: rows of ``origins`` committed (None: anything may have). This process's own rows
+        are read at once only when a listener wants every row; else with the next read."""
+        if origins is None or self._listener_count or origins - {self._origin}:
+            self._wake.set()
 
     def poll_once(self) -> int:
         """Reads and dispatches what is new; the number of rows read."""
+        # This process's rows were published by the store that wrote them: unless a listener
+        # wants every row, they need not even be fetched.
+        skip_origin = None if self._listener_count else self._origin
         with transaction(self._engine, write=False) as conn:
-            batch = read_after(conn, self._cursor)
+            batch = read_after(conn, self._cursor, skip_origin=skip_origin)
         self._held = batch.held
         for row in batch.rows:
             self._cursor = (getattr(row, "tx", 0), row.seq)
-            if row.seq in self._skip:
+            if row.seq in self._skip or (row.origin == self._origin and not self._listener_count):
                 continue
-            if row.origin == self._origin and not self._listener_count:
-                continue  # already published by the store that wrote it, and nobody else listens
             event = to_event(row)
             if event is not None:
                 self._dispatch(event)
