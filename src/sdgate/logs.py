@@ -85,4 +85,5 @@ def configure_logging(level: str = "INFO", fmt: LogFormat = "text") -> None:
         uv = logging.getLogger(name)
         uv.handlers[:] = []
         uv.propagate = True
+        uv.setLevel(logging.NOTSET)  # the root's level, until uvicorn applies --log-level
 
