@@ -11,6 +11,8 @@ processes over PostgreSQL and S3, a PostgreSQL of their own to restart, and the 
   the shared server other tests use.
 - ``metric``: one value out of a node's ``/metrics`` (Prometheus text), summed over the series
   that match the labels given.
+- What the database says: ``job_rows``, ``all_ended``, ``endings`` (each job's terminal events in
+  the outbox) and ``assert_each_succeeded_once``; ``s3_key``: where a stored image's object is.
 """
 
 from __future__ import annotations
@@ -220,10 +222,17 @@ class PrivatePostgres:
         self.dir.chmod(0o755)
         self.data = self.dir / "data"
         self.as_root = os.geteuid() == 0
-        if self.as_root:
-            shutil.chown(self.dir, user="postgres")
-        self._run("initdb", "-D", str(self.data), "-U", self.USER, "--auth=trust", "-E", "UTF8",
-                  "--no-locale")
+        try:
+            if self.as_root:  # as scripts/services.sh does: initdb and postgres refuse to run as root
+                if subprocess.run(["id", "postgres"], capture_output=True).returncode != 0:
+                    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                                    "postgres"], check=True, capture_output=True)
+                shutil.chown(self.dir, user="postgres")
+            self._run("initdb", "-D", str(self.data), "-U", self.USER, "--auth=trust", "-E", "UTF8",
+                      "--no-locale")
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://{self.USER}@127.0.0.1:{self.port}/{database}"
@@ -260,7 +269,7 @@ class PrivatePostgres:
 
     def _run(self, tool: str, *args: str) -> None:
         command = [str(self.bin / tool), *args]
-        if self.as_root:  # initdb and postgres refuse to run as root
+        if self.as_root:
             command = ["runuser", "-u", "postgres", "--", *command]
         out = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=self.dir)
         assert out.returncode == 0, f"{tool} failed: {out.stdout}{out.stderr}{self.log()}"
