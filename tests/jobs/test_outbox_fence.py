@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from sdgate.core.jobs import JobEventKind
 from sdgate.core.requests import GenerationRequest
+from sdgate.jobs.database import transaction
 from sdgate.jobs.outbox import OutboxEvent, OutboxFollower, read_after, write_event
 from sdgate.jobs.store import SqlJobStore
 
@@ -110,3 +111,13 @@ def test_a_reader_may_leave_out_its_own_rows_and_its_cursor_passes_them(db_url: 
     assert [row.job_id for row in everything.rows][:2] == [ours.id, other.id]
     assert [row.job_id for row in others.rows] == [other.id]
     assert after.rows == []
+
+
+def test_a_single_statement_read_runs_in_autocommit_on_postgresql_and_leaves_the_pool_as_it_was(
+        pg_store: SqlJobStore) -> None:
+    xact = sa.text("SELECT pg_current_xact_id()")
+    with transaction(pg_store.database, write=False, single=True) as conn:
+        assert conn.execute(xact).scalar() != conn.execute(xact).scalar()  # no BEGIN ... COMMIT
+    for _ in range(3):  # every pooled connection is back in a transaction per block
+        with transaction(pg_store.database, write=False) as conn:
+            assert conn.execute(xact).scalar() == conn.execute(xact).scalar()

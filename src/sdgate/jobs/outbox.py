@@ -225,7 +225,7 @@ class OutboxFollower:
         # This process's rows were published by the store that wrote them: unless a listener
         # wants every row, they need not even be fetched.
         skip_origin = None if self._listener_count else self._origin
-        with transaction(self._engine, write=False) as conn:
+        with transaction(self._engine, write=False, single=True) as conn:
             batch = read_after(conn, self._cursor, skip_origin=skip_origin)
         self._held = batch.held
         for row in batch.rows:

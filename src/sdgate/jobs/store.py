@@ -242,7 +242,7 @@ class SqlJobStore:
 
     def get(self, job_id: str) -> Job:
         _check_id(job_id)
-        with self._tx() as conn:
+        with self._tx(single=True) as conn:
             row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).one_or_none()
         if row is None:
             raise NotFound(f"job {job_id} not found")
@@ -298,7 +298,7 @@ class SqlJobStore:
 
     def pending_control(self, job_id: str) -> ControlAction | None:
         _check_id(job_id)
-        with self._tx() as conn:
+        with self._tx(single=True) as conn:
             row = conn.execute(sa.select(jobs.c.control).where(jobs.c.id == job_id)).one_or_none()
         if row is None:
             raise NotFound(f"job {job_id} not found")
@@ -645,12 +645,12 @@ class SqlJobStore:
         return sa.exists().where(each.c.key == key, each.c.type == "text", each.c.value == value)
 
     @contextmanager
-    def _tx(self, *, write: bool = False) -> Iterator[sa.Connection]:
+    def _tx(self, *, write: bool = False, single: bool = False) -> Iterator[sa.Connection]:
         if self._serial is None:
-            with transaction(self._engine, write=write) as conn:
+            with transaction(self._engine, write=write, single=single) as conn:
                 yield conn
         else:
-            with self._serial, transaction(self._engine, write=write) as conn:
+            with self._serial, transaction(self._engine, write=write, single=single) as conn:
                 yield conn
 
     @staticmethod
