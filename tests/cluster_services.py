@@ -172,6 +172,7 @@ class Cluster:
         return again
 
     def stop_all(self) -> None:
+        """Kills every node still running (a test's database or server is removed next)."""
         for node in reversed(self.nodes):
             node.stop(signal.SIGKILL)
 

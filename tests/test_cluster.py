@@ -138,7 +138,8 @@ def test_two_api_nodes_three_workers_300_jobs(
         clusters.append(cluster)
         try:
             run_300_jobs(cluster, db, node_env, s3_bucket, s3_prefix)
-        finally:
+        finally:  # the nodes stop before their database is dropped
+            cluster.stop_all()
             db.dispose()
 
 
@@ -295,7 +296,8 @@ def test_postgres_restart_loses_nothing(
         clusters.append(cluster)
         try:
             restart_postgres_under_load(cluster, pg, db)
-        finally:
+        finally:  # the nodes stop before their database is dropped
+            cluster.stop_all()
             db.dispose()
     finally:
         pg.close()
@@ -349,14 +351,15 @@ def test_s3_outage_never_succeeds_without_images(
                           endpoint=proxy.endpoint, models=null_models)
         clusters.append(cluster)
         api, worker = cluster.api("api"), cluster.worker("worker")
-        api.wait_ready(120)
-        worker.wait_ready(120)
         try:
+            api.wait_ready(120)
+            worker.wait_ready(120)
             with httpx.Client(base_url=api.url, timeout=60) as http:
                 s3_outage(http, worker, proxy)
                 check_no_success_without_images(http, db, node_env, s3_bucket, s3_prefix)
             assert worker.proc.poll() is None and api.proc.poll() is None
-        finally:
+        finally:  # the nodes stop before their database is dropped
+            cluster.stop_all()
             db.dispose()
 
 
