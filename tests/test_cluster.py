@@ -23,16 +23,19 @@ bucket. Needs ``scripts/services.sh start`` (skipped without it, failed in CI): 
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import sqlalchemy as sa
+from PIL import Image
 
 from sdgate.jobs.schema import jobs, workers
 from tests.cluster_clients import Clients, Clock, Submitter, follow, short
@@ -219,6 +222,10 @@ def run_300_jobs(cluster: Cluster, db: sa.Engine, s3: S3Server, bucket: str, pre
     assert endings(db)[long_job] == ["succeeded"]
     ran_real = sorted(i for i, r in rows.items() if r.worker_id == real_id)
     assert ran_real == sorted(native[:WARM_UP + 1]) and real_finished == len(ran_real)
+    for job_id in ran_real:  # drawn by the model: not the null engine's black
+        png = httpx.get(f"{a.url}/api/v1/images/{image_ids(rows[job_id])[0]}").content
+        image = Image.open(io.BytesIO(png))
+        assert image.size == (64, 64) and image.convert("L").getextrema() != (0, 0), job_id
 
     # 6. SSE through the node that did not take the job: its progress, then its one ending
     follower.join(60)
@@ -250,7 +257,7 @@ def run_300_jobs(cluster: Cluster, db: sa.Engine, s3: S3Server, bucket: str, pre
 def check_images(
     rows: dict[str, Any], nodes: tuple[Node, ...], s3: S3Server, bucket: str, prefix: str
 ) -> None:
-    """Each job's images are objects in the bucket, and PNGs through the API nodes in turn."""
+    """Each job's images are objects in the bucket, and PNGs through both API nodes."""
     keys = set(s3.keys(bucket, prefix + "/"))
     assert all(image_ids(row) for row in rows.values())
     stored = [image for row in rows.values() for image in image_ids(row)]
@@ -260,14 +267,15 @@ def check_images(
     assert head["ContentType"] == "image/png"
 
     def read(item: tuple[int, str]) -> None:
+        """The job from one node, its images from the other."""
         n, job_id = item
-        node = nodes[n % len(nodes)]
-        with httpx.Client(base_url=node.url, timeout=30) as http:
-            job = http.get(f"/api/v1/jobs/{job_id}").json()
+        one, other = nodes[n % 2], nodes[(n + 1) % 2]
+        with httpx.Client(timeout=30) as http:
+            job = http.get(f"{one.url}/api/v1/jobs/{job_id}").json()
             assert job["state"] == "succeeded", job
             for image in job["result"]["images"]:
-                got = http.get(image["url"])
-                assert got.status_code == 200 and got.content.startswith(PNG), (node.name, job_id, got)
+                got = http.get(other.url + urlsplit(image["url"]).path)
+                assert got.status_code == 200 and got.content.startswith(PNG), (other.name, job_id, got)
 
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(read, enumerate(sorted(rows))))
