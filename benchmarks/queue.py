@@ -12,7 +12,8 @@ Three set-ups, printed side by side:
   ``--database-url`` and dropped at the end): an "API node" store that submits and listens, and a
   "worker node" per worker: 1 or 4 separate processes (``multiprocessing``, spawned), each with its
   own store, outbox follower and one ``Worker`` thread, as ``sdgate worker`` nodes run in
-  production. A submission reaches the workers and a finish reaches the API node through the outbox
+  production (``--worker-mode threads``: one worker-node store with N ``Worker`` threads in this
+  process instead). A submission reaches the workers and a finish reaches the API node through the outbox
   and LISTEN/NOTIFY, between processes, so no one GIL bounds the figures.
 
 Every job runs the real worker path: claim (with its lease), the null engine (``--steps`` steps,
@@ -176,7 +177,14 @@ def run_setup(setup: Setup, database: str, tmp: Path, args: argparse.Namespace) 
     nodes: list[Any] = []
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
-    if setup.cluster:
+    worker_side: Stores | None = None
+    if setup.cluster and args.worker_mode == "threads":  # one worker node: a store, N Worker threads
+        worker_side = open_stores(database, tmp / "images")
+        node = worker_side
+        workers = [Worker(node.jobs, _engine(settings), node.images, node.events, settings,
+                          worker_id=f"bench-{i}") for i in range(setup.workers)]
+        worker_side.outbox.start()
+    elif setup.cluster:
         for i in range(setup.workers):
             ready = context.Event()
             node = context.Process(target=worker_node, args=(database, str(tmp), f"bench-{i}", ready, stop),
@@ -208,6 +216,8 @@ def run_setup(setup: Setup, database: str, tmp: Path, args: argparse.Namespace) 
             if node.is_alive():
                 node.kill()
         api.close()
+        if worker_side is not None:
+            worker_side.close()
     return figures
 
 
@@ -286,6 +296,9 @@ def main() -> None:
                         default=os.environ.get("SDGATE_TEST_DATABASE_URL") or DEFAULT_PG_URL,
                         help="a PostgreSQL server where a scratch database may be made")
     parser.add_argument("--configs", default="sqlite,pg1,pg4", help="which of sqlite, pg1, pg4")
+    parser.add_argument("--worker-mode", choices=("processes", "threads"), default="processes",
+                        help="PostgreSQL rows: a process per worker (as sdgate worker nodes), or one "
+                             "worker node with N Worker threads in the benchmark's own process")
     args = parser.parse_args()
     keys = [k.strip() for k in args.configs.split(",") if k.strip()]
     unknown = [k for k in keys if k not in SETUPS]
@@ -295,7 +308,8 @@ def main() -> None:
     print("$ python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]))
     print(f"  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.python_implementation()} "
           f"{platform.python_version()}, {os.cpu_count()} CPUs; {args.jobs} jobs for throughput, "
-          f"{args.latency_jobs} one at a time for latency; null engine, {args.steps} step(s), 64x64")
+          f"{args.latency_jobs} one at a time for latency; null engine, {args.steps} step(s), 64x64; "
+          f"PostgreSQL workers as {args.worker_mode}")
     print("  load average (1, 5, 15 min) at the start: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
     results: dict[str, Figures] = {}
     for key in keys:
