@@ -246,13 +246,23 @@ class OutboxFollower:
 
     def _loop(self) -> None:
         held_wait = HELD_RETRY_S
+        failing = False  # one warning per outage, not one per poll while the database is away
         while not self._stopping.is_set():
             self._wake.clear()
             try:
-                if self.poll_once() >= _BATCH:
+                read = self.poll_once()
+                if failing:
+                    logger.info("reading the job outbox works again")
+                    failing = False
+                if read >= _BATCH:
                     continue
-            except Exception:  # the database is busy or the disk refuses: try again next poll
-                logger.warning("reading the job outbox failed", exc_info=True)
+            except Exception as exc:  # the database is busy or the disk refuses: try again next poll
+                if not failing:
+                    logger.warning("reading the job outbox failed (%s); retrying every %.1f s",
+                                   type(exc).__name__, self._poll_s, exc_info=True)
+                else:
+                    logger.debug("reading the job outbox still fails: %s", exc)
+                failing = True
                 self._held = False
             if self._held:  # rows wait for an older transaction to end: look again soon
                 self._wake.wait(held_wait)
