@@ -120,7 +120,8 @@ class Services:
         self.metrics.watch_queue(self.store.count_by_state)
         stats = getattr(self.engine, "memory_stats", None)
         if callable(stats):
-            self.metrics.watch_gpu(stats, self.settings.device)
+            # the device the engine resolved (cuda:0), not the setting (auto)
+            self.metrics.watch_gpu(stats, str(getattr(self.engine, "device", self.settings.device)))
         requeued = self.store.requeue_expired(max_attempts=self.settings.job_max_attempts)
         if requeued:
             log.info("re-queued %d job(s) whose worker's lease expired", len(requeued))
