@@ -128,7 +128,7 @@ class Submitter(threading.Thread):
             r = http.post("/api/v1/jobs", json=body, headers={"Idempotency-Key": key})
             if r.status_code == 202:
                 return str(r.json()["id"])
-            # the database away: storage_unavailable (507), or 503
+            # the database away: storage_unavailable (503; 507 for a job that failed of it)
             assert r.status_code in (503, 507), (r.status_code, r.text)
             self.refused.append(r.json()["error"]["code"])
             time.sleep(0.2)

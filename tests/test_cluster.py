@@ -393,10 +393,10 @@ def s3_outage(http: httpx.Client, worker: Node, proxy: Any) -> None:
         during += [ended(j) for j in [submit(100 + 10 * n + i) for i in range(5)]]
         ready = httpx.get(worker.url + "/readyz", timeout=30)
         assert ready.status_code == 503, ready.text
-        # through the API node: the stored image is unavailable for now (not a 500, not a 404),
-        # and a blocking dialect answers its own error for the failed job
+        # through the API node: the stored image is unavailable for now (a 503 to retry, not a
+        # 500, not a 404), and a blocking dialect answers the failed job's error (507, as stored)
         image = http.get(stored)
-        assert image.status_code == 507 and image.json()["error"]["code"] == "storage_unavailable", image.text
+        assert image.status_code == 503 and image.json()["error"]["code"] == "storage_unavailable", image.text
         a1111 = http.post("/sdapi/v1/txt2img", json=short("a1111", 300 + n))
         assert a1111.status_code == 507, a1111.text
     proxy.up()

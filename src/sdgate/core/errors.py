@@ -107,6 +107,13 @@ class StorageFull(StorageUnavailable):
     code = "storage_full"
 
 
+class StorageUnreachable(StorageUnavailable):
+    """The database or the bucket does not answer (restarting, a network fault): a 503 a load
+    balancer or client retries, unlike a full or read-only disk (507). Same code for clients."""
+
+    status_code = 503
+
+
 class ServiceUnavailable(SdgateError):
     status_code = 503
     code = "unavailable"

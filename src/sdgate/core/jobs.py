@@ -124,6 +124,7 @@ class JobStore(Protocol):
         priority: int = 0,
         metadata: dict[str, Any] | None = None,
         max_owner_jobs: int | None = None,
+        idempotency_key: tuple[str, str] | None = None,
     ) -> Job:
         """Raises ``QueueFull`` over the queue limit, ``TooManyJobs`` when ``owner`` already holds
         ``max_owner_jobs`` queued or running jobs; the job's ``queued`` event is in the same

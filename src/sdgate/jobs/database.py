@@ -39,7 +39,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from sdgate.core.errors import StorageFull, StorageUnavailable
+from sdgate.core.errors import StorageFull, StorageUnavailable, StorageUnreachable
 from sdgate.jobs.storage import StorageHealth, storage_error
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -197,7 +197,7 @@ def _lost_server(engine: sa.Engine, exc: BaseException) -> StorageUnavailable | 
     if not lost:
         return None
     detail = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
-    return StorageUnavailable(f"storage unavailable: could not reach {DATABASE} ({detail})")
+    return StorageUnreachable(f"storage unavailable: could not reach {DATABASE} ({detail})")
 
 
 def serialize(conn: sa.Connection, name: str) -> None:

@@ -69,9 +69,12 @@ class IdempotencyKeys:
         self._ttl = timedelta(seconds=ttl_s)
 
     async def run(
-        self, scope: str, key: str, body_hash: str, submit: Callable[[], Awaitable[str]]
+        self, scope: str, key: str, body_hash: str, submit: Callable[[tuple[str, str]], Awaitable[str]]
     ) -> tuple[str, bool]:
-        """The job id for ``key`` and whether this call created it (``submit`` ran)."""
+        """The job id for ``key`` and whether this call created it. ``submit((scope, key))`` creates
+        the job and must record it on the key in the job's own transaction
+        (``JobStore.submit(idempotency_key=...)``): then a job never exists without its key, and a
+        retry after an answer lost on the way (a node or the database gone) finds that job."""
         check_key(key)
         deadline = asyncio.get_running_loop().time() + PENDING_WAIT_S + _TAKEOVER_MARGIN_S
         while True:
@@ -90,11 +93,10 @@ class IdempotencyKeys:
                                field="Idempotency-Key")
             await asyncio.sleep(_POLL_S)
         try:
-            job_id = await submit()
+            job_id = await submit((scope, key))
         except BaseException:
-            await asyncio.to_thread(self._release, scope, key)
+            await asyncio.to_thread(self._release, scope, key)  # only while it records no job
             raise
-        await asyncio.to_thread(self._record, scope, key, job_id)
         return job_id, True
 
     def _claim(self, scope: str, key: str, body_hash: str) -> tuple[bool, sa.Row[Any] | None]:
@@ -128,14 +130,6 @@ class IdempotencyKeys:
                 row = conn.execute(sa.select(keys_table).where(where)).one()
                 return False, row
         return True, None
-
-    def _record(self, scope: str, key: str, job_id: str) -> None:
-        with transaction(self._db, write=True) as conn:
-            conn.execute(
-                sa.update(keys_table)
-                .where(keys_table.c.scope == scope, keys_table.c.key == key)
-                .values(job_id=job_id)
-            )
 
     def _release(self, scope: str, key: str) -> None:
         with transaction(self._db, write=True) as conn:

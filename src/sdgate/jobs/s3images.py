@@ -39,7 +39,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from sdgate.core.errors import NotFound, StorageUnavailable
+from sdgate.core.errors import NotFound, StorageUnavailable, StorageUnreachable
 from sdgate.jobs.factory import StoreLocationError
 from sdgate.jobs.images import _ID, CONTENT_TYPES, EXTENSIONS, image_id
 from sdgate.jobs.storage import StorageHealth
@@ -260,7 +260,7 @@ class S3ImageStore:
             )
         else:
             message = f"storage unavailable: could not {action} the {where} ({_one_line(exc)})"
-        fault = StorageUnavailable(message)
+        fault = StorageUnreachable(message)
         self._health.failed(fault)
         return fault
 

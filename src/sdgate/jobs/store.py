@@ -60,7 +60,7 @@ from sdgate.jobs.database import (
 )
 from sdgate.jobs.events import JobEvents
 from sdgate.jobs.outbox import write_event
-from sdgate.jobs.schema import job_previews, jobs
+from sdgate.jobs.schema import idempotency_keys, job_previews, jobs
 from sdgate.jobs.workers import WORKER_TTL_S, WorkerRegistry
 
 logger = logging.getLogger(__name__)
@@ -315,10 +315,14 @@ class SqlJobStore:
         priority: int = 0,
         metadata: dict[str, Any] | None = None,
         max_owner_jobs: int | None = None,
+        idempotency_key: tuple[str, str] | None = None,
     ) -> Job:
         """Queues a job. ``QueueFull`` when ``max_queue`` jobs wait; ``TooManyJobs`` when ``owner``
         (``None``: the anonymous owner) already has ``max_owner_jobs`` jobs queued or running,
-        counted in the write transaction that inserts, so concurrent submits cannot overshoot."""
+        counted in the write transaction that inserts, so concurrent submits cannot overshoot.
+        ``idempotency_key``: the ``(scope, key)`` this submission claimed (``IdempotencyKeys``);
+        the key records the job in the same transaction, so a job never exists without its key (a
+        retry after a lost answer finds the job instead of making a second one)."""
         now = _now()
         values = {
             "id": new_job_id(),
@@ -344,6 +348,14 @@ class SqlJobStore:
                     "at once; submit more when one finishes"
                 )
             row = conn.execute(sa.insert(jobs).values(values).returning(jobs)).one()
+            if idempotency_key is not None:
+                scope, key = idempotency_key
+                conn.execute(
+                    sa.update(idempotency_keys)
+                    .where(idempotency_keys.c.scope == scope, idempotency_keys.c.key == key,
+                           idempotency_keys.c.job_id.is_(None))
+                    .values(job_id=values["id"])
+                )
             job = self._record(conn, row)
         return self._announced(job)
 

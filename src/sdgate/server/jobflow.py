@@ -32,6 +32,7 @@ async def submit(
     principal: Principal,
     priority: int = 0,
     metadata: dict[str, Any] | None = None,
+    idempotency_key: tuple[str, str] | None = None,
 ) -> Job:
     """Check ``request`` and ``metadata`` against the limits (``check_submission``), then queue it
     as ``principal``'s job, within its own limits (the store counts its jobs as it inserts: over
@@ -47,6 +48,7 @@ async def submit(
             priority=priority,
             metadata=metadata,
             max_owner_jobs=principal.limits.max_queued_jobs,
+            idempotency_key=idempotency_key,
         )
 
     job = await run_in_threadpool(create)

@@ -79,10 +79,10 @@ async def submit(runtime: ServerRuntime, body: JobCreate, *, principal: Principa
     """The job for ``body`` and whether it is new (False: an ``Idempotency-Key`` replay)."""
     services = runtime.services
 
-    async def create() -> str:
+    async def create(key: tuple[str, str] | None = None) -> str:
         request = await run_in_threadpool(build_request, services, body)
         job = await jobflow.submit(services, request, dialect=DIALECT, principal=principal,
-                                   priority=body.priority, metadata=body.metadata)
+                                   priority=body.priority, metadata=body.metadata, idempotency_key=key)
         if body.callback_url is not None:
             await run_in_threadpool(runtime.webhooks.register, job.id, body.callback_url)
         return job.id
