@@ -99,11 +99,13 @@ def run(cmd: str, env: dict[str, str], cwd: Path, timeout: float = 600) -> str:
 
 
 class Server:
-    """``sdgate serve ARGS`` in ``cwd``; ready when it prints its URL, which must then answer."""
+    """``sdgate COMMAND ARGS`` (``serve``, or ``api``) in ``cwd``; ready when it prints its URL,
+    which must then answer."""
 
-    def __init__(self, args: str, env: dict[str, str], cwd: Path, log: Path) -> None:
+    def __init__(self, args: str, env: dict[str, str], cwd: Path, log: Path, command: str = "serve") -> None:
         self.log = log
-        self.proc = subprocess.Popen(["bash", "-c", f"exec sdgate serve {args}"], env=env, cwd=cwd,
+        self.command = command
+        self.proc = subprocess.Popen(["bash", "-c", f"exec sdgate {command} {args}"], env=env, cwd=cwd,
                                      stdout=log.open("w"), stderr=subprocess.STDOUT)
         self.url = self._wait_for_url()
 
@@ -118,9 +120,9 @@ class Server:
                     assert r.status == 200
                 return url
             if self.proc.poll() is not None:
-                raise SystemExit(f"sdgate serve exited:\n{self.log.read_text()}")
+                raise SystemExit(f"sdgate {self.command} exited:\n{self.log.read_text()}")
             time.sleep(0.1)
-        raise SystemExit(f"sdgate serve printed no URL in {timeout} s:\n{self.log.read_text()}")
+        raise SystemExit(f"sdgate {self.command} printed no URL in {timeout} s:\n{self.log.read_text()}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -205,20 +207,13 @@ def check_api_node(sdk_env: dict[str, str], work: Path) -> None:
     with Step(f'API node without torch: pip install "{found.group(1)}" && sdgate api'):
         run(f"pip install -q {shlex.quote(found.group(1))}", sdk_env, work)
         run("python -c 'import importlib.util as u; assert u.find_spec(\"torch\") is None'", sdk_env, work)
-        port = free_port()
-        log = work / "api-node.log"
-        proc = subprocess.Popen(["sdgate", "api", "--data-dir", "sdgate-data", "--port", str(port)],
-                                env=sdk_env, cwd=work, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        node = Server(f"--data-dir sdgate-data --port {free_port()}", sdk_env, work, work / "api-node.log",
+                      command="api")
         try:
-            deadline = time.monotonic() + 120
-            while "listening on" not in log.read_text():
-                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
-            api_env = {**sdk_env, "SDGATE_BASE_URL": f"http://127.0.0.1:{port}"}
+            api_env = {**sdk_env, "SDGATE_BASE_URL": node.url}
             run('sdgate generate "a blue square on a white background" --steps 4 -o api-out', api_env, work)
         finally:
-            proc.terminate()
-            proc.wait(60)
+            node.stop()
 
 
 def make_models(env: dict[str, str], work: Path) -> None:

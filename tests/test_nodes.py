@@ -19,7 +19,7 @@ from tests.fakes import write_fake_checkpoint
 from tests.harness import ProcessServer, free_port
 
 pytestmark = pytest.mark.slow  # three server processes start
-SLOW_WORKER = Path(__file__).with_name("worker_node_slow.py")
+SLOW_WORKER = Path(__file__).with_name("serve_slow_worker.py")
 
 
 def _sdgate(*args: str) -> list[str]:
@@ -81,7 +81,8 @@ def test_sigterm_drains_a_worker_node(tmp_path: Path) -> None:
     api_port, worker_port = free_port(), free_port()
     api = ProcessServer(_sdgate("api", "--data-dir", str(data), "--models-dir", str(models), "--port",
                                 str(api_port), "--log-level", "warning"), api_port, tmp_path / "api.log")
-    node = ProcessServer([sys.executable, str(SLOW_WORKER), str(data), str(models), str(worker_port), "30"],
+    node = ProcessServer([sys.executable, str(SLOW_WORKER), str(data), str(models), str(worker_port), "30",
+                          "--worker-node"],
                          worker_port, tmp_path / "worker.log")
     try:
         with httpx.Client(base_url=api.url, timeout=30) as c:

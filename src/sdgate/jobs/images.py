@@ -30,6 +30,15 @@ CONTENT_TYPES = {ext: ctype for ctype, ext in EXTENSIONS.items()}
 WHAT = "an image"
 
 
+def extension_for(content_type: str) -> str:
+    """The file extension an image of ``content_type`` is stored under; ``ValueError`` for a type
+    no image store keeps."""
+    extension = EXTENSIONS.get(content_type)
+    if extension is None:
+        raise ValueError(f"unsupported image content type {content_type!r}")
+    return extension
+
+
 def image_id(data: bytes) -> str:
     return "img_" + hashlib.sha256(data).hexdigest()[:24]
 
@@ -72,9 +81,7 @@ class LocalImageStore:
         return self._health.fault
 
     def put(self, data: bytes, *, content_type: str = "image/png") -> str:
-        extension = EXTENSIONS.get(content_type)
-        if extension is None:
-            raise ValueError(f"unsupported image content type {content_type!r}")
+        extension = extension_for(content_type)
         new_id = image_id(data)
         if self._find(new_id) is not None:
             return new_id

@@ -41,7 +41,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from sdgate.core.errors import NotFound, StorageUnavailable, StorageUnreachable
 from sdgate.jobs.factory import StoreLocationError
-from sdgate.jobs.images import _ID, CONTENT_TYPES, EXTENSIONS, image_id
+from sdgate.jobs.images import _ID, CONTENT_TYPES, EXTENSIONS, extension_for, image_id
 from sdgate.jobs.storage import StorageHealth
 
 T = TypeVar("T")
@@ -99,9 +99,7 @@ class S3ImageStore:
     # -- the ImageStore protocol --------------------------------------------------------------
 
     def put(self, data: bytes, *, content_type: str = "image/png") -> str:
-        extension = EXTENSIONS.get(content_type)
-        if extension is None:
-            raise ValueError(f"unsupported image content type {content_type!r}")
+        extension = extension_for(content_type)
         new_id = image_id(data)
         key = self._key(new_id, extension)
         if self._head(key, "write an image to"):

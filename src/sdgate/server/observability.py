@@ -34,10 +34,8 @@ def route_labels(scope: Scope) -> tuple[str, str]:
     template = getattr(route, "path", None)
     if not isinstance(template, str):
         return "none", UNMATCHED_ROUTE
-    dialect = getattr(route, "dialect", None)
-    if isinstance(route, HealthRoute) or not isinstance(dialect, str):
-        return "server", template  # health checks, /metrics, the docs
-    return dialect, template
+    dialect = getattr(route, "dialect", None)  # HealthRoute's is "server"; the docs' routes have none
+    return (dialect if isinstance(dialect, str) else "server"), template
 
 
 class MetricsMiddleware:

@@ -132,10 +132,18 @@ async def _run(
     if not encoded:
         return []
     request = await run_in_threadpool(_postprocess_request, services, body, encoded)
+    return [jobflow.b64(data) for data in await run_postprocess(services, request, http_request, principal)]
+
+
+async def run_postprocess(
+    services: Services, request: PostprocessRequest, http_request: Request, principal: Principal
+) -> list[bytes]:
+    """``request`` as ``principal``'s extras job on a worker, waited for: its pictures' PNGs (the
+    extras routes, and the SD upscale script's model upscaler)."""
     job = await jobflow.run_blocking(
         services, request, http_request, dialect=EXTRAS_DIALECT, principal=principal
     )
-    return [jobflow.b64(data) for data in await jobflow.image_bytes(services, job)]
+    return await jobflow.image_bytes(services, job)
 
 
 @router.post("/extra-single-image", response_model=ExtrasSingleImageResponse)

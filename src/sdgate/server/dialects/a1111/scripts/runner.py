@@ -51,15 +51,9 @@ async def run_script(
 
     def postprocess(request: PostprocessRequest) -> list[bytes]:
         """From ``expand``'s thread: the extras job on a worker, as this caller's job."""
-        from sdgate.server.dialects.a1111.extras import EXTRAS_DIALECT
+        from sdgate.server.dialects.a1111.extras import run_postprocess  # extras imports the router
 
-        async def run() -> list[bytes]:
-            job = await jobflow.run_blocking(
-                services, request, http_request, dialect=EXTRAS_DIALECT, principal=principal
-            )
-            return await jobflow.image_bytes(services, job)
-
-        return anyio.from_thread.run(run)
+        return anyio.from_thread.run(run_postprocess, services, request, http_request, principal)
 
     ctx = dataclasses.replace(ctx, postprocess=postprocess)
     args = fill_args(script, ctx.is_img2img, ctx.body.script_args or [])
