@@ -33,7 +33,22 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     api_auth: str | None = None  # "user:pass,user2:pass2": HTTP Basic on every route
-    cors_allow_origins: list[str] = Field(default_factory=list)
+    # Who may call: auto (API keys once one exists in the database, else Basic with --api-auth, else
+    # none), or keys | basic | none explicitly.
+    auth: Literal["auto", "keys", "basic", "none"] = "auto"
+    # Endpoints answered without credentials whatever --auth says: any of healthz, readyz, metrics.
+    public_endpoints: list[Literal["healthz", "readyz", "metrics"]] = Field(
+        default_factory=lambda: ["healthz", "readyz"]
+    )
+    audit_prompts: bool = False  # the audit log keeps each call's prompt (off: never)
+    audit_retention_s: float | None = 90 * 24 * 3600  # audit records older than this are deleted; None: never
+    # The content filter: a file of blocked words and /regexes/ checked against every prompt before
+    # a job exists; an image safety checker (diffusers' format) in <models>/safety_checker when on.
+    content_blocklist: Path | None = None
+    safety_checker: Literal["auto", "on", "off"] = "auto"  # auto: when its weights are there
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    cors_allow_origins: list[str] = Field(default_factory=list)  # none: CORS off (no browser origin)
     enable_server_stop: bool = False
     allow_image_urls: bool = False  # img2img init images / masks may be http(s) URLs (public hosts only)
     cancel_on_disconnect: bool = False  # blocking routes: cancel the job when the client goes away

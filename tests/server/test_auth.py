@@ -17,6 +17,7 @@ from starlette.routing import Route
 from sdgate.core.errors import Unauthorized
 from sdgate.server.auth import (
     ANONYMOUS,
+    BASIC_SCOPES,
     AnonymousAuth,
     AuthMiddleware,
     BasicAuth,
@@ -41,7 +42,10 @@ def test_anonymous_is_everyones_owner() -> None:
 def test_basic_user_is_the_owner() -> None:
     auth = BasicAuth({"alice": "s3cret"})
     principal = auth.authenticate(basic("alice", "s3cret"))
-    assert principal == Principal(id="alice") and not principal.anonymous
+    assert principal == Principal(id="alice", scopes=BASIC_SCOPES) and not principal.anonymous
+    # A Basic user sees its own jobs only; the anonymous principal of an open server sees all.
+    assert not principal.is_admin and principal.owner_filter == "alice" and not principal.owns("bob")
+    assert ANONYMOUS.is_admin and ANONYMOUS.owner_filter is None
 
 
 @pytest.mark.parametrize(
@@ -69,7 +73,8 @@ def test_authenticator_for_settings(tmp_path: Path) -> None:
 def test_every_principal_carries_the_servers_limits(tmp_path: Path) -> None:
     limited = Settings(data_dir=tmp_path, api_auth="alice:s3cret,bob:pw", max_queued_per_principal=2)
     auth = authenticator_for(limited)
-    assert auth.authenticate(basic("alice", "s3cret")) == Principal(id="alice", limits=Limits(2))
+    expected = Principal(id="alice", scopes=BASIC_SCOPES, limits=Limits(2))
+    assert auth.authenticate(basic("alice", "s3cret")) == expected
     assert auth.authenticate(basic("bob", "pw")).limits.max_queued_jobs == 2
     anonymous = authenticator_for(Settings(data_dir=tmp_path, max_queued_per_principal=3))
     principal = anonymous.authenticate(Headers({}))

@@ -53,6 +53,13 @@ class Unauthorized(SdgateError):
     code = "unauthorized"
 
 
+class Forbidden(SdgateError):
+    """Authenticated, but the principal's key lacks the scope the route needs."""
+
+    status_code = 403
+    code = "forbidden"
+
+
 class NotFound(SdgateError):
     status_code = 404
     code = "not_found"
@@ -81,6 +88,29 @@ class TooManyJobs(QueueFull):
     still submit. A ``QueueFull``, so every dialect answers it as its 429 with ``Retry-After``."""
 
     code = "too_many_jobs"
+
+
+class RateLimited(QueueFull):
+    """The caller's request rate is over its key's limit (a token bucket); ``retry_after``: when
+    the next token is there."""
+
+    code = "rate_limited"
+
+
+class QuotaExceeded(QueueFull):
+    """The caller's images or GPU seconds for the day are spent; ``retry_after``: until the next
+    UTC day."""
+
+    code = "quota_exceeded"
+
+
+class ContentFiltered(SdgateError):
+    """The content filter refused a prompt (before a job exists) or an image (after generation).
+    Each dialect reports it its own way (Stability ``CONTENT_FILTERED``, OpenAI
+    ``content_policy_violation``, A1111 a blank image with a note)."""
+
+    status_code = 400
+    code = "content_filtered"
 
 
 class JobCancelled(SdgateError):
@@ -126,11 +156,15 @@ ERROR_CLASSES: dict[str, type[SdgateError]] = {
         InvalidRequest,
         PayloadTooLarge,
         Unauthorized,
+        Forbidden,
         NotFound,
         ModelNotFound,
         Conflict,
         QueueFull,
         TooManyJobs,
+        RateLimited,
+        QuotaExceeded,
+        ContentFiltered,
         JobCancelled,
         GenerationFailed,
         OutOfMemory,

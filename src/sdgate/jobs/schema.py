@@ -188,3 +188,82 @@ workers = sa.Table(
     sa.Column("last_seen", UTCDateTime, nullable=False),
     sa.Index("ix_workers_last_seen", "last_seen"),
 )
+
+# -- identity, limits and audit (migration 0006) ---------------------------------------------------
+
+# One row per API key (``jobs/keys.py``). The key itself is never stored: ``secret_hash`` is the
+# SHA-256 of it (keys carry 256 random bits, so no slow hash is needed), ``prefix`` its visible
+# start, shown in lists and logs. ``id`` is the key's identity: what its jobs store as their owner;
+# a rotation gives the same id a new secret, so its jobs stay its own.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("prefix", sa.String(32), nullable=False, unique=True),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("scopes", JsonDoc, nullable=False),  # a JSON list: generate, read, admin
+    # A JSON object: rate_per_min, rate_burst, images_per_day, gpu_seconds_per_day, max_concurrent.
+    sa.Column("limits", JsonDoc, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=True),
+    sa.Column("revoked_at", UTCDateTime, nullable=True),
+    sa.Column("rotated_at", UTCDateTime, nullable=True),
+    sa.Column("last_used_at", UTCDateTime, nullable=True),
+    sa.Index("ix_api_keys_name", "name"),
+)
+
+# A key's request-rate token bucket: ``tokens`` left at ``updated_at`` (refilled lazily, updated
+# under a row lock, so every API node draws from the one bucket).
+rate_buckets = sa.Table(
+    "rate_buckets",
+    metadata,
+    sa.Column("principal", sa.String(255), primary_key=True),
+    sa.Column("tokens", sa.Float, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# What a principal used on one UTC day: images reserved at submit (refunded when a job is refused
+# or fails before it makes them) and GPU seconds its finished jobs took.
+daily_usage = sa.Table(
+    "daily_usage",
+    metadata,
+    sa.Column("principal", sa.String(255), nullable=False),
+    sa.Column("day", sa.String(10), nullable=False),  # YYYY-MM-DD, UTC
+    sa.Column("images", sa.Integer, nullable=False),
+    sa.Column("gpu_seconds", sa.Float, nullable=False),
+    sa.PrimaryKeyConstraint("principal", "day"),
+)
+
+# One record per API call (``server/audit.py``): who (the key id, never the key), what, the outcome.
+# ``prompt`` only when the operator turns prompt auditing on.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("seq", SeqInt, primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("key_id", sa.String(40), nullable=True),
+    sa.Column("principal", sa.String(255), nullable=True),
+    sa.Column("dialect", sa.String(32), nullable=True),
+    sa.Column("method", sa.String(16), nullable=False),
+    sa.Column("route", sa.String(255), nullable=False),  # the route's template, e.g. /api/v1/jobs/{job_id}
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("job_id", sa.String(40), nullable=True),
+    sa.Column("images", sa.Integer, nullable=True),
+    sa.Column("gpu_seconds", sa.Float, nullable=True),
+    sa.Column("filtered", sa.Boolean, nullable=True),  # the content filter refused the request or an image
+    sa.Column("prompt", sa.Text, nullable=True),
+    sa.Column("request_id", sa.String(64), nullable=True),
+    sa.Index("ix_audit_log_key_id_seq", "key_id", "seq"),
+    sa.Index("ix_audit_log_at", "at"),
+)
+
+# A1111 ``/sdapi/v1/options`` per principal: each key's (or Basic user's) own overrides over the
+# server's defaults (the admin's set, kept by the A1111 dialect as before).
+principal_options = sa.Table(
+    "principal_options",
+    metadata,
+    sa.Column("principal", sa.String(255), primary_key=True),
+    sa.Column("options", JsonDoc, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)

@@ -25,7 +25,8 @@ import base64
 import binascii
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
@@ -44,22 +45,49 @@ _PUBLIC_PREFIXES = ("/v1/images/files/",)
 
 @dataclass(frozen=True)
 class Limits:
-    """What a principal may hold at once; ``None``: only the server-wide limits apply.
+    """What a principal may do; ``None``: no such limit (only the server-wide ones apply).
 
-    ``max_queued_jobs``: its jobs queued or running at once (checked by the store, in the
-    transaction that inserts; over it: ``TooManyJobs``, a 429). API keys will carry their own."""
+    - ``max_queued_jobs``: its jobs queued or running at once (an API key's ``--max-concurrent``),
+      checked by the store in the transaction that inserts; over it: ``TooManyJobs``, a 429.
+    - ``rate_per_min`` / ``rate_burst``: requests per minute, a token bucket holding at most
+      ``rate_burst`` tokens (default: one minute's worth), kept in the database so it holds across
+      API nodes (``jobs/quotas.py``); over it: 429 with ``Retry-After``.
+    - ``images_per_day`` / ``gpu_seconds_per_day``: per UTC day, images reserved at submit and GPU
+      seconds its finished jobs took (``jobs/quotas.py``); over them: 429 until the next day.
+    """
 
     max_queued_jobs: int | None = None
+    rate_per_min: float | None = None
+    rate_burst: int | None = None
+    images_per_day: int | None = None
+    gpu_seconds_per_day: float | None = None
+
+    def tightest(self, other: Limits) -> Limits:
+        """Each limit the stricter of ``self`` and ``other`` (a key's own under the server's)."""
+
+        def low(a: Any, b: Any) -> Any:
+            return b if a is None else a if b is None else min(a, b)
+
+        return Limits(**{f.name: low(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)})
+
+
+SCOPES = ("generate", "read", "admin")
+BASIC_SCOPES = frozenset({"generate", "read"})
 
 
 @dataclass(frozen=True)
 class Principal:
-    """The caller. ``id`` is what jobs store as their owner: the Basic user name, or ``None`` for
-    the anonymous principal (a server without credentials, where every job is everyone's)."""
+    """The caller. ``id`` is what jobs store as their owner: the Basic user name, an API key's id,
+    or ``None`` for the anonymous principal (a server without credentials, where every job is
+    everyone's). ``key_id``/``key_prefix``/``name``: the API key it authenticated with, if one
+    (the audit log and logs show these, never the key)."""
 
     id: str | None
     scopes: frozenset[str] = field(default_factory=lambda: frozenset({ALL_SCOPES}))
     limits: Limits = field(default_factory=Limits)
+    key_id: str | None = None
+    key_prefix: str | None = None
+    name: str | None = None
 
     @property
     def anonymous(self) -> bool:
@@ -67,6 +95,22 @@ class Principal:
 
     def allows(self, scope: str) -> bool:
         return ALL_SCOPES in self.scopes or scope in self.scopes
+
+    @property
+    def is_admin(self) -> bool:
+        """Sees and acts on every principal's jobs: an ``admin`` key, or the anonymous principal of a
+        server without credentials (one caller, so everything is its own). Basic users
+        (``--api-auth``) are ``generate`` + ``read``: each sees its own jobs only."""
+        return self.allows("admin")
+
+    @property
+    def owner_filter(self) -> str | None:
+        """The owner to restrict listings and lookups to: ``None`` (everyone's) for admins."""
+        return None if self.is_admin else self.id
+
+    def owns(self, owner: str | None) -> bool:
+        """Whether a job (or image, upload) owned by ``owner`` is visible to this principal."""
+        return self.is_admin or owner == self.id
 
 
 ANONYMOUS = Principal(id=None)
@@ -108,7 +152,7 @@ class BasicAuth(Authenticator):
         user = self._check(header)
         if user is None:
             raise Unauthorized("Incorrect username or password")
-        return Principal(id=user, limits=self.limits)
+        return Principal(id=user, scopes=BASIC_SCOPES, limits=self.limits)
 
     def _check(self, header: str) -> str | None:
         scheme, _, value = header.partition(" ")

@@ -17,6 +17,7 @@ from sdgate.core.limits import weights_bytes
 from sdgate.core.models import ModelInfo
 from sdgate.core.requests import GenerationRequest, PostprocessRequest
 from sdgate.core.upscalers import check_upscaler
+from sdgate.server.admission import admit
 from sdgate.server.auth import Principal
 from sdgate.server.services import Services
 from sdgate.server.validation import check_metadata, check_request
@@ -40,16 +41,16 @@ async def submit(
 
     def create() -> Job:
         check_submission(services, request, metadata)
-        store = services.store
-        return store.submit(
-            request,
-            dialect=dialect,
-            owner=principal.id,
-            priority=priority,
-            metadata=metadata,
-            max_owner_jobs=principal.limits.max_queued_jobs,
-            idempotency_key=idempotency_key,
-        )
+        with admit(services, principal, request):
+            return services.store.submit(
+                request,
+                dialect=dialect,
+                owner=principal.id,
+                priority=priority,
+                metadata=metadata,
+                max_owner_jobs=principal.limits.max_queued_jobs,
+                idempotency_key=idempotency_key,
+            )
 
     job = await run_in_threadpool(create)
     services.metrics.jobs_submitted.labels(dialect).inc()
