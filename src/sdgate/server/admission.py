@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sdgate.core.requests import GenerationRequest, PostprocessRequest
+from sdgate.server import content
 from sdgate.server.auth import Principal
 from sdgate.server.services import Services
 
@@ -24,4 +25,5 @@ from sdgate.server.services import Services
 def admit(
     services: Services, principal: Principal, request: GenerationRequest | PostprocessRequest
 ) -> Iterator[None]:
+    content.check_request(services, request)
     yield

@@ -1,0 +1,1 @@
+"""Per-principal limits kept in the database, so they hold across API nodes (see ``admission.py``)."""
