@@ -151,6 +151,10 @@ class Metrics:
             "sdgate_webhook_deliveries", "Webhook delivery attempts by outcome (delivered, retry, failed).",
             ["outcome"], registry=r,
         )
+        self.content_filtered = Counter(
+            "sdgate_content_filtered", "Requests (stage prompt) and images (stage image) the content "
+            "filter refused, by dialect.", ["stage", "dialect"], registry=r,
+        )
 
     # -- collectors read at scrape time --------------------------------------------------------
 
