@@ -42,6 +42,8 @@ UNMATCHED_ROUTE = "<unmatched>"
 JOB_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 HTTP_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _SIZE_CLASSES = (0.25, 0.5, 1.0, 2.0, 4.0)  # megapixels
+# Why a per-principal limit refused a request: the error codes of the 429s it answers.
+REFUSAL_REASONS = ("rate_limited", "quota_exceeded", "too_many_jobs")
 
 
 def size_class(width: int, height: int) -> str:
@@ -155,6 +157,12 @@ class Metrics:
             "sdgate_content_filtered", "Requests (stage prompt) and images (stage image) the content "
             "filter refused, by dialect.", ["stage", "dialect"], registry=r,
         )
+        self.refusals = Counter(
+            "sdgate_refusals", "Requests refused by a per-principal limit, by reason (rate_limited, "
+            "quota_exceeded, too_many_jobs).", ["reason"], registry=r,
+        )
+        for reason in REFUSAL_REASONS:  # each reason's series shows 0 before the first refusal
+            self.refusals.labels(reason)
 
     # -- collectors read at scrape time --------------------------------------------------------
 
