@@ -94,6 +94,7 @@ class GeneratedImage:
     infotext: str
     prompt: str = ""
     negative_prompt: str = ""
+    filtered: bool = False  # the safety checker replaced it with a black image (engine/safety.py)
 
 
 @dataclass

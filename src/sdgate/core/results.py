@@ -16,6 +16,8 @@ class StoredImage(BaseModel):
     width: int
     height: int
     infotext: str
+    # The safety checker flagged it: what is stored is a black image of the same size.
+    filtered: bool = False
 
 
 class GenerationResult(BaseModel):
@@ -43,3 +45,8 @@ class GenerationResult(BaseModel):
     @property
     def infotexts(self) -> list[str]:
         return [img.infotext for img in self.images]
+
+    @property
+    def filtered(self) -> list[int]:
+        """Indices of the images the safety checker replaced with black ones."""
+        return [i for i, img in enumerate(self.images) if img.filtered]

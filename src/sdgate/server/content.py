@@ -1,10 +1,77 @@
-"""The content filter's check of a request's text, before a job exists (see ``admission.py``)."""
+"""The content filter's check of a request's text, before a job exists (see ``admission.py``).
+
+The operator's blocklist (``settings.content_blocklist``, format in ``core/blocklist.py``) is loaded
+once, when the server's services are built (``attach``): a file that does not load stops the server
+with one line naming the file and line. Every prompt that reaches the engine as text to draw is
+checked: ``prompt`` (A1111's styles are already merged into it by then, and each job a script
+submits is checked on its own) and the hires pass's ``hires.prompt``. Negative prompts are not:
+they name what the image must not show, so a blocked word there ("nsfw") is how callers keep
+images safe. A refusal is ``ContentFiltered`` naming the field, never the entry that matched.
+
+Images are checked after generation by the safety checker the engine is wrapped with
+(``engine/safety.py``).
+"""
 
 from __future__ import annotations
 
+import logging
+
+from sdgate.core.blocklist import Blocklist, load_blocklist
+from sdgate.core.engine import Engine
+from sdgate.core.errors import ContentFiltered
 from sdgate.core.requests import GenerationRequest, PostprocessRequest
+from sdgate.logs import context_var
 from sdgate.server.services import Services
+
+log = logging.getLogger("sdgate.content")
+
+
+def attach(services: Services) -> None:
+    """Loads the blocklist ``services.settings`` names (``BlocklistError`` when it cannot)."""
+    services.state.put(_load(services))
 
 
 def check_request(services: Services, request: GenerationRequest | PostprocessRequest) -> None:
     """Raises ``ContentFiltered`` naming the field whose text the operator's blocklist refuses."""
+    if not isinstance(request, GenerationRequest):
+        return  # extras carry no prompt
+    blocklist = services.state.setdefault(Blocklist, lambda: _load(services))
+    if blocklist.empty:
+        return
+    for field, text in prompts(request):
+        if blocklist.blocks(text):
+            dialect = context_var("dialect").get() or "unknown"
+            services.metrics.content_filtered.labels("prompt", dialect).inc()
+            log.info("content filter: %s refused (%s)", field, dialect)
+            raise ContentFiltered(
+                f"{field}: this prompt is not allowed by the server's content policy", field=field
+            )
+
+
+def prompts(request: GenerationRequest) -> list[tuple[str, str]]:
+    """``(field, text)`` of each prompt the blocklist checks."""
+    found = [("prompt", request.prompt)]
+    if request.hires is not None and request.hires.prompt:
+        found.append(("hires.prompt", request.hires.prompt))
+    return found
+
+
+def _load(services: Services) -> Blocklist:
+    path = services.settings.content_blocklist
+    if path is None:
+        return Blocklist()
+    blocklist = load_blocklist(path)
+    log.info("content filter: blocklist %s loaded", path)
+    return blocklist
+
+
+def with_safety_checker(services: Services, engine: Engine) -> Engine:
+    """``engine`` with the image safety checker the settings ask for (``engine/safety.py``), which
+    counts what it filters by the dialect of the job (the worker's log context)."""
+    from sdgate.engine.safety import checked_engine
+
+    def count(images: int) -> None:
+        dialect = context_var("dialect").get() or "unknown"
+        services.metrics.content_filtered.labels("image", dialect).inc(images)
+
+    return checked_engine(engine, services.settings, on_filtered=count)

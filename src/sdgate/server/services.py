@@ -82,12 +82,15 @@ class Services:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         catalog = ModelCatalog(settings)
         services = cls(settings=settings, catalog=catalog, stores=stores_for(settings))
+        from sdgate.server import content
+
+        content.attach(services)  # the prompt blocklist: a file that does not load stops the start
         if run_workers and settings.workers > 0:
             if engine is None:
                 from sdgate.engine import create_engine
 
                 engine = create_engine(settings, catalog)
-            services.engine = engine
+            services.engine = content.with_safety_checker(services, engine)
         return services
 
     @property

@@ -218,7 +218,7 @@ class Worker:
         self._registration.changed()
         self._outcome = None
         started = time.perf_counter()
-        with log_context(job_id=job.id, worker_id=self.worker_id):
+        with log_context(job_id=job.id, worker_id=self.worker_id, dialect=job.dialect):
             log.info("started on %s (attempt %d)", self.worker_id, job.attempts)
             output: EngineOutput | None = None
             with Heartbeat(control, self.worker_id, lease_s=self._lease_s):
@@ -374,6 +374,7 @@ class Worker:
                     width=generated.image.width,
                     height=generated.image.height,
                     infotext=generated.infotext,
+                    filtered=generated.filtered,
                 )
             )
         return tuple(stored)
