@@ -61,7 +61,7 @@ def test_the_claim_query_uses_its_index(tmp_path: Path) -> None:
         with engine.connect() as conn:
             plan = conn.exec_driver_sql(
                 "EXPLAIN QUERY PLAN SELECT seq FROM jobs WHERE state = 'queued' "
-                "ORDER BY priority DESC, seq LIMIT 1"
+                "ORDER BY priority DESC, turn, seq LIMIT 1"
             ).all()
         detail = " ".join(str(row[-1]) for row in plan)
         assert "ix_jobs_claim" in detail and "TEMP B-TREE" not in detail

@@ -79,14 +79,28 @@ jobs = sa.Table(
     # prefer the jobs of a worker's loaded models; None: the default model, an extras job, or a job
     # queued before 0004.
     sa.Column("model", sa.String(255), nullable=True),
+    # Fair scheduling (migration 0007): the owner's turn within its priority, given at submit (see
+    # ``store.py``). A claim takes the lowest turn first, then FIFO, so owners alternate.
+    sa.Column("turn", sa.BigInteger, nullable=False, server_default=sa.text("0")),
     # Listing a caller's jobs newest first.
     sa.Index("ix_jobs_owner_seq", "owner", "seq"),
     sa.Index("ix_jobs_dialect_seq", "dialect", "seq"),
 )
-# The claim query and position(): WHERE state = 'queued' ORDER BY priority DESC, seq.
-sa.Index("ix_jobs_claim", jobs.c.state, jobs.c.priority.desc(), jobs.c.seq)
-# A claim with model affinity: WHERE state = 'queued' AND priority = p AND model IN (...) ORDER BY seq.
-sa.Index("ix_jobs_claim_model", jobs.c.state, jobs.c.priority.desc(), jobs.c.model, jobs.c.seq)
+# The claim query and position(): WHERE state = 'queued' ORDER BY priority DESC, turn, seq.
+sa.Index("ix_jobs_claim", jobs.c.state, jobs.c.priority.desc(), jobs.c.turn, jobs.c.seq)
+# A claim with model affinity: WHERE state = 'queued' AND priority = p AND model IN (...)
+# ORDER BY turn, seq.
+sa.Index("ix_jobs_claim_model", jobs.c.state, jobs.c.priority.desc(), jobs.c.model, jobs.c.turn, jobs.c.seq)
+# A submit's turn: the owner's last queued turn at its priority. Queued rows only, so an owner's
+# finished history costs nothing.
+sa.Index(
+    "ix_jobs_queued_owner_turn",
+    jobs.c.owner,
+    jobs.c.priority,
+    jobs.c.turn,
+    postgresql_where=jobs.c.state == "queued",
+    sqlite_where=jobs.c.state == "queued",
+)
 # Recovery: WHERE state = 'running' AND lease_expires_at < now.
 sa.Index("ix_jobs_state_lease_expires_at", jobs.c.state, jobs.c.lease_expires_at)
 

@@ -12,9 +12,15 @@ lease ran out, whichever process calls it, so a process that starts never takes 
 Claiming is portable: ``SELECT ... FOR UPDATE SKIP LOCKED`` (a no-op on SQLite, where the write
 transaction itself is ``BEGIN IMMEDIATE`` and so already exclusive) followed by a conditional
 ``UPDATE ... WHERE state = 'queued'``. No two workers, threads or processes claim the same job.
+Within one priority claims are fair across owners (round-robin): each job gets a ``turn`` at
+submit, the one after its owner's last queued job (else the queue's current turn), and a claim
+takes the highest priority, then the lowest turn, then FIFO, so one owner's 1,000 queued jobs do
+not starve another's single job; one owner's jobs stay FIFO, priority still wins, and anonymous
+jobs (owner None) count as one owner.
 A claim may prefer the jobs of the models the worker holds loaded (model affinity): among the jobs
-of the highest priority, the first naming such a model goes before the head of the queue, unless
-the head has waited ``affinity_s`` already, so no job waits more than that for its turn.
+of the highest priority, the first (by turn, then FIFO) naming such a model goes before the head of
+the queue, unless the head has waited ``affinity_s`` already, so no job waits more than that for
+its turn.
 
 The worker registry (``workers.py``) lives in the same database: ``register_worker``,
 ``worker_seen``, ``remove_worker``, ``list_workers``.
@@ -138,6 +144,30 @@ def _job_model(request: GenerationRequest | PostprocessRequest) -> str | None:
     catalog's name), None for the default model and for extras."""
     model = request.model if isinstance(request, GenerationRequest) else None
     return model if _modelable(model) else None
+
+
+# A literal, not a bound parameter: both databases use a partial index (WHERE state = 'queued')
+# only for a query whose condition matches the index's own text.
+_QUEUED_LITERAL = jobs.c.state == sa.literal_column("'queued'")
+
+
+def _current_turn(priority: int) -> sa.Select[tuple[int]]:
+    """The lowest turn queued at ``priority`` (NULL: none queued): where the round-robin stands."""
+    return sa.select(sa.func.min(jobs.c.turn)).where(_QUEUED_LITERAL, jobs.c.priority == priority)
+
+
+def _turn_for(owner: str | None, priority: int) -> sa.ColumnElement[int]:
+    """A new job's turn (fair scheduling): the one after its owner's last queued job of the same
+    priority, else the queue's current turn, else 0. A claim takes turns in order (then FIFO), so
+    owners alternate: an owner's 1,000 queued jobs hold turns ``t .. t+999`` and another owner's
+    single job gets ``t``, claimed within one round. Evaluated inside the INSERT: no round trip."""
+    mine = jobs.c.owner.is_(None) if owner is None else jobs.c.owner == owner
+    own_last = (
+        sa.select(sa.func.max(jobs.c.turn))
+        .where(_QUEUED_LITERAL, jobs.c.priority == priority, mine)
+        .scalar_subquery()
+    )
+    return sa.func.coalesce(own_last + 1, _current_turn(priority).scalar_subquery(), 0)
 
 
 def _check_id(job_id: str) -> None:
@@ -272,15 +302,17 @@ class SqlJobStore:
         _check_id(job_id)
         with self._tx() as conn:
             row = conn.execute(
-                sa.select(jobs.c.state, jobs.c.priority, jobs.c.seq).where(jobs.c.id == job_id)
+                sa.select(jobs.c.state, jobs.c.priority, jobs.c.turn, jobs.c.seq).where(jobs.c.id == job_id)
             ).one_or_none()
             if row is None:
                 raise NotFound(f"job {job_id} not found")
             if row.state != JobState.QUEUED:
                 return None
+            # The claim's order: priority, then turn, then seq.
             ahead = sa.or_(
                 jobs.c.priority > row.priority,
-                sa.and_(jobs.c.priority == row.priority, jobs.c.seq < row.seq),
+                sa.and_(jobs.c.priority == row.priority, jobs.c.turn < row.turn),
+                sa.and_(jobs.c.priority == row.priority, jobs.c.turn == row.turn, jobs.c.seq < row.seq),
             )
             return self._count_queued(conn, ahead)
 
@@ -347,6 +379,7 @@ class SqlJobStore:
                     f"you already have {max_owner_jobs} job(s) queued or running, the most allowed "
                     "at once; submit more when one finishes"
                 )
+            values["turn"] = _turn_for(owner, priority)
             row = conn.execute(sa.insert(jobs).values(values).returning(jobs)).one()
             if idempotency_key is not None:
                 scope, key = idempotency_key
@@ -371,7 +404,7 @@ class SqlJobStore:
                 head = conn.execute(
                     sa.select(jobs.c.seq, jobs.c.priority, jobs.c.model, jobs.c.created_at)
                     .where(queued)
-                    .order_by(jobs.c.priority.desc(), jobs.c.seq)
+                    .order_by(jobs.c.priority.desc(), jobs.c.turn, jobs.c.seq)
                     .limit(1)
                     .with_for_update(skip_locked=True)
                 ).one_or_none()
@@ -382,7 +415,7 @@ class SqlJobStore:
                     seq = conn.execute(
                         sa.select(jobs.c.seq)
                         .where(queued, jobs.c.priority == head.priority, jobs.c.model.in_(preferred))
-                        .order_by(jobs.c.seq)
+                        .order_by(jobs.c.turn, jobs.c.seq)
                         .limit(1)
                         .with_for_update(skip_locked=True)
                     ).scalar_one_or_none() or head.seq
@@ -534,12 +567,12 @@ class SqlJobStore:
             )
             # Rows another sweeper (or a heartbeat) holds are left to it; the UPDATE re-checks.
             stranded = conn.execute(
-                sa.select(jobs.c.id, jobs.c.attempts, jobs.c.control)
+                sa.select(jobs.c.id, jobs.c.attempts, jobs.c.control, jobs.c.priority, jobs.c.turn)
                 .where(expired)
                 .order_by(jobs.c.seq)
                 .with_for_update(skip_locked=True)
             ).all()
-            for job_id, attempts, control in stranded:
+            for job_id, attempts, control, priority, turn in stranded:
                 values: dict[str, Any] = {"updated_at": now, "lease_expires_at": None}
                 if control == ControlAction.CANCEL:
                     values.update(state=JobState.CANCELLED.value, finished_at=now)
@@ -550,12 +583,16 @@ class SqlJobStore:
                         error={"code": "worker_lost", "message": _worker_lost_message(attempts)},
                     )
                 else:
+                    # Back in its old place: no later than the queue's current turn (its old seq
+                    # puts it first there), never behind jobs its owner queued since.
+                    current = conn.execute(_current_turn(priority)).scalar_one_or_none()
                     values.update(
                         state=JobState.QUEUED.value,
                         worker_id=None,
                         started_at=None,
                         progress=None,
                         control=None,
+                        turn=turn if current is None else min(turn, current),
                     )
                 row = conn.execute(
                     sa.update(jobs).where(jobs.c.id == job_id, expired).values(values).returning(jobs)
