@@ -20,6 +20,7 @@ from sdgate.core.blocklist import Blocklist, load_blocklist
 from sdgate.core.engine import Engine
 from sdgate.core.errors import ContentFiltered
 from sdgate.core.requests import GenerationRequest, PostprocessRequest
+from sdgate.core.results import GenerationResult
 from sdgate.logs import context_var
 from sdgate.server.services import Services
 
@@ -75,3 +76,14 @@ def with_safety_checker(services: Services, engine: Engine) -> Engine:
         services.metrics.content_filtered.labels("image", dialect).inc(images)
 
     return checked_engine(engine, services.settings, on_filtered=count)
+
+
+def refuse_filtered(result: GenerationResult | None) -> None:
+    """For dialects whose service refuses the request rather than answer a blanked image (OpenAI,
+    Hugging Face): ``ContentFiltered`` when the safety checker replaced any image of ``result``."""
+    if result is not None and result.filtered:
+        count = len(result.filtered)
+        raise ContentFiltered(
+            f"{count} of {len(result.images)} generated image(s) were refused by the server's content "
+            "policy (safety checker)"
+        )

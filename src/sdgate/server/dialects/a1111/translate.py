@@ -360,6 +360,11 @@ def info_json(
         "is_using_inpainting_conditioning": False,
         "version": A1111_VERSION,
     }
+    if result.filtered:
+        # sdgate's own key (A1111 has no filter): indices into ``images`` (after the grid, if any) of
+        # the images the safety checker replaced with black ones; extra_generation_params' Notes say so.
+        first_image = info["index_of_first_image"]
+        info["filtered_images"] = [first_image + i for i in result.filtered]
     return json.dumps(info)
 
 

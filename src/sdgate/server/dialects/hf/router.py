@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from sdgate.core.errors import GenerationFailed, SdgateError
-from sdgate.server import imaging, jobflow
+from sdgate.server import content, imaging, jobflow
 from sdgate.server.deps import CurrentPrincipal, ServicesDep
 from sdgate.server.dialects.hf import translate
 from sdgate.server.dialects.hf.protocol import HfError, HfValidationError, TextToImageRequest
@@ -82,6 +82,7 @@ async def text_to_image(
         body, model=info.name, defaults=services.model_defaults(info), settings=services.settings
     )
     job = await jobflow.run_blocking(services, gen, request, dialect=DIALECT, principal=principal)
+    content.refuse_filtered(job.result)  # a 400 in its shape, as the service refuses flagged output
     pngs = await jobflow.image_bytes(services, job)
     if not pngs:
         raise GenerationFailed("the job finished without an image")

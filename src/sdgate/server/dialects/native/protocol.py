@@ -248,6 +248,9 @@ class ImageOut(BaseModel):
     width: int
     height: int
     infotext: str
+    filtered: bool = Field(
+        False, description="the content filter's safety checker refused it: the file is a black image"
+    )
     data: str | None = Field(
         None, description="the image file, base64; only with ?include=images (else null: fetch url)"
     )

@@ -168,7 +168,7 @@ def job_out(
             "images": [
                 {"id": img.id, "url": image_url(base, img.id), "seed": img.seed, "subseed": img.subseed,
                  "width": img.width, "height": img.height, "infotext": img.infotext,
-                 "data": image_data.get(img.id) if image_data else None}
+                 "filtered": img.filtered, "data": image_data.get(img.id) if image_data else None}
                 for img in r.images
             ],
             "model": r.model_name, "sampler": r.sampler, "scheduler": r.scheduler, "width": r.width,

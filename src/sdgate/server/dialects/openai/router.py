@@ -20,7 +20,7 @@ from sdgate.core.images import decode_image_bytes
 from sdgate.core.jobs import Job
 from sdgate.core.models import ModelInfo
 from sdgate.core.requests import GenerationRequest
-from sdgate.server import imaging, jobflow
+from sdgate.server import content, imaging, jobflow
 from sdgate.server.auth import Principal
 from sdgate.server.deps import CurrentPrincipal, ServicesDep, image_limits
 from sdgate.server.dialects.openai import translate
@@ -134,6 +134,7 @@ async def _run(
 ) -> Job:
     """The finished job; ``response`` gets ``X-Sdgate-Model`` (the body has no field for it)."""
     job = await jobflow.run_blocking(services, gen, request, dialect=DIALECT, principal=principal)
+    content.refuse_filtered(job.result)  # OpenAI refuses the request (content_policy_violation)
     response.headers.update(model_header(job))
     return job
 

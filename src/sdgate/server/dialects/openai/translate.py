@@ -9,7 +9,7 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from sdgate.core.engine import ModelDefaults
-from sdgate.core.errors import InvalidRequest, SdgateError
+from sdgate.core.errors import ContentFiltered, InvalidRequest, SdgateError
 from sdgate.core.requests import GenerationRequest, Mode
 from sdgate.core.samplers import SamplerChoice, resolve_sampler
 from sdgate.server.dialects.openai.protocol import (
@@ -195,6 +195,8 @@ def error_body(err: SdgateError) -> tuple[int, dict[str, Any], dict[str, str]]:
         kind, code = "requests", "rate_limit_exceeded"
     elif status >= 500:
         kind, code = "server_error", err.code
+    elif isinstance(err, ContentFiltered):  # a refused prompt, or an image the safety checker refused
+        kind, code = "invalid_request_error", "content_policy_violation"
     else:
         kind, code = "invalid_request_error", None if err.code == "invalid_request" else err.code
     headers = {"x-should-retry": "false"} if status >= 500 and status != 503 else {}

@@ -152,20 +152,20 @@ async def _run_v1(
     assert job.result is not None
     images = await jobflow.image_bytes(services, job)
     seeds = job.result.seeds
-    response = _render_v1(as_image, images, seeds)
+    response = _render_v1(as_image, images, seeds, translate.finish_reasons(job.result))
     response.headers.update(model_header(job))
     return response
 
 
-def _render_v1(as_image: bool, images: list[bytes], seeds: list[int]) -> Response:
+def _render_v1(as_image: bool, images: list[bytes], seeds: list[int], reasons: list[str]) -> Response:
     if not images:  # every image skipped or interrupted away
         raise GenerationFailed("the job finished without an image")
     if as_image:
-        headers = {"Finish-Reason": translate.FINISH_SUCCESS, "Seed": str(seeds[0] if seeds else 0)}
+        headers = {"Finish-Reason": reasons[0], "Seed": str(seeds[0] if seeds else 0)}
         return Response(images[0], media_type="image/png", headers=headers)
     artifacts = [
-        {"base64": jobflow.b64(data), "seed": seed, "finishReason": translate.FINISH_SUCCESS}
-        for data, seed in zip(images, seeds, strict=False)
+        {"base64": jobflow.b64(data), "seed": seed, "finishReason": reason}
+        for data, seed, reason in zip(images, seeds, reasons, strict=False)
     ]
     return JSONResponse({"artifacts": artifacts})
 
@@ -345,7 +345,8 @@ async def upscale(
             return imaging.to_png(imaging.resize(image, size))
 
         log.info("stability: %s upscale served as a Lanczos resize (no ESRGAN model installed)", engine_id)
-        return _render_v1(_wants_image(request), [await run_in_threadpool(resized)], [0])
+        image = await run_in_threadpool(resized)
+        return _render_v1(_wants_image(request), [image], [0], [translate.FINISH_SUCCESS])
     info, defaults = _model(services, engine_id)
     init_id, init_size, _ = await _store_init(services, data, field="image")
     size = translate.upscale_size(init_size, body.width, body.height)
@@ -438,10 +439,11 @@ async def generate(
     png = pngs[0]
     data = await run_in_threadpool(imaging.reencode, png, body.output_format.value)
     seed = job.result.seeds[0] if job.result.seeds else gen.seed
+    reason = translate.finish_reasons(job.result)[0]
     if "application/json" in request.headers.get("accept", "").lower():
         return JSONResponse(
-            {"image": jobflow.b64(data), "finish_reason": translate.FINISH_SUCCESS, "seed": seed},
+            {"image": jobflow.b64(data), "finish_reason": reason, "seed": seed},
             headers=model_header(job),
         )
-    headers = {"finish-reason": translate.FINISH_SUCCESS, "seed": str(seed), **model_header(job)}
+    headers = {"finish-reason": reason, "seed": str(seed), **model_header(job)}
     return Response(data, media_type=f"image/{body.output_format.value}", headers=headers)

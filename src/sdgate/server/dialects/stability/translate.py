@@ -14,8 +14,9 @@ from PIL import Image, ImageOps
 from pydantic import BaseModel
 
 from sdgate.core.engine import ModelDefaults
-from sdgate.core.errors import InvalidRequest, SdgateError
+from sdgate.core.errors import ContentFiltered, InvalidRequest, SdgateError
 from sdgate.core.requests import GenerationRequest, Mode
+from sdgate.core.results import GenerationResult
 from sdgate.core.samplers import SamplerChoice, resolve_sampler
 from sdgate.server.dialects.stability.protocol import (
     MAX_SEED_V1,
@@ -77,6 +78,13 @@ STYLE_SUFFIXES: dict[StylePreset, str] = {
 }
 
 FINISH_SUCCESS = "SUCCESS"
+FINISH_FILTERED = "CONTENT_FILTERED"  # the safety checker replaced the image with a black one
+
+
+def finish_reasons(result: GenerationResult | None) -> list[str]:
+    """``finishReason`` of each image of ``result``, in order."""
+    images = result.images if result is not None else ()
+    return [FINISH_FILTERED if image.filtered else FINISH_SUCCESS for image in images]
 DEFAULT_MASK_STRENGTH = 1.0  # a masked region is repainted from scratch unless the client says otherwise
 
 _ignored: set[str] = set()
@@ -419,6 +427,8 @@ def v1_error(err: SdgateError) -> tuple[int, str]:
     """(status, ``name``) of a v1 error body. v1 has no 413: a too-large file is 400 invalid_file_size."""
     if err.status_code == 413:
         return 400, "invalid_file_size"
+    if isinstance(err, ContentFiltered):
+        return 400, "invalid_prompts"  # Stability's name for a prompt its filter refuses
     if err.status_code == 400:
         return 400, _V1_NAMES_BY_FIELD.get(err.field or "", "bad_request")
     if err.status_code >= 500:
@@ -427,6 +437,8 @@ def v1_error(err: SdgateError) -> tuple[int, str]:
 
 
 def v2_error(err: SdgateError) -> tuple[int, str]:
+    if isinstance(err, ContentFiltered):
+        return 403, "content_moderation"  # v2beta refuses a flagged prompt with a 403
     if err.status_code == 413:
         return 413, "payload_too_large"
     if err.status_code >= 500:
