@@ -22,6 +22,9 @@ of the highest priority, the first (by turn, then FIFO) naming such a model goes
 the queue, unless the head has waited ``affinity_s`` already, so no job waits more than that for
 its turn.
 
+The transaction that ends a job that ran also adds its run time to its owner's GPU seconds of
+the day (``usage.py``), so quotas count each run exactly once.
+
 The worker registry (``workers.py``) lives in the same database: ``register_worker``,
 ``worker_seen``, ``remove_worker``, ``list_workers``.
 
@@ -67,6 +70,7 @@ from sdgate.jobs.database import (
 from sdgate.jobs.events import JobEvents
 from sdgate.jobs.outbox import write_event
 from sdgate.jobs.schema import idempotency_keys, job_previews, jobs
+from sdgate.jobs.usage import charge_run
 from sdgate.jobs.workers import WORKER_TTL_S, WorkerRegistry
 
 logger = logging.getLogger(__name__)
@@ -600,6 +604,8 @@ class SqlJobStore:
                 if row is None:
                     continue
                 conn.execute(sa.delete(job_previews).where(job_previews.c.job_id == job_id))
+                if JobState(row.state).terminal:  # it ran until its worker was lost
+                    charge_run(conn, row.owner, row.started_at, row.finished_at)
                 changed.append(self._record(conn, row))
         requeued: builtins.list[str] = []
         for job in changed:
@@ -740,6 +746,7 @@ class SqlJobStore:
                 return None
             if JobState(row.state).terminal:
                 conn.execute(sa.delete(job_previews).where(job_previews.c.job_id == job_id))
+                charge_run(conn, row.owner, row.started_at, row.finished_at)
             return self._record(conn, row, kind)
 
     def _finish(self, job_id: str, state: JobState, from_states: tuple[JobState, ...],

@@ -1,0 +1,51 @@
+"""GPU seconds per principal and UTC day, written in the transaction that ends a job.
+
+    add_gpu_seconds(conn, principal, "2026-12-05", 3.2)   # inside the store's write transaction
+    charge_run(conn, owner, started_at, finished_at)      # the same, from a finished job's row
+
+The ``daily_usage`` table (migration 0006) holds, per principal and UTC day, the images reserved
+at submit (``quotas.py`` writes and reads those) and the GPU seconds its jobs ran. The store adds a
+job's run time (``finished_at - started_at``) to its owner's row for the UTC day it finished, in
+the transaction that records the job's terminal state, so a run is counted exactly once, on any
+node, and survives a crash with the outcome itself. One upsert (``INSERT ... ON CONFLICT DO
+UPDATE``, SQLAlchemy's SQLite or PostgreSQL insert): the row is made on first use with no images,
+and an existing row's ``images`` are left alone.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from sdgate.jobs.schema import daily_usage
+
+
+def usage_day(when: datetime) -> str:
+    """``when``'s UTC day as ``daily_usage`` keys it: ``YYYY-MM-DD``."""
+    return when.astimezone(UTC).date().isoformat()
+
+
+def add_gpu_seconds(conn: sa.Connection, principal: str, day: str, seconds: float) -> None:
+    """Adds ``seconds`` to ``principal``'s GPU seconds of ``day`` (``YYYY-MM-DD``, UTC), inside the
+    caller's transaction; makes the row (no images) on first use."""
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    upsert = insert(daily_usage).values(principal=principal, day=day, images=0, gpu_seconds=seconds)
+    conn.execute(
+        upsert.on_conflict_do_update(
+            index_elements=[daily_usage.c.principal, daily_usage.c.day],
+            set_={"gpu_seconds": daily_usage.c.gpu_seconds + upsert.excluded.gpu_seconds},
+        )
+    )
+
+
+def charge_run(conn: sa.Connection, owner: str | None, started_at: datetime | None,
+               finished_at: datetime | None) -> None:
+    """A job that ran and just ended: its run time goes to its owner's day. Nothing for an
+    anonymous job (no owner) or one that never started; a clock that went backwards counts 0."""
+    if owner is None or started_at is None or finished_at is None:
+        return
+    seconds = max(0.0, (finished_at - started_at).total_seconds())
+    add_gpu_seconds(conn, owner, usage_day(finished_at), seconds)
