@@ -15,6 +15,11 @@ the server runtime passes the native dialect's renderer in.
     log.read(job_id, after=seq)         # [LoggedEvent], in commit order
     with log.subscribe(job_id=job_id) as live:
         event = await live.next(timeout=1.0)
+    with log.subscribe(owner="alice") as mine:   # every job of one owner; any_owner=True: everyone's
+        ...
+
+A subscription to every job sees one owner's events unless it asks for every owner's (an admin's):
+events go only to their owner's subscribers.
 """
 
 from __future__ import annotations
@@ -118,9 +123,10 @@ class EventLog:
         return [self._row_event(row) for row in (state, progress) if row is not None]
 
     def subscribe(self, *, job_id: str | None = None, owner: str | None = None,
-                  any_owner: bool = True) -> LogSubscription:
-        """Live events of one job, or of every job (of ``owner`` unless ``any_owner``). Call from a
-        running event loop; use as a ``with`` block."""
+                  any_owner: bool = False) -> LogSubscription:
+        """Live events of one job (the caller checked it may see it), or of every job of ``owner``
+        (every owner's only with ``any_owner``: an admin's stream). Call from a running event loop;
+        use as a ``with`` block."""
         subscription = LogSubscription(self, job_id, owner, any_owner, asyncio.get_running_loop())
         with self._lock:
             self._subscribers.add(subscription)

@@ -1,5 +1,9 @@
 """What the server keeps while it runs, whatever dialect a request speaks: the job event log,
-idempotency keys, webhooks, uploads and the retention task.
+idempotency keys, webhooks, uploads, each principal's saved options and the retention task.
+
+Everything here that a caller reads is its own: the event log delivers a job's events only to its
+owner's subscribers (an admin's stream: everyone's), uploads say whose an image is, and options are
+kept per principal.
 
 Built by the app's lifespan from ``Services`` (before the workers start, so webhooks hear of jobs
 recovered at start-up), kept in ``services.state`` and found by routes through ``RuntimeDep``. How a
@@ -18,8 +22,10 @@ from typing import Annotated, Any, Protocol
 from fastapi import Depends
 
 from sdgate.core.jobs import Job, JobEventKind
+from sdgate.jobs.audit import AuditLog
 from sdgate.jobs.eventlog import TERMINAL, EventLog
 from sdgate.jobs.idempotency import IdempotencyKeys
+from sdgate.jobs.principal_options import PrincipalOptions
 from sdgate.jobs.retention import Retention
 from sdgate.jobs.uploads import Uploads
 from sdgate.jobs.webhooks import Webhooks, load_secret
@@ -43,7 +49,9 @@ class ServerRuntime:
     keys: IdempotencyKeys
     webhooks: Webhooks
     uploads: Uploads
+    principal_options: PrincipalOptions
     retention: Retention
+    audit: AuditLog  # one record per call (server/audit.py), written by its own thread
     base: str  # the public URL links start with ("" for relative links)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _remove_listener: Callable[[], None] | None = None
@@ -74,8 +82,11 @@ class ServerRuntime:
                 on_attempt=lambda outcome: services.metrics.webhook_deliveries.labels(outcome).inc(),
             ),
             uploads=Uploads(db),
+            principal_options=PrincipalOptions(db),
             retention=Retention(services.store, services.images, ttl_s=settings.retention_ttl_s,
-                                interval_s=settings.retention_interval_s),
+                                interval_s=settings.retention_interval_s,
+                                audit_ttl_s=settings.audit_retention_s),
+            audit=AuditLog(db),
             base=base,
         )
         runtime._remove_listener = services.events.add_listener(runtime._on_event)
@@ -100,6 +111,7 @@ class ServerRuntime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await asyncio.to_thread(self.audit.close)  # writes the calls' records still queued
 
     def detach(self) -> None:
         self.events.close()

@@ -22,6 +22,14 @@ whole ``GET`` dict posts back unchanged (Open WebUI does exactly that).
 
 A saved file that does not validate (hand-edited, or from an older sdgate) is repaired at start:
 each bad or unknown key goes back to its default, the log says which, and the file is rewritten.
+
+Options are per principal. The file holds the server's defaults, which an admin (or everyone, on a
+server without credentials) reads and changes; every other principal (a Basic user, a key without
+the admin scope) sees those defaults under its own overrides and saves only its own
+(``PrincipalView``, over ``jobs/principal_options.py``), so one user's Clip skip or checkpoint never
+changes another's images:
+
+    options.for_principal(principal, store)   # A1111Options itself for an admin, else a view
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ from fastapi.exceptions import RequestValidationError
 
 from sdgate.core.errors import InvalidRequest, ModelNotFound
 from sdgate.core.models import VAE_AUTOMATIC, VAE_NONE, ModelCatalog, ModelInfo
+from sdgate.jobs.principal_options import PrincipalOptions
+from sdgate.server.auth import Principal
 from sdgate.server.dialects.a1111.option_table import (
     DEFAULTS,
     MAX_NAME,
@@ -49,7 +59,7 @@ from sdgate.server.dialects.a1111.option_table import (
     wire_value,
 )
 
-__all__ = ["DEFAULTS", "RESTRICTED", "A1111Options"]
+__all__ = ["DEFAULTS", "RESTRICTED", "A1111Options", "OptionsView", "PrincipalView"]
 
 log = logging.getLogger("sdgate.a1111")
 
@@ -86,18 +96,23 @@ def ignored_keys() -> frozenset[str]:
     return RESTRICTED | _IGNORED
 
 
-class A1111Options:
-    def __init__(self, path: Path, catalog: ModelCatalog) -> None:
-        self.path = path
-        self.catalog = catalog
-        self._lock = threading.Lock()
-        self._values: dict[str, Any] = self._load()
+class OptionsView:
+    """The options one caller reads and saves: ``saved()`` (what differs from A1111's defaults),
+    and ``save(changes)`` for checked changes. The reading and checking live here, once."""
+
+    catalog: ModelCatalog
+
+    def saved(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def save(self, changes: dict[str, Any]) -> None:
+        raise NotImplementedError
 
     # --- reading --------------------------------------------------------------------------------
 
     def current_model(self) -> ModelInfo:
         """The checkpoint A1111 jobs use now; falls back to the default if the saved one is gone."""
-        name = self._values.get("sd_model_checkpoint")
+        name = self.saved().get("sd_model_checkpoint")
         if name:
             try:
                 return self.catalog.resolve(name)
@@ -121,7 +136,7 @@ class A1111Options:
             choice = _vae_choice(overrides["sd_vae"], field=field)
             found = self.catalog.choose_vae(choice, model, field=field)
         else:
-            saved = self._values.get("sd_vae") or DEFAULTS["sd_vae"]
+            saved = self.saved().get("sd_vae") or DEFAULTS["sd_vae"]
             try:
                 found = self.catalog.choose_vae(saved, model, field="sd_vae")
             except InvalidRequest:
@@ -131,11 +146,11 @@ class A1111Options:
 
     def effective(self, overrides: dict[str, Any] | None) -> dict[str, Any]:
         """The options one job runs with: the saved ones under its ``override_settings``."""
-        return {**DEFAULTS, **self._values, **(overrides or {})}
+        return {**DEFAULTS, **self.saved(), **(overrides or {})}
 
     def snapshot(self) -> dict[str, Any]:
         """Every A1111 1.10 option, in A1111's order and serialisation, with our live values."""
-        values = self._values
+        values = self.saved()
         data = {spec.key: wire_value(spec, values.get(spec.key, spec.default)) for spec in OPTIONS}
         try:
             model = self.current_model()
@@ -163,12 +178,7 @@ class A1111Options:
                     raise InvalidRequest(f"sd_vae: VAE '{choice}' not found", field="sd_vae")
                 choice = found.name
             changes["sd_vae"] = choice
-        with self._lock:
-            merged = {**self._values, **changes}
-            if merged == self._values:
-                return
-            self._write(merged)
-            self._values = merged
+        self.save(changes)
 
     def _checked(self, values: dict[str, Any], *, field_prefix: str) -> dict[str, Any]:
         """The changes ``values`` asks for, normalised; every bad key at once as a 422."""
@@ -194,6 +204,36 @@ class A1111Options:
         if errors:
             raise RequestValidationError(errors)
         return changes
+
+
+class A1111Options(OptionsView):
+    """The server's defaults, in ``a1111-options.json`` in the data dir: what an admin reads and
+    sets, and what every other principal's overrides lie over."""
+
+    def __init__(self, path: Path, catalog: ModelCatalog) -> None:
+        self.path = path
+        self.catalog = catalog
+        self._lock = threading.Lock()
+        self._values: dict[str, Any] = self._load()
+
+    def saved(self) -> dict[str, Any]:
+        return self._values
+
+    def save(self, changes: dict[str, Any]) -> None:
+        with self._lock:
+            merged = {**self._values, **changes}
+            if merged == self._values:
+                return
+            self._write(merged)
+            self._values = merged
+
+    def for_principal(self, principal: Principal, store: PrincipalOptions) -> OptionsView:
+        """The options ``principal`` reads and saves: these (the server's defaults) for an admin
+        and for the anonymous principal of a server without credentials; a ``PrincipalView`` over
+        them for everyone else, its overrides read once, now."""
+        if principal.is_admin or principal.id is None:
+            return self
+        return PrincipalView(self, store, principal.id)
 
     def _load(self) -> dict[str, Any]:
         """The saved options; a file that does not validate is repaired (never an outage)."""
@@ -223,6 +263,26 @@ class A1111Options:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(values, indent=1, sort_keys=True), encoding="utf-8")
         tmp.replace(self.path)
+
+
+class PrincipalView(OptionsView):
+    """One principal's options: the server's defaults (live) under its own overrides, read once
+    when the view is made (one request); ``save`` merges changes into its overrides only."""
+
+    def __init__(self, server: A1111Options, store: PrincipalOptions, principal_id: str) -> None:
+        self.catalog = server.catalog
+        self._server = server
+        self._store = store
+        self._principal = principal_id
+        self._overrides = store.get(principal_id)
+
+    def saved(self) -> dict[str, Any]:
+        return {**self._server.saved(), **self._overrides}
+
+    def save(self, changes: dict[str, Any]) -> None:
+        if all(k in self._overrides and self._overrides[k] == v for k, v in changes.items()):
+            return
+        self._overrides = self._store.update(self._principal, changes)
 
 
 def _repaired(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:

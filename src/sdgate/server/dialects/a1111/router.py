@@ -27,7 +27,7 @@ from sdgate.server.dialects.a1111 import outputs, system, translate
 from sdgate.server.dialects.a1111 import scripts as a1111_scripts
 from sdgate.server.dialects.a1111.infotext_fields import with_infotext
 from sdgate.server.dialects.a1111.option_schema import options_body_schema, options_response_schema
-from sdgate.server.dialects.a1111.options import A1111Options, ignored_keys
+from sdgate.server.dialects.a1111.options import A1111Options, OptionsView, ignored_keys
 from sdgate.server.dialects.a1111.protocol import (
     A1111Error,
     CommonProcessing,
@@ -49,6 +49,7 @@ from sdgate.server.errors import DialectRoute, WrappedError
 from sdgate.server.fetch import make_fetcher
 from sdgate.server.imaging import stand_ins
 from sdgate.server.logs import LogOnce
+from sdgate.server.runtime import get_runtime
 from sdgate.server.services import Services
 
 log = logging.getLogger("sdgate.a1111")
@@ -101,14 +102,22 @@ GENERATION_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def get_options(services: ServicesDep) -> A1111Options:
+def get_options(services: Services) -> A1111Options:
+    """The server's defaults (the admin's options), loaded once per process."""
     return services.state.setdefault(
         A1111Options,
         lambda: A1111Options(services.settings.data_dir / "a1111-options.json", services.catalog),
     )
 
 
-OptionsDep = Annotated[A1111Options, Depends(get_options)]
+def caller_options(services: ServicesDep, principal: CurrentPrincipal) -> OptionsView:
+    """The options the caller reads, saves and generates with: the server's defaults for an admin
+    (and on a server without credentials), else its own overrides over them (sync: a read)."""
+    return get_options(services).for_principal(principal, get_runtime(services).principal_options)
+
+
+# Every route that reads or saves options, or generates, takes the caller's own.
+OptionsDep = Annotated[OptionsView, Depends(caller_options)]
 BodyT = TypeVar("BodyT", Txt2ImgRequest, Img2ImgRequest)
 # Saved options that every job reads, as A1111's global opts (e.g. a Clip skip set once).
 JOB_SETTINGS = ("CLIP_stop_at_last_layers", "eta_noise_seed_delta")
@@ -143,7 +152,7 @@ def _checkpoint_resolver(services: Services) -> translate.CheckpointResolver:
     return lambda name: services.catalog.resolve(name).name
 
 
-def _request_model(options: A1111Options, body: Txt2ImgRequest | Img2ImgRequest) -> ModelInfo:
+def _request_model(options: OptionsView, body: Txt2ImgRequest | Img2ImgRequest) -> ModelInfo:
     """``override_settings.sd_model_checkpoint`` for this request, else the options' checkpoint."""
     override = translate.override_value(body, "sd_model_checkpoint")
     if override:
@@ -151,7 +160,7 @@ def _request_model(options: A1111Options, body: Txt2ImgRequest | Img2ImgRequest)
     return options.current_model()
 
 
-def _with_saved_settings(options: A1111Options, body: BodyT) -> BodyT:
+def _with_saved_settings(options: OptionsView, body: BodyT) -> BodyT:
     """``body`` as translated: the saved options a job reads, under its own ``override_settings``
     (the echoed ``parameters`` keep the request as sent)."""
     saved = options.effective(body.override_settings)
@@ -159,7 +168,7 @@ def _with_saved_settings(options: A1111Options, body: BodyT) -> BodyT:
     return body.model_copy(update={"override_settings": {**(body.override_settings or {}), **merged}})
 
 
-async def _keep_overrides(options: A1111Options, body: CommonProcessing) -> None:
+async def _keep_overrides(options: OptionsView, body: CommonProcessing) -> None:
     """``override_settings_restore_afterwards: false``: the overrides become the saved options."""
     if body.override_settings and not body.override_settings_restore_afterwards:
         overrides = body.override_settings
@@ -253,7 +262,7 @@ async def img2img(
 
 
 def _builder(
-    services: Services, options: A1111Options, init_images: tuple[str, ...] = (), mask: str | None = None
+    services: Services, options: OptionsView, init_images: tuple[str, ...] = (), mask: str | None = None
 ) -> Builder:
     """The routes' translation of one body, for scripts: each body (a cell, a line) picks its own
     model and VAE; ``images`` (SD upscale's tiles) replace the request's init images and mask."""
@@ -302,7 +311,7 @@ def _store_inputs(services: Services, body: Img2ImgRequest) -> tuple[tuple[str, 
 
 async def _render(
     services: Services,
-    options: A1111Options,
+    options: OptionsView,
     job: Job,
     body: Txt2ImgRequest | Img2ImgRequest,
     model_name: str,
@@ -413,6 +422,8 @@ async def skip(services: ServicesDep, principal: CurrentPrincipal) -> None:
     responses={200: {"content": {"application/json": {"schema": options_response_schema()}}}},
 )
 async def get_options_route(options: OptionsDep) -> dict[str, Any]:
+    """The caller's options: the server's defaults under its own overrides (an admin's: the
+    defaults)."""
     return await run_in_threadpool(options.snapshot)
 
 
@@ -428,6 +439,8 @@ async def get_options_route(options: OptionsDep) -> dict[str, Any]:
     },
 )
 async def set_options(options: OptionsDep, body: Annotated[dict[str, Any], Body()]) -> None:
+    """An admin's (or, without credentials, anyone's) changes the server's defaults; anyone else's
+    are its own overrides, which change nobody else's options or images."""
     await run_in_threadpool(options.update, body)
 
 

@@ -28,6 +28,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from sdgate.core.errors import InvalidRequest, NotFound
 from sdgate.core.jobs import Job, JobEventKind, JobState
 from sdgate.jobs.eventlog import LoggedEvent
+from sdgate.server.auth import Principal
 from sdgate.server.dialects.native import images as native_images
 from sdgate.server.dialects.native import translate
 from sdgate.server.runtime import ServerRuntime
@@ -190,11 +191,12 @@ async def job_stream(runtime: ServerRuntime, job: Job, last_event_id: int | None
                 backlog, ahead = [news], 0
 
 
-async def fan_out(runtime: ServerRuntime, websocket: WebSocket, user: str | None) -> None:
-    """``/api/v1/events``: every event of the caller's jobs (every job without auth), as JSON
-    messages ``{"id", "event", "data"}``, until the client goes away."""
+async def fan_out(runtime: ServerRuntime, websocket: WebSocket, principal: Principal) -> None:
+    """``/api/v1/events``: every event of the caller's jobs (every job for an admin, and without
+    auth), as JSON messages ``{"id", "event", "data"}``, until the client goes away."""
     await websocket.accept()
-    with runtime.events.subscribe(owner=user, any_owner=user is None) as subscription:
+    user = principal.id
+    with runtime.events.subscribe(owner=user, any_owner=principal.is_admin) as subscription:
         closed = asyncio.Event()
 
         async def watch_close() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -55,14 +56,18 @@ def _format_of(data: bytes) -> str | None:
 
 
 def store_job_input(images: ImageStore, value: str, *, field: str, limits: core_images.ImageLimits,
-                    mode: Literal["RGB", "L"]) -> str:
+                    mode: Literal["RGB", "L"], visible: Callable[[str], bool]) -> str:
     """A job's init image or mask (base64, ``data:`` URI, or an upload id) as the id of the
-    normalized PNG the engine will read."""
+    normalized PNG the engine will read. An id ``visible`` refuses (another caller's image) is the
+    same 404 as an id the store does not have."""
     if UPLOAD_ID.fullmatch(value.strip()):
+        image_id = value.strip()
         try:
-            data = images.get(value.strip())
+            if not visible(image_id):
+                raise NotFound(image_id)
+            data = images.get(image_id)
         except NotFound:
-            raise NotFound(f"{field}: no upload {value.strip()}", field=field) from None
+            raise NotFound(f"{field}: no upload {image_id}", field=field) from None
     else:
         data = core_images.decode_base64_bytes(value, field=field, limits=limits)
     image = core_images.decode_image_bytes(data, field=field, limits=limits, mode=mode)

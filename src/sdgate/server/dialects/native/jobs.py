@@ -1,6 +1,8 @@
 """The native job lifecycle, as steps the routes call: submit, find, cancel, delete, retry, list.
 
 Routes stay a few lines; everything here talks to the store through a thread (the store is sync).
+Every step takes the caller's ``Principal``: a job (or image) of another principal is a 404, as if
+it did not exist, for everyone but admins (``Principal.owns``).
 """
 
 from __future__ import annotations
@@ -43,9 +45,11 @@ MAX_WAIT_S = 60.0
 # -- submit -----------------------------------------------------------------------------------------
 
 
-def build_request(services: Services, body: JobCreate) -> GenerationRequest:
+def build_request(runtime: ServerRuntime, body: JobCreate, principal: Principal) -> GenerationRequest:
     """Checks the body and stores its images; the resolved request (sync: run it in a thread).
-    Every name is checked first: an unknown one is a 404 and no job (``names``)."""
+    Every name is checked first: an unknown one is a 404 and no job (``names``); an upload id names
+    an image the caller may see (``check_image``)."""
+    services = runtime.services
     model, styles = names.check(services.catalog, services.settings, body)
     restorer = names.face_restorer(services.settings, body.restore_faces)
     inits, mask = translate.image_inputs(body)
@@ -63,12 +67,17 @@ def build_request(services: Services, body: JobCreate) -> GenerationRequest:
     # stored, so a refused request leaves nothing behind.
     jobflow.check_submission(services, checked, body.metadata)
     limits = image_limits(services)
+    def visible(image_id: str) -> bool:
+        return can_see_image(runtime, image_id, principal)
+
     init_ids = tuple(
-        native_images.store_job_input(services.images, value, field=field, limits=limits, mode="RGB")
+        native_images.store_job_input(services.images, value, field=field, limits=limits, mode="RGB",
+                                      visible=visible)
         for field, value in inits
     )
     mask_id = (
-        native_images.store_job_input(services.images, mask[1], field="mask", limits=limits, mode="L")
+        native_images.store_job_input(services.images, mask[1], field="mask", limits=limits, mode="L",
+                                      visible=visible)
         if mask else None
     )
     return checked.model_copy(update={"init_images": init_ids, "mask": mask_id})
@@ -80,7 +89,7 @@ async def submit(runtime: ServerRuntime, body: JobCreate, *, principal: Principa
     services = runtime.services
 
     async def create(key: tuple[str, str] | None = None) -> str:
-        request = await run_in_threadpool(build_request, services, body)
+        request = await run_in_threadpool(build_request, runtime, body, principal)
         job = await jobflow.submit(services, request, dialect=DIALECT, principal=principal,
                                    priority=body.priority, metadata=body.metadata, idempotency_key=key)
         if body.callback_url is not None:
@@ -92,18 +101,33 @@ async def submit(runtime: ServerRuntime, body: JobCreate, *, principal: Principa
     else:
         body_hash = canonical_hash(translate.body_for_hash(body))
         job_id, created = await runtime.keys.run(principal.id or "", idempotency_key, body_hash, create)
-    return await run_in_threadpool(get, services, job_id, principal.id), created
+    return await run_in_threadpool(get, services, job_id, principal), created
 
 
 # -- reading ----------------------------------------------------------------------------------------
 
 
-def get(services: Services, job_id: str, user: str | None) -> Job:
-    """The job, if the caller may see it (with auth on, only their own)."""
+def get(services: Services, job_id: str, principal: Principal) -> Job:
+    """The job, if the caller may see it: its own, or any for an admin; else the same 404 as a job
+    that does not exist."""
     job = services.store.get(job_id)
-    if user is not None and job.owner != user:
+    if not principal.owns(job.owner):
         raise NotFound(f"job {job_id} not found")
     return job
+
+
+def can_see_image(runtime: ServerRuntime, image_id: str, principal: Principal) -> bool:
+    """Whether ``principal`` may read ``image_id``: an admin any; anyone else an image it uploaded
+    or one of its own jobs refers to (sync)."""
+    if principal.is_admin:
+        return True
+    return runtime.uploads.visible_to(image_id, principal.id, runtime.services.store)
+
+
+def check_image(runtime: ServerRuntime, image_id: str, principal: Principal) -> None:
+    """``NotFound`` (the same as a missing image) for an image ``principal`` may not read."""
+    if not can_see_image(runtime, image_id, principal):
+        raise NotFound(f"image {image_id} not found")
 
 
 async def wait_until_done(services: Services, job: Job, wait: float) -> Job:
@@ -179,12 +203,12 @@ def parse_metadata_filters(filters: list[str]) -> dict[str, str]:
     return out
 
 
-def page(runtime: ServerRuntime, *, user: str | None, states: list[JobState] | None,
+def page(runtime: ServerRuntime, *, principal: Principal, states: list[JobState] | None,
          created_after: datetime | None, created_before: datetime | None, metadata: list[str],
          limit: int, cursor: str | None) -> dict[str, Any]:
     jobs, next_seq = runtime.services.store.page(
         states=tuple(states) if states else None,
-        owner=user,
+        owner=principal.owner_filter,
         created_after=translate.as_utc(created_after, "created_after"),
         created_before=translate.as_utc(created_before, "created_before"),
         metadata=parse_metadata_filters(metadata),
@@ -200,16 +224,16 @@ def page(runtime: ServerRuntime, *, user: str | None, states: list[JobState] | N
 # -- changing ---------------------------------------------------------------------------------------
 
 
-async def cancel(services: Services, job_id: str, user: str | None) -> Job:
+async def cancel(services: Services, job_id: str, principal: Principal) -> Job:
     """Queued: cancelled at once, never runs. Running: stops at its next step."""
-    await run_in_threadpool(get, services, job_id, user)
+    await run_in_threadpool(get, services, job_id, principal)
     return await run_in_threadpool(services.store.request_control, job_id, ControlAction.CANCEL)
 
 
-async def delete(runtime: ServerRuntime, job_id: str, user: str | None) -> None:
+async def delete(runtime: ServerRuntime, job_id: str, principal: Principal) -> None:
     """Cancels the job if needed, waits for it to stop, then deletes it and the images only it used."""
     services = runtime.services
-    job = await run_in_threadpool(get, services, job_id, user)
+    job = await run_in_threadpool(get, services, job_id, principal)
     if not job.state.terminal:
         with contextlib.suppress(Conflict):  # it finished meanwhile
             await run_in_threadpool(services.store.request_control, job_id, ControlAction.CANCEL)
@@ -225,7 +249,7 @@ async def retry(runtime: ServerRuntime, job_id: str, principal: Principal) -> Jo
     """A new job with the same resolved request (so the same seeds), priority, metadata and callback;
     an anonymous caller's retry keeps the job's owner."""
     services = runtime.services
-    job = await run_in_threadpool(get, services, job_id, principal.id)
+    job = await run_in_threadpool(get, services, job_id, principal)
     if not job.state.terminal:
         raise Conflict(f"job {job_id} is {job.state.value}; only a finished job can be retried")
     missing = [ref.id for ref in job.request.image_refs() if not services.images.exists(ref.id)]
@@ -244,17 +268,31 @@ async def retry(runtime: ServerRuntime, job_id: str, principal: Principal) -> Jo
 # -- uploads and the queue --------------------------------------------------------------------------
 
 
-def upload(runtime: ServerRuntime, data: bytes, user: str | None) -> native_images.StoredUpload:
+def upload(runtime: ServerRuntime, data: bytes, principal: Principal) -> native_images.StoredUpload:
     """Validates and stores an uploaded image once (by content hash), and starts its retention clock."""
     services = runtime.services
     stored = native_images.store_upload(services.images, data, limits=image_limits(services))
-    runtime.uploads.record(stored.id, owner=user, content_type=stored.content_type, size=stored.size)
+    runtime.uploads.record(stored.id, owner=principal.id, content_type=stored.content_type, size=stored.size)
     return stored
 
 
-def queue_status(runtime: ServerRuntime) -> dict[str, Any]:
+def image(runtime: ServerRuntime, image_id: str, principal: Principal,
+          format: native_images.OutputFormat | None, quality: int) -> tuple[bytes, str]:
+    """An image the caller may see, as stored or converted to ``format`` (sync)."""
+    check_image(runtime, image_id, principal)
+    images = runtime.services.images
+    data = images.get(image_id)
+    stored_type = images.content_type(image_id)
+    if format is None or native_images.MEDIA_TYPES[format] == stored_type:
+        return data, stored_type
+    return native_images.convert(data, to=format, quality=quality), native_images.MEDIA_TYPES[format]
+
+
+def queue_status(runtime: ServerRuntime, principal: Principal) -> dict[str, Any]:
     """Depth, running job ids and a rough ETA: what the running jobs say they need, plus the queued
-    jobs at the mean duration of recent ones, spread over the live workers of every process."""
+    jobs at the mean duration of recent ones, spread over the live workers of every process. The
+    counts and the ETA are the whole queue's; the running ids only the caller's own (all for an
+    admin): another's job id is not for it to see."""
     services = runtime.services
     store = services.store
     depth = store.queue_depth()
@@ -273,4 +311,5 @@ def queue_status(runtime: ServerRuntime) -> dict[str, Any]:
             j.progress.eta_s if j.progress and j.progress.eta_s is not None else mean for j in running
         )
         eta = round((left + depth * mean) / max(1, workers), 3)
-    return {"depth": depth, "running": [j.id for j in running], "workers": workers, "eta_s": eta}
+    mine = [j.id for j in running if principal.owns(j.owner)]
+    return {"depth": depth, "running": mine, "workers": workers, "eta_s": eta}

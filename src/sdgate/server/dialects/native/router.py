@@ -126,7 +126,7 @@ async def list_jobs(
 ) -> dict[str, Any]:
     """The caller's jobs, newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
     return await run_in_threadpool(
-        lambda: native_jobs.page(runtime, user=principal.id, states=state, created_after=created_after,
+        lambda: native_jobs.page(runtime, principal=principal, states=state, created_after=created_after,
                                  created_before=created_before, metadata=metadata, limit=limit, cursor=cursor)
     )
 
@@ -138,7 +138,7 @@ async def get_job(
     """A job: state, queue position, progress, result (images with URLs) or error, webhook state.
     ``?wait=N``: a long poll, answered once the job has ended or after N s; ``?include=images``:
     the images' files inline (base64 ``data``)."""
-    job = await run_in_threadpool(native_jobs.get, runtime.services, job_id, principal.id)
+    job = await run_in_threadpool(native_jobs.get, runtime.services, job_id, principal)
     job = await native_jobs.wait_until_done(runtime.services, job, wait)
     return await run_in_threadpool(native_jobs.render, runtime, job, include_images="images" in include)
 
@@ -147,14 +147,14 @@ async def get_job(
 async def cancel_job(job_id: str, runtime: RuntimeDep, principal: CurrentPrincipal) -> dict[str, Any]:
     """A queued job is cancelled at once and never runs; a running one stops at its next step.
     409 if the job already ended."""
-    job = await native_jobs.cancel(runtime.services, job_id, principal.id)
+    job = await native_jobs.cancel(runtime.services, job_id, principal)
     return await run_in_threadpool(native_jobs.render, runtime, job)
 
 
 @router.delete("/jobs/{job_id}", status_code=204, responses={**_NOT_FOUND, **_CONFLICT})
 async def delete_job(job_id: str, runtime: RuntimeDep, principal: CurrentPrincipal) -> Response:
     """Cancels the job if it has not ended, then deletes it, its events and the images only it used."""
-    await native_jobs.delete(runtime, job_id, principal.id)
+    await native_jobs.delete(runtime, job_id, principal)
     return Response(status_code=204)
 
 
@@ -191,7 +191,7 @@ async def job_events(
     For every job of the caller at once, open the WebSocket ``/api/v1/events``: JSON messages
     ``{"id", "event", "data"}`` with the same events."""
     after = native_events.parse_last_event_id(last_event_id)
-    job = await run_in_threadpool(native_jobs.get, runtime.services, job_id, principal.id)
+    job = await run_in_threadpool(native_jobs.get, runtime.services, job_id, principal)
     stream = native_events.job_stream(runtime, job, after)
     if "images" in include:
         stream = native_jobs.with_inline_images(runtime, stream)
@@ -205,7 +205,7 @@ async def job_events(
 @router.websocket("/events")
 async def events_socket(websocket: WebSocket) -> None:
     runtime = get_runtime(websocket.app.state.services)
-    await native_events.fan_out(runtime, websocket, current_principal(websocket.scope).id)
+    await native_events.fan_out(runtime, websocket, current_principal(websocket.scope))
 
 
 _UPLOAD_BODY = {
@@ -227,7 +227,7 @@ _UPLOAD_BODY = {
 async def upload_image(request: Request, runtime: RuntimeDep, principal: CurrentPrincipal) -> dict[str, Any]:
     """Store an image once (by content hash) for use as ``init_image`` or ``mask`` by its id."""
     data = await _upload_bytes(request)
-    stored = await run_in_threadpool(native_jobs.upload, runtime, data, principal.id)
+    stored = await run_in_threadpool(native_jobs.upload, runtime, data, principal)
     return {"id": stored.id, "url": translate.image_url(runtime.base, stored.id),
             "content_type": stored.content_type, "width": stored.width, "height": stored.height,
             "size": stored.size}
@@ -241,24 +241,22 @@ async def upload_image(request: Request, runtime: RuntimeDep, principal: Current
 )
 async def get_image(
     image_id: str,
-    services: ServicesDep,
+    runtime: RuntimeDep,
+    principal: CurrentPrincipal,
     format: native_images.OutputFormat | None = None,
     quality: Annotated[int, Query(ge=1, le=100)] = 90,
 ) -> Response:
     """An image as stored (generated ones are PNG with the infotext), or converted to ``format``
-    (the infotext kept in EXIF). Ids are content hashes: responses are cacheable forever."""
-
-    def load() -> tuple[bytes, str]:
-        data = services.images.get(image_id)
-        stored_type = services.images.content_type(image_id)
-        if format is None or native_images.MEDIA_TYPES[format] == stored_type:
-            return data, stored_type
-        return native_images.convert(data, to=format, quality=quality), native_images.MEDIA_TYPES[format]
-
-    data, media_type = await run_in_threadpool(load)
+    (the infotext kept in EXIF): one the caller uploaded or one of its jobs made or read (another
+    caller's is a 404). Ids are content hashes: responses are cacheable forever (by the caller's
+    own cache only, when the server has credentials)."""
+    data, media_type = await run_in_threadpool(
+        native_jobs.image, runtime, image_id, principal, format, quality
+    )
     tag = f'"{image_id}-{format or "orig"}-{quality if format else ""}"'
+    shared = "public" if principal.anonymous else "private"
     return Response(data, media_type=media_type,
-                    headers={"Cache-Control": "public, max-age=31536000, immutable", "ETag": tag})
+                    headers={"Cache-Control": f"{shared}, max-age=31536000, immutable", "ETag": tag})
 
 
 @router.get("/models", response_model=list[ModelOut])
@@ -307,9 +305,10 @@ async def schedulers() -> list[dict[str, Any]]:
 
 
 @router.get("/queue", response_model=QueueOut)
-async def queue(runtime: RuntimeDep) -> dict[str, Any]:
-    """Jobs waiting, jobs running, workers, and a rough ETA for the queue to drain."""
-    return await run_in_threadpool(native_jobs.queue_status, runtime)
+async def queue(runtime: RuntimeDep, principal: CurrentPrincipal) -> dict[str, Any]:
+    """Jobs waiting, jobs running (the caller's own ids), workers, and a rough ETA for the queue to
+    drain."""
+    return await run_in_threadpool(native_jobs.queue_status, runtime, principal)
 
 
 async def _upload_bytes(request: Request) -> bytes:
