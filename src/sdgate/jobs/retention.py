@@ -6,6 +6,8 @@ upload.
 
     purge_job(store, images, job_id)         # DELETE /api/v1/jobs/{id}, after a cancel
     Retention(store, images, ttl_s=...).run_once()   # what the periodic cleanup task does
+
+With ``audit_ttl_s`` it also deletes audit records older than that (``jobs/audit.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 
 from sdgate.core.jobs import Job, JobState
+from sdgate.jobs.audit import delete_audit_before
 from sdgate.jobs.database import transaction
 from sdgate.jobs.images import ImageStore
 from sdgate.jobs.schema import idempotency_keys, job_events, jobs, uploads, webhooks
@@ -71,14 +74,16 @@ def purge_job(store: SqlJobStore, images: ImageStore, job_id: str) -> Job:
 
 class Retention:
     """Deletes finished jobs (and their images) older than ``ttl_s``, uploads no job uses that are
-    older than ``ttl_s``, and expired idempotency keys."""
+    older than ``ttl_s``, expired idempotency keys, and audit records older than ``audit_ttl_s``
+    (counted as ``audit`` when set)."""
 
     def __init__(self, store: SqlJobStore, images: ImageStore, *, ttl_s: float | None,
-                 interval_s: float = 300.0) -> None:
+                 interval_s: float = 300.0, audit_ttl_s: float | None = None) -> None:
         self._store = store
         self._images = images
         self._ttl_s = ttl_s
         self._interval_s = interval_s
+        self._audit_ttl_s = audit_ttl_s
 
     def run_once(self, now: datetime | None = None) -> dict[str, int]:
         now = now or datetime.now(UTC)
@@ -95,6 +100,11 @@ class Retention:
             conn.execute(
                 sa.delete(job_events).where(job_events.c.kind == "progress", job_events.c.job_id.in_(ended))
             )
+        if self._audit_ttl_s is not None:
+            audit_cutoff = now - timedelta(seconds=self._audit_ttl_s)
+            counts["audit"] = delete_audit_before(self._store.database, audit_cutoff)
+            if counts["audit"]:
+                logger.info("retention: deleted %d audit record(s)", counts["audit"])
         if self._ttl_s is None:
             return counts
         cutoff = now - timedelta(seconds=self._ttl_s)
