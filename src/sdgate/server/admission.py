@@ -5,20 +5,34 @@ that submits, around ``JobStore.submit``:
     with admit(services, principal, request):
         job = store.submit(...)
 
-``admit`` raises ``ContentFiltered`` (a blocked prompt) or ``RateLimited`` / ``QuotaExceeded``
-(429 with ``Retry-After``) before anything is written; what it reserved (images of the day) is
-given back when the block raises, so a refused request leaves nothing behind.
+``admit`` raises ``ContentFiltered`` (a blocked prompt) or ``QuotaExceeded`` (429 with
+``Retry-After``: until the next UTC day) before anything is written; what it reserved (images of
+the day) is given back when the block raises, so a refused request leaves nothing behind. The
+quotas live in the job database (``jobs/quotas.py``), so they hold across API nodes. The request
+rate is not checked here but on every call (``server/ratelimit.py``).
+
+Every refusal by a per-principal limit is counted in ``sdgate_refusals_total{reason}``
+(``count_refusal``): the store's ``TooManyJobs`` (its jobs held at once) and ``QuotaExceeded`` here,
+``RateLimited`` in the rate limiter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import math
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
+from sdgate.core.errors import QueueFull, QuotaExceeded, TooManyJobs
 from sdgate.core.requests import GenerationRequest, PostprocessRequest
+from sdgate.jobs.quotas import DailyUsage, Quotas, principal_key, seconds_to_next_day, utc_day
+from sdgate.metrics import REFUSAL_REASONS
 from sdgate.server import content
-from sdgate.server.auth import Principal
+from sdgate.server.auth import Limits, Principal
 from sdgate.server.services import Services
+
+log = logging.getLogger("sdgate.server")
 
 
 @contextmanager
@@ -26,4 +40,105 @@ def admit(
     services: Services, principal: Principal, request: GenerationRequest | PostprocessRequest
 ) -> Iterator[None]:
     content.check_request(services, request)
-    yield
+    try:
+        release = reserve(services, principal, request.image_count)
+        try:
+            yield
+        except BaseException:
+            release()
+            raise
+    except (QuotaExceeded, TooManyJobs) as exc:
+        count_refusal(services, exc)
+        raise
+
+
+def quotas_of(services: Services) -> Quotas:
+    """The server's ``Quotas`` over its job database (a test may put one with a fake clock)."""
+    return services.state.setdefault(Quotas, lambda: Quotas(services.database))
+
+
+def count_refusal(services: Services, err: QueueFull) -> None:
+    if err.code in REFUSAL_REASONS:
+        services.metrics.refusals.labels(err.code).inc()
+
+
+def reserve(services: Services, principal: Principal, images: int) -> Callable[[], None]:
+    """Checks ``principal``'s GPU seconds of the day and reserves ``images`` of its images of the
+    day; the function that gives them back. ``QuotaExceeded`` naming the limit when either is
+    spent."""
+    limits = principal.limits
+    if limits.images_per_day is None and limits.gpu_seconds_per_day is None:
+        return _nothing
+    quotas = quotas_of(services)
+    now = quotas.now()
+    day, key = utc_day(now), principal_key(principal.id)
+    until_tomorrow = seconds_to_next_day(now)
+    if limits.gpu_seconds_per_day is not None:
+        used = quotas.gpu_seconds_used(key, day)
+        if used >= limits.gpu_seconds_per_day:
+            raise QuotaExceeded(
+                f"GPU seconds per day: {used:g} of {limits.gpu_seconds_per_day:g} used today (UTC); "
+                f"the quota starts over in {_duration(until_tomorrow)}",
+                retry_after=math.ceil(until_tomorrow),
+            )
+    limit = limits.images_per_day
+    if limit is None or images <= 0:
+        return _nothing
+    if not quotas.reserve_images(key, images, limit=limit, day=day):
+        used_images = quotas.usage(key, day).images
+        raise QuotaExceeded(
+            f"images per day: {used_images} of {limit} used today (UTC), this request makes {images}; "
+            f"the quota starts over in {_duration(until_tomorrow)}",
+            retry_after=math.ceil(until_tomorrow),
+        )
+
+    def release() -> None:
+        try:
+            quotas.release_images(key, images, day=day)
+        except Exception:  # the refusal being answered matters more than the refund
+            log.warning("could not give back %d image(s) of %s's quota for %s", images, key, day,
+                        exc_info=True)
+
+    return release
+
+
+def _nothing() -> None:
+    return None
+
+
+def _duration(seconds: float) -> str:
+    hours, rest = divmod(math.ceil(seconds), 3600)
+    return f"{hours} h {rest // 60} min" if hours else f"{rest // 60} min {rest % 60} s"
+
+
+# -- what a principal has left -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    """A principal's quotas today (UTC): its limits, what it used, and what is left (``None``: no
+    such limit)."""
+
+    day: str
+    limits: Limits
+    used: DailyUsage
+    resets_in_s: float
+
+    @property
+    def images_left(self) -> int | None:
+        limit = self.limits.images_per_day
+        return None if limit is None else max(0, limit - self.used.images)
+
+    @property
+    def gpu_seconds_left(self) -> float | None:
+        limit = self.limits.gpu_seconds_per_day
+        return None if limit is None else max(0.0, limit - self.used.gpu_seconds)
+
+
+def usage_report(services: Services, principal: Principal) -> UsageReport:
+    """``principal``'s quotas today, read from the job database (sync: run it in a thread)."""
+    quotas = quotas_of(services)
+    now = quotas.now()
+    day = utc_day(now)
+    return UsageReport(day=day, limits=principal.limits, used=quotas.usage(principal_key(principal.id), day),
+                       resets_in_s=seconds_to_next_day(now))

@@ -25,6 +25,7 @@ from sdgate.server.docs import install_docs
 from sdgate.server.errors import install_error_handlers
 from sdgate.server.middleware import BodyLimitMiddleware, DefaultJsonMiddleware, RequestContextMiddleware
 from sdgate.server.observability import MetricsMiddleware
+from sdgate.server.ratelimit import RateLimitMiddleware
 from sdgate.server.runtime import ServerRuntime
 from sdgate.server.services import Services
 from sdgate.settings import Settings
@@ -83,6 +84,7 @@ def create_app(
     # Outermost first: the request id wraps everything, so even a 401 or 413 carries one.
     app.add_middleware(DefaultJsonMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RateLimitMiddleware)  # inside AuthMiddleware: it reads the principal
     app.add_middleware(AuthMiddleware, authenticator=authenticator_for(settings))
     app.add_middleware(GZipMiddleware, minimum_size=1000)
     if settings.cors_allow_origins:
