@@ -1,5 +1,6 @@
-"""One authenticator per server turns credentials into a ``Principal`` (issue 14): Basic from
-``--api-auth``, anonymous otherwise; the 401s keep their shape."""
+"""One authenticator per server turns credentials into a ``Principal`` (issues 14 and 16): Basic
+from ``--api-auth``, API keys, anonymous otherwise; credentials in every form clients send them,
+malformed ones a 401; the scope each request needs; no secret in the access log."""
 
 from __future__ import annotations
 
@@ -22,9 +23,14 @@ from sdgate.server.auth import (
     AuthMiddleware,
     BasicAuth,
     Limits,
+    Presented,
     Principal,
     authenticator_for,
     current_principal,
+    query_token,
+    read_credentials,
+    redact,
+    required_scope,
 )
 from sdgate.settings import Settings
 
@@ -85,14 +91,117 @@ async def _whoami(request: Request) -> JSONResponse:
     return JSONResponse({"id": current_principal(request.scope).id})
 
 
-async def test_middleware_leaves_the_principal_and_keeps_the_401_shape() -> None:
+async def test_middleware_leaves_the_principal_and_refuses_in_the_default_shape() -> None:
     app = Starlette(routes=[Route("/who", _whoami), Route("/healthz", _whoami)])
     wrapped = AuthMiddleware(app, BasicAuth({"alice": "s3cret"}))
     transport = httpx.ASGITransport(app=wrapped)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         ok = await client.get("/who", auth=("alice", "s3cret"))
         assert ok.json() == {"id": "alice"}
-        denied = await client.get("/who")
-        assert denied.status_code == 401 and denied.json() == {"detail": "Not authenticated"}
+        denied = await client.get("/who")  # no dialect owns the route: the native (server) shape
+        assert denied.status_code == 401
+        assert denied.json() == {"error": {"code": "unauthorized", "message": "Not authenticated"}}
         assert denied.headers["www-authenticate"] == "Basic"
         assert (await client.get("/healthz")).json() == {"id": None}  # public: anonymous
+
+
+async def test_public_endpoints_are_configurable() -> None:
+    app = Starlette(routes=[Route("/metrics", _whoami), Route("/healthz", _whoami)])
+    wrapped = AuthMiddleware(app, BasicAuth({"alice": "s3cret"}), public=["metrics"])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=wrapped), base_url="http://t") as client:
+        assert (await client.get("/metrics")).status_code == 200
+        assert (await client.get("/healthz")).status_code == 401  # not listed: closed
+
+
+# -- credentials as clients send them ------------------------------------------------------------
+
+
+def _h(value: str | bytes) -> Headers:
+    raw = value if isinstance(value, bytes) else value.encode("latin-1")
+    return Headers(raw=[(b"authorization", raw)])
+
+
+@pytest.mark.parametrize(
+    ("header", "token", "expected"),
+    [
+        (None, None, None),
+        ("Bearer sdg_abc", None, Presented(key="sdg_abc")),
+        ("bearer   sdg_abc  ", None, Presented(key="sdg_abc")),
+        ("sdg_abc", None, Presented(key="sdg_abc")),  # Stability's bare key
+        (None, "sdg_q", Presented(key="sdg_q")),  # ComfyUI's ?token=
+        ("Bearer sdg_h", "sdg_q", Presented(key="sdg_h")),  # the header wins
+        (basic("me", "sdg_pw")["authorization"], None, Presented(user="me", password="sdg_pw")),
+        (basic("sdg_user", "")["authorization"], None, Presented(user="sdg_user", password="")),
+    ],
+)
+def test_credentials_in_every_form(header: str | None, token: str | None, expected: Presented | None) -> None:
+    headers = Headers({}) if header is None else _h(header)
+    assert read_credentials(headers, token) == expected
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Basic !!!",
+        "Basic " + base64.b64encode(b"no-colon").decode(),
+        "Basic " + base64.b64encode(b"\xff\xfe:x").decode(),
+        b"Bearer sdg_\xe9\xe9",  # not ASCII
+        "Bearer " + "a" * 10_000,  # huge
+        "Bearer sdg_a\x01b",  # a control character
+        "Digest username=x",
+        "Token a b c",
+    ],
+)
+def test_a_malformed_header_is_unauthorized_never_an_error(header: str | bytes) -> None:
+    with pytest.raises(Unauthorized):
+        read_credentials(_h(header))
+    with pytest.raises(Unauthorized):
+        BasicAuth({"alice": "s3cret"}).authenticate(_h(header))
+
+
+def test_a_huge_query_token_is_unauthorized() -> None:
+    with pytest.raises(Unauthorized):
+        read_credentials(Headers({}), "sdg_" + "a" * 10_000)
+    scope = {"query_string": b"a=1&token=sdg_x%2By&b=2"}
+    assert query_token(scope) == "sdg_x+y"
+    assert query_token({"query_string": b"tokens=1"}) is None
+
+
+# -- scopes ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "scope"),
+    [
+        ("GET", "/api/v1/jobs", "read"),
+        ("HEAD", "/sdapi/v1/options", "read"),
+        ("OPTIONS", "/v1/models", "read"),
+        ("POST", "/api/v1/jobs", "generate"),
+        ("DELETE", "/api/v1/jobs/j1", "generate"),
+        ("POST", "/sdapi/v1/options", "generate"),  # per principal: not the server's
+        ("GET", "/api/v1/keys", "admin"),
+        ("POST", "/api/v1/keys/key_1/rotate", "admin"),
+        ("GET", "/api/v1/audit", "admin"),
+        ("POST", "/sdapi/v1/server-stop", "admin"),
+        ("GET", "/api/v1/keysmith", "read"),  # a prefix of a word is not the admin path
+    ],
+)
+def test_required_scope(method: str, path: str, scope: str) -> None:
+    assert required_scope(method, path) == scope
+
+
+def test_admin_includes_every_scope() -> None:
+    admin = Principal(id="k", scopes=frozenset({"admin"}))
+    assert admin.allows("generate") and admin.allows("read") and admin.is_admin
+    reader = Principal(id="r", scopes=frozenset({"read"}))
+    assert reader.allows("read") and not reader.allows("generate") and not reader.is_admin
+
+
+# -- no secret in a log --------------------------------------------------------------------------
+
+
+def test_redaction_hides_tokens_and_keys() -> None:
+    line = 'GET /ws?clientId=1&token=sdg_abcdefghijklmnop&x=2 HTTP/1.1'
+    assert redact(line) == 'GET /ws?clientId=1&token=[redacted]&x=2 HTTP/1.1'
+    assert redact("key sdg_abcdefghijklmnopq used") == "key sdg_[redacted] used"
+    assert redact("/api/v1/jobs?state=queued") == "/api/v1/jobs?state=queued"

@@ -18,7 +18,12 @@ from starlette.routing import compile_path
 import sdgate
 from sdgate.core.engine import Engine
 from sdgate.server import health, observability
-from sdgate.server.auth import AuthMiddleware, authenticator_for
+from sdgate.server.auth import (
+    AuthMiddleware,
+    authenticator_for,
+    install_log_redaction,
+    start_authenticator,
+)
 from sdgate.server.dialect import job_payloads
 from sdgate.server.dialects.registry import DIALECTS
 from sdgate.server.docs import install_docs
@@ -51,6 +56,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = Services.build(settings, engine=engine, run_workers=run_workers)
         app.state.services = services
+        app.state.authenticator = start_authenticator(settings, services)
         # Before start(): webhooks hear of the jobs recovered at start-up.
         runtime = ServerRuntime.attach(services, payloads)
         for dialect in DIALECTS:
@@ -73,6 +79,7 @@ def create_app(
         redoc_url=None,
     )
     install_error_handlers(app)
+    install_log_redaction()  # the access log prints query strings: ?token= stays out of it
     app.add_exception_handler(405, _method_not_allowed)
     install_docs(app)
     for dialect in DIALECTS:
@@ -85,7 +92,8 @@ def create_app(
     app.add_middleware(DefaultJsonMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RateLimitMiddleware)  # inside AuthMiddleware: it reads the principal
-    app.add_middleware(AuthMiddleware, authenticator=authenticator_for(settings))
+    app.add_middleware(AuthMiddleware, authenticator=authenticator_for(settings),
+                       public=settings.public_endpoints)
     app.add_middleware(GZipMiddleware, minimum_size=1000)
     if settings.cors_allow_origins:
         app.add_middleware(
@@ -112,6 +120,7 @@ def create_worker_app(settings: Settings, *, engine: Engine | None = None) -> Fa
         if services.engine is None:
             raise RuntimeError("a worker node needs workers (--workers 1 or more)")
         app.state.services = services
+        app.state.authenticator = start_authenticator(settings, services)
         services.start()
         try:
             yield
@@ -121,9 +130,11 @@ def create_worker_app(settings: Settings, *, engine: Engine | None = None) -> Fa
     app = FastAPI(title="sdgate worker", version=sdgate.__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
+    install_log_redaction()
     app.include_router(health.router)
     app.include_router(observability.router)
-    app.add_middleware(AuthMiddleware, authenticator=authenticator_for(settings))
+    app.add_middleware(AuthMiddleware, authenticator=authenticator_for(settings),
+                       public=settings.public_endpoints)
     app.add_middleware(RequestContextMiddleware)
     app.add_middleware(MetricsMiddleware)
     return app

@@ -18,8 +18,3 @@ class ErrorBody(BaseModel):
 
     error: ErrorOut
 
-
-class AuthErrorBody(BaseModel):
-    """A 401 from ``--api-auth``: answered before any route, in FastAPI's shape for every dialect."""
-
-    detail: str

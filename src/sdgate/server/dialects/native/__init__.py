@@ -1,4 +1,5 @@
-"""The native job API (``/api/v1``): jobs, their events, uploads, images and the server's names.
+"""The native job API (``/api/v1``): jobs, their events, uploads, images, the server's names, and
+the API keys admin API.
 
 Its job format is the server's public one: webhook bodies and logged events are rendered by it
 (``NativePayloads``), whichever dialect submitted the job.
@@ -10,7 +11,7 @@ from typing import Any
 
 from sdgate.core.jobs import Job, JobEventKind
 from sdgate.server.dialect import Dialect
-from sdgate.server.dialects.native import cluster, router, translate
+from sdgate.server.dialects.native import cluster, keys, router, translate
 
 
 class NativePayloads:
@@ -23,4 +24,6 @@ class NativePayloads:
         return translate.event_data(kind, job, base=base)
 
 
-DIALECT = Dialect(name="native", routers=(router.router, cluster.router), job_payloads=NativePayloads())
+DIALECT = Dialect(
+    name="native", routers=(router.router, cluster.router, keys.router), job_payloads=NativePayloads()
+)

@@ -18,7 +18,7 @@ from sdgate.core.loras import list_loras
 from sdgate.core.samplers import samplers_listing, schedulers_listing
 from sdgate.core.styles import STYLES_FILE, load_styles
 from sdgate.server.auth import current_principal
-from sdgate.server.bodies import AuthErrorBody, ErrorBody
+from sdgate.server.bodies import ErrorBody
 from sdgate.server.deps import CurrentPrincipal, ServicesDep
 from sdgate.server.dialects.native import events as native_events
 from sdgate.server.dialects.native import images as native_images
@@ -47,9 +47,11 @@ class NativeRoute(DialectRoute):
     error_body: ClassVar[type[BaseModel] | None] = ErrorBody
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
-        unauthorised = {"model": AuthErrorBody, "description": "no or wrong HTTP Basic credentials"}
+        unauthorised = {"description": "no, malformed, unknown, revoked or expired credentials"}
+        forbidden = {"description": "the API key lacks the scope this route needs"}
         busy = {"description": "the queue is full: try again after Retry-After seconds"}
-        kwargs["responses"] = {401: unauthorised, 429: busy, **(kwargs.get("responses") or {})}
+        own = kwargs.get("responses") or {}
+        kwargs["responses"] = {401: unauthorised, 403: forbidden, 429: busy, **own}
         super().__init__(path, endpoint, **kwargs)
 
 
