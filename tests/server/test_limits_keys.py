@@ -267,3 +267,37 @@ async def test_spent_gpu_seconds_refuse_until_the_next_day(
         clock.advance(UNTIL_MIDNIGHT + 1)
         r = await client.post("/api/v1/jobs", json=small, headers=bearer("gpu"))
         assert r.status_code == 202, r.text
+
+
+async def test_me_and_stabilitys_balance_report_what_is_left_today(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running(settings, monkeypatch) as (client, services, clock):
+        me = (await client.get("/api/v1/me", headers=bearer("imgs"))).json()
+        assert me["id"] == "key_imgs" and me["name"] == "imgs" and me["scopes"] == ["generate", "read"]
+        assert me["admin"] is False
+        assert me["limits"] == {"max_queued_jobs": None, "rate_per_min": None, "rate_burst": None,
+                                "images_per_day": 3, "gpu_seconds_per_day": None}
+        assert me["usage"] == {"day": "2026-03-01", "images": 0, "gpu_seconds": 0.0, "images_left": 3,
+                               "gpu_seconds_left": None, "resets_at": "2026-03-02T00:00:00Z"}
+        assert (await client.get("/v1/user/balance", headers=bearer("imgs"))).json() == {"credits": 3.0}
+
+        job = {"prompt": "x", "steps": 1, "width": 64, "height": 64, "batch_size": 2}
+        assert (await client.post("/api/v1/jobs", json=job, headers=bearer("imgs"))).status_code == 202
+
+        usage = (await client.get("/api/v1/me", headers=bearer("imgs"))).json()["usage"]
+        assert (usage["images"], usage["images_left"]) == (2, 1)
+        assert (await client.get("/v1/user/balance", headers=bearer("imgs"))).json() == {"credits": 1.0}
+        account = (await client.get("/v1/user/account", headers=bearer("imgs"))).json()
+        assert account["id"] == "user-key_imgs" and account["email"] == "imgs@sdgate.local"
+        assert set(account) == {"id", "email", "profile_picture", "organizations"}  # Stability's fields
+        # A key without a daily limit: a documented large balance, no limits.
+        free = (await client.get("/v1/user/balance", headers=bearer("free"))).json()
+        assert free == {"credits": 1_000_000.0}
+        me = (await client.get("/api/v1/me", headers=bearer("free"))).json()
+        assert set(me["limits"].values()) == {None} and me["usage"]["images_left"] is None
+        # The next UTC day, everything is there again.
+        clock.advance(UNTIL_MIDNIGHT)
+        assert (await client.get("/v1/user/balance", headers=bearer("imgs"))).json() == {"credits": 3.0}
+        gpu = (await client.get("/api/v1/me", headers=bearer("gpu"))).json()["usage"]
+        assert gpu["gpu_seconds_left"] == 60.0 and gpu["day"] == "2026-03-02"

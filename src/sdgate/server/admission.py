@@ -23,6 +23,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sdgate.core.errors import QueueFull, QuotaExceeded, TooManyJobs
 from sdgate.core.requests import GenerationRequest, PostprocessRequest
@@ -116,13 +117,21 @@ def _duration(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class UsageReport:
-    """A principal's quotas today (UTC): its limits, what it used, and what is left (``None``: no
-    such limit)."""
+    """A principal's quotas today (UTC), as of ``now``: its limits, what it used, and what is left
+    (``None``: no such limit)."""
 
-    day: str
+    now: datetime
     limits: Limits
     used: DailyUsage
-    resets_in_s: float
+
+    @property
+    def day(self) -> str:
+        return utc_day(self.now)
+
+    @property
+    def resets_at(self) -> datetime:
+        """When the day's quotas start over: the next UTC midnight."""
+        return self.now + timedelta(seconds=seconds_to_next_day(self.now))
 
     @property
     def images_left(self) -> int | None:
@@ -139,6 +148,5 @@ def usage_report(services: Services, principal: Principal) -> UsageReport:
     """``principal``'s quotas today, read from the job database (sync: run it in a thread)."""
     quotas = quotas_of(services)
     now = quotas.now()
-    day = utc_day(now)
-    return UsageReport(day=day, limits=principal.limits, used=quotas.usage(principal_key(principal.id), day),
-                       resets_in_s=seconds_to_next_day(now))
+    used = quotas.usage(principal_key(principal.id), utc_day(now))
+    return UsageReport(now=now, limits=principal.limits, used=used)

@@ -11,7 +11,7 @@ from typing import Any
 
 from sdgate.core.jobs import Job, JobEventKind
 from sdgate.server.dialect import Dialect
-from sdgate.server.dialects.native import cluster, keys, router, translate
+from sdgate.server.dialects.native import cluster, keys, router, translate, usage
 
 
 class NativePayloads:
@@ -25,5 +25,7 @@ class NativePayloads:
 
 
 DIALECT = Dialect(
-    name="native", routers=(router.router, cluster.router, keys.router), job_payloads=NativePayloads()
+    name="native",
+    routers=(router.router, cluster.router, keys.router, usage.router),
+    job_payloads=NativePayloads(),
 )

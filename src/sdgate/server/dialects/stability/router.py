@@ -18,6 +18,7 @@ from sdgate.core.images import decode_image_bytes
 from sdgate.core.models import ModelInfo
 from sdgate.core.requests import GenerationRequest
 from sdgate.server import imaging, jobflow
+from sdgate.server.admission import usage_report
 from sdgate.server.auth import Principal
 from sdgate.server.deps import CurrentPrincipal, ServicesDep, image_limits
 from sdgate.server.dialects.stability import translate
@@ -220,12 +221,19 @@ async def engines_list(services: ServicesDep) -> list[dict[str, Any]]:
     return engines
 
 
+# What /user/balance reports for a key without an images-per-day limit: self-hosted, nothing is billed.
+UNLIMITED_CREDITS = 1_000_000.0
+
+
 @router.get("/user/account")
 async def user_account(principal: CurrentPrincipal) -> dict[str, Any]:
-    name = principal.id or "local"
+    """The caller's API key as Stability's account (its fields only, as its clients parse them):
+    ``id`` from the key's id (else the Basic user), ``email`` from its name. Its limits and what is
+    left of them: ``/v1/user/balance`` and the native ``GET /api/v1/me``."""
+    name = principal.name or principal.id or "local"
     org = {"id": "org-sdgate", "name": "sdgate", "role": "OWNER", "is_default": True}
     return {
-        "id": f"user-{name}",
+        "id": f"user-{principal.id or name}",
         "email": f"{name}@sdgate.local",
         "profile_picture": "",
         "organizations": [org],
@@ -233,8 +241,11 @@ async def user_account(principal: CurrentPrincipal) -> dict[str, Any]:
 
 
 @router.get("/user/balance")
-async def user_balance() -> dict[str, float]:
-    return {"credits": 1_000_000.0}  # self-hosted: nothing is billed
+async def user_balance(services: ServicesDep, principal: CurrentPrincipal) -> dict[str, float]:
+    """``credits``: the images the caller's key may still make today (UTC), one credit an image;
+    ``UNLIMITED_CREDITS`` without an images-per-day limit."""
+    left = (await run_in_threadpool(usage_report, services, principal)).images_left
+    return {"credits": UNLIMITED_CREDITS if left is None else float(left)}
 
 
 @router.post(
