@@ -84,13 +84,17 @@ class Services:
         services = cls(settings=settings, catalog=catalog, stores=stores_for(settings))
         from sdgate.server import content
 
-        content.attach(services)  # the prompt blocklist: a file that does not load stops the start
-        if run_workers and settings.workers > 0:
-            if engine is None:
-                from sdgate.engine import create_engine
+        try:
+            content.attach(services)  # the prompt blocklist: a file that does not load stops the start
+            if run_workers and settings.workers > 0:
+                if engine is None:
+                    from sdgate.engine import create_engine
 
-                engine = create_engine(settings, catalog)
-            services.engine = content.with_safety_checker(services, engine)
+                    engine = create_engine(settings, catalog)
+                services.engine = content.with_safety_checker(services, engine)
+        except BaseException:
+            services.stores.close()
+            raise
         return services
 
     @property
