@@ -69,9 +69,11 @@ def _mount_sub_apps() -> None:
     from sdgate.cli.db import app as db_app
     from sdgate.cli.demo import app as demo_app
     from sdgate.cli.generate import mount as mount_client_commands
+    from sdgate.cli.keys import app as keys_app
 
     app.add_typer(demo_app, name="demo", help="The built-in demo model: train and evaluate it.")
     app.add_typer(db_app, name="db", help="The job database: its schema migrations.")
+    app.add_typer(keys_app, name="keys", help="API keys: create, list, revoke, rotate.")
     mount_client_commands(app)  # generate, batch, info and jobs: the SDK's commands
 
 

@@ -9,6 +9,12 @@ All three take the same store flags (``--database``, ``--storage``, ``--storage-
 check them before serving: a URL sdgate does not speak, a database or bucket it cannot reach, or a
 schema it cannot run on is one line and exit code 1 (2 for a usage error), never a traceback.
 ``--log-format json`` writes one JSON object per log line (``sdgate.logs``).
+
+Access (``serve`` and ``api``; ``--auth`` and ``--public-endpoint`` on ``worker`` too): ``--auth
+auto|keys|basic|none`` (auto: API keys once ``sdgate keys create`` made one, else ``--api-auth``'s
+Basic, else open), ``--public-endpoint healthz,readyz,metrics``, ``--ssl-certfile/--ssl-keyfile``
+(HTTPS, passed to uvicorn), ``--cors-allow-origin`` (off unless given), ``--audit-prompts``,
+``--content-blocklist FILE``, ``--safety-checker auto|on|off``.
 """
 
 from __future__ import annotations
@@ -79,6 +85,38 @@ MaxQueuedOpt = Annotated[
     typer.Option(min=1, help="Jobs each --api-auth user (without it: everyone together) may have "
                  "queued or running at once; more is a 429. [default: no limit]"),
 ]
+AuthOpt = Annotated[
+    str | None,
+    typer.Option("--auth", help="Who may call: auto (API keys once one exists, else --api-auth's Basic, "
+                 "else anyone), keys, basic or none. [default: auto]"),
+]
+PublicEndpointOpt = Annotated[
+    list[str] | None,
+    typer.Option("--public-endpoint", help="Answered without credentials: healthz, readyz, metrics "
+                 "(repeat, or a comma list; none: all closed). [default: healthz,readyz]"),
+]
+SslCertOpt = Annotated[
+    Path | None, typer.Option("--ssl-certfile", help="TLS certificate (PEM): serve HTTPS.")
+]
+SslKeyOpt = Annotated[Path | None, typer.Option("--ssl-keyfile", help="TLS private key (PEM).")]
+CorsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--cors-allow-origin", help="A browser origin allowed to call the API, e.g. "
+                 "https://app.example.com (repeat, or a comma list). [default: none: CORS off]"),
+]
+AuditPromptsOpt = Annotated[
+    bool, typer.Option("--audit-prompts", help="The audit log keeps each call's prompt. [default: never]")
+]
+BlocklistOpt = Annotated[
+    Path | None,
+    typer.Option("--content-blocklist", help="A file of blocked words and /regexes/, checked against "
+                 "every prompt."),
+]
+SafetyOpt = Annotated[
+    str | None,
+    typer.Option("--safety-checker", help="The image safety checker: auto (when its weights are in "
+                 "<models>/safety_checker), on, off. [default: auto]"),
+]
 LogLevelOpt = Annotated[str, typer.Option(help="debug, info, warning, error.")]
 LogFormatOpt = Annotated[str, typer.Option("--log-format", help="text, or json (one object per line).")]
 
@@ -120,6 +158,14 @@ def serve(
                      "same --data-dir runs the jobs. [default: 1]"),
     ] = None,
     max_queued_per_principal: MaxQueuedOpt = None,
+    auth: AuthOpt = None,
+    public_endpoint: PublicEndpointOpt = None,
+    ssl_certfile: SslCertOpt = None,
+    ssl_keyfile: SslKeyOpt = None,
+    cors_allow_origin: CorsOpt = None,
+    audit_prompts: AuditPromptsOpt = False,
+    content_blocklist: BlocklistOpt = None,
+    safety_checker: SafetyOpt = None,
     log_level: LogLevelOpt = "info",
     log_format: LogFormatOpt = "text",
 ) -> None:
@@ -131,6 +177,8 @@ def serve(
         vram_mode="lowvram" if lowvram else "medvram" if medvram else None,
         allow_image_urls=True if allow_image_urls else None, workers=workers,
         max_queued_per_principal=max_queued_per_principal,
+        **access_overrides(auth, public_endpoint, ssl_certfile, ssl_keyfile, cors_allow_origin,
+                           audit_prompts, content_blocklist, safety_checker),
     )
     _prepare(settings, log_level, log_format)
     model_line = _model_line(settings)
@@ -157,6 +205,14 @@ def api(
     public_url: PublicUrlOpt = None,
     allow_image_urls: AllowImageUrlsOpt = False,
     max_queued_per_principal: MaxQueuedOpt = None,
+    auth: AuthOpt = None,
+    public_endpoint: PublicEndpointOpt = None,
+    ssl_certfile: SslCertOpt = None,
+    ssl_keyfile: SslKeyOpt = None,
+    cors_allow_origin: CorsOpt = None,
+    audit_prompts: AuditPromptsOpt = False,
+    content_blocklist: BlocklistOpt = None,
+    safety_checker: SafetyOpt = None,
     log_level: LogLevelOpt = "info",
     log_format: LogFormatOpt = "text",
 ) -> None:
@@ -167,6 +223,8 @@ def api(
         model=model, database=database, storage=storage, storage_endpoint=storage_endpoint,
         api_auth=api_auth, public_url=public_url, allow_image_urls=True if allow_image_urls else None,
         max_queued_per_principal=max_queued_per_principal, workers=0,
+        **access_overrides(auth, public_endpoint, ssl_certfile, ssl_keyfile, cors_allow_origin,
+                           audit_prompts, content_blocklist, safety_checker),
     )
     _prepare(settings, log_level, log_format)
     typer.echo(f"sdgate {__version__} api node: jobs run on the workers of {_where(settings)}")
@@ -203,6 +261,8 @@ def worker(
                      "before exiting (an unfinished job is re-run elsewhere once its lease expires). "
                      "[default: 600]"),
     ] = None,
+    auth: AuthOpt = None,
+    public_endpoint: PublicEndpointOpt = None,
     log_level: LogLevelOpt = "info",
     log_format: LogFormatOpt = "text",
 ) -> None:
@@ -214,6 +274,7 @@ def worker(
         storage_endpoint=storage_endpoint, device=device, engine=engine, api_auth=api_auth,
         vram_mode="lowvram" if lowvram else "medvram" if medvram else None, workers=workers,
         drain_timeout_s=drain_timeout if drain_timeout is not None else 600.0,
+        **access_overrides(auth, public_endpoint),
     )
     _prepare(settings, log_level, log_format)
     model_line = _model_line(settings)
@@ -227,6 +288,29 @@ def worker(
 # -- shared steps ------------------------------------------------------------------------------
 
 
+def _listed(values: list[str] | None) -> list[str] | None:
+    """A repeatable flag that also takes comma lists; ``none`` alone: the empty list."""
+    if values is None:
+        return None
+    items = [item.strip() for value in values for item in value.split(",") if item.strip()]
+    return [] if items == ["none"] else items
+
+
+def access_overrides(
+    auth: str | None = None, public_endpoint: list[str] | None = None, ssl_certfile: Path | None = None,
+    ssl_keyfile: Path | None = None, cors_allow_origin: list[str] | None = None,
+    audit_prompts: bool = False, content_blocklist: Path | None = None, safety_checker: str | None = None,
+) -> dict[str, object]:
+    """The access and safety flags as ``Settings`` fields (those given)."""
+    given: dict[str, object] = {
+        "auth": auth, "public_endpoints": _listed(public_endpoint), "ssl_certfile": ssl_certfile,
+        "ssl_keyfile": ssl_keyfile, "cors_allow_origins": _listed(cors_allow_origin),
+        "audit_prompts": True if audit_prompts else None, "content_blocklist": content_blocklist,
+        "safety_checker": safety_checker,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def _prepare(settings: Settings, log_level: str, log_format: str) -> None:
     """Everything that can be refused before serving, then logging."""
     from sdgate.logs import LOG_FORMATS, configure_logging
@@ -237,6 +321,14 @@ def _prepare(settings: Settings, log_level: str, log_format: str) -> None:
         settings.auth_pairs()
     except ValueError as exc:
         raise fail(f"--api-auth: {exc}", code=2, kind="UsageError") from None
+    if settings.auth == "basic" and not settings.api_auth:
+        raise fail("--auth basic needs --api-auth user:pass[,user2:pass2]", code=2, kind="UsageError")
+    for flag, path in (("--ssl-certfile", settings.ssl_certfile), ("--ssl-keyfile", settings.ssl_keyfile),
+                       ("--content-blocklist", settings.content_blocklist)):
+        if path is not None and not path.is_file():
+            raise fail(f"{flag}: {path} is not a file", code=2, kind="UsageError")
+    if settings.ssl_keyfile is not None and settings.ssl_certfile is None:
+        raise fail("--ssl-keyfile needs --ssl-certfile", code=2, kind="UsageError")
     if settings.model is not None and not settings.model.exists():
         raise fail(f"--model: {settings.model} does not exist", code=2, kind="UsageError")
     from sdgate.jobs.storage import data_dir_problem
@@ -300,6 +392,8 @@ def _run(app: Any, settings: Settings, log_level: str, *, announce: Any) -> None
         log_config=None,  # keep the handlers configure_logging set (text or JSON)
         timeout_keep_alive=30,
         timeout_graceful_shutdown=5,  # open event streams must not hold a shutdown for minutes
+        ssl_certfile=settings.ssl_certfile,
+        ssl_keyfile=settings.ssl_keyfile,
     )
     server = uvicorn.Server(config)
     threading.Thread(target=announce, args=(server, settings), daemon=True).start()
@@ -318,7 +412,8 @@ def _wait_started(server: object) -> bool:
 
 def _url(settings: Settings) -> str:
     shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    return f"http://{shown}:{settings.port}"
+    scheme = "https" if settings.ssl_certfile is not None else "http"
+    return f"{scheme}://{shown}:{settings.port}"
 
 
 def _announce_api(server: object, settings: Settings) -> None:
