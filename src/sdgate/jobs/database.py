@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
 import sqlite3
 import threading
 import time
@@ -92,14 +93,15 @@ def create_db_engine(url: str | sa.URL) -> sa.Engine:
         connect_args: dict[str, Any] = {"connect_timeout": PG_CONNECT_TIMEOUT_S}
         if "application_name" not in parsed.query:
             connect_args["application_name"] = "sdgate"
-        return sa.create_engine(
+        engine = sa.create_engine(
             parsed,
-            pool_pre_ping=True,  # a connection the server dropped (a restart) is replaced, not used
             pool_size=PG_POOL_SIZE,
             max_overflow=PG_MAX_OVERFLOW,
             pool_timeout=PG_POOL_TIMEOUT_S,
             connect_args=connect_args,
         )
+        sa.event.listen(engine, "checkout", _drop_if_closed_by_server)
+        return engine
 
     memory = parsed.database in (None, "", ":memory:")
     kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}}
@@ -133,6 +135,31 @@ def create_db_engine(url: str | sa.URL) -> sa.Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def _drop_if_closed_by_server(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+    """A pooled PostgreSQL connection the server dropped (a restart, ``pg_terminate_backend``) is
+    replaced before use, without a round trip per checkout (``pool_pre_ping`` pings every time).
+
+    An idle connection has nothing to read; the server closing it sends its error (57P01
+    "terminating connection") and then end-of-file, so the socket turns readable. Only then is it
+    pinged, and ``DisconnectionError`` makes the pool open a fresh one instead. A connection lost
+    silently (a network gone) fails at its first statement: SQLAlchemy then invalidates the whole
+    pool (every connection opened before), the caller gets ``StorageUnreachable`` once and retries.
+    """
+    if dbapi_conn.closed:
+        raise sa.exc.DisconnectionError("the connection is closed")
+    try:
+        readable, _, _ = select.select([dbapi_conn.fileno()], [], [], 0)
+    except (OSError, ValueError) as exc:
+        raise sa.exc.DisconnectionError(f"the connection's socket is gone ({exc})") from exc
+    if not readable:
+        return
+    try:
+        dbapi_conn.execute("SELECT 1")
+        dbapi_conn.rollback()
+    except Exception as exc:
+        raise sa.exc.DisconnectionError(f"the server closed the connection ({exc})") from exc
 
 
 def _enable_wal(cursor: Any) -> None:
