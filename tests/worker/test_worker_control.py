@@ -8,7 +8,7 @@ from PIL import Image
 from sdgate.core.engine import StepAction, StepReport
 from sdgate.core.errors import StorageUnavailable
 from sdgate.core.jobs import ControlAction, Progress
-from sdgate.worker.control import JobControl
+from sdgate.worker.control import CONTROL_FRESH_S, JobControl
 
 
 class RecordingStore:
@@ -99,6 +99,20 @@ def test_cancel_requested_reads_the_store_once_more(control: JobControl, store: 
     assert not control.cancel_requested()
     store.control = ControlAction.CANCEL
     assert control.cancel_requested()
+
+
+def test_cancel_requested_reads_again_only_when_the_last_read_is_stale(
+    control: JobControl, store: RecordingStore, clock: Clock
+) -> None:
+    control.on_step(report(10, steps=10))
+    assert store.control_reads == 1
+    clock.now += CONTROL_FRESH_S / 2  # the engine returned at once: the step's read stands
+    assert not control.cancel_requested()
+    assert store.control_reads == 1
+    store.control = ControlAction.CANCEL
+    clock.now += CONTROL_FRESH_S  # a decode after the last step took a while: read again
+    assert control.cancel_requested()
+    assert store.control_reads == 2
 
 
 def test_a_control_read_that_fails_does_not_stop_the_job(control: JobControl, store: RecordingStore) -> None:

@@ -1,6 +1,7 @@
 """``JobControl``: the ``GenerationControl`` the worker hands the engine for one job.
 
-At every step it reads the job's pending control request (one indexed read), writes progress to
+At every step it reads the job's pending control request (one indexed read; once more after the
+engine returns unless the last read is fresh), writes progress to
 the store (throttled: the first step, the last, and at most every ``interval_s`` between, each with
 an ETA; a progress write renews the job's lease), and keeps the step's preview callable.
 
@@ -29,6 +30,8 @@ logger = logging.getLogger("sdgate.worker")
 
 PROGRESS_INTERVAL_S = 0.2
 PREVIEW_INTERVAL_S = 1.0
+# A control read this recent still holds when the engine returns (``cancel_requested``).
+CONTROL_FRESH_S = 0.05
 
 _STEP_ACTIONS = {
     ControlAction.SKIP: StepAction.SKIP,
@@ -61,6 +64,8 @@ class JobControl:
         self._interval_s = interval_s
         self._clock = clock
         self._last_write: float | None = None
+        self._control_read_at: float | None = None  # the clock at the last successful control read
+        self._step_read_at: float | None = None  # ... of those made at a step
         self._origin: tuple[float, float] | None = None  # (time, fraction) at the first step
         self._state_lock = threading.Lock()
         self._render_lock = threading.Lock()
@@ -120,8 +125,15 @@ class JobControl:
         self._stored_key = key
 
     def cancel_requested(self) -> bool:
-        """A last look after the engine returned (an engine with no steps never asked)."""
-        self.cancelled = self.cancelled or self._pending() is ControlAction.CANCEL
+        """A last look after the engine returned (an engine with no steps never asked, and a decode
+        after the last step may take a while). A read at a step less than ``CONTROL_FRESH_S`` ago
+        stands: nothing ran since that a cancel could still save, and a round trip is spared."""
+        if self.cancelled:
+            return True
+        read_at = self._step_read_at
+        if read_at is not None and self._clock() - read_at < CONTROL_FRESH_S:
+            return False
+        self.cancelled = self._pending() is ControlAction.CANCEL
         return self.cancelled
 
     def _report_progress(self, report: StepReport, now: float) -> None:
@@ -154,6 +166,7 @@ class JobControl:
         if self.lost:
             return StepAction.CANCEL
         pending = self._pending()
+        self._step_read_at = self._control_read_at
         if pending is None:
             return StepAction.CONTINUE
         if pending is ControlAction.SKIP:
@@ -169,7 +182,9 @@ class JobControl:
         restarting): like progress, a failed read must not fail the job, and a request made
         meanwhile is seen at the next step."""
         try:
-            return self._store.pending_control(self.job_id)
+            pending = self._store.pending_control(self.job_id)
+            self._control_read_at = self._clock()
+            return pending
         except Exception:
             logger.warning("job %s: reading its control request failed", self.job_id, exc_info=True)
             return None
