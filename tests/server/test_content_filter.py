@@ -17,7 +17,15 @@ import pytest
 from PIL import Image
 
 from sdgate.core.blocklist import BlocklistError
-from sdgate.engine.safety import SafetyCheckedEngine, SafetyCheckerMissing, safety_checker_problem
+from sdgate.core.engine import EngineInputs, StepAction, StepReport
+from sdgate.core.requests import GenerationRequest
+from sdgate.engine.safety import (
+    SafetyCheckedEngine,
+    SafetyCheckerMissing,
+    checked_engine,
+    safety_checker_problem,
+)
+from sdgate.server import content
 from sdgate.server.app import create_app
 from sdgate.server.services import Services
 from sdgate.settings import Settings
@@ -350,3 +358,40 @@ def test_checker_settings(tmp_path: Path, models_dir: Path) -> None:
     off = _settings(tmp_path, models_dir, safety_checker="off")
     assert safety_checker_problem(off) is None
     assert not isinstance(Services.build(off, engine=FakeEngine()).engine, SafetyCheckedEngine)
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.reports: list[StepReport] = []
+
+    def on_step(self, report: StepReport) -> StepAction:
+        self.reports.append(report)
+        return StepAction.CONTINUE
+
+
+def test_previews_are_withheld_while_the_checker_is_on(tmp_path: Path, models_dir: Path) -> None:
+    """A step preview shows the image before the checker sees it."""
+    request = GenerationRequest(prompt="x", width=SIZE, height=SIZE, steps=3, seed=SEED)
+    bare = _Recorder()
+    FakeEngine(size=SIZE).generate(request, EngineInputs(), bare)
+    assert any(r.preview is not None for r in bare.reports)  # the fake engine offers them
+    _write_checker(models_dir, flags_everything=False, pipeline_layout=False)
+    engine = checked_engine(FakeEngine(size=SIZE), _settings(tmp_path, models_dir))
+    checked = _Recorder()
+    output = engine.generate(request, EngineInputs(), checked)
+    assert len(checked.reports) == len(bare.reports)
+    assert all(r.preview is None for r in checked.reports)
+    assert [g.filtered for g in output.images] == [False]
+
+
+def test_startup_problem_is_one_line(tmp_path: Path, models_dir: Path) -> None:
+    path = tmp_path / "blocked.txt"
+    path.write_text("ok\n/[broken/\n", encoding="utf-8")
+    problem = content.startup_problem(_settings(tmp_path, models_dir, content_blocklist=path))
+    assert problem is not None and f"{path}:2: " in problem and "\n" not in problem
+    on = _settings(tmp_path, models_dir, safety_checker="on")
+    assert "safety_checker" in (content.startup_problem(on) or "")
+    api_only = _settings(tmp_path, models_dir, safety_checker="on", workers=0)  # no checker runs there
+    assert content.startup_problem(api_only) is None
+    path.write_text("ok\n", encoding="utf-8")
+    assert content.startup_problem(_settings(tmp_path, models_dir, content_blocklist=path)) is None

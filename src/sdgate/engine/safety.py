@@ -15,12 +15,15 @@ processor config, CLIP's standard one at the checker's own image size is used.
 ``checked_engine(engine, settings)`` wraps an engine when the checker is on: after ``generate``,
 each flagged image is replaced by a black image of the same size and marked ``filtered``
 (``GeneratedImage.filtered`` -> ``StoredImage.filtered``), which each dialect reports its own way.
+Live previews of the steps are withheld while the checker is on (A1111's ``/progress``
+``current_image``, the native event stream): they show the image before it is checked.
 Torch and transformers are imported only when the checker loads; finding its files is torch-free
 (``safety_checker_files``), so a CLI can refuse to start before loading anything.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -35,6 +38,8 @@ from sdgate.core.engine import (
     GenerationControl,
     MemoryBudget,
     ModelDefaults,
+    StepAction,
+    StepReport,
 )
 from sdgate.core.requests import GenerationRequest
 from sdgate.settings import Settings
@@ -184,12 +189,25 @@ class SafetyCheckedEngine:
     def generate(
         self, request: GenerationRequest, inputs: EngineInputs, control: GenerationControl
     ) -> EngineOutput:
-        output = self.wrapped.generate(request, inputs, control)
+        output = self.wrapped.generate(request, inputs, _WithoutPreviews(control))
         filter_images(output, self._checker)
         count = sum(1 for image in output.images if image.filtered)
         if count and self._on_filtered is not None:
             self._on_filtered(count)
         return output
+
+
+class _WithoutPreviews:
+    """``control`` shown no step previews: they would show an image before the checker sees it."""
+
+    def __init__(self, control: GenerationControl) -> None:
+        self._control = control
+
+    def on_step(self, report: StepReport) -> StepAction:
+        return self._control.on_step(dataclasses.replace(report, preview=None))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._control, name)
 
 
 def filter_images(output: EngineOutput, checker: SafetyChecker) -> None:

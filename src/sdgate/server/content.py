@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 
-from sdgate.core.blocklist import Blocklist, load_blocklist
+from sdgate.core.blocklist import Blocklist, BlocklistError, load_blocklist
 from sdgate.core.engine import Engine
 from sdgate.core.errors import ContentFiltered
 from sdgate.core.requests import GenerationRequest, PostprocessRequest
 from sdgate.core.results import GenerationResult
 from sdgate.logs import context_var
 from sdgate.server.services import Services
+from sdgate.settings import Settings
 
 log = logging.getLogger("sdgate.content")
 
@@ -87,3 +88,19 @@ def refuse_filtered(result: GenerationResult | None) -> None:
             f"{count} of {len(result.images)} generated image(s) were refused by the server's content "
             "policy (safety checker)"
         )
+
+
+def startup_problem(settings: Settings) -> str | None:
+    """Why the content filter would stop a server with ``settings`` from starting, as one line (a
+    blocklist that does not load, ``--safety-checker on`` without its files), or None. Torch-free:
+    for the CLI to answer before serving, as ``Services.build`` would refuse the same."""
+    if settings.content_blocklist is not None:
+        try:
+            load_blocklist(settings.content_blocklist)
+        except BlocklistError as exc:
+            return f"--content-blocklist: {exc}"
+    if settings.workers > 0:  # the checker runs where the workers do
+        from sdgate.engine.safety import safety_checker_problem
+
+        return safety_checker_problem(settings)
+    return None
