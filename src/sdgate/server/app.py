@@ -18,6 +18,7 @@ from starlette.routing import compile_path
 import sdgate
 from sdgate.core.engine import Engine
 from sdgate.server import health, observability
+from sdgate.server.audit import AuditMiddleware
 from sdgate.server.auth import (
     AuthMiddleware,
     authenticator_for,
@@ -94,6 +95,7 @@ def create_app(
     app.add_middleware(RateLimitMiddleware)  # inside AuthMiddleware: it reads the principal
     app.add_middleware(AuthMiddleware, authenticator=authenticator_for(settings),
                        public=settings.public_endpoints)
+    app.add_middleware(AuditMiddleware)  # around auth: records its refusals and the principal it made
     app.add_middleware(GZipMiddleware, minimum_size=1000)
     if settings.cors_allow_origins:
         app.add_middleware(

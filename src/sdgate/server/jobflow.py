@@ -11,13 +11,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from sdgate.core.engine import memory_budget
-from sdgate.core.errors import InvalidRequest, ModelNotFound, error_from_dict
+from sdgate.core.errors import ContentFiltered, InvalidRequest, ModelNotFound, error_from_dict
 from sdgate.core.jobs import ControlAction, Job, JobState
 from sdgate.core.limits import weights_bytes
 from sdgate.core.models import ModelInfo
 from sdgate.core.requests import GenerationRequest, PostprocessRequest
 from sdgate.core.upscalers import check_upscaler
 from sdgate.server.admission import admit
+from sdgate.server.audit import note_filtered, note_finished, note_submitted
 from sdgate.server.auth import Principal
 from sdgate.server.services import Services
 from sdgate.server.validation import check_metadata, check_request
@@ -52,7 +53,13 @@ async def submit(
                 idempotency_key=idempotency_key,
             )
 
-    job = await run_in_threadpool(create)
+    try:
+        job = await run_in_threadpool(create)
+    except ContentFiltered:
+        note_filtered()
+        raise
+    prompt = getattr(request, "prompt", None) if services.settings.audit_prompts else None
+    note_submitted(job, images=request.image_count, prompt=prompt)
     services.metrics.jobs_submitted.labels(dialect).inc()
     log.info("job %s queued (%s, %d image(s))", job.id, dialect, request.image_count)
     return job
@@ -118,7 +125,13 @@ def _weights(services: Services, request: GenerationRequest, info: ModelInfo | N
 
 async def wait_for(services: Services, job: Job, http_request: Request | None = None) -> Job:
     """Wait until ``job`` is terminal. The job keeps running if the client goes away, unless
-    ``cancel_on_disconnect`` is set."""
+    ``cancel_on_disconnect`` is set. The call's audit record gets the job's GPU seconds."""
+    job = await _wait_terminal(services, job, http_request)
+    note_finished(job)
+    return job
+
+
+async def _wait_terminal(services: Services, job: Job, http_request: Request | None) -> Job:
     waiter = asyncio.ensure_future(services.events.wait_terminal(services.store, job.id))
     if http_request is None or not services.settings.cancel_on_disconnect:
         return await waiter
