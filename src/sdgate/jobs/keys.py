@@ -18,8 +18,9 @@ cache entries at once; every other process (another API node, a server while ``s
 revoke`` runs beside it) stops accepting the old key within ``cache_s`` seconds. Expiry is checked
 on every call, cached or not.
 
-``last_used_at`` is written at most once a ``LAST_USED_EVERY_S`` per key and process, and a
-database that refuses the write (a full disk) does not refuse the request.
+``last_used_at`` is written when a verification that reads the row finds it older than
+``LAST_USED_EVERY_S``, and a database that refuses the write (a full disk) does not refuse the
+request.
 """
 
 from __future__ import annotations
@@ -215,7 +216,6 @@ class KeyStore:
         self.clock = clock
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._lock = threading.Lock()
-        self._touched: dict[str, float] = {}  # key id -> monotonic time of our last last_used write
 
     # -- making and changing keys ------------------------------------------------------------------
 
@@ -385,18 +385,12 @@ class KeyStore:
         return key
 
     def _touch(self, key: ApiKey) -> None:
-        """``last_used_at`` = now, when older than ``LAST_USED_EVERY_S`` (and not written by this
-        process within that time)."""
+        """``last_used_at`` = now, when the row's is older than ``LAST_USED_EVERY_S`` (a process
+        reads the row once per ``cache_s`` at most, so this is one write a minute per key and node
+        at most)."""
         now = self.clock()
         if key.last_used_at is not None and (now - key.last_used_at).total_seconds() < LAST_USED_EVERY_S:
             return
-        mono = time.monotonic()
-        with self._lock:
-            if mono - self._touched.get(key.id, -LAST_USED_EVERY_S) < LAST_USED_EVERY_S:
-                return
-            self._touched[key.id] = mono
-            if len(self._touched) > CACHE_ENTRIES:
-                self._touched.clear()
         try:
             with transaction(self._db, write=True) as conn:
                 conn.execute(sa.update(table).where(table.c.id == key.id).values(last_used_at=now))
