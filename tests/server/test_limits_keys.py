@@ -16,6 +16,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from starlette.datastructures import Headers
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from sdgate.core.errors import Unauthorized
 from sdgate.jobs.quotas import Quotas
@@ -301,3 +303,44 @@ async def test_me_and_stabilitys_balance_report_what_is_left_today(
         assert (await client.get("/v1/user/balance", headers=bearer("imgs"))).json() == {"credits": 3.0}
         gpu = (await client.get("/api/v1/me", headers=bearer("gpu"))).json()["usage"]
         assert gpu["gpu_seconds_left"] == 60.0 and gpu["day"] == "2026-03-02"
+
+
+async def test_the_gpu_seconds_jobs_take_count_against_the_day(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """End to end on the wall clock: the worker charges a finished job's run time to its owner's day
+    (``jobs/usage.py``), and the next submit is refused once the day's seconds are spent."""
+    tight = Principal(id="key_tight", scopes=GENERATE, limits=Limits(gpu_seconds_per_day=0.05))
+    monkeypatch.setitem(PRINCIPALS, "tight", tight)
+    run = {"prompt": "slow", "steps": 5, "width": 64, "height": 64}  # 5 x 0.02 s: more than 0.05 s
+    async with running(settings, monkeypatch) as (client, services, _):
+        services.state.put(Quotas(services.database))  # the worker's clock: the wall's
+        r = await client.post("/sdapi/v1/txt2img", json=run, headers=bearer("tight"))  # waits for the job
+        assert r.status_code == 200, r.text
+        me = (await client.get("/api/v1/me", headers=bearer("tight"))).json()
+        assert me["usage"]["gpu_seconds"] >= 0.05 and me["usage"]["gpu_seconds_left"] == 0.0, me
+        refused = await client.post("/api/v1/jobs", json=run, headers=bearer("tight"))
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "quota_exceeded"
+        assert "GPU seconds per day" in refused.json()["error"]["message"]
+
+
+def test_a_websocket_over_the_rate_is_closed_try_again_later(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    auth = TokenAuth(PRINCIPALS)
+    monkeypatch.setattr(app_module, "authenticator_for", lambda *_args, **_kwargs: auth)
+    app = app_module.create_app(settings, engine=FakeEngine())
+    with TestClient(app) as client:
+        app.state.authenticator = auth
+        services: Services = app.state.services
+        services.state.put(Quotas(services.database, clock=FakeClock(EVENING)))
+        for _ in range(2):
+            with client.websocket_connect("/api/v1/events", headers=bearer("ann")):
+                pass
+        with pytest.raises(WebSocketDisconnect) as closed, \
+                client.websocket_connect("/api/v1/events", headers=bearer("ann")):
+            pass
+        assert closed.value.code == 1013
+        assert "60 requests per minute" in closed.value.reason
+        with client.websocket_connect("/api/v1/events", headers=bearer("bob")):
+            pass
