@@ -202,10 +202,12 @@ def test_retention_deletes_old_records_only(audit: AuditLog, database: sa.Engine
 def test_key_names_and_prefixes_resolve_to_the_key_id(database: sa.Engine) -> None:
     with transaction(database, write=True) as conn:
         conn.execute(sa.insert(api_keys).values(
-            id="key_123", name="app1", prefix="sdg_ab12", secret_hash="0" * 64, scopes=["generate"],
+            id="key_123", name="app1", prefix="sdg_ab12cd34", secret_hash="0" * 64, scopes=["generate"],
             limits={}, created_at=T0))
     assert key_matches(database, "app1") == ("app1", "key_123")
-    assert key_matches(database, "sdg_ab12") == ("sdg_ab12", "key_123")
+    assert key_matches(database, "sdg_ab12cd34") == ("sdg_ab12cd34", "key_123")
+    whole = "sdg_ab12cd34" + "x" * 35  # the key itself: found by its prefix, never matched as text
+    assert key_matches(database, whole) == ("key_123",)
     assert key_matches(database, "key_123") == ("key_123",)
     assert key_matches(database, "alice") == ("alice",)
 

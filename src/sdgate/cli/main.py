@@ -66,6 +66,7 @@ def version() -> None:
 
 
 def _mount_sub_apps() -> None:
+    from sdgate.cli.audit import mount as mount_audit
     from sdgate.cli.db import app as db_app
     from sdgate.cli.demo import app as demo_app
     from sdgate.cli.generate import mount as mount_client_commands
@@ -75,6 +76,7 @@ def _mount_sub_apps() -> None:
     app.add_typer(db_app, name="db", help="The job database: its schema migrations.")
     app.add_typer(keys_app, name="keys", help="API keys: create, list, revoke, rotate.")
     mount_client_commands(app)  # generate, batch, info and jobs: the SDK's commands
+    mount_audit(app)  # audit: the server's audit log, read from its database
 
 
 _mount_sub_apps()

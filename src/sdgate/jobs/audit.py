@@ -41,6 +41,7 @@ import sqlalchemy as sa
 
 from sdgate.core.errors import StorageFull, StorageUnavailable
 from sdgate.jobs.database import transaction
+from sdgate.jobs.keys import PREFIX_LENGTH, looks_like_key
 from sdgate.jobs.schema import api_keys, audit_log
 
 logger = logging.getLogger("sdgate.audit")
@@ -140,12 +141,15 @@ def _record(row: Any) -> AuditRecord:
 
 def key_matches(database: sa.Engine, text: str) -> tuple[str, ...]:
     """What ``--key TEXT`` means: ``TEXT`` itself (a key id, or a Basic user's name) and the id of
-    every API key named ``TEXT`` or whose visible prefix is ``TEXT``."""
+    every API key named ``TEXT`` (revoked ones too: their calls stay in the log) or whose visible
+    prefix is ``TEXT``. A whole key pasted in is looked up by its prefix, and not matched itself."""
+    prefix = text[:PREFIX_LENGTH] if looks_like_key(text) else text
     with transaction(database, write=False, single=True) as conn:
         ids = conn.execute(
-            sa.select(api_keys.c.id).where(sa.or_(api_keys.c.name == text, api_keys.c.prefix == text))
+            sa.select(api_keys.c.id).where(sa.or_(api_keys.c.name == text, api_keys.c.prefix == prefix))
         ).scalars().all()
-    return tuple(dict.fromkeys([text, *ids]))
+    own = [] if prefix != text else [text]
+    return tuple(dict.fromkeys([*own, *ids]))
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$")
