@@ -230,6 +230,10 @@ async def test_what_is_left_of_the_day_is_still_allowed(
         assert (await client.post("/api/v1/jobs", json=small, headers=bearer("imgs"))).status_code == 202
         r = await client.post("/api/v1/jobs", json=small, headers=bearer("imgs"))
         assert r.status_code == 429 and "3 of 3" in r.json()["error"]["message"]
+        r = await client.post("/api/v1/jobs", json={**small, "batch_size": 4}, headers=bearer("free"))
+        assert r.status_code == 202  # no limit: any batch
+        r = await client.post("/api/v1/jobs", json={**small, "batch_size": 4}, headers=bearer("imgs"))
+        assert r.status_code == 429 and "more than the limit of 3 a day" in r.json()["error"]["message"]
         # Another key's quota is its own.
         assert (await client.post("/api/v1/jobs", json=small, headers=bearer("free"))).status_code == 202
 

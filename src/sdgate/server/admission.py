@@ -85,6 +85,9 @@ def reserve(services: Services, principal: Principal, images: int) -> Callable[[
     limit = limits.images_per_day
     if limit is None or images <= 0:
         return _nothing
+    if images > limit:  # no day will take it: say so rather than "try tomorrow"
+        raise QuotaExceeded(f"images per day: this request makes {images}, more than the limit of {limit} "
+                            "a day; ask for fewer", retry_after=math.ceil(until_tomorrow))
     if not quotas.reserve_images(key, images, limit=limit, day=day):
         used_images = quotas.usage(key, day).images
         raise QuotaExceeded(
