@@ -735,17 +735,31 @@ class SqlJobStore:
         if "\x00" in job_id:
             return None
         held = [jobs.c.worker_id == worker_id] if worker_id is not None else []
+        update = (
+            sa.update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.state.in_([s.value for s in from_states]), *held)
+            .values({**values, "updated_at": _now()})
+            .returning(*jobs.c)
+        )
+        ending = "state" in values and JobState(values["state"]).terminal
         with self._tx(write=True) as conn:
-            row = conn.execute(
-                sa.update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.state.in_([s.value for s in from_states]), *held)
-                .values({**values, "updated_at": _now()})
-                .returning(jobs)
-            ).one_or_none()
+            if ending and conn.dialect.name == "postgresql":
+                # One round trip: the preview goes in the statement that ends the job.
+                done = update.cte("done")
+                gone = (
+                    sa.delete(job_previews)
+                    .where(job_previews.c.job_id.in_(sa.select(done.c.id)))
+                    .returning(job_previews.c.job_id)
+                    .cte("gone")
+                )
+                row = conn.execute(sa.select(done).add_cte(gone)).one_or_none()
+            else:
+                row = conn.execute(update).one_or_none()
+                if row is not None and ending:
+                    conn.execute(sa.delete(job_previews).where(job_previews.c.job_id == job_id))
             if row is None:
                 return None
-            if JobState(row.state).terminal:
-                conn.execute(sa.delete(job_previews).where(job_previews.c.job_id == job_id))
+            if ending:
                 charge_run(conn, row.owner, row.started_at, row.finished_at)
             return self._record(conn, row, kind)
 
