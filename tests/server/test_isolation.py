@@ -4,6 +4,10 @@ Neither user can read, cancel, delete, retry, stream (SSE or WebSocket), downloa
 or skip the other's jobs through any dialect: another's job or image id answers 404 in the
 dialect's own error shape, as an id that does not exist. The admin sees and acts on both. A1111
 options are per principal: alice's Clip skip never reaches bob's jobs; root's are the defaults.
+
+Last, a schema-driven fuzz run (slow): schemathesis drives every operation of ``/openapi.json`` with
+alice's credentials after bob made jobs, an upload and saved options, and probes every job and
+image id parameter with bob's ids too: no 5xx, and no answer holds bob's ids, prompt or options.
 """
 
 from __future__ import annotations
@@ -16,19 +20,26 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import hypothesis
 import pytest
+import schemathesis
 import websockets
 from PIL import Image
 from starlette.datastructures import Headers
 
 import sdgate.server.app as app_module
 import sdgate.server.auth as auth_module
+from sdgate.core.jobs import WorkerInfo
+from sdgate.core.requests import GenerationRequest
+from sdgate.jobs.store import SqlJobStore
 from sdgate.server.app import create_app
-from sdgate.server.auth import Authenticator, BasicAuth, Principal
+from sdgate.server.auth import BASIC_SCOPES, Authenticator, BasicAuth, Principal
+from sdgate.server.dialects.native.cluster import cluster_status
 from sdgate.server.signing import UrlSigner
 from sdgate.settings import Settings
 from tests.fakes import FakeEngine, write_fake_checkpoint
@@ -72,10 +83,10 @@ class Server:
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
 
 
-def isolated_settings(root: Path) -> Settings:
+def isolated_settings(root: Path, **overrides: Any) -> Settings:
     write_fake_checkpoint(root / "models" / "Stable-diffusion" / "alpha.safetensors")
     return Settings(data_dir=root / "data", models_dir=root / "models", device="cpu", worker_poll_s=0.02,
-                    api_auth="alice:pw1,bob:pw2")
+                    api_auth="alice:pw1,bob:pw2", **overrides)
 
 
 def serve_isolated(settings: Settings, engine: FakeEngine) -> Iterator[Server]:
@@ -181,6 +192,20 @@ def test_running_jobs_cannot_be_cancelled_or_seen_in_the_queue_by_the_other(serv
         # The admin may cancel anyone's job.
         assert root.post(f"/api/v1/jobs/{job}/cancel").status_code == 200
         assert finished(bob, job)["state"] == "cancelled"
+
+
+def test_the_cluster_view_shows_a_workers_job_to_its_owner_and_admins_only(tmp_path: Path) -> None:
+    store = SqlJobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    try:
+        job = store.submit(GenerationRequest(prompt="bob's"), owner="bob")
+        store.register_worker(WorkerInfo(id="w1", host="h", pid=1, current_job_id=job.id,
+                                         started_at=datetime.now(UTC)))
+        alice, bob = (Principal(id=u, scopes=BASIC_SCOPES) for u in ("alice", "bob"))
+        shown = {who: cluster_status(store, p)["workers"][0]["current_job"]
+                 for who, p in (("alice", alice), ("bob", bob), ("root", ROOT))}
+        assert shown == {"alice": None, "bob": job.id, "root": job.id}
+    finally:
+        store.close()
 
 
 def test_images_and_uploads_belong_to_their_owner(server: Server) -> None:
@@ -394,3 +419,95 @@ def test_blocking_dialects_answer_only_their_caller(server: Server) -> None:
             assert bob.get(f"/api/v1/jobs/{job['id']}").status_code == 200
             for image in job["result"]["images"]:
                 assert_native_404(alice.get(f"/api/v1/images/{image['id']}"))
+
+
+# -- the schema-driven fuzz run -------------------------------------------------------------------------
+
+BOB_SECRET = "bobsecret7d1f0c"
+# Not for the fuzzer: operations that stop the shared server (refused to alice anyway), and the
+# multipart generation routes, which take no id and answer only the images they make (their own
+# fuzz runs, tests/server/dialects/*/test_schemathesis.py, put real images in their file fields;
+# schemathesis cannot generate invalid multipart bodies for them here).
+FUZZ_EXCLUDED = (r"^/sdapi/v1/server-(stop|kill|restart)$"
+                 r"|^/v1/generation/[^/]+/image-to-image|^/v2beta/|^/v1/images/(edits|variations)$")
+FUZZ_EXAMPLES = 6
+MAX_WAIT_S = 0.5
+
+
+@dataclass
+class BobsData:
+    job_ids: list[str]
+    image_ids: list[str]
+
+    @property
+    def secrets(self) -> list[bytes]:
+        return [value.encode() for value in (*self.job_ids, *self.image_ids, BOB_SECRET)]
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    settings = isolated_settings(tmp_path_factory.mktemp("isolation-fuzz"), max_steps=50, max_batch_images=4,
+                                 max_side=1024, max_pixels=1024 * 1024)
+    yield from serve_isolated(settings, FakeEngine(size=64, steps=2))
+
+
+@pytest.fixture(scope="module")
+def bobs(fuzz_server: Server) -> BobsData:
+    """What bob made before alice's fuzz run: jobs in two dialects, an upload, saved options."""
+    with fuzz_server.client(BOB) as bob:
+        jobs = [native_job(bob, prompt=f"{BOB_SECRET} native", metadata={"who": BOB_SECRET})]
+        raw = base64.b64decode(png_b64("green"))
+        upload = bob.post("/api/v1/uploads", content=raw,
+                          headers={"Content-Type": "application/octet-stream"})
+        jobs.append(native_job(bob, prompt=f"{BOB_SECRET} img2img", mode="img2img",
+                               init_image=upload.json()["id"]))
+        a1111 = bob.post("/sdapi/v1/txt2img", json={"prompt": f"{BOB_SECRET} a1111", "steps": 2})
+        assert a1111.status_code == 200
+        assert bob.post("/sdapi/v1/options", json={"samples_filename_pattern": BOB_SECRET}).status_code == 200
+        running = bob.post("/api/v1/jobs", json={"prompt": f"slow {BOB_SECRET}", "steps": 2})
+        listed = bob.get("/api/v1/jobs", params={"limit": 200}).json()["jobs"]
+    job_ids = [j["id"] for j in listed]
+    assert running.json()["id"] in job_ids and len(job_ids) == 4
+    image_ids = {upload.json()["id"]}
+    for job in jobs + listed:
+        image_ids |= {i["id"] for i in (job.get("result") or {}).get("images") or []}
+        image_ids |= {i for i in job["request"].get("init_images") or []}
+    return BobsData(job_ids, sorted(image_ids))
+
+
+@pytest.fixture(scope="module")
+def isolation_schema(fuzz_server: Server) -> schemathesis.schemas.BaseSchema:
+    return schemathesis.openapi.from_url(f"{fuzz_server.url}/openapi.json", headers=ALICE)
+
+
+fuzz_schema = schemathesis.pytest.from_fixture("isolation_schema").exclude(path_regex=FUZZ_EXCLUDED)
+
+
+def assert_nothing_of_bobs(response: Any, bobs: BobsData, what: str) -> None:
+    assert response.status_code < 500, f"{what} -> {response.status_code} {response.text[:500]}"
+    body = response.content
+    leaked = [secret.decode() for secret in bobs.secrets if secret in body]
+    assert not leaked, f"{what} -> {response.status_code} holds bob's {leaked}: {body[:500]!r}"
+
+
+@pytest.mark.slow
+@fuzz_schema.parametrize()
+@hypothesis.settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True,
+                     suppress_health_check=list(hypothesis.HealthCheck))
+def test_fuzz_as_alice_never_reaches_bobs_data(case: schemathesis.Case, fuzz_server: Server,
+                                              bobs: BobsData) -> None:
+    wait = (case.query or {}).get("wait")
+    if isinstance(wait, int | float) and not isinstance(wait, bool):
+        case.query["wait"] = min(wait, MAX_WAIT_S)
+    response = case.call(base_url=fuzz_server.url, headers=ALICE, timeout=30)
+    assert_nothing_of_bobs(response, bobs, f"{case.method} {case.formatted_path}")
+    # The same request naming bob's ids: refused (as ids that do not exist), never his data.
+    probes = {"job_id": bobs.job_ids, "image_id": bobs.image_ids}
+    for name, values in probes.items():
+        if name not in (case.path_parameters or {}):
+            continue
+        for value in values:
+            case.path_parameters[name] = value
+            probe = case.call(base_url=fuzz_server.url, headers=ALICE, timeout=30)
+            assert_nothing_of_bobs(probe, bobs, f"{case.method} {case.formatted_path}")
+            assert probe.status_code >= 400, f"{case.method} {case.formatted_path} -> {probe.status_code}"
