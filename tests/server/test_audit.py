@@ -13,6 +13,7 @@ import base64
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,9 +23,11 @@ from fastapi import FastAPI
 from starlette.datastructures import Headers
 from starlette.testclient import TestClient
 
+from sdgate.core.engine import EngineOutput
 from sdgate.core.errors import Unauthorized
 from sdgate.jobs.audit import AuditFilter, AuditRecord
-from sdgate.jobs.database import create_db_engine, transaction
+from sdgate.jobs.database import create_db_engine, ensure_schema, transaction
+from sdgate.jobs.keys import KeyStore
 from sdgate.jobs.schema import audit_log
 from sdgate.server import app as app_module
 from sdgate.server.auth import Authenticator, Limits, Principal
@@ -68,16 +71,28 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+class FlaggingEngine(FakeEngine):
+    """Every image it makes is one the safety checker replaced."""
+
+    def generate(self, request: Any, inputs: Any, control: Any) -> EngineOutput:
+        out = super().generate(request, inputs, control)
+        for image in out.images:
+            image.filtered = True
+        return out
+
+
 @asynccontextmanager
 async def running(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, *, tokens: bool = True
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, *, tokens: bool = True,
+    engine: FakeEngine | None = None,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
     """The app over the fake engine (each step 10 ms, so a job takes measurable GPU time); with
-    ``tokens`` callers are the Bearer tokens above, else ``settings`` decide (``--api-auth``)."""
+    ``tokens`` callers are the Bearer tokens above, else ``settings`` decide (``--api-auth``,
+    ``--auth keys``)."""
     auth = TokenAuth()
     if tokens:
         monkeypatch.setattr(app_module, "authenticator_for", lambda *_args, **_kwargs: auth)
-    app = app_module.create_app(settings, engine=FakeEngine(step_s=0.01, slow_step_s=0.2))
+    app = app_module.create_app(settings, engine=engine or FakeEngine(step_s=0.01, slow_step_s=0.2))
     async with app.router.lifespan_context(app):
         if tokens:
             app.state.authenticator = auth  # where a started server keeps the one it runs with
@@ -99,7 +114,7 @@ async def records(app: FastAPI, flt: AuditFilter | None = None) -> list[AuditRec
 
 def raw_rows(app: FastAPI) -> list[dict[str, Any]]:
     with transaction(app.state.services.database, write=False) as conn:
-        return [dict(row) for row in conn.execute(sa.select(audit_log)).mappings()]
+        return [dict(row) for row in conn.execute(sa.select(audit_log).order_by(audit_log.c.seq)).mappings()]
 
 
 # Each dialect's generation route (template), a body asking for two images, and the images it makes
@@ -231,6 +246,59 @@ async def test_no_key_password_or_query_token_is_stored(
         rows = raw_rows(app)
     assert [(r.principal, r.key_id, r.status) for r in records_] == [(None, None, 401), ("alice", None, 200)]
     _no_secret_in(rows, ["SECRET", base64.b64encode(password.encode()).decode()[:12]])
+
+
+async def test_real_api_keys_are_recorded_by_id_never_by_secret(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys from the key store, sent as a Bearer header and as ``?token=``: the records name the
+    key's id; neither key, nor its digest, is in any column. The admin API resolves a key's name."""
+    configured = settings.model_copy(update={"auth": "keys"})
+    engine = create_db_engine(configured.database_url)
+    try:
+        ensure_schema(engine)
+        store = KeyStore(engine)
+        app1 = store.create("app1", scopes=("generate", "read"))
+        admin = store.create("ops", scopes=("admin", "read", "generate"))
+    finally:
+        engine.dispose()
+    small = {"prompt": "x", "steps": 1, "width": 64, "height": 64}
+    async with running(configured, monkeypatch, tokens=False) as (client, app):
+        r = await client.post("/sdapi/v1/txt2img", json=small, headers=bearer(app1.secret))
+        assert r.status_code == 200, r.text
+        assert (await client.get(f"/v1/models?token={app1.secret}")).status_code == 200
+        assert (await client.get("/v1/models", headers=bearer(app1.secret[:-2] + "xx"))).status_code == 401
+        r = await client.get("/api/v1/audit", params={"key": "app1"}, headers=bearer(admin.secret))
+        assert r.status_code == 200, r.text
+        listed = r.json()["records"]
+        await records(app)
+        rows = raw_rows(app)
+    assert [(x["key_id"], x["route"], x["status"]) for x in listed] == [
+        (app1.key.id, "/v1/models", 200), (app1.key.id, "/sdapi/v1/txt2img", 200)]
+    assert listed[1]["job_id"] is not None and listed[1]["images"] == 1
+    assert [(row["key_id"], row["status"]) for row in rows][-2:] == [(None, 401), (admin.key.id, 200)]
+    _no_secret_in(rows, [app1.secret, admin.secret, app1.secret[:-2] + "xx",
+                         app1.secret[len(app1.key.prefix):]])
+
+
+async def test_content_filtered_requests_and_images_are_marked(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    blocklist = tmp_path / "blocked.txt"
+    blocklist.write_text("forbidden thing\n", encoding="utf-8")
+    configured = settings.model_copy(update={"content_blocklist": blocklist})
+    small = {"steps": 1, "width": 64, "height": 64}
+    async with running(configured, monkeypatch, engine=FlaggingEngine(step_s=0.01)) as (client, app):
+        refused = await client.post("/sdapi/v1/txt2img", json={**small, "prompt": "a forbidden thing"},
+                                    headers=bearer(ANN_TOKEN))
+        assert refused.status_code == 400, refused.text
+        r = await client.post("/v1/images/generations", json={"prompt": "a cat", "size": "256x256"},
+                              headers=bearer(ANN_TOKEN))
+        assert r.status_code in (200, 400), r.text  # OpenAI refuses what its checker flagged
+        image, request = await records(app)
+    assert (request.route, request.status, request.filtered, request.job_id) == (
+        "/sdapi/v1/txt2img", 400, True, None)
+    assert image.filtered is True and image.job_id is not None and image.gpu_seconds is not None
 
 
 async def test_admin_api_filters_and_pages(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:

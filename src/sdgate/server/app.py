@@ -95,7 +95,7 @@ def create_app(
     app.add_middleware(RateLimitMiddleware)  # inside AuthMiddleware: it reads the principal
     app.add_middleware(AuthMiddleware, authenticator=authenticator_for(settings),
                        public=settings.public_endpoints)
-    app.add_middleware(AuditMiddleware)  # around auth: records its refusals and the principal it made
+    app.add_middleware(AuditMiddleware, dialects=DIALECTS)  # around auth: records its refusals too
     app.add_middleware(GZipMiddleware, minimum_size=1000)
     if settings.cors_allow_origins:
         app.add_middleware(

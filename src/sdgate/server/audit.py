@@ -23,7 +23,7 @@ queues the record (``AuditLog.record``): a call never waits on the audit insert.
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +37,7 @@ from sdgate.jobs.audit import AuditLog, AuditRecord
 from sdgate.metrics import UNMATCHED_ROUTE
 from sdgate.server.auth import _SCOPE_KEY as PRINCIPAL_KEY
 from sdgate.server.auth import Principal
+from sdgate.server.dialect import Dialect
 from sdgate.server.health import HealthRoute
 from sdgate.server.middleware import _match_route
 from sdgate.server.runtime import ServerRuntime
@@ -98,8 +99,18 @@ def note_finished(job: Job) -> None:
 
 
 class AuditMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    """``dialects``: the server's, whose WebSocket routes it names (FastAPI gives a WebSocket route
+    no route class, so it carries no ``dialect``)."""
+
+    def __init__(self, app: ASGIApp, dialects: Iterable[Dialect] = ()) -> None:
         self.app = app
+        self.websockets = {
+            route.path: dialect.name
+            for dialect in dialects
+            for router in dialect.routers
+            for route in router.routes
+            if isinstance(route, APIWebSocketRoute)
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -133,64 +144,47 @@ class AuditMiddleware:
             _note.reset(token)
             if status is None:  # no answer at all: uvicorn answers 500, or 403 to a WebSocket
                 status = 403 if scope["type"] == "websocket" else 500
-            _record(scope, state, at, status, note)
+            self._record(scope, state, at, status, note)
+
+    def _record(
+        self, scope: Scope, state: dict[str, Any], at: datetime, status: int, note: AuditNote
+    ) -> None:
+        audit = audit_log_of(scope)
+        if audit is None:
+            return
+        route = scope.get("route")
+        if not isinstance(getattr(route, "path", None), str):
+            route = _would_route(scope)
+        if isinstance(route, HealthRoute) and status not in _REFUSALS:
+            return  # the health checks and /metrics: polled every few seconds, by balancers
+        principal = state.get(PRINCIPAL_KEY)
+        if not isinstance(principal, Principal):
+            principal = None
+        template = getattr(route, "path", None)
+        template = template if isinstance(template, str) else UNMATCHED_ROUTE
+        dialect = getattr(route, "dialect", None) or self.websockets.get(template)
+        request_id = state.get("request_id")
+        audit.record(AuditRecord(
+            at=at,
+            method=scope.get("method") or "WEBSOCKET",
+            route=template,
+            status=status,
+            key_id=principal.key_id if principal is not None else None,
+            principal=principal.id if principal is not None else None,
+            dialect=dialect if isinstance(dialect, str) else None,
+            job_id=note.job_id,
+            images=note.images,
+            gpu_seconds=note.gpu_seconds,
+            filtered=note.filtered,
+            prompt=note.prompt,
+            request_id=request_id if isinstance(request_id, str) else None,
+        ))
 
 
 def _ws_refusal(message: Message, state: dict[str, Any]) -> int:
     if message.get("code") == WS_TRY_AGAIN_LATER:
         return 429
     return 403 if isinstance(state.get(PRINCIPAL_KEY), Principal) else 401
-
-
-def _record(scope: Scope, state: dict[str, Any], at: datetime, status: int, note: AuditNote) -> None:
-    audit = audit_log_of(scope)
-    if audit is None:
-        return
-    route = scope.get("route")
-    if not isinstance(getattr(route, "path", None), str):
-        route = _would_route(scope)
-    if isinstance(route, HealthRoute) and status not in _REFUSALS:
-        return  # the health checks and /metrics: polled every few seconds, by balancers
-    principal = state.get(PRINCIPAL_KEY)
-    if not isinstance(principal, Principal):
-        principal = None
-    template = getattr(route, "path", None)
-    dialect = getattr(route, "dialect", None) or _websocket_dialect(template)
-    request_id = state.get("request_id")
-    audit.record(AuditRecord(
-        at=at,
-        method=scope.get("method") or "WEBSOCKET",
-        route=template if isinstance(template, str) else UNMATCHED_ROUTE,
-        status=status,
-        key_id=principal.key_id if principal is not None else None,
-        principal=principal.id if principal is not None else None,
-        dialect=dialect if isinstance(dialect, str) else None,
-        job_id=note.job_id,
-        images=note.images,
-        gpu_seconds=note.gpu_seconds,
-        filtered=note.filtered,
-        prompt=note.prompt,
-        request_id=request_id if isinstance(request_id, str) else None,
-    ))
-
-
-@functools.cache
-def _websocket_routes() -> dict[str, str]:
-    """Each dialect's WebSocket routes' templates -> the dialect (FastAPI gives WebSocket routes no
-    route class, so they carry no ``dialect``)."""
-    from sdgate.server.dialects.registry import DIALECTS  # the dialects import jobflow, which imports us
-
-    return {
-        route.path: dialect.name
-        for dialect in DIALECTS
-        for router in dialect.routers
-        for route in router.routes
-        if isinstance(route, APIWebSocketRoute)
-    }
-
-
-def _websocket_dialect(template: Any) -> str | None:
-    return _websocket_routes().get(template) if isinstance(template, str) else None
 
 
 def _would_route(scope: Scope) -> Any:
