@@ -223,3 +223,33 @@ def test_parse_when() -> None:
     for bad in ("yesterday", "1y", "", "-1h", "99999999w"):
         with pytest.raises(ValueError):
             parse_when(bad, now=now)
+
+
+def test_an_unreachable_database_is_retried_and_does_not_hold_up_shutdown(database: sa.Engine) -> None:
+    from sdgate.core.errors import StorageUnreachable
+
+    log = AuditLog(database)
+    original = log._insert
+    failures = [1]
+
+    def flaky(rows: list[dict[str, object]]) -> None:
+        if failures:
+            failures.pop()
+            raise StorageUnreachable("storage unavailable: could not reach the job database")
+        original(rows)
+
+    log._insert = flaky  # type: ignore[method-assign]
+    log.record(rec(0))
+    assert log.flush()
+    assert count(database) == 1 and log.dropped == 0  # written on the retry
+
+    def down(rows: list[dict[str, object]]) -> None:
+        raise StorageUnreachable("storage unavailable: could not reach the job database")
+
+    log._insert = down  # type: ignore[method-assign]
+    log.record(rec(1))
+    time.sleep(0.3)  # the writer is waiting to retry
+    started = time.monotonic()
+    log.close()
+    assert time.monotonic() - started < 2
+    assert log.dropped == 1 and count(database) == 1

@@ -230,6 +230,7 @@ class AuditLog:
         self._settled = 0  # records written, or given up on
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._closing = threading.Event()  # wakes a writer waiting to retry
         self._overflowing = False
 
     # -- the caller's side
@@ -272,6 +273,7 @@ class AuditLog:
             if self._closed:
                 return
             self._closed = True
+            self._closing.set()
             thread = self._thread
         if thread is None:
             return
@@ -325,13 +327,13 @@ class AuditLog:
                 self._insert(rows)
                 break
             except (StorageFull, StorageUnavailable) as exc:
-                if attempt == len(_RETRY_S) or self._closed:
+                if attempt == len(_RETRY_S) or self._closing.is_set():
                     logger.warning("audit log: %d record(s) lost: %s", len(rows), exc)
                     self._lost(len(rows))
                     break
                 if attempt == 0:
                     logger.warning("audit log: cannot write (%s); retrying", exc)
-                time.sleep(_RETRY_S[attempt])
+                self._closing.wait(_RETRY_S[attempt])
             except Exception:
                 self._write_one_by_one(rows)
                 break
