@@ -8,10 +8,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from starlette.datastructures import Headers
@@ -308,3 +309,89 @@ def test_authenticator_for_each_mode(keys: KeyStore, tmp_path: Path) -> None:
     assert isinstance(auto, AutoAuth) and isinstance(auto.fallback, AnonymousAuth)
     assert auto.keys.limits == Limits(max_queued_jobs=2)
     assert isinstance(authenticator_for(make(api_auth="a:b"), keys).fallback, BasicAuth)  # type: ignore[attr-defined]
+
+
+# -- the admin API and CORS, through the app -------------------------------------------------------
+
+
+@pytest.fixture
+async def admin_api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, str, str]]:
+    """The app with keys on; (client, an admin key, a generate+read key)."""
+    from sdgate.server.app import create_app
+    from tests.fakes import FakeEngine
+
+    settings = Settings(data_dir=tmp_path / "data", device="cpu", auth="keys", engine="null",
+                        cors_allow_origins=["https://app.example"])
+    engine = create_db_engine(settings.database_url)
+    ensure_schema(engine)
+    store = KeyStore(engine)
+    admin, user = store.create("root", scopes=["admin"]).secret, store.create("user").secret
+    engine.dispose()
+    app = create_app(settings, engine=FakeEngine())
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            yield client, admin, user
+
+
+async def test_the_admin_api(admin_api: tuple[httpx.AsyncClient, str, str]) -> None:
+    client, admin, user = admin_api
+    as_admin = {"Authorization": f"Bearer {admin}"}
+    made = await client.post("/api/v1/keys", headers=as_admin, json={
+        "name": "app1", "scopes": ["generate"], "rate": "2/s", "images_per_day": 10, "expires": "30d"})
+    assert made.status_code == 201, made.text
+    record = made.json()
+    secret = record["key"]
+    limits = {k: v for k, v in record["limits"].items() if v is not None}
+    assert limits == {"rate_per_min": 120, "images_per_day": 10} and record["state"] == "active"
+    assert "secret_hash" not in record and record["prefix"] == secret[:PREFIX_LENGTH]
+    listed = (await client.get("/api/v1/keys", headers=as_admin)).json()
+    assert {k["name"] for k in listed} == {"root", "user", "app1"}
+    assert secret not in str(listed) and all("key" not in k and "secret_hash" not in k for k in listed)
+    one = await client.get(f"/api/v1/keys/{record['id']}", headers=as_admin)
+    assert one.json()["id"] == record["id"] and "key" not in one.json()
+
+    as_app = {"Authorization": f"Bearer {secret}"}
+    assert (await client.post("/api/v1/jobs", headers=as_app, content=b"{")).status_code != 401
+    rotated = (await client.post(f"/api/v1/keys/{record['id']}/rotate", headers=as_admin)).json()
+    assert rotated["id"] == record["id"] and rotated["key"] != secret
+    assert (await client.post("/api/v1/jobs", headers=as_app, content=b"{")).status_code == 401
+    as_app = {"Authorization": f"Bearer {rotated['key']}"}
+    revoked = await client.delete(f"/api/v1/keys/{record['id']}", headers=as_admin)
+    assert revoked.status_code == 200 and revoked.json()["state"] == "revoked"
+    refused = await client.post("/api/v1/jobs", headers=as_app, content=b"{")  # this node: at once
+    assert refused.status_code == 401 and "revoked" in refused.json()["error"]["message"]
+
+    assert (await client.get("/api/v1/keys/key_nobody", headers=as_admin)).status_code == 404
+    bad = await client.post("/api/v1/keys", headers=as_admin, json={"name": "x", "scopes": ["root"]})
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "scopes"
+    taken = await client.post("/api/v1/keys", headers=as_admin, json={"name": "user"})
+    assert taken.status_code == 409
+    forbidden = await client.get("/api/v1/keys", headers={"Authorization": f"Bearer {user}"})
+    assert forbidden.status_code == 403 and forbidden.json()["error"]["code"] == "forbidden"
+
+
+async def test_cors_only_for_the_configured_origin(admin_api: tuple[httpx.AsyncClient, str, str]) -> None:
+    client, _, user = admin_api
+    preflight = await client.options("/api/v1/jobs", headers={
+        "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization"})
+    assert preflight.status_code == 200  # a preflight carries no credentials
+    assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+    ok = await client.get("/api/v1/jobs", headers={"Origin": "https://app.example",
+                                                   "Authorization": f"Bearer {user}"})
+    assert ok.headers["access-control-allow-origin"] == "https://app.example"
+    other = await client.get("/api/v1/jobs", headers={"Origin": "https://evil.example",
+                                                      "Authorization": f"Bearer {user}"})
+    assert "access-control-allow-origin" not in other.headers
+
+
+async def test_cors_is_off_by_default(tmp_path: Path) -> None:
+    from sdgate.server.app import create_app
+
+    app = create_app(Settings(data_dir=tmp_path / "data", engine="null"), run_workers=False)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            r = await client.get("/api/v1/jobs", headers={"Origin": "https://app.example"})
+            assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
