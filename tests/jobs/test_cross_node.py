@@ -13,10 +13,12 @@ import pytest
 import sqlalchemy as sa
 
 from sdgate.core.engine import StepAction, StepReport
-from sdgate.core.jobs import ControlAction, JobEventKind, JobState
+from sdgate.core.jobs import ControlAction, JobEventKind, JobState, Progress
 from sdgate.core.requests import GenerationRequest
+from sdgate.core.results import GenerationResult
+from sdgate.jobs.database import transaction
 from sdgate.jobs.events import JobEvents
-from sdgate.jobs.outbox import OutboxFollower
+from sdgate.jobs.outbox import OutboxFollower, read_after
 from sdgate.jobs.store import SqlJobStore
 from sdgate.worker.control import JobControl
 from tests.jobs.conftest import PgServer
@@ -44,14 +46,17 @@ class Node:
 
 
 @contextmanager
-def node(url: str) -> Iterator[Node]:
-    """What ``open_stores`` wires, with a follower that polls only every SLOW_POLL_S."""
+def node(url: str, *, listen_all: bool = True) -> Iterator[Node]:
+    """What ``open_stores`` wires, with a follower that polls only every SLOW_POLL_S. ``seen``
+    records every event the bus publishes, and with ``listen_all=False`` only ``queued`` ones (the
+    bus of a worker node)."""
     events = JobEvents()
     store = SqlJobStore(url, events=events)
     outbox = OutboxFollower(store.database, origin=store.origin, bus=events, poll_s=SLOW_POLL_S)
     store.on_commit(outbox.wake)
     seen: list[tuple[JobEventKind, str]] = []
-    events.add_listener(lambda kind, job: seen.append((kind, job.id)))
+    kinds = None if listen_all else (JobEventKind.QUEUED,)
+    events.add_listener(lambda kind, job: seen.append((kind, job.id)), kinds=kinds)
     outbox.start()
     try:
         assert outbox.notifications is not None
@@ -126,3 +131,39 @@ def _terminate(url: str, pid: int | None) -> None:
             assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar() is True
     finally:
         engine.dispose()
+
+
+
+def test_a_node_that_listens_for_submissions_alone_wakes_for_those_alone(pg_url: str) -> None:
+    """A worker node's bus wants ``queued`` events only: other nodes' progress and outcomes do not
+    wake its follower, and their rows are read without their job snapshots; a submission wakes it
+    at once."""
+    with node(pg_url) as a, node(pg_url, listen_all=False) as b:
+        heard: list[tuple[JobEventKind, str]] = []
+        b.events.add_listener(lambda kind, job: heard.append((kind, job.id)), kinds=(JobEventKind.QUEUED,))
+        assert b.events.wants(JobEventKind.QUEUED) and not b.events.wants(JobEventKind.SUCCEEDED)
+        reads = 0
+        poll_once = b.outbox.poll_once
+
+        def counted() -> int:
+            nonlocal reads
+            reads += 1
+            return poll_once()
+
+        b.outbox.poll_once = counted  # type: ignore[method-assign]
+        job = a.store.submit(GenerationRequest(prompt="wake b"))
+        b.wait_for(JobEventKind.QUEUED, job.id, timeout=5)
+        time.sleep(0.2)
+        woken = reads
+        assert heard == [(JobEventKind.QUEUED, job.id)] and woken >= 1
+        assert a.store.claim_next("w") is not None
+        a.store.update_progress(job.id, Progress(step=1, steps=2))
+        a.store.succeed(job.id, GenerationResult(), worker_id="w")
+        a.wait_for(JobEventKind.SUCCEEDED, job.id, timeout=5)
+        time.sleep(0.5)  # no notification it wants: no read before its slow poll
+        assert reads == woken
+        assert heard == [(JobEventKind.QUEUED, job.id)]
+        with transaction(b.store.database, write=False) as conn:
+            rows = read_after(conn, (0, 0), kinds=["queued"]).rows
+        assert [(r.kind, r.job is not None) for r in rows] == [
+            ("queued", True), ("started", False), ("progress", False), ("succeeded", False)]

@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Collection
 from types import TracebackType
 from typing import Generic, ParamSpec
 
@@ -72,6 +73,9 @@ class JobEvents:
         self._lock = threading.Lock()
         self._listeners: Listeners[[JobEventKind, Job]] = Listeners("event listener")
         self._subscriptions: set[Subscription] = set()
+        # What the listeners want: how many want every kind, and how many want each kind.
+        self._every_kind = 0
+        self._wanted: Counter[JobEventKind] = Counter()
 
     def publish(self, kind: JobEventKind, job: Job) -> None:
         """Thread-safe; returns at once (listeners are expected to be quick)."""
@@ -81,9 +85,42 @@ class JobEvents:
         for subscription in subscriptions:
             subscription.deliver(kind, job)
 
-    def add_listener(self, listener: Listener) -> Callable[[], None]:
-        """Calls ``listener(kind, job)`` on the publishing thread; returns the function that removes it."""
-        return self._listeners.add(listener)
+    def add_listener(self, listener: Listener, *, kinds: Collection[JobEventKind] | None = None
+                     ) -> Callable[[], None]:
+        """Calls ``listener(kind, job)`` on the publishing thread, for every event or only those of
+        ``kinds``; returns the function that removes it. Naming ``kinds`` lets this process's
+        outbox follower leave other processes' events of other kinds unread (``wants``)."""
+        wanted = frozenset(kinds) if kinds is not None else None
+        if wanted is None:
+            remove = self._listeners.add(listener)
+        else:
+            remove = self._listeners.add(lambda kind, job: listener(kind, job) if kind in wanted else None)
+        with self._lock:
+            if wanted is None:
+                self._every_kind += 1
+            else:
+                self._wanted.update(wanted)
+        removed = False
+
+        def remover() -> None:
+            nonlocal removed
+            remove()
+            with self._lock:
+                if removed:
+                    return
+                removed = True
+                if wanted is None:
+                    self._every_kind -= 1
+                else:
+                    self._wanted.subtract(wanted)
+
+        return remover
+
+    def wants(self, kind: JobEventKind) -> bool:
+        """Whether anyone here would hear an event of ``kind``: a listener of every kind or of this
+        one, or an open subscription."""
+        with self._lock:
+            return bool(self._every_kind or self._wanted[kind] > 0 or self._subscriptions)
 
     def subscribe(self, job_id: str | None = None) -> Subscription:
         """Events for one job (the iteration ends after its terminal event) or, with ``None``, for

@@ -1,15 +1,17 @@
 """LISTEN/NOTIFY on PostgreSQL: the outbox follower of every node wakes as soon as any node commits.
 
     notifying(insert, seq, origin)           # outbox.write_event: the INSERT that also NOTIFYs
-    listener = NotifyListener(engine, on_notify=follower.notified)  # on_notify(origins or None)
+    listener = NotifyListener(engine, on_notify=follower.notified)  # on_notify(payloads or None)
     listener.start(); listener.listening.wait(5); listener.stop()
 
-The store appends an outbox row with ``NOTIFY sdgate_jobs, '<origin>'`` in the same statement, so
-the notification is delivered exactly when the row commits, and never for a rolled-back one. The
-payload is the writing process's ``origin`` only: a notification is a doorbell (a follower need not
-read at once for its own process's rows when nobody there needs them), the follower reads the row
-itself (progress previews are stored and referenced, never pushed through NOTIFY's 8 KB payload).
-``on_notify`` gets the origins of a batch of notifications, or None after a (re)connection: then
+The store appends an outbox row with ``NOTIFY sdgate_jobs, '<origin> <kind>'`` in the same
+statement, so the notification is delivered exactly when the row commits, and never for a
+rolled-back one. The payload is the writing process's ``origin`` and the event's kind only: a
+notification is a doorbell (a follower need not read at once for its own process's rows, nor for
+kinds nobody in its process listens to: a worker node wakes for ``queued`` alone), the follower
+reads the row itself (progress previews are stored and referenced, never pushed through NOTIFY's
+8 KB payload). ``on_notify`` gets the payloads of a batch of notifications (``parse_payload``), or
+None after a (re)connection: then
 anything may have committed unseen.
 
 The listener holds one dedicated psycopg connection in autocommit mode (outside the pool: a LISTEN
@@ -43,10 +45,19 @@ MIN_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 5.0
 
 
-def notifying(insert: sa.Insert, seq: sa.Column[Any], origin: str) -> sa.Select[Any]:
-    """``insert ... RETURNING seq`` that also sends ``NOTIFY CHANNEL, '<origin>'``: one round trip."""
+def notifying(insert: sa.Insert, seq: sa.Column[Any], origin: str, kind: str) -> sa.Select[Any]:
+    """``insert ... RETURNING seq`` that also sends ``NOTIFY CHANNEL, '<origin> <kind>'``: one
+    round trip."""
     appended = insert.returning(seq).cte("appended")
-    return sa.select(appended.c[seq.name], sa.func.pg_notify(CHANNEL, sa.literal(origin, sa.Text)))
+    payload = sa.literal(f"{origin} {kind}", sa.Text)
+    return sa.select(appended.c[seq.name], sa.func.pg_notify(CHANNEL, payload))
+
+
+def parse_payload(payload: str) -> tuple[str, str | None]:
+    """``(origin, kind)`` of a notification; kind None for a payload of the origin alone (a node
+    of an older version), which may be of any kind."""
+    origin, _, kind = payload.partition(" ")
+    return origin, kind or None
 
 
 class NotifyListener:

@@ -25,7 +25,7 @@ Reading "every row after my cursor" must never skip a row that commits late:
 
 When does the follower read? At once after ``wake`` (the store calls it after each of its own
 commits), every ``poll_s`` regardless, and on PostgreSQL also at once when any process commits a row:
-each append sends ``NOTIFY sdgate_jobs, '<seq>'`` in its INSERT, and the follower keeps a
+each append sends ``NOTIFY sdgate_jobs, '<origin> <kind>'`` in its INSERT, and the follower keeps a
 ``notify.NotifyListener`` LISTENing (the poll remains the fallback while that connection is down).
 """
 
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -43,7 +43,7 @@ import sqlalchemy as sa
 from sdgate.core.jobs import Job, JobEventKind
 from sdgate.jobs.database import transaction
 from sdgate.jobs.events import JobEvents, Listeners
-from sdgate.jobs.notify import NotifyListener, notifying
+from sdgate.jobs.notify import NotifyListener, notifying, parse_payload
 from sdgate.jobs.schema import job_events
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def write_event(conn: sa.Connection, kind: JobEventKind, job: Job, origin: str) 
     insert = sa.insert(job_events).values(values)
     if conn.dialect.name != "postgresql":
         return int(conn.execute(insert.returning(job_events.c.seq)).scalar_one())
-    return int(conn.execute(notifying(insert, job_events.c.seq, origin)).scalar_one())
+    return int(conn.execute(notifying(insert, job_events.c.seq, origin, kind.value)).scalar_one())
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,9 @@ _PG_FENCE = "WITH fence AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xm
 _PG_READ = sa.text(f"""{_PG_FENCE}
 SELECT EXISTS (SELECT 1 FROM job_events h WHERE h.tx >= fence.xmin) AS held, e.*
 FROM fence LEFT JOIN LATERAL (
-    SELECT j.seq, j.job_id, j.kind, j.data, j.created_at, j.job, j.origin,
+    SELECT j.seq, j.job_id, j.kind, j.data, j.created_at, j.origin,
+           CASE WHEN CAST(:kinds AS text[]) IS NULL OR j.kind = ANY(CAST(:kinds AS text[]))
+                THEN j.job END AS job,
            CAST(CAST(j.tx AS text) AS bigint) AS tx
     FROM job_events j
     WHERE (j.tx, j.seq) > (CAST(CAST(:tx AS text) AS xid8), :seq) AND j.tx < fence.xmin
@@ -111,17 +113,23 @@ FROM fence LEFT JOIN job_events j ON j.tx >= fence.xmin""")
 
 
 def read_after(conn: sa.Connection, cursor: Cursor, *, limit: int = _BATCH,
-               skip_origin: str | None = None) -> Batch:
+               skip_origin: str | None = None, kinds: Collection[str] | None = None) -> Batch:
     """The rows after ``cursor`` in an order no late commit can break (see the module's docstring):
     ``seq`` on SQLite, ``(tx, seq)`` below the snapshot's ``xmin`` on PostgreSQL. ``skip_origin``:
-    leaves out that process's rows (the cursor passes them all the same)."""
+    leaves out that process's rows (the cursor passes them all the same). ``kinds``: only rows of
+    these kinds carry their job snapshot (the others' ``job`` is None: not even decoded)."""
     if conn.dialect.name != "postgresql":
-        query = sa.select(job_events).where(job_events.c.seq > cursor[1])
+        job = job_events.c.job
+        if kinds is not None:
+            job = sa.case((job_events.c.kind.in_(list(kinds)), job_events.c.job), else_=sa.null())
+        columns = [c for c in job_events.c if c.name != "job"]
+        query = sa.select(*columns, job.label("job")).where(job_events.c.seq > cursor[1])
         if skip_origin is not None:
             query = query.where(job_events.c.origin.is_distinct_from(skip_origin))
         rows = conn.execute(query.order_by(job_events.c.seq).limit(limit)).all()
         return Batch(list(rows), (0, rows[-1].seq) if rows else cursor)
-    params = {"tx": cursor[0], "seq": cursor[1], "limit": limit, "skip": skip_origin}
+    params = {"tx": cursor[0], "seq": cursor[1], "limit": limit, "skip": skip_origin,
+              "kinds": None if kinds is None else list(kinds)}
     result = conn.execute(_PG_READ, params).all()
     rows = [row for row in result if row.seq is not None]
     return Batch(rows, (rows[-1].tx, rows[-1].seq) if rows else cursor, held=bool(result[0].held))
@@ -214,11 +222,33 @@ class OutboxFollower:
         if notifications is None or not notifications.listening.is_set():
             self._wake.set()
 
-    def notified(self, origins: frozenset[str] | None) -> None:
-        """NOTIFY: rows of ``origins`` committed (None: anything may have). This process's own rows
-        are read at once only when a listener wants every row; else with the next read."""
-        if origins is None or self._listener_count or origins - {self._origin}:
+    def notified(self, payloads: frozenset[str] | None) -> None:
+        """NOTIFY: rows committed, each payload ``'<origin> <kind>'`` (None: anything may have).
+        Read at once when a listener wants every row, or for another process's row of a kind this
+        process's bus has a listener for; else with the next read (a worker node does not wake for
+        other workers' progress)."""
+        if payloads is None or self._listener_count:
             self._wake.set()
+            return
+        for payload in payloads:
+            origin, kind = parse_payload(payload)
+            if origin != self._origin and (kind is None or self._bus_wants(kind)):
+                self._wake.set()
+                return
+
+    def _bus_wants(self, kind: str) -> bool:
+        try:
+            return self._bus is not None and self._bus.wants(JobEventKind(kind))
+        except ValueError:  # a kind this version does not know
+            return True
+
+    def _wanted_kinds(self) -> list[str] | None:
+        """The kinds whose rows are decoded: all while an outbox listener wants every row, else
+        those this process's bus has listeners for."""
+        if self._listener_count:
+            return None
+        wanted = [kind.value for kind in JobEventKind if self._bus_wants(kind.value)]
+        return None if len(wanted) == len(JobEventKind) else wanted
 
     def poll_once(self) -> int:
         """Reads and dispatches what is new; the number of rows read."""
@@ -226,7 +256,7 @@ class OutboxFollower:
         # wants every row, they need not even be fetched.
         skip_origin = None if self._listener_count else self._origin
         with transaction(self._engine, write=False, single=True) as conn:
-            batch = read_after(conn, self._cursor, skip_origin=skip_origin)
+            batch = read_after(conn, self._cursor, skip_origin=skip_origin, kinds=self._wanted_kinds())
         self._held = batch.held
         for row in batch.rows:
             self._cursor = (getattr(row, "tx", 0), row.seq)

@@ -127,7 +127,8 @@ class Worker:
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError(f"worker {self.worker_id} already started")
-        self._remove_listener = self._events.add_listener(self._on_event)
+        # Submissions only: a worker node's outbox follower then leaves other events unread.
+        self._remove_listener = self._events.add_listener(self._on_event, kinds=(JobEventKind.QUEUED,))
         self._registration.start()
         self._thread = threading.Thread(target=self._loop, name=f"sdgate-{self.worker_id}", daemon=True)
         self._thread.start()
