@@ -189,6 +189,14 @@ def test_filters_and_cursor(audit: AuditLog, database: sa.Engine) -> None:
     assert seen == [f"req{i}" for i in range(9, -1, -1)]
 
 
+def test_a_filter_with_nul_finds_what_was_stored(audit: AuditLog, database: sa.Engine) -> None:
+    audit.record(rec(0, principal="nul\x00user", route="/a\x00b"))
+    assert audit.flush()
+    assert len(query_audit(database, AuditFilter(keys=("nul\x00user",))).records) == 1
+    assert len(query_audit(database, AuditFilter(route="/a\x00b")).records) == 1
+    assert key_matches(database, "x\x00y") == ("x\ufffdy",)
+
+
 def test_retention_deletes_old_records_only(audit: AuditLog, database: sa.Engine, monkeypatch) -> None:
     monkeypatch.setattr(audit_mod, "_DELETE_BATCH", 4)  # several delete transactions
     for i in range(10):
@@ -220,7 +228,8 @@ def test_parse_when() -> None:
     assert parse_when("2026-12-01") == datetime(2026, 12, 1, tzinfo=UTC)
     assert parse_when("2026-12-01T10:00:00Z") == datetime(2026, 12, 1, 10, tzinfo=UTC)
     assert parse_when("2026-12-01T10:00:00+02:00") == datetime(2026, 12, 1, 8, tzinfo=UTC)
-    for bad in ("yesterday", "1y", "", "-1h", "99999999w"):
+    for bad in ("yesterday", "1y", "", "-1h", "99999999w", "0001-01-01T00:00:00+05:00",
+                "9999-12-31T23:59:59-05:00"):
         with pytest.raises(ValueError):
             parse_when(bad, now=now)
 

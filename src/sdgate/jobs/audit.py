@@ -123,13 +123,14 @@ def query_audit(
 def _conditions(flt: AuditFilter) -> list[sa.ColumnElement[bool]]:
     where: list[sa.ColumnElement[bool]] = []
     if flt.keys:
-        where.append(sa.or_(audit_log.c.key_id.in_(flt.keys), audit_log.c.principal.in_(flt.keys)))
+        keys = [_clean(k) for k in flt.keys]
+        where.append(sa.or_(audit_log.c.key_id.in_(keys), audit_log.c.principal.in_(keys)))
     if flt.since is not None:
         where.append(audit_log.c.at >= flt.since)
     if flt.until is not None:
         where.append(audit_log.c.at < flt.until)
     if flt.route is not None:
-        where.append(audit_log.c.route == flt.route)
+        where.append(audit_log.c.route == _clean(flt.route))
     if flt.status is not None:
         where.append(audit_log.c.status == flt.status)
     return where
@@ -143,6 +144,7 @@ def key_matches(database: sa.Engine, text: str) -> tuple[str, ...]:
     """What ``--key TEXT`` means: ``TEXT`` itself (a key id, or a Basic user's name) and the id of
     every API key named ``TEXT`` (revoked ones too: their calls stay in the log) or whose visible
     prefix is ``TEXT``. A whole key pasted in is looked up by its prefix, and not matched itself."""
+    text = _clean(text)
     prefix = text[:PREFIX_LENGTH] if looks_like_key(text) else text
     with transaction(database, write=False, single=True) as conn:
         ids = conn.execute(
@@ -165,15 +167,15 @@ def parse_when(text: str, *, now: datetime | None = None) -> datetime:
     if found:
         seconds = float(found.group(1)) * _UNITS[found.group(2)]
         if seconds > 100 * 365 * 86400:
-            raise ValueError(f"{text!r}: a duration of at most 100 years")
+            raise ValueError(f"{text[:64]!r}: a duration of at most 100 years")
         return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
     try:
         when = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
-    except ValueError:
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 shifted out of range
         raise ValueError(
-            f"{text!r}: a duration (1h, 7d), a date (2026-12-01) or an ISO 8601 date-time"
+            f"{text[:64]!r}: a duration (1h, 7d), a date (2026-12-01) or an ISO 8601 date-time"
         ) from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 # -- retention ------------------------------------------------------------------------------------
@@ -210,10 +212,15 @@ def _row(record: AuditRecord) -> dict[str, Any]:
     row.pop("seq")
     for name, value in row.items():
         if isinstance(value, str):
-            value = value.replace("\x00", "\ufffd")
+            value = _clean(value)
             limit = _LENGTHS.get(name)
             row[name] = value[:limit] if limit else value
     return row
+
+
+def _clean(text: str) -> str:
+    """NUL as written (PostgreSQL takes no NUL in text), so a query finds what a write stored."""
+    return text.replace("\x00", "\ufffd")
 
 
 class AuditLog:
