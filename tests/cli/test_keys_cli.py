@@ -20,6 +20,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from sdgate import logs
 from sdgate.cli import serving
 from sdgate.cli.main import app
 from sdgate.jobs.database import create_db_engine
@@ -149,6 +150,7 @@ def wait_for(check: Any, timeout: float = 15.0) -> None:
 def test_access_flags_reach_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Settings] = {}
     monkeypatch.setattr(serving, "_run", lambda _app, settings, *_a, **_k: seen.update(s=settings))
+    monkeypatch.setattr(logs, "configure_logging", lambda *_a: None)  # the root logger stays pytest's
     blocklist = tmp_path / "blocked.txt"
     blocklist.write_text("badword\n")
     cert, key = self_signed(tmp_path)
@@ -176,6 +178,7 @@ def test_access_flags_reach_the_settings(tmp_path: Path, monkeypatch: pytest.Mon
 def test_bad_access_flags_are_usage_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                            args: list[str]) -> None:
     monkeypatch.setattr(serving, "_run", lambda *_a, **_k: None)
+    monkeypatch.setattr(logs, "configure_logging", lambda *_a: None)
     out = runner.invoke(app, ["api", "--data-dir", str(tmp_path / "data"), *args])
     assert out.exit_code == 2, out.output
 
