@@ -45,11 +45,10 @@ MIN_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 5.0
 
 
-def notifying(insert: sa.Insert, seq: sa.Column[Any], origin: str, kind: str) -> sa.Select[Any]:
-    """``insert ... RETURNING seq`` that also sends ``NOTIFY CHANNEL, '<origin> <kind>'``: one
-    round trip."""
+def notifying(insert: sa.Insert, seq: sa.Column[Any], payload: sa.ColumnElement[str]) -> sa.Select[Any]:
+    """``insert ... RETURNING seq`` that also sends ``NOTIFY CHANNEL, payload`` (the outbox sends
+    ``'<origin> <kind>'``): one round trip."""
     appended = insert.returning(seq).cte("appended")
-    payload = sa.literal(f"{origin} {kind}", sa.Text)
     return sa.select(appended.c[seq.name], sa.func.pg_notify(CHANNEL, payload))
 
 

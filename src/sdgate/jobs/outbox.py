@@ -69,10 +69,25 @@ class OutboxEvent:
 OutboxListener = Callable[[OutboxEvent], None]
 
 
+def _append_statement(postgresql: bool) -> sa.Executable:
+    """The INSERT of one outbox row, built once (building a statement and its cache key costs more
+    than running it): named parameters, ``RETURNING seq``; on PostgreSQL with its NOTIFY."""
+    columns = ("job_id", "kind", "data", "job", "origin", "created_at")
+    insert = sa.insert(job_events).values(
+        {name: sa.bindparam(name, type_=job_events.c[name].type) for name in columns}
+    )
+    if not postgresql:
+        return insert.returning(job_events.c.seq)
+    return notifying(insert, job_events.c.seq, sa.bindparam("payload", type_=sa.Text))
+
+
+_APPEND = {False: _append_statement(False), True: _append_statement(True)}
+
+
 def write_event(conn: sa.Connection, kind: JobEventKind, job: Job, origin: str) -> int:
     """Appends one row inside the caller's transaction (on PostgreSQL with its NOTIFY, in the same
     statement); returns its ``seq``. No lock: readers read behind the ``tx`` fence."""
-    values = {
+    params = {
         "job_id": job.id,
         "kind": kind.value,
         "data": {},
@@ -80,10 +95,10 @@ def write_event(conn: sa.Connection, kind: JobEventKind, job: Job, origin: str) 
         "origin": origin,
         "created_at": datetime.now(UTC),
     }
-    insert = sa.insert(job_events).values(values)
-    if conn.dialect.name != "postgresql":
-        return int(conn.execute(insert.returning(job_events.c.seq)).scalar_one())
-    return int(conn.execute(notifying(insert, job_events.c.seq, origin, kind.value)).scalar_one())
+    postgresql = conn.dialect.name == "postgresql"
+    if postgresql:
+        params["payload"] = f"{origin} {kind.value}"
+    return int(conn.execute(_APPEND[postgresql], params).scalar_one())
 
 
 @dataclass(frozen=True)

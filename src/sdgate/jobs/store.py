@@ -59,6 +59,7 @@ from sdgate.core.errors import Conflict, NotFound, QueueFull, StorageUnavailable
 from sdgate.core.jobs import ControlAction, Job, JobEventKind, JobState, Progress, WorkerInfo
 from sdgate.core.requests import GenerationRequest, PostprocessRequest, parse_job_request
 from sdgate.core.results import GenerationResult
+from sdgate.jobs import queries
 from sdgate.jobs.database import (
     create_db_engine,
     ensure_schema,
@@ -148,30 +149,6 @@ def _job_model(request: GenerationRequest | PostprocessRequest) -> str | None:
     catalog's name), None for the default model and for extras."""
     model = request.model if isinstance(request, GenerationRequest) else None
     return model if _modelable(model) else None
-
-
-# A literal, not a bound parameter: both databases use a partial index (WHERE state = 'queued')
-# only for a query whose condition matches the index's own text.
-_QUEUED_LITERAL = jobs.c.state == sa.literal_column("'queued'")
-
-
-def _current_turn(priority: int) -> sa.Select[tuple[int]]:
-    """The lowest turn queued at ``priority`` (NULL: none queued): where the round-robin stands."""
-    return sa.select(sa.func.min(jobs.c.turn)).where(_QUEUED_LITERAL, jobs.c.priority == priority)
-
-
-def _turn_for(owner: str | None, priority: int) -> sa.ColumnElement[int]:
-    """A new job's turn (fair scheduling): the one after its owner's last queued job of the same
-    priority, else the queue's current turn, else 0. A claim takes turns in order (then FIFO), so
-    owners alternate: an owner's 1,000 queued jobs hold turns ``t .. t+999`` and another owner's
-    single job gets ``t``, claimed within one round. Evaluated inside the INSERT: no round trip."""
-    mine = jobs.c.owner.is_(None) if owner is None else jobs.c.owner == owner
-    own_last = (
-        sa.select(sa.func.max(jobs.c.turn))
-        .where(_QUEUED_LITERAL, jobs.c.priority == priority, mine)
-        .scalar_subquery()
-    )
-    return sa.func.coalesce(own_last + 1, _current_turn(priority).scalar_subquery(), 0)
 
 
 def _check_id(job_id: str) -> None:
@@ -277,7 +254,7 @@ class SqlJobStore:
     def get(self, job_id: str) -> Job:
         _check_id(job_id)
         with self._tx(single=True) as conn:
-            row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).one_or_none()
+            row = conn.execute(queries.GET, {"job_id": job_id}).one_or_none()
         if row is None:
             raise NotFound(f"job {job_id} not found")
         return _to_job(row)
@@ -335,7 +312,7 @@ class SqlJobStore:
     def pending_control(self, job_id: str) -> ControlAction | None:
         _check_id(job_id)
         with self._tx(single=True) as conn:
-            row = conn.execute(sa.select(jobs.c.control).where(jobs.c.id == job_id)).one_or_none()
+            row = conn.execute(queries.CONTROL, {"job_id": job_id}).one_or_none()
         if row is None:
             raise NotFound(f"job {job_id} not found")
         return ControlAction(row.control) if row.control else None
@@ -383,8 +360,9 @@ class SqlJobStore:
                     f"you already have {max_owner_jobs} job(s) queued or running, the most allowed "
                     "at once; submit more when one finishes"
                 )
-            values["turn"] = _turn_for(owner, priority)
-            row = conn.execute(sa.insert(jobs).values(values).returning(jobs)).one()
+            params = {f"v_{name}": values[name] for name in queries.SUBMIT_COLUMNS}
+            params.update(p_owner=owner, p_priority=priority)
+            row = conn.execute(queries.submit(owner is None), params).one()
             if idempotency_key is not None:
                 scope, key = idempotency_key
                 conn.execute(
@@ -402,42 +380,19 @@ class SqlJobStore:
         the same priority naming one of ``prefer_models`` (the worker's loaded models)."""
         now = _now()
         preferred = [m for m in dict.fromkeys(prefer_models) if _modelable(m)]
-        queued = jobs.c.state == JobState.QUEUED.value
+        claim = {"v_worker_id": worker_id, "v_started_at": now, "v_updated_at": now,
+                 "v_lease_expires_at": self._lease_end(now)}
         with self._tx(write=True) as conn:
             while True:
-                head = conn.execute(
-                    sa.select(jobs.c.seq, jobs.c.priority, jobs.c.model, jobs.c.created_at)
-                    .where(queued)
-                    .order_by(jobs.c.priority.desc(), jobs.c.turn, jobs.c.seq)
-                    .limit(1)
-                    .with_for_update(skip_locked=True)
-                ).one_or_none()
+                head = conn.execute(queries.CLAIM_HEAD).one_or_none()
                 if head is None:
                     return None
                 seq = head.seq
                 if preferred and head.model not in preferred and now - head.created_at < self._affinity:
                     seq = conn.execute(
-                        sa.select(jobs.c.seq)
-                        .where(queued, jobs.c.priority == head.priority, jobs.c.model.in_(preferred))
-                        .order_by(jobs.c.turn, jobs.c.seq)
-                        .limit(1)
-                        .with_for_update(skip_locked=True)
+                        queries.CLAIM_PREFERRED, {"priority": head.priority, "models": preferred}
                     ).scalar_one_or_none() or head.seq
-                # The state guard keeps this exactly-once even on a backend that did not lock.
-                row = conn.execute(
-                    sa.update(jobs)
-                    .where(jobs.c.seq == seq, queued)
-                    .values(
-                        state=JobState.RUNNING.value,
-                        worker_id=worker_id,
-                        attempts=jobs.c.attempts + 1,
-                        started_at=now,
-                        updated_at=now,
-                        progress=None,
-                        lease_expires_at=self._lease_end(now),
-                    )
-                    .returning(jobs)
-                ).one_or_none()
+                row = conn.execute(queries.CLAIM, {**claim, "w_seq": seq}).one_or_none()
                 if row is not None:
                     job = self._record(conn, row)
                     break
@@ -459,10 +414,8 @@ class SqlJobStore:
         now = _now()
         with self._tx(write=True) as conn:
             renewed = conn.execute(
-                sa.update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.state == JobState.RUNNING.value,
-                       jobs.c.worker_id == worker_id)
-                .values(lease_expires_at=self._lease_end(now))
+                queries.HEARTBEAT,
+                {"job_id": job_id, "w_worker_id": worker_id, "v_lease_expires_at": self._lease_end(now)},
             ).rowcount
         return bool(renewed)
 
@@ -589,7 +542,7 @@ class SqlJobStore:
                 else:
                     # Back in its old place: no later than the queue's current turn (its old seq
                     # puts it first there), never behind jobs its owner queued since.
-                    current = conn.execute(_current_turn(priority)).scalar_one_or_none()
+                    current = conn.execute(queries.current_turn(sa.literal(priority))).scalar_one_or_none()
                     values.update(
                         state=JobState.QUEUED.value,
                         worker_id=None,
@@ -734,29 +687,17 @@ class SqlJobStore:
         (or, with ``worker_id``, is not that worker's)."""
         if "\x00" in job_id:
             return None
-        held = [jobs.c.worker_id == worker_id] if worker_id is not None else []
-        update = (
-            sa.update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.state.in_([s.value for s in from_states]), *held)
-            .values({**values, "updated_at": _now()})
-            .returning(*jobs.c)
-        )
         ending = "state" in values and JobState(values["state"]).terminal
+        params = {f"v_{key}": value for key, value in values.items()}
+        params.update(v_updated_at=_now(), job_id=job_id, w_worker_id=worker_id)
+        states = tuple(state.value for state in from_states)
         with self._tx(write=True) as conn:
-            if ending and conn.dialect.name == "postgresql":
-                # One round trip: the preview goes in the statement that ends the job.
-                done = update.cte("done")
-                gone = (
-                    sa.delete(job_previews)
-                    .where(job_previews.c.job_id.in_(sa.select(done.c.id)))
-                    .returning(job_previews.c.job_id)
-                    .cte("gone")
-                )
-                row = conn.execute(sa.select(done).add_cte(gone)).one_or_none()
-            else:
-                row = conn.execute(update).one_or_none()
-                if row is not None and ending:
-                    conn.execute(sa.delete(job_previews).where(job_previews.c.job_id == job_id))
+            # PostgreSQL drops an ending job's preview in the same statement (one round trip).
+            ending_pg = ending and conn.dialect.name == "postgresql"
+            statement = queries.change((*values, "updated_at"), states, worker_id is not None, ending_pg)
+            row = conn.execute(statement, params).one_or_none()
+            if row is not None and ending and not ending_pg:
+                conn.execute(queries.DROP_PREVIEW, {"job_id": job_id})
             if row is None:
                 return None
             if ending:

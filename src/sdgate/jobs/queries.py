@@ -1,0 +1,126 @@
+"""The job store's frequent statements, each built once with named parameters.
+
+Building a SQLAlchemy statement and its cache key costs more Python time than running it (a
+fraction of a millisecond each, several times per job); a statement built once memoizes its cache
+key, so executing it again only binds the parameters. ``store.py`` runs these with a dict of
+parameters (``v_<column>`` for a value written, ``w_<column>`` for one a ``WHERE`` compares:
+SQLAlchemy keeps a column's own name for itself); what is not a parameter (the states a change
+starts from, whether it names a worker) picks one cached statement.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import sqlalchemy as sa
+
+from sdgate.core.jobs import JobState
+from sdgate.jobs.schema import job_previews, jobs
+
+QUEUED = jobs.c.state == JobState.QUEUED.value
+# A literal, not a bound parameter: both databases use a partial index (WHERE state = 'queued')
+# only for a query whose condition matches the index's own text.
+QUEUED_LITERAL = jobs.c.state == sa.literal_column("'queued'")
+
+
+def _bind(column: str, name: str | None = None) -> sa.BindParameter[Any]:
+    return sa.bindparam(name or f"v_{column}", type_=jobs.c[column].type)
+
+
+GET = sa.select(jobs).where(jobs.c.id == sa.bindparam("job_id"))
+CONTROL = sa.select(jobs.c.control).where(jobs.c.id == sa.bindparam("job_id"))
+HEARTBEAT = (
+    sa.update(jobs)
+    .where(jobs.c.id == sa.bindparam("job_id"), jobs.c.state == JobState.RUNNING.value,
+           jobs.c.worker_id == sa.bindparam("w_worker_id"))
+    .values(lease_expires_at=_bind("lease_expires_at"))
+)
+# The head of the queue: highest priority, then the lowest turn (fair scheduling), then FIFO.
+CLAIM_HEAD = (
+    sa.select(jobs.c.seq, jobs.c.priority, jobs.c.model, jobs.c.created_at)
+    .where(QUEUED)
+    .order_by(jobs.c.priority.desc(), jobs.c.turn, jobs.c.seq)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+)
+# Model affinity: the first job of the head's priority naming one of the worker's models.
+CLAIM_PREFERRED = (
+    sa.select(jobs.c.seq)
+    .where(QUEUED, jobs.c.priority == sa.bindparam("priority"),
+           jobs.c.model.in_(sa.bindparam("models", expanding=True)))
+    .order_by(jobs.c.turn, jobs.c.seq)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+)
+# The state guard keeps a claim exactly-once even on a backend that did not lock.
+CLAIM = (
+    sa.update(jobs)
+    .where(jobs.c.seq == sa.bindparam("w_seq"), QUEUED)
+    .values(
+        state=JobState.RUNNING.value,
+        worker_id=_bind("worker_id"),
+        attempts=jobs.c.attempts + 1,
+        started_at=_bind("started_at"),
+        updated_at=_bind("updated_at"),
+        progress=None,
+        lease_expires_at=_bind("lease_expires_at"),
+    )
+    .returning(*jobs.c)
+)
+
+
+def current_turn(priority: sa.ColumnElement[int]) -> sa.Select[tuple[int]]:
+    """The lowest turn queued at ``priority`` (NULL: none queued): where the round-robin stands."""
+    return sa.select(sa.func.min(jobs.c.turn)).where(QUEUED_LITERAL, jobs.c.priority == priority)
+
+
+def _turn_for(anonymous: bool) -> sa.ColumnElement[int]:
+    """A new job's turn (fair scheduling): the one after its owner's last queued job of the same
+    priority, else the queue's current turn, else 0. A claim takes turns in order (then FIFO), so
+    owners alternate: an owner's 1,000 queued jobs hold turns ``t .. t+999`` and another owner's
+    single job gets ``t``, claimed within one round. Evaluated inside the INSERT: no round trip."""
+    priority = sa.bindparam("p_priority", type_=sa.Integer)
+    mine = jobs.c.owner.is_(None) if anonymous else jobs.c.owner == sa.bindparam("p_owner", type_=sa.String)
+    own_last = (
+        sa.select(sa.func.max(jobs.c.turn)).where(QUEUED_LITERAL, jobs.c.priority == priority, mine)
+        .scalar_subquery()
+    )
+    return sa.func.coalesce(own_last + 1, current_turn(priority).scalar_subquery(), 0)
+
+
+SUBMIT_COLUMNS = ("id", "state", "dialect", "owner", "priority", "request", "model", "meta",
+                  "created_at", "updated_at", "attempts")
+
+
+@cache
+def submit(anonymous: bool) -> sa.Executable:
+    """The INSERT of a new job (parameters ``v_<column>`` for ``SUBMIT_COLUMNS``, ``p_priority``
+    and, unless ``anonymous``, ``p_owner``), its turn computed in the statement."""
+    values: dict[str, Any] = {name: _bind(name) for name in SUBMIT_COLUMNS}
+    values["turn"] = _turn_for(anonymous)
+    return sa.insert(jobs).values(values).returning(*jobs.c)
+
+
+@cache
+def change(keys: tuple[str, ...], from_states: tuple[str, ...], held: bool, ending_pg: bool) -> sa.Executable:
+    """``UPDATE jobs SET <keys> WHERE id = :job_id AND state IN from_states [AND worker_id =
+    :w_worker_id] RETURNING *``, parameters ``v_<key>``. ``ending_pg``: the change ends the job on
+    PostgreSQL, and the same statement drops its preview (a data-modifying CTE: one round trip)."""
+    where = [jobs.c.id == sa.bindparam("job_id"), jobs.c.state.in_(from_states)]
+    if held:
+        where.append(jobs.c.worker_id == sa.bindparam("w_worker_id"))
+    update = sa.update(jobs).where(*where).values({k: _bind(k) for k in keys}).returning(*jobs.c)
+    if not ending_pg:
+        return update
+    done = update.cte("done")
+    gone = (
+        sa.delete(job_previews)
+        .where(job_previews.c.job_id.in_(sa.select(done.c.id)))
+        .returning(job_previews.c.job_id)
+        .cte("gone")
+    )
+    return sa.select(done).add_cte(gone)
+
+
+DROP_PREVIEW = sa.delete(job_previews).where(job_previews.c.job_id == sa.bindparam("job_id"))
