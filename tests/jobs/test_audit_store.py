@@ -228,8 +228,11 @@ def test_parse_when() -> None:
     assert parse_when("2026-12-01") == datetime(2026, 12, 1, tzinfo=UTC)
     assert parse_when("2026-12-01T10:00:00Z") == datetime(2026, 12, 1, 10, tzinfo=UTC)
     assert parse_when("2026-12-01T10:00:00+02:00") == datetime(2026, 12, 1, 8, tzinfo=UTC)
-    for bad in ("yesterday", "1y", "", "-1h", "99999999w", "0001-01-01T00:00:00+05:00",
-                "9999-12-31T23:59:59-05:00"):
+    earliest = datetime.min.replace(tzinfo=UTC)
+    assert parse_when("99999999w", now=now) == earliest  # longer than the calendar: its start
+    assert parse_when("0001-01-01T00:00:00+05:00") == earliest
+    assert parse_when("9999-12-31T23:59:59-05:00") == datetime.max.replace(tzinfo=UTC)
+    for bad in ("yesterday", "1y", "", "-1h", "2026-02-30"):
         with pytest.raises(ValueError):
             parse_when(bad, now=now)
 

@@ -154,28 +154,45 @@ def key_matches(database: sa.Engine, text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*own, *ids]))
 
 
+DURATION_PATTERN = r"^\d{1,9}(\.\d{1,6})?[smhdw]$"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
 
 
 def parse_when(text: str, *, now: datetime | None = None) -> datetime:
-    """``--since``/``--until``: a duration back from now (``90s``, ``15m``, ``1h``, ``7d``, ``2w``),
-    a date (``2026-12-01``: its midnight, UTC) or an ISO 8601 date-time (UTC when it names no zone).
-    ``ValueError`` for anything else."""
+    """``--since``/``--until``: a duration back from now (``90s``, ``15m``, ``1h``, ``7d``, ``2w``;
+    one longer than the calendar: its start), a date (``2026-12-01``: its midnight, UTC) or an ISO
+    8601 date-time (UTC when it names no zone). ``ValueError`` for anything else."""
     value = text.strip()
     found = _DURATION.match(value.lower())
     if found:
-        seconds = float(found.group(1)) * _UNITS[found.group(2)]
-        if seconds > 100 * 365 * 86400:
-            raise ValueError(f"{text[:64]!r}: a duration of at most 100 years")
-        return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
+        return ago(float(found.group(1)) * _UNITS[found.group(2)], now=now)
     try:
         when = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
-        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-    except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 shifted out of range
+    except ValueError:
         raise ValueError(
             f"{text[:64]!r}: a duration (1h, 7d), a date (2026-12-01) or an ISO 8601 date-time"
         ) from None
+    return as_utc(when)
+
+
+def ago(seconds: float, *, now: datetime | None = None) -> datetime:
+    """``seconds`` before ``now``; the calendar's start when that is before it."""
+    now = now or datetime.now(UTC)
+    if seconds >= (now - _EARLIEST).total_seconds():
+        return _EARLIEST
+    return now - timedelta(seconds=seconds)
+
+
+def as_utc(when: datetime) -> datetime:
+    """``when`` in UTC (naive: taken as UTC); at the calendar's ends, clamped to them."""
+    if when.tzinfo is None:
+        return when.replace(tzinfo=UTC)
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 shifted past the calendar's end
+        return _EARLIEST if when.year == 1 else datetime.max.replace(tzinfo=UTC)
 
 
 # -- retention ------------------------------------------------------------------------------------

@@ -4,16 +4,25 @@ Anyone else: 403 ``forbidden``. The same filters as ``sdgate audit``."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field, TypeAdapter, ValidationError, WithJsonSchema
 from starlette.concurrency import run_in_threadpool
 
-from sdgate.core.errors import Forbidden, InvalidRequest
-from sdgate.jobs.audit import MAX_PAGE, AuditFilter, AuditLog, key_matches, parse_when
+from sdgate.core.errors import Forbidden
+from sdgate.jobs.audit import (
+    DURATION_PATTERN,
+    MAX_PAGE,
+    AuditFilter,
+    AuditLog,
+    as_utc,
+    key_matches,
+    parse_when,
+)
 from sdgate.server.deps import CurrentPrincipal
 from sdgate.server.dialects.native.router import NativeRoute
 from sdgate.server.runtime import RuntimeDep
@@ -22,7 +31,34 @@ from sdgate.server.runtime import RuntimeDep
 # log its own node is asked for right after it (other nodes' records: once their writers ran).
 FLUSH_WAIT_S = 2.0
 _KEY = "an API key's id, name or prefix, or a Basic user's name"
-_WHEN = "a duration back from now (1h, 7d), a date (2026-12-01) or an ISO 8601 date-time"
+_WHEN = ("a duration back from now (90s, 15m, 1h, 7d, 2w), a date (2026-12-01: its midnight) or an "
+         "ISO 8601 date-time; UTC unless it says")
+_DATETIME = TypeAdapter(datetime)
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+
+
+def _when_param(value: Any) -> Any:
+    """A duration, or an ISO date or date-time (read as the job listing reads them; not a number,
+    which pydantic would take for a Unix time) -> an aware UTC datetime."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if re.fullmatch(DURATION_PATTERN, text):
+        return parse_when(text)
+    if _ISO_DATE.match(text):
+        try:
+            return as_utc(_DATETIME.validate_python(text))
+        except ValidationError:
+            pass
+    raise ValueError(_WHEN)
+
+
+# The schema says exactly what is taken, so every value it allows is answered.
+When = Annotated[datetime, BeforeValidator(_when_param), WithJsonSchema({"anyOf": [
+    {"type": "string", "format": "date-time"},
+    {"type": "string", "format": "date"},
+    {"type": "string", "pattern": DURATION_PATTERN},
+]})]
 
 
 class AuditRecordOut(BaseModel):
@@ -55,8 +91,8 @@ async def audit(
     runtime: RuntimeDep,
     principal: CurrentPrincipal,
     key: Annotated[str | None, Query(max_length=255, description=_KEY)] = None,
-    since: Annotated[str | None, Query(max_length=64, description=_WHEN)] = None,
-    until: Annotated[str | None, Query(max_length=64, description=_WHEN)] = None,
+    since: Annotated[When | None, Query(description=f"from: {_WHEN}")] = None,
+    until: Annotated[When | None, Query(description=f"before: {_WHEN}")] = None,
     route: Annotated[str | None, Query(max_length=255, description="a route template")] = None,
     status: Annotated[int | None, Query(ge=100, le=599)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
@@ -66,7 +102,7 @@ async def audit(
     status, job, images, GPU seconds), filtered by key, time, route and status."""
     if not principal.allows("admin"):
         raise Forbidden("the audit log needs a key with the admin scope")
-    flt = AuditFilter(since=_when(since, "since"), until=_when(until, "until"), route=route, status=status)
+    flt = AuditFilter(since=since, until=until, route=route, status=status)
     log = runtime.audit
     return await run_in_threadpool(_page, log, flt, key, limit, int(cursor) if cursor else None)
 
@@ -81,11 +117,3 @@ def _page(log: AuditLog, flt: AuditFilter, key: str | None, limit: int, cursor: 
         "next_cursor": str(page.next_cursor) if page.next_cursor is not None else None,
     }
 
-
-def _when(value: str | None, name: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        return parse_when(value)
-    except ValueError as exc:
-        raise InvalidRequest(str(exc), field=name) from None
