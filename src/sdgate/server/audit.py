@@ -6,7 +6,8 @@ every principal it lets in) and everything inside it: the rate limiter's 429s, t
 
 - who: the principal's ``key_id`` and ``id`` (what its jobs store as their owner). Never a key, an
   ``Authorization`` header or a query token: nothing of the request is read but its method and the
-  route it was for. An authentication refusal has no principal: both ``None``, status 401;
+  route it was for. A call ``AuthMiddleware`` refused has no principal: both ``None`` (status 401,
+  or 403 for a key without the route's scope);
 - what: the dialect and the route's template (``/api/v1/jobs/{job_id}``, never the raw path, which
   may hold a token), found from ``scope["route"]`` or, for a call refused before routing, from the
   route the request would have reached (``<unmatched>`` when none);
@@ -59,12 +60,8 @@ class AuditNote:
     prompt: str | None = None
 
 
+# None outside a recorded call (a worker, an app without the middleware): the notes do nothing.
 _note: ContextVar[AuditNote | None] = ContextVar("sdgate_audit_note", default=None)
-
-
-def current_note() -> AuditNote | None:
-    """The calling request's note; None outside a recorded call (a worker, a test without the app)."""
-    return _note.get()
 
 
 def note_submitted(job: Job, *, images: int, prompt: str | None) -> None:
