@@ -42,6 +42,7 @@ A job id or owner holding NUL (which PostgreSQL's text cannot hold) matches noth
 from __future__ import annotations
 
 import builtins
+import json
 import logging
 import math
 import os
@@ -119,7 +120,9 @@ def _readable(value: Any, *, drop_nonfinite: bool = False, depth: int = 0) -> An
     checked everything: lone surrogates (``"\\ud800"`` decodes to one) escaped as text, non-finite
     numbers null, or left out of an object with ``drop_nonfinite`` (a request's field then takes
     its default), and what is nested deeper than ``_MAX_READ_DEPTH`` null (a 500-deep metadata
-    once broke every listing). Clean documents come back equal."""
+    once broke every listing). Clean documents come back as they are (``_clean``)."""
+    if depth == 0 and _clean(value):
+        return value
     if isinstance(value, str):
         if value.isascii() or _SURROGATE.search(value) is None:
             return value
@@ -137,6 +140,21 @@ def _readable(value: Any, *, drop_nonfinite: bool = False, depth: int = 0) -> An
     if isinstance(value, list):
         return [_readable(v, drop_nonfinite=drop_nonfinite, depth=depth + 1) for v in value]
     return value
+
+
+def _clean(value: Any) -> bool:
+    """True when ``value`` needs no repair by ``_readable``: one pass of the C JSON encoder instead
+    of a walk in Python (a job row holds several documents, read several times per job). It refuses
+    non-finite numbers, text that is not UTF-8 (a lone surrogate), and counts the brackets: fewer
+    than ``_MAX_READ_DEPTH`` cannot nest that deep. Anything else is left to the walk."""
+    if value is None or isinstance(value, bool | int):
+        return True
+    try:
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        text.encode("utf-8")
+    except (ValueError, TypeError, RecursionError):  # UnicodeEncodeError is a ValueError
+        return False
+    return text.count("{") + text.count("[") < _MAX_READ_DEPTH
 
 
 def _modelable(name: str | None) -> bool:
