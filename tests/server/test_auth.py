@@ -5,6 +5,7 @@ malformed ones a 401; the scope each request needs; no secret in the access log.
 from __future__ import annotations
 
 import base64
+import logging
 from pathlib import Path
 
 import httpx
@@ -205,3 +206,16 @@ def test_redaction_hides_tokens_and_keys() -> None:
     assert redact(line) == 'GET /ws?clientId=1&token=[redacted]&x=2 HTTP/1.1'
     assert redact("key sdg_abcdefghijklmnopq used") == "key sdg_[redacted] used"
     assert redact("/api/v1/jobs?state=queued") == "/api/v1/jobs?state=queued"
+
+
+def test_the_access_log_never_shows_a_key(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from sdgate.server.app import create_app
+
+    create_app(Settings(data_dir=tmp_path))  # installs the filter on uvicorn's loggers
+    key = "sdg_" + "k" * 43
+    with caplog.at_level(logging.INFO):
+        # The line uvicorn's access log writes: the path with its query string.
+        logging.getLogger("uvicorn.access").info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "GET",
+                                                 f"/ws?clientId=1&token={key}", "1.1", 101)
+        logging.getLogger("uvicorn.error").info("connection from %s", f"/api/v1/jobs?token={key}")
+    assert "token=[redacted]" in caplog.text and key not in caplog.text and "k" * 20 not in caplog.text

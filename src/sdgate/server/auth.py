@@ -49,6 +49,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sdgate.core.errors import Forbidden, SdgateError, Unauthorized
+from sdgate.server.refusals import refusal_response, refuse
 from sdgate.settings import Settings
 
 if TYPE_CHECKING:
@@ -449,10 +450,8 @@ class AuthMiddleware:
 
     async def _deny(self, scope: Scope, receive: Receive, send: Send, err: SdgateError,
                     authenticator: Authenticator) -> None:
-        from sdgate.server.refusals import refusal_response
-
         if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008, "reason": err.message[:120]})
+            await refuse(scope, receive, send, err)  # closed with 1008 before it is accepted
             return
         response = refusal_response(scope, err)
         if isinstance(err, Unauthorized) and authenticator.challenge:
