@@ -219,3 +219,14 @@ def test_the_access_log_never_shows_a_key(tmp_path: Path, caplog: pytest.LogCapt
                                                  f"/ws?clientId=1&token={key}", "1.1", 101)
         logging.getLogger("uvicorn.error").info("connection from %s", f"/api/v1/jobs?token={key}")
     assert "token=[redacted]" in caplog.text and key not in caplog.text and "k" * 20 not in caplog.text
+
+
+async def test_the_scope_rule_sees_the_path_behind_a_proxy_prefix() -> None:
+    app = Starlette(routes=[Route("/api/v1/keys", _whoami), Route("/healthz", _whoami)])
+    auth = BasicAuth({"alice": "s3cret"})  # generate + read: no admin
+    wrapped = AuthMiddleware(app, auth)
+    transport = httpx.ASGITransport(app=wrapped, root_path="/sd")
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        r = await client.get("/sd/api/v1/keys", auth=("alice", "s3cret"))
+        assert r.status_code == 403
+        assert (await client.get("/sd/healthz")).status_code == 200  # public there too

@@ -28,7 +28,11 @@ leaves the principal in the ASGI scope; routes take it as ``CurrentPrincipal`` (
 and pass it down, never a header. A refusal is rendered by the dialect of the route the request was
 for (``server/refusals.py``): a 401 (no, malformed, unknown, revoked or expired credentials, the
 message says which) or a 403 (a key without the scope); a WebSocket is closed with 1008 before it is
-accepted (servers answer that handshake with an HTTP 403).
+accepted (servers answer that handshake with an HTTP 403). ``admin`` includes every scope.
+
+Keys are verified through the key store's short cache (``jobs.keys.KEY_CACHE_S``): a key revoked or
+rotated on another node, or with ``sdgate keys``, is refused here within that many seconds; one
+revoked through this server's admin API at once.
 """
 
 from __future__ import annotations
@@ -424,7 +428,9 @@ class AuthMiddleware:
         self.public = public_paths(public)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root):]  # behind a proxy's prefix: the path the routes see
         if scope["type"] not in ("http", "websocket") or path in self.public or path.startswith(
             _PUBLIC_PREFIXES
         ):
