@@ -277,3 +277,47 @@ def test_run_once_and_stop(store: SqlJobStore, make_worker: MakeWorker) -> None:
 def test_importing_the_worker_does_not_import_torch() -> None:
     code = "import sys, sdgate.worker, sdgate.jobs; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class GroupCountingStore:
+    """Records how many jobs each claim took."""
+
+    def __init__(self, store: SqlJobStore) -> None:
+        self._store = store
+        self.claims: list[int] = []
+
+    def claim_next(self, worker_id: str, *, prefer_models: Collection[str] = ()) -> Job | None:
+        job = self._store.claim_next(worker_id, prefer_models=prefer_models)
+        self.claims.append(int(job is not None))
+        return job
+
+    def claim_group(self, worker_id: str, *, prefer_models: Collection[str] = (),
+                    limit: int = 1) -> list[Job]:
+        jobs = self._store.claim_group(worker_id, prefer_models=prefer_models, limit=limit)
+        self.claims.append(len(jobs))
+        return jobs
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+
+def test_quick_jobs_are_claimed_in_groups_and_slow_ones_one_at_a_time(
+    store: SqlJobStore, images: LocalImageStore, events: JobEvents, settings: object
+) -> None:
+    counting = GroupCountingStore(store)
+    ids = [store.submit(GenerationRequest(prompt=f"quick {i}")).id for i in range(40)]
+    engine = FakeEngine(size=8, steps=2, slow_step_s=0.05)  # prompts with "slow" take 0.1 s
+    worker = Worker(counting, engine, images, events, settings)  # type: ignore[arg-type]
+    worker.start()
+    try:
+        assert all(finished(store, job_id).state is JobState.SUCCEEDED for job_id in ids)
+        assert max(counting.claims) > 1 and sum(counting.claims) == 40
+        assert all(store.get(job_id).attempts == 1 for job_id in ids)
+        first_slow = store.submit(GenerationRequest(prompt="slow")).id
+        assert finished(store, first_slow).state is JobState.SUCCEEDED
+        counting.claims.clear()
+        slow = [store.submit(GenerationRequest(prompt=f"slow {i}")).id for i in range(3)]
+        assert all(finished(store, job_id).state is JobState.SUCCEEDED for job_id in slow)
+        assert [c for c in counting.claims if c] == [1, 1, 1]  # after a slow job: one at a time
+    finally:
+        assert worker.stop(timeout=10)

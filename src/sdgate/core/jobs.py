@@ -183,6 +183,14 @@ class JobStore(Protocol):
         than the store's affinity window is never passed over."""
         ...
 
+    def claim_group(
+        self, worker_id: str, *, prefer_models: Collection[str] = (), limit: int = 1
+    ) -> list[Job]:
+        """Up to ``limit`` jobs claimed in one transaction: the one ``claim_next`` would take, then
+        queued jobs of the same priority and model, in claim order; each running and leased to
+        ``worker_id``. Empty when none is queued."""
+        ...
+
     def heartbeat(self, job_id: str, worker_id: str) -> bool:
         """Renews the lease; False when ``worker_id`` no longer holds the job (stop working on it)."""
         ...

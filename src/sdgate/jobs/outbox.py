@@ -43,7 +43,7 @@ import sqlalchemy as sa
 from sdgate.core.jobs import Job, JobEventKind
 from sdgate.jobs.database import transaction
 from sdgate.jobs.events import JobEvents, Listeners
-from sdgate.jobs.notify import NotifyListener, notifying, parse_payload
+from sdgate.jobs.notify import CHANNEL, NotifyListener, notifying, parse_payload
 from sdgate.jobs.schema import job_events
 
 logger = logging.getLogger(__name__)
@@ -99,6 +99,22 @@ def write_event(conn: sa.Connection, kind: JobEventKind, job: Job, origin: str) 
     if postgresql:
         params["payload"] = f"{origin} {kind.value}"
     return int(conn.execute(_APPEND[postgresql], params).scalar_one())
+
+
+_NOTIFY = sa.select(sa.func.pg_notify(CHANNEL, sa.bindparam("payload", type_=sa.Text)))
+
+
+def write_events(conn: sa.Connection, kind: JobEventKind, changed: list[Job], origin: str) -> None:
+    """Appends one row of ``kind`` per job of ``changed`` inside the caller's transaction, in one
+    multi-row INSERT (and, on PostgreSQL, one NOTIFY for them all): a claim of a group of jobs."""
+    if not changed:
+        return
+    now = datetime.now(UTC)
+    rows = [{"job_id": job.id, "kind": kind.value, "data": {}, "job": job.model_dump(mode="json"),
+             "origin": origin, "created_at": now} for job in changed]
+    conn.execute(sa.insert(job_events), rows)
+    if conn.dialect.name == "postgresql":
+        conn.execute(_NOTIFY, {"payload": f"{origin} {kind.value}"})
 
 
 @dataclass(frozen=True)

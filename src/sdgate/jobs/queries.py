@@ -46,7 +46,7 @@ CLAIM_HEAD = (
 )
 # Model affinity: the first job of the head's priority naming one of the worker's models.
 CLAIM_PREFERRED = (
-    sa.select(jobs.c.seq)
+    sa.select(jobs.c.seq, jobs.c.model)
     .where(QUEUED, jobs.c.priority == sa.bindparam("priority"),
            jobs.c.model.in_(sa.bindparam("models", expanding=True)))
     .order_by(jobs.c.turn, jobs.c.seq)
@@ -57,6 +57,37 @@ CLAIM_PREFERRED = (
 CLAIM = (
     sa.update(jobs)
     .where(jobs.c.seq == sa.bindparam("w_seq"), QUEUED)
+    .values(
+        state=JobState.RUNNING.value,
+        worker_id=_bind("worker_id"),
+        attempts=jobs.c.attempts + 1,
+        started_at=_bind("started_at"),
+        updated_at=_bind("updated_at"),
+        progress=None,
+        lease_expires_at=_bind("lease_expires_at"),
+    )
+    .returning(*jobs.c)
+)
+
+
+@cache
+def group_mates(anonymous_model: bool) -> sa.Executable:
+    """Queued jobs that may run with a claimed one (same priority, same model; ``None``: the default
+    model), in claim order, ``:limit`` of them, skipping ``:w_seq`` and rows another claim holds."""
+    same_model = jobs.c.model.is_(None) if anonymous_model else jobs.c.model == sa.bindparam("model")
+    return (
+        sa.select(jobs.c.seq)
+        .where(QUEUED, jobs.c.priority == sa.bindparam("priority"), same_model,
+               jobs.c.seq != sa.bindparam("w_seq"))
+        .order_by(jobs.c.turn, jobs.c.seq)
+        .limit(sa.bindparam("limit"))
+        .with_for_update(skip_locked=True)
+    )
+
+
+CLAIM_GROUP = (
+    sa.update(jobs)
+    .where(jobs.c.seq.in_(sa.bindparam("w_seqs", expanding=True)), QUEUED)
     .values(
         state=JobState.RUNNING.value,
         worker_id=_bind("worker_id"),

@@ -70,7 +70,7 @@ from sdgate.jobs.database import (
     transaction,
 )
 from sdgate.jobs.events import JobEvents
-from sdgate.jobs.outbox import write_event
+from sdgate.jobs.outbox import write_event, write_events
 from sdgate.jobs.schema import idempotency_keys, job_previews, jobs
 from sdgate.jobs.usage import charge_run
 from sdgate.jobs.workers import WORKER_TTL_S, WorkerRegistry
@@ -394,27 +394,69 @@ class SqlJobStore:
 
     def claim_next(self, worker_id: str, *, prefer_models: Collection[str] = ()) -> Job | None:
         """The next job, running and leased to ``worker_id``: the head of the queue (highest
-        priority, then FIFO), or, when the head has waited less than ``affinity_s``, the first job of
-        the same priority naming one of ``prefer_models`` (the worker's loaded models)."""
+        priority, then turn, then FIFO), or, when the head has waited less than ``affinity_s``, the
+        first job of the same priority naming one of ``prefer_models`` (the worker's loaded models)."""
         now = _now()
         preferred = [m for m in dict.fromkeys(prefer_models) if _modelable(m)]
-        claim = {"v_worker_id": worker_id, "v_started_at": now, "v_updated_at": now,
-                 "v_lease_expires_at": self._lease_end(now)}
         with self._tx(write=True) as conn:
             while True:
-                head = conn.execute(queries.CLAIM_HEAD).one_or_none()
-                if head is None:
+                pick = self._pick(conn, preferred, now)
+                if pick is None:
                     return None
-                seq = head.seq
-                if preferred and head.model not in preferred and now - head.created_at < self._affinity:
-                    seq = conn.execute(
-                        queries.CLAIM_PREFERRED, {"priority": head.priority, "models": preferred}
-                    ).scalar_one_or_none() or head.seq
-                row = conn.execute(queries.CLAIM, {**claim, "w_seq": seq}).one_or_none()
+                claim = {**self._claim_values(worker_id, now), "w_seq": pick[0]}
+                row = conn.execute(queries.CLAIM, claim).one_or_none()
                 if row is not None:
                     job = self._record(conn, row)
                     break
         return self._announced(job)
+
+    def claim_group(self, worker_id: str, *, prefer_models: Collection[str] = (), limit: int = 1
+                    ) -> builtins.list[Job]:
+        """Up to ``limit`` jobs claimed together in one transaction (one ``started`` row each, in
+        one INSERT): the job ``claim_next`` would take, then queued jobs of its priority naming the
+        same model (a compatible group), in claim order. All are running and leased to ``worker_id``
+        from now; the worker runs them one after the other, so it asks for more than one only while
+        its jobs take milliseconds (none then waits long in its hands). Empty when none is queued."""
+        now = _now()
+        preferred = [m for m in dict.fromkeys(prefer_models) if _modelable(m)]
+        with self._tx(write=True) as conn:
+            while True:
+                pick = self._pick(conn, preferred, now)
+                if pick is None:
+                    return []
+                seq, priority, model = pick
+                seqs = [seq]
+                if limit > 1:
+                    mates = {"priority": priority, "model": model, "w_seq": seq, "limit": limit - 1}
+                    seqs += conn.execute(queries.group_mates(model is None), mates).scalars().all()
+                claim = {**self._claim_values(worker_id, now), "w_seqs": seqs}
+                rows = conn.execute(queries.CLAIM_GROUP, claim).all()
+                if rows:
+                    break
+            # The pick comes first: its group mates follow it in claim order.
+            claimed = [_to_job(row) for row in sorted(rows, key=lambda r: (r.seq != seq, r.turn, r.seq))]
+            write_events(conn, JobEventKind.STARTED, claimed, self.origin)
+        for job in claimed:
+            self._announced(job)
+        return claimed
+
+    def _pick(self, conn: sa.Connection, preferred: builtins.list[str], now: datetime
+              ) -> tuple[int, int, str | None] | None:
+        """The job a claim takes, locked: ``(seq, priority, model)``, or None when none is queued."""
+        head = conn.execute(queries.CLAIM_HEAD).one_or_none()
+        if head is None:
+            return None
+        if preferred and head.model not in preferred and now - head.created_at < self._affinity:
+            found = conn.execute(
+                queries.CLAIM_PREFERRED, {"priority": head.priority, "models": preferred}
+            ).one_or_none()
+            if found is not None:
+                return found.seq, head.priority, found.model
+        return head.seq, head.priority, head.model
+
+    def _claim_values(self, worker_id: str, now: datetime) -> dict[str, Any]:
+        return {"v_worker_id": worker_id, "v_started_at": now, "v_updated_at": now,
+                "v_lease_expires_at": self._lease_end(now)}
 
     def update_progress(self, job_id: str, progress: Progress) -> None:
         """Also renews the lease: progress is the worker's heartbeat."""

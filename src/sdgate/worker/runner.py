@@ -18,6 +18,11 @@ finished so far (``interrupted=True``); cancel leaves it cancelled with no resul
 publishes every change to the ``JobEvents`` it was built with, so pass the worker the same
 ``JobEvents`` (it listens there for new submissions).
 
+While jobs take milliseconds (the null engine, tiny models), the worker claims them in groups of
+the same priority and model (``JobStore.claim_group``, one transaction for up to ``MAX_GROUP``),
+which is where a queue of quick jobs spends its time; one slow job and it claims one at a time
+again, so a job never waits long in a worker's hands while other workers idle.
+
 A claim prefers the jobs of the models the engine holds loaded (``engine.loaded_models()``; the store
 never lets that starve another job). The worker keeps its row in the worker registry while it runs
 (``registration.Registration``: device, engine, loaded models, free memory, the job in hand).
@@ -74,6 +79,11 @@ logger = logging.getLogger("sdgate.worker")
 _numbers = itertools.count()
 # Recording an outcome on a refusing disk is retried with a doubling wait, up to this.
 STORAGE_RETRY_MAX_S = 10.0
+# Jobs that run faster than this are claimed in groups (doubling up to MAX_GROUP per claim), so a
+# claimed job waits at most about MAX_GROUP * QUICK_JOB_S in the worker's hands; one slower job
+# brings the worker back to claiming one at a time.
+QUICK_JOB_S = 0.05
+MAX_GROUP = 8
 
 
 class _JobLog(logging.LoggerAdapter[logging.Logger]):
@@ -110,6 +120,7 @@ class Worker:
         self._lease_s = store.lease_s
         self._max_attempts = settings.job_max_attempts
         self._next_recovery = 0.0  # monotonic time of the next look for expired leases
+        self._group_size = 1  # how many jobs the next claim asks for (see QUICK_JOB_S)
         self._progress_interval_s = progress_interval_s
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -164,12 +175,23 @@ class Worker:
         return current.preview()
 
     def run_once(self) -> bool:
-        """Claims and runs one job; False when none was queued."""
+        """Claims and runs one job, or a group of them while jobs are quick (``_group_size``);
+        False when none was queued. A claimed group is run to its end, also when the worker is
+        told to stop meanwhile (its jobs take milliseconds)."""
         self._wake.clear()  # before the claim: a submission after this point wakes the next wait
-        job = self._store.claim_next(self.worker_id, prefer_models=loaded_models(self._engine))
-        if job is None:
+        models = loaded_models(self._engine)
+        if self._group_size <= 1:
+            job = self._store.claim_next(self.worker_id, prefer_models=models)
+            claimed = [job] if job is not None else []
+        else:
+            claimed = self._store.claim_group(self.worker_id, prefer_models=models, limit=self._group_size)
+        if not claimed:
             return False
-        self._run(job)
+        for job in claimed:
+            started = time.perf_counter()
+            self._run(job)
+            quick = time.perf_counter() - started < QUICK_JOB_S
+            self._group_size = min(self._group_size * 2, MAX_GROUP) if quick else 1
         return True
 
     def requeue_expired(self) -> None:
