@@ -395,3 +395,18 @@ async def test_cors_is_off_by_default(tmp_path: Path) -> None:
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             r = await client.get("/api/v1/jobs", headers={"Origin": "https://app.example"})
             assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+
+
+async def test_an_open_server_makes_no_key_over_http(tmp_path: Path) -> None:
+    """Without credentials everyone is the anonymous admin; still, the first key is the operator's
+    to make (``sdgate keys create``): anyone could otherwise lock everyone else out."""
+    from sdgate.server.app import create_app
+
+    app = create_app(Settings(data_dir=tmp_path / "data", engine="null"), run_workers=False)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            r = await client.post("/api/v1/keys", json={"name": "mine", "scopes": ["admin"]})
+            assert r.status_code == 403 and "sdgate keys create" in r.json()["error"]["message"]
+            assert (await client.get("/api/v1/keys")).status_code == 403
+            assert (await client.get("/api/v1/jobs")).status_code == 200  # still open otherwise

@@ -1,26 +1,43 @@
 """``/api/v1/keys``: the API keys admin API (``admin`` scope, ``auth.required_scope``), the same
 operations as ``sdgate keys``. A key's secret is in the answer of ``POST /keys`` and
-``POST /keys/{id}/rotate`` only; no answer ever holds its digest."""
+``POST /keys/{id}/rotate`` only; no answer ever holds its digest.
+
+Only an API key with the ``admin`` scope may call it: not the anonymous principal of a server
+without credentials (on an open server anyone could otherwise make the first key and lock everyone
+else out), nor a Basic user. The first admin key is made where the database is:
+``sdgate keys create --name NAME --scopes admin``."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from sdgate.core.errors import Forbidden
 from sdgate.jobs.keys import SCOPES, ApiKey, IssuedKey, KeyLimits, parse_expiry, parse_rate
-from sdgate.server.auth import key_store
-from sdgate.server.deps import ServicesDep
+from sdgate.server.auth import Principal, key_store
+from sdgate.server.deps import CurrentPrincipal, ServicesDep
 from sdgate.server.dialects.native.router import NativeRoute
 
-router = APIRouter(prefix="/api/v1", route_class=NativeRoute, tags=["keys"])
+
+def admin_key(principal: CurrentPrincipal) -> Principal:
+    if principal.key_id is None or not principal.is_admin:
+        raise Forbidden("the keys API needs an API key with the admin scope; make the first one with "
+                        "`sdgate keys create --name NAME --scopes admin`")
+    return principal
+
+
+router = APIRouter(prefix="/api/v1", route_class=NativeRoute, tags=["keys"],
+                   dependencies=[Depends(admin_key)])
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such key"}}
 _CONFLICT: dict[int | str, dict[str, Any]] = {409: {"description": "the name is taken, or the key revoked"}}
 Count = Annotated[int | None, Field(ge=0, le=10**12)]
+RATE_PATTERN = r"^\s*\d{1,12}(\.\d{1,6})?\s*(/\s*(s|sec|second|m|min|minute|h|hour|d|day))?\s*$"
+EXPIRY_PATTERN = r"^\s*(\d{1,9}\s*[smhdwSMHDW]|\d{4}-\d{2}-\d{2}([T ][0-9:.+\-Z]{0,30})?)\s*$"
 
 
 class KeyLimitsOut(BaseModel):
@@ -53,12 +70,14 @@ class KeyCreate(BaseModel):
     name: str = Field(min_length=1, max_length=255)
     scopes: list[str] = Field(default_factory=lambda: ["generate", "read"], min_length=1, max_length=3,
                               description=f"any of {', '.join(SCOPES)}")
-    rate: str | None = Field(None, max_length=40, description="requests, e.g. 60/min, 2/s, 1000/h")
+    rate: str | None = Field(None, max_length=40, pattern=RATE_PATTERN,
+                             description="requests, e.g. 60/min, 2/s, 1000/h")
     rate_burst: Count = None
     images_per_day: Count = None
     gpu_seconds_per_day: Annotated[float | None, Field(ge=0, le=1e12)] = None
     max_concurrent: Count = Field(None, description="jobs queued or running at once")
-    expires: str | None = Field(None, max_length=40, description="a duration (90d, 12h) or an ISO date")
+    expires: str | None = Field(None, max_length=40, pattern=EXPIRY_PATTERN,
+                                description="a duration (90d, 12h, 30m, 2w) or an ISO date in the future")
 
 
 @router.get("/keys", response_model=list[KeyOut])
