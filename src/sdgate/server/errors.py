@@ -29,9 +29,10 @@ from sdgate.logs import log_context
 log = logging.getLogger("sdgate.server")
 
 
-# Statuses any route may answer whatever it does: a bad body (400/413/422), auth (401), the
-# queue (429), storage (507), an unexpected error (500). Routes add their own (404, 409, ...).
-COMMON_ERROR_STATUSES: tuple[int, ...] = (400, 401, 413, 422, 429, 500, 507)
+# Statuses any route may answer whatever it does: a bad body (400/413/422), auth (401; 403 for an
+# API key without the route's scope), the queue (429), storage (507), an unexpected error (500).
+# Routes add their own (404, 409, ...).
+COMMON_ERROR_STATUSES: tuple[int, ...] = (400, 401, 403, 413, 422, 429, 500, 507)
 
 
 class DialectRoute(APIRoute):
