@@ -130,10 +130,10 @@ def _backtracking_problem(parsed: Any, inside_repeat: bool = False) -> str | Non
             return "backreferences are not allowed"
         if name in _REPEATS:
             _low, high, body = arg
-            unbounded = high is _sre_parse.MAXREPEAT or high > 1
-            if unbounded and inside_repeat and name != "POSSESSIVE_REPEAT":
+            backtracks = high > 1 and name != "POSSESSIVE_REPEAT"  # MAXREPEAT (unbounded) included
+            if backtracks and inside_repeat:
                 return "a repeat inside a repeat can take exponential time ((a+)+ style)"
-            found = _backtracking_problem(body, inside_repeat or (unbounded and name != "POSSESSIVE_REPEAT"))
+            found = _backtracking_problem(body, inside_repeat or backtracks)
             if found:
                 return found
         elif name == "SUBPATTERN":

@@ -231,7 +231,9 @@ def checked_engine(
 ) -> Engine:
     """``engine`` wrapped with the safety checker ``settings`` asks for; ``engine`` itself when none
     (nothing is imported then). ``SafetyCheckerMissing`` when it is on and cannot load."""
-    if safety_checker_files(settings.resolved_models_dir) is None and settings.safety_checker != "on":
+    if settings.safety_checker == "off":
+        return engine
+    if settings.safety_checker == "auto" and safety_checker_files(settings.resolved_models_dir) is None:
         return engine
     checker = load_safety_checker(settings, str(getattr(engine, "device", None) or "cpu"))
     if checker is None:
