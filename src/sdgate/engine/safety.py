@@ -166,6 +166,8 @@ class SafetyCheckedEngine:
         return self.wrapped.name
 
     def __getattr__(self, name: str) -> Any:  # device, catalog, memory_stats, ... of the engine
+        if name == "wrapped":  # not set yet (copy, pickle): no endless recursion
+            raise AttributeError(name)
         return getattr(self.wrapped, name)
 
     def model_defaults(self, model: str | None) -> ModelDefaults:
@@ -207,6 +209,8 @@ class _WithoutPreviews:
         return self._control.on_step(dataclasses.replace(report, preview=None))
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_control":
+            raise AttributeError(name)
         return getattr(self._control, name)
 
 
