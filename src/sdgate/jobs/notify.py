@@ -1,6 +1,6 @@
 """LISTEN/NOTIFY on PostgreSQL: the outbox follower of every node wakes as soon as any node commits.
 
-    notifying(insert, seq, origin)           # outbox.write_event: the INSERT that also NOTIFYs
+    notifying(insert, seq, payload)          # outbox.write_event: the INSERT that also NOTIFYs
     listener = NotifyListener(engine, on_notify=follower.notified)  # on_notify(payloads or None)
     listener.start(); listener.listening.wait(5); listener.stop()
 
