@@ -30,6 +30,7 @@ import pytest
 import schemathesis
 import websockets
 from PIL import Image
+from schemathesis.config import SchemathesisConfig
 from starlette.datastructures import Headers
 
 import sdgate.server.app as app_module
@@ -430,7 +431,7 @@ BOB_SECRET = "bobsecret7d1f0c"
 # schemathesis cannot generate invalid multipart bodies for them here).
 FUZZ_EXCLUDED = (r"^/sdapi/v1/server-(stop|kill|restart)$"
                  r"|^/v1/generation/[^/]+/image-to-image|^/v2beta/|^/v1/images/(edits|variations)$")
-FUZZ_EXAMPLES = 6
+FUZZ_EXAMPLES = 25
 MAX_WAIT_S = 0.5
 
 
@@ -477,16 +478,21 @@ def bobs(fuzz_server: Server) -> BobsData:
 
 @pytest.fixture(scope="module")
 def isolation_schema(fuzz_server: Server) -> schemathesis.schemas.BaseSchema:
-    return schemathesis.openapi.from_url(f"{fuzz_server.url}/openapi.json", headers=ALICE)
+    # The fuzzing phase only: the coverage phase's thousands of boundary cases per operation are
+    # each dialect's own fuzz run's business (tests/server/dialects/*/test_schemathesis.py).
+    config = SchemathesisConfig.from_dict({"phases": {"coverage": {"enabled": False}}})
+    return schemathesis.openapi.from_url(f"{fuzz_server.url}/openapi.json", config=config, headers=ALICE)
 
 
 fuzz_schema = schemathesis.pytest.from_fixture("isolation_schema").exclude(path_regex=FUZZ_EXCLUDED)
 
 
-def assert_nothing_of_bobs(response: Any, bobs: BobsData, what: str) -> None:
+def assert_nothing_of_bobs(response: Any, bobs: BobsData, what: str, *, sent: str = "") -> None:
+    """No 5xx, and none of bob's ids or text in the body, but for ``sent``: the id alice's request
+    named itself, which a 404 may echo ("job ... not found")."""
     assert response.status_code < 500, f"{what} -> {response.status_code} {response.text[:500]}"
     body = response.content
-    leaked = [secret.decode() for secret in bobs.secrets if secret in body]
+    leaked = [secret.decode() for secret in bobs.secrets if secret in body and secret != sent.encode()]
     assert not leaked, f"{what} -> {response.status_code} holds bob's {leaked}: {body[:500]!r}"
 
 
@@ -509,5 +515,5 @@ def test_fuzz_as_alice_never_reaches_bobs_data(case: schemathesis.Case, fuzz_ser
         for value in values:
             case.path_parameters[name] = value
             probe = case.call(base_url=fuzz_server.url, headers=ALICE, timeout=30)
-            assert_nothing_of_bobs(probe, bobs, f"{case.method} {case.formatted_path}")
+            assert_nothing_of_bobs(probe, bobs, f"{case.method} {case.formatted_path}", sent=value)
             assert probe.status_code >= 400, f"{case.method} {case.formatted_path} -> {probe.status_code}"
