@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import threading
@@ -37,6 +38,8 @@ import sdgate.server.app as app_module
 import sdgate.server.auth as auth_module
 from sdgate.core.jobs import WorkerInfo
 from sdgate.core.requests import GenerationRequest
+from sdgate.jobs.database import create_db_engine, ensure_schema
+from sdgate.jobs.keys import KeyStore
 from sdgate.jobs.store import SqlJobStore
 from sdgate.server.app import create_app
 from sdgate.server.auth import BASIC_SCOPES, Authenticator, BasicAuth, Principal
@@ -91,15 +94,18 @@ def isolated_settings(root: Path, **overrides: Any) -> Settings:
 
 
 def serve_isolated(settings: Settings, engine: FakeEngine) -> Iterator[Server]:
-    """The real app with ``RootOrBasic`` as its authenticator (however the app asks for one)."""
-    with pytest.MonkeyPatch.context() as patch:
-        def make(settings: Settings, *args: Any, **kwargs: Any) -> Authenticator:
-            return RootOrBasic(settings)
+    """The real app with ``RootOrBasic`` as its authenticator (however the app asks for one: the
+    patch lasts until the server has started, so other servers of the module get their own)."""
 
-        patch.setattr(auth_module, "authenticator_for", make)
-        patch.setattr(app_module, "authenticator_for", make)
-        with ThreadServer(create_app(settings, engine=engine)) as server:
-            yield Server(server.url, engine, settings.data_dir)
+    def make(settings: Settings, *args: Any, **kwargs: Any) -> Authenticator:
+        return RootOrBasic(settings)
+
+    with contextlib.ExitStack() as stack:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(auth_module, "authenticator_for", make)
+            patch.setattr(app_module, "authenticator_for", make)
+            server = stack.enter_context(ThreadServer(create_app(settings, engine=engine)))
+        yield Server(server.url, engine, settings.data_dir)
 
 
 @pytest.fixture(scope="module")
@@ -420,6 +426,72 @@ def test_blocking_dialects_answer_only_their_caller(server: Server) -> None:
             assert bob.get(f"/api/v1/jobs/{job['id']}").status_code == 200
             for image in job["result"]["images"]:
                 assert_native_404(alice.get(f"/api/v1/images/{image['id']}"))
+
+
+# -- real API keys ------------------------------------------------------------------------------------
+
+
+async def test_two_api_keys_see_only_their_own_and_an_admin_key_sees_both(tmp_path: Path) -> None:
+    """The same isolation with ``--auth keys``: a key's jobs are its own (the owner is the key id),
+    an admin key sees every key's, and A1111 options are per key."""
+    write_fake_checkpoint(tmp_path / "models" / "Stable-diffusion" / "alpha.safetensors")
+    settings = Settings(data_dir=tmp_path / "data", models_dir=tmp_path / "models", device="cpu",
+                        worker_poll_s=0.02, auth="keys")
+    database = create_db_engine(settings.database_url)
+    ensure_schema(database)
+    store = KeyStore(database)
+    secrets = {name: store.create(name, scopes=scopes).secret
+               for name, scopes in (("alice", ["generate", "read"]), ("bob", ["generate", "read"]),
+                                    ("ops", ["admin"]))}
+    database.dispose()
+    headers = {name: {"Authorization": f"Bearer {secret}"} for name, secret in secrets.items()}
+    with ThreadServer(create_app(settings, engine=FakeEngine(size=64, steps=2))) as server:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            theirs = http.post("/api/v1/jobs", json={"prompt": "bob key job", "steps": 2},
+                               headers=headers["bob"])
+            assert theirs.status_code == 202, theirs.text
+            job = theirs.json()["id"]
+            done = finished(httpx.Client(base_url=server.url, headers=headers["bob"], timeout=30), job)
+            image = done["result"]["images"][0]["id"]
+            for response in (
+                http.get(f"/api/v1/jobs/{job}", headers=headers["alice"]),
+                http.post(f"/api/v1/jobs/{job}/cancel", headers=headers["alice"]),
+                http.get(f"/api/v1/jobs/{job}/events", headers=headers["alice"]),
+                http.get(f"/api/v1/images/{image}", headers=headers["alice"]),
+            ):
+                assert_native_404(response)
+            assert http.get("/api/v1/jobs", headers=headers["alice"]).json()["jobs"] == []
+            assert http.get(f"/api/v1/images/{image}", headers=headers["ops"]).status_code == 200
+            listed = http.get("/api/v1/jobs", headers=headers["ops"]).json()["jobs"]
+            assert [j["id"] for j in listed] == [job]
+
+            assert http.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 4},
+                             headers=headers["alice"]).status_code == 200
+
+            def clip_skip(name: str) -> int:
+                options = http.get("/sdapi/v1/options", headers=headers[name]).json()
+                return int(options["CLIP_stop_at_last_layers"])
+
+            assert (clip_skip("alice"), clip_skip("bob"), clip_skip("ops")) == (4, 1, 1)
+            a1111 = http.post("/sdapi/v1/txt2img", json={"prompt": "bob key a1111", "steps": 2},
+                              headers=headers["bob"])
+            assert a1111.status_code == 200
+            assert json.loads(a1111.json()["info"])["clip_skip"] == 1
+
+        # The WebSocket, with the key as ?token= (what a browser can send): only bob's own events.
+        url = server.url.replace("http", "ws") + "/api/v1/events?token=" + secrets["bob"]
+        async with websockets.connect(url) as ws:
+            assert json.loads(await ws.recv())["event"] == "hello"
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+                await client.post("/api/v1/jobs", json={"prompt": "alice key ws", "steps": 2},
+                                  headers=headers["alice"])
+                mine = (await client.post("/api/v1/jobs", json={"prompt": "bob key ws", "steps": 2},
+                                          headers=headers["bob"])).json()["id"]
+            seen = []
+            async with asyncio.timeout(20):
+                while not (seen and seen[-1]["data"].get("job_id") == mine and seen[-1]["event"] in TERMINAL):
+                    seen.append(json.loads(await ws.recv()))
+        assert {m["data"]["job_id"] for m in seen} == {mine}
 
 
 # -- the schema-driven fuzz run -------------------------------------------------------------------------
