@@ -410,3 +410,24 @@ async def test_an_open_server_makes_no_key_over_http(tmp_path: Path) -> None:
             assert r.status_code == 403 and "sdgate keys create" in r.json()["error"]["message"]
             assert (await client.get("/api/v1/keys")).status_code == 403
             assert (await client.get("/api/v1/jobs")).status_code == 200  # still open otherwise
+
+
+async def test_a_worker_node_guards_its_metrics_with_keys(tmp_path: Path) -> None:
+    from sdgate.server.app import create_worker_app
+    from tests.fakes import FakeEngine, write_fake_checkpoint
+
+    write_fake_checkpoint(tmp_path / "models" / "Stable-diffusion" / "alpha.safetensors")
+    settings = Settings(data_dir=tmp_path / "data", models_dir=tmp_path / "models", device="cpu",
+                        auth="keys", worker_poll_s=0.05)
+    engine = create_db_engine(settings.database_url)
+    ensure_schema(engine)
+    secret = KeyStore(engine).create("prometheus", scopes=["read"]).secret
+    engine.dispose()
+    app = create_worker_app(settings, engine=FakeEngine())
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            assert (await client.get("/healthz")).status_code == 200
+            assert (await client.get("/metrics")).status_code == 401
+            ok = await client.get("/metrics", headers={"Authorization": f"Bearer {secret}"})
+            assert ok.status_code == 200
