@@ -257,3 +257,32 @@ def test_https_and_no_key_in_the_log(tmp_path: Path) -> None:
     text = log.read_text()
     assert "https://127.0.0.1" in text  # the announced URL
     assert "token=[redacted]" in text and secret not in text and secret[12:] not in text
+
+
+@pytest.mark.parametrize("command", ["serve", "api"])
+def test_a_blocklist_that_does_not_load_is_one_line_before_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    ran: list[object] = []
+    monkeypatch.setattr(serving, "_run", lambda *_a, **_k: ran.append(1))
+    monkeypatch.setattr(logs, "configure_logging", lambda *_a: None)
+    blocklist = tmp_path / "blocked.txt"
+    blocklist.write_text("fine words\n/(a+)+/\n")
+    out = runner.invoke(app, [command, "--data-dir", str(tmp_path / "data"), "--engine", "null",
+                              "--content-blocklist", str(blocklist)] if command == "serve" else
+                        [command, "--data-dir", str(tmp_path / "data"), "--content-blocklist", str(blocklist)])
+    assert out.exit_code == 2 and not ran
+    lines = [ln for ln in out.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--content-blocklist" in lines[0] and "blocked.txt:2" in lines[0], out.output
+
+
+def test_safety_checker_on_without_its_files_is_one_line_before_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran: list[object] = []
+    monkeypatch.setattr(serving, "_run", lambda *_a, **_k: ran.append(1))
+    monkeypatch.setattr(logs, "configure_logging", lambda *_a: None)
+    out = runner.invoke(app, ["serve", "--data-dir", str(tmp_path / "data"), "--engine", "null",
+                              "--models-dir", str(tmp_path / "models"), "--safety-checker", "on"])
+    assert out.exit_code == 2 and not ran
+    assert "safety" in out.output.lower() and len(out.output.strip().splitlines()) == 1, out.output

@@ -331,6 +331,11 @@ def _prepare(settings: Settings, log_level: str, log_format: str) -> None:
         raise fail("--ssl-keyfile needs --ssl-certfile", code=2, kind="UsageError")
     if settings.model is not None and not settings.model.exists():
         raise fail(f"--model: {settings.model} does not exist", code=2, kind="UsageError")
+    from sdgate.server.content import startup_problem
+
+    filter_problem = startup_problem(settings)
+    if filter_problem is not None:  # a blocklist that does not load, --safety-checker on without its files
+        raise fail(filter_problem, code=2, kind="UsageError")
     from sdgate.jobs.storage import data_dir_problem
 
     storage_problem = data_dir_problem(settings.data_dir, settings.database_url)

@@ -397,8 +397,10 @@ def start_authenticator(settings: Settings, services: Services) -> Authenticator
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Routes only an ``admin`` key may call, by path prefix: the keys and audit admin APIs, and the
 # routes that stop the server. (A1111's POST /options is ``generate``: options are per principal.)
+# Routes that act on the whole server, not on the caller's own jobs: keys, the audit log, stopping
+# the server, and dropping or reloading the loaded model under everyone's running jobs.
 ADMIN_PATHS = ("/api/v1/keys", "/api/v1/audit", "/sdapi/v1/server-stop", "/sdapi/v1/server-kill",
-               "/sdapi/v1/server-restart")
+               "/sdapi/v1/server-restart", "/sdapi/v1/unload-checkpoint", "/sdapi/v1/reload-checkpoint")
 
 
 def required_scope(method: str, path: str) -> str:
