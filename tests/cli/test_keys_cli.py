@@ -268,9 +268,9 @@ def test_a_blocklist_that_does_not_load_is_one_line_before_serving(
     monkeypatch.setattr(logs, "configure_logging", lambda *_a: None)
     blocklist = tmp_path / "blocked.txt"
     blocklist.write_text("fine words\n/(a+)+/\n")
-    out = runner.invoke(app, [command, "--data-dir", str(tmp_path / "data"), "--engine", "null",
-                              "--content-blocklist", str(blocklist)] if command == "serve" else
-                        [command, "--data-dir", str(tmp_path / "data"), "--content-blocklist", str(blocklist)])
+    engine = ["--engine", "null"] if command == "serve" else []
+    out = runner.invoke(app, [command, "--data-dir", str(tmp_path / "data"), *engine,
+                              "--content-blocklist", str(blocklist)])
     assert out.exit_code == 2 and not ran
     lines = [ln for ln in out.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "--content-blocklist" in lines[0] and "blocked.txt:2" in lines[0], out.output
