@@ -32,6 +32,10 @@ def database(pg_server: PgServer) -> Iterator[str]:  # noqa: F811 - the fixture 
         yield url
 
 
+def logs(nodes: tuple[ProcessServer, ...]) -> str:
+    return "\n".join(f"--- {n.log.name} ---\n{n.log.read_text(errors='replace')[-4000:]}" for n in nodes)
+
+
 def metrics_of(node: ProcessServer, auth: dict[str, str]) -> str:
     response = httpx.get(node.url + "/metrics", headers=auth, timeout=30)  # not public: keys are on
     assert response.status_code == 200, response.text[:300]
@@ -87,7 +91,7 @@ def test_images_per_day_hold_across_two_api_nodes(
     with ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(submit, [first, second] * 3))
     statuses = sorted(r.status_code for r in answers)
-    assert statuses == [202] * 5 + [429], [(r.status_code, r.text[:200]) for r in answers]
+    assert statuses == [202] * 5 + [429], ([(r.status_code, r.text[:200]) for r in answers], logs(nodes))
     (refused,) = [r for r in answers if r.status_code == 429]
     assert refused.json()["error"]["code"] == "quota_exceeded"
     assert "5 of 5" in refused.json()["error"]["message"]
@@ -110,7 +114,8 @@ def test_the_request_rate_holds_across_two_api_nodes(
     first, second = nodes
     calls = [first, second, first, second, first, second]
     answers = [httpx.get(node.url + "/api/v1/jobs", headers=auth, timeout=30) for node in calls]
-    assert [r.status_code for r in answers] == [200] * 4 + [429, 429], [r.text[:200] for r in answers]
+    assert [r.status_code for r in answers] == [200] * 4 + [429, 429], ([r.text[:200] for r in answers],
+                                                                         logs(nodes))
     for refused in answers[4:]:
         assert refused.json()["error"]["code"] == "rate_limited"
         assert 50 <= int(refused.headers["retry-after"]) <= 60  # one a minute
