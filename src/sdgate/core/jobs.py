@@ -177,10 +177,10 @@ class JobStore(Protocol):
     # -- running: claims, leases, progress ----------------------------------------------------
 
     def claim_next(self, worker_id: str, *, prefer_models: Collection[str] = ()) -> Job | None:
-        """Atomically move the first queued job (highest priority, then FIFO) to running, leased to
-        ``worker_id`` for ``lease_s``. ``prefer_models`` (the worker's loaded models): among the
-        jobs of the highest priority, one naming such a model goes first, but a job queued longer
-        than the store's affinity window is never passed over."""
+        """Atomically move the first queued job (highest priority, then round-robin across owners,
+        then FIFO) to running, leased to ``worker_id`` for ``lease_s``. ``prefer_models`` (the
+        worker's loaded models): among the jobs of the highest priority, one naming such a model
+        goes first, but a job queued longer than the store's affinity window is never passed over."""
         ...
 
     def claim_group(
