@@ -67,6 +67,7 @@ def build_request(runtime: ServerRuntime, body: JobCreate, principal: Principal)
     # stored, so a refused request leaves nothing behind.
     jobflow.check_submission(services, checked, body.metadata)
     limits = image_limits(services)
+
     def visible(image_id: str) -> bool:
         return can_see_image(runtime, image_id, principal)
 
