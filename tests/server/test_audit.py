@@ -171,6 +171,20 @@ async def test_native_calls_are_recorded_by_their_route_template(
         assert look.job_id is None
 
 
+async def test_a_native_long_poll_records_the_gpu_seconds_of_the_job_it_waited_for(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running(settings, monkeypatch) as (client, app):
+        r = await client.post("/api/v1/jobs?wait=30", json={"prompt": "x", "steps": 2, "width": 64,
+                                                             "height": 64}, headers=bearer(ANN_TOKEN))
+        assert r.json()["state"] == "succeeded", r.text
+        (record,) = await records(app)
+        job = await asyncio.to_thread(app.state.services.store.get, record.job_id)
+        assert job.started_at is not None and job.finished_at is not None
+        expected = (job.finished_at - job.started_at).total_seconds()
+        assert record.gpu_seconds == pytest.approx(expected) and record.gpu_seconds > 0
+
+
 async def test_prompts_are_recorded_only_when_turned_on(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -205,9 +219,9 @@ async def test_refusals_are_recorded(settings: Settings, monkeypatch: pytest.Mon
         ("native", "POST", "/api/v1/jobs", 429, False),
         (None, "GET", "<unmatched>", 404, False),
     ]
-    # An authentication refusal has no principal; a 403 may name it (when the route refused it)
+    # An authentication refusal has no principal; a scope refusal (403) names the key refused
     assert [r.key_id for r in recorded[:2]] == [None, None]
-    assert [r.key_id for r in recorded[3:]] == ["key_tight", "key_tight", "key_ann"]
+    assert [r.key_id for r in recorded[2:]] == ["key_ann", "key_tight", "key_tight", "key_ann"]
 
 
 def _no_secret_in(rows: list[dict[str, Any]], secrets: list[str]) -> None:

@@ -40,7 +40,7 @@ from sdgate.server.auth import _SCOPE_KEY as PRINCIPAL_KEY
 from sdgate.server.auth import Principal
 from sdgate.server.dialect import Dialect
 from sdgate.server.health import HealthRoute
-from sdgate.server.middleware import _match_route
+from sdgate.server.refusals import matched_route
 from sdgate.server.runtime import ServerRuntime
 from sdgate.server.services import Services
 
@@ -186,9 +186,8 @@ def _ws_refusal(message: Message, state: dict[str, Any]) -> int:
 
 def _would_route(scope: Scope) -> Any:
     """The route a call refused before routing was for."""
-    router = getattr(scope.get("app"), "router", None)
     try:
-        return _match_route(getattr(router, "routes", ()), scope)
+        return matched_route(scope)
     except Exception:  # noqa: BLE001 - a scope no route can judge was for no route
         return None
 

@@ -441,6 +441,8 @@ class AuthMiddleware:
         authenticator = self.current(scope)
         try:
             principal = await authenticator.authenticate_async(Headers(scope=scope), query_token(scope))
+            # Known from here on, also for a scope refusal (the audit log names who was refused).
+            scope.setdefault("state", {})[_SCOPE_KEY] = principal
             needed = required_scope(scope.get("method", "GET"), path)
             if not principal.allows(needed):
                 raise Forbidden(f"this key's scopes ({', '.join(sorted(principal.scopes))}) do not include "
@@ -448,7 +450,6 @@ class AuthMiddleware:
         except SdgateError as exc:
             await self._deny(scope, receive, send, exc, authenticator)
             return
-        scope.setdefault("state", {})[_SCOPE_KEY] = principal
         await self.app(scope, receive, send)
 
     def current(self, scope: Scope) -> Authenticator:

@@ -10,15 +10,14 @@ import logging
 import time
 import uuid
 from contextvars import ContextVar
-from typing import Any
 
 from starlette.responses import Response
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sdgate.core.errors import PayloadTooLarge, SdgateError
 from sdgate.logs import context_var
 from sdgate.server.errors import DialectRoute, WrappedError, render_safely
+from sdgate.server.refusals import matched_route
 
 log = logging.getLogger("sdgate.server")
 
@@ -128,27 +127,8 @@ class BodyLimitMiddleware:
 
 def route_class_for(scope: Scope) -> type[DialectRoute]:
     """The dialect route class a request would be routed to (for errors raised before routing)."""
-    app: Any = scope.get("app")
-    route = _match_route(getattr(getattr(app, "router", None), "routes", ()), scope)
+    route = matched_route(scope)
     return type(route) if isinstance(route, DialectRoute) else DialectRoute
-
-
-def _match_route(routes: Any, scope: Scope) -> Any:
-    for route in routes:
-        match, child = route.matches(scope)
-        if match != Match.FULL:
-            continue
-        if isinstance(route, DialectRoute):
-            return route
-        if child.get("route") is not None:
-            return child["route"]
-        # An included router (FastAPI keeps the prefixed routes on ``original_router``) or a mount.
-        inner = getattr(getattr(route, "original_router", None), "routes", None)
-        inner = inner if inner is not None else getattr(route, "routes", None)
-        if inner is not None:
-            return _match_route(inner, {**scope, **child})
-        return route
-    return None
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

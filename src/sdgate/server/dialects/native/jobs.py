@@ -25,6 +25,7 @@ from sdgate.jobs.idempotency import canonical_hash
 from sdgate.jobs.retention import purge_job
 from sdgate.jobs.webhooks import check_callback_url
 from sdgate.server import jobflow
+from sdgate.server.audit import note_finished
 from sdgate.server.auth import Principal
 from sdgate.server.deps import image_limits
 from sdgate.server.dialects.native import images as native_images
@@ -132,13 +133,17 @@ def check_image(runtime: ServerRuntime, image_id: str, principal: Principal) -> 
 
 
 async def wait_until_done(services: Services, job: Job, wait: float) -> Job:
-    """A long poll: the job once it has ended, or as it is after ``wait`` seconds."""
+    """A long poll: the job once it has ended, or as it is after ``wait`` seconds. A job that ended
+    while the call waited gives the call's audit record its GPU seconds."""
     if wait <= 0 or job.state.terminal:
         return job
     try:
-        return await services.events.wait_terminal(services.store, job.id, timeout=wait)
+        job = await services.events.wait_terminal(services.store, job.id, timeout=wait)
     except TimeoutError:
-        return await run_in_threadpool(services.store.get, job.id)
+        job = await run_in_threadpool(services.store.get, job.id)
+    if job.state.terminal:
+        note_finished(job)
+    return job
 
 
 def render(runtime: ServerRuntime, job: Job, *, include_images: bool = False) -> dict[str, Any]:
