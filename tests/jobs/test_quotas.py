@@ -193,3 +193,19 @@ def test_gpu_seconds_are_read_per_day(quotas: Quotas, store: SqlJobStore) -> Non
     assert quotas.gpu_seconds_used("ann", "2026-03-02") == 0.0
     assert quotas.reserve_images("ann", 1, limit=5, day=day)  # the reservation keeps the seconds
     assert quotas.usage("ann", day).gpu_seconds == pytest.approx(12.5)
+
+
+def test_prune_drops_old_days_and_idle_buckets_only(quotas: Quotas, clock: FakeClock) -> None:
+    old_day, recent_day = utc_day(NOON - timedelta(days=40)), utc_day(NOON - timedelta(days=3))
+    assert quotas.reserve_images("ann", 2, limit=10, day=old_day)
+    assert quotas.reserve_images("ann", 3, limit=10, day=recent_day)
+    assert quotas.take_token("idle", rate_per_min=60) is None
+    clock.advance(8 * 24 * 3600)
+    assert quotas.take_token("busy", rate_per_min=60) is None
+    assert quotas.prune() == 2  # the 40-day-old usage row (now 48 days) and the idle bucket
+    assert quotas.usage("ann", old_day).images == 0
+    assert quotas.usage("ann", recent_day).images == 3  # 11 days old: still reportable
+    with quotas._db.connect() as conn:
+        buckets = set(conn.execute(sa.select(rate_buckets.c.principal)).scalars())
+    assert buckets == {"busy"}
+    assert quotas.prune() == 0

@@ -40,6 +40,10 @@ Clock = Callable[[], datetime]
 ANONYMOUS = ""
 
 
+USAGE_KEEP = timedelta(days=35)
+BUCKET_IDLE = timedelta(days=7)
+
+
 def wall_clock() -> datetime:
     return datetime.now(UTC)
 
@@ -165,6 +169,21 @@ class Quotas:
 
     def gpu_seconds_used(self, principal: str, day: str) -> float:
         return self.usage(principal, day).gpu_seconds
+
+    # -- retention -------------------------------------------------------------------------------
+
+    def prune(self, now: datetime | None = None) -> int:
+        """Deletes usage rows older than ``USAGE_KEEP`` (a month of days stays reportable) and rate
+        buckets idle longer than ``BUCKET_IDLE`` (a bucket made again starts full, which an idle
+        one of any rate this long would be). Returns the rows deleted; run by the retention task."""
+        now = now or self.now()
+        oldest_day = utc_day(now - USAGE_KEEP)
+        with transaction(self._db, write=True) as conn:
+            days = conn.execute(sa.delete(daily_usage).where(daily_usage.c.day < oldest_day)).rowcount
+            idle = conn.execute(
+                sa.delete(rate_buckets).where(rate_buckets.c.updated_at < now - BUCKET_IDLE)
+            ).rowcount
+        return int(days or 0) + int(idle or 0)
 
 
 def _insert(conn: sa.Connection) -> Any:

@@ -7,7 +7,8 @@ upload.
     purge_job(store, images, job_id)         # DELETE /api/v1/jobs/{id}, after a cancel
     Retention(store, images, ttl_s=...).run_once()   # what the periodic cleanup task does
 
-With ``audit_ttl_s`` it also deletes audit records older than that (``jobs/audit.py``).
+With ``audit_ttl_s`` it also deletes audit records older than that (``jobs/audit.py``); it always
+prunes old daily usage and idle rate buckets (``Quotas.prune``, counted as ``usage``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sdgate.core.jobs import Job, JobState
 from sdgate.jobs.audit import delete_audit_before
 from sdgate.jobs.database import transaction
 from sdgate.jobs.images import ImageStore
+from sdgate.jobs.quotas import Quotas
 from sdgate.jobs.schema import idempotency_keys, job_events, jobs, uploads, webhooks
 from sdgate.jobs.store import SqlJobStore
 
@@ -100,6 +102,7 @@ class Retention:
             conn.execute(
                 sa.delete(job_events).where(job_events.c.kind == "progress", job_events.c.job_id.in_(ended))
             )
+        counts["usage"] = Quotas(self._store.database).prune(now)
         if self._audit_ttl_s is not None:
             audit_cutoff = now - timedelta(seconds=self._audit_ttl_s)
             counts["audit"] = delete_audit_before(self._store.database, audit_cutoff)

@@ -65,9 +65,9 @@ async def test_retention_deletes_old_jobs_images_and_uploads(native_settings, en
         assert up.status_code == 201, up.text
         upload = up.json()
         keep = Retention(services.store, services.images, ttl_s=3600)
-        assert keep.run_once() == {"jobs": 0, "uploads": 0, "keys": 0}
+        assert keep.run_once() == {"jobs": 0, "uploads": 0, "keys": 0, "usage": 0}
         later = datetime.now(UTC) + timedelta(hours=2)
-        assert keep.run_once(now=later) == {"jobs": 1, "uploads": 1, "keys": 0}
+        assert keep.run_once(now=later) == {"jobs": 1, "uploads": 1, "keys": 0, "usage": 0}
         assert (await api.get(f"/api/v1/jobs/{job['id']}")).status_code == 404
         assert (await api.get(job["result"]["images"][0]["url"])).status_code == 404
         assert (await api.get(upload["url"])).status_code == 404
