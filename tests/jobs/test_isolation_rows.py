@@ -46,6 +46,16 @@ def test_an_image_is_visible_to_its_uploader_and_its_jobs_owners_only(store: Sql
     assert not uploads.visible_to(MADE, "bob\x00", store)
 
 
+def test_the_same_bytes_uploaded_by_two_callers_are_both_theirs(store: SqlJobStore) -> None:
+    uploads = Uploads(store.database)
+    uploads.record(UPLOADED, owner="alice", content_type="image/png", size=1)
+    assert not uploads.visible_to(UPLOADED, "bob", store)
+    uploads.record(UPLOADED, owner="bob", content_type="image/png", size=1)  # same content, same id
+    uploads.record(UPLOADED, owner="bob", content_type="image/png", size=1)  # again: no duplicate row
+    assert uploads.visible_to(UPLOADED, "alice", store) and uploads.visible_to(UPLOADED, "bob", store)
+    assert not uploads.visible_to(UPLOADED, "carol", store)
+
+
 def test_option_overrides_are_per_principal_and_merge(store: SqlJobStore) -> None:
     options = PrincipalOptions(store.database)
     assert options.get("alice") == {}

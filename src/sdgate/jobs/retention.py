@@ -25,7 +25,7 @@ from sdgate.jobs.audit import delete_audit_before
 from sdgate.jobs.database import transaction
 from sdgate.jobs.images import ImageStore
 from sdgate.jobs.quotas import Quotas
-from sdgate.jobs.schema import idempotency_keys, job_events, jobs, uploads, webhooks
+from sdgate.jobs.schema import idempotency_keys, job_events, jobs, upload_owners, uploads, webhooks
 from sdgate.jobs.store import SqlJobStore
 
 logger = logging.getLogger("sdgate.retention")
@@ -138,6 +138,7 @@ class Retention:
                 sa.select(uploads.c.image_id).where(uploads.c.created_at < cutoff)
             ).scalars().all()
             conn.execute(sa.delete(uploads).where(uploads.c.image_id.in_(expired)))
+            conn.execute(sa.delete(upload_owners).where(upload_owners.c.image_id.in_(expired)))
             used = images_in_use(conn, expired)
         for image_id in expired:
             if image_id not in used:

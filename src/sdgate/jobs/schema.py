@@ -272,6 +272,17 @@ audit_log = sa.Table(
     sa.Index("ix_audit_log_at", "at"),
 )
 
+# Every principal that uploaded an image (``uploads`` keeps the first; images are stored once by
+# content, so two callers uploading the same bytes share one image and both may use it).
+upload_owners = sa.Table(
+    "upload_owners",
+    metadata,
+    sa.Column("image_id", sa.String(40), nullable=False),
+    sa.Column("owner", sa.String(255), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.PrimaryKeyConstraint("image_id", "owner"),
+)
+
 # A1111 ``/sdapi/v1/options`` per principal: each key's (or Basic user's) own overrides over the
 # server's defaults (the admin's set, kept by the A1111 dialect as before).
 principal_options = sa.Table(

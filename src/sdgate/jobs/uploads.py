@@ -28,6 +28,7 @@ from sdgate.core.jobs import JobStore
 from sdgate.jobs.database import transaction
 from sdgate.jobs.retention import job_image_ids
 from sdgate.jobs.schema import jobs as jobs_table
+from sdgate.jobs.schema import upload_owners
 from sdgate.jobs.schema import uploads as uploads_table
 
 _IMAGE_ID = re.compile(r"img_[0-9a-f]{24}")
@@ -42,8 +43,8 @@ class Uploads:
 
     def record(self, image_id: str, *, owner: str | None, content_type: str, size: int,
                now: datetime | None = None) -> None:
-        """Records an upload of ``image_id``; one already recorded keeps its first owner and gets
-        ``now`` as its time."""
+        """Records an upload of ``image_id`` by ``owner``; one already recorded gets ``now`` as its
+        time and ``owner`` as one more of its uploaders (the same bytes uploaded by two callers)."""
         now = now or datetime.now(UTC)
         with transaction(self._db, write=True) as conn:
             # One statement, so two nodes recording the same bytes at once cannot both insert
@@ -54,6 +55,12 @@ class Uploads:
                 .values(image_id=image_id, owner=owner, content_type=content_type, size=size, created_at=now)
                 .on_conflict_do_update(index_elements=[uploads_table.c.image_id], set_={"created_at": now})
             )
+            if owner is not None:
+                conn.execute(
+                    insert(upload_owners)
+                    .values(image_id=image_id, owner=owner, created_at=now)
+                    .on_conflict_do_nothing(index_elements=[upload_owners.c.image_id, upload_owners.c.owner])
+                )
 
     def visible_to(self, image_id: str, owner: str | None, store: JobStore) -> bool:
         """Whether ``owner`` uploaded ``image_id`` or one of its jobs refers to it (as an input or
@@ -62,8 +69,8 @@ class Uploads:
             return False
         with transaction(self._db, write=False) as conn:
             uploaded = conn.execute(
-                sa.select(uploads_table.c.image_id).where(
-                    uploads_table.c.image_id == image_id, uploads_table.c.owner == owner
+                sa.select(upload_owners.c.image_id).where(
+                    upload_owners.c.image_id == image_id, upload_owners.c.owner == owner
                 )
             ).first()
             if uploaded is not None:

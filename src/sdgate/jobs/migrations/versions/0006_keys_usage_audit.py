@@ -1,4 +1,5 @@
-"""API keys, per-principal rate buckets and daily usage, the audit log, per-principal A1111 options.
+"""API keys, per-principal rate buckets and daily usage, the audit log, every uploader of an image,
+per-principal A1111 options.
 
 Revision ID: 0006_keys_usage_audit
 Revises: 0005_outbox_tx_fence
@@ -86,6 +87,17 @@ def upgrade() -> None:
     op.create_index("ix_audit_log_key_id_seq", "audit_log", ["key_id", "seq"])
     op.create_index("ix_audit_log_at", "audit_log", ["at"])
     op.create_table(
+        "upload_owners",
+        sa.Column("image_id", sa.String(40), nullable=False),
+        sa.Column("owner", sa.String(255), nullable=False),
+        sa.Column("created_at", _when(), nullable=False),
+        sa.PrimaryKeyConstraint("image_id", "owner", name="pk_upload_owners"),
+    )
+    op.execute(
+        "INSERT INTO upload_owners (image_id, owner, created_at) "
+        "SELECT image_id, owner, created_at FROM uploads WHERE owner IS NOT NULL"
+    )
+    op.create_table(
         "principal_options",
         sa.Column("principal", sa.String(255), nullable=False),
         sa.Column("options", _json(), nullable=False),
@@ -96,6 +108,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("principal_options")
+    op.drop_table("upload_owners")
     op.drop_index("ix_audit_log_at", table_name="audit_log")
     op.drop_index("ix_audit_log_key_id_seq", table_name="audit_log")
     op.drop_table("audit_log")
