@@ -395,3 +395,17 @@ def test_startup_problem_is_one_line(tmp_path: Path, models_dir: Path) -> None:
     assert content.startup_problem(api_only) is None
     path.write_text("ok\n", encoding="utf-8")
     assert content.startup_problem(_settings(tmp_path, models_dir, content_blocklist=path)) is None
+
+
+@pytest.mark.parametrize("checked", [True, False], indirect=True)
+async def test_the_sdk_says_which_images_were_filtered(
+    checked: tuple[httpx.AsyncClient, Services], request: pytest.FixtureRequest
+) -> None:
+    import sdgate
+
+    client, _services = checked
+    transport = client._transport  # the app's ASGI transport
+    flags_everything = request.node.callspec.params["checked"]
+    async with sdgate.AsyncClient("http://sdgate.test", transport=transport) as sdk:
+        result = await sdk.txt2img("a castle", steps=2, width=SIZE, height=SIZE, batch_size=2)
+    assert result.filtered == [flags_everything] * 2

@@ -213,6 +213,9 @@ class GenerationResult:
     backend: str = ""
     ignored_fields: tuple[str, ...] = ()  # request fields the backend could not honour
     cached: bool = False
+    # Per image: True where the server's content filter replaced it by a blank one (sdgate's native
+    # API and Stability's CONTENT_FILTERED say so; empty when the backend does not tell).
+    filtered: list[bool] = field(default_factory=list)
 
     def save(self, directory: str | Path, *, prefix: str = "image") -> list[Path]:
         """Write each image as ``<prefix>-<i>.png`` (original bytes, so the infotext is kept)."""

@@ -249,6 +249,7 @@ def result_from_images(
     job_id: str | None = None,
     timings: dict[str, float] | None = None,
     infotexts: list[str] | None = None,
+    filtered: list[bool] | None = None,
 ) -> GenerationResult:
     images, texts = [], []
     for i, blob in enumerate(blobs):
@@ -263,6 +264,7 @@ def result_from_images(
         timings=timings or {},
         job_id=job_id,
         backend=backend,
+        filtered=list(filtered or []),
     )
 
 

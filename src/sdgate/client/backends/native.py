@@ -425,6 +425,7 @@ class NativeBackend(Backend):
             job_id=job.id,
             timings=timings,
             infotexts=[str(row.get("infotext") or "") for row in rows],
+            filtered=[row.get("filtered") is True for row in rows],
         )
 
     # -- the one-call path ----------------------------------------------------------------------

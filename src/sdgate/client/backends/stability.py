@@ -53,18 +53,19 @@ def flatten_form(fields: dict[str, Any], prompts: list[dict[str, Any]]) -> dict[
     return form
 
 
-def _artifacts(resp: Any) -> tuple[list[bytes], list[int | None]]:
+def _artifacts(resp: Any) -> tuple[list[bytes], list[int | None], list[bool]]:
     data = resp.json()
     rows = data.get("artifacts") if isinstance(data, dict) else data
     if not isinstance(rows, list):
         raise APIResponseError("generation: expected {artifacts: [...]}")
-    blobs, seeds = [], []
+    blobs, seeds, filtered = [], [], []
     for row in rows:
         if row.get("finishReason") == "ERROR":
             raise JobFailedError("the Stability generation failed (finishReason ERROR)", code="error")
         blobs.append(base64.b64decode(row["base64"]))
         seeds.append(row.get("seed"))
-    return blobs, seeds
+        filtered.append(row.get("finishReason") == "CONTENT_FILTERED")
+    return blobs, seeds, filtered
 
 
 class StabilityBackend(Backend):
@@ -115,8 +116,8 @@ class StabilityBackend(Backend):
                 files.append(("mask_image", ("mask.png", request.mask, "image/png")))
                 path = f"{base}/image-to-image/masking"
             resp = yield Call("POST", self.url(path), data=form, files=files, headers=headers, long=True)
-        blobs, seeds = _artifacts(resp)
-        return result_from_images(blobs, seeds, backend=self.kind, where="stability")
+        blobs, seeds, filtered = _artifacts(resp)
+        return result_from_images(blobs, seeds, backend=self.kind, where="stability", filtered=filtered)
 
     def list_models(self) -> Gen:
         resp = yield Call("GET", self.url("/v1/engines/list"))
@@ -168,6 +169,7 @@ class StabilityV2Backend(Backend):
         service, sd3_model = self._service(request)
         blobs: list[bytes] = []
         seeds: list[int | None] = []
+        filtered: list[bool] = []
         for i in range(request.batch_size):
             form: dict[str, str] = {"prompt": request.prompt, "output_format": "png"}
             if request.negative_prompt:
@@ -201,4 +203,5 @@ class StabilityV2Backend(Backend):
                 raise JobFailedError("the Stability generation failed (finish_reason ERROR)", code="error")
             blobs.append(base64.b64decode(data["image"]))
             seeds.append(data.get("seed"))
-        return result_from_images(blobs, seeds, backend=self.kind, where="stability")
+            filtered.append(data.get("finish_reason") == "CONTENT_FILTERED")
+        return result_from_images(blobs, seeds, backend=self.kind, where="stability", filtered=filtered)
