@@ -101,12 +101,14 @@ def test_a_failing_job_does_not_stop_the_next(store: SqlJobStore, make_worker: M
 
 
 def test_cancel_of_a_queued_job_never_reaches_the_engine(store: SqlJobStore, make_worker: MakeWorker) -> None:
-    engine = FakeEngine(step_s=0.02)
+    engine = FakeEngine(steps=4, hold_at=(0, 2))  # the first job waits in the engine for the test
     slow = store.submit(GenerationRequest(prompt="slow"))
     doomed = store.submit(GenerationRequest(prompt="doomed"))
     make_worker(engine)
-    wait_for_state(store, slow.id, JobState.RUNNING)
+    held(engine)
+    assert store.get(slow.id).state is JobState.RUNNING
     store.request_control(doomed.id, ControlAction.CANCEL)
+    engine.release.set()
 
     assert finished(store, slow.id).state is JobState.SUCCEEDED
     assert finished(store, doomed.id).state is JobState.CANCELLED
