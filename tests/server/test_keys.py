@@ -431,3 +431,34 @@ async def test_a_worker_node_guards_its_metrics_with_keys(tmp_path: Path) -> Non
             assert (await client.get("/metrics")).status_code == 401
             ok = await client.get("/metrics", headers={"Authorization": f"Bearer {secret}"})
             assert ok.status_code == 200
+
+
+async def test_a_revoked_keys_jobs_still_run(tmp_path: Path) -> None:
+    """Nothing a key submitted before its revocation is lost: its running and queued jobs finish
+    (an admin still sees them), while the key itself is refused at once."""
+    from sdgate.server.app import create_app
+    from tests.fakes import FakeEngine
+
+    settings = Settings(data_dir=tmp_path / "data", device="cpu", auth="keys", worker_poll_s=0.02)
+    engine = create_db_engine(settings.database_url)
+    ensure_schema(engine)
+    store = KeyStore(engine)
+    admin = store.create("root", scopes=["admin"]).secret
+    made = store.create("app", scopes=["generate", "read"])
+    engine.dispose()
+    app = create_app(settings, engine=FakeEngine(slow_step_s=0.05))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            as_app, as_admin = ({"Authorization": f"Bearer {k}"} for k in (made.secret, admin))
+            body = {"prompt": "x", "steps": 10, "width": 64, "height": 64}
+            ids = []
+            for _ in range(2):  # one running, one queued behind it
+                r = await client.post("/api/v1/jobs", headers=as_app, json=body)
+                assert r.status_code == 202, r.text
+                ids.append(r.json()["id"])
+            assert (await client.delete(f"/api/v1/keys/{made.key.id}", headers=as_admin)).status_code == 200
+            assert (await client.get(f"/api/v1/jobs/{ids[0]}", headers=as_app)).status_code == 401
+            for job_id in ids:
+                done = await client.get(f"/api/v1/jobs/{job_id}?wait=30", headers=as_admin)
+                assert done.status_code == 200 and done.json()["state"] == "succeeded", done.text
