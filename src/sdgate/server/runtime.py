@@ -89,7 +89,7 @@ class ServerRuntime:
             audit=AuditLog(db),
             base=base,
         )
-        runtime._remove_listener = services.events.add_listener(runtime._on_event)
+        runtime._remove_listener = services.events.add_listener(runtime._on_event, kinds=TERMINAL)
         services.state.put(runtime)
         return runtime
 
