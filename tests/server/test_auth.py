@@ -208,17 +208,33 @@ def test_redaction_hides_tokens_and_keys() -> None:
     assert redact("/api/v1/jobs?state=queued") == "/api/v1/jobs?state=queued"
 
 
-def test_the_access_log_never_shows_a_key(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_the_access_log_never_shows_a_key(tmp_path: Path) -> None:
     from sdgate.server.app import create_app
 
     create_app(Settings(data_dir=tmp_path))  # installs the filter on uvicorn's loggers
     key = "sdg_" + "k" * 43
-    with caplog.at_level(logging.INFO):
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    # A handler on the loggers themselves: an earlier in-process uvicorn may have set
+    # propagate=False on them (its logging config does), so the root logger would see nothing.
+    loggers = [logging.getLogger(name) for name in ("uvicorn.access", "uvicorn.error")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
         # The line uvicorn's access log writes: the path with its query string.
-        logging.getLogger("uvicorn.access").info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "GET",
-                                                 f"/ws?clientId=1&token={key}", "1.1", 101)
-        logging.getLogger("uvicorn.error").info("connection from %s", f"/api/v1/jobs?token={key}")
-    assert "token=[redacted]" in caplog.text and key not in caplog.text and "k" * 20 not in caplog.text
+        path = f"/ws?clientId=1&token={key}"
+        loggers[0].info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "GET", path, "1.1", 101)
+        loggers[1].info("connection from %s", f"/api/v1/jobs?token={key}")
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+    text = "\n".join(lines)
+    assert len(lines) == 2 and text.count("token=[redacted]") == 2, text
+    assert key not in text and "k" * 20 not in text
 
 
 async def test_the_scope_rule_sees_the_path_behind_a_proxy_prefix() -> None:

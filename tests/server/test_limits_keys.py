@@ -30,7 +30,11 @@ from tests.cluster_services import metric
 from tests.fakes import FakeEngine
 
 # 22:00 UTC: the day's quotas start over in two hours.
-EVENING = datetime(2026, 3, 1, 22, 0, tzinfo=UTC)
+# Today (UTC) at 22:00: the fake clock stays near the wall clock, which the server's retention pass
+# may read while a test runs (it prunes rate buckets idle for a week: one months away would be).
+EVENING = datetime.now(UTC).replace(hour=22, minute=0, second=0, microsecond=0)
+TODAY = EVENING.date().isoformat()
+TOMORROW = (EVENING + timedelta(days=1)).date().isoformat()
 UNTIL_MIDNIGHT = 2 * 3600
 GENERATE = frozenset({"generate", "read"})
 
@@ -249,7 +253,7 @@ async def test_a_submit_refused_afterwards_gives_its_images_back(
             r = await client.post("/api/v1/jobs", json=slow, headers=bearer("held"))
             assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_jobs"
         quotas = services.state.get(Quotas)
-        assert quotas.usage("key_held", "2026-03-01").images == 1  # the three were given back
+        assert quotas.usage("key_held", TODAY).images == 1  # the three were given back
         text = services.metrics.render().decode()
         assert metric(text, "sdgate_refusals_total", reason="too_many_jobs") == 3
         assert (await client.post(f"/api/v1/jobs/{held.json()['id']}/cancel",
@@ -264,7 +268,7 @@ async def test_spent_gpu_seconds_refuse_until_the_next_day(
         assert (await client.post("/api/v1/jobs", json=small, headers=bearer("gpu"))).status_code == 202
         with services.database.begin() as conn:  # what the worker records as the day's jobs finish
             conn.execute(sa.delete(daily_usage).where(daily_usage.c.principal == "key_gpu"))
-            conn.execute(sa.insert(daily_usage).values(principal="key_gpu", day="2026-03-01", images=0,
+            conn.execute(sa.insert(daily_usage).values(principal="key_gpu", day=TODAY, images=0,
                                                        gpu_seconds=60.5))
         r = await client.post("/sdapi/v1/txt2img", json=small, headers=bearer("gpu"))
         assert r.status_code == 429 and r.json()["error"] == "QuotaExceeded", r.text
@@ -284,8 +288,8 @@ async def test_me_and_stabilitys_balance_report_what_is_left_today(
         assert me["admin"] is False
         assert me["limits"] == {"max_queued_jobs": None, "rate_per_min": None, "rate_burst": None,
                                 "images_per_day": 3, "gpu_seconds_per_day": None}
-        assert me["usage"] == {"day": "2026-03-01", "images": 0, "gpu_seconds": 0.0, "images_left": 3,
-                               "gpu_seconds_left": None, "resets_at": "2026-03-02T00:00:00Z"}
+        assert me["usage"] == {"day": TODAY, "images": 0, "gpu_seconds": 0.0, "images_left": 3,
+                               "gpu_seconds_left": None, "resets_at": f"{TOMORROW}T00:00:00Z"}
         assert (await client.get("/v1/user/balance", headers=bearer("imgs"))).json() == {"credits": 3.0}
 
         job = {"prompt": "x", "steps": 1, "width": 64, "height": 64, "batch_size": 2}
@@ -306,7 +310,7 @@ async def test_me_and_stabilitys_balance_report_what_is_left_today(
         clock.advance(UNTIL_MIDNIGHT)
         assert (await client.get("/v1/user/balance", headers=bearer("imgs"))).json() == {"credits": 3.0}
         gpu = (await client.get("/api/v1/me", headers=bearer("gpu"))).json()["usage"]
-        assert gpu["gpu_seconds_left"] == 60.0 and gpu["day"] == "2026-03-02"
+        assert gpu["gpu_seconds_left"] == 60.0 and gpu["day"] == TOMORROW
 
 
 async def test_the_gpu_seconds_jobs_take_count_against_the_day(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
@@ -80,14 +80,18 @@ class Retention:
     (counted as ``audit`` when set)."""
 
     def __init__(self, store: SqlJobStore, images: ImageStore, *, ttl_s: float | None,
-                 interval_s: float = 300.0, audit_ttl_s: float | None = None) -> None:
+                 interval_s: float = 300.0, audit_ttl_s: float | None = None,
+                 quotas: Callable[[], Quotas] | None = None) -> None:
         self._store = store
         self._images = images
         self._ttl_s = ttl_s
         self._interval_s = interval_s
         self._audit_ttl_s = audit_ttl_s
+        # The server's quotas (their clock), asked at each pass; else a wall-clock one.
+        self._quotas = quotas or (lambda: Quotas(store.database))
 
     def run_once(self, now: datetime | None = None) -> dict[str, int]:
+        counts_usage = self._quotas().prune(now)  # by the quotas' own clock unless ``now`` is given
         now = now or datetime.now(UTC)
         counts = {"jobs": 0, "uploads": 0, "keys": 0}
         with transaction(self._store.database, write=True) as conn:
@@ -102,7 +106,7 @@ class Retention:
             conn.execute(
                 sa.delete(job_events).where(job_events.c.kind == "progress", job_events.c.job_id.in_(ended))
             )
-        counts["usage"] = Quotas(self._store.database).prune(now)
+        counts["usage"] = counts_usage
         if self._audit_ttl_s is not None:
             audit_cutoff = now - timedelta(seconds=self._audit_ttl_s)
             counts["audit"] = delete_audit_before(self._store.database, audit_cutoff)

@@ -29,6 +29,7 @@ from sdgate.jobs.principal_options import PrincipalOptions
 from sdgate.jobs.retention import Retention
 from sdgate.jobs.uploads import Uploads
 from sdgate.jobs.webhooks import Webhooks, load_secret
+from sdgate.server.admission import quotas_of
 from sdgate.server.deps import ServicesDep
 from sdgate.server.services import Services
 
@@ -85,7 +86,8 @@ class ServerRuntime:
             principal_options=PrincipalOptions(db),
             retention=Retention(services.store, services.images, ttl_s=settings.retention_ttl_s,
                                 interval_s=settings.retention_interval_s,
-                                audit_ttl_s=settings.audit_retention_s),
+                                audit_ttl_s=settings.audit_retention_s,
+                                quotas=lambda: quotas_of(services)),
             audit=AuditLog(db),
             base=base,
         )
