@@ -190,10 +190,12 @@ class Metrics:
     ) -> None:
         size = size_class(width, height)
         self.jobs_finished.labels(state, error or "").inc()
-        if waited_s is not None and waited_s >= 0:
-            self.queue_wait.labels(model, size).observe(waited_s)
-        if ran_s is not None and ran_s >= 0:
-            self.run_time.labels(model, size).observe(ran_s)
+        # A wait below zero is two clocks (the submitting node's, the claiming one's) or a claim whose
+        # time was taken just before the job was inserted: it waited no time, and still counts.
+        if waited_s is not None:
+            self.queue_wait.labels(model, size).observe(max(0.0, waited_s))
+        if ran_s is not None:
+            self.run_time.labels(model, size).observe(max(0.0, ran_s))
         if steps > 0:
             self.steps.inc(steps)
             if worker is not None and ran_s:
