@@ -16,67 +16,19 @@ Exit codes: 0 done, 1 the database could not be reached, 2 a usage error (a bad 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
+
+from sdgate.cli.common import ServerDatabaseOpt, ServerDataDirOpt, fail, server_database
 
 if TYPE_CHECKING:
     from datetime import datetime
 
-    import sqlalchemy as sa
-
     from sdgate.jobs.audit import AuditRecord
 
-_err = Console(stderr=True)
-
-DatabaseOpt = Annotated[
-    str | None,
-    typer.Option("--database", help="sqlite:///path/sdgate.db or postgresql://user:pass@host/db, as the "
-                 "server's. [default: <data-dir>/sdgate.db] [env: SDGATE_DATABASE]"),
-]
-DataDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="The server's data dir. [env: SDGATE_DATA_DIR]")
-]
 WHEN = "1h, 7d, 2026-12-01 or an ISO 8601 date-time (UTC unless it says)"
-
-
-def _fail(message: str, *, code: int, kind: str) -> NoReturn:
-    _err.print(f"[red]{kind}[/red]: {message}", highlight=False, soft_wrap=True, markup=True)
-    raise typer.Exit(code)
-
-
-@contextmanager
-def _database(database: str | None, data_dir: Path | None) -> Iterator[sa.Engine]:
-    """The job database the server with these flags uses (migrated as it would be); errors as one
-    line and an exit code."""
-    from pydantic import ValidationError
-
-    from sdgate.core.errors import StorageUnavailable
-    from sdgate.jobs.database import DatabaseUnreachable, SchemaMismatch, create_db_engine, ensure_schema
-    from sdgate.jobs.factory import StoreLocationError, check_database_url
-    from sdgate.settings import load_settings
-
-    try:
-        url = check_database_url(load_settings(database=database, data_dir=data_dir).database_url)
-    except ValidationError as exc:
-        _fail(str(exc.errors()[0]["msg"]), code=2, kind="UsageError")
-    except StoreLocationError as exc:
-        _fail(f"--{exc}", code=2, kind="UsageError")
-    engine = create_db_engine(url)
-    try:
-        ensure_schema(engine)
-        yield engine
-    except (DatabaseUnreachable, SchemaMismatch) as exc:
-        _fail(str(exc), code=1, kind=type(exc).__name__)
-    except StorageUnavailable as exc:
-        _fail(exc.message, code=1, kind=type(exc).__name__)
-    finally:
-        engine.dispose()
 
 
 def _when(value: str | None, option: str) -> datetime | None:
@@ -87,7 +39,7 @@ def _when(value: str | None, option: str) -> datetime | None:
     try:
         return parse_when(value)
     except ValueError as exc:
-        _fail(f"{option}: {exc}", code=2, kind="UsageError")
+        fail(f"{option}: {exc}", code=2, kind="UsageError")
 
 
 def audit(
@@ -99,8 +51,8 @@ def audit(
     = None,
     status: Annotated[int | None, typer.Option("--status", min=100, max=599, help="An HTTP status.")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="At most this many records.")] = 50,
-    database: DatabaseOpt = None,
-    data_dir: DataDirOpt = None,
+    database: ServerDatabaseOpt = None,
+    data_dir: ServerDataDirOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """The audit log, newest first: who called which route, the status, job, images, GPU seconds."""
@@ -108,7 +60,7 @@ def audit(
 
     flt = AuditFilter(since=_when(since, "--since"), until=_when(until, "--until"), route=route,
                       status=status)
-    with _database(database, data_dir) as engine:
+    with server_database(database, data_dir) as engine:
         if key is not None:
             flt = replace(flt, keys=key_matches(engine, key))
         records = query_audit(engine, flt, limit=limit).records

@@ -1,6 +1,7 @@
 """What the SDK's commands share: the client flags (``--backend``, ``--api-key``, ``--retries``,
 ``--timeout``, ``--json``), ``make_client``, ``handle_errors``, ``progress_bar``, and the request
-flags ``generate`` and ``batch`` share (``request_options``).
+flags ``generate`` and ``batch`` share (``request_options``); and for the commands that work on the
+server's job database directly (``keys``, ``audit``): its flags and ``server_database``.
 
 Exit codes: 0 ok, 1 API or network error, 2 usage. Errors go to stderr as one line.
 """
@@ -16,11 +17,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 from sdgate.client import Client, ConfigurationError, SdgateError, UnsupportedFeatureError
 from sdgate.client._constants import DEFAULT_BASE_URL_ENV, DEFAULT_MAX_RETRIES, DEFAULT_PORT
@@ -61,6 +65,46 @@ def make_client(options: ClientOptions) -> Client:
 def fail(message: str, *, code: int, kind: str) -> NoReturn:
     err_console.print(f"[red]{kind}[/red]: {message}", highlight=False, soft_wrap=True, markup=True)
     raise typer.Exit(code)
+
+
+# The server's job database, for the commands that work on it directly (keys, audit, db).
+ServerDatabaseOpt = Annotated[
+    str | None,
+    typer.Option("--database", help="sqlite:///path/sdgate.db or postgresql://user:pass@host/db, as the "
+                 "server's. [default: <data-dir>/sdgate.db] [env: SDGATE_DATABASE]"),
+]
+ServerDataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="The server's data dir. [env: SDGATE_DATA_DIR]")
+]
+
+
+@contextmanager
+def server_database(database: str | None, data_dir: Path | None) -> Iterator[sa.Engine]:
+    """The job database the server with these flags uses (migrated as it would be); errors as one
+    line and an exit code."""
+    from pydantic import ValidationError
+
+    from sdgate.core.errors import StorageUnavailable
+    from sdgate.jobs.database import DatabaseUnreachable, SchemaMismatch, create_db_engine, ensure_schema
+    from sdgate.jobs.factory import StoreLocationError, check_database_url
+    from sdgate.settings import load_settings
+
+    try:
+        url = check_database_url(load_settings(database=database, data_dir=data_dir).database_url)
+    except ValidationError as exc:
+        fail(str(exc.errors()[0]["msg"]), code=2, kind="UsageError")
+    except StoreLocationError as exc:
+        fail(f"--{exc}", code=2, kind="UsageError")
+    engine = create_db_engine(url)
+    try:
+        ensure_schema(engine)
+        yield engine
+    except (DatabaseUnreachable, SchemaMismatch) as exc:
+        fail(str(exc), code=1, kind=type(exc).__name__)
+    except StorageUnavailable as exc:
+        fail(exc.message, code=1, kind=type(exc).__name__)
+    finally:
+        engine.dispose()
 
 
 @contextmanager

@@ -21,66 +21,33 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
+
+from sdgate.cli.common import JsonOpt, ServerDatabaseOpt, ServerDataDirOpt, fail, server_database
 
 if TYPE_CHECKING:
     from sdgate.jobs.keys import IssuedKey, KeyStore
 
 app = typer.Typer(help="API keys: create, list, revoke, rotate.", no_args_is_help=True)
-_err = Console(stderr=True)
-
-DatabaseOpt = Annotated[
-    str | None,
-    typer.Option("--database", help="sqlite:///path/sdgate.db or postgresql://user:pass@host/db, as the "
-                 "server's. [default: <data-dir>/sdgate.db] [env: SDGATE_DATABASE]"),
-]
-DataDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="The server's data dir. [env: SDGATE_DATA_DIR]")
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 RefArg = Annotated[str, typer.Argument(help="The key's id, name or prefix.")]
-
-
-def _fail(message: str, *, code: int, kind: str) -> NoReturn:
-    _err.print(f"[red]{kind}[/red]: {message}", highlight=False, soft_wrap=True, markup=True)
-    raise typer.Exit(code)
 
 
 @contextmanager
 def _keys(database: str | None, data_dir: Path | None) -> Iterator[KeyStore]:
     """The key store of the database the server with these flags uses (migrated as it would be);
     errors as one line and an exit code."""
-    from pydantic import ValidationError
-
-    from sdgate.core.errors import Conflict, InvalidRequest, NotFound, StorageUnavailable
-    from sdgate.jobs.database import DatabaseUnreachable, SchemaMismatch, create_db_engine, ensure_schema
-    from sdgate.jobs.factory import StoreLocationError, check_database_url
+    from sdgate.core.errors import Conflict, InvalidRequest, NotFound
     from sdgate.jobs.keys import KeyStore
-    from sdgate.settings import load_settings
 
-    try:
-        url = check_database_url(load_settings(database=database, data_dir=data_dir).database_url)
-    except ValidationError as exc:
-        _fail(str(exc.errors()[0]["msg"]), code=2, kind="UsageError")
-    except StoreLocationError as exc:
-        _fail(f"--{exc}", code=2, kind="UsageError")
-    engine = create_db_engine(url)
-    try:
-        ensure_schema(engine)
-        yield KeyStore(engine)
-    except InvalidRequest as exc:
-        _fail(exc.message, code=2, kind="UsageError")
-    except (NotFound, Conflict) as exc:
-        _fail(exc.message, code=1, kind=type(exc).__name__)
-    except (DatabaseUnreachable, SchemaMismatch) as exc:
-        _fail(str(exc), code=1, kind=type(exc).__name__)
-    except StorageUnavailable as exc:
-        _fail(exc.message, code=1, kind=type(exc).__name__)
-    finally:
-        engine.dispose()
+    with server_database(database, data_dir) as engine:
+        try:
+            yield KeyStore(engine)
+        except InvalidRequest as exc:
+            fail(exc.message, code=2, kind="UsageError")
+        except (NotFound, Conflict) as exc:
+            fail(exc.message, code=1, kind=type(exc).__name__)
 
 
 @app.command()
@@ -104,8 +71,8 @@ def create(
     expires: Annotated[
         str | None, typer.Option("--expires", help="A duration (90d, 12h, 30m, 2w) or an ISO date.")
     ] = None,
-    database: DatabaseOpt = None,
-    data_dir: DataDirOpt = None,
+    database: ServerDatabaseOpt = None,
+    data_dir: ServerDataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Make a key; it is printed once, on the last line (or as "key" with --json)."""
@@ -123,7 +90,9 @@ def create(
 
 
 @app.command("list")
-def list_keys(database: DatabaseOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
+def list_keys(
+    database: ServerDatabaseOpt = None, data_dir: ServerDataDirOpt = None, as_json: JsonOpt = False
+) -> None:
     """Every key (never a secret): id, name, prefix, scopes, state, limits, expiry, last use."""
     with _keys(database, data_dir) as keys:
         found = keys.list()
@@ -139,7 +108,7 @@ def list_keys(database: DatabaseOpt = None, data_dir: DataDirOpt = None, as_json
 
 
 @app.command()
-def revoke(ref: RefArg, database: DatabaseOpt = None, data_dir: DataDirOpt = None,
+def revoke(ref: RefArg, database: ServerDatabaseOpt = None, data_dir: ServerDataDirOpt = None,
            as_json: JsonOpt = False) -> None:
     """Revoke a key: refused by every node within seconds; its queued and running jobs go on."""
     with _keys(database, data_dir) as keys:
@@ -149,7 +118,7 @@ def revoke(ref: RefArg, database: DatabaseOpt = None, data_dir: DataDirOpt = Non
 
 
 @app.command()
-def rotate(ref: RefArg, database: DatabaseOpt = None, data_dir: DataDirOpt = None,
+def rotate(ref: RefArg, database: ServerDatabaseOpt = None, data_dir: ServerDataDirOpt = None,
            as_json: JsonOpt = False) -> None:
     """A new secret for a key (same id, scopes, limits and jobs); the old one stops working."""
     with _keys(database, data_dir) as keys:
