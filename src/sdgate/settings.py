@@ -64,6 +64,22 @@ class Settings(BaseSettings):
     workers: int = 1  # worker threads (one per device)
     vram_mode: Literal["auto", "off", "medvram", "lowvram"] = "auto"  # CUDA offloading; auto: by free memory
 
+    # GPU throughput (docs/performance.md). Cross-request batching: a worker claims up to
+    # ``batch_max`` compatible jobs (``core.batching``) and runs their images as rows of one batch,
+    # waiting at most ``batch_wait_ms`` for mates so a lone job is not delayed; None: automatic (from
+    # the free memory and the shape on a GPU, off on a CPU, where batching gains nothing); 1: off.
+    batch_max: int | None = Field(default=None, ge=1, le=64)
+    batch_wait_ms: float = Field(15.0, ge=0.0, le=1000.0)
+    # torch.compile (CUDA graphs on a GPU) for the UNet and the VAE decoder over the ``warmup`` shape
+    # buckets ("512x512:1,4,8;768x768:1": size, then batch sizes), compiled at start and cached on
+    # disk under ``compile_cache_dir`` (None: <data_dir>/compile-cache); other shapes run eager.
+    compile: bool = False
+    warmup: str = ""
+    compile_cache_dir: Path | None = None
+    # Progress previews: latent (a linear latent-to-RGB projection), taesd (a tiny decoder, when its
+    # weights are in the models folder), none; auto: taesd when present, else latent.
+    preview_method: Literal["auto", "latent", "taesd", "none"] = "auto"
+
     # Limits on what one request may ask for. Each dialect checks its own fields early (naming them
     # as its clients spell them); ``server.validation.check_request`` checks the translated request
     # and every value derived from it (the size after hires fix, total steps, memory) last, before a

@@ -117,6 +117,29 @@ SafetyOpt = Annotated[
     typer.Option("--safety-checker", help="The image safety checker: auto (when its weights are in "
                  "<models>/safety_checker), on, off. [default: auto]"),
 ]
+BatchMaxOpt = Annotated[
+    int | None,
+    typer.Option("--batch-max", min=1, max=64, help="Compatible jobs run as one GPU batch, at most this "
+                 "many (1: off). [default: auto: by free GPU memory; off on CPU]"),
+]
+BatchWaitOpt = Annotated[
+    float | None,
+    typer.Option("--batch-wait-ms", min=0, max=1000, help="How long a worker waits for compatible jobs "
+                 "to batch with the one it claimed. [default: 15]"),
+]
+CompileOpt = Annotated[
+    bool, typer.Option("--compile", help="torch.compile the UNet and VAE decoder (CUDA graphs on a GPU).")
+]
+WarmupOpt = Annotated[
+    str | None,
+    typer.Option("--warmup", help="Shape buckets compiled at start, e.g. 512x512:1,4,8;768x768:1 "
+                 "(size, then batch sizes); other shapes run eager."),
+]
+PreviewMethodOpt = Annotated[
+    str | None,
+    typer.Option("--preview-method", help="Progress previews: auto, latent, taesd (TAESD weights in the "
+                 "models folder) or none. [default: auto]"),
+]
 LogLevelOpt = Annotated[str, typer.Option(help="debug, info, warning, error.")]
 LogFormatOpt = Annotated[str, typer.Option("--log-format", help="text, or json (one object per line).")]
 
@@ -166,6 +189,11 @@ def serve(
     audit_prompts: AuditPromptsOpt = False,
     content_blocklist: BlocklistOpt = None,
     safety_checker: SafetyOpt = None,
+    batch_max: BatchMaxOpt = None,
+    batch_wait_ms: BatchWaitOpt = None,
+    compile: CompileOpt = False,
+    warmup: WarmupOpt = None,
+    preview_method: PreviewMethodOpt = None,
     log_level: LogLevelOpt = "info",
     log_format: LogFormatOpt = "text",
 ) -> None:
@@ -179,6 +207,7 @@ def serve(
         max_queued_per_principal=max_queued_per_principal,
         **access_overrides(auth, public_endpoint, ssl_certfile, ssl_keyfile, cors_allow_origin,
                            audit_prompts, content_blocklist, safety_checker),
+        **throughput_overrides(batch_max, batch_wait_ms, compile, warmup, preview_method),
     )
     _prepare(settings, log_level, log_format)
     model_line = _model_line(settings)
@@ -263,6 +292,11 @@ def worker(
     ] = None,
     auth: AuthOpt = None,
     public_endpoint: PublicEndpointOpt = None,
+    batch_max: BatchMaxOpt = None,
+    batch_wait_ms: BatchWaitOpt = None,
+    compile: CompileOpt = False,
+    warmup: WarmupOpt = None,
+    preview_method: PreviewMethodOpt = None,
     log_level: LogLevelOpt = "info",
     log_format: LogFormatOpt = "text",
 ) -> None:
@@ -275,6 +309,7 @@ def worker(
         vram_mode="lowvram" if lowvram else "medvram" if medvram else None, workers=workers,
         drain_timeout_s=drain_timeout if drain_timeout is not None else 600.0,
         **access_overrides(auth, public_endpoint),
+        **throughput_overrides(batch_max, batch_wait_ms, compile, warmup, preview_method),
     )
     _prepare(settings, log_level, log_format)
     model_line = _model_line(settings)
@@ -294,6 +329,14 @@ def _listed(values: list[str] | None) -> list[str] | None:
         return None
     items = [item.strip() for value in values for item in value.split(",") if item.strip()]
     return [] if items == ["none"] else items
+
+
+def throughput_overrides(batch_max: int | None = None, batch_wait_ms: float | None = None,
+                         compile: bool = False, warmup: str | None = None,
+                         preview_method: str | None = None) -> dict[str, object]:
+    """The GPU throughput flags as settings overrides (None: the setting's own default)."""
+    return {"batch_max": batch_max, "batch_wait_ms": batch_wait_ms, "compile": True if compile else None,
+            "warmup": warmup, "preview_method": preview_method}
 
 
 def access_overrides(

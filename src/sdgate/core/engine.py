@@ -7,12 +7,15 @@ job's own control handle. The engine reports each step of a job through that job
 keeping what is done (A1111's interrupt), or abandon the job (cancel). A handle belongs to one job,
 so an engine that runs several jobs in one call (GPU batching) can stop one and go on with the rest.
 
-``run_job`` is how the worker calls an engine today: one job per call.
+``run_job`` runs one job; ``run_batch`` runs compatible jobs (``core.batching.batch_key``) as one
+engine call where the engine can (``generate_batch``: their images as rows of one UNet batch, each
+row with its own prompt, guidance scale and seeded generator), else one after the other. Each job
+gets its own output or its own exception: one job's bad input or cancel never fails its mates.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
@@ -38,6 +41,8 @@ class StepReport:
     steps: int
     # A cheap preview of the current latents, built only when asked for.
     preview: Callable[[], Image] | None = None
+    # The graph node running (a ComfyUI prompt's node id); None for a plain generation.
+    node: str | None = None
 
 
 class GenerationControl(Protocol):
@@ -110,6 +115,19 @@ class EngineOutput:
     interrupted: bool = False
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    # A graph job (ComfyUI): its output nodes' images, ``{node_id: NodeImages}`` by index into
+    # ``images``; empty for a plain generation.
+    node_outputs: dict[str, NodeImages] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NodeImages:
+    """The images one output node of a graph produced: indices into ``EngineOutput.images``, and
+    where ComfyUI files them (``output`` for SaveImage, ``temp`` for PreviewImage)."""
+
+    indices: tuple[int, ...]
+    kind: str = "output"
+    filename_prefix: str = "ComfyUI"
 
 
 @dataclass(frozen=True)
@@ -164,10 +182,45 @@ class Engine(Protocol):
         ``free_memory_bytes``."""
         ...
 
+    def batch_rows(self, request: GenerationRequest) -> int:
+        """How many image rows one batch of ``request``'s shape (model, size) may hold now, from the
+        free memory and the settings (``batch_max``); 1: no batching. Cheap, asked at every claim.
+        Optional: see ``batch_rows``."""
+        ...
+
+    def generate_batch(self, jobs: Sequence[EngineJob]) -> list[EngineOutput | BaseException]:
+        """Runs compatible jobs (the same ``core.batching.batch_key``) as one batch: per job, in
+        order, its output or the exception that failed it alone (bad input, cancel: ``JobCancelled``).
+        Raising means the batch as a whole failed (out of memory): the worker then runs each job
+        alone. Every image equals what the job gives alone, within floating-point tolerance.
+        Optional: see ``run_batch``."""
+        ...
+
 
 def run_job(engine: Engine, job: EngineJob) -> EngineOutput:
-    """``job`` on ``engine``: the one place the worker calls ``generate``."""
+    """``job`` on ``engine``: the one place the worker calls ``generate`` for a single job."""
     return engine.generate(job.request, job.inputs, job.control)
+
+
+def run_batch(engine: Engine, jobs: Sequence[EngineJob]) -> list[EngineOutput | BaseException]:
+    """``jobs`` (compatible, see ``generate_batch``) on ``engine``: as one batch where the engine
+    can, else one after the other; per job its output or its own exception, in order."""
+    method = getattr(engine, "generate_batch", None)
+    if len(jobs) > 1 and callable(method):
+        return list(method(jobs))
+    outcomes: list[EngineOutput | BaseException] = []
+    for job in jobs:
+        try:
+            outcomes.append(run_job(engine, job))
+        except Exception as exc:  # the job's own failure; its mates still run
+            outcomes.append(exc)
+    return outcomes
+
+
+def batch_rows(engine: object | None, request: GenerationRequest) -> int:
+    """``engine.batch_rows(request)``, or 1 (no batching) for an engine that does not say."""
+    method = getattr(engine, "batch_rows", None)
+    return max(1, int(method(request))) if callable(method) else 1
 
 
 def memory_budget(engine: object | None) -> MemoryBudget | None:

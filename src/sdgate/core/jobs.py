@@ -47,6 +47,7 @@ class Progress(BaseModel):
     step: int = 0  # steps done in this iteration
     steps: int = 0
     eta_s: float | None = None
+    node: str | None = None  # a graph job's (ComfyUI) node running now
 
     @property
     def fraction(self) -> float:
@@ -184,11 +185,12 @@ class JobStore(Protocol):
         ...
 
     def claim_group(
-        self, worker_id: str, *, prefer_models: Collection[str] = (), limit: int = 1
+        self, worker_id: str, *, prefer_models: Collection[str] = (), limit: int = 1, batched: bool = False
     ) -> list[Job]:
         """Up to ``limit`` jobs claimed in one transaction: the one ``claim_next`` would take, then
-        queued jobs of the same priority and model, in claim order; each running and leased to
-        ``worker_id``. Empty when none is queued."""
+        queued jobs of the same priority and model (``batched``: of the same priority and batch key,
+        ``core.batching``; none for a pick without a key), in claim order; each running and leased
+        to ``worker_id``. Empty when none is queued."""
         ...
 
     def heartbeat(self, job_id: str, worker_id: str) -> bool:

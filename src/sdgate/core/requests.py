@@ -9,6 +9,9 @@ the other kind of job: it draws nothing, but it runs on a worker like a generati
 process never loads an upscaler. ``JobRequest`` is either, told apart by ``mode`` (``"extras"``
 for a postprocess; a generation's JSON is unchanged). Both name their input images through
 ``image_refs()``: the one list of a request's images, with the role each plays.
+
+A ``GraphRequest`` (a ComfyUI prompt) is the third kind: a validated node graph the worker's graph
+executor runs on the engine's components (mode ``"comfy"``).
 """
 
 from __future__ import annotations
@@ -219,24 +222,57 @@ class PostprocessRequest(BaseModel):
         return round(width * scale), round(height * scale)
 
 
+GRAPH_MODE = "comfy"
+
+
+class GraphRequest(BaseModel):
+    """A ComfyUI API-format graph run as one job (``server/dialects/comfy`` validates it, resolves
+    its file names and submits it; the worker's graph executor, ``engine/comfy``, runs its nodes on
+    the engine's components). ``graph`` is the validated prompt: ``{node_id: {"class_type",
+    "inputs"}}`` with links as ``[node_id, output_index]``; ``outputs`` the output node ids to run.
+    ``images``: the image files its LoadImage/LoadImageMask nodes read, as ``(file name, image id
+    in the ImageStore)`` pairs, in the order ``image_refs()`` gives (the worker decodes them into
+    ``EngineInputs.init_images`` in that order). ``image_count``: the images its output nodes will
+    write, counted at validation (quotas and limits read it)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: Literal["comfy"] = GRAPH_MODE
+    graph: dict[str, Any]
+    outputs: tuple[str, ...]
+    images: tuple[tuple[str, str], ...] = ()
+    client_id: str | None = None
+    extra_data: dict[str, Any] = Field(default_factory=dict)
+    number: float = 0.0  # ComfyUI's queue number, as the client gave it or as assigned
+    image_count: int = Field(1, ge=0)
+    model: str | None = None  # the first checkpoint it loads (a catalog name): claim affinity, metrics
+
+    def image_refs(self) -> tuple[ImageRef, ...]:
+        return tuple(ImageRef(image_id, ImageRole.INIT, f"prompt.{name}") for name, image_id in self.images)
+
+
 def _init_refs(ids: tuple[str, ...]) -> tuple[ImageRef, ...]:
     return tuple(ImageRef(image_id, ImageRole.INIT, "init_images") for image_id in ids)
 
 
 def _request_kind(value: Any) -> str:
     mode = value.get("mode") if isinstance(value, dict) else getattr(value, "mode", None)
+    if mode == GRAPH_MODE:
+        return "graph"
     return "extras" if mode == EXTRAS_MODE else "generation"
 
 
-# What a job runs: a generation, or a postprocess (told apart by ``mode``).
+# What a job runs: a generation, a postprocess or a graph (told apart by ``mode``).
 JobRequest = Annotated[
-    Annotated[GenerationRequest, Tag("generation")] | Annotated[PostprocessRequest, Tag("extras")],
+    Annotated[GenerationRequest, Tag("generation")]
+    | Annotated[PostprocessRequest, Tag("extras")]
+    | Annotated[GraphRequest, Tag("graph")],
     Discriminator(_request_kind),
 ]
 
-_JOB_REQUEST: TypeAdapter[GenerationRequest | PostprocessRequest] = TypeAdapter(JobRequest)
+_JOB_REQUEST: TypeAdapter[GenerationRequest | PostprocessRequest | GraphRequest] = TypeAdapter(JobRequest)
 
 
-def parse_job_request(data: Any) -> GenerationRequest | PostprocessRequest:
+def parse_job_request(data: Any) -> GenerationRequest | PostprocessRequest | GraphRequest:
     """A stored request (its JSON) as the model its ``mode`` names."""
     return _JOB_REQUEST.validate_python(data)

@@ -20,6 +20,17 @@ class StoredImage(BaseModel):
     filtered: bool = False
 
 
+class NodeOutput(BaseModel):
+    """What one output node of a graph job produced (ComfyUI's history ``outputs``): its images as
+    indices into ``GenerationResult.images``, filed as ``output`` (SaveImage) or ``temp`` (PreviewImage)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    images: tuple[int, ...] = ()
+    kind: str = "output"
+    filename_prefix: str = "ComfyUI"
+
+
 class GenerationResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -37,6 +48,8 @@ class GenerationResult(BaseModel):
     interrupted: bool = False
     notes: tuple[str, ...] = ()
     timings: dict[str, float] = Field(default_factory=dict)
+    # A graph job (ComfyUI): each output node's images, by index into ``images``; empty otherwise.
+    node_outputs: dict[str, NodeOutput] = Field(default_factory=dict)
 
     @property
     def seeds(self) -> list[int]:

@@ -38,7 +38,7 @@ HEARTBEAT = (
 )
 # The head of the queue: highest priority, then the lowest turn (fair scheduling), then FIFO.
 CLAIM_HEAD = (
-    sa.select(jobs.c.seq, jobs.c.priority, jobs.c.model, jobs.c.created_at)
+    sa.select(jobs.c.seq, jobs.c.priority, jobs.c.model, jobs.c.created_at, jobs.c.batch_key)
     .where(QUEUED)
     .order_by(jobs.c.priority.desc(), jobs.c.turn, jobs.c.seq)
     .limit(1)
@@ -46,7 +46,7 @@ CLAIM_HEAD = (
 )
 # Model affinity: the first job of the head's priority naming one of the worker's models.
 CLAIM_PREFERRED = (
-    sa.select(jobs.c.seq, jobs.c.model)
+    sa.select(jobs.c.seq, jobs.c.model, jobs.c.batch_key)
     .where(QUEUED, jobs.c.priority == sa.bindparam("priority"),
            jobs.c.model.in_(sa.bindparam("models", expanding=True)))
     .order_by(jobs.c.turn, jobs.c.seq)
@@ -85,6 +85,16 @@ def group_mates(anonymous_model: bool) -> sa.Executable:
     )
 
 
+# A batched claim's mates: queued jobs of the pick's priority and batch key (``core.batching``).
+BATCH_MATES = (
+    sa.select(jobs.c.seq)
+    .where(QUEUED, jobs.c.priority == sa.bindparam("priority"), jobs.c.batch_key == sa.bindparam("batch_key"),
+           jobs.c.seq != sa.bindparam("w_seq"))
+    .order_by(jobs.c.turn, jobs.c.seq)
+    .limit(sa.bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+
 CLAIM_GROUP = (
     sa.update(jobs)
     .where(jobs.c.seq.in_(sa.bindparam("w_seqs", expanding=True)), QUEUED)
@@ -120,7 +130,7 @@ def _turn_for(anonymous: bool) -> sa.ColumnElement[int]:
     return sa.func.coalesce(own_last + 1, current_turn(priority).scalar_subquery(), 0)
 
 
-SUBMIT_COLUMNS = ("id", "state", "dialect", "owner", "priority", "request", "model", "meta",
+SUBMIT_COLUMNS = ("id", "state", "dialect", "owner", "priority", "request", "model", "batch_key", "meta",
                   "created_at", "updated_at", "attempts")
 
 

@@ -82,6 +82,9 @@ jobs = sa.Table(
     # Fair scheduling (migration 0007): the owner's turn within its priority, given at submit (see
     # ``store.py``). A claim takes the lowest turn first, then FIFO, so owners alternate.
     sa.Column("turn", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    # Cross-request batching (migration 0008): ``core.batching.batch_key(request)``, given at submit;
+    # None: the job runs alone. A batched claim takes queued jobs of the head's priority and key.
+    sa.Column("batch_key", sa.String(64), nullable=True),
     # Listing a caller's jobs newest first.
     sa.Index("ix_jobs_owner_seq", "owner", "seq"),
     sa.Index("ix_jobs_dialect_seq", "dialect", "seq"),
@@ -98,6 +101,16 @@ sa.Index(
     jobs.c.owner,
     jobs.c.priority,
     jobs.c.turn,
+    postgresql_where=jobs.c.state == "queued",
+    sqlite_where=jobs.c.state == "queued",
+)
+# A batched claim's mates: WHERE state = 'queued' AND priority = p AND batch_key = k ORDER BY turn, seq.
+sa.Index(
+    "ix_jobs_queued_batch",
+    jobs.c.priority,
+    jobs.c.batch_key,
+    jobs.c.turn,
+    jobs.c.seq,
     postgresql_where=jobs.c.state == "queued",
     sqlite_where=jobs.c.state == "queued",
 )

@@ -56,9 +56,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from sdgate.core.batching import batch_key
 from sdgate.core.errors import Conflict, NotFound, QueueFull, StorageUnavailable, TooManyJobs
 from sdgate.core.jobs import ControlAction, Job, JobEventKind, JobState, Progress, WorkerInfo
-from sdgate.core.requests import GenerationRequest, PostprocessRequest, parse_job_request
+from sdgate.core.requests import GenerationRequest, GraphRequest, PostprocessRequest, parse_job_request
 from sdgate.core.results import GenerationResult
 from sdgate.jobs import queries
 from sdgate.jobs.database import (
@@ -162,10 +163,10 @@ def _modelable(name: str | None) -> bool:
     return bool(name) and len(name or "") <= _MODEL_CHARS and "\x00" not in (name or "")
 
 
-def _job_model(request: GenerationRequest | PostprocessRequest) -> str | None:
+def _job_model(request: GenerationRequest | PostprocessRequest | GraphRequest) -> str | None:
     """What a claim's model affinity matches: the model a generation names (dialects store the
     catalog's name), None for the default model and for extras."""
-    model = request.model if isinstance(request, GenerationRequest) else None
+    model = request.model if isinstance(request, GenerationRequest | GraphRequest) else None
     return model if _modelable(model) else None
 
 
@@ -339,7 +340,7 @@ class SqlJobStore:
 
     def submit(
         self,
-        request: GenerationRequest | PostprocessRequest,
+        request: GenerationRequest | PostprocessRequest | GraphRequest,
         *,
         dialect: str = "native",
         owner: str | None = None,
@@ -363,6 +364,7 @@ class SqlJobStore:
             "priority": priority,
             "request": request.model_dump(mode="json"),
             "model": _job_model(request),
+            "batch_key": batch_key(request),
             "meta": metadata or {},
             "created_at": now,
             "updated_at": now,
@@ -410,13 +412,17 @@ class SqlJobStore:
                     break
         return self._announced(job)
 
-    def claim_group(self, worker_id: str, *, prefer_models: Collection[str] = (), limit: int = 1
-                    ) -> builtins.list[Job]:
+    def claim_group(self, worker_id: str, *, prefer_models: Collection[str] = (), limit: int = 1,
+                    batched: bool = False) -> builtins.list[Job]:
         """Up to ``limit`` jobs claimed together in one transaction (one ``started`` row each, in
         one INSERT): the job ``claim_next`` would take, then queued jobs of its priority naming the
         same model (a compatible group), in claim order. All are running and leased to ``worker_id``
         from now; the worker runs them one after the other, so it asks for more than one only while
-        its jobs take milliseconds (none then waits long in its hands). Empty when none is queued."""
+        its jobs take milliseconds (none then waits long in its hands). Empty when none is queued.
+
+        ``batched``: the mates are instead the queued jobs of the pick's priority and batch key
+        (``core.batching``: jobs an engine may run as rows of one batch); a pick with no key
+        (a job that runs alone) is claimed alone."""
         now = _now()
         preferred = [m for m in dict.fromkeys(prefer_models) if _modelable(m)]
         with self._tx(write=True) as conn:
@@ -424,9 +430,13 @@ class SqlJobStore:
                 pick = self._pick(conn, preferred, now)
                 if pick is None:
                     return []
-                seq, priority, model = pick
+                seq, priority, model, key = pick
                 seqs = [seq]
-                if limit > 1:
+                if limit > 1 and batched:
+                    if key is not None:
+                        mates = {"priority": priority, "batch_key": key, "w_seq": seq, "limit": limit - 1}
+                        seqs += conn.execute(queries.BATCH_MATES, mates).scalars().all()
+                elif limit > 1:
                     mates = {"priority": priority, "model": model, "w_seq": seq, "limit": limit - 1}
                     seqs += conn.execute(queries.group_mates(model is None), mates).scalars().all()
                 claim = {**self._claim_values(worker_id, now), "w_seqs": seqs}
@@ -441,8 +451,9 @@ class SqlJobStore:
         return claimed
 
     def _pick(self, conn: sa.Connection, preferred: builtins.list[str], now: datetime
-              ) -> tuple[int, int, str | None] | None:
-        """The job a claim takes, locked: ``(seq, priority, model)``, or None when none is queued."""
+              ) -> tuple[int, int, str | None, str | None] | None:
+        """The job a claim takes, locked: ``(seq, priority, model, batch_key)``, or None when none
+        is queued."""
         head = conn.execute(queries.CLAIM_HEAD).one_or_none()
         if head is None:
             return None
@@ -451,8 +462,8 @@ class SqlJobStore:
                 queries.CLAIM_PREFERRED, {"priority": head.priority, "models": preferred}
             ).one_or_none()
             if found is not None:
-                return found.seq, head.priority, found.model
-        return head.seq, head.priority, head.model
+                return found.seq, head.priority, found.model, found.batch_key
+        return head.seq, head.priority, head.model, head.batch_key
 
     def _claim_values(self, worker_id: str, now: datetime) -> dict[str, Any]:
         return {"v_worker_id": worker_id, "v_started_at": now, "v_updated_at": now,

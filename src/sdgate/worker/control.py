@@ -64,6 +64,7 @@ class JobControl:
         self._interval_s = interval_s
         self._clock = clock
         self._last_write: float | None = None
+        self._last_node: str | None = None  # the graph node of the last progress written
         self._control_read_at: float | None = None  # the clock at the last successful control read
         self._step_read_at: float | None = None  # ... of those made at a step
         self._origin: tuple[float, float] | None = None  # (time, fraction) at the first step
@@ -139,10 +140,13 @@ class JobControl:
     def _report_progress(self, report: StepReport, now: float) -> None:
         last = report.iteration >= report.iterations - 1 and report.step >= report.steps
         due = self._last_write is None or now - self._last_write >= self._interval_s
-        if not (due or last):
+        moved = report.node != self._last_node  # a graph's next node: always written (ComfyUI's executing)
+        if not (due or last or moved):
             return
+        self._last_node = report.node
         progress = Progress(
-            iteration=report.iteration, iterations=report.iterations, step=report.step, steps=report.steps
+            iteration=report.iteration, iterations=report.iterations, step=report.step, steps=report.steps,
+            node=report.node,
         )
         progress = progress.model_copy(update={"eta_s": self._eta(progress.fraction, now)})
         self._last_write = now

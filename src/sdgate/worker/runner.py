@@ -58,8 +58,8 @@ from sdgate.core.errors import (
 )
 from sdgate.core.images import encode_png
 from sdgate.core.jobs import Job, JobEventKind
-from sdgate.core.requests import GenerationRequest, ImageRef, PostprocessRequest
-from sdgate.core.results import GenerationResult, StoredImage
+from sdgate.core.requests import GenerationRequest, GraphRequest, ImageRef, PostprocessRequest
+from sdgate.core.results import GenerationResult, NodeOutput, StoredImage
 from sdgate.jobs.events import JobEvents
 from sdgate.jobs.images import ImageStore
 from sdgate.logs import log_context
@@ -270,6 +270,10 @@ class Worker:
             started = time.perf_counter()
             if isinstance(job.request, PostprocessRequest):
                 output = self._get_postprocessor().run(job.request, inputs, control)
+            elif isinstance(job.request, GraphRequest):  # a ComfyUI prompt: its nodes on the engine
+                from sdgate.engine.comfy.executor import run_graph
+
+                output = run_graph(self._engine, job.request, inputs, control)
             else:
                 output = run_job(self._engine, EngineJob(job.request, inputs, control))
             generated = time.perf_counter()
@@ -365,7 +369,7 @@ class Worker:
             self._postprocessor = postprocessor_for(self._engine, catalog)
         return self._postprocessor
 
-    def _load_inputs(self, request: GenerationRequest | PostprocessRequest) -> EngineInputs:
+    def _load_inputs(self, request: GenerationRequest | PostprocessRequest | GraphRequest) -> EngineInputs:
         refs = request.image_refs()
         if not refs:
             return EngineInputs()
@@ -404,7 +408,7 @@ class Worker:
 
 
 def _result(
-    request: GenerationRequest | PostprocessRequest,
+    request: GenerationRequest | PostprocessRequest | GraphRequest,
     output: EngineOutput,
     stored: tuple[StoredImage, ...],
     control: JobControl,
@@ -427,6 +431,10 @@ def _result(
         interrupted=interrupted,
         notes=tuple(output.notes),
         timings=timings,
+        node_outputs={
+            node: NodeOutput(images=images.indices, kind=images.kind, filename_prefix=images.filename_prefix)
+            for node, images in output.node_outputs.items()
+        },
     )
 
 
