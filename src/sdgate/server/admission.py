@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sdgate.core.errors import QueueFull, QuotaExceeded, TooManyJobs
-from sdgate.core.requests import GenerationRequest, PostprocessRequest
+from sdgate.core.requests import GenerationRequest, GraphRequest, PostprocessRequest
 from sdgate.jobs.quotas import DailyUsage, Quotas, principal_key, seconds_to_next_day, utc_day
 from sdgate.metrics import REFUSAL_REASONS
 from sdgate.server import content
@@ -38,7 +38,7 @@ log = logging.getLogger("sdgate.server")
 
 @contextmanager
 def admit(
-    services: Services, principal: Principal, request: GenerationRequest | PostprocessRequest
+    services: Services, principal: Principal, request: GenerationRequest | PostprocessRequest | GraphRequest
 ) -> Iterator[None]:
     content.check_request(services, request)
     try:

@@ -19,7 +19,7 @@ import logging
 from sdgate.core.blocklist import Blocklist, BlocklistError, load_blocklist
 from sdgate.core.engine import Engine
 from sdgate.core.errors import ContentFiltered
-from sdgate.core.requests import GenerationRequest, PostprocessRequest
+from sdgate.core.requests import GenerationRequest, GraphRequest, PostprocessRequest
 from sdgate.core.results import GenerationResult
 from sdgate.logs import context_var
 from sdgate.server.services import Services
@@ -33,9 +33,11 @@ def attach(services: Services) -> None:
     services.state.put(_load(services))
 
 
-def check_request(services: Services, request: GenerationRequest | PostprocessRequest) -> None:
+def check_request(
+    services: Services, request: GenerationRequest | PostprocessRequest | GraphRequest
+) -> None:
     """Raises ``ContentFiltered`` naming the field whose text the operator's blocklist refuses."""
-    if not isinstance(request, GenerationRequest):
+    if isinstance(request, PostprocessRequest):
         return  # extras carry no prompt
     blocklist = services.state.setdefault(Blocklist, lambda: _load(services))
     if blocklist.empty:
@@ -50,11 +52,25 @@ def check_request(services: Services, request: GenerationRequest | PostprocessRe
             )
 
 
-def prompts(request: GenerationRequest) -> list[tuple[str, str]]:
-    """``(field, text)`` of each prompt the blocklist checks."""
+def prompts(request: GenerationRequest | GraphRequest) -> list[tuple[str, str]]:
+    """``(field, text)`` of each prompt the blocklist checks; in a graph (ComfyUI), every text
+    input of a text-encoding node, named ``prompt.<node id>.<input>``."""
+    if isinstance(request, GraphRequest):
+        return _graph_texts(request)
     found = [("prompt", request.prompt)]
     if request.hires is not None and request.hires.prompt:
         found.append(("hires.prompt", request.hires.prompt))
+    return found
+
+
+def _graph_texts(request: GraphRequest) -> list[tuple[str, str]]:
+    found = []
+    for node_id, node in request.graph.items():
+        if not isinstance(node, dict) or "TextEncode" not in str(node.get("class_type", "")):
+            continue
+        for name, value in (node.get("inputs") or {}).items():
+            if isinstance(value, str):
+                found.append((f"prompt.{node_id}.{name}", value))
     return found
 
 
