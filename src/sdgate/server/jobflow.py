@@ -15,7 +15,7 @@ from sdgate.core.errors import ContentFiltered, InvalidRequest, ModelNotFound, e
 from sdgate.core.jobs import ControlAction, Job, JobState
 from sdgate.core.limits import weights_bytes
 from sdgate.core.models import ModelInfo
-from sdgate.core.requests import GenerationRequest, PostprocessRequest
+from sdgate.core.requests import GenerationRequest, GraphRequest, PostprocessRequest
 from sdgate.core.upscalers import check_upscaler
 from sdgate.server.admission import admit
 from sdgate.server.audit import note_filtered, note_finished, note_submitted
@@ -28,7 +28,7 @@ log = logging.getLogger("sdgate.server")
 
 async def submit(
     services: Services,
-    request: GenerationRequest | PostprocessRequest,
+    request: GenerationRequest | PostprocessRequest | GraphRequest,
     *,
     dialect: str,
     principal: Principal,
@@ -66,7 +66,7 @@ async def submit(
 
 
 def check_submission(
-    services: Services, request: GenerationRequest | PostprocessRequest, metadata: Any = None
+    services: Services, request: GenerationRequest | PostprocessRequest | GraphRequest, metadata: Any = None
 ) -> None:
     """The last check before a job exists, whichever dialect, script or retry submits it: the
     request as the engine will run it (every derived size, steps, counts, text, memory) and the
@@ -75,6 +75,9 @@ def check_submission(
     check_metadata(metadata, settings)
     if isinstance(request, PostprocessRequest):
         check_postprocess(services, request)
+        return
+    if isinstance(request, GraphRequest):
+        check_graph(services, request)
         return
     info: ModelInfo | None = None
     try:
@@ -95,6 +98,16 @@ def check_submission(
         weights=_weights(services, request, info),
         budget=memory_budget(services.engine),
     )
+
+
+def check_graph(services: Services, request: GraphRequest) -> None:
+    """A ComfyUI graph was checked node by node when its dialect validated it (sizes, steps, batch
+    sizes and texts against these same settings, ``core.comfy.validate``); what a resubmission must
+    still meet: images it writes within ``max_batch_images``, and its input images stored."""
+    limit = services.settings.max_batch_images
+    if not 1 <= request.image_count <= limit:
+        raise InvalidRequest(f"a prompt may write 1 to {limit} images, not {request.image_count}",
+                             field="prompt")
 
 
 def check_postprocess(services: Services, request: PostprocessRequest) -> None:

@@ -11,7 +11,14 @@ from typing import Any
 from sdgate.core.engine import ModelDefaults
 from sdgate.core.errors import InvalidRequest
 from sdgate.core.jobs import Job, JobEventKind, Progress
-from sdgate.core.requests import GenerationRequest, HiresSettings, LoraRef, Mode
+from sdgate.core.requests import (
+    GenerationRequest,
+    GraphRequest,
+    HiresSettings,
+    LoraRef,
+    Mode,
+    PostprocessRequest,
+)
 from sdgate.core.samplers import resolve_sampler
 from sdgate.core.styles import PromptStyle, merge_prompt
 from sdgate.server.dialects.native.protocol import JobCreate
@@ -132,9 +139,12 @@ def image_url(base: str, image_id: str) -> str:
     return link(base, f"{API}/images/{image_id}")
 
 
-def request_echo(request: GenerationRequest) -> dict[str, Any]:
-    """The request as it runs, under the wire names (``init_image`` is the first init image)."""
+def request_echo(request: GenerationRequest | PostprocessRequest | GraphRequest) -> dict[str, Any]:
+    """The request as it runs, under the wire names (``init_image`` is the first init image); a
+    job of another kind (extras, a ComfyUI graph) as it is stored."""
     data = request.model_dump(mode="json")
+    if isinstance(request, GraphRequest):
+        return data
     data["init_images"] = list(request.init_images)
     data["init_image"] = request.init_images[0] if request.init_images else None
     return data
