@@ -1,0 +1,664 @@
+"""GPU benchmark (issue 17): plain diffusers vs sdgate, in one run, against the compute floor.
+
+    python benchmarks/gpu.py --arch sd15|sdxl|demo [--device cuda] [--steps 25] [--size 512]
+                             [--clients 1,8,32] [--requests 64] [--repeats 5] [--cfg 7]
+                             [--batch-max N] [--batch-wait-ms MS] [--compile] [--warmup 512x512:1,8,32]
+                             [--out results.json] [--markdown results.md] [--check]
+
+``sd15`` and ``sdxl`` build the full-size SD 1.5 / SDXL architectures from the configs shipped in
+``sdgate/assets/configs`` with random weights (built on the device, fp16 on CUDA: speed does not
+depend on weight values) and save them once as a diffusers folder in a temporary models dir, so
+every contender below runs exactly that model. ``demo`` runs the built-in demo model (no build): the
+CPU/CI mode that checks the bookkeeping. Three contenders, printed side by side in one table:
+
+- **plain diffusers**: the pipeline as a user writes it, ``StableDiffusion[XL]Pipeline.from_pretrained
+  (folder, torch_dtype=...).to(device)`` then ``pipe(prompt, num_inference_steps=..., guidance_scale=...,
+  height=..., width=...).images``: Euler (the folder's scheduler), PIL images out. Batch 1, warm,
+  median of ``--repeats`` calls.
+- **sdgate engine**: ``DiffusersEngine.generate`` on the same request (sampler ``Euler``, same size,
+  steps, CFG), in this process. The plain and engine calls alternate, so a noisy machine slows both.
+- **sdgate over HTTP**: ``sdgate serve`` as a subprocess on a free loopback port with the flags asked
+  (``--batch-max``, ``--compile``...), and 1, 8, 32 (``--clients``) concurrent clients posting
+  A1111 ``/sdapi/v1/txt2img`` requests with distinct prompts and seeds. Each level first warms up
+  (one request per client, not counted), then ``--requests`` requests (at least one per client) are
+  timed from the first send to the last answer: images/s = images / seconds, and each request's
+  latency (p50, p95). Every returned image is checked to be a PNG of the asked size, and the
+  server's own ``sdgate_images_generated`` counter (``/metrics``) must have grown by the same count.
+
+The compute floor: the FLOPs of one image (25 x a CFG UNet pair + VAE decode + text encoders; for
+sd15/sdxl the counted figures of ``shared/reference/performance.md`` scaled by steps and pixels, for
+the demo model counted here with ``torch.utils.flop_counter.FlopCounterMode``) over the device's peak,
+measured as the best rate of a large matmul in the run's dtype. Every figure is also printed as a
+fraction of that floor (floor seconds per image / measured seconds per image).
+
+``--check`` (the CPU demo mode's acceptance): exit 1 unless the engine's batch-1 latency and the
+1-client HTTP throughput are both within 10 % of plain diffusers.
+The JSON (``--out``) is rewritten after every stage, so a run cut off by a timeout keeps what it
+measured.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, this file's folder comes first on sys.path, and benchmarks/queue.py would then
+# shadow the standard library's queue module (torch imports it).
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+import argparse  # noqa: E402
+import base64  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import re  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import struct  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
+
+import httpx  # noqa: E402
+import torch  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TOLERANCE = 0.10  # "sdgate within 10 % of plain diffusers"
+MODEL_DIR_NAME = "bench-random"
+
+
+@dataclass(frozen=True)
+class Arch:
+    config_key: str | None  # the shipped configs folder; None: the demo (or --models-dir) model
+    size: int  # default image side
+    pipeline: str
+    # performance.md's counted GFLOP at ``ref_size`` (batch 1): UNet forward, VAE decode, text encoders
+    unet_gflop: float = 0.0
+    vae_gflop: float = 0.0
+    text_gflop: float = 0.0
+    ref_size: int = 512
+
+
+ARCHS = {
+    "sd15": Arch("sd1", 512, "StableDiffusionPipeline", 803.0, 2515.0, 13.0, 512),
+    # SDXL: 6,761 UNet + 10,470 VAE per 1024 image; CLIP-L 13 + bigG ~107 per prompt (349 TFLOP at 25 steps)
+    "sdxl": Arch("sdxl", 1024, "StableDiffusionXLPipeline", 6761.0, 10470.0, 120.0, 1024),
+    "demo": Arch(None, 256, "StableDiffusionPipeline"),
+}
+
+
+# --- the model ------------------------------------------------------------------------------------
+
+
+def build_random_pipeline(arch: Arch, device: torch.device, dtype: torch.dtype) -> Any:
+    """The full-size architecture from the shipped configs, random weights initialised on the device."""
+    import diffusers
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from sdgate.engine.configs import CONFIGS_DIR, shipped_configs
+
+    assert arch.config_key is not None
+    configs = shipped_configs(arch.config_key)
+    vocab = CONFIGS_DIR.parent / "tokenizer"
+
+    def text(name: str, cls: Any) -> Any:
+        conf = CLIPTextConfig(**{k: v for k, v in configs[name].items() if not k.startswith("_")})
+        return cls(conf)
+
+    def tokenizer(name: str) -> Any:
+        kwargs = {k: v for k, v in configs[name].items() if k != "tokenizer_class" and not k.startswith("_")}
+        return CLIPTokenizer(str(vocab / "vocab.json"), str(vocab / "merges.txt"), **kwargs)
+
+    torch.manual_seed(0)
+    with torch.device(device):  # default init on the device: seconds on a GPU, not minutes on a CPU
+        parts: dict[str, Any] = dict(
+            unet=UNet2DConditionModel.from_config(configs["unet"]),
+            vae=AutoencoderKL.from_config(configs["vae"]),
+            text_encoder=text("text_encoder", CLIPTextModel),
+        )
+        if "text_encoder_2" in configs:
+            parts["text_encoder_2"] = text("text_encoder_2", CLIPTextModelWithProjection)
+    for name in list(parts):
+        parts[name] = parts[name].to(dtype).eval()
+    parts["scheduler"] = EulerDiscreteScheduler.from_config(configs["scheduler"])
+    parts["tokenizer"] = tokenizer("tokenizer")
+    if "tokenizer_2" in configs:
+        parts["tokenizer_2"] = tokenizer("tokenizer_2")
+    cls = getattr(diffusers, arch.pipeline)
+    if arch.pipeline == "StableDiffusionXLPipeline":
+        return cls(**parts, add_watermarker=False)
+    return cls(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def prepare_model(args: argparse.Namespace, arch: Arch, models: Path, device: torch.device) -> Path:
+    """The models dir the run uses: a fresh random model saved once, or the demo / --models-dir one."""
+    if arch.config_key is None:
+        return args.models_dir or models  # an empty models dir: the built-in demo is the default
+    folder = models / "Stable-diffusion" / MODEL_DIR_NAME
+    started = time.perf_counter()
+    pipe = build_random_pipeline(arch, device, torch.float16 if device.type == "cuda" else torch.float32)
+    pipe.save_pretrained(str(folder))
+    del pipe
+    free(device)
+    log(f"built and saved the random {args.arch} model in {time.perf_counter() - started:.1f} s")
+    return models
+
+
+def free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --- the floor ------------------------------------------------------------------------------------
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """The device's dense matmul rate in FLOP/s: the best of a few timed large matmuls."""
+    n = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    reps = 20 if device.type == "cuda" else 3
+    best = 0.0
+    for _ in range(5):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, b)
+        sync(device)
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - start))
+    return best
+
+
+def counted_flops(pipe: Any, size: int, steps: int) -> dict[str, float]:
+    """FLOPs of one image on ``pipe``, counted: a CFG UNet pair per step, one VAE decode, the text
+    encoder on the prompt and the negative prompt."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    unet, vae = pipe.unet, pipe.vae
+    param = next(unet.parameters())
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    latent = torch.zeros(2, unet.config.in_channels, size // factor, size // factor, dtype=param.dtype)
+    context = torch.zeros(2, 77, unet.config.cross_attention_dim, dtype=param.dtype)
+    ids = torch.zeros(2, 77, dtype=torch.long)
+
+    def count(fn: Callable[[], Any]) -> float:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            fn()
+        return float(counter.get_total_flops())
+
+    dev = param.device
+    unet_pair = count(lambda: unet(latent.to(dev), torch.tensor([500], device=dev), context.to(dev)))
+    decode = count(lambda: vae.decode(latent[:1].to(dev, vae.dtype)))
+    text = count(lambda: pipe.text_encoder(ids.to(dev)))
+    return {"unet_cfg_pair": unet_pair, "vae_decode": decode, "text": text}
+
+
+def table_flops(arch: Arch, size: int) -> dict[str, float]:
+    """performance.md's counted figures, scaled by pixels (close enough: attention is a small part)."""
+    scale = (size / arch.ref_size) ** 2
+    return {
+        "unet_cfg_pair": 2 * arch.unet_gflop * 1e9 * scale,
+        "vae_decode": arch.vae_gflop * 1e9 * scale,
+        "text": 2 * arch.text_gflop * 1e9,
+    }
+
+
+# --- plain diffusers and the engine ---------------------------------------------------------------
+
+
+def plain_pipeline(folder: Path, arch: Arch, device: torch.device, dtype: torch.dtype) -> Any:
+    """As a user writes it."""
+    import diffusers
+
+    cls = getattr(diffusers, arch.pipeline)
+    pipe = cls.from_pretrained(str(folder), torch_dtype=dtype).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - start, out
+
+
+def measure_in_process(
+    args: argparse.Namespace, plain: Any, engine: Any, model: str, device: torch.device
+) -> tuple[list[float], list[float]]:
+    """Batch-1 latencies of plain diffusers and of the engine, warm, alternating call by call."""
+    from sdgate.core.engine import EngineInputs, NoControl
+    from sdgate.core.requests import GenerationRequest
+
+    def run_plain(i: int) -> None:
+        images = plain(
+            f"a benchmark prompt number {i}", num_inference_steps=args.steps, guidance_scale=args.cfg,
+            height=args.size, width=args.size,
+        ).images  # fmt: skip
+        assert len(images) == 1 and images[0].size == (args.size, args.size)
+
+    def run_engine(i: int) -> None:
+        request = GenerationRequest(
+            prompt=f"a benchmark prompt number {i}", width=args.size, height=args.size, steps=args.steps,
+            cfg_scale=args.cfg, sampler="Euler", seed=1000 + i, model=model,
+        )  # fmt: skip
+        out = engine.generate(request, EngineInputs(), NoControl())
+        assert len(out.images) == 1 and out.steps == args.steps
+
+    for i in range(args.warmup_calls):
+        run_plain(-1 - i)
+        run_engine(-1 - i)
+    plain_s, engine_s = [], []
+    for i in range(args.repeats):
+        plain_s.append(timed(lambda i=i: run_plain(i), device)[0])
+        engine_s.append(timed(lambda i=i: run_engine(i), device)[0])
+    return plain_s, engine_s
+
+
+# --- over HTTP ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """``sdgate serve`` in a child process on a free loopback port, its output in ``log``."""
+
+    def __init__(self, args: argparse.Namespace, models: Path, data: Path, log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.flags = server_flags(args)
+        command = [
+            sys.executable, "-m", "sdgate", "serve", "--port", str(self.port), "--data-dir", str(data),
+            "--models-dir", str(models), "--log-level", "warning", *self.flags,
+        ]  # fmt: skip
+        with log_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+            )
+
+    def wait_ready(self, timeout: float) -> float:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited ({self.proc.returncode}):\n{self.tail()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return time.monotonic() - start
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"the server was not ready within {timeout:.0f} s:\n{self.tail()}")
+
+    def images_generated(self) -> float:
+        """The server's ``sdgate_images_generated`` counter, all models together."""
+        text = httpx.get(self.url + "/metrics", timeout=30).text
+        pattern = r"^sdgate_images_generated_total(?:\{[^}]*\})? ([0-9.e+]+)$"
+        return sum(float(m.group(1)) for m in re.finditer(pattern, text, re.M))
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def server_flags(args: argparse.Namespace) -> list[str]:
+    flags = ["--device", args.device]
+    if args.batch_max is not None:
+        flags += ["--batch-max", str(args.batch_max)]
+    if args.batch_wait_ms is not None:
+        flags += ["--batch-wait-ms", str(args.batch_wait_ms)]
+    if args.compile:
+        flags.append("--compile")
+    if args.warmup:
+        flags += ["--warmup", args.warmup]
+    return flags
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR (no decoding); ValueError if it is not a PNG."""
+    if data[:8] != PNG_MAGIC or data[12:16] != b"IHDR":
+        raise ValueError("not a PNG")
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def txt2img(client: httpx.Client, args: argparse.Namespace, i: int) -> int:
+    """One A1111 request; the number of images of the asked size it returned."""
+    body = {
+        "prompt": f"a benchmark prompt number {i}", "negative_prompt": "", "steps": args.steps,
+        "cfg_scale": args.cfg, "width": args.size, "height": args.size, "seed": 1_000_000 + i,
+        "sampler_name": "Euler", "batch_size": 1, "n_iter": 1,
+    }  # fmt: skip
+    response = client.post("/sdapi/v1/txt2img", json=body)
+    response.raise_for_status()
+    images = response.json()["images"]
+    for image in images:
+        if png_size(base64.b64decode(image)) != (args.size, args.size):
+            raise ValueError(f"request {i}: an image of the wrong size")
+    return len(images)
+
+
+def run_clients(
+    url: str, args: argparse.Namespace, clients: int, ids: list[int]
+) -> tuple[float, list[float], int]:
+    """``ids`` requests from ``clients`` threads (each takes the next id when free): wall seconds from
+    the first send to the last answer, each request's latency, images returned."""
+    todo = list(reversed(ids))
+    lock = threading.Lock()
+    latencies: list[float] = []
+    images = [0]
+    errors: list[BaseException] = []
+    start_line = threading.Barrier(clients + 1)
+
+    def client_thread() -> None:
+        with httpx.Client(base_url=url, timeout=args.request_timeout) as client:
+            start_line.wait()
+            while True:
+                with lock:
+                    if not todo or errors:
+                        return
+                    i = todo.pop()
+                start = time.perf_counter()
+                try:
+                    got = txt2img(client, args, i)
+                except BaseException as exc:  # reported after the join
+                    with lock:
+                        errors.append(exc)
+                    return
+                with lock:
+                    latencies.append(time.perf_counter() - start)
+                    images[0] += got
+
+    threads = [threading.Thread(target=client_thread, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    start_line.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    if errors:
+        raise RuntimeError(f"a client failed: {errors[0]!r}") from errors[0]
+    return wall, latencies, images[0]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def measure_http(server: Server, args: argparse.Namespace, clients: int, first_id: int) -> dict[str, Any]:
+    """One concurrency level: warm-up (one request per client), then the timed requests."""
+    warm_ids = list(range(first_id, first_id + clients))
+    run_clients(server.url, args, clients, warm_ids)
+    count = max(args.requests, clients)
+    ids = list(range(first_id + clients, first_id + clients + count))
+    before = server.images_generated()
+    wall, latencies, images = run_clients(server.url, args, clients, ids)
+    server_images = server.images_generated() - before
+    return {
+        "clients": clients,
+        "requests": count,
+        "images": images,
+        "server_images": server_images,
+        "seconds": wall,
+        "images_per_s": images / wall,
+        "p50_s": percentile(latencies, 0.50),
+        "p95_s": percentile(latencies, 0.95),
+        "latencies_s": latencies,
+    }
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Results:
+    """The JSON written after every stage (``--out``), so a cut-off run keeps what it measured."""
+
+    def __init__(self, path: Path | None, head: dict[str, Any]) -> None:
+        self.path = path
+        self.data: dict[str, Any] = dict(head)
+
+    def set(self, **values: Any) -> None:
+        self.data.update(values)
+        if self.path is not None:
+            self.path.write_text(json.dumps(self.data, indent=2) + "\n", encoding="utf-8")
+
+
+def floor_figures(flops: dict[str, float], steps: int, peak: float, source: str) -> dict[str, Any]:
+    per_image = steps * flops["unet_cfg_pair"] + flops["vae_decode"] + flops["text"]
+    return {
+        "source": source,
+        "flop_per_image": per_image,
+        "parts_flop": flops,
+        "peak_flops": peak,
+        "floor_s_per_image": per_image / peak,
+        "floor_images_per_s": peak / per_image,
+    }
+
+
+def latency_figures(seconds: list[float], floor_s: float) -> dict[str, Any]:
+    median = statistics.median(seconds)
+    return {
+        "latencies_s": seconds,
+        "median_s": median,
+        "images_per_s": 1 / median,
+        "of_floor": floor_s / median,
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import diffusers
+
+    import sdgate
+    from sdgate.core.models import ModelCatalog
+    from sdgate.engine.devices import resolve_device, resolve_dtype
+    from sdgate.engine.diffusers_engine import DiffusersEngine
+    from sdgate.settings import Settings
+
+    arch = ARCHS[args.arch]
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(device, "auto")
+    args.size = args.size or arch.size
+    with tempfile.TemporaryDirectory(prefix="sdgate-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        models = tmp / "models"
+        models.mkdir()
+        results = Results(args.out, {
+            "arch": args.arch, "device": str(device), "device_name": device_name(device),
+            "dtype": str(dtype).removeprefix("torch."), "steps": args.steps, "size": args.size,
+            "cfg": args.cfg, "sampler": "Euler", "repeats": args.repeats,
+            "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                         "sdgate": sdgate.__version__, "python": platform.python_version()},
+        })  # fmt: skip
+        # 1. The model, saved once; the device's peak.
+        models = prepare_model(args, arch, models, device)
+        peak = peak_flops(device, dtype)
+        settings = Settings(
+            data_dir=tmp / "engine-data", models_dir=models, device=args.device,
+            compile=args.compile, warmup=args.warmup or "",
+        )  # fmt: skip
+        info = ModelCatalog(settings).resolve(None)
+        log(f"model {info.name} ({info.filename}); peak {peak / 1e12:.2f} TFLOP/s measured")
+        # 2. The floor.
+        plain = plain_pipeline(info.filename, arch, device, dtype)
+        if arch.config_key is None:
+            floor = floor_figures(counted_flops(plain, args.size, args.steps), args.steps, peak, "counted")
+        else:
+            floor = floor_figures(table_flops(arch, args.size), args.steps, peak, "performance.md")
+        results.set(model=info.name, floor=floor)
+        floor_s = floor["floor_s_per_image"]
+        # 3. Batch 1 in this process: plain diffusers and the engine, alternating.
+        engine = DiffusersEngine(settings, ModelCatalog(settings))
+        plain_s, engine_s = measure_in_process(args, plain, engine, info.name, device)
+        results.set(plain=latency_figures(plain_s, floor_s), engine=latency_figures(engine_s, floor_s))
+        log(f"batch 1: plain {statistics.median(plain_s):.3f} s, engine {statistics.median(engine_s):.3f} s")
+        engine.unload()
+        del plain, engine
+        free(device)
+        # 4. Over HTTP, level by level.
+        server = Server(args, models, tmp / "server-data", tmp / "server.log")
+        http: list[dict[str, Any]] = []
+        try:
+            ready_s = server.wait_ready(args.server_timeout)
+            results.set(server_flags=server.flags, server_ready_s=ready_s, http=http)
+            for n, clients in enumerate(args.clients):
+                level = measure_http(server, args, clients, first_id=n * 100_000)
+                level["of_floor"] = level["images_per_s"] * floor_s
+                http.append(level)
+                results.set(http=http)
+                log(f"{clients} client(s): {level['images_per_s']:.3f} images/s, p50 {level['p50_s']:.3f} s")
+        except Exception:
+            log(f"server log (tail):\n{server.tail()}")
+            raise
+        finally:
+            server.stop()
+        results.set(check=check_figures(results.data))
+    return results.data
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def check_figures(data: dict[str, Any]) -> dict[str, Any]:
+    """sdgate against plain diffusers: the engine's batch-1 latency and 1-client HTTP throughput."""
+    plain = data["plain"]["median_s"]
+    engine_ratio = data["engine"]["median_s"] / plain  # > 1: sdgate slower
+    one = next((h for h in data.get("http", []) if h["clients"] == 1), None)
+    http_ratio = None if one is None else (1 / one["images_per_s"]) / plain
+    ratios = [r for r in (engine_ratio, http_ratio) if r is not None]
+    return {
+        "engine_time_vs_plain": engine_ratio,
+        "http_1_client_time_per_image_vs_plain": http_ratio,
+        "within_10pct": all(r <= 1 + TOLERANCE for r in ratios),
+    }
+
+
+# --- the table ------------------------------------------------------------------------------------
+
+
+def table(data: dict[str, Any]) -> str:
+    floor = data["floor"]
+    plain, engine = data["plain"], data["engine"]
+    head = (
+        f"{data['arch']} on {data['device_name']} ({data['dtype']}), {data['size']}x{data['size']}, "
+        f"{data['steps']} steps, Euler, CFG {data['cfg']}; floor {floor['floor_s_per_image'] * 1000:.1f} ms"
+        f"/image = {floor['flop_per_image'] / 1e12:.3f} TFLOP ({floor['source']}) at "
+        f"{floor['peak_flops'] / 1e12:.2f} TFLOP/s (measured matmul)"
+    )
+    rows = [
+        "| figure | plain diffusers | sdgate | sdgate speed / diffusers | floor: diffusers | floor: sdgate |",
+        "|---|---|---|---|---|---|",
+        f"| batch 1, in process (median s) | {plain['median_s']:.3f} | {engine['median_s']:.3f} "
+        f"| {plain['median_s'] / engine['median_s']:.2f}x | {plain['of_floor']:.1%} "
+        f"| {engine['of_floor']:.1%} |",
+    ]
+    for h in data.get("http", []):
+        rows.append(
+            f"| HTTP, {h['clients']} client(s): images/s (p50 / p95 s) | {plain['images_per_s']:.3f} "
+            f"(batch 1, serial) | {h['images_per_s']:.3f} ({h['p50_s']:.3f} / {h['p95_s']:.3f}) "
+            f"| {h['images_per_s'] / plain['images_per_s']:.2f}x | {plain['of_floor']:.1%} "
+            f"| {h['of_floor']:.1%} |"
+        )
+    lines = [head, "", *rows]
+    check = data.get("check")
+    if check is not None:
+        verdict = "yes" if check["within_10pct"] else "no"
+        lines += [
+            "",
+            f"sdgate within 10 % of plain diffusers: {verdict} (engine time x"
+            f"{check['engine_time_vs_plain']:.3f}, HTTP 1 client time/image x"
+            f"{check['http_1_client_time_per_image_vs_plain'] or float('nan'):.3f})",
+        ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="demo")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument(
+        "--size", type=int, default=None, help="image side [default: 512 sd15, 1024 sdxl, 256 demo]"
+    )
+    parser.add_argument("--cfg", type=float, default=7.0)
+    parser.add_argument("--clients", default="1,8,32", help="concurrency levels, comma-separated")
+    parser.add_argument(
+        "--requests", type=int, default=64, help="timed requests per level (at least one per client)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed batch-1 calls of each in-process contender"
+    )
+    parser.add_argument("--warmup-calls", type=int, default=2, help="untimed batch-1 calls of each first")
+    parser.add_argument("--batch-max", type=int, default=None)
+    parser.add_argument("--batch-wait-ms", type=float, default=None)
+    parser.add_argument(
+        "--compile", action="store_true", help="the server (and the in-process engine) compile"
+    )
+    parser.add_argument("--warmup", default=None, help="shape buckets compiled at start, e.g. 512x512:1,8,32")
+    parser.add_argument(
+        "--server-timeout", type=float, default=900, help="seconds for the server to be ready"
+    )
+    parser.add_argument("--request-timeout", type=float, default=900)
+    parser.add_argument("--out", type=Path, default=None, help="the JSON results")
+    parser.add_argument("--markdown", type=Path, default=None, help="the table, as markdown")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 unless sdgate is within 10 %% of diffusers"
+    )
+    # Hidden, for tests: a models dir holding a (tiny) model that --arch demo runs instead of the demo.
+    parser.add_argument("--models-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.clients = [int(c) for c in args.clients.split(",") if c.strip()]
+    if not args.clients or min(args.clients) < 1:
+        parser.error("--clients: positive integers, e.g. 1,8,32")
+    if args.models_dir is not None and args.arch != "demo":
+        parser.error("--models-dir is for --arch demo")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    data = run(args)
+    text = table(data)
+    print(text, flush=True)
+    if args.markdown is not None:
+        args.markdown.write_text(text + "\n", encoding="utf-8")
+    if args.check and not data["check"]["within_10pct"]:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
