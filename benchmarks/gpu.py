@@ -54,6 +54,7 @@ import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import re  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
 import struct  # noqa: E402
@@ -138,10 +139,16 @@ def build_random_pipeline(arch: Arch, device: torch.device, dtype: torch.dtype) 
 
 
 def prepare_model(args: argparse.Namespace, arch: Arch, models: Path, device: torch.device) -> Path:
-    """The models dir the run uses: a fresh random model saved once, or the demo / --models-dir one."""
+    """The models dir the run uses: a fresh random model saved once (or found in ``--model-cache``
+    from an earlier run), or the demo / --models-dir one."""
     if arch.config_key is None:
         return args.models_dir or models  # an empty models dir: the built-in demo is the default
+    if args.model_cache is not None:
+        models = args.model_cache / args.arch
     folder = models / "Stable-diffusion" / MODEL_DIR_NAME
+    if (folder / "model_index.json").is_file():
+        log(f"reusing the random {args.arch} model in {folder}")
+        return models
     started = time.perf_counter()
     pipe = build_random_pipeline(arch, device, torch.float16 if device.type == "cuda" else torch.float32)
     pipe.save_pretrained(str(folder))
@@ -286,14 +293,13 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.flags = server_flags(args)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "SDGATE_COMPILE_CACHE_DIR": str(args.compile_cache)}
         command = [
             sys.executable, "-m", "sdgate", "serve", "--port", str(self.port), "--data-dir", str(data),
             "--models-dir", str(models), "--log-level", "warning", *self.flags,
         ]  # fmt: skip
         with log_path.open("ab") as out:
-            self.proc = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-            )
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
 
     def wait_ready(self, timeout: float) -> float:
         start = time.monotonic()
@@ -412,11 +418,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def measure_http(server: Server, args: argparse.Namespace, clients: int, first_id: int) -> dict[str, Any]:
+def measure_http(
+    server: Server, args: argparse.Namespace, clients: int, requests: int, first_id: int
+) -> dict[str, Any]:
     """One concurrency level: warm-up (one request per client), then the timed requests."""
     warm_ids = list(range(first_id, first_id + clients))
     run_clients(server.url, args, clients, warm_ids)
-    count = max(args.requests, clients)
+    count = max(requests, clients)
     ids = list(range(first_id + clients, first_id + clients + count))
     before = server.images_generated()
     wall, latencies, images = run_clients(server.url, args, clients, ids)
@@ -503,9 +511,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # 1. The model, saved once; the device's peak.
         models = prepare_model(args, arch, models, device)
         peak = peak_flops(device, dtype)
+        args.compile_cache = args.compile_cache or tmp / "compile-cache"
         settings = Settings(
-            data_dir=tmp / "engine-data", models_dir=models, device=args.device,
-            compile=args.compile, warmup=args.warmup or "",
+            data_dir=tmp / "engine-data", models_dir=models, device=args.device, compile=args.compile,
+            warmup=engine_warmup(args), compile_cache_dir=args.compile_cache,
         )  # fmt: skip
         info = ModelCatalog(settings).resolve(None)
         log(f"model {info.name} ({info.filename}); peak {peak / 1e12:.2f} TFLOP/s measured")
@@ -529,10 +538,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         server = Server(args, models, tmp / "server-data", tmp / "server.log")
         http: list[dict[str, Any]] = []
         try:
+            results.set(server_flags=server.flags, server_pid=server.proc.pid)
             ready_s = server.wait_ready(args.server_timeout)
-            results.set(server_flags=server.flags, server_ready_s=ready_s, http=http)
-            for n, clients in enumerate(args.clients):
-                level = measure_http(server, args, clients, first_id=n * 100_000)
+            results.set(server_ready_s=ready_s, http=http)
+            for n, (clients, requests) in enumerate(zip(args.clients, args.requests, strict=True)):
+                level = measure_http(server, args, clients, requests, first_id=n * 100_000)
                 level["of_floor"] = level["images_per_s"] * floor_s
                 http.append(level)
                 results.set(http=http)
@@ -544,6 +554,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             server.stop()
         results.set(check=check_figures(results.data))
     return results.data
+
+
+def engine_warmup(args: argparse.Namespace) -> str:
+    """The in-process engine's compiled buckets: batch 1 at the run's size (all it runs)."""
+    if not args.compile:
+        return ""
+    return args.engine_warmup or f"{args.size}x{args.size}:1"
 
 
 def device_name(device: torch.device) -> str:
@@ -616,8 +633,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cfg", type=float, default=7.0)
     parser.add_argument("--clients", default="1,8,32", help="concurrency levels, comma-separated")
     parser.add_argument(
-        "--requests", type=int, default=64, help="timed requests per level (at least one per client)"
-    )
+        "--requests", default="64", help="timed requests per level (at least one per client): one number, "
+        "or one per level (8,32,64)",
+    )  # fmt: skip
     parser.add_argument(
         "--repeats", type=int, default=5, help="timed batch-1 calls of each in-process contender"
     )
@@ -627,7 +645,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--compile", action="store_true", help="the server (and the in-process engine) compile"
     )
-    parser.add_argument("--warmup", default=None, help="shape buckets compiled at start, e.g. 512x512:1,8,32")
+    parser.add_argument(
+        "--warmup", default=None, help="the server's buckets compiled at start, e.g. 512x512:1,8"
+    )
+    parser.add_argument("--engine-warmup", default=None, help="the in-process engine's [default: SIZE:1]")
+    parser.add_argument(
+        "--compile-cache", type=Path, default=None, help="shared by the engine and the server"
+    )
+    parser.add_argument(
+        "--model-cache", type=Path, default=None, help="keep (and reuse) the random models here"
+    )
     parser.add_argument(
         "--server-timeout", type=float, default=900, help="seconds for the server to be ready"
     )
@@ -643,6 +670,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.clients = [int(c) for c in args.clients.split(",") if c.strip()]
     if not args.clients or min(args.clients) < 1:
         parser.error("--clients: positive integers, e.g. 1,8,32")
+    args.requests = [int(r) for r in args.requests.split(",") if r.strip()]
+    if len(args.requests) == 1:
+        args.requests *= len(args.clients)
+    if len(args.requests) != len(args.clients) or min(args.requests) < 1:
+        parser.error("--requests: one positive number, or one per --clients level")
     if args.models_dir is not None and args.arch != "demo":
         parser.error("--models-dir is for --arch demo")
     return args
@@ -650,6 +682,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # A stage's timeout (SIGTERM) unwinds like an error: the server child is stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     data = run(args)
     text = table(data)
     print(text, flush=True)
