@@ -193,6 +193,12 @@ class JobStore(Protocol):
         to ``worker_id``. Empty when none is queued."""
         ...
 
+    def claim_batch_mates(self, worker_id: str, *, batch_key: str, priority: int, max_rows: int) -> list[Job]:
+        """Queued jobs of ``priority`` and ``batch_key`` fitting ``max_rows`` image rows together
+        (``batch_size * n_iter`` each), in claim order, claimed in one transaction: mates that join
+        a batch a worker already holds. Empty when none fits."""
+        ...
+
     def heartbeat(self, job_id: str, worker_id: str) -> bool:
         """Renews the lease; False when ``worker_id`` no longer holds the job (stop working on it)."""
         ...

@@ -165,3 +165,13 @@ def change(keys: tuple[str, ...], from_states: tuple[str, ...], held: bool, endi
 
 
 DROP_PREVIEW = sa.delete(job_previews).where(job_previews.c.job_id == sa.bindparam("job_id"))
+
+# Queued jobs that may join a running batch: the batch's priority and key, in claim order, with their
+# requests (the claim counts each one's image rows), skipping rows another claim holds.
+BATCH_CANDIDATES = (
+    sa.select(jobs.c.seq, jobs.c.request)
+    .where(QUEUED, jobs.c.priority == sa.bindparam("priority"), jobs.c.batch_key == sa.bindparam("batch_key"))
+    .order_by(jobs.c.turn, jobs.c.seq)
+    .limit(sa.bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)

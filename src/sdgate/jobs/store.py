@@ -811,3 +811,41 @@ class SqlJobStore:
         for hook in self._commit_hooks:
             hook()
         return job
+
+    # -- cross-request batching (issue 17) -----------------------------------------------------
+
+    def claim_batch_mates(self, worker_id: str, *, batch_key: str, priority: int,
+                          max_rows: int) -> builtins.list[Job]:
+        """Queued jobs of ``priority`` and ``batch_key`` that fit in ``max_rows`` image rows together
+        (a job's rows: ``batch_size * n_iter``), in claim order, claimed in one transaction: the
+        mates a worker adds to a batch whose first job it holds (``worker.batching``). A job too
+        large for the rows left is passed over and stays queued. Empty when none fits."""
+        if max_rows < 1 or "\x00" in batch_key:
+            return []
+        now = _now()
+        with self._tx(write=True) as conn:
+            params = {"priority": priority, "batch_key": batch_key, "limit": max_rows}
+            seqs, rows = [], 0
+            for candidate in conn.execute(queries.BATCH_CANDIDATES, params):
+                need = self._request_rows(candidate.request)
+                if rows + need <= max_rows:
+                    seqs.append(candidate.seq)
+                    rows += need
+            if not seqs:
+                return []
+            claimed_rows = conn.execute(
+                queries.CLAIM_GROUP, {**self._claim_values(worker_id, now), "w_seqs": seqs}
+            ).all()
+            claimed = [_to_job(row) for row in sorted(claimed_rows, key=lambda r: (r.turn, r.seq))]
+            write_events(conn, JobEventKind.STARTED, claimed, self.origin)
+        for job in claimed:
+            self._announced(job)
+        return claimed
+
+    @staticmethod
+    def _request_rows(request: Any) -> int:
+        """A stored request's image rows (``batch_size * n_iter``); unreadable: more than any batch."""
+        try:
+            return max(1, int(request.get("batch_size", 1)) * int(request.get("n_iter", 1)))
+        except (AttributeError, TypeError, ValueError):
+            return 1 << 30

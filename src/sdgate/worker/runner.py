@@ -23,6 +23,12 @@ the same priority and model (``JobStore.claim_group``, one transaction for up to
 which is where a queue of quick jobs spends its time; one slow job and it claims one at a time
 again, so a job never waits long in a worker's hands while other workers idle.
 
+On an engine that runs batches (``generate_batch``), a job joins compatible jobs (the same batch
+key and priority) as rows of one engine call (``worker.batching``: how many, and how long to wait
+for them). Each job of a batch keeps its own control, lease, progress, log, metrics and outcome, as
+alone: a cancel or bad input ends that job only, and a batch that fails as a whole (out of memory)
+runs again one job at a time.
+
 A claim prefers the jobs of the models the engine holds loaded (``engine.loaded_models()``; the store
 never lets that starve another job). The worker keeps its row in the worker registry while it runs
 (``registration.Registration``: device, engine, loaded models, free memory, the job in hand).
@@ -41,7 +47,9 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -65,8 +73,9 @@ from sdgate.jobs.images import ImageStore
 from sdgate.logs import log_context
 from sdgate.metrics import Metrics
 from sdgate.settings import Settings
+from sdgate.worker.batching import BatchPolicy, detached, generation, run_together
 from sdgate.worker.control import PROGRESS_INTERVAL_S, Heartbeat, JobControl, WorkerJobStore
-from sdgate.worker.oom import is_out_of_memory, out_of_memory_error, release_memory
+from sdgate.worker.oom import release_memory
 from sdgate.worker.registration import Registration
 
 if TYPE_CHECKING:
@@ -93,6 +102,19 @@ class _JobLog(logging.LoggerAdapter[logging.Logger]):
         assert self.extra is not None
         kwargs["extra"] = {**kwargs.get("extra", {}), **self.extra}
         return f"job {self.extra['job_id']}: {msg}", kwargs
+
+
+@dataclass
+class _InHand:
+    """One job the worker holds: its control handle, its log, and what its run gave."""
+
+    job: Job
+    control: JobControl
+    log: _JobLog
+    started: float = field(default_factory=time.perf_counter)
+    generate_s: float = 0.0  # the engine call (a batch's whole call for each of its jobs)
+    output: EngineOutput | None = None
+    outcome: tuple[str, str | None] | None = None  # (state, error code) once recorded
 
 
 class Worker:
@@ -126,9 +148,11 @@ class Worker:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._remove_listener: Callable[[], None] | None = None
-        self._current: JobControl | None = None
+        # The jobs in hand (several while a batch runs), replaced whole so other threads read a snapshot.
+        self._in_hand: dict[str, JobControl] = {}
         self._metrics = metrics
-        self._outcome: tuple[str, str | None] | None = None  # (state, error code) of the job in hand
+        self._batches = BatchPolicy(store, engine, settings, self.worker_id, wake=self._wake,
+                                    stopping=self._stopping)
         device = getattr(engine, "device", None) or settings.device
         self._registration = Registration(store, engine, self.worker_id, device=str(device),
                                           current_job=lambda: self.current_job_id)
@@ -163,23 +187,28 @@ class Worker:
 
     @property
     def current_job_id(self) -> str | None:
-        current = self._current
-        return current.job_id if current is not None else None
+        """The job in hand (a batch's first job while a batch runs)."""
+        return next(iter(self._in_hand), None)
+
+    @property
+    def current_job_ids(self) -> tuple[str, ...]:
+        """Every job in hand: one, or a batch's jobs."""
+        return tuple(self._in_hand)
 
     def current_preview(self, job_id: str) -> Image | None:
-        """The live preview of ``job_id`` if this worker runs it (A1111's ``current_image``);
-        rendered on the caller's thread, only when asked for."""
-        current = self._current
-        if current is None or current.job_id != job_id:
-            return None
-        return current.preview()
+        """The live preview of ``job_id`` if this worker runs it, alone or in a batch (A1111's
+        ``current_image``); rendered on the caller's thread, only when asked for."""
+        control = self._in_hand.get(job_id)
+        return control.preview() if control is not None else None
 
     def run_once(self) -> bool:
         """Claims and runs one job, or a group of them while jobs are quick (``_group_size``);
         False when none was queued. A claimed group is run to its end, also when the worker is
-        told to stop meanwhile (its jobs take milliseconds)."""
+        told to stop meanwhile (its jobs take milliseconds). A job that can share a batch runs in
+        one with the compatible jobs ``worker.batching`` gathers for it."""
         self._wake.clear()  # before the claim: a submission after this point wakes the next wait
         models = loaded_models(self._engine)
+        claimed_at = time.monotonic()
         if self._group_size <= 1:
             job = self._store.claim_next(self.worker_id, prefer_models=models)
             claimed = [job] if job is not None else []
@@ -187,9 +216,13 @@ class Worker:
             claimed = self._store.claim_group(self.worker_id, prefer_models=models, limit=self._group_size)
         if not claimed:
             return False
-        for job in claimed:
+        while claimed:
+            batch = self._batches.gather(claimed.pop(0), claimed, claimed_at)
             started = time.perf_counter()
-            self._run(job)
+            if len(batch) == 1:
+                self._run(batch[0])
+            else:
+                self._run_batch(batch)
             quick = time.perf_counter() - started < QUICK_JOB_S
             self._group_size = min(self._group_size * 2, MAX_GROUP) if quick else 1
         return True
@@ -234,100 +267,158 @@ class Worker:
     # -- one job -----------------------------------------------------------------------------
 
     def _run(self, job: Job) -> None:
-        log = _JobLog(logger, {"job_id": job.id})
+        run = self._take(job)
+        with self._job_context(run), Heartbeat(run.control, self.worker_id, lease_s=self._lease_s):
+            try:
+                inputs = self._load_inputs(job.request)  # 1. decode the inputs the request refers to
+                outcome: EngineOutput | BaseException = self._generate(run, inputs)  # 2. generate
+            except Exception as exc:
+                outcome = detached(exc)
+            self._settle(run, outcome)  # 3. store the images, 4. record the outcome
+        self._release(run)
+
+    def _run_batch(self, jobs: list[Job]) -> None:
+        """Runs compatible jobs as one engine call (``worker.batching``); each keeps its own control,
+        lease, log and outcome, recorded as if it ran alone, and leaves the worker's hands then."""
+        runs = [self._take(job) for job in jobs]
+        try:
+            with ExitStack() as leases:
+                self._run_held(runs, {run.job.id: leases.enter_context(ExitStack()) for run in runs})
+        finally:  # after an unexpected error, what is left in hand is left to its lease
+            for run in runs:
+                if run.job.id in self._in_hand:
+                    self._release(run)
+
+    def _run_held(self, runs: list[_InHand], beats: dict[str, ExitStack]) -> None:
+        ready: list[tuple[_InHand, EngineInputs]] = []
+        for run in runs:  # 1. each job's inputs: a job whose inputs fail ends now, alone
+            beats[run.job.id].enter_context(Heartbeat(run.control, self.worker_id, lease_s=self._lease_s))
+            with self._job_context(run):
+                try:
+                    ready.append((run, self._load_inputs(run.job.request)))
+                    continue
+                except Exception as exc:
+                    self._settle(run, detached(exc))
+            beats[run.job.id].close()
+            self._release(run)
+        # 2. Generate: one batch, or each job alone when the batch failed as a whole.
+        started = time.perf_counter()
+        engine_jobs = [EngineJob(generation(run.job), inputs, run.control) for run, inputs in ready]
+        outcomes = run_together(self._engine, engine_jobs, self.worker_id,
+                                alone=lambda i: self._generate(*ready[i]))
+        batch_s = time.perf_counter() - started
+        for (run, _), outcome in zip(ready, outcomes, strict=True):  # 3-4. store the images, record
+            run.generate_s = run.generate_s or batch_s  # run alone, each job timed its own
+            with self._job_context(run):
+                self._settle(run, outcome)
+            beats[run.job.id].close()  # its lease needs no keeping: nothing of it runs
+            self._release(run)
+
+    def _take(self, job: Job) -> _InHand:
+        """The job is in hand: its control handle made, the registry told."""
         on_renew = (lambda: self._metrics.heartbeat(self.worker_id)) if self._metrics is not None else None
         control = JobControl(self._store, job.id, interval_s=self._progress_interval_s, on_renew=on_renew)
-        self._current = control
+        self._in_hand = {**self._in_hand, job.id: control}
         self._registration.changed()
-        self._outcome = None
+        run = _InHand(job, control, _JobLog(logger, {"job_id": job.id}))
+        with self._job_context(run):
+            run.log.info("started on %s (attempt %d)", self.worker_id, job.attempts)
+        return run
+
+    def _release(self, run: _InHand) -> None:
+        """The job is out of hand (its outcome recorded, or left to the lease): counted in the metrics."""
+        self._in_hand = {k: v for k, v in self._in_hand.items() if k != run.job.id}
+        self._registration.changed()  # no job in hand; maybe another model loaded
+        if self._metrics is None or run.outcome is None:
+            return
+        state, error = run.outcome
+        output, job = run.output, run.job
+        self._metrics.job_finished(
+            state=state, error=error,
+            model=output.model_name if output is not None else "",
+            width=output.width if output is not None else 0,
+            height=output.height if output is not None else 0,
+            waited_s=_seconds_between(job.created_at, job.started_at) if job.started_at else None,
+            ran_s=time.perf_counter() - run.started, steps=run.control.steps_done,
+            images=len(output.images) if output is not None and state == "succeeded" else 0,
+            worker=self.worker_id,
+        )
+
+    @contextmanager
+    def _job_context(self, run: _InHand) -> Iterator[None]:
+        with log_context(job_id=run.job.id, worker_id=self.worker_id, dialect=run.job.dialect):
+            yield
+
+    def _generate(self, run: _InHand, inputs: EngineInputs) -> EngineOutput:
+        """The job alone on the engine (or the postprocessor)."""
+        request, control = run.job.request, run.control
         started = time.perf_counter()
-        with log_context(job_id=job.id, worker_id=self.worker_id, dialect=job.dialect):
-            log.info("started on %s (attempt %d)", self.worker_id, job.attempts)
-            output: EngineOutput | None = None
-            with Heartbeat(control, self.worker_id, lease_s=self._lease_s):
-                output = self._run_with(job, control, log)
-        if self._metrics is not None and self._outcome is not None:
-            state, error = self._outcome
-            images = len(output.images) if output is not None and state == "succeeded" else 0
-            self._metrics.job_finished(
-                state=state, error=error,
-                model=output.model_name if output is not None else "",
-                width=output.width if output is not None else 0,
-                height=output.height if output is not None else 0,
-                waited_s=_seconds_between(job.created_at, job.started_at) if job.started_at else None,
-                ran_s=time.perf_counter() - started, steps=control.steps_done, images=images,
-                worker=self.worker_id,
-            )
+        if isinstance(request, PostprocessRequest):
+            output = self._get_postprocessor().run(request, inputs, control)
+        elif isinstance(request, GraphRequest):  # a ComfyUI prompt: its nodes on the engine
+            from sdgate.engine.comfy.executor import run_graph
 
-    def _run_with(self, job: Job, control: JobControl, log: _JobLog) -> EngineOutput | None:
-        """Runs the job and records its outcome; the engine's output when there was one."""
-        out_of_memory: OutOfMemory | None = None
-        output: EngineOutput | None = None
-        try:
-            # 1. Decode the inputs the request refers to.
-            inputs = self._load_inputs(job.request)
-            # 2. Generate (or postprocess).
-            started = time.perf_counter()
-            if isinstance(job.request, PostprocessRequest):
-                output = self._get_postprocessor().run(job.request, inputs, control)
-            elif isinstance(job.request, GraphRequest):  # a ComfyUI prompt: its nodes on the engine
-                from sdgate.engine.comfy.executor import run_graph
-
-                output = run_graph(self._engine, job.request, inputs, control)
-            else:
-                output = run_job(self._engine, EngineJob(job.request, inputs, control))
-            generated = time.perf_counter()
-            if control.cancelled or control.cancel_requested():
-                raise JobCancelled(f"job {job.id} was cancelled")
-            # 3. Store the images, each a PNG carrying its infotext (extras carry none).
-            stored = self._store_images(output, with_infotext=not isinstance(job.request, PostprocessRequest))
-            # 4. Record the result.
-            timings = {
-                **output.timings,
-                "queued_s": _seconds_between(job.created_at, job.started_at),
-                "generate_s": generated - started,
-                "store_s": time.perf_counter() - generated,
-            }
-            result = _result(job.request, output, stored, control, timings)
-            self._finish(log, control, job.id, self._store.succeed, result)
-            log.info("succeeded: %d image(s)%s", len(stored), " (interrupted)" if result.interrupted else "")
-        except JobCancelled:
-            log.info("cancelled")
-            self._finish(log, control, job.id, self._store.cancelled)
-        except SdgateError as exc:
-            log.warning("failed: %s: %s", exc.code, exc.message)
-            self._finish(log, control, job.id, self._store.fail, exc.to_dict())
-        except Exception as exc:
-            if is_out_of_memory(exc):
-                out_of_memory = out_of_memory_error(exc)
-            else:
-                log.exception("failed with an unexpected error")
-                error = {"code": "internal_error", "message": str(exc) or type(exc).__name__}
-                self._finish(log, control, job.id, self._store.fail, error)
-        finally:
-            self._current = None
-            self._registration.changed()  # no job in hand; maybe another model loaded
-        if out_of_memory is not None:
-            # Out of the except block: its traceback no longer pins the tensors being freed.
-            release_memory()
-            log.warning("failed: %s", out_of_memory.message)
-            self._finish(log, control, job.id, self._store.fail, out_of_memory.to_dict())
+            output = run_graph(self._engine, request, inputs, control)
+        else:
+            output = run_job(self._engine, EngineJob(request, inputs, control))
+        run.generate_s = time.perf_counter() - started
         return output
 
-    def _finish(self, log: _JobLog, control: JobControl, job_id: str, record: Callable[..., Job],
-                *args: Any) -> None:
-        if control.lost:  # another worker may run it now: its outcome is theirs to record
+    def _settle(self, run: _InHand, outcome: EngineOutput | BaseException) -> None:
+        """Records the job's outcome: its result with its images stored, or why it has none."""
+        if isinstance(outcome, EngineOutput):
+            run.output = outcome
+            try:
+                self._succeed(run, outcome)
+                return
+            except Exception as exc:
+                outcome = detached(exc)
+        log = run.log
+        if isinstance(outcome, JobCancelled):
+            log.info("cancelled")
+            self._finish(run, self._store.cancelled)
+        elif isinstance(outcome, OutOfMemory):
+            release_memory()  # what the failed call held (its traceback is gone: see ``detached``)
+            log.warning("failed: %s", outcome.message)
+            self._finish(run, self._store.fail, outcome.to_dict())
+        elif isinstance(outcome, SdgateError):
+            log.warning("failed: %s: %s", outcome.code, outcome.message)
+            self._finish(run, self._store.fail, outcome.to_dict())
+        else:
+            log.error("failed with an unexpected error", exc_info=outcome)
+            error = {"code": "internal_error", "message": str(outcome) or type(outcome).__name__}
+            self._finish(run, self._store.fail, error)
+
+    def _succeed(self, run: _InHand, output: EngineOutput) -> None:
+        job, control = run.job, run.control
+        if control.cancelled or control.cancel_requested():
+            raise JobCancelled(f"job {job.id} was cancelled")
+        generated = time.perf_counter()
+        stored = self._store_images(output, with_infotext=not isinstance(job.request, PostprocessRequest))
+        timings = {
+            **output.timings,
+            "queued_s": _seconds_between(job.created_at, job.started_at),
+            "generate_s": run.generate_s,
+            "store_s": time.perf_counter() - generated,
+        }
+        result = _result(job.request, output, stored, control, timings)
+        self._finish(run, self._store.succeed, result)
+        run.log.info("succeeded: %d image(s)%s", len(stored), " (interrupted)" if result.interrupted else "")
+
+    def _finish(self, run: _InHand, record: Callable[..., Job], *args: Any) -> None:
+        log, job_id = run.log, run.job.id
+        if run.control.lost:  # another worker may run it now: its outcome is theirs to record
             log.warning("stopped without recording an outcome: the lease was lost")
             return
         try:
             finished = record(job_id, *args, worker_id=self.worker_id)
-            self._outcome = (finished.state.value, _error_code(finished))
+            run.outcome = (finished.state.value, _error_code(finished))
             return
         except StorageFull as exc:
             fault = exc
         except StorageUnavailable as exc:  # the database is away, not full: the outcome stands
             log.warning("could not record the outcome yet: %s", exc.message)
-            self._record_until_taken(log, job_id, record, *args)
+            self._record_until_taken(run, record, *args)
             return
         except Conflict as exc:  # finished meanwhile, or handed to another worker: theirs to record
             log.warning("could not record the outcome: %s", exc.message)
@@ -336,16 +427,17 @@ class Worker:
             log.exception("could not record the outcome")
             return
         log.warning("could not record the outcome: %s", fault.message)
-        self._record_until_taken(log, job_id, self._store.fail, fault.to_dict())
+        self._record_until_taken(run, self._store.fail, fault.to_dict())
 
-    def _record_until_taken(self, log: _JobLog, job_id: str, record: Callable[..., Job], *args: Any) -> None:
+    def _record_until_taken(self, run: _InHand, record: Callable[..., Job], *args: Any) -> None:
         """Records the outcome, retrying while the store refuses, so the job is never left running.
         A worker told to stop gives up (the job's lease runs out and it runs again elsewhere)."""
+        log, job_id = run.log, run.job.id
         delay = self._poll_s
         while True:
             try:
                 finished = record(job_id, *args, worker_id=self.worker_id)
-                self._outcome = (finished.state.value, _error_code(finished))
+                run.outcome = (finished.state.value, _error_code(finished))
                 if finished.error:
                     log.warning("failed: %s", finished.error.get("message"))
                 return
