@@ -305,3 +305,31 @@ principal_options = sa.Table(
     sa.Column("options", JsonDoc, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
+
+# ComfyUI files a principal uploaded (``/upload/image``, ``/upload/mask``): ComfyUI's
+# (type, subfolder, name) of each file, per owner, and the stored image holding its bytes.
+comfy_files = sa.Table(
+    "comfy_files",
+    metadata,
+    sa.Column("owner", sa.String(255), nullable=False),  # "" for the anonymous principal
+    sa.Column("type", sa.String(16), nullable=False),  # input, temp, output
+    sa.Column("subfolder", sa.String(255), nullable=False),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("image_id", sa.String(40), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.PrimaryKeyConstraint("owner", "type", "subfolder", "name"),
+)
+
+# ComfyUI prompts: the prompt id a client sees (its own, or the job id), the job that runs it, and
+# its queue number (``seq``, unless the client gave one); ``hidden``: deleted from /history.
+comfy_prompts = sa.Table(
+    "comfy_prompts",
+    metadata,
+    sa.Column("seq", SeqInt, primary_key=True, autoincrement=True),
+    sa.Column("prompt_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("job_id", sa.String(40), nullable=True, unique=True),
+    sa.Column("owner", sa.String(255), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("hidden", sa.Boolean, nullable=False, default=False),
+    sa.Index("ix_comfy_prompts_owner_seq", "owner", "seq"),
+)

@@ -1,0 +1,155 @@
+"""What the ComfyUI dialect keeps while a server runs (``services.state``): its file and prompt
+names (``jobs/comfy_files.py``, in the job database, so every API node agrees) and this process's
+sockets; and the reads its routes make of them (history, object_info, model folders, uploads)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from sdgate.core import images as core_images
+from sdgate.core.errors import InvalidRequest, NotFound
+from sdgate.core.jobs import Job
+from sdgate.jobs.comfy_files import ComfyFiles, PromptRow
+from sdgate.server.auth import Principal
+from sdgate.server.dialects.comfy import files, translate
+from sdgate.server.dialects.comfy.ws import ComfySockets
+from sdgate.server.runtime import ServerRuntime
+from sdgate.server.services import Services
+
+MAX_FORM_FIELDS = 16
+
+
+class ComfyState:
+    # ComfyUI's model folder names -> the catalog's asset kinds ("checkpoints": the models).
+    FOLDERS: ClassVar[dict[str, str]] = {
+        "checkpoints": "checkpoints",
+        "loras": "lora",
+        "vae": "vae",
+        "embeddings": "embeddings",
+        "controlnet": "controlnet",
+        "upscale_models": "esrgan",
+    }
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.files = ComfyFiles(services.database)
+        self.sockets = ComfySockets(services)
+
+    # -- names ----------------------------------------------------------------------------------------
+
+    def folder_files(self, folder: str) -> list[str]:
+        """File names of a model folder as ComfyUI lists them (relative paths, with extension)."""
+        catalog = self.services.catalog
+        if folder == "checkpoints":
+            return [info.relpath for info in catalog.list()]
+        return [f.relpath for f in catalog.list_files(self.FOLDERS[folder])]
+
+    def choices(self, principal: Principal) -> Any:
+        from sdgate.core.comfy.validate import Choices
+
+        return Choices(
+            checkpoints=tuple(self.folder_files("checkpoints")),
+            loras=tuple(self.folder_files("loras")),
+            vae=tuple(self.folder_files("vae")),
+            upscale_models=tuple(self.folder_files("upscale_models")),
+            input_images=tuple(self.files.names(principal.id, "input")),
+        )
+
+    def object_info(self, principal: Principal, class_type: str | None) -> dict[str, Any]:
+        from sdgate.core.comfy.validate import GraphLimits, object_info
+
+        limits = GraphLimits.from_settings(self.services.settings)
+        return object_info(self.choices(principal), class_type, limits=limits)
+
+    def job_of(self, prompt_id: str, principal: Principal) -> str | None:
+        """The job of the caller's prompt ``prompt_id``, or None."""
+        row = self.files.prompt(prompt_id)
+        if row is None or row.job_id is None:
+            return None
+        if not principal.is_admin and row.owner != (principal.id or ""):
+            return None
+        return row.job_id
+
+    # -- history ----------------------------------------------------------------------------------------
+
+    def _entry(self, row: PromptRow, principal: Principal) -> tuple[str, dict[str, Any]] | None:
+        if row.job_id is None:
+            return None
+        try:
+            job: Job = self.services.store.get(row.job_id)
+        except NotFound:
+            return None
+        if not principal.owns(job.owner) or not job.state.terminal:
+            return None
+        return row.prompt_id, translate.history_entry(job, row.prompt_id)
+
+    def history(self, principal: Principal, max_items: int, offset: int | None) -> dict[str, Any]:
+        """The caller's finished prompts in submission order: the last ``max_items``, or, with an
+        ``offset``, ``max_items`` from that place counted from the oldest (ComfyUI's reading)."""
+        rows = self.files.prompts(principal.id, every_owner=principal.is_admin, limit=max_items,
+                                  offset=offset or 0, oldest_first=offset is not None)
+        if offset is None:
+            rows.reverse()
+        found = (self._entry(row, principal) for row in rows)
+        return dict(entry for entry in found if entry is not None)
+
+    def history_entry(self, principal: Principal, prompt_id: str) -> dict[str, Any]:
+        row = self.files.prompt(prompt_id)
+        if row is None or row.hidden:
+            return {}
+        entry = self._entry(row, principal)
+        return dict([entry]) if entry is not None else {}
+
+    # -- uploads ----------------------------------------------------------------------------------------
+
+    async def upload(self, request: Request, principal: Principal, *, mask: bool,
+                     limits: core_images.ImageLimits) -> dict[str, str]:
+        try:
+            form = await request.form(max_files=2, max_fields=MAX_FORM_FIELDS)
+        except Exception as exc:  # a body that is not a form: ComfyUI's 400
+            raise InvalidRequest(f"body: a multipart form is needed ({type(exc).__name__})",
+                                 field="body") from None
+        try:
+            upload = form.get("image")
+            if not isinstance(upload, UploadFile):
+                raise InvalidRequest("image: a file is needed", field="image")
+            name = files.clean_name(upload.filename, field="image")
+            kind = files.image_type(_text(form.get("type")), default="input")
+            subfolder = files.clean_subfolder(_text(form.get("subfolder")))
+            overwrite = (_text(form.get("overwrite")) or "").lower() in ("true", "1")
+            original = files.original_ref(_text(form.get("original_ref"))) if mask else None
+            data = await upload.read()
+        finally:
+            await form.close()
+
+        def store() -> str:
+            if original is not None:
+                source = files.find_image(self.files, self.services.store, principal, original)
+                stored = files.mask_onto(self.services.images.get(source), data, limits)
+                content_type = "image/png"
+            else:
+                stored, content_type = files.stored_bytes(data, limits, field="image")
+            image_id = self.services.images.put(stored, content_type=content_type)
+            runtime = self.services.state.find(ServerRuntime)
+            if runtime is not None:
+                runtime.uploads.record(image_id, owner=principal.id, content_type=content_type,
+                                       size=len(stored))
+            try:
+                return self.files.add(principal.id, kind, subfolder, name, image_id, overwrite=overwrite)
+            except ValueError as exc:
+                raise InvalidRequest(f"image: {exc}", field="image") from None
+
+        filed = await run_in_threadpool(store)
+        return {"name": filed, "subfolder": subfolder, "type": kind}
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def comfy_state(services: Services) -> ComfyState:
+    return services.state.setdefault(ComfyState, lambda: ComfyState(services))
