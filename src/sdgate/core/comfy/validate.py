@@ -166,6 +166,8 @@ def _cut(value: Any) -> str:
     if isinstance(value, int) and value.bit_length() > 2048:  # str() of it may raise, and says nothing
         return f"<an integer of {value.bit_length()} bits>"
     text = str(value)
+    if isinstance(value, int):  # numbers are shown whole, as ComfyUI shows them
+        return text
     return text if len(text) <= _ECHO_CHARS else text[:_ECHO_CHARS] + "..."
 
 
@@ -411,6 +413,15 @@ class _Validator:
         config = self._config(spec)
         if isinstance(value, list):
             return self._check_link(result, spec, value, config)
+        if spec.is_link:  # ComfyUI lets it through to fail at run time
+            return _reason(
+                "bad_linked_input",
+                "Bad linked input, must be a length-2 list of [node_id, slot_index]",
+                name,
+                input_name=name,
+                input_config=config,
+                received_value=_echo(value),
+            )
         if isinstance(value, dict) and "__value__" in value:
             value = value["__value__"]
         if spec.type in ("INT", "FLOAT", "STRING", "BOOLEAN"):
