@@ -19,8 +19,10 @@ Three set-ups, printed side by side:
 Every job runs the real worker path: claim (with its lease), the null engine (``--steps`` steps,
 64x64), a PNG into a local image store, the outcome, the events. Figures:
 
-- **throughput**: ``--jobs`` jobs submitted at once by ``--submitters`` threads; jobs/s from the
-  first submit to the API node hearing the last job's end.
+- **throughput**: ``--jobs`` jobs submitted at once by ``--submitters`` threads, each in
+  submissions of ``--submit-batch`` jobs (``submit_many``: one transaction each, as a caller with
+  many jobs submits them; 1: one ``submit`` per job); jobs/s from the first submit to the API node
+  hearing the last job's end.
 - **latency at low load**: ``--latency-jobs`` jobs one at a time; per job, *submit -> claim*
   (``started_at - created_at``, the rows' own clocks), *finish -> notified* (the API node's bus
   publishing the terminal event, minus ``finished_at``) and *end to end* (``submit()`` called to
@@ -242,7 +244,14 @@ def _measure_throughput(api: Stores, notified: Notified, figures: Figures, args:
     per_thread = [share + (k < extra) for k in range(args.submitters)]
 
     def submit(count: int, offset: int) -> None:
-        mine = [api.jobs.submit(_request(args.steps, offset + i)).id for i in range(count)]
+        mine: list[str] = []
+        for start in range(0, count, args.submit_batch):
+            end = min(count, start + args.submit_batch)
+            requests = [_request(args.steps, offset + i) for i in range(start, end)]
+            if len(requests) == 1:
+                mine.append(api.jobs.submit(requests[0]).id)
+            else:  # one transaction for the lot, as a batch API submits (SqlJobStore.submit_many)
+                mine += [job.id for job in api.jobs.submit_many(requests)]
         with lock:
             ids.extend(mine)
 
@@ -291,6 +300,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2000, help="jobs of the throughput run")
     parser.add_argument("--latency-jobs", type=int, default=200, help="jobs run one at a time")
     parser.add_argument("--submitters", type=int, default=4, help="threads submitting the throughput run")
+    parser.add_argument("--submit-batch", type=int, default=25,
+                        help="jobs per submission of the throughput run (submit_many; 1: one submit() each)")
     parser.add_argument("--steps", type=int, default=1, help="null-engine steps per job")
     parser.add_argument("--database-url",
                         default=os.environ.get("SDGATE_TEST_DATABASE_URL") or DEFAULT_PG_URL,

@@ -107,14 +107,25 @@ _NOTIFY = sa.select(sa.func.pg_notify(CHANNEL, sa.bindparam("payload", type_=sa.
 def write_events(conn: sa.Connection, kind: JobEventKind, changed: list[Job], origin: str) -> None:
     """Appends one row of ``kind`` per job of ``changed`` inside the caller's transaction, in one
     multi-row INSERT (and, on PostgreSQL, one NOTIFY for them all): a claim of a group of jobs."""
-    if not changed:
+    append_events(conn, [(kind, job) for job in changed], origin)
+
+
+_APPEND_MANY = sa.insert(job_events)
+
+
+def append_events(conn: sa.Connection, changes: list[tuple[JobEventKind, Job]], origin: str) -> None:
+    """Appends one row per ``(kind, job)`` of ``changes``, in their order, inside the caller's
+    transaction: one multi-row INSERT and, on PostgreSQL, one NOTIFY per kind among them (a batch
+    of submissions or outcomes; a follower wakes by the kinds it hears of)."""
+    if not changes:
         return
     now = datetime.now(UTC)
     rows = [{"job_id": job.id, "kind": kind.value, "data": {}, "job": job.model_dump(mode="json"),
-             "origin": origin, "created_at": now} for job in changed]
-    conn.execute(sa.insert(job_events), rows)
+             "origin": origin, "created_at": now} for kind, job in changes]
+    conn.execute(_APPEND_MANY, rows)
     if conn.dialect.name == "postgresql":
-        conn.execute(_NOTIFY, {"payload": f"{origin} {kind.value}"})
+        for kind in dict.fromkeys(kind for kind, _ in changes):
+            conn.execute(_NOTIFY, {"payload": f"{origin} {kind.value}"})
 
 
 @dataclass(frozen=True)

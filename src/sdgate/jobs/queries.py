@@ -144,6 +144,18 @@ def submit(anonymous: bool) -> sa.Executable:
 
 
 @cache
+def base_turn(anonymous: bool) -> sa.Executable:
+    """``submit_many``: the turn its first job gets, the one ``submit`` would give it (parameters
+    ``p_priority`` and, unless ``anonymous``, ``p_owner``); the next jobs take the turns after it."""
+    return sa.select(_turn_for(anonymous))
+
+
+# ``submit_many``'s multi-row INSERT (``SUBMIT_COLUMNS`` and ``turn``, one parameter set per job):
+# the rows come back in the order given, so their ``seq`` keeps the caller's order (FIFO).
+SUBMIT_MANY = sa.insert(jobs).returning(*jobs.c, sort_by_parameter_order=True)
+
+
+@cache
 def change(keys: tuple[str, ...], from_states: tuple[str, ...], held: bool, ending_pg: bool) -> sa.Executable:
     """``UPDATE jobs SET <keys> WHERE id = :job_id AND state IN from_states [AND worker_id =
     :w_worker_id] RETURNING *``, parameters ``v_<key>``. ``ending_pg``: the change ends the job on

@@ -49,8 +49,9 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -71,7 +72,7 @@ from sdgate.jobs.database import (
     transaction,
 )
 from sdgate.jobs.events import JobEvents
-from sdgate.jobs.outbox import write_event, write_events
+from sdgate.jobs.outbox import append_events, write_event, write_events
 from sdgate.jobs.schema import idempotency_keys, job_previews, jobs
 from sdgate.jobs.usage import charge_run
 from sdgate.jobs.workers import WORKER_TTL_S, WorkerRegistry
@@ -197,6 +198,17 @@ def _to_job(row: sa.Row[Any]) -> Job:
         result=GenerationResult.model_validate(result) if result else None,
         error=_readable(m["error"]),
     )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One job's end for ``SqlJobStore.finish_many``: ``state`` succeeded (with ``result``), failed
+    (with ``error``) or cancelled (a ``result`` optional, as ``cancelled``)."""
+
+    job_id: str
+    state: JobState
+    result: GenerationResult | None = None
+    error: dict[str, str] | None = None
 
 
 class SqlJobStore:
@@ -394,6 +406,63 @@ class SqlJobStore:
             job = self._record(conn, row)
         return self._announced(job)
 
+    def submit_many(
+        self,
+        requests: Sequence[GenerationRequest | PostprocessRequest | GraphRequest],
+        *,
+        dialect: str = "native",
+        owner: str | None = None,
+        priority: int = 0,
+        metadata: dict[str, Any] | None = None,
+        max_owner_jobs: int | None = None,
+    ) -> builtins.list[Job]:
+        """Queues several jobs of one caller in one transaction, as ``submit`` would one after the
+        other: in the order given (FIFO), each job the turn after the one before (fair scheduling
+        sees one owner's run of jobs), one ``queued`` outbox row each in one INSERT (one NOTIFY).
+        All or none: ``QueueFull`` when the queue cannot take them all below ``max_queue``,
+        ``TooManyJobs`` when ``owner`` would hold more than ``max_owner_jobs`` queued or running.
+        No idempotency key: a caller that needs one submits alone."""
+        if not requests:
+            return []
+        now = _now()
+        rows = [
+            {
+                "id": new_job_id(),
+                "state": JobState.QUEUED.value,
+                "dialect": dialect,
+                "owner": owner,
+                "priority": priority,
+                "request": request.model_dump(mode="json"),
+                "model": _job_model(request),
+                "batch_key": batch_key(request),
+                "meta": metadata or {},
+                "created_at": now,
+                "updated_at": now,
+                "attempts": 0,
+            }
+            for request in requests
+        ]
+        count = len(rows)
+        with self._tx(write=True) as conn:
+            if self._max_queue is not None or max_owner_jobs is not None:
+                serialize(conn, "jobs.queue")  # the counts stay true until this insert commits
+            if self._max_queue is not None and self._count_queued(conn) + count > self._max_queue:
+                raise QueueFull(f"the queue is full ({self._max_queue} jobs waiting)")
+            if max_owner_jobs is not None and self._count_held(conn, owner) + count > max_owner_jobs:
+                raise TooManyJobs(
+                    f"you may have {max_owner_jobs} job(s) queued or running at once; these {count} "
+                    "would be more: submit more when some finish"
+                )
+            first = conn.execute(queries.base_turn(owner is None),
+                                 {"p_owner": owner, "p_priority": priority}).scalar_one()
+            for turn, row in enumerate(rows, start=int(first)):
+                row["turn"] = turn
+            inserted = conn.execute(queries.SUBMIT_MANY, rows).all()
+            submitted = [_to_job(row) for row in inserted]
+            append_events(conn, [(JobEventKind.QUEUED, job) for job in submitted], self.origin)
+        self._announced_all([(JobEventKind.QUEUED, job) for job in submitted])
+        return submitted
+
     def claim_next(self, worker_id: str, *, prefer_models: Collection[str] = ()) -> Job | None:
         """The next job, running and leased to ``worker_id``: the head of the queue (highest
         priority, then turn, then FIFO), or, when the head has waited less than ``affinity_s``, the
@@ -578,6 +647,59 @@ class SqlJobStore:
             worker_id,
             result=result.model_dump(mode="json") if result is not None else None,
         )
+
+    def finish_many(self, outcomes: Sequence[Outcome], *, worker_id: str
+                    ) -> builtins.list[Job | Conflict | NotFound]:
+        """Records the outcomes of jobs ``worker_id`` holds (a claimed group run one after the
+        other, or one batch) in one transaction, each as ``succeed`` / ``fail`` / ``cancelled``
+        would: its terminal state, its preview dropped, its run charged to its owner's day, one
+        outbox row each (one INSERT, one NOTIFY per kind). One job's refusal is its own: per
+        outcome, in order, the finished job or the error the single call would raise (``Conflict``:
+        no longer held by ``worker_id``, or already ended; ``NotFound``); the others are recorded."""
+        if not outcomes:
+            return []
+        ends = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+        if any(outcome.state not in ends for outcome in outcomes):
+            raise ValueError("an outcome's state is succeeded, failed or cancelled")
+        if len({outcome.job_id for outcome in outcomes}) != len(outcomes):
+            raise ValueError("one outcome per job")
+        now = _now()
+        done: dict[str, Job] = {}
+        with self._tx(write=True) as conn:
+            ending_pg = conn.dialect.name == "postgresql"
+            for outcome in outcomes:
+                if "\x00" in outcome.job_id:
+                    continue
+                values = {"state": outcome.state.value, "finished_at": now, "lease_expires_at": None,
+                          "updated_at": now}
+                if outcome.state is JobState.FAILED:
+                    values["error"] = outcome.error or {}
+                else:
+                    values["result"] = outcome.result.model_dump(mode="json") if outcome.result else None
+                params = {f"v_{key}": value for key, value in values.items()}
+                params.update(job_id=outcome.job_id, w_worker_id=worker_id)
+                statement = queries.change(tuple(values), (JobState.RUNNING.value,), True, ending_pg)
+                row = conn.execute(statement, params).one_or_none()
+                if row is None:
+                    continue
+                if not ending_pg:
+                    conn.execute(queries.DROP_PREVIEW, {"job_id": outcome.job_id})
+                charge_run(conn, row.owner, row.started_at, row.finished_at)
+                done[outcome.job_id] = _to_job(row)
+            changes = [(_STATE_EVENT[job.state], job) for job in done.values()]
+            append_events(conn, changes, self.origin)
+        self._announced_all(changes)
+        return [done.get(o.job_id) or self._refusal(o.job_id, o.state, worker_id) for o in outcomes]
+
+    def _refusal(self, job_id: str, state: JobState, worker_id: str | None) -> Conflict | NotFound:
+        """Why a job's end was not recorded, the error ``_finish`` raises for it."""
+        try:
+            current = self.get(job_id)
+        except NotFound as exc:
+            return exc
+        if worker_id is not None and current.state is JobState.RUNNING:
+            return Conflict(f"job {job_id} is no longer held by {worker_id}")
+        return Conflict(f"job {job_id} is {current.state.value}; it cannot become {state.value}")
 
     def requeue_expired(self, *, max_attempts: int, now: datetime | None = None) -> builtins.list[str]:
         """Hands back running jobs whose lease ran out (their worker died or lost the database),
@@ -780,10 +902,7 @@ class SqlJobStore:
         values = {**values, "state": state.value, "finished_at": _now(), "lease_expires_at": None}
         job = self._update(job_id, from_states, values, worker_id=worker_id)
         if job is None:
-            current = self.get(job_id)  # raises NotFound
-            if worker_id is not None and current.state is JobState.RUNNING:
-                raise Conflict(f"job {job_id} is no longer held by {worker_id}")
-            raise Conflict(f"job {job_id} is {current.state.value}; it cannot become {state.value}")
+            raise self._refusal(job_id, state, worker_id)
         return self._announced(job)
 
     @property
@@ -811,6 +930,16 @@ class SqlJobStore:
         for hook in self._commit_hooks:
             hook()
         return job
+
+    def _announced_all(self, changes: builtins.list[tuple[JobEventKind, Job]]) -> None:
+        """``_announced`` for the changes of one transaction: each published, the hooks called once."""
+        if not changes:
+            return
+        if self._events is not None:
+            for kind, job in changes:
+                self._events.publish(kind, job)
+        for hook in self._commit_hooks:
+            hook()
 
     # -- cross-request batching (issue 17) -----------------------------------------------------
 
