@@ -26,6 +26,7 @@ from typing import Any
 
 from sdgate.core.engine import (
     EngineInputs,
+    EngineJob,
     EngineOutput,
     GeneratedImage,
     GenerationControl,
@@ -36,7 +37,8 @@ from sdgate.core.engine import (
 from sdgate.core.errors import InvalidRequest, ModelNotFound, OutOfMemory
 from sdgate.core.models import AssetFile, ModelCatalog, ModelInfo
 from sdgate.core.requests import GenerationRequest, Mode
-from sdgate.engine import embeddings, hires, img2img, lora, memory, ngms, restorers, vae
+from sdgate.engine import compile as compilation
+from sdgate.engine import embeddings, hires, img2img, lora, memory, ngms, previews, restorers, vae
 from sdgate.engine import refiner as refiners
 from sdgate.engine.cache import ModelCache
 from sdgate.engine.common import JobShape, StepTracker, infotext, infotext_params, resolve_shape
@@ -165,6 +167,7 @@ class DiffusersEngine:
         self._lock = threading.Lock()
         self._budget: MemoryBudget | None = None
         self._names: dict[str, str] = {}  # cache key -> the model's name, while it is loaded
+        compilation.check_settings(settings)  # a bad --warmup fails here, at start
         _quiet_loading()
         log.info("diffusers engine on %s (%s), model cache %.1f GiB", self.device, self.dtype, budget / 2**30)
 
@@ -196,6 +199,18 @@ class DiffusersEngine:
     def memory_stats(self) -> dict[str, Any] | None:
         """The ``cuda`` part of A1111's ``/memory``; None off CUDA."""
         return memory_stats(self.device)
+
+    def batch_rows(self, request: GenerationRequest) -> int:
+        """Rows one UNet batch of ``request``'s shape may hold now (``engine.batching``)."""
+        from sdgate.engine import batching
+
+        return batching.batch_rows(self, request)
+
+    def generate_batch(self, jobs: Sequence[EngineJob]) -> list[EngineOutput | BaseException]:
+        """Compatible jobs as rows of one UNet batch; per job its own outcome (``engine.batching``)."""
+        from sdgate.engine import batching
+
+        return batching.generate_batch(self, jobs)
 
     def generate(
         self, request: GenerationRequest, inputs: EngineInputs, control: GenerationControl
@@ -352,6 +367,7 @@ class DiffusersEngine:
 
     def _on_evict(self, key: str, model: LoadedModel) -> None:
         self._names.pop(key, None)
+        compilation.release(model.loaded.pipeline)  # its compiled graphs go with it
         model.loaded.pipeline = None  # drop the last reference before returning memory
         free_memory(self.device)
 
@@ -377,6 +393,8 @@ class DiffusersEngine:
                 model_bytes=size,
             )
             memory.apply(loaded.pipeline, plan, self.device)
+        compilation.prepare(loaded, self.settings, self.device)  # --compile: warms its buckets up
+        previews.attach(loaded, self.settings)
         return loaded
 
     def _run(self, job: _Job, started: float, loaded_at: float) -> EngineOutput:
