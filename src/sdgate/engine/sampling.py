@@ -14,18 +14,10 @@ from PIL import Image
 from sdgate.core.engine import StepAction
 from sdgate.core.errors import GenerationFailed, InvalidRequest
 from sdgate.core.requests import MAX_SEED, GenerationRequest
+from sdgate.engine import previews
 from sdgate.engine.common import StepTracker
 
 MAX_SEED_RESIZE = 16384  # pixels per side: the noise is drawn at this size
-
-# Latent -> RGB projections (A1111's "Approx cheap" preview); rows are latent channels.
-PREVIEW_SD = ((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473))
-PREVIEW_SDXL = (
-    (0.3448, 0.4168, 0.4395),
-    (-0.1953, -0.0290, 0.0250),
-    (0.1074, 0.0886, -0.0163),
-    (-0.3730, -0.2499, -0.2088),
-)
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -91,18 +83,6 @@ def paste_centred(noise: torch.Tensor, background: torch.Tensor) -> torch.Tensor
     return out
 
 
-def latent_preview(latents: torch.Tensor, family: str | None) -> Image.Image:
-    """The first image of a latent batch as RGB by a linear projection: no VAE, a few microseconds."""
-    x = latents[0].float()
-    if x.shape[0] == 4:
-        coefs = torch.tensor(PREVIEW_SDXL if family == "sdxl" else PREVIEW_SD, device=x.device)
-        rgb = torch.einsum("chw,cr->rhw", x, coefs)
-    else:  # an unknown latent space: show its first channels
-        rgb = x[:3] if x.shape[0] >= 3 else x[:1].expand(3, -1, -1)
-    array = ((rgb + 1.0) / 2.0).clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(array, "RGB")
-
-
 class StepCallback:
     """diffusers' ``callback_on_step_end``: reports steps and stops the loop when asked to.
 
@@ -120,8 +100,8 @@ class StepCallback:
         begin = getattr(pipe.scheduler, "begin_index", None) or 0
         total = max(1, len(pipe.scheduler.timesteps) - begin)
         latents = kwargs["latents"][:1].detach().clone()  # a snapshot: the preview may render later
-        family = self.family
-        action = self.tracker.advance(min(index + 1, total), total, lambda: latent_preview(latents, family))
+        preview = previews.for_step(pipe, latents, self.family)  # built only when someone asks
+        action = self.tracker.advance(min(index + 1, total), total, preview)
         if action != StepAction.CONTINUE:
             pipe._interrupt = True
         return {}
