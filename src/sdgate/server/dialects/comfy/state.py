@@ -12,7 +12,7 @@ from starlette.requests import Request
 
 from sdgate.core import images as core_images
 from sdgate.core.errors import InvalidRequest, NotFound
-from sdgate.core.jobs import Job
+from sdgate.core.jobs import Job, JobState
 from sdgate.jobs.comfy_files import ComfyFiles, PromptRow
 from sdgate.server.auth import Principal
 from sdgate.server.dialects.comfy import files, translate
@@ -85,6 +85,8 @@ class ComfyState:
             return None
         if not principal.owns(job.owner) or not job.state.terminal:
             return None
+        if job.state is JobState.CANCELLED and job.started_at is None:
+            return None  # deleted from the queue before it ran: ComfyUI never lists those
         return row.prompt_id, translate.history_entry(job, row.prompt_id)
 
     def history(self, principal: Principal, max_items: int, offset: int | None) -> dict[str, Any]:
