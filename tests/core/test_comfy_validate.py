@@ -576,6 +576,23 @@ def test_total_steps_are_bounded() -> None:
     )
 
 
+def test_loras_are_bounded() -> None:
+    prompt = graphs.lora(CKPT, "detail.safetensors")
+    prompt["11"] = {
+        "class_type": "LoraLoaderModelOnly",
+        "inputs": {"model": ["10", 0], "lora_name": "detail.safetensors", "strength_model": -0.5},
+    }
+    prompt["3"]["inputs"]["model"] = ["11", 0]
+    assert ok(prompt, limits=GraphLimits(max_loras=2)).node_errors == {}
+    reason = node_error(refused(prompt, limits=GraphLimits(max_loras=1)), "11")
+    assert reason["details"] == "lora_name - the prompt loads 2 LoRAs, over the limit of 1 (max_loras)"
+
+
+def test_largest_known_size() -> None:
+    assert ok(graphs.hires(CKPT, width=512, height=768, scale_by=1.5)).largest_size == (768, 1152)
+    assert ok(graphs.img2img(CKPT, "example.png")).largest_size is None
+
+
 def test_text_over_max_prompt_bytes() -> None:
     limits = GraphLimits(max_prompt_bytes=100)
     reason = node_error(refused(graphs.txt2img(CKPT, positive="é" * 51), limits=limits), "6")
@@ -595,7 +612,7 @@ def test_limits_from_settings() -> None:
         5,
     )
     assert (limits.max_prompt_bytes, limits.size_multiple, limits.max_total_steps) == (999, 16, 1500)
-    assert limits.max_nodes == 500
+    assert limits.max_nodes == 500 and limits.max_loras == settings.max_loras
 
 
 # --- hostile graphs ------------------------------------------------------------------------------
@@ -637,9 +654,9 @@ def test_deep_chain_is_refused_past_max_depth() -> None:
 def test_deep_chain_walks_without_recursion() -> None:
     limits = GraphLimits(max_nodes=100_000, max_depth=100_000)
     start = time.perf_counter()
-    result = ok(_chain(30_000), limits=limits)
+    result = ok(_chain(10_000), limits=limits)
     assert time.perf_counter() - start < 5
-    assert len(result.graph) == 30_007
+    assert len(result.graph) == 10_007
 
 
 def test_cycle() -> None:

@@ -29,6 +29,7 @@ class GraphLimits:
     max_total_steps: int = 1500  # the steps of every sampler of the prompt together
     max_batch_images: int = 64  # one batch, and the images all output nodes write together
     max_prompt_bytes: int = 64 * 1024  # every STRING input (UTF-8)
+    max_loras: int = 32  # LoraLoader / LoraLoaderModelOnly nodes of the prompt
     size_multiple: int = 8  # the model's VAE factor: latents are width // size_multiple wide
 
     @classmethod
@@ -49,6 +50,7 @@ class GraphLimits:
             max_total_steps=settings.max_total_steps,
             max_batch_images=settings.max_batch_images,
             max_prompt_bytes=settings.max_prompt_bytes,
+            max_loras=settings.max_loras,
             size_multiple=max(1, size_multiple),
         )
 

@@ -1,5 +1,5 @@
-"""Validate a ComfyUI API-format prompt as ComfyUI's ``execution.validate_prompt`` does, and answer
-``/object_info`` from the same specs.
+"""Validate a ComfyUI API-format prompt as ComfyUI's ``execution.validate_prompt`` does
+(``object_info`` and ``Choices`` live in ``info`` and are re-exported here).
 
 The errors are ComfyUI's, word for word (``reference/other_apis.md`` §1.4): a prompt-level error
 (``no_prompt``, ``invalid_prompt``, ``prompt_no_outputs``, ``prompt_outputs_failed_validation``)
@@ -17,40 +17,19 @@ to a missing node or output, or a cycle, is a reason on the node that holds it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sdgate.core.comfy import shapes
+from sdgate.core.comfy.info import Choices, combo_values, input_config, object_info
 from sdgate.core.comfy.limits import GraphLimits
-from sdgate.core.comfy.nodes import NODES, SAMPLERS, SCHEDULERS, InputSpec, NodeSpec
+from sdgate.core.comfy.nodes import NODES, InputSpec
 
 __all__ = ["Choices", "GraphInvalid", "GraphLimits", "ValidatedGraph", "object_info", "validate_prompt"]
 
 _ECHO_CHARS = 256  # received values echoed in an error are cut to this many characters
 _INPUT_ANNOTATION = " [input]"  # "x.png [input]": ComfyUI's annotated name for an input-folder file
-
-
-@dataclass(frozen=True)
-class Choices:
-    """What COMBO inputs may name, as ComfyUI lists them (file names with extensions, relative
-    paths with "/"). ``image_sizes``: the (width, height) of input images where the caller knows
-    them, so sizes derived from them are bounded before the job exists."""
-
-    checkpoints: Sequence[str] = ()
-    loras: Sequence[str] = ()
-    vae: Sequence[str] = ()
-    upscale_models: Sequence[str] = ()
-    input_images: Sequence[str] = ()
-    image_sizes: Mapping[str, tuple[int, int]] = field(default_factory=dict)
-
-    def options(self, name: str) -> Sequence[str]:
-        if name == "samplers":
-            return SAMPLERS
-        if name == "schedulers":
-            return SCHEDULERS
-        values: Sequence[str] = getattr(self, name)
-        return values
 
 
 @dataclass(frozen=True)
@@ -61,6 +40,8 @@ class ValidatedGraph:
     input_images: tuple[str, ...]  # LoadImage/LoadImageMask file names used
     image_count: int  # images the output nodes will write
     checkpoint: str | None  # the first ckpt_name loaded
+    # The largest image or latent whose size is known before it runs (pixels), for memory estimates.
+    largest_size: tuple[int, int] | None = None
 
 
 class GraphInvalid(Exception):
@@ -69,71 +50,6 @@ class GraphInvalid(Exception):
     def __init__(self, body: dict[str, Any]) -> None:
         super().__init__(body["error"]["message"])
         self.body = body
-
-
-# --- object_info ------------------------------------------------------------------------------
-
-
-def object_info(
-    choices: Choices, class_type: str | None = None, *, limits: GraphLimits | None = None
-) -> dict[str, Any]:
-    """``GET /object_info`` (every node) or ``/object_info/{class_type}`` ({} for an unknown one),
-    in ComfyUI's V1 NodeInfo shape. With ``limits``, ranges show our tighter maxima."""
-    if class_type is None:
-        return {name: node_info(spec, choices, limits) for name, spec in NODES.items()}
-    spec = NODES.get(class_type)
-    return {} if spec is None else {class_type: node_info(spec, choices, limits)}
-
-
-def node_info(spec: NodeSpec, choices: Choices, limits: GraphLimits | None = None) -> dict[str, Any]:
-    required = {i.name: input_config(i, choices, limits) for i in spec.inputs if i.required}
-    optional = {i.name: input_config(i, choices, limits) for i in spec.inputs if not i.required}
-    inputs: dict[str, Any] = {"required": required}
-    if optional:
-        inputs["optional"] = optional
-    if spec.hidden:
-        inputs["hidden"] = dict(spec.hidden)
-    info: dict[str, Any] = {
-        "input": inputs,
-        "input_order": {key: list(value) for key, value in inputs.items()},
-        "output": list(spec.outputs),
-        "output_is_list": [False] * len(spec.outputs),
-        "output_name": list(spec.output_names),
-        "name": spec.class_type,
-        "display_name": spec.display_name,
-        "description": spec.description,
-        "python_module": spec.python_module,
-        "category": spec.category,
-        "output_node": spec.output_node,
-    }
-    if spec.output_tooltips:
-        info["output_tooltips"] = list(spec.output_tooltips)
-    return info
-
-
-def input_config(spec: InputSpec, choices: Choices, limits: GraphLimits | None = None) -> list[Any]:
-    """One input as ComfyUI lists it: ``[TYPE, options]`` (a combo's TYPE is its list of values),
-    or ``[TYPE]`` when it has no options."""
-    type_: Any = list(_combo_values(spec, choices)) if spec.type == "COMBO" else spec.type
-    options: dict[str, Any] = {}
-    if spec.default is not None and spec.type != "COMBO":
-        options["default"] = spec.default
-    for key in ("min", "max", "step", "round"):
-        value = getattr(spec, key)
-        if value is not None:
-            options[key] = value
-    if limits is not None and spec.type == "INT" and "max" in options:
-        tighter = limits.input_max(spec.name)
-        if tighter is not None and tighter < options["max"]:
-            options["max"] = tighter
-    options.update(spec.extra)
-    return [type_, options] if options else [type_]
-
-
-def _combo_values(spec: InputSpec, choices: Choices) -> Sequence[str]:
-    if isinstance(spec.options, str):
-        return choices.options(spec.options)
-    return spec.options or ()
 
 
 # --- validate_prompt --------------------------------------------------------------------------
@@ -201,7 +117,9 @@ class _Validator:
         self.targets = None if targets is None else {str(t) for t in targets if isinstance(t, str | int)}
         self.results: dict[str, _Result] = {}
         self.total_steps = 0
+        self.loras = 0
         self._option_sets: dict[str, frozenset[str]] = {}
+        self._configs: dict[int, list[Any]] = {}  # by id() of the InputSpec: NODES holds them all
 
     # 1. the prompt as a whole --------------------------------------------------------------
     def run(self) -> ValidatedGraph:
@@ -347,6 +265,15 @@ class _Validator:
             self._fail(result, name, problem)
         if class_type in ("KSampler", "KSamplerAdvanced") and result.valid:
             self._count_steps(class_type, result)
+        if class_type in ("LoraLoader", "LoraLoaderModelOnly"):
+            self.loras += 1
+            if self.loras > self.limits.max_loras:
+                limit = self.limits.max_loras
+                self._fail(
+                    result,
+                    "lora_name",
+                    f"the prompt loads {self.loras} LoRAs, over the limit of {limit} (max_loras)",
+                )
 
     def _count_steps(self, class_type: str, result: _Result) -> None:
         inputs = result.inputs
@@ -413,7 +340,7 @@ class _Validator:
         config = self._config(spec)
         if isinstance(value, list):
             return self._check_link(result, spec, value, config)
-        if spec.is_link:  # ComfyUI lets it through to fail at run time
+        if spec.is_link:  # ComfyUI lets it through, to fail at run time
             return _reason(
                 "bad_linked_input",
                 "Bad linked input, must be a length-2 list of [node_id, slot_index]",
@@ -506,38 +433,34 @@ class _Validator:
         self, result: _Result, spec: InputSpec, value: list[Any], config: list[Any]
     ) -> dict[str, Any] | None:
         name = spec.name
-        extra = {"input_name": name, "input_config": config, "received_value": _echo(value)}
-        if len(value) != 2:
+
+        def bad(message: str, details: str) -> dict[str, Any]:
             return _reason(
                 "bad_linked_input",
-                "Bad linked input, must be a length-2 list of [node_id, slot_index]",
-                name,
-                **extra,
+                message,
+                details,
+                input_name=name,
+                input_config=config,
+                received_value=_echo(value),
             )
+
+        if len(value) != 2:
+            return bad("Bad linked input, must be a length-2 list of [node_id, slot_index]", name)
         source, index = value
         if isinstance(source, int) and not isinstance(source, bool):
             source = str(source)
         if not isinstance(source, str) or not isinstance(index, int) or isinstance(index, bool):
-            return _reason(
-                "bad_linked_input",
-                "Bad linked input, must be a length-2 list of [node_id, slot_index]",
-                name,
-                **extra,
-            )
+            return bad("Bad linked input, must be a length-2 list of [node_id, slot_index]", name)
         if source not in self.prompt:
-            return _reason(
-                "bad_linked_input",
+            return bad(
                 "Bad linked input, the linked node does not exist",
                 f"{name}, node '{_cut(source)}' does not exist",
-                **extra,
             )
         linked = NODES[self.prompt[source]["class_type"]]
         if not 0 <= index < len(linked.outputs):
-            return _reason(
-                "bad_linked_input",
+            return bad(
                 "Bad linked input, the linked node has no such output",
                 f"{name}, node '{source}' ({linked.class_type}) has no output {index}",
-                **extra,
             )
         received = linked.outputs[index]
         if received != spec.type:
@@ -556,14 +479,18 @@ class _Validator:
         return None
 
     def _config(self, spec: InputSpec) -> list[Any]:
-        config = input_config(spec, self.choices, self.limits)
-        return config if len(config) == 2 else [config[0], {}]
+        """The input as ``/object_info`` shows it, always ``[TYPE, options]`` (ComfyUI's input_config)."""
+        config = self._configs.get(id(spec))
+        if config is None:
+            config = input_config(spec, self.choices, self.limits)
+            config = self._configs[id(spec)] = config if len(config) == 2 else [config[0], {}]
+        return config
 
     def _option_set(self, spec: InputSpec) -> frozenset[str]:
         key = spec.options if isinstance(spec.options, str) else f"{spec.name}:{id(spec)}"
         found = self._option_sets.get(key)
         if found is None:
-            found = self._option_sets[key] = frozenset(_combo_values(spec, self.choices))
+            found = self._option_sets[key] = frozenset(combo_values(spec, self.choices))
         return found
 
     # 5. what runs ---------------------------------------------------------------------------
@@ -593,16 +520,29 @@ class _Validator:
         graph: dict[str, Any] = {}
         images: list[str] = []
         checkpoint: str | None = None
+        largest: tuple[int, int] | None = None
         for node_id, node in self.prompt.items():  # the prompt's own order
             if node_id not in needed:
                 continue
             inputs = self.results[node_id].inputs
+            for shape in self.results[node_id].shapes:
+                largest = _larger(largest, shape)
             graph[node_id] = {"class_type": node["class_type"], "inputs": inputs}
             if node["class_type"] in ("LoadImage", "LoadImageMask") and inputs["image"] not in images:
                 images.append(inputs["image"])
             if node["class_type"] == "CheckpointLoaderSimple" and checkpoint is None:
                 checkpoint = inputs["ckpt_name"]
-        return ValidatedGraph(graph, tuple(good), node_errors, tuple(images), image_count, checkpoint)
+        return ValidatedGraph(
+            graph, tuple(good), node_errors, tuple(images), image_count, checkpoint, largest
+        )
+
+
+def _larger(largest: tuple[int, int] | None, shape: shapes.Shape | None) -> tuple[int, int] | None:
+    if shape is None or shape.width is None or shape.height is None:
+        return largest
+    if largest is None or shape.width * shape.height > largest[0] * largest[1]:
+        return (shape.width, shape.height)
+    return largest
 
 
 def _cast(type_: str, value: Any) -> Any:
