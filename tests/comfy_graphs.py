@@ -61,9 +61,11 @@ def txt2img(
     }
 
 
-def img2img(ckpt: str, image_name: str, *, denoise: float = 0.6, seed: int = 42, steps: int = 20) -> Graph:
+def img2img(
+    ckpt: str, image_name: str, *, denoise: float = 0.6, seed: int = 42, steps: int = 20, **txt2img_args: Any
+) -> Graph:
     """LoadImage -> VAEEncode -> KSampler (denoise < 1) in place of the empty latent."""
-    graph = txt2img(ckpt, seed=seed, steps=steps)
+    graph = txt2img(ckpt, seed=seed, steps=steps, **txt2img_args)
     del graph["5"]
     graph["10"] = {"class_type": "LoadImage", "inputs": {"image": image_name}}
     graph["11"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}}
@@ -72,9 +74,11 @@ def img2img(ckpt: str, image_name: str, *, denoise: float = 0.6, seed: int = 42,
     return graph
 
 
-def inpaint(ckpt: str, image_name: str, *, grow_mask_by: int = 6, seed: int = 42, steps: int = 20) -> Graph:
+def inpaint(
+    ckpt: str, image_name: str, *, grow_mask_by: int = 6, seed: int = 42, steps: int = 20, **txt2img_args: Any
+) -> Graph:
     """LoadImage (its alpha is the mask) -> VAEEncodeForInpaint -> KSampler at denoise 1.0."""
-    graph = txt2img(ckpt, seed=seed, steps=steps)
+    graph = txt2img(ckpt, seed=seed, steps=steps, **txt2img_args)
     del graph["5"]
     graph["10"] = {"class_type": "LoadImage", "inputs": {"image": image_name}}
     graph["11"] = {
@@ -97,10 +101,17 @@ def inpaint_noise_mask(
 
 
 def lora(
-    ckpt: str, lora_name: str, *, strength_model: float = 1.0, strength_clip: float = 1.0, seed: int = 42
+    ckpt: str,
+    lora_name: str,
+    *,
+    strength_model: float = 1.0,
+    strength_clip: float = 1.0,
+    seed: int = 42,
+    **txt2img_args: Any,
 ) -> Graph:
-    """txt2img with a LoraLoader between the checkpoint and the sampler and prompts."""
-    graph = txt2img(ckpt, seed=seed)
+    """txt2img (``txt2img_args``: its keywords) with a LoraLoader between the checkpoint and the
+    sampler and prompts."""
+    graph = txt2img(ckpt, seed=seed, **txt2img_args)
     graph["10"] = {
         "class_type": "LoraLoader",
         "inputs": {
@@ -126,9 +137,10 @@ def hires(
     second_steps: int = 10,
     denoise: float = 0.5,
     seed: int = 42,
+    steps: int = 20,
 ) -> Graph:
     """The "latent hires fix": sample, LatentUpscaleBy, sample again at denoise < 1, decode, save."""
-    graph = txt2img(ckpt, seed=seed, width=width, height=height)
+    graph = txt2img(ckpt, seed=seed, width=width, height=height, steps=steps)
     graph["10"] = {
         "class_type": "LatentUpscaleBy",
         "inputs": {"samples": ["3", 0], "upscale_method": "nearest-exact", "scale_by": scale_by},

@@ -600,6 +600,14 @@ def test_text_over_max_prompt_bytes() -> None:
     assert reason["details"] == "text - the text is over the limit of 100 bytes (max_prompt_bytes)"
 
 
+@pytest.mark.parametrize("prefix", ["../../etc/x", "/tmp/x", "a/../../x", "C:/x", "..\\x", "x\x00"])
+def test_filename_prefix_outside_the_output_folder(prefix: str) -> None:
+    reason = node_error(refused(graphs.txt2img(CKPT, filename_prefix=prefix)), "9")
+    assert reason["details"] == "filename_prefix - Saving image outside the output folder is not allowed."
+    for fine in ("renders/%date:yyyy-MM-dd%/cat", "%date:yyyy-MM-dd%/ComfyUI", "a..b"):
+        assert ok(graphs.txt2img(CKPT, filename_prefix=fine)).outputs == ("9",)
+
+
 def test_limits_from_settings() -> None:
     settings = Settings(
         max_side=3000, max_pixels=5_000_000, max_steps=77, max_batch_images=5, max_prompt_bytes=999

@@ -395,6 +395,13 @@ class _Validator:
                 "(max_prompt_bytes)",
                 input_name=name,
             )
+        if name == "filename_prefix" and _escapes(value):  # ComfyUI refuses it when the node runs
+            return _reason(
+                "custom_validation_failed",
+                "Custom validation failed for node",
+                f"{name} - Saving image outside the output folder is not allowed.",
+                input_name=name,
+            )
         if spec.type == "COMBO":
             reason = self._check_combo(spec, value, config)
             if reason is not None:
@@ -535,6 +542,13 @@ class _Validator:
         return ValidatedGraph(
             graph, tuple(good), node_errors, tuple(images), image_count, checkpoint, largest
         )
+
+
+def _escapes(prefix: str) -> bool:
+    """Whether a SaveImage prefix ("sub/dir/name" is fine) would leave the output folder."""
+    parts = prefix.replace("\\", "/").split("/")
+    drive = len(prefix) >= 2 and prefix[1] == ":" and prefix[0].isascii() and prefix[0].isalpha()  # C:
+    return prefix.startswith(("/", "\\")) or ".." in parts or "\x00" in prefix or drive
 
 
 def _larger(largest: tuple[int, int] | None, shape: shapes.Shape | None) -> tuple[int, int] | None:
