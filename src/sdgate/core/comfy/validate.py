@@ -11,7 +11,10 @@ Beyond ComfyUI: the graph is bounded (``GraphLimits``: node count, link depth, c
 batches, steps, text) and walked without recursion, so a hostile prompt is refused in time linear
 in its size; our limits tighten the ranges (``value_bigger_than_max`` names our maximum) or, for
 values derived through the graph, fail as ``custom_validation_failed`` naming the setting; a link
-to a missing node or output, or a cycle, is a reason on the node that holds it.
+to a missing node or output (``bad_linked_input``) or a cycle (``dependency_cycle``, ComfyUI's
+execution-time words) is a reason on the node that holds it; NaN and infinities are
+``invalid_input_type``; a SaveImage ``filename_prefix`` that leaves the output folder fails here
+rather than when the node runs. Received values are echoed JSON-safe (no NaN) and cut short.
 """
 
 from __future__ import annotations
