@@ -943,6 +943,8 @@ class SqlJobStore:
 
     # -- cross-request batching (issue 17) -----------------------------------------------------
 
+    _MATE_LOOKAHEAD = 16
+
     def claim_batch_mates(self, worker_id: str, *, batch_key: str, priority: int,
                           max_rows: int) -> builtins.list[Job]:
         """Queued jobs of ``priority`` and ``batch_key`` that fit in ``max_rows`` image rows together
@@ -953,13 +955,16 @@ class SqlJobStore:
             return []
         now = _now()
         with self._tx(write=True) as conn:
-            params = {"priority": priority, "batch_key": batch_key, "limit": max_rows}
+            # Some candidates beyond max_rows: a job too large for the rows left does not hide the rest.
+            params = {"priority": priority, "batch_key": batch_key, "limit": max_rows + self._MATE_LOOKAHEAD}
             seqs, rows = [], 0
             for candidate in conn.execute(queries.BATCH_CANDIDATES, params):
                 need = self._request_rows(candidate.request)
                 if rows + need <= max_rows:
                     seqs.append(candidate.seq)
                     rows += need
+                if rows == max_rows:
+                    break
             if not seqs:
                 return []
             claimed_rows = conn.execute(
