@@ -1,8 +1,8 @@
 """Cross-request batching (issue 17) on the tiny models: a job's images are the same batched as alone.
 
 Tolerance (``engine.batching``): at most 2/255 per channel on 8-bit pixels; only the UNet's batched
-kernels differ from a single call. Every batched run here checks that ``generate`` was not used, so
-the jobs really shared a pipeline call.
+kernels differ from a single call. The batched runs check that ``generate`` was not used, so the
+jobs really shared a pipeline call.
 """
 
 from __future__ import annotations
@@ -111,7 +111,9 @@ def mates() -> list[GenerationRequest]:
 # --- equality -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M", "Heun"])
+# Ancestral (per-row generators), multistep (past outputs per row), second order, and the SDE
+# samplers (a Brownian tree per row's seed; per-row generator noise).
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M", "Heun", "DPM++ SDE", "DPM++ 2M SDE"])
 def test_each_job_equals_its_image_alone(
     engine: DiffusersEngine, monkeypatch: pytest.MonkeyPatch, sampler: str
 ) -> None:

@@ -409,6 +409,7 @@ def _draw(group: _Group, members: list[_Member]) -> None:
     for note in dict.fromkeys(plan.notes):
         log.warning("%s", note)
     pipe.scheduler = plan.scheduler  # put back after the call (_call_state)
+    log.info("batch of %d jobs, %d rows of %dx%d", len(members), len(seeds), shape.width, shape.height)
     # 3. Sample every row, reporting each job's steps.
     guided = first.cfg_scale > 1.0 and pipe.unet.config.get("time_cond_proj_dim") is None
     spans = [(slice(m.first_row, m.stop_row), m.request.cfg_scale) for m in members]
@@ -524,6 +525,7 @@ def _finish(group: _Group, member: _Member, plan: Any, latents: Any) -> Outcome:
     """The member's ``EngineOutput`` (its live iterations decoded in their own chunks, with the
     infotexts and notes of a single call), or what ended it."""
     from sdgate.engine import lora
+    from sdgate.engine.devices import is_oom
     from sdgate.engine.diffusers_engine import _Draw, _Job, _Seconds
     from sdgate.engine.sampling import check_finite, decode_latents
 
@@ -546,6 +548,8 @@ def _finish(group: _Group, member: _Member, plan: Any, latents: Any) -> Outcome:
             draw = _Draw(it, pipe, plan, seeds[part], subseeds[part], None, None)
             images.extend(engine._images(single, draw, pictures, extras))
     except Exception as exc:  # NaNs in its rows, a failed decode or face restore: this job's own
+        if is_oom(exc):  # not this job's fault: the group's jobs without an outcome run alone
+            raise
         return exc
     done = time.perf_counter()
     return EngineOutput(
