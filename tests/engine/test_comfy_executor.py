@@ -23,7 +23,10 @@ from sdgate.engine.comfy.values import Latent
 from sdgate.engine.diffusers_engine import DiffusersEngine
 from sdgate.engine.null import NullEngine
 from sdgate.settings import Settings
+from tests import comfy_graphs
+from tests.engine.spandrel_models import write_upscaler
 from tests.engine.test_lora import make_lora
+from tests.engine.test_vae import vae_state, write_vae
 
 CKPT = "tiny.safetensors"
 SIZE = 64
@@ -35,12 +38,18 @@ def comfy_engine(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory
     models = tmp_path_factory.mktemp("comfy-models")
     (models / "checkpoints").mkdir()
     (models / "checkpoints" / CKPT).symlink_to(tiny_models_dir / "Stable-diffusion" / "tiny-sd15.safetensors")
+    for name in ("tiny-sdxl.safetensors", "tiny-sd15-f4.safetensors"):
+        (models / "checkpoints" / name).symlink_to(tiny_models_dir / "Stable-diffusion" / name)
     make_lora(models / "loras" / "ink.safetensors", "kohya", 1)
+    write_vae(models / "vae" / "other.safetensors", vae_state(3, "ldm"))
+    write_upscaler(models, "Compact", name="tiny-x")
     settings = Settings(data_dir=tmp_path_factory.mktemp("data"), models_dir=models, device="cpu")
     return DiffusersEngine(settings, ModelCatalog(settings, builtin_dir=None))
 
 
-def txt2img(seed: int = 7, *, prompt: str = "a red circle", batch: int = 1, **sampler: Any) -> dict[str, Any]:
+def txt2img(
+    seed: int = 7, *, prompt: str = "a red circle", batch: int = 1, ckpt: str = CKPT, **sampler: Any
+) -> dict[str, Any]:
     """The canonical txt2img graph (``reference/other_apis.md`` §1.7), tiny."""
     ks = {
         "seed": seed, "steps": STEPS, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
@@ -386,3 +395,111 @@ def test_null_engine_gives_blank_images_of_the_graph_sizes(tmp_path: Path) -> No
     assert [r.step for r in control.reports if r.node == "3"] == [0, 1, 2, 3]
     buffer = io.BytesIO()
     out.images[0].image.save(buffer, format="PNG")
+
+
+def test_clip_set_last_layer_changes_the_conditioning(comfy_engine: DiffusersEngine) -> None:
+    def skipping(layer: int) -> dict[str, Any]:
+        graph = txt2img()
+        graph["24"] = {
+            "class_type": "CLIPSetLastLayer",
+            "inputs": {"clip": ["4", 1], "stop_at_clip_layer": layer},
+        }
+        graph["6"]["inputs"]["clip"] = graph["7"]["inputs"]["clip"] = ["24", 0]
+        return graph
+
+    last = pixels(run(comfy_engine, skipping(-1)))
+    np.testing.assert_array_equal(last, pixels(run(comfy_engine, txt2img())))
+    assert not np.array_equal(last, pixels(run(comfy_engine, skipping(-2))))
+
+
+def test_vae_loader_decodes_with_the_file(comfy_engine: DiffusersEngine) -> None:
+    graph = txt2img()
+    graph["25"] = {"class_type": "VAELoader", "inputs": {"vae_name": "other.safetensors"}}
+    graph["8"]["inputs"]["vae"] = ["25", 0]
+    other = pixels(run(comfy_engine, graph))
+    own = pixels(run(comfy_engine, txt2img()))
+    assert other.shape == own.shape and not np.array_equal(other, own)
+    np.testing.assert_array_equal(
+        own, pixels(run(comfy_engine, txt2img()))
+    )  # the model's VAE is its own again
+
+
+def test_upscale_model_multiplies_the_size(comfy_engine: DiffusersEngine) -> None:
+    graph = txt2img()
+    graph["26"] = {"class_type": "UpscaleModelLoader", "inputs": {"model_name": "tiny-x.safetensors"}}
+    graph["27"] = {
+        "class_type": "ImageUpscaleWithModel",
+        "inputs": {"upscale_model": ["26", 0], "image": ["8", 0]},
+    }
+    graph["9"]["inputs"]["images"] = ["27", 0]
+    out = run(comfy_engine, graph)
+    width, height = out.images[0].image.size
+    assert width == height and width > SIZE and width % SIZE == 0
+    assert f"Size: {width}x{height}" in out.images[0].infotext
+
+
+@pytest.mark.parametrize("ckpt", ["tiny-sdxl.safetensors", "tiny-sd15-f4.safetensors"])
+def test_other_families_and_vae_factors(comfy_engine: DiffusersEngine, ckpt: str) -> None:
+    graph = txt2img(ckpt=ckpt)
+    graph["12"] = {
+        "class_type": "LatentUpscaleBy",
+        "inputs": {"samples": ["3", 0], "upscale_method": "bilinear", "scale_by": 1.5},
+    }
+    second = copy.deepcopy(graph["3"]["inputs"]) | {"latent_image": ["12", 0], "denoise": 0.5}
+    graph["13"] = {"class_type": "KSampler", "inputs": second}
+    graph["8"]["inputs"]["samples"] = ["13", 0]
+    out = run(comfy_engine, graph)
+    assert out.images[0].image.size == (96, 96)
+    assert np.isfinite(pixels(out)).all() and pixels(out).std() > 0
+
+
+def canonical(name: str) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """A graph of ``tests/comfy_graphs.py``, tiny, and the files its LoadImage nodes read."""
+    small = {"steps": 2, "width": SIZE, "height": SIZE}
+    graphs = {
+        "txt2img": lambda: comfy_graphs.txt2img(CKPT, **small),
+        "img2img": lambda: comfy_graphs.img2img(CKPT, "in.png", **small),
+        "inpaint": lambda: comfy_graphs.inpaint(CKPT, "in.png", **small),
+        "inpaint_noise_mask": lambda: comfy_graphs.inpaint_noise_mask(CKPT, "in.png", "mask.png"),
+        "lora": lambda: comfy_graphs.lora(CKPT, "ink.safetensors", strength_model=0.5, **small),
+        "hires": lambda: comfy_graphs.hires(CKPT, width=SIZE, height=SIZE, steps=2, second_steps=2),
+        "upscale_with_model": lambda: comfy_graphs.upscale_with_model(CKPT, "tiny-x.safetensors"),
+    }
+    graph = graphs[name]()
+    for node in graph.values():  # the graphs' own defaults are full-size
+        inputs = node["inputs"]
+        if node["class_type"] in ("KSampler", "KSamplerAdvanced"):
+            inputs["steps"] = min(inputs["steps"], 2)
+        if node["class_type"] == "EmptyLatentImage":
+            inputs["width"] = inputs["height"] = SIZE
+    files = tuple(
+        sorted(
+            {
+                n["inputs"]["image"]
+                for n in graph.values()
+                if n["class_type"] in ("LoadImage", "LoadImageMask")
+            }
+        )
+    )
+    return graph, files
+
+
+@pytest.mark.parametrize(
+    "name", ["txt2img", "img2img", "inpaint", "inpaint_noise_mask", "lora", "hires", "upscale_with_model"]
+)
+def test_canonical_graphs_run_and_the_null_engine_gives_the_same_sizes(
+    comfy_engine: DiffusersEngine, name: str
+) -> None:
+    graph, files = canonical(name)
+    alpha = np.full((SIZE, SIZE), 255)
+    alpha[16:48, 16:48] = 0
+    pictures = tuple(gradient(alpha) for _ in files)
+    outputs = tuple(k for k, n in graph.items() if n["class_type"] in ("SaveImage", "PreviewImage"))
+    out = run(comfy_engine, graph, pictures=pictures, images=files, outputs=outputs)
+    null = NullEngine(comfy_engine.settings, comfy_engine.catalog)
+    blank = run(null, copy.deepcopy(graph), pictures=pictures, images=files, outputs=outputs)
+    assert out.images and [i.image.size for i in out.images] == [i.image.size for i in blank.images]
+    assert {k: v.indices for k, v in out.node_outputs.items()} == {
+        k: v.indices for k, v in blank.node_outputs.items()
+    }
+    assert all(np.isfinite(pixels(out, i)).all() for i in range(len(out.images)))

@@ -275,6 +275,14 @@ def cache_for(engine: Any) -> NodeCache:
         return cache
 
 
+def clear_cache(engine: Any) -> None:
+    """Forget ``engine``'s cached node outputs (ComfyUI's ``/free``; the tensors they hold go too)."""
+    with _CACHES_LOCK:
+        cache = _CACHES.get(engine)
+    if cache is not None:
+        cache.clear()
+
+
 def cached_nodes(notes: list[str] | tuple[str, ...]) -> list[str]:
     """The node ids an output's notes say came from the cache (``execution_cached``)."""
     for note in notes:
@@ -313,6 +321,9 @@ def run_graph(
     order = execution_order(graph, list(request.outputs))
     backend = _backend(engine)
     cache = cache_for(engine)
+    loaded = getattr(engine, "loaded_models", None)
+    if len(cache) and callable(loaded) and not loaded():
+        cache.clear()  # the engine was unloaded (A1111's unload, ComfyUI's /free): drop what it held
     ctx = RunContext(engine, request, inputs, control)
     values: dict[str, tuple[Any, ...]] = {}
     signatures: dict[str, str] = {}

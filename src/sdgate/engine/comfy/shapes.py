@@ -136,9 +136,16 @@ def _latent_scale_by(ctx: RunContext, args: dict[str, Any]) -> tuple[Any, ...]:
     return (Latent(max(f, w), max(f, h), lat.batch, info=lat.info),)
 
 
+def _upscale_model(ctx: RunContext, args: dict[str, Any]) -> tuple[Any, ...]:
+    from sdgate.core.upscaler_files import scale_hint
+
+    return (("upscaler", scale_hint(str(args.get("model_name", "")))),)  # the scale its name says
+
+
 def _upscale_with_model(ctx: RunContext, args: dict[str, Any]) -> tuple[Any, ...]:
     p: Pixels = args["image"]
-    return (Pixels(None, p.width * 4, p.height * 4, p.batch, p.info),)
+    scale = int(args["upscale_model"][1])
+    return (Pixels(None, p.width * scale, p.height * scale, p.batch, p.info),)
 
 
 def _save(kind: str) -> Any:
@@ -184,7 +191,7 @@ _NODES: dict[str, Any] = {
     "LoraLoader": _same("model", "clip"),
     "LoraLoaderModelOnly": _first("model"),
     "VAELoader": _handle,
-    "UpscaleModelLoader": _handle,
+    "UpscaleModelLoader": _upscale_model,
     "ImageUpscaleWithModel": _upscale_with_model,
     "ConditioningCombine": _first("conditioning_1"),
     "ConditioningSetArea": _first("conditioning"),
