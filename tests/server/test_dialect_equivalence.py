@@ -1,7 +1,8 @@
 """One table: the same request spoken in each dialect becomes the same ``GenerationRequest``.
 
 Columns are the dialects' pure translate functions (no server); a dialect that cannot say a
-request (HF has no batch or init image) is left out of that row.
+request (HF has no batch or init image) is left out of that row. ComfyUI's column is a graph, not a
+``GenerationRequest``: it is compared by the pixels it draws (slow, on a tiny model).
 """
 
 from __future__ import annotations
@@ -235,3 +236,53 @@ def test_dialects_agree(row: str, settings: Settings) -> None:
     expected = {**SHARED, **EXPECTED[row]}
     assert {f: reference[f] for f in expected} == expected
     assert len(table) >= 3
+
+
+# -- the ComfyUI column: a graph is not a GenerationRequest, so it is compared by its pixels ----------
+
+
+@pytest.mark.slow
+async def test_comfyui_draws_what_the_other_dialects_draw(tmp_path: Path, tiny_models_dir: Path) -> None:
+    """The txt2img row through the native API, A1111 and a ComfyUI prompt (the standard graph with
+    ``euler``/``normal``): one image, pixel for pixel, on the real engine with a tiny model."""
+    import asyncio
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from tests import comfy_graphs
+    from tests.server.real_engine import real_engine_client
+
+    def rgb(data: bytes) -> Any:
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+    shared = {"prompt": "a red fox", "negative_prompt": "blurry", "width": 64, "height": 64, "steps": 4,
+              "cfg_scale": 6.5, "seed": 1234}
+    async with real_engine_client(tiny_models_dir, tmp_path / "data") as client:
+        checkpoint = {"sd_model_checkpoint": "tiny-sd15"}
+        a1111_body = {**shared, "sampler_name": "Euler", "scheduler": "Normal",
+                      "override_settings": checkpoint}
+        r = await client.post("/sdapi/v1/txt2img", json=a1111_body)
+        a1111 = rgb(base64.b64decode(r.json()["images"][0]))
+        native_body = {**shared, "sampler": "Euler", "scheduler": "normal", "model": "tiny-sd15"}
+        job = (await client.post("/api/v1/jobs?wait=30&include=images", json=native_body)).json()
+        while job["state"] in ("queued", "running"):
+            await asyncio.sleep(0.05)
+            job = (await client.get(f"/api/v1/jobs/{job['id']}?include=images")).json()
+        found = job.get("images") or job["result"]["images"]
+        native = rgb(base64.b64decode(found[0]["data"].split(",", 1)[-1]))
+        graph = comfy_graphs.txt2img("tiny-sd15.safetensors", width=64, height=64, steps=4, cfg=6.5,
+                                     seed=1234, positive="a red fox", negative="blurry")
+        prompt_id = (await client.post("/prompt", json={"prompt": graph})).json()["prompt_id"]
+        entry: dict[str, Any] = {}
+        for _ in range(1200):
+            entry = (await client.get(f"/history/{prompt_id}")).json()
+            if entry:
+                break
+            await asyncio.sleep(0.05)
+        image = entry[prompt_id]["outputs"]["9"]["images"][0]
+        comfy = rgb((await client.get("/view", params=image)).content)
+    assert np.array_equal(native, a1111), "a1111 differs from native"
+    assert np.array_equal(native, comfy), "comfy differs from native"
