@@ -268,14 +268,16 @@ class Worker:
 
     def _run(self, job: Job) -> None:
         run = self._take(job)
-        with self._job_context(run), Heartbeat(run.control, self.worker_id, lease_s=self._lease_s):
-            try:
-                inputs = self._load_inputs(job.request)  # 1. decode the inputs the request refers to
-                outcome: EngineOutput | BaseException = self._generate(run, inputs)  # 2. generate
-            except Exception as exc:
-                outcome = detached(exc)
-            self._settle(run, outcome)  # 3. store the images, 4. record the outcome
-        self._release(run)
+        try:
+            with self._job_context(run), Heartbeat(run.control, self.worker_id, lease_s=self._lease_s):
+                try:
+                    inputs = self._load_inputs(job.request)  # 1. decode the inputs the request refers to
+                    outcome: EngineOutput | BaseException = self._generate(run, inputs)  # 2. generate
+                except Exception as exc:
+                    outcome = detached(exc)
+                self._settle(run, outcome)  # 3. store the images, 4. record the outcome
+        finally:
+            self._release(run)
 
     def _run_batch(self, jobs: list[Job]) -> None:
         """Runs compatible jobs as one engine call (``worker.batching``); each keeps its own control,
