@@ -393,6 +393,8 @@ def test_null_engine_gives_blank_images_of_the_graph_sizes(tmp_path: Path) -> No
     out = run(engine, graph, control=control)
     assert [img.image.size for img in out.images] == [(128, 128)] * 2
     assert [r.step for r in control.reports if r.node == "3"] == [0, 1, 2, 3]
+    assert out.sampler == "Euler" and "Sampler: Euler" in out.images[0].infotext
+    assert out.images[0].infotext.startswith("a red circle\nNegative prompt: blurry\n")
     buffer = io.BytesIO()
     out.images[0].image.save(buffer, format="PNG")
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from PIL import Image
 
+from sdgate.core.comfy.nodes import sampler_for
 from sdgate.core.errors import InvalidRequest, ModelNotFound
 from sdgate.engine.comfy.executor import RunContext
 from sdgate.engine.comfy.values import Latent, Pixels, SampleInfo
@@ -78,15 +79,32 @@ def _sampler(ctx: RunContext, args: dict[str, Any]) -> tuple[Any, ...]:
     steps = int(args.get("steps", 20))
     for step in range(1, steps + 1):
         ctx.report(step, steps)
+    comfy_sampler, comfy_scheduler = (
+        str(args.get("sampler_name", "euler")),
+        str(args.get("scheduler", "normal")),
+    )
+    try:
+        sampler, schedule = sampler_for(comfy_sampler, comfy_scheduler)
+    except KeyError:
+        sampler, schedule = comfy_sampler, comfy_scheduler
     info = SampleInfo(
-        prompt="", negative_prompt="", seed=int(args.get("seed", args.get("noise_seed", 0))), steps=steps,
-        cfg=float(args.get("cfg", 8.0)), sampler=str(args.get("sampler_name", "euler")),
-        schedule=str(args.get("scheduler", "normal")), comfy_sampler=str(args.get("sampler_name", "euler")),
-        comfy_scheduler=str(args.get("scheduler", "normal")), width=latent.width, height=latent.height,
-        model_name=ctx.model_name, model_stem=ctx.model_name, model_hash=None,
+        prompt=_text(args.get("positive")), negative_prompt=_text(args.get("negative")),
+        seed=int(args.get("seed", args.get("noise_seed", 0))), steps=steps, cfg=float(args.get("cfg", 8.0)),
+        sampler=sampler, schedule=schedule, comfy_sampler=comfy_sampler, comfy_scheduler=comfy_scheduler,
+        width=latent.width, height=latent.height, model_name=ctx.model_name, model_stem=ctx.model_name,
+        model_hash=None,
     )  # fmt: skip
     ctx.last = info
     return (Latent(latent.width, latent.height, latent.batch, info=info),)
+
+
+def _text(cond: Any) -> str:
+    return str(cond[1]) if isinstance(cond, tuple) and len(cond) == 2 and cond[0] == "cond" else ""
+
+
+def _combine(ctx: RunContext, args: dict[str, Any]) -> tuple[Any, ...]:
+    texts = [t for t in (_text(args.get("conditioning_1")), _text(args.get("conditioning_2"))) if t]
+    return (("cond", " AND ".join(texts)),)
 
 
 def _decode(ctx: RunContext, args: dict[str, Any]) -> tuple[Any, ...]:
@@ -193,7 +211,7 @@ _NODES: dict[str, Any] = {
     "VAELoader": _handle,
     "UpscaleModelLoader": _upscale_model,
     "ImageUpscaleWithModel": _upscale_with_model,
-    "ConditioningCombine": _first("conditioning_1"),
+    "ConditioningCombine": _combine,
     "ConditioningSetArea": _first("conditioning"),
     "SaveImage": _save("output"),
     "PreviewImage": _save("temp"),
