@@ -387,6 +387,37 @@ def test_a_mate_finished_elsewhere_leaves_the_batch_alone(
     assert store.get(ids[1]).error == {"code": "internal_error", "message": "failed by an operator"}
 
 
+class RefusingStore:
+    """The store, but claims of batch mates fail (a database going away between two claims)."""
+
+    def __init__(self, store: SqlJobStore) -> None:
+        self._store = store
+
+    def claim_batch_mates(self, *args: object, **kwargs: object) -> list[Job]:
+        raise RuntimeError("the database went away")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+
+def test_a_batch_that_cannot_be_gathered_still_runs_what_was_claimed(
+    store: SqlJobStore, images: LocalImageStore, events: JobEvents, batching: Settings
+) -> None:
+    engine = BatchingEngine(size=16, steps=3)
+    ids = [_submit(store, f"p{i}") for i in range(2)]
+    _run_all(Worker(RefusingStore(store), engine, images, events, batching))  # type: ignore[arg-type]
+    assert [store.get(job_id).state for job_id in ids] == [JobState.SUCCEEDED] * 2
+    assert engine.batches == [] and len(engine.calls) == 2
+
+    def no_rows(request: GenerationRequest) -> int:
+        raise RuntimeError("cannot tell")
+
+    engine.batch_rows = no_rows  # type: ignore[method-assign]
+    job_id = _submit(store, "alone")
+    _run_all(Worker(store, engine, images, events, batching))
+    assert store.get(job_id).state is JobState.SUCCEEDED
+
+
 def test_many_quick_jobs_all_finish_once_in_batches(
     store: SqlJobStore, make_worker: MakeWorker, settings: Settings
 ) -> None:

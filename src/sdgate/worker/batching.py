@@ -59,46 +59,46 @@ class BatchPolicy:
         """``head`` and the jobs that run in one batch with it, head first: compatible jobs of
         ``held`` (jobs this worker claimed with it; those taken are removed from the list), then
         queued ones it claims, waiting for submissions until ``batch_wait_ms`` after ``claimed_at``
-        (``time.monotonic``) while rows are left. ``[head]`` when it runs alone."""
+        (``time.monotonic``) while rows are left. ``[head]`` when it runs alone. Never raises: an
+        error (the engine cannot say B, the store refuses a claim) leaves the batch as it stands,
+        and every job claimed for it runs."""
+        batch = [head]
         if not self.enabled or not isinstance(head.request, GenerationRequest):
-            return [head]
+            return batch
+        try:
+            self._fill(batch, held, claimed_at)
+        except Exception:
+            logger.warning("worker %s: gathering a batch for job %s failed; running %d job(s)",
+                           self._worker_id, head.id, len(batch), exc_info=True)
+        return batch
+
+    def _fill(self, batch: list[Job], held: list[Job], claimed_at: float) -> None:
+        head = batch[0]
+        assert isinstance(head.request, GenerationRequest)
         key = batch_key(head.request)
         rows = job_rows(head)
-        budget = self.rows_for(head.request) if key is not None else rows
-        if key is None or budget <= rows:
-            return [head]
-        batch = [head]
-        for job in list(held):
+        if key is None:
+            return
+        budget = self.rows_for(head.request)
+        for job in [job for job in held if job.priority == head.priority]:
             need = job_rows(job)
-            if job.priority == head.priority and rows + need <= budget and batch_key(job.request) == key:
+            if rows + need <= budget and batch_key(job.request) == key:
                 held.remove(job)
                 batch.append(job)
                 rows += need
         deadline = claimed_at + self._wait_s
         while rows < budget:
             self._wake.clear()  # before the claim: a submission after it ends the wait below
-            mates = self._claim_mates(head, key, budget - rows)
-            if mates is None:
-                break
+            mates = self._store.claim_batch_mates(self._worker_id, batch_key=key, priority=head.priority,
+                                                  max_rows=budget - rows)
             if mates:
                 batch.extend(mates)
                 rows += sum(job_rows(job) for job in mates)
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._stopping.is_set():
-                break
+                return
             self._wake.wait(remaining)
-        return batch
-
-    def _claim_mates(self, head: Job, key: str, max_rows: int) -> list[Job] | None:
-        """Mates claimed (maybe none); None when the store refused."""
-        try:
-            return self._store.claim_batch_mates(self._worker_id, batch_key=key, priority=head.priority,
-                                                 max_rows=max_rows)
-        except Exception as exc:  # the head runs with the mates it has; the loop's next claim retries
-            logger.warning("worker %s: claiming batch mates for job %s failed: %s", self._worker_id,
-                           head.id, exc)
-            return None
 
 
 def job_rows(job: Job) -> int:
