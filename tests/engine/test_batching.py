@@ -300,6 +300,30 @@ def test_batch_rows_is_off_on_the_cpu_unless_set(tiny_settings: Callable[..., Se
     assert rows(batch_max=6) == 6
 
 
+def test_batch_rows_on_cuda_follow_free_memory_and_shape(
+    tiny_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    def engine_with(free: int | None, **overrides: Any) -> DiffusersEngine:
+        settings = tiny_settings(**overrides)
+        made = DiffusersEngine(settings, ModelCatalog(settings, builtin_dir=None))
+        made.device = torch.device("cuda")  # only read for its type: nothing runs
+        monkeypatch.setattr(made, "free_memory_bytes", lambda: free)
+        return made
+
+    gib = 2**30
+    small, large = request(width=512, height=512), request(width=1024, height=1024)
+    assert engine_with(None).batch_rows(small) == 1  # cannot tell: no batching
+    assert engine_with(None, batch_max=4).batch_rows(small) == 4
+    assert engine_with(80 * gib).batch_rows(small) == 32  # the automatic cap
+    assert engine_with(80 * gib, batch_max=8).batch_rows(small) == 8
+    roomy = engine_with(16 * gib)  # fp32 on this engine: 6 GiB a 1024x1024 row
+    assert 1 < roomy.batch_rows(large) < roomy.batch_rows(small) < 32  # bigger images, fewer rows
+    assert engine_with(gib // 4).batch_rows(large) == 1
+    assert engine_with(80 * gib).batch_rows(request(model="no-such-model")) == 1
+
+
 # --- the null engine ----------------------------------------------------------------------------
 
 
