@@ -227,3 +227,25 @@ def test_the_engine_compiled_with_inductor_matches_eager_and_caches(
         assert list(cache.glob("artefacts-*.bin")), "no cache artefacts were saved"
     finally:
         fast.unload()
+
+
+def test_a_failed_warm_up_leaves_the_model_eager(tmp_path: Path) -> None:
+    def broken(graph: Any, inputs: Any) -> Any:
+        raise RuntimeError("no compiler today")
+
+    pipe = tm.tiny_sd(0)
+    pipe.set_progress_bar_config(disable=True)
+    loaded = LoadedPipeline(pipe, "sd1", False, 8, SIZE)
+    assert compilation.prepare(loaded, _settings(tmp_path), CPU, backend=broken) is None
+    assert "forward" not in pipe.unet.__dict__ and compilation.compiled_for(pipe) is None
+    assert _latents(pipe).shape == (1, 4, 8, 8)
+
+
+def test_cuda_graph_outputs_are_copied_for_the_caller() -> None:
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+    pool = torch.ones(2, 4)
+    for out in (pool, (pool,), UNet2DConditionOutput(sample=pool)):
+        owned = compilation._owned(out)
+        tensor = owned if isinstance(owned, torch.Tensor) else owned[0]
+        assert torch.equal(tensor, pool) and tensor.data_ptr() != pool.data_ptr()

@@ -93,10 +93,12 @@ def cache_dir(settings: Settings) -> Path:
 
 
 def use_cache_dir(path: Path) -> None:
-    """Point inductor's (and triton's) on-disk caches at ``path`` unless the environment already does."""
+    """Point inductor's on-disk caches (triton's kernels live under them) at ``path``.
+
+    Set unconditionally: torch writes its default into ``TORCHINDUCTOR_CACHE_DIR`` the first time
+    it asks, so an existing value does not mean the user chose it; ``--compile-cache-dir`` does."""
     path.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(path / "inductor"))
-    os.environ.setdefault("TRITON_CACHE_DIR", str(path / "triton"))
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str((path / "inductor").resolve())
     import torch._inductor.config as inductor_config
 
     inductor_config.fx_graph_cache = True
@@ -186,6 +188,7 @@ class _Dispatch:
     compiled: Callable[..., Any]
     signature: Callable[..., tuple[Any, ...] | None]  # None: never compiled (extra inputs, tiling)
     prepare: Callable[[], object] | None = None  # before every call (fused QKV sync)
+    graphs: bool = False  # CUDA graphs: outputs live in a pool the next replay overwrites
     warming: bool = False
     signatures: set[tuple[Any, ...]] = field(default_factory=set)
     compiled_calls: int = 0
@@ -198,9 +201,26 @@ class _Dispatch:
         if key is not None and (key in self.signatures or self.warming):
             self.signatures.add(key)
             self.compiled_calls += 1
-            return self.compiled(*args, **kwargs)
+            if not self.graphs:
+                return self.compiled(*args, **kwargs)
+            torch.compiler.cudagraph_mark_step_begin()  # each call is a step of its own
+            return _owned(self.compiled(*args, **kwargs))
         self.eager_calls += 1
         return self.eager(*args, **kwargs)
+
+
+def _owned(out: Any) -> Any:
+    """A CUDA-graph call's outputs as tensors of the caller's own (a hook or a scheduler may still
+    hold them when the graph replays); what comes back is the UNet's tuple or output class or the
+    decoder's tensor."""
+    if isinstance(out, torch.Tensor):
+        return out.clone()
+    if isinstance(out, tuple):
+        return tuple(_owned(x) for x in out)
+    sample = getattr(out, "sample", None)
+    if isinstance(sample, torch.Tensor):
+        return type(out)(sample=sample.clone())
+    return out
 
 
 def _unet_signature(unet: Any) -> Callable[..., tuple[Any, ...] | None]:
@@ -290,11 +310,15 @@ def release(pipe: Any) -> None:
         model.release()
 
 
-def _compile(fn: Callable[..., Any], device: torch.device, backend: str | None) -> Callable[..., Any]:
+def _graphs(device: torch.device, backend: object) -> bool:
+    return device.type == "cuda" and backend in (None, "inductor")
+
+
+def _compile(fn: Callable[..., Any], device: torch.device, backend: Any) -> Callable[..., Any]:
     if backend not in (None, "inductor"):
         return torch.compile(fn, backend=backend, dynamic=False)
     # reduce-overhead: CUDA graphs, the launch-bound batch-1 win (docs: ~6x at 512x512 batch 1).
-    mode = "reduce-overhead" if device.type == "cuda" else None
+    mode = "reduce-overhead" if _graphs(device, backend) else None
     return torch.compile(fn, mode=mode, dynamic=False)
 
 
@@ -302,13 +326,15 @@ def _dispatch(
     module: torch.nn.Module,
     signature: Callable[..., tuple[Any, ...] | None],
     device: torch.device,
-    backend: str | None,
+    backend: Any,
     prepare: Callable[[], object] | None = None,
     adapt: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None,
 ) -> _Dispatch:
     eager = module.forward  # the class's forward, bound: instance attributes below shadow it
     compiled = _compile(eager, device, backend)
-    dispatch = _Dispatch(eager, adapt(compiled) if adapt else compiled, signature, prepare)
+    dispatch = _Dispatch(
+        eager, adapt(compiled) if adapt else compiled, signature, prepare, _graphs(device, backend)
+    )
     module.forward = dispatch  # type: ignore[method-assign]
     return dispatch
 
@@ -323,7 +349,7 @@ def prepare(
     device: torch.device,
     *,
     buckets: tuple[Bucket, ...] | None = None,
-    backend: str | None = None,
+    backend: str | Callable[..., Any] | None = None,
 ) -> CompiledModel | None:
     """Optimise and compile ``loaded`` (a ``LoadedPipeline``) when ``settings.compile`` is on, then
     warm every bucket up. ``backend``: a ``torch.compile`` backend other than inductor (tests)."""
@@ -354,16 +380,18 @@ def prepare(
     started = time.perf_counter()
     try:
         warm_up(pipe, model, buckets)
-    except Exception:
+    except Exception:  # an OOM at a large bucket, a compiler error: the model still runs, eager
+        log.exception("compiling %s failed; it runs eager", ", ".join(map(_label, buckets)))
         release(pipe)
-        raise
+        return None
     model.warmup_seconds = time.perf_counter() - started
     _save_artefacts(artefacts)
-    log.info(
-        "compiled %d bucket(s) in %.1f s: %s", len(buckets), model.warmup_seconds,
-        ", ".join(f"{b.width}x{b.height}:{b.batch}" for b in buckets),
-    )  # fmt: skip
+    log.info("compiled %s in %.1f s", ", ".join(map(_label, buckets)), model.warmup_seconds)
     return model
+
+
+def _label(bucket: Bucket) -> str:
+    return f"{bucket.width}x{bucket.height}:{bucket.batch}"
 
 
 def warm_up(pipe: Any, model: CompiledModel, buckets: tuple[Bucket, ...]) -> None:
