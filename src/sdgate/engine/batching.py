@@ -3,7 +3,8 @@
 ``generate_batch(engine, jobs)`` is ``DiffusersEngine.generate_batch``. It reads as numbered steps:
 
 1. Each job alone: ``check_request``, its model and VAE resolved; a job that fails gets its
-   exception as its outcome, and its mates go on.
+   exception as its outcome, and its mates go on. A job that can never share a batch (its
+   ``batch_key`` is None) runs through ``generate``.
 2. Jobs on the same model file and VAE are grouped; under the engine's lock the model is loaded,
    each job's size and steps are filled from the model's defaults, and the jobs are split by their
    run-time key (``core.batching.batch_key`` of the filled request: the same sampler, schedule, LoRA
@@ -226,9 +227,13 @@ def generate_batch(engine: DiffusersEngine, jobs: Sequence[EngineJob]) -> list[O
     """``jobs`` as rows of UNet batches where they can share one, else alone; per job, in order, its
     output or the exception that failed it alone (see the module doc)."""
     outcomes: list[Outcome | None] = [None] * len(jobs)
+    singles: list[tuple[int, EngineJob]] = []  # what runs as a single call
     # 1. Each job's own checks.
     by_model: dict[tuple[str, str | None], list[_Entry]] = {}
     for index, job in enumerate(jobs):
+        if batch_key(job.request) is None:  # never batched (img2img, hires fix, a graph, ...)
+            singles.append((index, job))
+            continue
         try:
             entry = _check(engine, index, job)
         except Exception as exc:  # this job's bad input; its mates go on
@@ -237,15 +242,14 @@ def generate_batch(engine: DiffusersEngine, jobs: Sequence[EngineJob]) -> list[O
         vae_path = None if entry.vae_file is None else str(entry.vae_file.path)
         by_model.setdefault((str(entry.info.filename), vae_path), []).append(entry)
     # 2-5. Per model and VAE: batches, under the engine's lock.
-    alone: list[_Entry] = []
     for entries in by_model.values():
-        alone.extend(_run_model(engine, entries, outcomes))
+        singles.extend((entry.index, entry.job) for entry in _run_model(engine, entries, outcomes))
     # What cannot share a batch runs as a single call, after the lock is released.
-    for entry in sorted(alone, key=lambda e: e.index):
+    for index, job in sorted(singles, key=lambda single: single[0]):
         try:
-            outcomes[entry.index] = engine.generate(entry.request, entry.job.inputs, entry.job.control)
+            outcomes[index] = engine.generate(job.request, job.inputs, job.control)
         except Exception as exc:
-            outcomes[entry.index] = exc
+            outcomes[index] = exc
     return [RuntimeError("the job was not run") if o is None else o for o in outcomes]
 
 
@@ -276,7 +280,7 @@ def _run_model(
     engine: DiffusersEngine, entries: list[_Entry], outcomes: list[Outcome | None]
 ) -> list[_Entry]:
     """The jobs on one model and VAE; returns those that must run alone."""
-    if len(entries) < 2 or all(batch_key(e.request) is None for e in entries):
+    if len(entries) < 2:
         return entries
     from sdgate.engine.common import resolve_shape
 
