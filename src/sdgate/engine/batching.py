@@ -41,8 +41,9 @@ stops early only when no job has rows left.
 
 Failures: one job's bad input fails that job alone (step 1, a failed shape, a failed prompt
 encoding, NaNs in its own rows). A failure of the shared call (out of memory, or anything that
-cannot be told apart per job) runs each of that sub-batch's jobs alone through ``generate``, so
-each still gets its own output or exception.
+cannot be told apart per job) runs each job of that group still without an outcome alone through
+``generate``, so each still gets its own output or exception; ``generate_batch`` itself never raises
+for a job's sake.
 
 ``batch_rows``: 1 on a CPU unless ``settings.batch_max`` says otherwise; on CUDA, the rows that fit
 in the free memory at ``core.limits``' activation estimate for the request's size (the model's
