@@ -17,7 +17,7 @@ from PIL import Image
 from sdgate.core.engine import EngineInputs, EngineOutput, NoControl, StepAction, StepReport
 from sdgate.core.errors import JobCancelled
 from sdgate.core.models import ModelCatalog
-from sdgate.core.requests import GraphRequest
+from sdgate.core.requests import GenerationRequest, GraphRequest
 from sdgate.engine.comfy.executor import cache_for, cached_nodes, execution_order, run_graph
 from sdgate.engine.comfy.values import Latent
 from sdgate.engine.diffusers_engine import DiffusersEngine
@@ -505,3 +505,25 @@ def test_canonical_graphs_run_and_the_null_engine_gives_the_same_sizes(
         k: v.indices for k, v in blank.node_outputs.items()
     }
     assert all(np.isfinite(pixels(out, i)).all() for i in range(len(out.images)))
+
+
+@pytest.mark.parametrize(
+    ("comfy", "ours", "schedule", "tolerance"),
+    [
+        ("euler", "Euler", "normal", 0),
+        ("euler_ancestral", "Euler a", "normal", 0),
+        ("dpmpp_2m", "DPM++ 2M", "karras", 1),
+    ],
+)
+def test_a_graph_draws_what_the_engine_draws(
+    comfy_engine: DiffusersEngine, comfy: str, ours: str, schedule: str, tolerance: int
+) -> None:
+    """One image, same seed, sampler, steps and prompts: the graph's own loop gives the engine's pixels
+    (the first image of a batch is the seed's own noise in both)."""
+    graph = run(comfy_engine, txt2img(seed=5, sampler_name=comfy, scheduler=schedule))
+    asked = GenerationRequest(
+        prompt="a red circle", negative_prompt="blurry", model="tiny", width=SIZE, height=SIZE, steps=STEPS,
+        seed=5, cfg_scale=7.0, sampler=ours, scheduler=schedule,
+    )  # fmt: skip
+    plain = comfy_engine.generate(asked, EngineInputs(), NoControl())
+    assert np.abs(pixels(graph) - np.asarray(plain.images[0].image, dtype=np.float32)).max() <= tolerance
