@@ -58,7 +58,7 @@ def txt2img(
     }  # fmt: skip
     ks.update(sampler)
     return {
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
         "5": {
             "class_type": "EmptyLatentImage",
             "inputs": {"width": SIZE, "height": SIZE, "batch_size": batch},
@@ -453,6 +453,7 @@ def test_other_families_and_vae_factors(comfy_engine: DiffusersEngine, ckpt: str
     out = run(comfy_engine, graph)
     assert out.images[0].image.size == (96, 96)
     assert np.isfinite(pixels(out)).all() and pixels(out).std() > 0
+    assert out.model_name == ckpt.removesuffix(".safetensors")
 
 
 def canonical(name: str) -> tuple[dict[str, Any], tuple[str, ...]]:
@@ -527,3 +528,21 @@ def test_a_graph_draws_what_the_engine_draws(
     )  # fmt: skip
     plain = comfy_engine.generate(asked, EngineInputs(), NoControl())
     assert np.abs(pixels(graph) - np.asarray(plain.images[0].image, dtype=np.float32)).max() <= tolerance
+
+
+@pytest.mark.slow
+def test_the_demo_model_draws_a_red_circle_through_a_graph(tmp_path: Path) -> None:
+    """The built-in demo model (VAE factor 16) through the canonical graph: its red circle, and the
+    engine's own pixels for the same request."""
+    settings = Settings(data_dir=tmp_path, models_dir=tmp_path / "models", device="cpu")
+    engine = DiffusersEngine(settings, ModelCatalog(settings))
+    demo = engine.catalog.default
+    graph = comfy_graphs.txt2img(demo.relpath, seed=1, steps=20, width=256, height=256, cfg=7.0,
+                                 positive="a red circle", negative="")  # fmt: skip
+    out = run(engine, graph)
+    red, green, blue = pixels(out).reshape(-1, 3).mean(axis=0)
+    assert out.images[0].image.size == (256, 256) and red > 2 * max(green, blue)
+    asked = GenerationRequest(prompt="a red circle", width=256, height=256, steps=20, seed=1, cfg_scale=7.0,
+                              sampler="Euler", scheduler="normal")  # fmt: skip
+    plain = engine.generate(asked, EngineInputs(), NoControl())
+    np.testing.assert_array_equal(pixels(out), np.asarray(plain.images[0].image, dtype=np.float32))
