@@ -438,6 +438,7 @@ def test_the_null_engine_runs_a_batch_end_to_end(
     from sdgate.core.models import ModelCatalog
     from sdgate.engine.null import NullEngine
 
+    batching.batch_max = 8  # the null engine batches only when asked
     engine = NullEngine(batching, ModelCatalog(batching))
     if not callable(getattr(engine, "generate_batch", None)):
         pytest.fail("NullEngine has no generate_batch yet")

@@ -39,7 +39,9 @@ from sdgate.settings import Settings
 
 NULL_MODEL = "null"
 NULL_SIZE = 512
-NULL_BATCH_ROWS = 8  # rows of a "batch" when ``batch_max`` is not set
+# Rows of a "batch" when ``batch_max`` is not set: 1, off, as on any CPU (a lone job never waits for
+# mates it gains nothing from); benchmarks and worker tests batch by setting ``batch_max``.
+NULL_BATCH_ROWS = 1
 
 
 class NullEngine:
@@ -74,7 +76,8 @@ class NullEngine:
         return None
 
     def batch_rows(self, request: GenerationRequest) -> int:
-        """``batch_max``, or ``NULL_BATCH_ROWS``: benchmarks and worker tests batch without a model."""
+        """``batch_max``, or ``NULL_BATCH_ROWS`` (off): benchmarks and worker tests batch without a
+        model by setting ``batch_max``."""
         return self.settings.batch_max or NULL_BATCH_ROWS
 
     def generate(
