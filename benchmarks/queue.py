@@ -57,12 +57,16 @@ from typing import Any  # noqa: E402
 
 import sqlalchemy as sa  # noqa: E402
 
-from sdgate.core.jobs import Job, JobEventKind  # noqa: E402
+from sdgate.core.engine import EngineInputs, NoControl  # noqa: E402
+from sdgate.core.images import encode_png  # noqa: E402
+from sdgate.core.jobs import Job, JobEventKind, JobState  # noqa: E402
 from sdgate.core.models import ModelCatalog  # noqa: E402
 from sdgate.core.requests import GenerationRequest  # noqa: E402
+from sdgate.core.results import GenerationResult, StoredImage  # noqa: E402
 from sdgate.engine.null import NullEngine  # noqa: E402
 from sdgate.jobs.events import TERMINAL_EVENTS  # noqa: E402
 from sdgate.jobs.factory import Stores, open_stores  # noqa: E402
+from sdgate.jobs.store import Outcome  # noqa: E402
 from sdgate.settings import Settings  # noqa: E402
 from sdgate.worker.runner import Worker  # noqa: E402
 
@@ -150,6 +154,50 @@ def _settings(tmp: Path) -> Settings:
     return Settings(data_dir=tmp / "data", models_dir=tmp / "no-models", engine="null", worker_poll_s=0.5)
 
 
+class GroupRunner:
+    """``--outcomes many``: NOT the real worker, the store's own ceiling. A thread that claims up to
+    8 jobs (``claim_group``), runs each on the null engine with no control reads and no progress
+    writes, stores its PNG, and records the group's outcomes in one transaction (``finish_many``):
+    what a worker that records a claimed group's outcomes together would leave of the queue's cost."""
+
+    def __init__(self, stores: Stores, engine: NullEngine, worker_id: str) -> None:
+        self._stores, self._engine, self.worker_id = stores, engine, worker_id
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"bench-{worker_id}", daemon=True)
+
+    def start(self) -> None:
+        self._stores.events.add_listener(lambda kind, job: self._wake.set(), kinds=(JobEventKind.QUEUED,))
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        store = self._stores.jobs
+        while not self._stop.is_set():
+            self._wake.clear()
+            claimed = store.claim_group(self.worker_id, limit=8)
+            if not claimed:
+                self._wake.wait(0.5)
+                continue
+            outcomes = []
+            for job in claimed:
+                assert isinstance(job.request, GenerationRequest)
+                output = self._engine.generate(job.request, EngineInputs(), NoControl())
+                stored = tuple(
+                    StoredImage(id=self._stores.images.put(encode_png(g.image, g.infotext)), seed=g.seed,
+                                width=g.image.width, height=g.image.height, infotext=g.infotext)
+                    for g in output.images
+                )
+                result = GenerationResult(images=stored, model_name=output.model_name, width=output.width,
+                                          height=output.height, steps=output.steps, timings=output.timings)
+                outcomes.append(Outcome(job.id, JobState.SUCCEEDED, result=result))
+            store.finish_many(outcomes, worker_id=self.worker_id)  # type: ignore[attr-defined]
+
+
 def worker_node(database: str, tmp: str, worker_id: str, ready: Any, stop: Any) -> None:
     """A worker node's process: its own store, outbox follower and one ``Worker`` thread, until
     ``stop`` is set."""
@@ -170,12 +218,19 @@ def worker_node(database: str, tmp: str, worker_id: str, ready: Any, stop: Any) 
         stores.close()
 
 
+def _worker(node: Stores, settings: Settings, worker_id: str, args: argparse.Namespace
+            ) -> Worker | GroupRunner:
+    if args.outcomes == "many":
+        return GroupRunner(node, _engine(settings), worker_id)
+    return Worker(node.jobs, _engine(settings), node.images, node.events, settings, worker_id=worker_id)
+
+
 def run_setup(setup: Setup, database: str, tmp: Path, args: argparse.Namespace) -> Figures:
     settings = _settings(tmp)
     api = open_stores(database, tmp / "images")
     notified = Notified()
     api.events.add_listener(notified)
-    workers: list[Worker] = []
+    workers: list[Worker | GroupRunner] = []
     nodes: list[Any] = []
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
@@ -183,8 +238,7 @@ def run_setup(setup: Setup, database: str, tmp: Path, args: argparse.Namespace) 
     if setup.cluster and args.worker_mode == "threads":  # one worker node: a store, N Worker threads
         worker_side = open_stores(database, tmp / "images")
         node = worker_side
-        workers = [Worker(node.jobs, _engine(settings), node.images, node.events, settings,
-                          worker_id=f"bench-{i}") for i in range(setup.workers)]
+        workers = [_worker(node, settings, f"bench-{i}", args) for i in range(setup.workers)]
         worker_side.outbox.start()
     elif setup.cluster:
         for i in range(setup.workers):
@@ -197,8 +251,7 @@ def run_setup(setup: Setup, database: str, tmp: Path, args: argparse.Namespace) 
             if not ready.wait(120):
                 raise RuntimeError(f"{node.name} did not start")
     else:
-        workers = [Worker(api.jobs, _engine(settings), api.images, api.events, settings,
-                          worker_id=f"bench-{i}") for i in range(setup.workers)]
+        workers = [_worker(api, settings, f"bench-{i}", args) for i in range(setup.workers)]
     api.outbox.start()
     for worker in workers:
         worker.start()
@@ -310,7 +363,13 @@ def main() -> None:
     parser.add_argument("--worker-mode", choices=("processes", "threads"), default="processes",
                         help="PostgreSQL rows: a process per worker (as sdgate worker nodes), or one "
                              "worker node with N Worker threads in the benchmark's own process")
+    parser.add_argument("--outcomes", choices=("worker", "many"), default="worker",
+                        help="worker: the real Worker runs every job (the figures to quote); many: the "
+                             "store's ceiling, a loop of claim_group + null engine + finish_many with no "
+                             "control reads or progress writes (threads and SQLite only)")
     args = parser.parse_args()
+    if args.outcomes == "many" and args.worker_mode != "threads":
+        parser.error("--outcomes many runs in this process: add --worker-mode threads")
     keys = [k.strip() for k in args.configs.split(",") if k.strip()]
     unknown = [k for k in keys if k not in SETUPS]
     if unknown:
@@ -320,7 +379,9 @@ def main() -> None:
     print(f"  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.python_implementation()} "
           f"{platform.python_version()}, {os.cpu_count()} CPUs; {args.jobs} jobs for throughput, "
           f"{args.latency_jobs} one at a time for latency; null engine, {args.steps} step(s), 64x64; "
-          f"PostgreSQL workers as {args.worker_mode}")
+          f"PostgreSQL workers as {args.worker_mode}"
+          + ("; NOT the real worker: claim_group + finish_many loops (--outcomes many)"
+             if args.outcomes == "many" else ""))
     print("  load average (1, 5, 15 min) at the start: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
     results: dict[str, Figures] = {}
     for key in keys:

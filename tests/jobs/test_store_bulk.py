@@ -188,3 +188,49 @@ def test_another_node_hears_every_bulk_event(db_url: str) -> None:
             [(kind, i) for i in ids for kind in (JobEventKind.QUEUED, JobEventKind.STARTED,
                                                   JobEventKind.SUCCEEDED)],
             key=lambda e: (ids.index(e[1]), e[0].value))
+
+
+def _outboxed(store: SqlJobStore, job_id: str) -> list[tuple[str, Job]]:
+    with transaction(store.database, write=False) as conn:
+        rows = conn.execute(sa.select(job_events.c.kind, job_events.c.job)
+                            .where(job_events.c.job_id == job_id).order_by(job_events.c.seq)).all()
+    return [(kind, Job.model_validate(job)) for kind, job in rows]
+
+
+@pytest.mark.parametrize("end", ["succeed", "fail", "cancelled"])
+def test_every_outbox_document_reads_as_the_job_it_recorded(store: SqlJobStore, end: str) -> None:
+    """On PostgreSQL a submit, a progress write and an outcome build their outbox document in the
+    statement that writes the row: other nodes read the very job this node publishes."""
+    from sdgate.core.jobs import Progress
+
+    seen: list[Job] = []
+    queued = store.submit(GenerationRequest(prompt="p", seed=2**64 - 1), owner="key-a", priority=1,
+                          metadata={"k": ["v", 1.5, None]}, dialect="a1111")
+    seen.append(store.get(queued.id))
+    started = store.claim_next("w")
+    assert started is not None
+    seen.append(store.get(queued.id))
+    store.update_progress(queued.id, Progress(step=1, steps=2, fraction=0.5))
+    seen.append(store.get(queued.id))
+    if end == "succeed":
+        store.succeed(queued.id, GenerationResult(model_name="m", steps=2), worker_id="w")
+    elif end == "fail":
+        store.fail(queued.id, {"code": "boom", "message": "no"}, worker_id="w")
+    else:
+        store.cancelled(queued.id, worker_id="w")
+    seen.append(store.get(queued.id))
+    outboxed = _outboxed(store, queued.id)
+    assert [kind for kind, _ in outboxed] == ["queued", "started", "progress",
+                                              {"succeed": "succeeded"}.get(end, "failed" if end == "fail"
+                                                                           else "cancelled")]
+    assert [job for _, job in outboxed] == seen
+    assert all(j.created_at.utcoffset() is not None and j.created_at.utcoffset().total_seconds() == 0
+               for _, j in outboxed)
+    with transaction(store.database, write=False) as conn:
+        usage = conn.execute(sa.select(daily_usage.c.principal, daily_usage.c.day,
+                                       daily_usage.c.gpu_seconds)).all()
+    finished = seen[-1]
+    assert finished.started_at is not None and finished.finished_at is not None
+    ran = (finished.finished_at - finished.started_at).total_seconds()
+    assert [(p, d) for p, d, _ in usage] == [("key-a", finished.finished_at.date().isoformat())]
+    assert usage[0][2] == pytest.approx(ran, abs=1e-5)

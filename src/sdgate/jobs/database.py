@@ -182,16 +182,17 @@ def _enable_wal(cursor: Any) -> None:
 @contextmanager
 def transaction(engine: sa.Engine, *, write: bool, single: bool = False) -> Iterator[sa.Connection]:
     """One transaction; ``write=True`` takes SQLite's write lock before the first statement.
-    ``single=True`` (a read of one statement, which is its own snapshot): on PostgreSQL it runs in
-    autocommit, two round trips (BEGIN, COMMIT) fewer. Raises ``StorageFull`` /
-    ``StorageUnavailable`` when the disk refuses it."""
+    ``single=True`` (one statement, which is its own snapshot and its own transaction: a read, or a
+    write whose every part is in that statement): on PostgreSQL it runs in autocommit, two round
+    trips (BEGIN, COMMIT) fewer. Raises ``StorageFull`` / ``StorageUnavailable`` when the disk
+    refuses it."""
     health = storage_health(engine)
     wrote = False
     try:
         with engine.connect() as conn:
             if write:
                 conn.execution_options(**{_WRITE: True})
-            elif single and conn.dialect.name == "postgresql":
+            if single and conn.dialect.name == "postgresql":
                 conn.execution_options(isolation_level="AUTOCOMMIT")
             conn.info[_WROTE] = False
             with conn.begin():
@@ -242,6 +243,12 @@ def lock_key(name: str) -> int:
 def _note_write(conn: sa.Connection, _cursor: Any, statement: str, *_args: Any) -> None:
     if statement.lstrip()[:6].upper() in ("INSERT", "UPDATE", "DELETE"):
         conn.info[_WROTE] = True
+
+
+def note_written(conn: sa.Connection) -> None:
+    """Inside ``transaction``: a statement the first word of which does not say so (``WITH ...``)
+    wrote, so its commit shows that the disk takes writes."""
+    conn.info[_WROTE] = True
 
 
 def storage_health(engine: sa.Engine) -> StorageHealth:

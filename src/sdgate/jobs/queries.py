@@ -14,9 +14,12 @@ from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from sdgate.core.jobs import JobState
-from sdgate.jobs.schema import job_previews, jobs
+from sdgate.jobs.notify import CHANNEL
+from sdgate.jobs.schema import daily_usage, job_events, job_previews, jobs
 
 QUEUED = jobs.c.state == JobState.QUEUED.value
 # A literal, not a bound parameter: both databases use a partial index (WHERE state = 'queued')
@@ -177,6 +180,99 @@ def change(keys: tuple[str, ...], from_states: tuple[str, ...], held: bool, endi
 
 
 DROP_PREVIEW = sa.delete(job_previews).where(job_previews.c.job_id == sa.bindparam("job_id"))
+
+_ISO_UTC = sa.literal_column("""'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'""")
+
+
+def _utc_text(column: sa.ColumnElement[Any]) -> sa.ColumnElement[str]:
+    """A ``timestamptz`` as ISO 8601 text in UTC (``...Z``), whatever the session's time zone."""
+    return sa.func.to_char(sa.func.timezone("UTC", column), _ISO_UTC)
+
+
+def _snapshot(done: Any) -> sa.ColumnElement[Any]:
+    """The job of a written row as ``core.jobs.Job`` reads it (the outbox's ``job`` document),
+    built by PostgreSQL from the row itself: what ``Job.model_dump(mode="json")`` of the row holds."""
+    fields: dict[str, sa.ColumnElement[Any]] = {
+        "id": done.c.id, "state": done.c.state, "request": done.c.request, "dialect": done.c.dialect,
+        "owner": done.c.owner, "priority": done.c.priority, "metadata": done.c.meta,
+        "created_at": _utc_text(done.c.created_at), "started_at": _utc_text(done.c.started_at),
+        "finished_at": _utc_text(done.c.finished_at), "attempts": done.c.attempts,
+        "worker_id": done.c.worker_id, "control": done.c.control, "progress": done.c.progress,
+        "result": done.c.result, "error": done.c.error,
+    }
+    args: list[sa.ColumnElement[Any]] = []
+    for key, value in fields.items():
+        args += [sa.literal_column(f"'{key}'"), value]
+    return sa.func.jsonb_build_object(*args)
+
+
+@cache
+def change_announced(keys: tuple[str, ...], from_states: tuple[str, ...], held: bool, ending: bool
+                     ) -> sa.Executable:
+    """PostgreSQL: ``change`` and its outbox row in ONE statement (so one round trip, in autocommit):
+    the UPDATE, then (``ending``) the preview dropped and the run charged to its owner's day
+    (``usage.charge_run``'s rule), then the outbox row (kind ``:e_kind``, origin ``:e_origin``,
+    ``:e_created_at``) whose job document PostgreSQL builds from the updated row, and the NOTIFY
+    (``:payload``). Returns the updated row (nothing, and no outbox row, when none matched)."""
+    where = [jobs.c.id == sa.bindparam("job_id"), jobs.c.state.in_(from_states)]
+    if held:
+        where.append(jobs.c.worker_id == sa.bindparam("w_worker_id"))
+    done = sa.update(jobs).where(*where).values({k: _bind(k) for k in keys}).returning(*jobs.c).cte("done")
+    ctes = []
+    if ending:
+        ctes.append(
+            sa.delete(job_previews).where(job_previews.c.job_id.in_(sa.select(done.c.id)))
+            .returning(job_previews.c.job_id).cte("gone")
+        )
+        seconds = sa.func.greatest(
+            0.0, sa.cast(sa.extract("epoch", done.c.finished_at - done.c.started_at), sa.Float)
+        )
+        day = sa.func.to_char(sa.func.timezone("UTC", done.c.finished_at), sa.literal_column("'YYYY-MM-DD'"))
+        ran = sa.select(done.c.owner, day, sa.literal_column("0"), seconds).where(
+            done.c.owner.is_not(None), done.c.started_at.is_not(None), done.c.finished_at.is_not(None)
+        )
+        upsert = pg_insert(daily_usage).from_select(["principal", "day", "images", "gpu_seconds"], ran)
+        ctes.append(
+            upsert.on_conflict_do_update(
+                index_elements=[daily_usage.c.principal, daily_usage.c.day],
+                set_={"gpu_seconds": daily_usage.c.gpu_seconds + upsert.excluded.gpu_seconds},
+            ).returning(daily_usage.c.principal).cte("charged")
+        )
+    return _announcing(done, ctes)
+
+
+@cache
+def submit_announced(anonymous: bool) -> sa.Executable:
+    """PostgreSQL: ``submit``'s INSERT and its outbox row and NOTIFY in one statement (parameters
+    as ``submit`` and ``change_announced``): one round trip, in autocommit."""
+    done = submit(anonymous).cte("done")  # type: ignore[attr-defined]
+    return _announcing(done, [])
+
+
+def _announcing(done: Any, ctes: list[Any]) -> sa.Executable:
+    """``SELECT done.*`` after ``ctes`` and the outbox row of the row ``done`` wrote (its job
+    document built from the row), with its NOTIFY: see ``change_announced``."""
+    event = sa.select(
+        done.c.id,
+        sa.bindparam("e_kind", type_=sa.String),
+        sa.cast(sa.literal_column("'{}'"), JSONB),
+        _snapshot(done),
+        sa.bindparam("e_origin", type_=sa.String),
+        sa.bindparam("e_created_at", type_=job_events.c.created_at.type),
+    )
+    appended = (
+        sa.insert(job_events).from_select(["job_id", "kind", "data", "job", "origin", "created_at"], event)
+        .returning(job_events.c.seq).cte("appended")
+    )
+    notify = sa.func.pg_notify(CHANNEL, sa.bindparam("payload", type_=sa.Text)).label("notified")
+    return sa.select(done, notify).add_cte(*ctes, appended)
+
+
+# PostgreSQL: a claim and its ``started`` outbox rows (one per claimed job) and NOTIFY, in one
+# statement (parameters of ``CLAIM`` / ``CLAIM_GROUP`` and of ``change_announced``'s event).
+CLAIM_ANNOUNCED = _announcing(CLAIM.cte("done"), [])
+CLAIM_GROUP_ANNOUNCED = _announcing(CLAIM_GROUP.cte("done"), [])
+
 
 # Queued jobs that may join a running batch: the batch's priority and key, in claim order, with their
 # requests (the claim counts each one's image rows), skipping rows another claim holds.
