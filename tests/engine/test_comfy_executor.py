@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from sdgate.core.engine import EngineInputs, EngineOutput, NoControl, StepAction, StepReport
-from sdgate.core.errors import JobCancelled
+from sdgate.core.errors import JobCancelled, NotFound
 from sdgate.core.models import ModelCatalog
 from sdgate.core.requests import GenerationRequest, GraphRequest
 from sdgate.engine.comfy.executor import cache_for, cached_nodes, execution_order, run_graph
@@ -273,6 +273,11 @@ def test_a_failed_run_leaves_base_weights(comfy_engine: DiffusersEngine) -> None
     graph["8"]["inputs"]["samples"] = ["3", 5]  # no such output: fails after sampling with the LoRA
     with pytest.raises(Exception, match="no output 5"):
         run(comfy_engine, graph)
+    missing = with_lora(1.0)
+    missing["11"]["inputs"]["lora_name"] = "nothing.safetensors"
+    with pytest.raises(NotFound) as failed:
+        run(comfy_engine, missing)
+    assert failed.value.field == "node:11" and failed.value.comfy_node_type == "LoraLoader"  # type: ignore[attr-defined]
     cache_for(comfy_engine).clear()
     np.testing.assert_array_equal(base, pixels(run(comfy_engine, txt2img(seed=6))))
 

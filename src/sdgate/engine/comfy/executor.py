@@ -18,6 +18,9 @@
    the nodes served from the cache are in the output's notes as ``CACHED_NOTE_PREFIX`` + a JSON
    list (``cached_nodes(notes)`` reads it back), for ComfyUI's ``execution_cached``.
 
+A node that fails names itself: the exception carries ``comfy_node_id`` and ``comfy_node_type``,
+and an ``SdgateError`` without a precise field gets ``field = "node:<id>"``.
+
 The diffusers engine runs the nodes of ``engine.comfy.nodes`` on its own components under its
 lock; any other engine (the null engine) runs ``engine.comfy.shapes``: sizes only, blank pictures.
 This module imports no torch.
@@ -44,7 +47,7 @@ from sdgate.core.engine import (
     StepAction,
     StepReport,
 )
-from sdgate.core.errors import InvalidRequest, JobCancelled
+from sdgate.core.errors import InvalidRequest, JobCancelled, SdgateError
 from sdgate.core.requests import GraphRequest
 from sdgate.engine.comfy.values import Pixels, SampleInfo
 
@@ -350,7 +353,7 @@ def run_graph(
                     cached.append(node_id)  # a loader whose result is the one it gave before
                 else:
                     ctx.report(0, _node_steps(class_type, args))
-                out = backend.run(ctx, class_type, args)
+                out = _run_node(backend, ctx, class_type, args)
                 values[node_id] = out
                 if class_type in ALWAYS_RUN:
                     if class_type not in OUTPUT_NODES:
@@ -379,6 +382,25 @@ def run_graph(
         timings={"sample": ctx.sample_s, "total": done - started},
         node_outputs=ctx.node_outputs,
     )
+
+
+def _run_node(backend: Backend, ctx: RunContext, class_type: str, args: dict[str, Any]) -> tuple[Any, ...]:
+    """One node; an error it raises names it (ComfyUI's ``execution_error`` has ``node_id`` and
+    ``node_type``): ``comfy_node_id`` / ``comfy_node_type`` attributes on any exception, and an
+    ``SdgateError`` without a more precise field gets ``field = "node:<id>"`` (the job's error dict)."""
+    try:
+        return backend.run(ctx, class_type, args)
+    except (Interrupted, JobCancelled):
+        raise
+    except Exception as exc:
+        try:
+            exc.comfy_node_id = ctx.node  # type: ignore[attr-defined]
+            exc.comfy_node_type = class_type  # type: ignore[attr-defined]
+        except AttributeError:  # an exception type with __slots__
+            pass
+        if isinstance(exc, SdgateError) and exc.field in (None, "prompt"):
+            exc.field = f"node:{ctx.node}"
+        raise
 
 
 def _resolve(values: Mapping[str, tuple[Any, ...]], value: Any) -> Any:
