@@ -145,6 +145,17 @@ class _FusedQkv:
         return refreshed
 
 
+def unfuse_qkv(unet: Any) -> None:
+    """The separate projections again (the processors they had), without the fused copies."""
+    unet.unfuse_qkv_projections()
+    for module in unet.modules():
+        if getattr(module, "fused_projections", False):
+            for name in ("to_qkv", "to_kv", "to_added_qkv"):
+                if hasattr(module, name):
+                    delattr(module, name)
+            module.fused_projections = False
+
+
 def fuse_qkv(unet: Any) -> _FusedQkv | None:
     """Fuse the UNet's attention projections where diffusers can; None where it cannot."""
     fuse = getattr(unet, "fuse_qkv_projections", None)
@@ -290,8 +301,11 @@ class CompiledModel:
         """Give every module its own forward back (the compiled functions go with the dispatchers)."""
         for module in self._modules:
             module.__dict__.pop("forward", None)
+        if self.qkv is not None and self._modules:  # nothing would keep the copies in step any more
+            unfuse_qkv(self._modules[0])
         self._modules.clear()
         self.unet = self.decoder = None
+        self.qkv = None
 
 
 _COMPILED: weakref.WeakKeyDictionary[Any, CompiledModel] = weakref.WeakKeyDictionary()  # by UNet module
