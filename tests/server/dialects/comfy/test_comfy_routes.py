@@ -255,3 +255,30 @@ def test_frames_are_comfyui_framing() -> None:
     assert translate.parse_output_name("a_b_00012_job_01ABC_.png") == ("job_01ABC", 11)
     assert translate.parse_output_name("ComfyUI_00001_.png") is None
     assert translate.split_prefix("../../etc/x") == ("etc", "x")
+
+
+def test_a_prompt_that_ends_before_its_row_names_its_job_is_in_history(
+    tmp_path: Path, null_models: Path
+) -> None:
+    """``POST /prompt`` records the job in the prompt's row just after the submit: a job that ends
+    first (the client's ``executing: null`` comes at once) is still found, by its own id."""
+    import sqlalchemy as sa
+
+    from sdgate.core.results import GenerationResult
+    from sdgate.jobs.schema import comfy_prompts
+
+    app = create_app(null_settings(tmp_path, null_models), run_workers=False)
+    with ThreadServer(app) as server:
+        script = ComfyScript(server.url)
+        mine = script.queue_prompt(small(), prompt_id="mine").json()["prompt_id"]
+        ours = script.queue_prompt(small(seed=2)).json()["prompt_id"]
+        services = app.state.services
+        with services.database.begin() as conn:  # as if neither row were attached yet
+            conn.execute(sa.update(comfy_prompts).values(job_id=None))
+            conn.execute(sa.update(comfy_prompts).where(comfy_prompts.c.prompt_id == ours)
+                         .values(prompt_id="pending-x"))
+        for _ in range(2):
+            job = services.store.claim_next("w")
+            services.store.succeed(job.id, GenerationResult(), worker_id="w")
+        assert mine == "mine" and list(script.history("mine")) == ["mine"]
+        assert list(script.history(ours)) == [ours]

@@ -16,7 +16,7 @@ from sdgate.core.jobs import Job, JobState
 from sdgate.jobs.comfy_files import ComfyFiles, PromptRow
 from sdgate.server.auth import Principal
 from sdgate.server.dialects.comfy import files, translate
-from sdgate.server.dialects.comfy.ws import ComfySockets
+from sdgate.server.dialects.comfy.ws import DIALECT, ComfySockets
 from sdgate.server.runtime import ServerRuntime
 from sdgate.server.services import Services
 
@@ -67,27 +67,49 @@ class ComfyState:
 
     def job_of(self, prompt_id: str, principal: Principal) -> str | None:
         """The job of the caller's prompt ``prompt_id``, or None."""
+        job = self._job(prompt_id, principal)
+        return job.id if job is not None else None
+
+    def _job(self, prompt_id: str, principal: Principal, *, shown: bool = False) -> Job | None:
+        """The caller's job of ``prompt_id`` (``shown``: not deleted from /history), or None. A
+        prompt whose row does not name its job yet (``POST /prompt`` records it just after the
+        submit, and a quick job may end first) is found by the job itself."""
         row = self.files.prompt(prompt_id)
-        if row is None or row.job_id is None:
+        if row is not None and (row.hidden and shown):
             return None
-        if not principal.is_admin and row.owner != (principal.id or ""):
+        try:
+            if row is not None and row.job_id is not None:
+                job: Job | None = self.services.store.get(row.job_id)
+            elif row is not None:  # the client's own id, not yet attached: the job carries it
+                owner = principal.owner_filter
+                found, _ = self.services.store.page(owner=owner, metadata={"comfy_prompt_id": prompt_id},
+                                                    limit=1)
+                job = found[0] if found else None
+            elif prompt_id.startswith("job_"):  # our id, the row still under its placeholder
+                job = self.services.store.get(prompt_id)
+            else:
+                job = None
+        except NotFound:
             return None
-        return row.job_id
+        if job is None or job.dialect != DIALECT or not principal.owns(job.owner):
+            return None
+        return job
 
     # -- history ----------------------------------------------------------------------------------------
 
-    def _entry(self, row: PromptRow, principal: Principal) -> tuple[str, dict[str, Any]] | None:
-        if row.job_id is None:
-            return None
-        try:
-            job: Job = self.services.store.get(row.job_id)
-        except NotFound:
-            return None
-        if not principal.owns(job.owner) or not job.state.terminal:
+    def _entry(self, prompt_id: str, job: Job | None) -> tuple[str, dict[str, Any]] | None:
+        if job is None or not job.state.terminal:
             return None
         if job.state is JobState.CANCELLED and job.started_at is None:
             return None  # deleted from the queue before it ran: ComfyUI never lists those
-        return row.prompt_id, translate.history_entry(job, row.prompt_id)
+        return prompt_id, translate.history_entry(job, prompt_id)
+
+    def _row_job(self, row: PromptRow, principal: Principal) -> Job | None:
+        try:
+            job = self.services.store.get(row.job_id) if row.job_id else None
+        except NotFound:
+            return None
+        return job if job is not None and principal.owns(job.owner) else None
 
     def history(self, principal: Principal, max_items: int, offset: int | None) -> dict[str, Any]:
         """The caller's finished prompts in submission order: the last ``max_items``, or, with an
@@ -96,14 +118,11 @@ class ComfyState:
                                   offset=offset or 0, oldest_first=offset is not None)
         if offset is None:
             rows.reverse()
-        found = (self._entry(row, principal) for row in rows)
+        found = (self._entry(row.prompt_id, self._row_job(row, principal)) for row in rows)
         return dict(entry for entry in found if entry is not None)
 
     def history_entry(self, principal: Principal, prompt_id: str) -> dict[str, Any]:
-        row = self.files.prompt(prompt_id)
-        if row is None or row.hidden:
-            return {}
-        entry = self._entry(row, principal)
+        entry = self._entry(prompt_id, self._job(prompt_id, principal, shown=True))
         return dict([entry]) if entry is not None else {}
 
     # -- uploads ----------------------------------------------------------------------------------------

@@ -48,6 +48,8 @@ PREVIEW_EVERY_S = 0.5  # at most one preview frame per prompt this often
 PREVIEW_SIZE = 512  # ComfyUI's --preview-size
 STATUS_DELAY_S = 0.05  # queue changes within this coalesce into one status message
 MAX_QUEUE_COUNT = 10_000
+MAX_SOCKETS = 64  # open sockets per principal; one more is closed at once (1013: try again later)
+MAX_TRACKED = 10_000  # running prompts followed at once (what was missed of them is forgotten)
 _ACTIVE = (JobState.QUEUED, JobState.RUNNING)
 
 
@@ -127,6 +129,8 @@ class ComfySockets:
     def _on_event(self, kind: JobEventKind, job: Job) -> None:
         prompt_id = prompt_id_of(job)
         targets = self._targets(job)
+        if job.id not in self._seen and len(self._seen) >= MAX_TRACKED:
+            self._seen.pop(next(iter(self._seen)))  # the oldest: its end was not heard here
         seen = self._seen.setdefault(job.id, _Seen())
         if kind is JobEventKind.QUEUED:
             self._status_soon(job.owner)
@@ -245,6 +249,9 @@ class ComfySockets:
         conn = Connection(sid=sid, owner=owner_key(principal.id), owner_id=principal.id, websocket=websocket)
         key = (conn.owner, sid)
         old = self._sockets.get(key)
+        if old is None and sum(c.owner == conn.owner for c in self._sockets.values()) >= MAX_SOCKETS:
+            await websocket.close(code=1013, reason="too many sockets open")
+            return
         if old is not None:  # a reconnect: the new socket takes the client id over
             old.queue.put_nowait(None)
             with contextlib.suppress(Exception):
