@@ -184,6 +184,8 @@ def test_the_same_graph_twice_gives_the_same_pixels_from_the_cache(comfy_engine:
     np.testing.assert_array_equal(pixels(first), pixels(second))
     assert set(cached_nodes(second.notes)) == {"4", "5", "6", "7", "3", "8"}
     assert [r.node for r in control.reports] == ["9"]  # only the output node ran
+    assert (second.sampler, second.steps, second.width) == ("Euler", STEPS, SIZE)
+    assert second.images[0].infotext == first.images[0].infotext
     third = run(comfy_engine, txt2img(seed=12))  # a new seed: the sampler runs, the prompts do not
     assert {"6", "7"} <= set(cached_nodes(third.notes)) and "3" not in cached_nodes(third.notes)
     assert not np.array_equal(pixels(first), pixels(third))

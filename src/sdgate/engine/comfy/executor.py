@@ -97,7 +97,8 @@ class RunContext:
     images: list[GeneratedImage] = field(default_factory=list)
     node_outputs: dict[str, NodeImages] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    last: SampleInfo | None = None
+    last: SampleInfo | None = None  # the last sampler run
+    saved: SampleInfo | None = None  # what made the last pictures saved (a cached sampler too)
     model_name: str = ""
     model_hash: str | None = None
     sample_s: float = 0.0
@@ -129,6 +130,7 @@ class RunContext:
     def save(self, pictures: list[Any], pixels: Pixels, *, kind: str, prefix: str) -> None:
         """Collect an output node's pictures (PIL) with their infotext."""
         info = pixels.info
+        self.saved = info or self.saved
         first = len(self.images)
         prompt_json = json.dumps(self.request.graph)
         for picture in pictures:
@@ -366,7 +368,7 @@ def run_graph(
         interrupted = True
     done = time.perf_counter()
     notes = [*ctx.notes, CACHED_NOTE_PREFIX + json.dumps(cached)]
-    last = ctx.last
+    last = ctx.saved or ctx.last
     first_image = ctx.images[0].image if ctx.images else None
     return EngineOutput(
         images=ctx.images,
