@@ -203,6 +203,50 @@ def test_compile_off_changes_nothing(tmp_path: Path) -> None:
     )
 
 
+# --- through the engine (eager backend) -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lora_models(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    models = tmp_path_factory.mktemp("compile-models")
+    (models / "Stable-diffusion").symlink_to(tiny_models_dir / "Stable-diffusion")
+    make_lora(models / "Lora" / "ink.safetensors", "kohya", 1)
+    return models
+
+
+def _engine(models: Path, data: Path, **fields: Any) -> DiffusersEngine:
+    settings = Settings(data_dir=data, models_dir=models, device="cpu", **fields)
+    return DiffusersEngine(settings, ModelCatalog(settings, builtin_dir=None))
+
+
+def test_the_engine_compiles_at_load_follows_loras_and_drops_graphs_on_eviction(
+    lora_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prepare = compilation.prepare
+    monkeypatch.setattr(compilation, "prepare", lambda *a, **kw: prepare(*a, **kw, backend="eager"))
+    fast = _engine(lora_models, tmp_path / "a", compile=True, warmup=f"{SIZE}x{SIZE}:1")
+    plain = _engine(lora_models, tmp_path / "b")
+    try:
+        for prompt in (
+            "a red circle",
+            "a red circle <lora:ink:1>",
+            "a red circle <lora:ink:0.5>",
+            "a red circle",
+        ):
+            out = generate(fast, prompt=prompt, width=SIZE, height=SIZE, steps=3)
+            assert np.array_equal(
+                pixels(out)[0], pixels(generate(plain, prompt=prompt, width=SIZE, height=SIZE, steps=3))[0]
+            )
+        pipe = fast.cache.get(str(fast.catalog.resolve("tiny-sd15").filename)).pipeline
+        model = compilation.compiled_for(pipe)
+        assert model is not None and model.unet is not None
+        assert model.unet.compiled_calls >= 4 * 3 and model.unet.eager_calls == 0
+    finally:
+        fast.unload()
+        plain.unload()
+    assert compilation.compiled_for(pipe) is None and "forward" not in pipe.unet.__dict__
+
+
 # --- the engine with inductor ---------------------------------------------------------------------------
 
 
