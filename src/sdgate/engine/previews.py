@@ -220,6 +220,8 @@ def for_step(pipe: Any, latents: torch.Tensor, family: str | None) -> Callable[[
     previewer = None if unet is None else _PREVIEWERS.get(unet)
     if previewer is None:
         previewer = Previewer("latent", family)
+        if unet is not None:  # kept, so a fitted projection is fitted once per model
+            _PREVIEWERS[unet] = previewer
     if previewer.method == "none":
         return None
     chosen = previewer
