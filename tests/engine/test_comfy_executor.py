@@ -553,3 +553,42 @@ def test_the_demo_model_draws_a_red_circle_through_a_graph(tmp_path: Path) -> No
                               sampler="Euler", scheduler="normal")  # fmt: skip
     plain = engine.generate(asked, EngineInputs(), NoControl())
     np.testing.assert_array_equal(pixels(out), np.asarray(plain.images[0].image, dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    ("sampler", "scheduler"), [("euler", "normal"), ("ddim", "normal"), ("dpmpp_2m", "karras")]
+)
+def test_two_advanced_stages_equal_one_run(
+    comfy_engine: DiffusersEngine, sampler: str, scheduler: str
+) -> None:
+    """Steps 0..2 with leftover noise, then 2..4 adding none, is one 4-step run (ComfyUI's split
+    workflow); the leftover noise crosses in k-diffusion space, so VP-space samplers split too."""
+
+    def advanced(start: int, end: int, leftover: bool, noise: bool, latent: list[Any]) -> dict[str, Any]:
+        inputs = {k: v for k, v in txt2img()["3"]["inputs"].items() if k not in ("seed", "denoise")}
+        return {"class_type": "KSamplerAdvanced", "inputs": inputs | {
+            "sampler_name": sampler, "scheduler": scheduler, "steps": 4, "noise_seed": 9,
+            "latent_image": latent, "start_at_step": start, "end_at_step": end,
+            "add_noise": "enable" if noise else "disable",
+            "return_with_leftover_noise": "enable" if leftover else "disable"}}  # fmt: skip
+
+    whole = txt2img()
+    whole["3"] = advanced(0, 10000, False, True, ["5", 0])
+    split = txt2img()
+    split["3"] = advanced(0, 2, True, True, ["5", 0])
+    split["13"] = advanced(2, 10000, False, False, ["3", 0])
+    split["8"]["inputs"]["samples"] = ["13", 0]
+    one, two = pixels(run(comfy_engine, whole)), pixels(run(comfy_engine, split))
+    if sampler == "euler":
+        np.testing.assert_array_equal(one, two)
+    else:  # float rounding through the space change; DPM++ 2M restarts its history (as ComfyUI's does)
+        assert np.abs(one - two).mean() < 1.0
+    if sampler != "euler":
+        return
+    # Ending early without leftover noise lands on a clean image: nearer the full run than the
+    # first stage decoded with its leftover noise.
+    early, noisy = txt2img(), txt2img()
+    early["3"] = advanced(0, 2, False, True, ["5", 0])
+    noisy["3"] = advanced(0, 2, True, True, ["5", 0])
+    clean, rough = pixels(run(comfy_engine, early)), pixels(run(comfy_engine, noisy))
+    assert np.abs(clean - one).mean() < np.abs(rough - one).mean()
