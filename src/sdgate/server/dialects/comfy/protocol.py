@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdgate.server.wire import Float, WireModel
+from sdgate.server.wire import Bool, Float, WireModel
 
 MAX_ID = 64  # prompt ids and client ids: uuid4 strings and hex in practice
 MAX_IDS = 1000  # ids in one delete
@@ -32,14 +32,14 @@ class PromptRequest(WireModel):
     prompt_id: PromptId | None = None
     extra_data: dict[str, Any] = Field(default_factory=dict)
     number: Float | None = Field(None, ge=-1e15, le=1e15)
-    front: bool = False
+    front: Bool = False
     partial_execution_targets: Annotated[list[PromptId], Field(max_length=MAX_IDS)] | None = None
 
 
 class ClearOrDelete(WireModel):
     """``POST /queue`` and ``POST /history``."""
 
-    clear: bool = False
+    clear: Bool = False
     delete: Annotated[list[PromptId], Field(max_length=MAX_IDS)] | None = None
 
 

@@ -47,6 +47,7 @@ from sdgate.server.dialects.comfy.ws import DIALECT, prompt_id_of, queue_remaini
 from sdgate.server.errors import DialectRoute
 from sdgate.server.logs import LogOnce
 from sdgate.server.services import Services
+from sdgate.server.wire import multipart_body
 
 log = logging.getLogger("sdgate.comfy")
 _unknown_fields = LogOnce(log, "accepting and ignoring unknown ComfyUI field(s): %s")
@@ -71,6 +72,26 @@ class ComfyRoute(DialectRoute):
 router = APIRouter(route_class=ComfyRoute, tags=["ComfyUI"])
 
 
+def _json_body(model: type[Any], *, required: bool = True, needs: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``openapi_extra`` documenting a JSON body the route reads itself (leniently, as ComfyUI)."""
+    schema = model.model_json_schema()
+    if needs:
+        schema["required"] = sorted({*schema.get("required", ()), *needs})
+    return {"requestBody": {"required": required, "content": {"application/json": {"schema": schema}}}}
+
+
+_EMPTY_200: dict[int | str, dict[str, Any]] = {200: {"description": "done (an empty body, as ComfyUI)"}}
+_UPLOAD_FORM = multipart_body(
+    {"properties": {
+        "overwrite": {"type": "string", "enum": ["true", "false", "1", "0"]},
+        "subfolder": {"type": "string", "maxLength": 64, "pattern": "^[A-Za-z0-9_-]*$"},
+        "type": {"type": "string", "enum": ["input", "temp", "output"]},
+    }},
+    files={"image": "the image file; its file name is the name it is filed under"},
+    required=("image",),
+)
+
+
 def _invalid_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
     lines = []
     for e in errors[:20]:
@@ -80,11 +101,14 @@ def _invalid_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
                       "details": "\n".join(lines), "extra_info": {}}, "node_errors": {}}
 
 
+_EMPTY: dict[str, Any] = {}
+
+
 async def _json(request: Request) -> Any:
-    """The body as JSON; None when empty. ``InvalidRequest`` for what is not JSON."""
+    """The body as JSON; ``{}`` when empty. ``InvalidRequest`` for what is not JSON."""
     raw = await request.body()
     if not raw.strip():
-        return None
+        return _EMPTY
     try:
         return json.loads(raw)
     except (ValueError, RecursionError):
@@ -92,8 +116,6 @@ async def _json(request: Request) -> Any:
 
 
 def _parse(model: type[Any], data: Any) -> Any:
-    if data is None:
-        data = {}
     if not isinstance(data, dict):
         raise InvalidRequest("body: a JSON object is needed", field="body")
     try:
@@ -113,7 +135,8 @@ class _BadBody(InvalidRequest):
 # -- prompts ---------------------------------------------------------------------------------------
 
 
-@router.post("/prompt", responses={200: {"description": "{prompt_id, number, node_errors}"}})
+@router.post("/prompt", responses={200: {"description": "{prompt_id, number, node_errors}"}},
+             openapi_extra=_json_body(PromptRequest, needs=("prompt",)))
 async def post_prompt(request: Request, services: ServicesDep, principal: CurrentPrincipal) -> Response:
     body: PromptRequest = _parse(PromptRequest, await _json(request))
     return await submit_prompt(services, comfy_state(services), principal, body)
@@ -142,7 +165,8 @@ async def get_queue(services: ServicesDep, principal: CurrentPrincipal) -> dict[
     return await run_in_threadpool(read)
 
 
-@router.post("/queue")
+@router.post("/queue", response_class=Response, responses=_EMPTY_200,
+             openapi_extra=_json_body(ClearOrDelete, required=False))
 async def post_queue(request: Request, services: ServicesDep, principal: CurrentPrincipal) -> Response:
     body: ClearOrDelete = _parse(ClearOrDelete, await _json(request))
     state = comfy_state(services)
@@ -160,13 +184,14 @@ async def post_queue(request: Request, services: ServicesDep, principal: Current
     return Response(status_code=200)
 
 
-@router.post("/interrupt")
+@router.post("/interrupt", response_class=Response, responses=_EMPTY_200,
+             openapi_extra=_json_body(InterruptRequest, required=False))
 async def post_interrupt(request: Request, services: ServicesDep, principal: CurrentPrincipal) -> Response:
     try:
         data = await _json(request)
     except InvalidRequest:
         data = None  # ComfyUI takes a body that is not JSON as "interrupt whatever runs"
-    body: InterruptRequest = _parse(InterruptRequest, data if isinstance(data, dict) else None)
+    body: InterruptRequest = _parse(InterruptRequest, data if isinstance(data, dict) else {})
     state = comfy_state(services)
 
     def act() -> None:
@@ -213,7 +238,8 @@ async def get_history_entry(
     return await run_in_threadpool(comfy_state(services).history_entry, principal, prompt_id)
 
 
-@router.post("/history")
+@router.post("/history", response_class=Response, responses=_EMPTY_200,
+             openapi_extra=_json_body(ClearOrDelete, required=False))
 async def post_history(request: Request, services: ServicesDep, principal: CurrentPrincipal) -> Response:
     body: ClearOrDelete = _parse(ClearOrDelete, await _json(request))
     state = comfy_state(services)
@@ -231,7 +257,7 @@ async def post_history(request: Request, services: ServicesDep, principal: Curre
 # -- files -------------------------------------------------------------------------------------------
 
 
-@router.post("/upload/image")
+@router.post("/upload/image", openapi_extra=_UPLOAD_FORM)
 async def upload_image(
     request: Request, services: ServicesDep, principal: CurrentPrincipal
 ) -> dict[str, str]:
