@@ -38,7 +38,12 @@ def comfy_engine(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory
     models = tmp_path_factory.mktemp("comfy-models")
     (models / "checkpoints").mkdir()
     (models / "checkpoints" / CKPT).symlink_to(tiny_models_dir / "Stable-diffusion" / "tiny-sd15.safetensors")
-    for name in ("tiny-sdxl.safetensors", "tiny-sd15-f4.safetensors"):
+    for name in (
+        "tiny-sdxl.safetensors",
+        "tiny-sd15-f4.safetensors",
+        "tiny-sd2-v.safetensors",
+        "tiny-sd2-v.yaml",
+    ):
         (models / "checkpoints" / name).symlink_to(tiny_models_dir / "Stable-diffusion" / name)
     make_lora(models / "loras" / "ink.safetensors", "kohya", 1)
     write_vae(models / "vae" / "other.safetensors", vae_state(3, "ldm"))
@@ -447,7 +452,9 @@ def test_upscale_model_multiplies_the_size(comfy_engine: DiffusersEngine) -> Non
     assert f"Size: {width}x{height}" in out.images[0].infotext
 
 
-@pytest.mark.parametrize("ckpt", ["tiny-sdxl.safetensors", "tiny-sd15-f4.safetensors"])
+@pytest.mark.parametrize(
+    "ckpt", ["tiny-sdxl.safetensors", "tiny-sd15-f4.safetensors", "tiny-sd2-v.safetensors"]
+)
 def test_other_families_and_vae_factors(comfy_engine: DiffusersEngine, ckpt: str) -> None:
     graph = txt2img(ckpt=ckpt)
     graph["12"] = {
@@ -516,21 +523,23 @@ def test_canonical_graphs_run_and_the_null_engine_gives_the_same_sizes(
 
 
 @pytest.mark.parametrize(
-    ("comfy", "ours", "schedule", "tolerance"),
+    ("comfy", "ours", "schedule", "tolerance", "ckpt"),
     [
-        ("euler", "Euler", "normal", 0),
-        ("euler_ancestral", "Euler a", "normal", 0),
-        ("dpmpp_2m", "DPM++ 2M", "karras", 1),
+        ("euler", "Euler", "normal", 0, CKPT),
+        ("euler_ancestral", "Euler a", "normal", 0, CKPT),
+        ("dpmpp_2m", "DPM++ 2M", "karras", 1, CKPT),
+        ("euler", "Euler", "normal", 0, "tiny-sd2-v.safetensors"),  # v-prediction
+        ("ddim", "DDIM", "normal", 1, "tiny-sdxl.safetensors"),
     ],
 )
 def test_a_graph_draws_what_the_engine_draws(
-    comfy_engine: DiffusersEngine, comfy: str, ours: str, schedule: str, tolerance: int
+    comfy_engine: DiffusersEngine, comfy: str, ours: str, schedule: str, tolerance: int, ckpt: str
 ) -> None:
     """One image, same seed, sampler, steps and prompts: the graph's own loop gives the engine's pixels
     (the first image of a batch is the seed's own noise in both)."""
-    graph = run(comfy_engine, txt2img(seed=5, sampler_name=comfy, scheduler=schedule))
+    graph = run(comfy_engine, txt2img(seed=5, sampler_name=comfy, scheduler=schedule, ckpt=ckpt))
     asked = GenerationRequest(
-        prompt="a red circle", negative_prompt="blurry", model="tiny", width=SIZE, height=SIZE, steps=STEPS,
+        prompt="a red circle", negative_prompt="blurry", model=ckpt, width=SIZE, height=SIZE, steps=STEPS,
         seed=5, cfg_scale=7.0, sampler=ours, scheduler=schedule,
     )  # fmt: skip
     plain = comfy_engine.generate(asked, EngineInputs(), NoControl())
