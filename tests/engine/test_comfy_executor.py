@@ -185,7 +185,10 @@ def test_the_same_graph_twice_gives_the_same_pixels_from_the_cache(comfy_engine:
     first = run(comfy_engine, txt2img(seed=11))
     assert cached_nodes(first.notes) == []
     control = Recorder()
+    announced: list[list[str]] = []
+    control.on_cached = announced.append  # type: ignore[attr-defined]
     second = run(comfy_engine, txt2img(seed=11), control=control)
+    assert announced == [cached_nodes(second.notes)]
     np.testing.assert_array_equal(pixels(first), pixels(second))
     assert set(cached_nodes(second.notes)) == {"4", "5", "6", "7", "3", "8"}
     assert [r.node for r in control.reports] == ["9"]  # only the output node ran

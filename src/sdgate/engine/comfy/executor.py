@@ -16,7 +16,8 @@
    not run again. Loaders (cheap: the engine's own model cache), LoRA/CLIP-layer handles and the
    output nodes always run; a loader whose signature ran before still counts as cached. The ids of
    the nodes served from the cache are in the output's notes as ``CACHED_NOTE_PREFIX`` + a JSON
-   list (``cached_nodes(notes)`` reads it back), for ComfyUI's ``execution_cached``.
+   list (``cached_nodes(notes)`` reads it back), for ComfyUI's ``execution_cached``; a control
+   with an ``on_cached(node_ids)`` method hears the ones expected before the first node runs.
 
 A node that fails names itself: the exception carries ``comfy_node_id`` and ``comfy_node_type``,
 and an ``SdgateError`` without a precise field gets ``field = "node:<id>"``.
@@ -264,6 +265,9 @@ class NodeCache:
         with self._lock:
             self._items.clear()
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -330,8 +334,17 @@ def run_graph(
     if len(cache) and callable(loaded) and not loaded():
         cache.clear()  # the engine was unloaded (A1111's unload, ComfyUI's /free): drop what it held
     ctx = RunContext(engine, request, inputs, control)
-    values: dict[str, tuple[Any, ...]] = {}
     signatures: dict[str, str] = {}
+    for node_id in order:
+        node = graph[node_id]
+        class_type, raw = str(node.get("class_type")), dict(node.get("inputs") or {})
+        signatures[node_id] = _signature(class_type, raw, signatures, backend.token(ctx, class_type, raw))
+    announce = getattr(control, "on_cached", None)
+    if callable(announce):  # ComfyUI sends execution_cached before the first node runs
+        announce(
+            [n for n in order if graph[n].get("class_type") not in OUTPUT_NODES and signatures[n] in cache]
+        )
+    values: dict[str, tuple[Any, ...]] = {}
     cached: list[str] = []
     interrupted = False
     try:
@@ -340,8 +353,7 @@ def run_graph(
                 node = graph[node_id]
                 class_type = str(node.get("class_type"))
                 raw = dict(node.get("inputs") or {})
-                signature = _signature(class_type, raw, signatures, backend.token(ctx, class_type, raw))
-                signatures[node_id] = signature
+                signature = signatures[node_id]
                 ctx.node = node_id
                 if class_type not in ALWAYS_RUN:
                     hit = cache.get(signature)
