@@ -282,3 +282,25 @@ def test_a_prompt_that_ends_before_its_row_names_its_job_is_in_history(
             services.store.succeed(job.id, GenerationResult(), worker_id="w")
         assert mine == "mine" and list(script.history("mine")) == ["mine"]
         assert list(script.history(ours)) == [ours]
+
+
+def test_blocked_text_and_limits_refuse_the_prompt_leaving_nothing(
+    tmp_path: Path, null_models: Path
+) -> None:
+    """The content filter reads every CLIPTextEncode text; the per-caller queue limit is a 429;
+    either way nothing is queued and no prompt id is used up."""
+    blocklist = tmp_path / "blocklist.txt"
+    blocklist.write_text("forbidden word\n")
+    settings = null_settings(tmp_path, null_models, content_blocklist=blocklist, max_queued_per_principal=1,
+                             api_auth="alice:pw")
+    with ThreadServer(create_app(settings, run_workers=False)) as server:
+        script = ComfyScript(server.url, auth=("alice", "pw"))
+        r = script.queue_prompt(small(negative="fine", positive="a Forbidden  Word here"), prompt_id="p1")
+        assert r.status_code == 400 and r.json()["error"]["type"] == "content_filtered"
+        assert "6" in r.json()["error"]["message"]
+        assert script.queue_prompt(small(), prompt_id="p1").json()["prompt_id"] == "p1"  # p1 was not used up
+        r = script.queue_prompt(small(seed=2), prompt_id="p2")
+        assert r.status_code == 429 and set(r.json()) == {"error", "node_errors"}
+        assert [item[1] for item in script.get("/queue").json()["queue_pending"]] == ["p1"]
+        r = script.queue_prompt(small(seed=3), prompt_id="p2")  # still free to use once there is room
+        assert r.status_code == 429

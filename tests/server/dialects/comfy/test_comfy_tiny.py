@@ -113,7 +113,11 @@ def test_previews_arrive_as_comfyui_binary_frames(server: str) -> None:
     assert Image.open(io.BytesIO(done.frames[0][8:])).format == "JPEG"
 
 
-def test_interrupt_stops_the_running_prompt(server: str) -> None:
+def test_reconnect_then_interrupt_the_running_prompt(server: str) -> None:
+    """A reconnect with the same clientId is told the node its running prompt is on (and takes
+    the prompt's events over); /interrupt stops it: execution_interrupted, then executing null."""
+    import json
+
     script = ComfyScript(server)
     ws = script.connect()
     try:
@@ -123,10 +127,21 @@ def test_interrupt_stops_the_running_prompt(server: str) -> None:
             message = ws.recv()
             if isinstance(message, str) and '"progress"' in message:
                 break
-        assert script.post("/interrupt", {}).status_code == 200
-        done = script.wait(ws, prompt_id)
+        again = script.connect()
     finally:
         ws.close()
+    try:
+        greeting = json.loads(again.recv())
+        assert greeting["type"] == "status" and greeting["data"]["sid"] == script.client_id
+        told = json.loads(again.recv())
+        while told["type"] == "progress":  # steps heard while the node was being looked up
+            told = json.loads(again.recv())
+        assert told["type"] == "executing"
+        assert told["data"] == {"node": "3", "display_node": "3", "prompt_id": prompt_id}
+        assert script.post("/interrupt", {}).status_code == 200
+        done = script.wait(again, prompt_id)
+    finally:
+        again.close()
     assert done.of("execution_interrupted") and not done.of("execution_success")
     status = script.history(prompt_id)[prompt_id]["status"]
     assert status["status_str"] == "error" and status["completed"] is False
