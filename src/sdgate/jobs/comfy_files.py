@@ -132,15 +132,6 @@ class ComfyFiles:
             row = conn.execute(sa.select(comfy_prompts).where(comfy_prompts.c.prompt_id == prompt_id)).first()
         return _prompt(row) if row is not None else None
 
-    def by_jobs(self, job_ids: Iterable[str]) -> dict[str, PromptRow]:
-        """The prompt rows of these jobs, by job id."""
-        ids = list(job_ids)
-        if not ids:
-            return {}
-        with transaction(self._db, write=False, single=True) as conn:
-            rows = conn.execute(sa.select(comfy_prompts).where(comfy_prompts.c.job_id.in_(ids))).all()
-        return {r.job_id: _prompt(r) for r in rows}
-
     def prompts(self, owner: str | None, *, every_owner: bool = False, limit: int = 100,
                 offset: int = 0, oldest_first: bool = False) -> list[PromptRow]:
         """Visible prompts with a job, newest first (``oldest_first``: the other way; ``every_owner``:

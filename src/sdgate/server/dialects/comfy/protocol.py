@@ -61,15 +61,3 @@ class ComfyError(BaseModel):
 
     error: ComfyErrorDetail
     node_errors: dict[str, Any] = Field(default_factory=dict)
-
-
-class PromptResponse(BaseModel):
-    prompt_id: str
-    number: float | int
-    node_errors: dict[str, Any] = Field(default_factory=dict)
-
-
-class UploadResponse(BaseModel):
-    name: str
-    subfolder: str
-    type: str

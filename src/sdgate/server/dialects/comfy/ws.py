@@ -67,7 +67,6 @@ def queue_remaining(services: Services, owner: str | None) -> int:
 class Connection:
     sid: str
     owner: str  # owner_key of the principal
-    owner_id: str | None
     websocket: WebSocket
     preview_metadata: bool = False
     queue: asyncio.Queue[dict[str, Any] | bytes | None] = field(default_factory=asyncio.Queue)
@@ -246,7 +245,7 @@ class ComfySockets:
         self._loop = asyncio.get_running_loop()
         await websocket.accept()
         sid = client_id if client_id else uuid.uuid4().hex
-        conn = Connection(sid=sid, owner=owner_key(principal.id), owner_id=principal.id, websocket=websocket)
+        conn = Connection(sid=sid, owner=owner_key(principal.id), websocket=websocket)
         key = (conn.owner, sid)
         old = self._sockets.get(key)
         if old is None and sum(c.owner == conn.owner for c in self._sockets.values()) >= MAX_SOCKETS:
