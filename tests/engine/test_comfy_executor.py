@@ -604,3 +604,29 @@ def test_two_advanced_stages_equal_one_run(
     noisy["3"] = advanced(0, 2, True, True, ["5", 0])
     clean, rough = pixels(run(comfy_engine, early)), pixels(run(comfy_engine, noisy))
     assert np.abs(clean - one).mean() < np.abs(rough - one).mean()
+
+
+def sampled(engine: Any, graph: dict[str, Any]) -> Latent:
+    """The sampler's latent of a one-sampler ``graph`` (read from the node cache)."""
+    cache_for(engine).clear()
+    run(engine, graph)
+    values = [value for value, _ in cache_for(engine)._items.values()]
+    (latent,) = [v[0] for v in values if v and isinstance(v[0], Latent) and v[0].info is not None]
+    return latent
+
+
+def test_an_area_conditioning_acts_on_its_area_only(comfy_engine: DiffusersEngine) -> None:
+    plain = txt2img(steps=1)  # one step: later steps see the changed half through the UNet's convolutions
+    area = txt2img(steps=1)
+    area["18"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a blue square", "clip": ["4", 1]}}
+    area["19"] = {
+        "class_type": "ConditioningSetArea",
+        "inputs": {"conditioning": ["18", 0], "width": 32, "height": 64, "x": 0, "y": 0, "strength": 1.0},
+    }
+    both = {"conditioning_1": ["6", 0], "conditioning_2": ["19", 0]}
+    area["21"] = {"class_type": "ConditioningCombine", "inputs": both}
+    area["3"]["inputs"]["positive"] = ["21", 0]
+    base, mixed = sampled(comfy_engine, plain).samples, sampled(comfy_engine, area).samples
+    half = base.shape[-1] // 2  # the area is the left half: the right half is the plain prompt's alone
+    assert torch.equal(base[..., half:], mixed[..., half:])
+    assert (base[..., :half] - mixed[..., :half]).abs().mean() > 0.01

@@ -16,11 +16,11 @@ One loop serves both nodes (ComfyUI's ``common_ksampler``):
   lands on the model's clean estimate, as ComfyUI's last sigma of 0.
 - ``noise_mask`` (SetLatentNoiseMask, VAEEncodeForInpaint): after every step the unmasked part is
   put back to the original latent noised to the next level; the last step leaves it clean.
-- Conditioning: every entry of the positive and negative lists is evaluated (one UNet batch); the
-  entries of one side are averaged with their area masks times strengths as weights (ComfyUI's
-  ``calc_cond_batch``: ConditioningCombine of full-size entries averages their predictions;
-  ConditioningSetArea restricts an entry to its rectangle, evaluated on the whole latent rather
-  than a crop), then classifier-free guidance. ``cfg`` 1 skips the negative, as ComfyUI.
+- Conditioning: every entry of the positive and negative lists is evaluated; the entries of one
+  side are averaged with their strengths (and areas) as weights (ComfyUI's ``calc_cond_batch``:
+  ConditioningCombine of full-size entries averages their predictions; a ConditioningSetArea
+  entry runs on its crop of the latent and counts only there, feathered), then classifier-free
+  guidance. ``cfg`` 1 skips the negative, as ComfyUI.
 """
 
 from __future__ import annotations
@@ -249,7 +249,12 @@ class _Space:
 
 
 class _CondBatch:
-    """Every conditioning entry of both sides as one UNet batch, and how to combine the outputs."""
+    """Every conditioning entry of both sides, and how to combine the UNet's outputs.
+
+    Full-size entries go through the UNet as one batch; an area entry (ConditioningSetArea) runs
+    on its own crop of the latent, as ComfyUI, and counts only there, its edges inside the picture
+    feathered over 8 latent pixels (ComfyUI's ``get_area_and_mult``).
+    """
 
     def __init__(
         self,
@@ -269,38 +274,58 @@ class _CondBatch:
         self.batch = x.shape[0]
         dtype, device = pipe.unet.dtype, x.device
         length = math.lcm(*(int(e.embeds.shape[1]) for e in self.entries))
-        rows = [_repeat_to(e.embeds, length).to(device=device, dtype=dtype) for e in self.entries]
-        self.embeds = torch.cat([r.expand(self.batch, -1, -1) for r in rows])
-        self.weights = [_area_weight(e, x, factor) for e in self.entries]
-        self.added: dict[str, torch.Tensor] | None = None
+        self.rows = [_repeat_to(e.embeds, length).to(device=device, dtype=dtype) for e in self.entries]
+        self.areas = [_latent_area(e, x, factor) for e in self.entries]
+        self.weights = [_weight(e, area, x) for e, area in zip(self.entries, self.areas, strict=True)]
+        self.full = [i for i, area in enumerate(self.areas) if area is None]
+        self.pooled: list[torch.Tensor] | None = None
+        self.size = (x.shape[-2] * factor, x.shape[-1] * factor)
         if family == "sdxl":
-            pooled = [
+            self.pooled = [
                 (e.pooled if e.pooled is not None else torch.zeros(1, 1280)).to(device=device, dtype=dtype)
                 for e in self.entries
             ]
-            h, w = x.shape[-2] * factor, x.shape[-1] * factor
-            ids = torch.tensor([[h, w, 0, 0, h, w]], device=device, dtype=dtype)
-            self.added = {
-                "text_embeds": torch.cat([p.expand(self.batch, -1) for p in pooled]),
-                "time_ids": ids.expand(self.batch * len(self.entries), -1),
+
+    def _call(self, unet: Any, model_in: torch.Tensor, t: Any, which: list[int]) -> list[torch.Tensor]:
+        """The UNet's output for ``model_in`` under each entry of ``which``, in one batch."""
+        b = self.batch
+        embeds = torch.cat([self.rows[i].expand(b, -1, -1) for i in which])
+        kwargs: dict[str, Any] = {}
+        if self.pooled is not None:
+            h, w = self.size
+            ids = torch.tensor([[h, w, 0, 0, h, w]], device=embeds.device, dtype=embeds.dtype)
+            kwargs["added_cond_kwargs"] = {
+                "text_embeds": torch.cat([self.pooled[i].expand(b, -1) for i in which]),
+                "time_ids": ids.expand(b * len(which), -1),
             }
+        latent_in = model_in.repeat(len(which), 1, 1, 1).to(unet.dtype)
+        out = unet(latent_in, t, encoder_hidden_states=embeds, return_dict=False, **kwargs)[0].float()
+        return list(out.chunk(len(which)))
 
     def predict(self, unet: Any, model_in: torch.Tensor, t: Any) -> torch.Tensor:
-        n = len(self.entries)
-        latent_in = model_in.repeat(n, 1, 1, 1).to(unet.dtype)
-        kwargs = {"added_cond_kwargs": self.added} if self.added is not None else {}
-        out = unet(latent_in, t, encoder_hidden_states=self.embeds, return_dict=False, **kwargs)[0].float()
-        preds = out.chunk(n)
-        positive = self._combine(preds[: self.n_pos], self.weights[: self.n_pos])
-        if n == self.n_pos:
+        preds: list[torch.Tensor | None] = [None] * len(self.entries)
+        if self.full:
+            for i, pred in zip(self.full, self._call(unet, model_in, t, self.full), strict=True):
+                preds[i] = pred
+        for i, area in enumerate(self.areas):
+            if area is None:
+                continue
+            y0, y1, x0, x1 = area
+            pred = torch.zeros(model_in.shape, device=model_in.device)
+            pred[..., y0:y1, x0:x1] = self._call(unet, model_in[..., y0:y1, x0:x1], t, [i])[0]
+            preds[i] = pred
+        done = [p for p in preds if p is not None]
+        assert len(done) == len(preds)
+        positive = self._combine(done[: self.n_pos], self.weights[: self.n_pos])
+        if len(done) == self.n_pos:
             return positive
-        negative = self._combine(preds[self.n_pos :], self.weights[self.n_pos :])
+        negative = self._combine(done[self.n_pos :], self.weights[self.n_pos :])
         return negative + self.cfg * (positive - negative)
 
     @staticmethod
-    def _combine(preds: Any, weights: list[torch.Tensor | None]) -> torch.Tensor:
+    def _combine(preds: list[torch.Tensor], weights: list[torch.Tensor | None]) -> torch.Tensor:
         if len(preds) == 1 and weights[0] is None:
-            return preds[0]  # type: ignore[no-any-return]
+            return preds[0]
         total = torch.zeros_like(preds[0])
         count = torch.full_like(preds[0], 1e-37)
         for pred, weight in zip(preds, weights, strict=True):
@@ -310,20 +335,43 @@ class _CondBatch:
         return total / count
 
 
-def _repeat_to(embeds: torch.Tensor, length: int) -> torch.Tensor:
-    reps = length // int(embeds.shape[1])
-    return embeds.repeat(1, reps, 1) if reps > 1 else embeds
+FEATHER = 8  # latent pixels: ComfyUI's ``rr``
 
 
-def _area_weight(entry: CondEntry, x: torch.Tensor, factor: int) -> torch.Tensor | None:
-    """An entry's weight map ``[1, 1, h, w]`` (its area times its strength); None: 1 everywhere."""
-    if entry.area is None and entry.strength == 1.0:
+def _latent_area(entry: CondEntry, x: torch.Tensor, factor: int) -> tuple[int, int, int, int] | None:
+    """An area entry's (y0, y1, x0, x1) in latent pixels, clipped to the latent; None: the whole."""
+    if entry.area is None:
+        return None
+    h, w = x.shape[-2:]
+    aw, ah, ax, ay = (v // factor for v in entry.area)
+    y0, x0 = min(max(ay, 0), h - 1), min(max(ax, 0), w - 1)
+    return y0, min(h, y0 + max(1, ah)), x0, min(w, x0 + max(1, aw))
+
+
+def _weight(entry: CondEntry, area: tuple[int, int, int, int] | None, x: torch.Tensor) -> torch.Tensor | None:
+    """An entry's weight map ``[1, 1, h, w]`` (strength, over its area, feathered); None: 1 everywhere."""
+    if area is None and entry.strength == 1.0:
         return None
     h, w = x.shape[-2:]
     weight = torch.zeros(1, 1, h, w, device=x.device)
-    if entry.area is None:
-        weight.fill_(entry.strength)
-        return weight
-    aw, ah, ax, ay = (v // factor for v in entry.area)
-    weight[..., ay : ay + max(1, ah), ax : ax + max(1, aw)] = entry.strength
+    if area is None:
+        return weight.fill_(entry.strength)
+    y0, y1, x0, x1 = area
+    mult = torch.full((y1 - y0, x1 - x0), entry.strength, device=x.device)
+    ramp = [(t + 1) / FEATHER for t in range(FEATHER)]
+    for t, r in enumerate(ramp):  # edges inside the picture fade in (ComfyUI's feathering)
+        if y0 > 0 and t < mult.shape[0]:
+            mult[t] *= r
+        if y1 < h and t < mult.shape[0]:
+            mult[-1 - t] *= r
+        if x0 > 0 and t < mult.shape[1]:
+            mult[:, t] *= r
+        if x1 < w and t < mult.shape[1]:
+            mult[:, -1 - t] *= r
+    weight[0, 0, y0:y1, x0:x1] = mult
     return weight
+
+
+def _repeat_to(embeds: torch.Tensor, length: int) -> torch.Tensor:
+    reps = length // int(embeds.shape[1])
+    return embeds.repeat(1, reps, 1) if reps > 1 else embeds
