@@ -622,22 +622,27 @@ def check_figures(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def table(data: dict[str, Any]) -> str:
-    floor = data["floor"]
-    plain, engine = data["plain"], data["engine"]
+    """The side-by-side table; a run cut off part-way gives the rows it measured."""
+    floor, plain, engine = data.get("floor"), data.get("plain"), data.get("engine")
+    if floor is None:
+        return f"{data['arch']} on {data['device_name']}: no figures (the run stopped before the floor)"
+    floor_s = floor["floor_s_per_image"]
     head = (
         f"{data['arch']} on {data['device_name']} ({data['dtype']}), {data['size']}x{data['size']}, "
-        f"{data['steps']} steps, Euler, CFG {data['cfg']}; floor {floor['floor_s_per_image'] * 1000:.1f} ms"
-        f"/image = {floor['flop_per_image'] / 1e12:.3f} TFLOP ({floor['source']}) at "
-        f"{floor['peak_flops'] / 1e12:.2f} TFLOP/s (measured matmul)"
+        f"{data['steps']} steps, Euler, CFG {data['cfg']}; floor {floor_s * 1000:.1f} ms/image = "
+        f"{floor['flop_per_image'] / 1e12:.3f} TFLOP ({floor['source']}) at {floor['peak_flops'] / 1e12:.2f} "
+        f"TFLOP/s (measured matmul); server flags: {' '.join(data.get('server_flags', []))}"
     )
-    floor_s = floor["floor_s_per_image"]
-    speed = 1 / median_ratio(engine["latencies_s"], plain["latencies_s"])
     rows = [
         "| figure | plain diffusers | sdgate | sdgate speed / diffusers | floor: diffusers | floor: sdgate |",
         "|---|---|---|---|---|---|",
-        f"| batch 1, in process (median s) | {plain['median_s']:.3f} | {engine['median_s']:.3f} "
-        f"| {speed:.2f}x | {plain['of_floor']:.1%} | {engine['of_floor']:.1%} |",
     ]
+    if plain is not None and engine is not None:
+        speed = 1 / median_ratio(engine["latencies_s"], plain["latencies_s"])
+        rows.append(
+            f"| batch 1, in process (median s) | {plain['median_s']:.3f} | {engine['median_s']:.3f} "
+            f"| {speed:.2f}x | {plain['of_floor']:.1%} | {engine['of_floor']:.1%} |"
+        )
     paired = data.get("http_paired")
     if paired is not None:
         p_s, h_s = statistics.median(paired["plain_s"]), statistics.median(paired["http_s"])
@@ -646,11 +651,12 @@ def table(data: dict[str, Any]) -> str:
             f"| {1 / paired['median_ratio']:.2f}x | {floor_s / p_s:.1%} | {floor_s / h_s:.1%} |"
         )
     for h in data.get("http", []):
+        serial = f"{plain['images_per_s']:.3f} (batch 1, serial)" if plain else "-"
+        vs = f"{h['images_per_s'] / plain['images_per_s']:.2f}x" if plain else "-"
+        plain_floor = f"{plain['of_floor']:.1%}" if plain else "-"
         rows.append(
-            f"| HTTP, {h['clients']} client(s): images/s (p50 / p95 s) | {plain['images_per_s']:.3f} "
-            f"(batch 1, serial) | {h['images_per_s']:.3f} ({h['p50_s']:.3f} / {h['p95_s']:.3f}) "
-            f"| {h['images_per_s'] / plain['images_per_s']:.2f}x | {plain['of_floor']:.1%} "
-            f"| {h['of_floor']:.1%} |"
+            f"| HTTP, {h['clients']} client(s): images/s (p50 / p95 s) | {serial} | {h['images_per_s']:.3f} "
+            f"({h['p50_s']:.3f} / {h['p95_s']:.3f}) | {vs} | {plain_floor} | {h['of_floor']:.1%} |"
         )
     lines = [head, "", *rows]
     check = data.get("check")
@@ -662,6 +668,8 @@ def table(data: dict[str, Any]) -> str:
             f"ratios: engine x{check['engine_time_vs_plain']:.3f}, "
             f"HTTP x{check['http_time_vs_plain'] or 0:.3f})",
         ]
+    else:
+        lines += ["", "(cut off: the rows above are all it measured)"]
     return "\n".join(lines)
 
 
@@ -707,6 +715,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=None, help="the JSON results")
     parser.add_argument("--markdown", type=Path, default=None, help="the table, as markdown")
+    parser.add_argument("--table-from", type=Path, default=None, help="print the table of a results JSON")
     parser.add_argument(
         "--check", action="store_true", help="exit 1 unless sdgate is within 10 %% of diffusers"
     )
@@ -728,6 +737,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.table_from is not None:  # a run's JSON, e.g. one cut off by a timeout
+        print(table(json.loads(args.table_from.read_text(encoding="utf-8"))))
+        return 0
     # A stage's timeout (SIGTERM) unwinds like an error: the server child is stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     data = run(args)

@@ -8,13 +8,14 @@
 # fastapi, uvicorn, ...) already installed, checks them first and says clearly what is missing.
 # sdgate itself need not be installed: without it, the script runs it from ./src (PYTHONPATH).
 #
-# Three stages, each under its own timeout (120 + 280 + 170 s: 9.5 minutes); a stage cut off by
+# Three stages, each under its own timeout (120 + 270 + 180 s: 9.5 minutes); a stage cut off by
 # its timeout keeps every figure it measured (gpu.py rewrites its JSON after each step):
 #   1. sd15-eager    SD 1.5 512x512, 25 steps, CFG 7, fp16: plain diffusers, the engine, HTTP 1/8/32
 #   2. sd15-compile  the same with --compile --warmup 512x512:1,8,32 --batch-max 32 (the targets:
 #                    <= 0.15 s engine, <= 0.20 s HTTP, >= 10 images/s with 32 clients)
 #   3. sdxl-eager    SDXL 1024x1024, 25 steps, CFG 7 (targets <= 0.6 s, >= 1.6 images/s with 32)
-# Out: <stage>.json, <stage>.md, <stage>.log per stage, and summary.md (all tables, in order).
+# Out: <stage>.json, <stage>.md, <stage>.log per stage, and summary.md (all tables, in order; a stage
+# cut off by its budget shows the rows it measured).
 # Budgets can be changed by environment: SD15_EAGER_S, SD15_COMPILE_S, SDXL_EAGER_S.
 set -u
 
@@ -26,8 +27,8 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/sdgate-gpu-bench.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 PY="${PYTHON:-python}"
 SD15_EAGER_S="${SD15_EAGER_S:-120}"
-SD15_COMPILE_S="${SD15_COMPILE_S:-280}"
-SDXL_EAGER_S="${SDXL_EAGER_S:-170}"
+SD15_COMPILE_S="${SD15_COMPILE_S:-270}"
+SDXL_EAGER_S="${SDXL_EAGER_S:-180}"
 START=$(date +%s)
 
 say() { echo "[gpu.sh +$(($(date +%s) - START))s] $*" | tee -a "$OUT/summary.log"; }
@@ -65,8 +66,9 @@ COMMON=(--device cuda --steps 25 --cfg 7 --model-cache "$WORK/models" --compile-
 stage() {  # stage NAME BUDGET_S ARGS...
     local name="$1" budget="$2"
     shift 2
+    rm -f "$OUT/$name.json" "$OUT/$name.md"  # an old run's server pid must not be killed below
     say "stage $name (budget ${budget}s): benchmarks/gpu.py $*"
-    timeout -k 20 "$budget" "$PY" benchmarks/gpu.py "$@" "${COMMON[@]}" \
+    timeout -k 20 "$budget" "$PY" benchmarks/gpu.py "${COMMON[@]}" "$@" \
         --out "$OUT/$name.json" --markdown "$OUT/$name.md" >"$OUT/$name.log" 2>&1
     local rc=$?
     # A stage killed mid-run must not leave its server holding the GPU for the next one.
@@ -81,6 +83,9 @@ stage() {  # stage NAME BUDGET_S ARGS...
         124|137) say "stage $name: cut off by its ${budget}s budget (partial figures in $name.json)" ;;
         *) say "stage $name: failed ($rc); the end of its log:"; tail -n 25 "$OUT/$name.log" | tee -a "$OUT/summary.log" ;;
     esac
+    if [ ! -s "$OUT/$name.md" ] && [ -s "$OUT/$name.json" ]; then  # cut off: the rows it measured
+        "$PY" benchmarks/gpu.py --table-from "$OUT/$name.json" >"$OUT/$name.md" 2>>"$OUT/$name.log"
+    fi
     { echo "## $name (exit $rc)"; echo; cat "$OUT/$name.md" 2>/dev/null || echo "(no table: see $name.log)"; echo; } \
         >>"$OUT/summary.md"
 }
