@@ -74,8 +74,13 @@ def test_txt2img_img2img_inpaint_lora_and_hires(server: str) -> None:
     [base], done = run(script, comfy_graphs.txt2img(CKPT, width=64, height=64, steps=3, seed=5))
     assert base.size == (64, 64)
     assert [(d["value"], d["max"]) for d in done.of("progress") if d["node"] == "3"][-1] == (3, 3)
-    [same], _ = run(script, comfy_graphs.txt2img(CKPT, width=64, height=64, steps=3, seed=5))
+    [same], again = run(script, comfy_graphs.txt2img(CKPT, width=64, height=64, steps=3, seed=5))
     assert np.array_equal(pixels(base), pixels(same))  # same seed, same device: the same pixels
+    # The executor served the unchanged nodes from its cache: said on /ws and in the history.
+    cached = again.of("execution_cached")[-1]["nodes"]
+    assert "3" in cached
+    messages = script.history(again.prompt_id)[again.prompt_id]["status"]["messages"]
+    assert dict(messages)["execution_cached"]["nodes"] == cached
 
     source = Image.new("RGBA", (64, 64), (200, 30, 30, 255))
     source.paste((0, 0, 0, 0), (16, 16, 48, 48))  # a transparent hole: LoadImage's mask

@@ -1,15 +1,16 @@
 """ComfyUI's ``/ws``: each prompt's events, as ComfyUI sends them, to its submitter's sockets.
 
-One ``ComfySockets`` per server process listens to the job event bus (``JobEvents``: in a cluster
-it hears the other nodes' jobs through the outbox) and turns the events of ComfyUI jobs into
-ComfyUI messages:
+One ``ComfySockets`` per server process listens to the job event bus while a socket is open
+(``JobEvents``: in a cluster it hears the other nodes' jobs through the outbox) and turns the events
+of ComfyUI jobs into ComfyUI messages:
 
     queued                 status (the owner's queue_remaining)
     started                execution_start, execution_cached {nodes: []}, status
     progress               executing {node} when the node changes; progress {value, max, node};
                            a binary preview frame (throttled) when the worker has one
-    succeeded              executed {node, output} per output node, execution_success,
-                           executing {node: null}, status
+    succeeded              execution_cached {nodes} when the executor served some from its cache
+                           (it tells at the end), executed {node, output} per output node,
+                           execution_success, executing {node: null}, status
     failed                 execution_error, executing {node: null}, status
     cancelled (had run)    execution_interrupted, executing {node: null}, status
 
@@ -29,6 +30,7 @@ import io
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,10 +104,16 @@ class ComfySockets:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._status_due: set[str | None] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._remove = services.events.add_listener(self._heard)
+        # Listening only while a socket is open: a node's outbox follower then reads other nodes'
+        # progress events only when someone here would hear them (``JobEvents.wants``).
+        self._remove: Callable[[], None] | None = None
 
-    def close(self) -> None:
-        self._remove()
+    def _listen(self) -> None:
+        if self._sockets and self._remove is None:
+            self._remove = self.services.events.add_listener(self._heard)
+        elif not self._sockets and self._remove is not None:
+            self._remove()
+            self._remove = None
 
     # -- the bus (any thread) -> the loop ------------------------------------------------------
 
@@ -177,6 +185,11 @@ class ComfySockets:
         if kind is JobEventKind.SUCCEEDED:
             if not seen.started:  # its start was not heard here (another node, or a quick job)
                 self._start(seen, job, prompt_id, targets)
+            cached = translate.cached_nodes(job)
+            if cached:
+                at = translate.timestamp(job.started_at)
+                messages.append(translate.message("execution_cached",
+                                                  {"nodes": cached, "prompt_id": prompt_id, "timestamp": at}))
             for node, output in translate.node_outputs(job).items():
                 messages.append(translate.executed(node, output, prompt_id))
             at = translate.timestamp(job.finished_at)
@@ -256,6 +269,7 @@ class ComfySockets:
             with contextlib.suppress(Exception):
                 await old.websocket.close()
         self._sockets[key] = conn
+        self._listen()
         sender = asyncio.create_task(conn.send_all())
         try:
             await self._greet(conn, principal)
@@ -265,6 +279,7 @@ class ComfySockets:
         finally:
             if self._sockets.get(key) is conn:
                 del self._sockets[key]
+                self._listen()
             conn.queue.put_nowait(None)
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(sender, timeout=1.0)
