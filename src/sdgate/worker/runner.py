@@ -92,6 +92,8 @@ STORAGE_RETRY_MAX_S = 10.0
 # claimed job waits at most about MAX_GROUP * QUICK_JOB_S in the worker's hands; one slower job
 # brings the worker back to claiming one at a time.
 QUICK_JOB_S = 0.05
+# PNG text chunks a picture's ``info`` may carry into the stored file (ComfyUI's, for graph jobs).
+COMFY_PNG_CHUNKS = ("prompt", "workflow")
 MAX_GROUP = 8
 
 
@@ -486,7 +488,9 @@ class Worker:
     def _store_images(self, output: EngineOutput, *, with_infotext: bool = True) -> tuple[StoredImage, ...]:
         stored = []
         for generated in output.images:
-            png = encode_png(generated.image, generated.infotext if with_infotext else None)
+            # A graph job's pictures carry ComfyUI's own chunks (the prompt and the workflow JSON).
+            comfy = {k: v for k in COMFY_PNG_CHUNKS if isinstance(v := generated.image.info.get(k), str)}
+            png = encode_png(generated.image, generated.infotext if with_infotext else None, extra_info=comfy)
             stored.append(
                 StoredImage(
                     id=self._images.put(png, content_type="image/png"),
