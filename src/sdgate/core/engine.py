@@ -197,6 +197,13 @@ class Engine(Protocol):
         ...
 
 
+def preload(engine: object | None, model: str | None = None) -> str | None:
+    """``engine.preload(model)`` (load, and compile when asked, before the first job): the
+    loaded model's name, or None for an engine that loads nothing ahead."""
+    method = getattr(engine, "preload", None)
+    return str(method(model)) if callable(method) else None
+
+
 def run_job(engine: Engine, job: EngineJob) -> EngineOutput:
     """``job`` on ``engine``: the one place the worker calls ``generate`` for a single job."""
     return engine.generate(job.request, job.inputs, job.control)

@@ -200,6 +200,13 @@ class DiffusersEngine:
         """The ``cuda`` part of A1111's ``/memory``; None off CUDA."""
         return memory_stats(self.device)
 
+    def preload(self, model: str | None = None) -> str:
+        """Loads ``model`` (None: the default) now, compiling and warming it up when ``--compile``
+        asks, so the first job does not pay for it; the loaded model's catalog name."""
+        info = self.catalog.resolve(model)
+        with self._lock:
+            return self._get_model(info).info.name
+
     def batch_rows(self, request: GenerationRequest) -> int:
         """Rows one UNet batch of ``request``'s shape may hold now (``engine.batching``)."""
         from sdgate.engine import batching

@@ -53,7 +53,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sdgate.core.engine import Engine, EngineInputs, EngineJob, EngineOutput, loaded_models, run_job
+from sdgate.core.engine import (
+    Engine,
+    EngineInputs,
+    EngineJob,
+    EngineOutput,
+    loaded_models,
+    preload,
+    run_job,
+)
 from sdgate.core.errors import (
     Conflict,
     InvalidRequest,
@@ -241,9 +249,25 @@ class Worker:
 
     def _loop(self) -> None:
         try:
+            if self._settings.compile:
+                self._preload()
             self._claim_and_run()
         finally:
             self._registration.stop()  # once the job in hand is done: the row leaves with the worker
+
+    def _preload(self) -> None:
+        """``--compile``: the default model loaded, compiled and warmed up before the first claim
+        (a failure is logged: the first job then loads it, eager if compiling failed)."""
+        started = time.perf_counter()
+        try:
+            name = preload(self._engine, self._settings.model)
+        except Exception as exc:
+            logger.warning("worker %s: could not preload the default model: %s", self.worker_id, exc)
+            return
+        if name is not None:
+            logger.info("worker %s: %s loaded and compiled in %.1f s", self.worker_id, name,
+                        time.perf_counter() - started)
+            self._registration.changed()
 
     def _claim_and_run(self) -> None:
         claim_fault: str | None = None  # logged once, not at every poll while the disk stays full
