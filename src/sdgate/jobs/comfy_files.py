@@ -6,7 +6,7 @@
   queue number (the row's ``seq``) and whether ``/history`` still shows it.
 
     files = ComfyFiles(database)
-    name = files.add("alice", "input", "", "cat.png", image_id, overwrite=False)  # "cat (1).png"?
+    name = files.add("alice", "input", "", "cat.png", image_id, overwrite=False, size=(512, 512))
     files.find("alice", "input", "", name)            # -> image id, or None
     number = files.reserve_prompt("alice", "my-id")   # None: that prompt id is taken
 """
@@ -62,24 +62,30 @@ class ComfyFiles:
         with transaction(self._db, write=False, single=True) as conn:
             return conn.execute(query).scalar_one_or_none()
 
-    def names(self, owner: str | None, kind: str = "input") -> list[str]:
-        """``owner``'s files of ``kind`` as LoadImage lists them (``sub/name`` in a subfolder)."""
+    def names(self, owner: str | None, kind: str = "input") -> dict[str, tuple[int, int] | None]:
+        """``owner``'s files of ``kind`` as LoadImage lists them (``sub/name`` in a subfolder), with
+        each picture's (width, height) where it is known."""
         query = (
-            sa.select(comfy_files.c.subfolder, comfy_files.c.name)
+            sa.select(comfy_files.c.subfolder, comfy_files.c.name, comfy_files.c.width, comfy_files.c.height)
             .where(comfy_files.c.owner == owner_key(owner), comfy_files.c.type == kind)
             .order_by(comfy_files.c.subfolder, comfy_files.c.name)
         )
         with transaction(self._db, write=False, single=True) as conn:
             rows = conn.execute(query).all()
-        return [f"{r.subfolder}/{r.name}" if r.subfolder else r.name for r in rows]
+        return {
+            (f"{r.subfolder}/{r.name}" if r.subfolder else r.name):
+                (r.width, r.height) if r.width and r.height else None
+            for r in rows
+        }
 
     def add(self, owner: str | None, kind: str, subfolder: str, name: str, image_id: str, *,
-            overwrite: bool, now: datetime | None = None) -> str:
+            overwrite: bool, size: tuple[int, int] | None = None, now: datetime | None = None) -> str:
         """Files ``image_id`` as ``name`` (ComfyUI's rules): overwriting names the new bytes; else a
         taken name holding the same bytes is reused and another becomes ``name (1).ext``, ... The
         name given back is the one filed. ``ValueError`` past ``MAX_RENAMES``."""
         now = now or datetime.now(UTC)
         key = owner_key(owner)
+        width, height = size if size is not None else (None, None)
         where = (comfy_files.c.owner == key, comfy_files.c.type == kind, comfy_files.c.subfolder == subfolder)
         with transaction(self._db, write=True) as conn:
             taken = dict(conn.execute(  # a writer's transaction: the names cannot change under it
@@ -89,10 +95,11 @@ class ComfyFiles:
             if chosen in taken:
                 if taken[chosen] != image_id:
                     conn.execute(sa.update(comfy_files).where(*where, comfy_files.c.name == chosen)
-                                 .values(image_id=image_id, created_at=now))
+                                 .values(image_id=image_id, width=width, height=height, created_at=now))
                 return chosen
-            conn.execute(sa.insert(comfy_files).values(owner=key, type=kind, subfolder=subfolder,
-                                                       name=chosen, image_id=image_id, created_at=now))
+            conn.execute(sa.insert(comfy_files).values(owner=key, type=kind, subfolder=subfolder, name=chosen,
+                                                       image_id=image_id, width=width, height=height,
+                                                       created_at=now))
         return chosen
 
     # -- prompts ------------------------------------------------------------------------------------

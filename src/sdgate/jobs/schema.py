@@ -316,6 +316,8 @@ comfy_files = sa.Table(
     sa.Column("subfolder", sa.String(255), nullable=False),
     sa.Column("name", sa.String(255), nullable=False),
     sa.Column("image_id", sa.String(40), nullable=False),
+    sa.Column("width", sa.Integer, nullable=True),  # the picture's size, for LoadImage's checks
+    sa.Column("height", sa.Integer, nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.PrimaryKeyConstraint("owner", "type", "subfolder", "name"),
 )

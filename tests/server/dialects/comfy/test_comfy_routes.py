@@ -304,3 +304,17 @@ def test_blocked_text_and_limits_refuse_the_prompt_leaving_nothing(
         assert [item[1] for item in script.get("/queue").json()["queue_pending"]] == ["p1"]
         r = script.queue_prompt(small(seed=3), prompt_id="p2")  # still free to use once there is room
         assert r.status_code == 429
+
+
+def test_an_uploaded_picture_over_the_size_limit_is_refused_at_submit(
+    tmp_path: Path, null_models: Path
+) -> None:
+    """The sizes of uploaded pictures are known when a graph is checked: a LoadImage of one larger
+    than the server's limit is a 400 before any job exists."""
+    with ThreadServer(create_app(null_settings(tmp_path, null_models, max_side=128))) as server:
+        script = ComfyScript(server.url)
+        assert script.upload(Image.new("RGB", (256, 64)), "wide.png").status_code == 200
+        assert script.upload(Image.new("RGB", (64, 64)), "fits.png").status_code == 200
+        r = script.queue_prompt(comfy_graphs.img2img(CKPT, "wide.png", steps=2))
+        assert r.status_code == 400 and "10" in r.json()["node_errors"], r.text
+        assert script.queue_prompt(comfy_graphs.img2img(CKPT, "fits.png", steps=2)).status_code == 200

@@ -40,6 +40,8 @@ def upgrade() -> None:
         sa.Column("subfolder", sa.String(255), nullable=False),
         sa.Column("name", sa.String(255), nullable=False),
         sa.Column("image_id", sa.String(40), nullable=False),
+        sa.Column("width", sa.Integer(), nullable=True),
+        sa.Column("height", sa.Integer(), nullable=True),
         sa.Column("created_at", _when(), nullable=False),
         sa.PrimaryKeyConstraint("owner", "type", "subfolder", "name", name="pk_comfy_files"),
     )

@@ -88,8 +88,10 @@ def split_input_name(value: str) -> tuple[str, str]:
 # -- uploads -----------------------------------------------------------------------------------------
 
 
-def stored_bytes(data: bytes, limits: core_images.ImageLimits, *, field: str) -> tuple[bytes, str]:
-    """(bytes to store, content type): the upload itself when the store keeps its format, else
+def stored_bytes(
+    data: bytes, limits: core_images.ImageLimits, *, field: str
+) -> tuple[bytes, str, tuple[int, int]]:
+    """(bytes to store, content type, size): the upload itself when the store keeps its format, else
     its pixels as PNG; ``InvalidRequest`` for what is not a decodable image within the limits."""
     image = core_images.decode_image_bytes(data, field=field, limits=limits)
     try:
@@ -99,11 +101,11 @@ def stored_bytes(data: bytes, limits: core_images.ImageLimits, *, field: str) ->
         fmt = None
     content_type = _STORED_AS.get(fmt or "")
     if content_type is None:
-        return core_images.encode_png(image), "image/png"
-    return data, content_type
+        return core_images.encode_png(image), "image/png", image.size
+    return data, content_type, image.size
 
 
-def mask_onto(original: bytes, mask: bytes, limits: core_images.ImageLimits) -> bytes:
+def mask_onto(original: bytes, mask: bytes, limits: core_images.ImageLimits) -> tuple[bytes, tuple[int, int]]:
     """ComfyUI's ``/upload/mask``: the original with the mask's alpha channel, as PNG (text kept)."""
     core_images.decode_image_bytes(mask, field="image", limits=limits)
     with Image.open(io.BytesIO(original)) as opened:
@@ -122,7 +124,7 @@ def mask_onto(original: bytes, mask: bytes, limits: core_images.ImageLimits) -> 
         text.add_text(key, value)
     out = io.BytesIO()
     base.save(out, format="PNG", pnginfo=text)
-    return out.getvalue()
+    return out.getvalue(), base.size
 
 
 def original_ref(value: str | None) -> FileRef:

@@ -51,12 +51,14 @@ class ComfyState:
     def choices(self, principal: Principal) -> Any:
         from sdgate.core.comfy.validate import Choices
 
+        inputs = self.files.names(principal.id, "input")
         return Choices(
             checkpoints=tuple(self.folder_files("checkpoints")),
             loras=tuple(self.folder_files("loras")),
             vae=tuple(self.folder_files("vae")),
             upscale_models=tuple(self.folder_files("upscale_models")),
-            input_images=tuple(self.files.names(principal.id, "input")),
+            input_images=tuple(inputs),
+            image_sizes={name: size for name, size in inputs.items() if size is not None},
         )
 
     def object_info(self, principal: Principal, class_type: str | None) -> dict[str, Any]:
@@ -150,17 +152,18 @@ class ComfyState:
         def store() -> str:
             if original is not None:
                 source = files.find_image(self.files, self.services.store, principal, original)
-                stored = files.mask_onto(self.services.images.get(source), data, limits)
+                stored, size = files.mask_onto(self.services.images.get(source), data, limits)
                 content_type = "image/png"
             else:
-                stored, content_type = files.stored_bytes(data, limits, field="image")
+                stored, content_type, size = files.stored_bytes(data, limits, field="image")
             image_id = self.services.images.put(stored, content_type=content_type)
             runtime = self.services.state.find(ServerRuntime)
             if runtime is not None:
                 runtime.uploads.record(image_id, owner=principal.id, content_type=content_type,
                                        size=len(stored))
             try:
-                return self.files.add(principal.id, kind, subfolder, name, image_id, overwrite=overwrite)
+                return self.files.add(principal.id, kind, subfolder, name, image_id, overwrite=overwrite,
+                                      size=size)
             except ValueError as exc:
                 raise InvalidRequest(f"image: {exc}", field="image") from None
 
