@@ -409,3 +409,29 @@ async def test_the_sdk_says_which_images_were_filtered(
     async with sdgate.AsyncClient("http://sdgate.test", transport=transport) as sdk:
         result = await sdk.txt2img("a castle", steps=2, width=SIZE, height=SIZE, batch_size=2)
     assert result.filtered == [flags_everything] * 2
+
+
+def test_batched_and_graph_images_pass_the_checker_too(tmp_path: Path, models_dir: Path) -> None:
+    """The checker's wrapper is not bypassed by cross-request batching nor by a ComfyUI graph."""
+    from sdgate.core.engine import EngineJob, EngineOutput
+    from sdgate.core.models import ModelCatalog
+    from sdgate.core.requests import GraphRequest
+    from sdgate.engine.null import NullEngine
+    from tests.comfy_graphs import txt2img
+
+    _write_checker(models_dir, flags_everything=True, pipeline_layout=False)
+    settings = _settings(tmp_path, models_dir)
+    engine = checked_engine(FakeEngine(size=SIZE), settings)
+    assert isinstance(engine, SafetyCheckedEngine)
+    jobs = [EngineJob(GenerationRequest(prompt=p, width=SIZE, height=SIZE, steps=2, seed=SEED),
+                      EngineInputs(), _Recorder()) for p in ("a", "b")]
+    outputs = engine.generate_batch(jobs)
+    assert all(isinstance(o, EngineOutput) and [g.filtered for g in o.images] == [True] for o in outputs)
+    assert all(r.preview is None for job in jobs for r in job.control.reports)  # type: ignore[attr-defined]
+
+    null_settings = settings.model_copy(update={"engine": "null"})
+    graph_engine = checked_engine(NullEngine(null_settings, ModelCatalog(null_settings, builtin_dir=None)),
+                                  null_settings)
+    request = GraphRequest(graph=txt2img("m.safetensors", width=64, height=64), outputs=("9",))
+    output = graph_engine.run_graph(request, EngineInputs(), _Recorder())  # type: ignore[attr-defined]
+    assert [g.filtered for g in output.images] == [True]

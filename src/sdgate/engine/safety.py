@@ -34,14 +34,17 @@ from typing import TYPE_CHECKING, Any
 from sdgate.core.engine import (
     Engine,
     EngineInputs,
+    EngineJob,
     EngineOutput,
     GenerationControl,
     MemoryBudget,
     ModelDefaults,
     StepAction,
     StepReport,
+    batch_rows,
+    run_batch,
 )
-from sdgate.core.requests import GenerationRequest
+from sdgate.core.requests import GenerationRequest, GraphRequest
 from sdgate.settings import Settings
 
 if TYPE_CHECKING:
@@ -191,7 +194,26 @@ class SafetyCheckedEngine:
     def generate(
         self, request: GenerationRequest, inputs: EngineInputs, control: GenerationControl
     ) -> EngineOutput:
-        output = self.wrapped.generate(request, inputs, _WithoutPreviews(control))
+        return self._checked(self.wrapped.generate(request, inputs, _WithoutPreviews(control)))
+
+    def batch_rows(self, request: GenerationRequest) -> int:
+        return batch_rows(self.wrapped, request)
+
+    def generate_batch(self, jobs: Sequence[EngineJob]) -> list[EngineOutput | BaseException]:
+        """The wrapped engine's batch (or its jobs one by one), every image checked."""
+        hidden = [dataclasses.replace(job, control=_WithoutPreviews(job.control)) for job in jobs]
+        return [self._checked(out) if isinstance(out, EngineOutput) else out
+                for out in run_batch(self.wrapped, hidden)]
+
+    def run_graph(
+        self, request: GraphRequest, inputs: EngineInputs, control: GenerationControl
+    ) -> EngineOutput:
+        """A ComfyUI graph on the wrapped engine, every image it saves checked."""
+        from sdgate.engine.comfy.executor import run_graph
+
+        return self._checked(run_graph(self.wrapped, request, inputs, _WithoutPreviews(control)))
+
+    def _checked(self, output: EngineOutput) -> EngineOutput:
         filter_images(output, self._checker)
         count = sum(1 for image in output.images if image.filtered)
         if count and self._on_filtered is not None:
