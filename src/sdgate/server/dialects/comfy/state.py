@@ -11,6 +11,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from sdgate.core import images as core_images
+from sdgate.core.comfy.validate import Choices, GraphLimits, object_info
 from sdgate.core.errors import InvalidRequest, NotFound
 from sdgate.core.jobs import Job, JobState
 from sdgate.jobs.comfy_files import ComfyFiles, PromptRow
@@ -48,9 +49,7 @@ class ComfyState:
             return [info.relpath for info in catalog.list()]
         return [f.relpath for f in catalog.list_files(self.FOLDERS[folder])]
 
-    def choices(self, principal: Principal) -> Any:
-        from sdgate.core.comfy.validate import Choices
-
+    def choices(self, principal: Principal) -> Choices:
         inputs = self.files.names(principal.id, "input")
         return Choices(
             checkpoints=tuple(self.folder_files("checkpoints")),
@@ -62,8 +61,6 @@ class ComfyState:
         )
 
     def object_info(self, principal: Principal, class_type: str | None) -> dict[str, Any]:
-        from sdgate.core.comfy.validate import GraphLimits, object_info
-
         limits = GraphLimits.from_settings(self.services.settings)
         return object_info(self.choices(principal), class_type, limits=limits)
 

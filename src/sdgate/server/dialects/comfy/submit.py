@@ -20,6 +20,7 @@ from typing import Any
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from sdgate.core.comfy.validate import GraphInvalid, GraphLimits, ValidatedGraph, validate_prompt
 from sdgate.core.errors import InvalidRequest, ModelNotFound
 from sdgate.core.requests import GraphRequest
 from sdgate.server import jobflow
@@ -66,9 +67,9 @@ class _Missing(Exception):
         self.body = body
 
 
-def _prepare(services: Services, state: ComfyState, principal: Principal, body: PromptRequest) -> Any:
-    from sdgate.core.comfy.validate import GraphLimits, validate_prompt
-
+def _prepare(
+    services: Services, state: ComfyState, principal: Principal, body: PromptRequest
+) -> tuple[ValidatedGraph, tuple[tuple[str, str], ...], str | None]:
     assert body.prompt is not None
     targets = list(body.partial_execution_targets) if body.partial_execution_targets else None
     validated = validate_prompt(body.prompt, state.choices(principal),
@@ -95,8 +96,6 @@ def _prepare(services: Services, state: ComfyState, principal: Principal, body: 
 
 async def submit_prompt(services: Services, state: ComfyState, principal: Principal,
                         body: PromptRequest) -> JSONResponse:
-    from sdgate.core.comfy.validate import GraphInvalid
-
     if body.prompt is None:
         return JSONResponse(no_prompt(), status_code=400)
     if len(json.dumps(body.extra_data, default=str)) > MAX_EXTRA_DATA_BYTES:
