@@ -318,3 +318,18 @@ def test_an_uploaded_picture_over_the_size_limit_is_refused_at_submit(
         r = script.queue_prompt(comfy_graphs.img2img(CKPT, "wide.png", steps=2))
         assert r.status_code == 400 and "10" in r.json()["node_errors"], r.text
         assert script.queue_prompt(comfy_graphs.img2img(CKPT, "fits.png", steps=2)).status_code == 200
+
+
+def test_what_a_database_cannot_store_is_refused(null_server: str) -> None:
+    """NUL in any text or key (PostgreSQL's JSONB refuses it), NaN, deep nesting: 400, nothing queued."""
+    script = ComfyScript(null_server)
+    text = small(positive="a\x00b")
+    key = small()
+    key["9"]["inputs"]["odd\x00key"] = 1
+    for body in ({"prompt": text}, {"prompt": key}, {"prompt": small(), "extra_data": {"x": "\x00"}},
+                 {"prompt": small(), "extra_data": {"x": float("nan")}},
+                 {"prompt": small(), "extra_data": {"deep": __import__("functools").reduce(
+                     lambda inner, _: {"a": inner}, range(100), {})}}):
+        r = script.post("/prompt", data=__import__("json").dumps(body), headers={})
+        assert r.status_code == 400, (body, r.text)
+    assert script.get("/queue").json()["queue_pending"] == []

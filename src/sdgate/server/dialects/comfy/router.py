@@ -101,14 +101,11 @@ def _invalid_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
                       "details": "\n".join(lines), "extra_info": {}}, "node_errors": {}}
 
 
-_EMPTY: dict[str, Any] = {}
-
-
 async def _json(request: Request) -> Any:
     """The body as JSON; ``{}`` when empty. ``InvalidRequest`` for what is not JSON."""
     raw = await request.body()
     if not raw.strip():
-        return _EMPTY
+        return {}
     try:
         return json.loads(raw)
     except (ValueError, RecursionError):

@@ -14,6 +14,7 @@ behind.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from typing import Any
 
@@ -61,6 +62,31 @@ def missing_files(graph: dict[str, Any], missing: set[str]) -> dict[str, Any]:
                       "details": details, "extra_info": {}}, "node_errors": node_errors}
 
 
+MAX_DEPTH = 64
+
+
+def check_storable(value: Any, *, field: str) -> None:
+    """``InvalidRequest`` for JSON a job cannot store on every database: a NUL character in a string
+    or key (PostgreSQL's JSONB refuses it), a number that is not finite, nesting past ``MAX_DEPTH``."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidRequest(f"{field}: nested more than {MAX_DEPTH} levels deep", field=field)
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise InvalidRequest(f"{field}: text must not hold NUL characters", field=field)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise InvalidRequest(f"{field}: numbers must be finite", field=field)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                stack.append((key, depth))
+                stack.append((child, depth + 1))
+        elif isinstance(item, list | tuple):
+            stack.extend((child, depth + 1) for child in item)
+
+
 class _Missing(Exception):
     def __init__(self, body: dict[str, Any]) -> None:
         super().__init__("missing files")
@@ -98,6 +124,8 @@ async def submit_prompt(services: Services, state: ComfyState, principal: Princi
                         body: PromptRequest) -> JSONResponse:
     if body.prompt is None:
         return JSONResponse(no_prompt(), status_code=400)
+    check_storable(body.extra_data, field="extra_data")
+    check_storable(body.prompt, field="prompt")
     if len(json.dumps(body.extra_data, default=str)) > MAX_EXTRA_DATA_BYTES:
         raise InvalidRequest(f"extra_data: at most {MAX_EXTRA_DATA_BYTES} bytes of JSON", field="extra_data")
     try:
