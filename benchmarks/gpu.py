@@ -1,15 +1,17 @@
 """GPU benchmark (issue 17): plain diffusers vs sdgate, in one run, against the compute floor.
 
-    python benchmarks/gpu.py --arch sd15|sdxl|demo [--device cuda] [--steps 25] [--size 512]
-                             [--clients 1,8,32] [--requests 64] [--repeats 5] [--cfg 7]
+    python benchmarks/gpu.py --arch sd15|sdxl|demo [--device cuda] [--steps 25] [--size 512] [--cfg 7]
+                             [--clients 1,8,32] [--requests 8,32,64] [--repeats 5] [--warmup-calls 2]
                              [--batch-max N] [--batch-wait-ms MS] [--compile] [--warmup 512x512:1,8,32]
-                             [--out results.json] [--markdown results.md] [--check]
+                             [--threads N] [--model-cache DIR] [--out results.json] [--markdown results.md]
+                             [--check]
+    python benchmarks/gpu.py --table-from results.json      # the table of an earlier (or cut-off) run
 
 ``sd15`` and ``sdxl`` build the full-size SD 1.5 / SDXL architectures from the configs shipped in
 ``sdgate/assets/configs`` with random weights (built on the device, fp16 on CUDA: speed does not
-depend on weight values) and save them once as a diffusers folder in a temporary models dir, so
-every contender below runs exactly that model. ``demo`` runs the built-in demo model (no build): the
-CPU/CI mode that checks the bookkeeping. Three contenders, printed side by side in one table:
+depend on weight values) and save them once as a diffusers folder in a temporary models dir (or
+``--model-cache``), so every contender below runs exactly that model. ``demo`` runs the built-in
+demo model (no build): the CPU/CI mode that checks the bookkeeping. Printed side by side in one table:
 
 - **plain diffusers**: the pipeline as a user writes it, ``StableDiffusion[XL]Pipeline.from_pretrained
   (folder, torch_dtype=...).to(device)`` then ``pipe(prompt, num_inference_steps=..., guidance_scale=...,
@@ -18,23 +20,24 @@ CPU/CI mode that checks the bookkeeping. Three contenders, printed side by side 
 - **sdgate engine**: ``DiffusersEngine.generate`` on the same request (sampler ``Euler``, same size,
   steps, CFG), in this process. The plain and engine calls alternate, so a noisy machine slows both.
 - **sdgate over HTTP**: ``sdgate serve`` as a subprocess on a free loopback port with the flags asked
-  (``--batch-max``, ``--compile``...), and 1, 8, 32 (``--clients``) concurrent clients posting
-  A1111 ``/sdapi/v1/txt2img`` requests with distinct prompts and seeds. Each level first warms up
-  (one request per client, not counted), then ``--requests`` requests (at least one per client) are
-  timed from the first send to the last answer: images/s = images / seconds, and each request's
-  latency (p50, p95). Every returned image is checked to be a PNG of the asked size, and the
-  server's own ``sdgate_images_generated`` counter (``/metrics``) must have grown by the same count.
+  (``--batch-max``, ``--compile``...). First one client, its requests alternating with plain
+  diffusers calls in this process (the paired row). Then 1, 8, 32 (``--clients``) concurrent clients
+  posting A1111 ``/sdapi/v1/txt2img`` requests with distinct prompts and seeds: each level first
+  warms up (one request per client, not counted), then ``--requests`` requests (at least one per
+  client) are timed from the first send to the last answer: images/s = images / seconds, and each
+  request's latency (p50, p95). Every returned image is checked to be a PNG of the asked size, and
+  the server's own ``sdgate_images_generated`` counter (``/metrics``) must have grown by the count.
 
-The compute floor: the FLOPs of one image (25 x a CFG UNet pair + VAE decode + text encoders; for
+The compute floor: the FLOPs of one image (steps x a CFG UNet pair + VAE decode + text encoders; for
 sd15/sdxl the counted figures of ``shared/reference/performance.md`` scaled by steps and pixels, for
 the demo model counted here with ``torch.utils.flop_counter.FlopCounterMode``) over the device's peak,
 measured as the best rate of a large matmul in the run's dtype. Every figure is also printed as a
 fraction of that floor (floor seconds per image / measured seconds per image).
 
-``--check`` (the CPU demo mode's acceptance): exit 1 unless the engine's batch-1 latency and the
-1-client HTTP throughput are both within 10 % of plain diffusers.
+``--check`` (the CPU demo mode's acceptance): exit 1 unless sdgate's time per image is within 10 % of
+plain diffusers', call for call (the median of the pairs' ratios), both in process and over HTTP.
 The JSON (``--out``) is rewritten after every stage, so a run cut off by a timeout keeps what it
-measured.
+measured; a SIGTERM stops the server child on the way out.
 """
 
 from __future__ import annotations
@@ -226,11 +229,12 @@ def table_flops(arch: Arch, size: int) -> dict[str, float]:
 # --- plain diffusers and the engine ---------------------------------------------------------------
 
 
-def plain_pipeline(folder: Path, arch: Arch, device: torch.device, dtype: torch.dtype) -> Any:
-    """As a user writes it."""
+def plain_pipeline(folder: Path, device: torch.device, dtype: torch.dtype) -> Any:
+    """As a user writes it (the class the folder names: StableDiffusionPipeline, ...XLPipeline)."""
     import diffusers
 
-    cls = getattr(diffusers, arch.pipeline)
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    cls = getattr(diffusers, index["_class_name"])
     pipe = cls.from_pretrained(str(folder), torch_dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -259,9 +263,6 @@ def measure_in_process(
     from sdgate.core.engine import EngineInputs, NoControl
     from sdgate.core.requests import GenerationRequest
 
-    def run_plain(i: int) -> None:
-        plain_call(plain, args, i)
-
     def run_engine(i: int) -> None:
         request = GenerationRequest(
             prompt=f"a benchmark prompt number {i}", width=args.size, height=args.size, steps=args.steps,
@@ -271,11 +272,11 @@ def measure_in_process(
         assert len(out.images) == 1 and out.steps == args.steps
 
     for i in range(args.warmup_calls):
-        run_plain(-1 - i)
+        plain_call(plain, args, -1 - i)
         run_engine(-1 - i)
     plain_s, engine_s = [], []
     for i in range(args.repeats):
-        plain_s.append(timed(lambda i=i: run_plain(i), device)[0])
+        plain_s.append(timed(lambda i=i: plain_call(plain, args, i), device)[0])
         engine_s.append(timed(lambda i=i: run_engine(i), device)[0])
     return plain_s, engine_s
 
@@ -409,8 +410,8 @@ def run_clients(
     threads = [threading.Thread(target=client_thread, daemon=True) for _ in range(clients)]
     for t in threads:
         t.start()
+    start = time.perf_counter()  # before the release: the wall clock spans every request
     start_line.wait()
-    start = time.perf_counter()
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
@@ -550,7 +551,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         info = ModelCatalog(settings).resolve(None)
         log(f"model {info.name} ({info.filename}); peak {peak / 1e12:.2f} TFLOP/s measured")
         # 2. The floor.
-        plain = plain_pipeline(info.filename, arch, device, dtype)
+        plain = plain_pipeline(info.filename, device, dtype)
         if arch.config_key is None:
             floor = floor_figures(counted_flops(plain, args.size, args.steps), args.steps, peak, "counted")
         else:
