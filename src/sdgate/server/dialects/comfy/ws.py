@@ -46,6 +46,7 @@ log = logging.getLogger("sdgate.comfy")
 
 DIALECT = "comfy"
 MAX_BACKLOG = 256  # frames queued for one socket past which progress and previews are dropped
+MAX_QUEUED = 4096  # ... and past which everything is: a client that reads nothing costs bounded memory
 PREVIEW_EVERY_S = 0.5  # at most one preview frame per prompt this often
 PREVIEW_SIZE = 512  # ComfyUI's --preview-size
 STATUS_DELAY_S = 0.05  # queue changes within this coalesce into one status message
@@ -74,7 +75,8 @@ class Connection:
     queue: asyncio.Queue[dict[str, Any] | bytes | None] = field(default_factory=asyncio.Queue)
 
     def push(self, item: dict[str, Any] | bytes, *, droppable: bool = False) -> None:
-        if droppable and self.queue.qsize() >= MAX_BACKLOG:
+        queued = self.queue.qsize()
+        if queued >= MAX_QUEUED or (droppable and queued >= MAX_BACKLOG):
             return
         self.queue.put_nowait(item)
 
