@@ -8,7 +8,7 @@
 # fastapi, uvicorn, ...) already installed, checks them first and says clearly what is missing.
 # sdgate itself need not be installed: without it, the script runs it from ./src (PYTHONPATH).
 #
-# Three stages, each under its own timeout (120 + 270 + 180 s: 9.5 minutes); a stage cut off by
+# Three stages, each under its own timeout (120 + 260 + 180 s, 9 min 20 s; with the checks, under 10); a stage cut off by
 # its timeout keeps every figure it measured (gpu.py rewrites its JSON after each step):
 #   1. sd15-eager    SD 1.5 512x512, 25 steps, CFG 7, fp16: plain diffusers, the engine, HTTP 1/8/32
 #   2. sd15-compile  the same with --compile --warmup 512x512:1,8,32 --batch-max 32 (the targets:
@@ -27,7 +27,7 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/sdgate-gpu-bench.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 PY="${PYTHON:-python}"
 SD15_EAGER_S="${SD15_EAGER_S:-120}"
-SD15_COMPILE_S="${SD15_COMPILE_S:-270}"
+SD15_COMPILE_S="${SD15_COMPILE_S:-260}"
 SDXL_EAGER_S="${SDXL_EAGER_S:-180}"
 START=$(date +%s)
 
