@@ -8,8 +8,8 @@
 # fastapi, uvicorn, ...) already installed, checks them first and says clearly what is missing.
 # sdgate itself need not be installed: without it, the script runs it from ./src (PYTHONPATH).
 #
-# Three stages, each under its own timeout (120 + 260 + 180 s, 9 min 20 s; with the checks, under 10); a stage cut off by
-# its timeout keeps every figure it measured (gpu.py rewrites its JSON after each step):
+# Three stages, each under its own timeout (120 + 260 + 180 s; with the checks, under 10 minutes); a
+# stage cut off by its timeout keeps every figure it measured (gpu.py rewrites its JSON after each step):
 #   1. sd15-eager    SD 1.5 512x512, 25 steps, CFG 7, fp16: plain diffusers, the engine, HTTP 1/8/32
 #   2. sd15-compile  the same with --compile --warmup 512x512:1,8,32 --batch-max 32 (the targets:
 #                    <= 0.15 s engine, <= 0.20 s HTTP, >= 10 images/s with 32 clients)
