@@ -670,7 +670,7 @@ def table(data: dict[str, Any]) -> str:
             f"HTTP x{check['http_time_vs_plain'] or 0:.3f})",
         ]
     else:
-        lines += ["", "(cut off: the rows above are all it measured)"]
+        lines += ["", "(the run stopped early: the rows above are all it measured)"]
     return "\n".join(lines)
 
 

@@ -81,13 +81,20 @@ stage() {  # stage NAME BUDGET_S ARGS...
     case $rc in
         0) say "stage $name: done" ;;
         124|137) say "stage $name: cut off by its ${budget}s budget (partial figures in $name.json)" ;;
-        *) say "stage $name: failed ($rc); the end of its log:"; tail -n 25 "$OUT/$name.log" | tee -a "$OUT/summary.log" ;;
+        *)
+            say "stage $name: failed ($rc); the end of its log:"
+            tail -n 25 "$OUT/$name.log" | tee -a "$OUT/summary.log"
+            ;;
     esac
     if [ ! -s "$OUT/$name.md" ] && [ -s "$OUT/$name.json" ]; then  # cut off: the rows it measured
         "$PY" benchmarks/gpu.py --table-from "$OUT/$name.json" >"$OUT/$name.md" 2>>"$OUT/$name.log"
     fi
-    { echo "## $name (exit $rc)"; echo; cat "$OUT/$name.md" 2>/dev/null || echo "(no table: see $name.log)"; echo; } \
-        >>"$OUT/summary.md"
+    {
+        echo "## $name (exit $rc)"
+        echo
+        cat "$OUT/$name.md" 2>/dev/null || echo "(no table: see $name.log)"
+        echo
+    } >>"$OUT/summary.md"
 }
 
 : >"$OUT/summary.md"
