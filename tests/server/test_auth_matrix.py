@@ -58,6 +58,10 @@ def _hf(body: Body, code: str) -> bool:
     return set(body) == {"error"} and isinstance(body["error"], str) and bool(body["error"])
 
 
+def _comfy(body: Body, code: str) -> bool:
+    return body["error"]["type"] == code and bool(body["error"]["message"]) and "node_errors" in body
+
+
 # The error shape of each route class; routes of no dialect (docs, OpenAPI) answer the native one.
 SHAPES: dict[str, Callable[[Body, str], bool]] = {
     "NativeRoute": _native,
@@ -67,6 +71,7 @@ SHAPES: dict[str, Callable[[Body, str], bool]] = {
     "StabilityV1Route": _stability_v1,
     "StabilityV2Route": _stability_v2,
     "HfRoute": _hf,
+    "ComfyRoute": _comfy,
 }
 OTHER = _native
 

@@ -19,6 +19,7 @@ UNet hook while ``PromptPlan.applied`` is active; a one-part prompt of weight 1 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -59,12 +60,23 @@ class _Chunk:
     fixes: list[tuple[int, Embedding]] = field(default_factory=list)  # (offset in tokens, embedding)
 
 
+def _comma_id(tokenizer: Any) -> int:
+    """The id of ``,</w>`` (A1111 breaks long chunks after a comma), looked up once per tokenizer:
+    ``get_vocab()`` builds the whole 49,408-entry dict at every call (~50 ms, twice per image)."""
+    cached = getattr(tokenizer, "_sdgate_comma_id", None)
+    if cached is None:
+        cached = tokenizer.get_vocab().get(",</w>", -1)
+        with contextlib.suppress(AttributeError):  # one that takes no attributes: looked up each time
+            tokenizer._sdgate_comma_id = cached
+    return int(cached)
+
+
 def chunk_tokens(tokenizer: Any, text: str, embeddings: EmbeddingSet | None = None) -> list[_Chunk]:
     """A1111's ``tokenize_line``: weighted runs -> chunks of exactly 75 tokens (padded)."""
     runs = parse_attention(text)
     texts = [run for run, weight in runs]
     ids = tokenizer(texts, add_special_tokens=False, truncation=False).input_ids
-    comma = tokenizer.get_vocab().get(",</w>", -1)
+    comma = _comma_id(tokenizer)
     pad = tokenizer.eos_token_id  # encode_weighted turns what follows the first EOS into PAD
     chunks: list[_Chunk] = []
     chunk = _Chunk([], [])

@@ -13,13 +13,12 @@ from typing import Any
 
 import pytest
 import requests
+import websocket  # websocket-client (the test extra), what ComfyUI's examples use
 from PIL import Image
 
 from sdgate.settings import Settings
 from tests.fakes import write_fake_checkpoint
 from tests.harness import ThreadServer
-
-websocket = pytest.importorskip("websocket")  # websocket-client, what ComfyUI's examples use
 
 
 @dataclass
