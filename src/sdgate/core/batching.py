@@ -8,8 +8,8 @@ every image equals what it would be alone (within a stated floating-point tolera
 
 A request whose work cannot be split into independent rows of one denoising loop gets ``None`` and
 always runs alone: img2img and inpainting (init images), hires fix, a refiner, variation seeds, seed
-resizing, NGMS (``s_min_uncond``), prompt editing and alternation (``[a:b:when]``, ``[a|b]``) and
-composable prompts (``AND``), whose prompts change per step or per part.
+resizing, NGMS (``s_min_uncond``), ControlNet units, prompt editing and alternation (``[a:b:when]``,
+``[a|b]``) and composable prompts (``AND``), whose prompts change per step or per part.
 
 The store keeps the key in its own column (``jobs.batch_key``, computed at submit), so a worker
 claims a compatible group in one transaction (``JobStore.claim_group(..., batched=True)``). The key
@@ -70,7 +70,7 @@ def batchable(request: GenerationRequest) -> bool:
         return False
     if request.subseed_strength > 0 or request.seed_resize_from_w > 0 or request.seed_resize_from_h > 0:
         return False
-    if request.s_min_uncond > 0 or request.image_count > MAX_ROWS_PER_JOB:
+    if request.s_min_uncond > 0 or request.image_count > MAX_ROWS_PER_JOB or request.controlnets:
         return False
     return _plain_prompt(request.prompt) and _plain_prompt(request.negative_prompt)
 

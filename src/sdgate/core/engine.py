@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
-from sdgate.core.requests import GenerationRequest, ImageRef, ImageRole
+from sdgate.core.requests import ControlNetUnit, GenerationRequest, ImageRef, ImageRole
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -59,11 +59,12 @@ class NoControl:
 @dataclass(frozen=True)
 class EngineInputs:
     """A job's decoded input images by role: init images (in the order of ``request.init_images``),
-    the mask, and control images (room for ControlNet; no engine reads them yet)."""
+    the mask, and each ControlNet unit's image and mask (``controls`` pairs them with the units)."""
 
     init_images: tuple[Image, ...] = ()
     mask: Image | None = None
     control_images: tuple[Image, ...] = ()
+    control_masks: tuple[Image, ...] = ()
 
     @classmethod
     def from_refs(cls, loaded: Iterable[tuple[ImageRef, Image]]) -> EngineInputs:
@@ -78,7 +79,18 @@ class EngineInputs:
             init_images=tuple(by_role[ImageRole.INIT]),
             mask=masks[0] if masks else None,
             control_images=tuple(by_role[ImageRole.CONTROL]),
+            control_masks=tuple(by_role[ImageRole.CONTROL_MASK]),
         )
+
+    def controls(self, request: GenerationRequest) -> list[tuple[ControlNetUnit, Image | None, Image | None]]:
+        """Each ControlNet unit of ``request`` with its decoded image (None: the unit names none, and
+        uses the first init image) and mask, matched in unit order."""
+        images, masks = iter(self.control_images), iter(self.control_masks)
+        found: list[tuple[ControlNetUnit, Image | None, Image | None]] = []
+        for unit in request.controlnets:
+            image = next(images) if unit.image is not None else None
+            found.append((unit, image, next(masks) if unit.mask is not None else None))
+        return found
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,8 @@ class ImageRole(StrEnum):
 
     INIT = "init"
     MASK = "mask"
-    CONTROL = "control"  # room for ControlNet's control images
+    CONTROL = "control"  # a ControlNet unit's control image (``GenerationRequest.controlnets``)
+    CONTROL_MASK = "control_mask"  # a ControlNet unit's own mask: where its guidance applies
 
 
 class ImageRef(NamedTuple):
@@ -53,6 +54,55 @@ class LoraRef(BaseModel):
     name: str
     te_weight: float = 1.0
     unet_weight: float = 1.0
+
+
+class ControlMode(StrEnum):
+    """How a ControlNet's guidance weighs against the prompt (A1111's ``control_mode``)."""
+
+    BALANCED = "balanced"
+    PROMPT = "prompt"  # "My prompt is more important"
+    CONTROLNET = "controlnet"  # "ControlNet is more important"
+
+
+class ControlResize(StrEnum):
+    """How a control image is fitted to the generation's size (A1111's ``resize_mode``)."""
+
+    JUST_RESIZE = "just_resize"  # stretch to the size
+    CROP_AND_RESIZE = "crop_and_resize"  # cover the size, crop the overflow (centred)
+    RESIZE_AND_FILL = "resize_and_fill"  # fit inside the size, pad the rest
+
+
+class ControlNetUnit(BaseModel):
+    """One ControlNet guiding a generation (several: multi-ControlNet), as every dialect translates
+    it: the model (a catalog name of a file or folder in ``ControlNet/``/``controlnet/``), its control
+    image (an ``ImageStore`` id; None: the request's first init image, as A1111 uses for img2img),
+    the preprocessor ``module`` run on that image first (``none``: it already is a control map;
+    ``core.controlnet`` lists them), and how strongly and when it guides. Values are bounded by
+    every dialect where they enter; the ranges here are the last guard."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    image: str | None = None
+    mask: str | None = None  # where this unit guides (white), from its own mask image
+    module: str = "none"
+    weight: float = Field(1.0, ge=0.0, le=2.0)
+    guidance_start: float = Field(0.0, ge=0.0, le=1.0)
+    guidance_end: float = Field(1.0, ge=0.0, le=1.0)
+    control_mode: ControlMode = ControlMode.BALANCED
+    resize_mode: ControlResize = ControlResize.CROP_AND_RESIZE
+    processor_res: int = Field(512, ge=64, le=2048)  # the preprocessor's working resolution
+    threshold_a: float | None = None  # the preprocessor's first parameter (canny: low threshold)
+    threshold_b: float | None = None  # its second (canny: high threshold)
+    pixel_perfect: bool = False  # processor_res from the generation's size instead
+
+    def image_refs(self, index: int) -> tuple[ImageRef, ...]:
+        refs = []
+        if self.image is not None:
+            refs.append(ImageRef(self.image, ImageRole.CONTROL, f"controlnets[{index}].image"))
+        if self.mask is not None:
+            refs.append(ImageRef(self.mask, ImageRole.CONTROL_MASK, f"controlnets[{index}].mask"))
+        return tuple(refs)
 
 
 class HiresSettings(BaseModel):
@@ -132,15 +182,19 @@ class GenerationRequest(BaseModel):
     refiner_switch_at: float | None = None
     # A1111's restore_faces: the face restorer (``core.restorers``) run on each final image; None: off.
     restore_faces: str | None = None
+    # ControlNet units (multi-ControlNet), applied in order; empty: none.
+    controlnets: tuple[ControlNetUnit, ...] = ()
 
     @property
     def image_count(self) -> int:
         return self.batch_size * self.n_iter
 
     def image_refs(self) -> tuple[ImageRef, ...]:
-        """Every image this request reads, init images first (in order), then the mask."""
+        """Every image this request reads, init images first (in order), then the mask, then each
+        ControlNet unit's image and mask (in unit order)."""
         mask = (ImageRef(self.mask, ImageRole.MASK, "mask"),) if self.mask is not None else ()
-        return (*_init_refs(self.init_images), *mask)
+        controls = tuple(ref for i, unit in enumerate(self.controlnets) for ref in unit.image_refs(i))
+        return (*_init_refs(self.init_images), *mask, *controls)
 
     def seeds(self) -> list[int]:
         """A1111's rule: image i uses seed + i (wrapping at 2**64), unless a variation seed is used."""
