@@ -175,3 +175,49 @@ def upscale_with_model(ckpt: str, model_name: str) -> Graph:
     graph["9"]["inputs"]["images"] = ["11", 0]
     graph["12"] = {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}}
     return graph
+
+
+def controlnet(
+    ckpt: str,
+    control_net_name: str,
+    image_name: str,
+    *,
+    strength: float = 1.0,
+    advanced: bool = False,
+    start_percent: float = 0.0,
+    end_percent: float = 1.0,
+    **txt2img_args: Any,
+) -> Graph:
+    """txt2img guided by a ControlNet: LoadImage (an already-made control map) and ControlNetLoader
+    into ControlNetApply on the positive prompt, or, ``advanced``, ControlNetApplyAdvanced on both
+    prompts with a start/end window (ComfyUI's default ControlNet workflow)."""
+    graph = txt2img(ckpt, **txt2img_args)
+    graph["10"] = {"class_type": "LoadImage", "inputs": {"image": image_name}}
+    graph["11"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": control_net_name}}
+    if advanced:
+        graph["12"] = {
+            "class_type": "ControlNetApplyAdvanced",
+            "inputs": {
+                "positive": ["6", 0],
+                "negative": ["7", 0],
+                "control_net": ["11", 0],
+                "image": ["10", 0],
+                "strength": strength,
+                "start_percent": start_percent,
+                "end_percent": end_percent,
+            },
+        }
+        graph["3"]["inputs"]["positive"] = ["12", 0]
+        graph["3"]["inputs"]["negative"] = ["12", 1]
+    else:
+        graph["12"] = {
+            "class_type": "ControlNetApply",
+            "inputs": {
+                "conditioning": ["6", 0],
+                "control_net": ["11", 0],
+                "image": ["10", 0],
+                "strength": strength,
+            },
+        }
+        graph["3"]["inputs"]["positive"] = ["12", 0]
+    return graph

@@ -74,7 +74,8 @@ ISSUE_NODES = {
     "KSamplerAdvanced", "VAEDecode", "VAEEncode", "VAEEncodeForInpaint", "SetLatentNoiseMask", "LoadImage",
     "LoadImageMask", "ImageScale", "ImageScaleBy", "LatentUpscale", "LatentUpscaleBy", "LoraLoader",
     "LoraLoaderModelOnly", "VAELoader", "UpscaleModelLoader", "ImageUpscaleWithModel", "SaveImage",
-    "PreviewImage", "ConditioningCombine", "ConditioningSetArea",
+    "PreviewImage", "ConditioningCombine", "ConditioningSetArea", "ControlNetLoader", "ControlNetApply",
+    "ControlNetApplyAdvanced",
 }  # fmt: skip
 
 CHOICES = Choices(
@@ -252,7 +253,7 @@ def test_object_info_output_nodes_and_hidden_inputs() -> None:
 
 
 def test_object_info_unknown_class_is_empty() -> None:
-    assert object_info(CHOICES, "ControlNetLoader") == {}
+    assert object_info(CHOICES, "DiffControlNetLoader") == {}
     assert object_info(CHOICES, "") == {}
 
 

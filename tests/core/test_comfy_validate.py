@@ -173,16 +173,16 @@ def test_node_that_is_not_an_object_has_no_class_type() -> None:
 
 def test_unknown_node_types_are_named() -> None:
     prompt = graphs.txt2img(CKPT)
-    prompt["20"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "canny.pth"}}
+    prompt["20"] = {"class_type": "DiffControlNetLoader", "inputs": {"control_net_name": "canny.pth"}}
     prompt["21"] = {"class_type": "IPAdapterApply", "inputs": {}}
-    prompt["22"] = {"class_type": "ControlNetLoader", "inputs": {}}
+    prompt["22"] = {"class_type": "DiffControlNetLoader", "inputs": {}}
     body = refused(prompt)
     assert body == {
         "error": {
             "type": "invalid_prompt",
-            "message": "Cannot execute because node ControlNetLoader does not exist.",
+            "message": "Cannot execute because node DiffControlNetLoader does not exist.",
             "details": "Node ID '#20'",
-            "extra_info": {"missing_node_types": ["ControlNetLoader", "IPAdapterApply"]},
+            "extra_info": {"missing_node_types": ["DiffControlNetLoader", "IPAdapterApply"]},
         },
         "node_errors": {},
     }

@@ -25,6 +25,7 @@ class Choices:
     upscale_models: Sequence[str] = ()
     input_images: Sequence[str] = ()
     image_sizes: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    controlnet: Sequence[str] = ()  # the ControlNet files (``controlnet/``, ``ControlNet/``)
 
     def options(self, name: str) -> Sequence[str]:
         if name == "samplers":
@@ -70,6 +71,8 @@ def node_info(spec: NodeSpec, choices: Choices, limits: GraphLimits | None = Non
         "category": spec.category,
         "output_node": spec.output_node,
     }
+    if spec.deprecated:
+        info["deprecated"] = True
     if spec.output_tooltips:
         info["output_tooltips"] = list(spec.output_tooltips)
     return info

@@ -30,6 +30,7 @@ class GraphLimits:
     max_batch_images: int = 64  # one batch, and the images all output nodes write together
     max_prompt_bytes: int = 64 * 1024  # every STRING input (UTF-8)
     max_loras: int = 32  # LoraLoader / LoraLoaderModelOnly nodes of the prompt
+    max_controlnets: int = 8  # ControlNetApply / ControlNetApplyAdvanced nodes (each: a net per step)
     size_multiple: int = 8  # the model's VAE factor: latents are width // size_multiple wide
 
     @classmethod

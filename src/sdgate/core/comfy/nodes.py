@@ -22,9 +22,15 @@ MAX_RESOLUTION = 16384  # ComfyUI's nodes.MAX_RESOLUTION
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
-LINK_TYPES = frozenset({"MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK", "UPSCALE_MODEL"})
+LINK_TYPES = frozenset(
+    {"MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK", "UPSCALE_MODEL", "CONTROL_NET"}
+)
 # Names a COMBO's ``options`` may give instead of fixed values (``validate.Choices`` fields, and ours).
-DYNAMIC_LISTS = ("checkpoints", "loras", "vae", "upscale_models", "input_images", "samplers", "schedulers")
+DYNAMIC_LISTS = (
+    "checkpoints", "loras", "vae", "upscale_models", "controlnet", "input_images", "samplers", "schedulers",
+)  # fmt: skip
+# The nodes that put a ControlNet on conditioning (``GraphLimits.max_controlnets`` counts them).
+CONTROLNET_APPLY = ("ControlNetApply", "ControlNetApplyAdvanced")
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class NodeSpec:
     output_tooltips: tuple[str, ...] = ()  # ComfyUI's OUTPUT_TOOLTIPS, where it has them
     hidden: Mapping[str, str] = field(default_factory=dict)  # e.g. {"prompt": "PROMPT"}
     python_module: str = "nodes"
+    deprecated: bool = False  # ComfyUI's DEPRECATED: object_info says so; the node still runs
 
     def input(self, name: str) -> InputSpec | None:
         for spec in self.inputs:
@@ -180,6 +187,8 @@ _KS_TIPS = {
     "denoise": "The amount of denoising applied, lower values will maintain the structure of the initial "
     "image allowing for image to image sampling.",
 }
+
+_CONTROLNET_STRENGTH = _float("strength", 1.0, 0.0, 10.0, 0.01)
 
 _EMPTY_TIPS = {
     "width": "The width of the latent images in pixels.",
@@ -519,6 +528,48 @@ def _specs() -> tuple[NodeSpec, ...]:
             (),
             output_node=True,
             hidden=_SAVE_HIDDEN,
+        ),
+        NodeSpec(
+            "ControlNetLoader",
+            "Load ControlNet Model",
+            "loaders",
+            "",
+            (_combo("control_net_name", "controlnet"),),
+            ("CONTROL_NET",),
+            ("CONTROL_NET",),
+        ),
+        NodeSpec(
+            "ControlNetApply",
+            "Apply ControlNet (OLD)",
+            "conditioning/controlnet",
+            "",
+            (
+                _link("conditioning", "CONDITIONING"),
+                _link("control_net", "CONTROL_NET"),
+                _link("image", "IMAGE"),
+                _CONTROLNET_STRENGTH,
+            ),
+            ("CONDITIONING",),
+            ("CONDITIONING",),
+            deprecated=True,
+        ),
+        NodeSpec(
+            "ControlNetApplyAdvanced",
+            "Apply ControlNet",
+            "conditioning/controlnet",
+            "",
+            (
+                _link("positive", "CONDITIONING"),
+                _link("negative", "CONDITIONING"),
+                _link("control_net", "CONTROL_NET"),
+                _link("image", "IMAGE"),
+                _CONTROLNET_STRENGTH,
+                _float("start_percent", 0.0, 0.0, 1.0, 0.001),
+                _float("end_percent", 1.0, 0.0, 1.0, 0.001),
+                InputSpec("vae", "VAE", required=False),
+            ),
+            ("CONDITIONING", "CONDITIONING"),
+            ("positive", "negative"),
         ),
         NodeSpec(
             "ConditioningCombine",

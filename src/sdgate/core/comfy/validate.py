@@ -8,13 +8,14 @@ and, per node, a NodeError ``{"errors", "dependent_outputs", "class_type"}`` who
 those that pass run, those that fail are reported in ``node_errors`` beside them.
 
 Beyond ComfyUI: the graph is bounded (``GraphLimits``: node count, link depth, cycles, sizes,
-batches, steps, text) and walked without recursion, so a hostile prompt is refused in time linear
-in its size; our limits tighten the ranges (``value_bigger_than_max`` names our maximum) or, for
-values derived through the graph, fail as ``custom_validation_failed`` naming the setting; a link
-to a missing node or output (``bad_linked_input``) or a cycle (``dependency_cycle``, ComfyUI's
-execution-time words) is a reason on the node that holds it; NaN and infinities are
-``invalid_input_type``; a SaveImage ``filename_prefix`` that leaves the output folder fails here
-rather than when the node runs. Received values are echoed JSON-safe (no NaN) and cut short.
+batches, steps, text, LoRAs, ControlNets) and walked without recursion, so a hostile prompt is
+refused in time linear in its size; our limits tighten the ranges (``value_bigger_than_max`` names
+our maximum) or, for values derived through the graph, fail as ``custom_validation_failed`` naming
+the setting; a link to a missing node or output (``bad_linked_input``) or a cycle
+(``dependency_cycle``, ComfyUI's execution-time words) is a reason on the node that holds it; NaN
+and infinities are ``invalid_input_type``; a SaveImage ``filename_prefix`` that leaves the output
+folder fails here rather than when the node runs. Received values are echoed JSON-safe (no NaN) and
+cut short.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 from sdgate.core.comfy import shapes
 from sdgate.core.comfy.info import Choices, combo_values, input_config, object_info
 from sdgate.core.comfy.limits import GraphLimits
-from sdgate.core.comfy.nodes import NODES, InputSpec
+from sdgate.core.comfy.nodes import CONTROLNET_APPLY, NODES, InputSpec
 
 __all__ = ["Choices", "GraphInvalid", "GraphLimits", "ValidatedGraph", "object_info", "validate_prompt"]
 
@@ -121,6 +122,7 @@ class _Validator:
         self.results: dict[str, _Result] = {}
         self.total_steps = 0
         self.loras = 0
+        self.controlnets = 0
         self._option_sets: dict[str, frozenset[str]] = {}
         self._configs: dict[int, list[Any]] = {}  # by id() of the InputSpec: NODES holds them all
 
@@ -276,6 +278,16 @@ class _Validator:
                     result,
                     "lora_name",
                     f"the prompt loads {self.loras} LoRAs, over the limit of {limit} (max_loras)",
+                )
+        if class_type in CONTROLNET_APPLY:
+            self.controlnets += 1
+            if self.controlnets > self.limits.max_controlnets:
+                limit = self.limits.max_controlnets
+                self._fail(
+                    result,
+                    "control_net",
+                    f"the prompt applies {self.controlnets} ControlNets, over the limit of {limit} "
+                    "(max_controlnets)",
                 )
 
     def _count_steps(self, class_type: str, result: _Result) -> None:

@@ -213,6 +213,9 @@ _NODES: dict[str, Any] = {
     "ImageUpscaleWithModel": _upscale_with_model,
     "ConditioningCombine": _combine,
     "ConditioningSetArea": _first("conditioning"),
+    "ControlNetLoader": lambda ctx, args: (("controlnet", str(args.get("control_net_name", ""))),),
+    "ControlNetApply": _first("conditioning"),  # a ControlNet guides; it changes no size
+    "ControlNetApplyAdvanced": _same("positive", "negative"),
     "SaveImage": _save("output"),
     "PreviewImage": _save("temp"),
 }

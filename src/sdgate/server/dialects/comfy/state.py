@@ -56,6 +56,7 @@ class ComfyState:
             loras=tuple(self.folder_files("loras")),
             vae=tuple(self.folder_files("vae")),
             upscale_models=tuple(self.folder_files("upscale_models")),
+            controlnet=tuple(self.folder_files("controlnet")),
             input_images=tuple(inputs),
             image_sizes={name: size for name, size in inputs.items() if size is not None},
         )
