@@ -7,7 +7,7 @@ need no downloaded weights and run with opencv and numpy alone, so an API node a
 
     none            the image already is a control map
     invert          255 - image: black lines on white become white lines on black
-    canny           cv2.Canny on grey (threshold_a: low, threshold_b: high)
+    canny           cv2.Canny on grey (threshold_a: low, threshold_b: high; A1111 hands it RGB)
     threshold       binary (A1111's "binary"): white where grey <= threshold_a; 0 means Otsu
     scribble_xdog   difference of Gaussians, thresholded: white lines on black
     tile_resample   down by threshold_a (area), back up to the same size (cubic)
@@ -182,7 +182,8 @@ def _annotator_files(models_dir: Path) -> set[str]:
 
 
 def available(models_dir: Path | None = None) -> list[Preprocessor]:
-    """What this server runs: the weight-free ones, and the others whose weights are present."""
+    """What this server lists: the weight-free ones (which ``preprocess`` runs), then those whose
+    annotator weights are present under ``models_dir``."""
     if models_dir is None:
         return list(_BUILTIN)
     files = _annotator_files(models_dir)
@@ -240,9 +241,15 @@ def preprocess(
     default"), takes the slider's default; others are clamped to the slider's range; a non-finite
     one is an ``InvalidRequest`` naming it. Thresholds a module has no slider for are ignored.
     """
+    annotator = _find(module, _NEEDS_WEIGHTS) if isinstance(module, str) else None
+    if annotator is not None:
+        names = ", ".join(p.name for p in _BUILTIN)
+        raise InvalidRequest(
+            f"module {annotator.name!r} needs an annotator model, which sdgate does not run yet; "
+            f"available: {names}",
+            field="module",
+        )
     preprocessor = resolve_module(module)
-    if preprocessor.needs_weights:  # pragma: no cover - resolve_module(models_dir=None) lists none
-        raise InvalidRequest(f"module {module!r} is not run by this server", field="module")
     values = _slider_values(preprocessor, (threshold_a, threshold_b))
     rgb = _as_rgb_array(image)
     if preprocessor.uses_resolution:
