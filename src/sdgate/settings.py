@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     ssl_keyfile: Path | None = None
     cors_allow_origins: list[str] = Field(default_factory=list)  # none: CORS off (no browser origin)
     enable_server_stop: bool = False
+    ui: bool = True  # the web UI at /ui, and / redirects there (--no-ui: neither)
     allow_image_urls: bool = False  # img2img init images / masks may be http(s) URLs (public hosts only)
     cancel_on_disconnect: bool = False  # blocking routes: cancel the job when the client goes away
     strict_models: bool = False  # unknown model names: 404 instead of the default model

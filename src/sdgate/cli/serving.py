@@ -140,6 +140,9 @@ PreviewMethodOpt = Annotated[
     typer.Option("--preview-method", help="Progress previews: auto, latent, taesd (TAESD weights in the "
                  "models folder) or none. [default: auto]"),
 ]
+UiOpt = Annotated[
+    bool | None, typer.Option("--ui/--no-ui", help="The web UI at /ui (/ redirects there). [default: on]")
+]
 LogLevelOpt = Annotated[str, typer.Option(help="debug, info, warning, error.")]
 LogFormatOpt = Annotated[str, typer.Option("--log-format", help="text, or json (one object per line).")]
 
@@ -194,6 +197,7 @@ def serve(
     compile: CompileOpt = False,
     warmup: WarmupOpt = None,
     preview_method: PreviewMethodOpt = None,
+    ui: UiOpt = None,
     log_level: LogLevelOpt = "info",
     log_format: LogFormatOpt = "text",
 ) -> None:
@@ -203,7 +207,7 @@ def serve(
         model=model, database=database, storage=storage, storage_endpoint=storage_endpoint,
         device=device, engine=engine, api_auth=api_auth, public_url=public_url,
         vram_mode="lowvram" if lowvram else "medvram" if medvram else None,
-        allow_image_urls=True if allow_image_urls else None, workers=workers,
+        allow_image_urls=True if allow_image_urls else None, workers=workers, ui=ui,
         max_queued_per_principal=max_queued_per_principal,
         **access_overrides(auth, public_endpoint, ssl_certfile, ssl_keyfile, cors_allow_origin,
                            audit_prompts, content_blocklist, safety_checker),
@@ -242,6 +246,7 @@ def api(
     audit_prompts: AuditPromptsOpt = False,
     content_blocklist: BlocklistOpt = None,
     safety_checker: SafetyOpt = None,
+    ui: UiOpt = None,
     log_level: LogLevelOpt = "info",
     log_format: LogFormatOpt = "text",
 ) -> None:
@@ -251,7 +256,7 @@ def api(
         host="0.0.0.0" if listen else host, port=port, data_dir=data_dir, models_dir=models_dir,
         model=model, database=database, storage=storage, storage_endpoint=storage_endpoint,
         api_auth=api_auth, public_url=public_url, allow_image_urls=True if allow_image_urls else None,
-        max_queued_per_principal=max_queued_per_principal, workers=0,
+        max_queued_per_principal=max_queued_per_principal, workers=0, ui=ui,
         **access_overrides(auth, public_endpoint, ssl_certfile, ssl_keyfile, cors_allow_origin,
                            audit_prompts, content_blocklist, safety_checker),
     )

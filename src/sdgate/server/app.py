@@ -34,6 +34,8 @@ from sdgate.server.observability import MetricsMiddleware
 from sdgate.server.ratelimit import RateLimitMiddleware
 from sdgate.server.runtime import ServerRuntime
 from sdgate.server.services import Services
+from sdgate.server.ui import install_ui
+from sdgate.server.ui import public_paths as ui_paths
 from sdgate.settings import Settings
 
 try:  # FastAPI >= 0.16x keeps included routers nested; this walks them with their full paths
@@ -83,6 +85,8 @@ def create_app(
     install_log_redaction()  # the access log prints query strings: ?token= stays out of it
     app.add_exception_handler(405, _method_not_allowed)
     install_docs(app)
+    if settings.ui:
+        install_ui(app)
     for dialect in DIALECTS:
         for router in dialect.routers:
             app.include_router(router)
@@ -93,8 +97,8 @@ def create_app(
     app.add_middleware(DefaultJsonMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RateLimitMiddleware)  # inside AuthMiddleware: it reads the principal
-    app.add_middleware(AuthMiddleware, authenticator=authenticator_for(settings),
-                       public=settings.public_endpoints)
+    app.add_middleware(AuthMiddleware, authenticator=authenticator_for(settings),  # UI files: no data
+                       public=[*settings.public_endpoints, *(ui_paths() if settings.ui else [])])
     app.add_middleware(AuditMiddleware, dialects=DIALECTS)  # around auth: records its refusals too
     app.add_middleware(GZipMiddleware, minimum_size=1000)
     if settings.cors_allow_origins:
