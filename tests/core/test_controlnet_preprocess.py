@@ -14,6 +14,7 @@ from PIL import Image
 
 from sdgate.core import controlnet
 from sdgate.core.controlnet import (
+    annotator_weights_present,
     available,
     fit_control_image,
     pixel_perfect_resolution,
@@ -110,29 +111,28 @@ def test_a_weight_needing_module_is_refused_while_its_weights_are_absent(name: s
     with pytest.raises(InvalidRequest) as caught:
         resolve_module(name, tmp_path)
     assert caught.value.field == "module"
-    assert "annotator weights" in caught.value.message
+    assert "needs an annotator model" in caught.value.message
     assert ", ".join(BUILTIN) in caught.value.message
 
 
 @pytest.mark.parametrize("folder", ["annotators", "annotator/downloads/midas"])
-def test_a_weight_needing_module_is_listed_only_when_its_weights_file_exists(
-    tmp_path: Path, folder: str
-) -> None:
-    assert "depth_midas" not in [p.name for p in available(tmp_path)]
+def test_a_weight_needing_module_is_never_listed_as_if_it_ran(tmp_path: Path, folder: str) -> None:
+    """Its weights are found, but no annotator runs here yet: not listed, and refused naming why."""
+    assert annotator_weights_present(tmp_path) == []
     (tmp_path / folder).mkdir(parents=True)
     (tmp_path / folder / "dpt_hybrid-midas-501f0c75.pt").write_bytes(b"fake weights")
 
-    names = [p.name for p in available(tmp_path)]
-    assert names[: len(BUILTIN)] == BUILTIN
-    assert "depth_midas" in names and "normal_midas" in names  # both load that file
-    assert "openpose" not in names
-    resolved = resolve_module("DEPTH", tmp_path)  # the alias
-    assert resolved.name == "depth_midas" and resolved.needs_weights
-    # Core itself runs none of them.
+    present = [p.name for p in annotator_weights_present(tmp_path)]
+    assert "depth_midas" in present and "normal_midas" in present  # both load that file
+    assert "openpose" not in present
+    assert [p.name for p in available(tmp_path)] == BUILTIN
+    with pytest.raises(InvalidRequest) as caught:
+        resolve_module("DEPTH", tmp_path)  # the alias
+    assert caught.value.field == "module"
+    assert "'DEPTH' needs an annotator model" in caught.value.message
     with pytest.raises(InvalidRequest) as caught:
         preprocess("depth", white_square())
     assert caught.value.field == "module"
-    assert "'depth_midas' needs an annotator model" in caught.value.message
 
 
 def test_sliders_are_a1111s() -> None:

@@ -182,13 +182,17 @@ def _annotator_files(models_dir: Path) -> set[str]:
 
 
 def available(models_dir: Path | None = None) -> list[Preprocessor]:
-    """What this server lists: the weight-free ones (which ``preprocess`` runs), then those whose
-    annotator weights are present under ``models_dir``."""
-    if models_dir is None:
-        return list(_BUILTIN)
+    """What this server lists: the preprocessors it runs, the weight-free ones. Those that need
+    annotator weights (``_NEEDS_WEIGHTS``) are known by name, so a request naming one is told what
+    it needs, but listed only once a runner for them exists: none does yet, whatever weights are
+    present under ``models_dir`` (``annotator_weights_present`` says which are)."""
+    return list(_BUILTIN)
+
+
+def annotator_weights_present(models_dir: Path) -> list[Preprocessor]:
+    """The weight-needing preprocessors whose annotator weights are under ``models_dir``."""
     files = _annotator_files(models_dir)
-    present = [p for p in _NEEDS_WEIGHTS if any(w.lower() in files for w in p.weights)]
-    return list(_BUILTIN) + present
+    return [p for p in _NEEDS_WEIGHTS if any(w.lower() in files for w in p.weights)]
 
 
 def _key(name: str) -> str:
@@ -216,8 +220,8 @@ def resolve_module(name: str, models_dir: Path | None = None) -> Preprocessor:
     if missing is not None:
         where = " or ".join(f"<models>/{folder}/" for folder in ANNOTATOR_DIRS)
         raise InvalidRequest(
-            f"module {name!r} needs its annotator weights ({', '.join(missing.weights)}) under {where}, "
-            f"which this server does not have; available: {names}",
+            f"module {name!r} needs an annotator model ({', '.join(missing.weights)} under {where}), "
+            f"which sdgate does not run yet; available: {names}",
             field="module",
         )
     raise InvalidRequest(f"unknown module {str(name)[:100]!r}; available: {names}", field="module")
