@@ -14,6 +14,10 @@ TORCH_FREE = [
     "sdgate.core.images",
     "sdgate.core.infotext",
     "sdgate.core.samplers",
+    "sdgate.core.batching",
+    "sdgate.core.comfy.validate",
+    "sdgate.core.controlnet",
+    "sdgate.engine.comfy.executor",
     "sdgate.settings",
     "sdgate.jobs.store",
     "sdgate.worker.runner",
@@ -41,6 +45,7 @@ def test_core_imports_neither_fastapi_nor_torch() -> None:
         "import sys\n"
         "import sdgate.core.requests, sdgate.core.models, sdgate.core.images, sdgate.core.infotext\n"
         "import sdgate.core.samplers, sdgate.core.jobs, sdgate.core.engine, sdgate.core.errors\n"
+        "import sdgate.core.batching, sdgate.core.comfy.validate, sdgate.core.controlnet\n"
         "print(','.join(m for m in ('fastapi', 'torch', 'starlette') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
