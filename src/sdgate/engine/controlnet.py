@@ -200,17 +200,19 @@ class ControlHook:
         if count == 0:
             return None
         param = next(net.parameters())
+        on_net = {"device": param.device, "dtype": param.dtype}
         added = bound.get("added_cond_kwargs")
+        timestep = _rows(bound["timestep"], picked, rows)
         call: dict[str, Any] = {
-            "sample": _rows(sample, picked, rows)[:, : net.config.in_channels].to(param.dtype),
-            "timestep": _rows(bound["timestep"], picked, rows),
-            "encoder_hidden_states": _rows(bound["encoder_hidden_states"], picked, rows),
-            "controlnet_cond": image.to(device=param.device, dtype=param.dtype).expand(count, -1, -1, -1),
+            "sample": _rows(sample, picked, rows)[:, : net.config.in_channels].to(**on_net),
+            "timestep": timestep.to(param.device) if isinstance(timestep, torch.Tensor) else timestep,
+            "encoder_hidden_states": _rows(bound["encoder_hidden_states"], picked, rows).to(**on_net),
+            "controlnet_cond": image.to(**on_net).expand(count, -1, -1, -1),
             "conditioning_scale": 1.0,
             "return_dict": False,
         }
         if isinstance(added, dict) and added:
-            call["added_cond_kwargs"] = {k: _rows(v, picked, rows) for k, v in added.items()}
+            call["added_cond_kwargs"] = {k: _rows(v, picked, rows).to(**on_net) for k, v in added.items()}
         with torch.no_grad():
             down, mid = net(**call)
         residuals = [*down, mid]
@@ -225,7 +227,7 @@ class ControlHook:
                 full = residual.new_zeros((rows, *residual.shape[1:]))
                 full[picked] = residual
                 residual = full
-            out.append(residual.to(sample.dtype))
+            out.append(residual.to(device=sample.device, dtype=sample.dtype))
         return out[:-1], out[-1]
 
 

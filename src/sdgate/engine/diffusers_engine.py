@@ -38,6 +38,7 @@ from sdgate.core.errors import InvalidRequest, ModelNotFound, OutOfMemory
 from sdgate.core.models import AssetFile, ModelCatalog, ModelInfo
 from sdgate.core.requests import GenerationRequest, Mode
 from sdgate.engine import compile as compilation
+from sdgate.engine import controlnet_units as controlnets
 from sdgate.engine import embeddings, hires, img2img, lora, memory, ngms, previews, restorers, vae
 from sdgate.engine import refiner as refiners
 from sdgate.engine.cache import ModelCache
@@ -116,6 +117,7 @@ class _Job:
     model: LoadedModel
     shape: JobShape
     seconds: _Seconds
+    controls: controlnets.JobControls = dc_field(default_factory=controlnets.JobControls)  # ControlNet units
 
 
 @dataclass
@@ -231,6 +233,7 @@ class DiffusersEngine:
         refiner_info = self._second_info(request.refiner, info, field="refiner")
         hr_name = request.hires.checkpoint if request.hires is not None else None
         hires_info = self._second_info(hr_name, info, field="hires.checkpoint")
+        controlnets.check(self.catalog, request, inputs)  # a missing ControlNet: 404 before the wait
         with self._lock:
             started = time.perf_counter()
             # 2. The model, and its defaults for what the request left out.
@@ -241,8 +244,9 @@ class DiffusersEngine:
                 with _call_state([model]):
                     missing = lora.activate(model.pipeline, self.catalog, request)  # patched in place
                     seconds = self._seconds(request, model, refiner_info, hires_info)
+                    controls = controlnets.load(self, request, inputs, model, _job_keys(model, seconds))
                     loaded_at = time.perf_counter()
-                    job = _Job(request, inputs, control, model, shape, seconds)
+                    job = _Job(request, inputs, control, model, shape, seconds, controls)
                     out = self._sample(job, vae_file, started, loaded_at)
                     out.notes[:0] = lora.missing_note(missing)  # A1111 warns; info names them
                     return out
@@ -481,7 +485,8 @@ class DiffusersEngine:
         """One pipeline call (txt2img, with hires fix and the refiner when asked)."""
         draw = self._draw(job, it)
         if job.inputs.init_images:
-            return self._img2img_iteration(job, draw)
+            with job.controls.applied(draw.pipe, job.shape.width, job.shape.height, job.request.batch_size):
+                return self._img2img_iteration(job, draw)
         request, model, shape, seconds = job.request, job.model, job.shape, job.seconds
         pipe, family, plan = draw.pipe, model.loaded.family, draw.plan
         # 3. Sample, reporting every step.
@@ -492,7 +497,11 @@ class DiffusersEngine:
         # A refiner switches in this pass unless hires fix has a second one (A1111: "second pass").
         refiner = seconds.refiner if request.hires is None else None
         first = refiner.first_part(tracker, shape.steps, plan.scheduler.order) if refiner else None
-        with prompts.applied(pipe), ngms.maybe_skipping_uncond(pipe, request.s_min_uncond, prompts.batch):
+        with (
+            prompts.applied(pipe),
+            ngms.maybe_skipping_uncond(pipe, request.s_min_uncond, prompts.batch),
+            job.controls.applied(pipe, shape.width, shape.height, prompts.batch),  # not the hires pass
+        ):
             latents = pipe(
                 **prompts.kwargs,
                 height=shape.height,
@@ -628,6 +637,7 @@ class DiffusersEngine:
         extras = {
             **(extras or {}),
             **ngms.infotext_params(request.s_min_uncond),
+            **job.controls.infotext_params(),
             **lora.infotext_params(model.pipeline),
             **plan.params,
         }
@@ -644,6 +654,12 @@ def _quiet_loading() -> None:
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+
+
+def _job_keys(model: LoadedModel, seconds: _Seconds) -> list[str]:
+    """The cache keys of the checkpoints a job samples on (none may be evicted while it runs)."""
+    others = (seconds.hires, seconds.refiner.model if seconds.refiner else None)
+    return [str(m.info.filename) for m in (model, *others) if m is not None]
 
 
 def _file_bytes(info: ModelInfo) -> int:
