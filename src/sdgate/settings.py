@@ -92,6 +92,7 @@ class Settings(BaseSettings):
     max_total_steps: int = 1500  # steps of one image over all passes (first + hires; a refiner adds none)
     max_batch_images: int = 64  # batch_size * n_iter
     max_loras: int = 32  # LoRAs of one job: the request's list plus the prompt's <lora:...> tags
+    max_controlnets: int = 4  # ControlNet units of one job (multi-ControlNet)
     max_prompt_bytes: int = 64 * 1024  # each prompt (UTF-8), negative and hires ones too: refused first
     max_prompt_tokens: int = 75 * 40  # each prompt in CLIP tokens (A1111 encodes them in chunks of 75)
     max_script_images: int = 100  # all the jobs one A1111 script request (X/Y/Z plot, ...) expands to

@@ -10,6 +10,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from sdgate.core import controlnet as core_controlnet
 from sdgate.core.engine import memory_budget
 from sdgate.core.errors import ContentFiltered, InvalidRequest, ModelNotFound, error_from_dict
 from sdgate.core.jobs import ControlAction, Job, JobState
@@ -21,7 +22,13 @@ from sdgate.server.admission import admit
 from sdgate.server.audit import note_filtered, note_finished, note_submitted
 from sdgate.server.auth import Principal
 from sdgate.server.services import Services
-from sdgate.server.validation import check_metadata, check_request
+from sdgate.server.validation import (
+    check_controlnet_count,
+    check_metadata,
+    check_request,
+    controlnet_family,
+    find_controlnet,
+)
 
 log = logging.getLogger("sdgate.server")
 
@@ -90,6 +97,7 @@ def check_submission(
         defaults = services.engine.model_defaults(request.model)
     if request.hires is not None:
         check_upscaler(request.hires.upscaler, services.catalog, field="hr_upscaler", latent=True)
+    check_controlnets(services, request, family=info.family if info is not None else None)
     check_request(
         request,
         defaults,
@@ -98,6 +106,58 @@ def check_submission(
         weights=_weights(services, request, info),
         budget=memory_budget(services.engine),
     )
+
+
+def check_controlnets(services: Services, request: GenerationRequest, *, family: str | None) -> None:
+    """Each ControlNet unit as the engine will run it (every dialect checked them under its own
+    field names first): within ``max_controlnets``, a model this server has (of the request's
+    model's family where both are known), a preprocessor that runs here, a control image (its
+    own, or on img2img the init image)."""
+    units = request.controlnets
+    if not units:
+        return
+    check_controlnet_count(len(units), services.settings, field="controlnets")
+    for i, unit in enumerate(units):
+        field = f"controlnets[{i}]"
+        resolve_controlnet(services, unit.model, field=f"{field}.model", family=family)
+        resolve_preprocessor(services, unit.module, field=f"{field}.module")
+        if unit.image is None and not request.init_images:
+            raise InvalidRequest(f"{field}.image: a control image is required (txt2img has no init "
+                                 "image to use)", field=f"{field}.image")
+        if unit.guidance_start > unit.guidance_end:
+            raise InvalidRequest(f"{field}.guidance_start: must be at most guidance_end "
+                                 f"({unit.guidance_start} > {unit.guidance_end})",
+                                 field=f"{field}.guidance_start")
+
+
+def resolve_controlnet(services: Services, name: str, *, field: str, family: str | None = None) -> str:
+    """The catalog's name of the ControlNet ``name`` means (with or without a `` [hash]``): a 404
+    naming ``field`` when the server has none such (never another one in its place); a 400 when
+    it was made for another family than the request's model."""
+    found = find_controlnet(services.catalog.list_files("controlnet"), name)
+    if found is None:
+        raise ModelNotFound(
+            f"{field}: ControlNet model {name!r} not found (GET /controlnet/model_list lists them)",
+            field=field,
+        )
+    if family is not None:
+        made_for = controlnet_family(found.path)
+        if made_for is not None and made_for != family:
+            raise InvalidRequest(
+                f"{field}: ControlNet model {found.name!r} is for {made_for} models, not {family}",
+                field=field,
+            )
+    return found.name
+
+
+def resolve_preprocessor(services: Services, name: str, *, field: str) -> str:
+    """The canonical name of the preprocessor ``name`` means (its aliases too), or a 400 naming
+    ``field``."""
+    try:
+        return core_controlnet.resolve_module(name, services.settings.resolved_models_dir).name
+    except InvalidRequest as exc:
+        reason = exc.message.removeprefix("module: ")
+        raise InvalidRequest(f"{field}: {reason}", field=field) from None
 
 
 def check_graph(services: Services, request: GraphRequest) -> None:

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -31,6 +33,7 @@ from sdgate.core.engine import MemoryBudget, ModelDefaults
 from sdgate.core.errors import InvalidRequest, PayloadTooLarge
 from sdgate.core.limits import Passes, Size, estimate_job_memory, passes
 from sdgate.core.loras import LORA_KINDS
+from sdgate.core.models import AssetFile, read_safetensors_shapes
 from sdgate.core.prompts import extract_networks
 from sdgate.core.requests import MAX_SEED, GenerationRequest
 from sdgate.core.tokens import count_tokens
@@ -305,6 +308,66 @@ def _check_memory(
 
 def _size_field(shape: Passes, largest: Size) -> str:
     return "width" if shape.hires is None or largest == shape.first else "hires"
+
+
+# -- ControlNet ----------------------------------------------------------------------------------
+
+# A1111's ControlNet extension shows models as "name [hash]"; clients send either form.
+_HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]{6,64}\]\s*$")
+# A ControlNet's cross-attention width tells the family it was trained for.
+_CONTEXT_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+
+
+def controlnet_name(value: str) -> str:
+    """A ControlNet model name as a client sends it, without its `` [hash]`` suffix."""
+    return _HASH_SUFFIX.sub("", value).strip().replace("\\", "/")
+
+
+def find_controlnet(files: Sequence[AssetFile], name: str) -> AssetFile | None:
+    """The ControlNet file ``name`` means: its stem (the catalog's name), its relative path with or
+    without the extension, any of them with a `` [hash]`` suffix; exact first, then in any case."""
+    wanted = controlnet_name(name)
+    if not wanted:
+        return None
+
+    def keys(f: AssetFile) -> set[str]:
+        return {f.name, f.relpath, str(Path(f.relpath).with_suffix("").as_posix())}
+
+    found = next((f for f in files if wanted in keys(f)), None)
+    if found is None:
+        folded = wanted.casefold()
+        found = next((f for f in files if folded in {k.casefold() for k in keys(f)}), None)
+    return found
+
+
+def controlnet_family(path: Path) -> str | None:
+    """sd1 / sd2 / sdxl from a ControlNet's cross-attention width (a diffusers folder's config, a
+    safetensors file's header); None when unknown (another format, no attention layer, unreadable)."""
+    if path.is_dir():
+        try:
+            width = json.loads((path / "config.json").read_text(encoding="utf-8")).get("cross_attention_dim")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return _CONTEXT_FAMILIES.get(width) if isinstance(width, int) else None
+    if path.suffix.lower() != ".safetensors":
+        return None
+    try:
+        shapes = read_safetensors_shapes(path)
+    except (OSError, ValueError):
+        return None
+    for key, shape in shapes.items():
+        if key.endswith("attn2.to_k.weight") and len(shape) == 2:
+            return _CONTEXT_FAMILIES.get(shape[1])
+    return None
+
+
+def check_controlnet_count(count: int, settings: Settings, *, field: str) -> None:
+    if count > settings.max_controlnets:
+        raise InvalidRequest(
+            f"{field}: {count} ControlNet units, more than the {settings.max_controlnets} allowed "
+            "(max_controlnets)",
+            field=field,
+        )
 
 
 # -- metadata ------------------------------------------------------------------------------------

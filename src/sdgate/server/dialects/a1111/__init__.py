@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sdgate.server.dialect import Dialect
-from sdgate.server.dialects.a1111 import extras, networks, router
+from sdgate.server.dialects.a1111 import controlnet_routes, extras, networks, router
 from sdgate.server.services import Services
 
 
@@ -14,4 +14,7 @@ class A1111Dialect(Dialect):
         router.get_options(services)
 
 
-DIALECT = A1111Dialect(name=router.DIALECT, routers=(router.router, networks.router, extras.router))
+DIALECT = A1111Dialect(
+    name=router.DIALECT,
+    routers=(router.router, networks.router, extras.router, controlnet_routes.router),
+)

@@ -153,6 +153,44 @@ def _override_settings_schema() -> dict[str, Any]:
     }
 
 
+_UNIT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "one ControlNet unit, with the sd-webui-controlnet extension's fields",
+    "properties": {
+        "enabled": {"type": "boolean", "default": True},
+        "module": {"type": "string", "description": "a preprocessor (GET /controlnet/module_list)"},
+        "model": {"type": "string", "description": "GET /controlnet/model_list; the [hash] is optional"},
+        "weight": {"type": "number", "minimum": 0, "maximum": 2, "default": 1},
+        "image": {"type": ["string", "null"], "description": "base64 or a data: URI; none: the init image"},
+        "mask": {"type": ["string", "null"]},
+        "resize_mode": {"anyOf": [
+            {"type": "integer", "minimum": 0, "maximum": 2},
+            {"type": "string", "enum": ["Just Resize", "Crop and Resize", "Resize and Fill"]},
+        ]},
+        "processor_res": {"type": "integer", "minimum": -1, "maximum": 2048, "default": -1},
+        "threshold_a": {"type": "number", "minimum": -1, "maximum": 10000, "default": -1},
+        "threshold_b": {"type": "number", "minimum": -1, "maximum": 10000, "default": -1},
+        "guidance_start": {"type": "number", "minimum": 0, "maximum": 1, "default": 0},
+        "guidance_end": {"type": "number", "minimum": 0, "maximum": 1, "default": 1},
+        "control_mode": {"anyOf": [
+            {"type": "integer", "minimum": 0, "maximum": 2},
+            {"type": "string",
+             "enum": ["Balanced", "My prompt is more important", "ControlNet is more important"]},
+        ]},
+        "pixel_perfect": {"type": "boolean", "default": False},
+    },
+    "required": ["model"],
+}  # fmt: skip
+ALWAYSON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"controlnet": {
+        "type": "object", "properties": {"args": {"type": "array", "items": _UNIT_SCHEMA}},
+    }},
+    "additionalProperties": False,
+    "description": "always-on scripts: ControlNet's units (the key in any case, as webuiapi's ControlNet)",
+}  # fmt: skip
+
+
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
@@ -200,9 +238,10 @@ class CommonProcessing(_Lenient):
     script_args: Annotated[list[Any], JsonTree] = Field(default_factory=list, max_length=MAX_LIST)
     send_images: Bool = True
     save_images: Bool = False
-    # No always-on script is installed: any key is A1111's 422 "always on script ... not found".
+    # The one always-on script installed is ControlNet's (its key in any case); any other key is
+    # A1111's 422 "always on script ... not found". Its units are checked in ``controlnet``.
     alwayson_scripts: Annotated[
-        dict[str, Any], JsonTree, WithJsonSchema({"type": "object", "maxProperties": 0})
+        dict[str, Any], JsonTree, WithJsonSchema(ALWAYSON_SCHEMA)
     ] = Field(default_factory=dict)
     infotext: Prompt | None = None
 

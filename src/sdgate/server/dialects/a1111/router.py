@@ -18,12 +18,12 @@ from sdgate.core.errors import InvalidRequest, ModelNotFound, SdgateError
 from sdgate.core.infotext import parse_infotext
 from sdgate.core.jobs import ControlAction, Job, JobState
 from sdgate.core.models import ModelInfo
-from sdgate.core.requests import GenerationRequest, Mode
+from sdgate.core.requests import ControlNetUnit, GenerationRequest, Mode
 from sdgate.core.samplers import samplers_listing, schedulers_listing
 from sdgate.server import jobflow
 from sdgate.server.deps import CurrentPrincipal, ServicesDep, image_limits
+from sdgate.server.dialects.a1111 import controlnet, outputs, system, translate
 from sdgate.server.dialects.a1111 import interrogate as interrogation
-from sdgate.server.dialects.a1111 import outputs, system, translate
 from sdgate.server.dialects.a1111 import scripts as a1111_scripts
 from sdgate.server.dialects.a1111.infotext_fields import with_infotext
 from sdgate.server.dialects.a1111.option_schema import options_body_schema, options_response_schema
@@ -186,12 +186,15 @@ async def txt2img(
     _log_unknown_fields(body)
     body = _with_infotext(services, body)
     script = a1111_scripts.find(body.script_name, is_img2img=False)
+    model = _request_model(options, body)
+    units = controlnet.parse_units(body.alwayson_scripts, services, is_img2img=False, family=model.family)
     if script is not None:
-        ctx = ScriptContext(body, False, services.settings, services, _builder(services, options))
+        controls = await run_in_threadpool(controlnet.store_images, services, units)
+        build = _builder(services, options, controls=controls)
+        ctx = ScriptContext(body, False, services.settings, services, build)
         rendered = await a1111_scripts.run_script(script, ctx, request, dialect=DIALECT, principal=principal)
         await _keep_overrides(options, body)
         return rendered
-    model = _request_model(options, body)
     vae = options.vae_for(body.override_settings, model)
     gen = translate.txt2img_request(
         _with_saved_settings(options, body),
@@ -200,10 +203,9 @@ async def txt2img(
         settings=services.settings,
         resolve_checkpoint=_checkpoint_resolver(services),
     )
+    gen = await _with_controls(services, gen.model_copy(update={"vae": vae}), units)
     await _keep_overrides(options, body)
-    job = await jobflow.run_blocking(
-        services, gen.model_copy(update={"vae": vae}), request, dialect=DIALECT, principal=principal
-    )
+    job = await jobflow.run_blocking(services, gen, request, dialect=DIALECT, principal=principal)
     return await _render(services, options, job, body, model.name)
 
 
@@ -235,9 +237,11 @@ async def img2img(
     )
     if not body.init_images:
         raise InvalidRequest("init_images: at least one image is required", field="init_images")
+    units = controlnet.parse_units(body.alwayson_scripts, services, is_img2img=True, family=model.family)
     init_ids, mask_id = await run_in_threadpool(_store_inputs, services, body)
     if script is not None:
-        build = _builder(services, options, init_ids, mask_id)
+        controls = await run_in_threadpool(controlnet.store_images, services, units)
+        build = _builder(services, options, init_ids, mask_id, controls=controls)
         ctx = ScriptContext(body, True, services.settings, services, build, init_ids)
         rendered = await a1111_scripts.run_script(script, ctx, request, dialect=DIALECT, principal=principal)
         await _keep_overrides(options, body)
@@ -251,21 +255,39 @@ async def img2img(
             mask=mask_id,
             resolve_checkpoint=_checkpoint_resolver(services),
         )
+        gen = await _with_controls(services, gen.model_copy(update={"vae": vae}), units)
         await _keep_overrides(options, body)
-        job = await jobflow.run_blocking(
-            services, gen.model_copy(update={"vae": vae}), request, dialect=DIALECT, principal=principal
-        )
+        job = await jobflow.run_blocking(services, gen, request, dialect=DIALECT, principal=principal)
         rendered = await _render(services, options, job, body, model.name)
     if not body.include_init_images:  # A1111 echoes the images only when asked to
         rendered["parameters"].update(init_images=None, mask=None)
     return rendered
 
 
+async def _with_controls(
+    services: Services, gen: GenerationRequest, units: list[controlnet.WireUnit]
+) -> GenerationRequest:
+    """``gen`` with its ControlNet units: checked as a job first (with stand-in images), then
+    their images stored, so a refused request leaves nothing behind."""
+    if not units:
+        return gen
+    await run_in_threadpool(jobflow.check_submission, services,
+                            gen.model_copy(update={"controlnets": controlnet.stand_in_units(units)}))
+    controls = await run_in_threadpool(controlnet.store_images, services, units)
+    return gen.model_copy(update={"controlnets": controls})
+
+
 def _builder(
-    services: Services, options: OptionsView, init_images: tuple[str, ...] = (), mask: str | None = None
+    services: Services,
+    options: OptionsView,
+    init_images: tuple[str, ...] = (),
+    mask: str | None = None,
+    *,
+    controls: tuple[ControlNetUnit, ...] = (),
 ) -> Builder:
     """The routes' translation of one body, for scripts: each body (a cell, a line) picks its own
-    model and VAE; ``images`` (SD upscale's tiles) replace the request's init images and mask."""
+    model and VAE; ``images`` (SD upscale's tiles) replace the request's init images and mask;
+    every job gets the request's ControlNet units (``controls``, their images stored once)."""
 
     def build(
         body: Txt2ImgRequest | Img2ImgRequest, images: tuple[str, ...] | None = None
@@ -283,7 +305,8 @@ def _builder(
             gen = translate.img2img_request(body_in, init_images=chosen[0], mask=chosen[1], **common)
         else:
             gen = translate.txt2img_request(body_in, **common)
-        return gen.model_copy(update={"vae": options.vae_for(body.override_settings, model)})
+        vae = options.vae_for(body.override_settings, model)
+        return gen.model_copy(update={"vae": vae, "controlnets": controls})
 
     return build
 

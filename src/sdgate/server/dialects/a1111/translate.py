@@ -35,6 +35,8 @@ def check_unsupported(body: CommonProcessing) -> None:
         if data[name] not in allowed:
             raise InvalidRequest(f"{name}: {reason}", field=name)
     for key in body.alwayson_scripts or {}:
+        if key.lower() == "controlnet":
+            continue  # the ControlNet extension's units: ``controlnet.parse_units``
         raise InvalidRequest(f"alwayson_scripts: always on script {key} not found", field="alwayson_scripts")
 
 

@@ -36,11 +36,15 @@ def find(name: str | None, *, is_img2img: bool) -> Script | None:
     raise ScriptNotFound(f"Script '{name}' not found", field="script_name")
 
 
+# The always-on scripts sdgate honours (``alwayson_scripts`` keys): the ControlNet extension's.
+ALWAYSON = ("controlnet",)
+
+
 def listing() -> dict[str, list[str]]:
-    """``GET /scripts``: lowercase titles per tab (no always-on script is installed)."""
+    """``GET /scripts``: lowercase titles per tab, the always-on ones after (as A1111 lists them)."""
     return {
-        "txt2img": [s.title.lower() for s in available(False)],
-        "img2img": [s.title.lower() for s in available(True)],
+        "txt2img": [s.title.lower() for s in available(False)] + list(ALWAYSON),
+        "img2img": [s.title.lower() for s in available(True)] + list(ALWAYSON),
     }
 
 
@@ -55,4 +59,17 @@ def script_info() -> list[dict[str, Any]]:
         }
         for is_img2img in (False, True)
         for script in available(is_img2img)
+    ] + [
+        {"name": "controlnet", "is_alwayson": True, "is_img2img": is_img2img, "args": _CONTROLNET_ARGS}
+        for is_img2img in (False, True)
     ]
+
+
+# What the ControlNet script takes: one unit (an object with the extension's fields) per argument.
+_CONTROLNET_ARGS = [
+    {"label": "ControlNet Unit", "value": {
+        "enabled": True, "module": "none", "model": "None", "weight": 1.0, "image": None, "mask": None,
+        "resize_mode": "Crop and Resize", "processor_res": -1, "threshold_a": -1, "threshold_b": -1,
+        "guidance_start": 0.0, "guidance_end": 1.0, "control_mode": "Balanced", "pixel_perfect": False,
+    }, "minimum": None, "maximum": None, "step": None, "choices": None},
+]  # fmt: skip
