@@ -143,7 +143,7 @@ def test_interrupting_a_long_job(server: Server, driver: Any, artifacts: Path) -
     setup_form(driver, "a white triangle on a green background", steps=150, seed=3)
     driver.find_element("id", "generate-btn").click()
     wait_for(lambda: js(driver, STEPPING), what="the first steps")
-    assert driver.find_element("id", "progress-eta").text.startswith("ETA ")
+    wait_for(lambda: driver.find_element("id", "progress-eta").text.startswith("ETA "), what="an ETA")
     started = time.monotonic()
     driver.find_element("id", "interrupt-btn").click()
     wait_for(lambda: progress_state(driver) == "cancelled", timeout=30, what="the job to stop")
@@ -170,6 +170,7 @@ def test_inpainting_changes_only_the_painted_region(server: Server, driver: Any,
                "b.dispatchEvent(new Event('input'))")
     # Paint the left half of the picture: strokes down its left quarter-line, with a wide brush.
     canvas = driver.find_element("id", "mask-canvas")
+    js(driver, "arguments[0].scrollIntoView({block: 'center'})", canvas)  # offsets: from its visible centre
     box = canvas.rect
     chain = ActionChains(driver)
     for x in (box["width"] * -0.4, box["width"] * -0.25, box["width"] * -0.1):
@@ -192,6 +193,7 @@ def test_inpainting_changes_only_the_painted_region(server: Server, driver: Any,
     assert js(driver, "return document.getElementById('mask-canvas').getContext('2d')"
                       ".getImageData(245, 128, 1, 1).data[3]") > 0
     driver.find_element("id", "eraser").click()
+    js(driver, "arguments[0].scrollIntoView({block: 'center'})", canvas)  # offsets: from its visible centre
     ActionChains(driver).move_to_element_with_offset(canvas, int(box["width"] * 0.4), -20).click_and_hold() \
         .move_to_element_with_offset(canvas, int(box["width"] * 0.4), 20).release().perform()
     assert js(driver, "return document.getElementById('mask-canvas').getContext('2d')"
@@ -205,7 +207,8 @@ def test_parameters_load_from_a_png(server: Server, driver: Any, tmp_path: Path)
     job = httpx.post(f"{server.url}/api/v1/jobs?wait=60", json=body, timeout=90).json()
     assert job["state"] == "succeeded", job
     png = tmp_path / "made.png"
-    png.write_bytes(httpx.get(job["result"]["images"][0]["url"], timeout=30).content)
+    url = httpx.URL(server.url).join(job["result"]["images"][0]["url"])
+    png.write_bytes(httpx.get(url, timeout=30).content)
     open_ui(driver, server.url)
     js(driver, "document.getElementById('png-file').hidden = false")
     driver.find_element("id", "png-file").send_keys(str(png))
@@ -324,7 +327,7 @@ def test_the_page_resumes_the_job_after_a_server_restart(tmp_path: Path, driver:
     server.start()
     try:
         open_ui(driver, server.url)
-        setup_form(driver, "a white triangle on a green background", steps=60, seed=13)
+        setup_form(driver, "a white triangle on a green background", steps=150, seed=13)
         driver.find_element("id", "generate-btn").click()
         wait_for(lambda: js(driver, STEPPING), what="the first steps")
         job = js(driver, "return document.getElementById('progress').dataset.job")

@@ -220,8 +220,19 @@ function onJobEvent(kind, data) {
 
 const objectUrls = new Map();
 
+// An image of a job that just ended: the server may be going down or coming back (a restart
+// drains the job in hand first), so a failed connection is tried again for a while.
 async function blobUrl(image) {
-  if (!objectUrls.has(image.id)) objectUrls.set(image.id, URL.createObjectURL(await imageBlob(image.url)));
+  for (let attempt = 0; !objectUrls.has(image.id); attempt++) {
+    try {
+      objectUrls.set(image.id, URL.createObjectURL(await imageBlob(image.url)));
+    } catch (err) {
+      if (err instanceof ApiError || attempt >= 90) throw err;
+      $("conn").textContent = "reconnecting…";
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
+  $("conn").textContent = "";
   return objectUrls.get(image.id);
 }
 
