@@ -64,6 +64,7 @@ ALWAYS_RUN = frozenset(
         "CheckpointLoaderSimple",
         "VAELoader",
         "UpscaleModelLoader",
+        "ControlNetLoader",
         "LoraLoader",
         "LoraLoaderModelOnly",
         "CLIPSetLastLayer",

@@ -21,6 +21,9 @@ One loop serves both nodes (ComfyUI's ``common_ksampler``):
   ConditioningCombine of full-size entries averages their predictions; a ConditioningSetArea
   entry runs on its crop of the latent and counts only there, feathered), then classifier-free
   guidance. ``cfg`` 1 skips the negative, as ComfyUI.
+- ControlNets (``controlnets``): entries carrying the same ControlNets share one UNet batch, run
+  inside ``engine.controlnet.controlled`` with their hints; each step first tells the hints where
+  it lies on the model's noise schedule (their start/end percents).
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ from __future__ import annotations
 import inspect
 import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from sdgate.core.errors import InvalidRequest
+from sdgate.engine.comfy.controlnets import SamplerControls
 from sdgate.engine.comfy.executor import RunContext
 from sdgate.engine.comfy.values import CondEntry, Conditioning, Latent, ModelHandle, SampleInfo
 from sdgate.engine.sampling import check_finite
@@ -70,9 +75,11 @@ def sample(
     add_noise: bool = True,
     force_full_denoise: bool = True,
     apply_model: Any,
+    keep: Sequence[str] = (),
 ) -> Latent:
     """The sampled latent. ``start``/``end`` None: KSampler's ``denoise`` decides the range.
-    ``apply_model(handle)`` is a context manager that patches the handle's LoRAs into the UNet."""
+    ``apply_model(handle)`` is a context manager that patches the handle's LoRAs into the UNet;
+    ``keep``: the engine cache keys of the models the prompt holds (loading a ControlNet evicts none)."""
     began = time.perf_counter()
     model = handle.model
     pipe, family = model.pipeline, model.loaded.family
@@ -122,12 +129,16 @@ def sample(
     mask = _latent_mask(latent.noise_mask, x) if latent.noise_mask is not None else None
     # 3. The conditioning as one UNet batch.
     batch = _CondBatch(positive, negative if cfg != 1.0 else (), x, factor, pipe, family, cfg)
+    if any(entry.controls for entry in batch.entries):
+        batch.controls = SamplerControls(ctx, batch.entries, model, list(keep), space.alphas)
     step_kwargs = {"generator": generator} if _takes(sched.step, "generator") else {}
     n = end - start
     reported = 0
     with torch.inference_mode(), apply_model(handle):
         for i in range(begin, stop):
             t = timesteps[i]
+            if batch.controls is not None:
+                batch.controls.percent.at(space.alpha(i))
             model_in = sched.scale_model_input(x, t)
             prediction = batch.predict(unet, model_in, t)
             x0 = space.x0(x, prediction, i)
@@ -278,6 +289,7 @@ class _CondBatch:
         self.areas = [_latent_area(e, x, factor) for e in self.entries]
         self.weights = [_weight(e, area, x) for e, area in zip(self.entries, self.areas, strict=True)]
         self.full = [i for i, area in enumerate(self.areas) if area is None]
+        self.controls: SamplerControls | None = None  # set when an entry carries ControlNets
         self.pooled: list[torch.Tensor] | None = None
         self.size = (x.shape[-2] * factor, x.shape[-1] * factor)
         if family == "sdxl":
@@ -302,17 +314,33 @@ class _CondBatch:
         out = unet(latent_in, t, encoder_hidden_states=embeds, return_dict=False, **kwargs)[0].float()
         return list(out.chunk(len(which)))
 
+    def _groups(self, which: list[int]) -> list[list[int]]:
+        """``which`` split into runs of entries under the same ControlNets (one UNet batch each)."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i in which:
+            groups.setdefault(tuple(id(use) for use in self.entries[i].controls), []).append(i)
+        return list(groups.values())
+
+    def _guided_call(self, unet: Any, model_in: torch.Tensor, t: Any, which: list[int]) -> list[torch.Tensor]:
+        """``_call`` with the ControlNets the entries of ``which`` (all alike) carry."""
+        uses = self.entries[which[0]].controls
+        if not uses or self.controls is None:
+            return self._call(unet, model_in, t, which)
+        size = (int(model_in.shape[-2]), int(model_in.shape[-1]))
+        with self.controls.around(uses, size, self.batch):
+            return self._call(unet, model_in, t, which)
+
     def predict(self, unet: Any, model_in: torch.Tensor, t: Any) -> torch.Tensor:
         preds: list[torch.Tensor | None] = [None] * len(self.entries)
-        if self.full:
-            for i, pred in zip(self.full, self._call(unet, model_in, t, self.full), strict=True):
+        for group in self._groups(self.full):
+            for i, pred in zip(group, self._guided_call(unet, model_in, t, group), strict=True):
                 preds[i] = pred
         for i, area in enumerate(self.areas):
             if area is None:
                 continue
             y0, y1, x0, x1 = area
             pred = torch.zeros(model_in.shape, device=model_in.device)
-            pred[..., y0:y1, x0:x1] = self._call(unet, model_in[..., y0:y1, x0:x1], t, [i])[0]
+            pred[..., y0:y1, x0:x1] = self._guided_call(unet, model_in[..., y0:y1, x0:x1], t, [i])[0]
             preds[i] = pred
         done = [p for p in preds if p is not None]
         assert len(done) == len(preds)

@@ -7,8 +7,9 @@ graph and a plain generation share one loaded model; nothing here loads a second
 model's base weights when the prompt ends, however it ends, so a LoRA never reaches the next job.
 
 File names are ComfyUI's: ``ckpt_name`` relative to ``checkpoints/`` (or ``Stable-diffusion/``),
-``lora_name`` to ``loras/``, ``vae_name`` to ``vae/``, ``model_name`` to ``upscale_models/``; a
-LoadImage ``image`` is a file uploaded with the prompt (``GraphRequest.images``).
+``lora_name`` to ``loras/``, ``vae_name`` to ``vae/``, ``model_name`` to ``upscale_models/``,
+``control_net_name`` to ``controlnet/`` (the ControlNet nodes: ``controlnets``); a LoadImage
+``image`` is a file uploaded with the prompt (``GraphRequest.images``).
 
 Sizes use the model's own VAE factor, not 8 (``DESIGN.md``): a latent's pixel size is its size times
 the factor of the VAE that made it, and an empty latent takes the size of the model that samples it.
@@ -31,7 +32,7 @@ from PIL import Image, ImageOps
 
 from sdgate.core.errors import InvalidRequest, NotFound
 from sdgate.engine import embeddings, lora, vae
-from sdgate.engine.comfy import ksampler
+from sdgate.engine.comfy import controlnets, ksampler
 from sdgate.engine.comfy.executor import RunContext
 from sdgate.engine.comfy.values import (
     ClipHandle,
@@ -81,6 +82,8 @@ class TorchBackend:
                 return _stat(_vae_file(catalog, str(inputs.get("vae_name"))).path)
             if class_type == "UpscaleModelLoader":
                 return _stat(_upscaler_file(catalog, str(inputs.get("model_name"))).path)
+            if class_type == "ControlNetLoader":
+                return _stat(controlnets.controlnet_file(catalog, str(inputs.get("control_net_name"))).path)
         except (NotFound, OSError):
             return ""
         if class_type in ("LoadImage", "LoadImageMask"):
@@ -105,6 +108,10 @@ class TorchBackend:
         wanted = [lora.ActiveLora(u.name, Path(u.path), u.strength, 0.0, u.name) for u in te]
         wanted += [lora.ActiveLora(u.name, Path(u.path), 0.0, u.strength, u.name) for u in unet]
         lora.apply_loras(model.pipeline, wanted)
+
+    def keys(self) -> list[str]:
+        """The engine cache keys of the checkpoints this prompt loaded (never evicted for it)."""
+        return [str(m.info.filename) for m in self.loaded]
 
     @contextmanager
     def unet_of(self, handle: ModelHandle) -> Iterator[None]:
@@ -266,7 +273,7 @@ def _target(width: int, height: int, new_w: int, new_h: int) -> tuple[int, int]:
 def checkpoint_loader(b: TorchBackend, ctx: RunContext, args: dict[str, Any]) -> tuple[Any, ...]:
     engine = ctx.engine
     info = engine.catalog.resolve(str(args["ckpt_name"]))
-    model = engine_model(engine, info, keep=[str(m.info.filename) for m in b.loaded])
+    model = engine_model(engine, info, keep=b.keys())
     if all(m is not model for m in b.loaded):
         b.loaded.append(model)
     if not ctx.model_name:
@@ -314,6 +321,7 @@ def k_sampler(b: TorchBackend, ctx: RunContext, args: dict[str, Any]) -> tuple[A
         cfg=float(args.get("cfg", 8.0)), sampler_name=str(args.get("sampler_name", "euler")),
         scheduler=str(args.get("scheduler", "normal")), positive=args["positive"], negative=args["negative"],
         latent=args["latent_image"], denoise=float(args.get("denoise", 1.0)), apply_model=b.unet_of,
+        keep=b.keys(),
     )  # fmt: skip
     return (latent,)
 
@@ -326,7 +334,7 @@ def k_sampler_advanced(b: TorchBackend, ctx: RunContext, args: dict[str, Any]) -
         latent=args["latent_image"], start=int(args.get("start_at_step", 0)),
         end=int(args.get("end_at_step", 10000)), add_noise=args.get("add_noise", "enable") == "enable",
         force_full_denoise=args.get("return_with_leftover_noise", "disable") != "enable",
-        apply_model=b.unet_of,
+        apply_model=b.unet_of, keep=b.keys(),
     )  # fmt: skip
     return (latent,)
 
@@ -551,4 +559,5 @@ NODES: dict[str, Any] = {
     "ConditioningSetArea": conditioning_set_area,
     "SaveImage": _save("output"),
     "PreviewImage": _save("temp"),
+    **controlnets.NODES,
 }
