@@ -54,15 +54,24 @@ def build_request(runtime: ServerRuntime, body: JobCreate, principal: Principal)
     model, styles = names.check(services.catalog, services.settings, body)
     restorer = names.face_restorer(services.settings, body.restore_faces)
     inits, mask = translate.image_inputs(body)
+    controls = translate.controlnet_units(
+        body,
+        resolve_model=lambda name, field: jobflow.resolve_controlnet(services, name, field=field,
+                                                                     family=model.family),
+        resolve_module=lambda name, field: jobflow.resolve_preprocessor(services, name, field=field),
+        has_init=bool(inits),
+        settings=services.settings,
+    )
     # Check everything cheap before storing any image.
     init_stand_ins, mask_stand_in = stand_ins(len(inits), mask=mask is not None)
     checked = translate.generation_request(
         body, model=model.name, defaults=services.model_defaults(model), settings=services.settings,
         init_images=init_stand_ins, mask=mask_stand_in, styles=styles, restore_faces=restorer,
+        controlnets=controls,
     )
     if body.callback_url is not None:
         check_callback_url(body.callback_url, allow_private=services.settings.allow_private_callbacks)
-    if not inits and mask is None:
+    if not inits and mask is None and not any(u.image or u.mask for u in body.controlnets):
         return checked
     # The last check before a job runs again in jobflow.submit; here it comes before any image is
     # stored, so a refused request leaves nothing behind.
@@ -82,7 +91,16 @@ def build_request(runtime: ServerRuntime, body: JobCreate, principal: Principal)
                                       visible=visible)
         if mask else None
     )
-    return checked.model_copy(update={"init_images": init_ids, "mask": mask_id})
+    units = tuple(
+        unit.model_copy(update={
+            name: native_images.store_job_input(services.images, value, field=f"controlnets[{i}].{name}",
+                                                limits=limits, mode=mode, visible=visible)
+            for name, mode, value in (("image", "RGB", wire.image), ("mask", "L", wire.mask))
+            if value is not None
+        })
+        for i, (unit, wire) in enumerate(zip(controls, body.controlnets, strict=True))
+    )  # fmt: skip
+    return checked.model_copy(update={"init_images": init_ids, "mask": mask_id, "controlnets": units})
 
 
 async def submit(runtime: ServerRuntime, body: JobCreate, *, principal: Principal,

@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from sdgate.core.jobs import JobState
-from sdgate.core.requests import MAX_SEED, Mode
+from sdgate.core.requests import MAX_SEED, ControlMode, ControlResize, Mode
 from sdgate.server.bodies import ErrorOut
 
 MAX_PRIORITY = 1000
@@ -142,6 +142,34 @@ class HiresIn(_Strict):
     checkpoint: _Name | None = Field(None, description="the second pass's model; null: same")
 
 
+MAX_CONTROLNETS = 16  # the schema's ceiling; the server's max_controlnets (default 4) is checked too
+
+
+class ControlNetIn(_Strict):
+    """One ControlNet unit: a model this server has, its control image, the preprocessor run on
+    that image first, and how strongly and when it guides."""
+
+    model: _Name = Field(description="a ControlNet this server has (GET /controlnet/model_list); "
+                         "the ' [hash]' suffix is optional")
+    image: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description="base64, a data: URI, or an "
+                              "upload id (img_...); null: the init image (img2img and inpaint only)")
+    mask: str | None = Field(None, max_length=MAX_IMAGE_CHARS,
+                             description="where this unit guides (white); base64, data: URI or upload id")
+    module: _Name = Field("none", description="the preprocessor run on the image first "
+                          "(GET /controlnet/module_list); none: the image already is a control map")
+    weight: _Float = Field(1.0, ge=0.0, le=2.0)
+    guidance_start: _Fraction = Field(0.0, description="the share of the steps before it starts guiding")
+    guidance_end: _Fraction = Field(1.0, description="... after which it stops; at least guidance_start")
+    control_mode: ControlMode = ControlMode.BALANCED
+    resize_mode: ControlResize = ControlResize.CROP_AND_RESIZE
+    processor_res: int = Field(512, ge=64, le=2048, description="the preprocessor's working resolution")
+    threshold_a: _Float | None = Field(None, ge=0.0, le=10000.0,
+                                       description="the preprocessor's first parameter; null: its default")
+    threshold_b: _Float | None = Field(None, ge=0.0, le=10000.0,
+                                       description="its second parameter; null: its default")
+    pixel_perfect: _Bool = Field(False, description="processor_res from the generation's size instead")
+
+
 _SIZE_DOC = (
     f"a multiple of the model's VAE factor (at least {MIN_SIZE_FACTOR}: GET /api/v1/models lists "
     "vae_scale_factor), within the server's max_side and max_pixels; null: the model's own"
@@ -218,6 +246,11 @@ class JobCreate(_Strict):
     restore_faces: _Name | None = Field(
         None, description="a face restorer run on each image (CodeFormer, GFPGAN, RestoreFormer: "
         "one installed on the server, else a 404); null: none"
+    )
+    controlnets: list[ControlNetIn] = Field(
+        default_factory=list, max_length=MAX_CONTROLNETS,
+        description="ControlNet units, applied in order (multi-ControlNet); at most the server's "
+        "max_controlnets",
     )
     # the job
     priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, description="higher runs first")

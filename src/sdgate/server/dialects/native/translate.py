@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,6 +12,7 @@ from sdgate.core.engine import ModelDefaults
 from sdgate.core.errors import InvalidRequest
 from sdgate.core.jobs import Job, JobEventKind, Progress
 from sdgate.core.requests import (
+    ControlNetUnit,
     GenerationRequest,
     GraphRequest,
     HiresSettings,
@@ -22,7 +23,8 @@ from sdgate.core.requests import (
 from sdgate.core.samplers import resolve_sampler
 from sdgate.core.styles import PromptStyle, merge_prompt
 from sdgate.server.dialects.native.protocol import JobCreate
-from sdgate.server.validation import check_counts, check_size, resolve_seed
+from sdgate.server.imaging import STAND_IN_ID
+from sdgate.server.validation import check_controlnet_count, check_counts, check_size, resolve_seed
 from sdgate.settings import Settings
 
 API = "/api/v1"
@@ -65,11 +67,13 @@ def generation_request(
     mask: str | None = None,
     styles: Sequence[PromptStyle] = (),
     restore_faces: str | None = None,
+    controlnets: tuple[ControlNetUnit, ...] = (),
 ) -> GenerationRequest:
     """A native job body as a resolved ``GenerationRequest``: seeds drawn, sizes and steps filled
     from the model's defaults, sampler names canonical, images as image-store ids, ``styles`` (the
     body's, found by ``names.check``) merged into the prompts in order, as A1111 does;
-    ``restore_faces`` is the body's face restorer as ``names.face_restorer`` found it."""
+    ``restore_faces`` is the body's face restorer as ``names.face_restorer`` found it;
+    ``controlnets`` its units as ``controlnet_units`` resolved them."""
     mode = infer_mode(body, has_init=bool(init_images), has_mask=mask is not None)
     width = body.width if body.width is not None else defaults.width
     height = body.height if body.height is not None else defaults.height
@@ -96,7 +100,7 @@ def generation_request(
     fields = body.model_dump(
         exclude={"prompt", "negative_prompt", "mode", "model", "width", "height", "steps", "sampler",
                  "scheduler", "seed", "subseed", "init_image", "init_images", "mask", "denoising_strength",
-                 "hires", "loras", "styles", "restore_faces",
+                 "hires", "loras", "styles", "restore_faces", "controlnets",
                  *_JOB_FIELDS}
     )
     return GenerationRequest(
@@ -119,7 +123,39 @@ def generation_request(
         loras=tuple(LoraRef(**lora.model_dump()) for lora in body.loras),
         styles=tuple(body.styles),
         restore_faces=restore_faces,
+        controlnets=controlnets,
     )
+
+
+# (a ControlNet's model or module name, the field it came from) -> the catalog's / canonical name.
+NameResolver = Callable[[str, str], str]
+
+
+def controlnet_units(
+    body: JobCreate, *, resolve_model: NameResolver, resolve_module: NameResolver, has_init: bool,
+    settings: Settings,
+) -> tuple[ControlNetUnit, ...]:
+    """The body's ControlNet units with their names resolved (a 404 / 400 naming
+    ``controlnets[i].model`` / ``.module``) and stand-in image ids (``server.imaging``): the
+    images are stored once everything else passed (``control_images``)."""
+    check_controlnet_count(len(body.controlnets), settings, field="controlnets")
+    units = []
+    for i, unit in enumerate(body.controlnets):
+        field = f"controlnets[{i}]"
+        if unit.image is None and not has_init:
+            raise InvalidRequest(f"{field}.image: a control image is required (or an init_image to use)",
+                                 field=f"{field}.image")
+        if unit.guidance_start > unit.guidance_end:
+            raise InvalidRequest(f"{field}.guidance_start: must be at most guidance_end",
+                                 field=f"{field}.guidance_start")
+        units.append(ControlNetUnit(
+            **unit.model_dump(exclude={"model", "module", "image", "mask"}),
+            model=resolve_model(unit.model, f"{field}.model"),
+            module=resolve_module(unit.module, f"{field}.module"),
+            image=STAND_IN_ID if unit.image is not None else None,
+            mask=STAND_IN_ID if unit.mask is not None else None,
+        ))
+    return tuple(units)
 
 
 def body_for_hash(body: JobCreate) -> dict[str, Any]:
