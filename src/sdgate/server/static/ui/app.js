@@ -160,7 +160,8 @@ function progress({ state: st, step, total, eta }) {
   $("progress").dataset.state = st;
   $("progress-state").textContent = st;
   $("progress-step").textContent = total ? `step ${step}/${total}` : "";
-  $("progress-eta").textContent = eta !== null && eta !== undefined ? `ETA ${eta.toFixed(1)} s` : "";
+  const going = !TERMINAL.includes(st) && eta !== null && eta !== undefined;
+  $("progress-eta").textContent = going ? `ETA ${eta.toFixed(1)} s` : "";
   $("progress-bar").style.width = total ? `${Math.round((100 * step) / total)}%` : "0%";
 }
 
