@@ -197,6 +197,18 @@ class StableImageParams(_Lenient):
     cfg_scale: Float | None = Field(None, ge=1, le=10)
 
 
+class ControlParams(_Lenient):
+    """The form fields of ``/v2beta/stable-image/control/{sketch,structure}`` (the ``image`` file,
+    required, is read separately)."""
+
+    prompt: str = Field(min_length=1, max_length=10000, pattern=NO_NUL)
+    control_strength: Float = Field(0.7, ge=0, le=1, description="how much the image guides the generation")
+    negative_prompt: str = Field("", max_length=10000, pattern=NO_NUL)
+    seed: Int = Field(0, ge=0, le=MAX_SEED_V2, description="0: random")
+    output_format: OutputFormat = OutputFormat.PNG
+    style_preset: StylePreset | None = None
+
+
 class V2Error(BaseModel):
     id: str
     name: str

@@ -16,7 +16,7 @@ from starlette.formparsers import MultiPartException
 from sdgate.core.errors import GenerationFailed, InvalidRequest, NotFound, SdgateError
 from sdgate.core.images import decode_image_bytes
 from sdgate.core.models import ModelInfo
-from sdgate.core.requests import GenerationRequest
+from sdgate.core.requests import ControlNetUnit, GenerationRequest
 from sdgate.server import imaging, jobflow
 from sdgate.server.admission import usage_report
 from sdgate.server.auth import Principal
@@ -24,6 +24,7 @@ from sdgate.server.deps import CurrentPrincipal, ServicesDep, image_limits
 from sdgate.server.dialects.stability import translate
 from sdgate.server.dialects.stability.protocol import (
     ArtifactsResponse,
+    ControlParams,
     Engine,
     ImageToImageParams,
     MaskingParams,
@@ -39,6 +40,7 @@ from sdgate.server.logs import LogOnce
 from sdgate.server.middleware import request_id_var
 from sdgate.server.model_aliases import ALIASES, model_header, resolve_model
 from sdgate.server.services import Services
+from sdgate.server.validation import controlnet_family
 from sdgate.server.wire import NO_NUL, inline_schema, multipart_body, validate_form
 
 log = logging.getLogger("sdgate.stability")
@@ -442,13 +444,20 @@ async def generate(
         init_image=init_id,
         init_size=init_size,
     )
+    return await _run_v2(request, services, principal, gen, body.output_format.value)
+
+
+async def _run_v2(
+    request: Request, services: Services, principal: Principal, gen: GenerationRequest, fmt: str
+) -> Response:
+    """Run ``gen`` and answer as v2beta does: the image in ``fmt``, or JSON per ``Accept``."""
     job = await jobflow.run_blocking(services, gen, request, dialect=DIALECT, principal=principal)
     assert job.result is not None
     pngs = await jobflow.image_bytes(services, job)
     if not pngs:
         raise GenerationFailed("the job finished without an image")
     png = pngs[0]
-    data = await run_in_threadpool(imaging.reencode, png, body.output_format.value)
+    data = await run_in_threadpool(imaging.reencode, png, fmt)
     seed = job.result.seeds[0] if job.result.seeds else gen.seed
     reason = translate.finish_reasons(job.result)[0]
     if "application/json" in request.headers.get("accept", "").lower():
@@ -457,4 +466,67 @@ async def generate(
             headers=model_header(job),
         )
     headers = {"finish-reason": reason, "seed": str(seed), **model_header(job)}
-    return Response(data, media_type=f"image/{body.output_format.value}", headers=headers)
+    return Response(data, media_type=f"image/{fmt}", headers=headers)
+
+
+# -- v2beta control -------------------------------------------------------------------------------
+
+CONTROL_SERVICES = tuple(translate.CONTROL_KINDS)
+
+
+@v2_router.post(
+    "/control/{service}",
+    responses=V2_GENERATION,
+    openapi_extra=multipart_body(
+        inline_schema(ControlParams), files={"image": f"{_IMAGE}: the sketch or the structure to follow"},
+        required=("image",),
+    ),
+)
+async def control(
+    service: Annotated[str, Path(json_schema_extra={"enum": list(CONTROL_SERVICES)})],
+    request: Request,
+    services: ServicesDep,
+    principal: CurrentPrincipal,
+) -> Response:
+    """control/sketch and control/structure: text-to-image guided by the image through an
+    installed ControlNet (a sketch inverted into a scribble map, a structure's canny edges)."""
+    if service not in CONTROL_SERVICES:
+        raise NotFound(f"control/{service}: no such service; use sketch or structure")
+    form = await _read_form(request)
+    body = validate_form(ControlParams, translate.form_fields(_text_items(form)))
+    _log_unknown(f"control/{service}", body)
+    info, defaults = _model(services, "")
+    controlnet = _control_model(services, service, info)
+    data = await _file(form, "image")
+    assert data is not None
+
+    def store() -> tuple[str, tuple[int, int], str]:
+        rgb, _ = imaging.read_upload(data, field="image", limits=image_limits(services))
+        module = translate.sketch_module(rgb) if service == "sketch" else "canny"
+        return services.images.put(imaging.to_png(rgb)), rgb.size, module
+
+    image_id, size, module = await run_in_threadpool(store)
+    unit = ControlNetUnit(model=controlnet, image=image_id, module=module, weight=body.control_strength)
+    gen = translate.control_request(
+        body, control=unit, image_size_px=size, model=info.name, defaults=defaults,
+        settings=services.settings,
+    )
+    return await _run_v2(request, services, principal, gen, body.output_format.value)
+
+
+def _control_model(services: Services, service: str, model: ModelInfo) -> str:
+    """The installed ControlNet ``service`` runs with on ``model`` (one of its family where that is
+    known), or a 404 saying what to install."""
+    fitting = [
+        f.name for f in services.catalog.list_files("controlnet")
+        if model.family is None or controlnet_family(f.path) in (None, model.family)
+    ]
+    name = translate.pick_controlnet(service, fitting)
+    if name is None:
+        words = " or ".join(repr(w) for w in translate.CONTROL_KINDS[service])
+        raise NotFound(
+            f"control/{service}: no ControlNet installed for it: put one whose name says {words} "
+            f"(for {model.family or 'the'} models) in the models folder's ControlNet/",
+            field="model",
+        )
+    return name

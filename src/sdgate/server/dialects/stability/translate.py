@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from sdgate.core.engine import ModelDefaults
 from sdgate.core.errors import ContentFiltered, InvalidRequest, SdgateError
-from sdgate.core.requests import GenerationRequest, Mode
+from sdgate.core.requests import ControlNetUnit, GenerationRequest, Mode
 from sdgate.core.results import GenerationResult
 from sdgate.core.samplers import SamplerChoice, resolve_sampler
 from sdgate.server.dialects.stability.protocol import (
@@ -24,6 +24,7 @@ from sdgate.server.dialects.stability.protocol import (
     UPSCALE_MAX_PIXELS,
     AspectRatio,
     ClipGuidancePreset,
+    ControlParams,
     GenerationParams,
     ImageToImageParams,
     InitImageMode,
@@ -332,6 +333,73 @@ def stable_image_request(
         seed=concrete_seed(body.seed),
         init_images=(init_image,) if image_mode and init_image else (),
         denoising_strength=body.strength if image_mode else None,
+    )
+
+
+# -- control/sketch and control/structure ---------------------------------------------------------
+
+# What each control service looks for in the installed ControlNets' names, in order of preference.
+CONTROL_KINDS: dict[str, tuple[str, ...]] = {
+    "sketch": ("scribble", "sketch", "canny"),
+    "structure": ("canny",),
+}
+
+
+def pick_controlnet(service: str, names: Sequence[str]) -> str | None:
+    """The first installed ControlNet (of those that fit the model) whose name says what
+    ``service`` needs, by ``CONTROL_KINDS`` order; None when none does."""
+    for word in CONTROL_KINDS[service]:
+        found = next((name for name in names if word in name.lower()), None)
+        if found is not None:
+            return found
+    return None
+
+
+def sketch_module(image: Image.Image) -> str:
+    """A sketch is dark lines on white: inverted, it is the white-on-black scribble map the
+    ControlNets expect. Anything darker (a photo, light lines on dark) gets its lines drawn by
+    ``scribble_xdog``."""
+    grey = image.convert("L")
+    grey.thumbnail((256, 256))
+    histogram = grey.histogram()
+    half = sum(histogram) / 2
+    seen = 0
+    for level, count in enumerate(histogram):  # the median grey level
+        seen += count
+        if seen >= half:
+            return "invert" if level > 127 else "scribble_xdog"
+    return "invert"  # pragma: no cover - an image has pixels
+
+
+def control_request(
+    body: ControlParams,
+    *,
+    control: ControlNetUnit,
+    image_size_px: tuple[int, int],
+    model: str,
+    defaults: ModelDefaults,
+    settings: Settings,
+) -> GenerationRequest:
+    """control/{sketch,structure}: text-to-image guided by the one ControlNet unit, at the control
+    image's size (rounded to the model's VAE factor), as the service keeps the input's aspect."""
+    prompt = body.prompt.strip()
+    if body.style_preset is not None:
+        prompt = f"{prompt}, {STYLE_SUFFIXES[body.style_preset]}"
+    size = image_size(image_size_px, defaults)
+    check_size(size[0], size[1], defaults, settings)
+    choice = resolve_sampler(None, None)
+    return GenerationRequest(
+        mode=Mode.TXT2IMG,
+        prompt=prompt,
+        negative_prompt=body.negative_prompt,
+        model=model,
+        width=size[0],
+        height=size[1],
+        steps=defaults.steps,
+        sampler=choice.sampler,
+        scheduler=choice.scheduler,
+        seed=concrete_seed(body.seed),
+        controlnets=(control,),
     )
 
 
