@@ -26,19 +26,20 @@ CKPT = "tiny.safetensors"
 XL = "tiny-sdxl.safetensors"
 CANNY = "tiny-canny/diffusion_pytorch_model.safetensors"  # a diffusers folder, as ComfyUI lists it
 DEPTH = "tiny-depth.safetensors"  # a single file in diffusers' key layout
+XL_CANNY = "xl/tiny-xl/diffusion_pytorch_model.safetensors"
 SIZE = 64
 IMAGE = "edges.png"
 
 
-def write_controlnet(path: Path, seed: int) -> None:
-    """A ControlNet for the tiny SD 1.5 UNet; its zero convolutions are random, so it guides, and
-    its hint embedding is scaled so the control map matters about as much as the latents."""
+def write_controlnet(path: Path, seed: int, *, xl: bool = False) -> None:
+    """A ControlNet for the tiny SD 1.5 (or XL) UNet; its zero convolutions are random, so it
+    guides, and its hint embedding is scaled so the control map matters about as much as the latents."""
     from diffusers import ControlNetModel
     from safetensors.torch import save_file
 
     from tests import tinymodels as tm
 
-    net = ControlNetModel.from_unet(tm.tiny_sd(0).unet)
+    net = ControlNetModel.from_unet((tm.tiny_sdxl(0) if xl else tm.tiny_sd(0)).unet)
     torch.manual_seed(seed)
     with torch.no_grad():
         for block in (*net.controlnet_down_blocks, net.controlnet_mid_block):
@@ -62,6 +63,7 @@ def cn_engine(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
         (models / "checkpoints" / ours).symlink_to(tiny_models_dir / "Stable-diffusion" / theirs)
     write_controlnet(models / "controlnet" / "tiny-canny", seed=1)
     write_controlnet(models / "ControlNet" / DEPTH, seed=2)
+    write_controlnet(models / "controlnet" / "xl" / "tiny-xl", seed=3, xl=True)
     settings = Settings(data_dir=tmp_path_factory.mktemp("data"), models_dir=models, device="cpu")
     return DiffusersEngine(settings, ModelCatalog(settings, builtin_dir=None))
 
@@ -118,6 +120,30 @@ def test_strength_zero_is_the_plain_graph_and_one_differs(cn_engine: DiffusersEn
     np.testing.assert_array_equal(base, draw(cn_engine, graph(strength=0.0, advanced=advanced)))
     guided = draw(cn_engine, graph(strength=1.0, advanced=advanced))
     assert guided.shape == base.shape and differs(guided, base) > 1.0
+
+
+def test_an_sdxl_controlnet_guides_an_sdxl_model(cn_engine: DiffusersEngine) -> None:
+    def xl(strength: float) -> dict[str, Any]:
+        prompt = graph(XL_CANNY, strength=strength, advanced=True)
+        prompt["4"]["inputs"]["ckpt_name"] = XL
+        return prompt
+
+    base = plain()
+    base["4"]["inputs"]["ckpt_name"] = XL
+    base_pixels = draw(cn_engine, base)
+    np.testing.assert_array_equal(draw(cn_engine, xl(0.0)), base_pixels)
+    assert differs(draw(cn_engine, xl(1.0)), base_pixels) > 0.5
+
+
+def test_the_infotext_names_the_positives_controlnets(cn_engine: DiffusersEngine) -> None:
+    out = run(cn_engine, stack(graph(strength=0.5), DEPTH, 1.0), pictures=(control_map(),), images=(IMAGE,))
+    info = out.images[0].infotext
+    assert (
+        'ControlNet 0: "Module: none, Model: tiny-canny, Weight: 0.5, Guidance Start: 0, Guidance End: 1"'
+        in info
+    )
+    assert 'ControlNet 1: "Module: none, Model: tiny-depth, Weight: 1,' in info
+    assert "ControlNet" not in run(cn_engine, plain()).images[0].infotext
 
 
 def test_a_single_file_controlnet_guides_too(cn_engine: DiffusersEngine) -> None:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from sdgate.core.errors import InvalidRequest
+from sdgate.core.infotext import format_value
 from sdgate.core.models import ASSET_DIRS
 from sdgate.core.requests import ControlMode
 from sdgate.engine import controlnet_units as units
@@ -172,6 +173,20 @@ class SamplerControls:
             return
         with controlled(self.unet, self.hints(controls, latent_hw), self.percent, batch=batch):
             yield
+
+
+def infotext_values(positive: Conditioning) -> tuple[str, ...]:
+    """A1111's ``ControlNet i`` infotext values for the ControlNets guiding the positive prompt
+    (each once, in the order they were applied; a map made beforehand: module ``none``)."""
+    uses: dict[int, ControlUse] = {}
+    for entry in positive:
+        for use in entry.controls:
+            uses.setdefault(id(use), use)
+    return tuple(
+        f"Module: none, Model: {weights_path(use.net.file).stem}, Weight: {format_value(use.strength)}, "
+        f"Guidance Start: {format_value(use.start)}, Guidance End: {format_value(use.end)}"
+        for use in uses.values()
+    )
 
 
 def weights_path(file: Any) -> Path:

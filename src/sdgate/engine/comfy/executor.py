@@ -174,6 +174,7 @@ def infotext(info: SampleInfo, pixels: Pixels) -> str:
         "Lora": ", ".join(info.loras) or None,
         "Comfy sampler": f"{info.comfy_sampler} {info.comfy_scheduler}",
         "Sampler note": "; ".join(info.notes) or None,
+        **{f"ControlNet {i}": value for i, value in enumerate(info.controlnets)},
         "Version": A1111_VERSION,
     }
     return format_infotext(info.prompt, info.negative_prompt, params)

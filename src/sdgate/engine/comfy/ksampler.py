@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from sdgate.core.errors import InvalidRequest
-from sdgate.engine.comfy.controlnets import SamplerControls
+from sdgate.engine.comfy.controlnets import SamplerControls, infotext_values
 from sdgate.engine.comfy.executor import RunContext
 from sdgate.engine.comfy.values import CondEntry, Conditioning, Latent, ModelHandle, SampleInfo
 from sdgate.engine.sampling import check_finite
@@ -164,6 +164,7 @@ def sample(
         width=width, height=height, model_name=model.info.name, model_stem=model.info.stem,
         model_hash=model.info.short_hash, denoise=denoise if start is not None else 1.0,
         loras=tuple(f"{lora.name}: {lora.strength:g}" for lora in handle.loras), notes=tuple(plan.notes),
+        controlnets=infotext_values(positive),
     )  # fmt: skip
     ctx.last = info
     return Latent(width, height, x.shape[0], x, latent.noise_mask, factor, info)

@@ -118,6 +118,7 @@ class SampleInfo:
     denoise: float = 1.0
     loras: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    controlnets: tuple[str, ...] = ()  # A1111's "ControlNet i" values, of the positive's ControlNets
 
 
 @dataclass(frozen=True)
