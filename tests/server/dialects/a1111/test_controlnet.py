@@ -312,3 +312,13 @@ def test_webuiapi_controlnet_unit(webui: Any, engine: FakeEngine) -> None:
     assert engine.calls[-1].controlnets[0].image is None  # "": the init image
     detected = webui.controlnet_detect([square()], module="canny", processor_res=64)
     assert detected.info == "Success" and detected.images[0].size == (64, 64)
+
+
+async def test_a_script_runs_every_job_with_the_units(client: httpx.AsyncClient, engine: FakeEngine) -> None:
+    body = payload(TUTORIAL, script_name="X/Y/Z Plot",
+                   script_args=[4, "1,2", [], 0, "", [], 0, "", [], True, True])  # X: Steps 1, 2
+    r = await client.post(URL, json=body)
+    assert r.status_code == 200, r.text
+    assert [c.steps for c in engine.calls] == [1, 2]
+    units = [c.controlnets for c in engine.calls]
+    assert units[0] == units[1] and units[0][0].model == "control_canny" and units[0][0].image
