@@ -225,21 +225,6 @@ def test_an_unknown_module_is_refused_naming_the_unit(engine: DiffusersEngine) -
     assert caught.value.field == "controlnets[0].module"
 
 
-def test_controlnets_are_cached_and_unload_drops_them(engine: DiffusersEngine) -> None:
-    _run(engine, (_unit(),))
-    keys = [k for k in engine.cache.keys_by_age() if k.startswith(controlnet_units.CACHE_PREFIX)]
-    assert keys
-    entry = engine.cache.get(keys[-1])
-    net = entry.pipeline  # type: ignore[union-attr]
-    _run(engine, (_unit(),))
-    assert engine.cache.get(keys[-1]).pipeline is net  # type: ignore[union-attr]  # not loaded again
-    assert "tiny-sd15" in engine.loaded_models()
-    assert not any(name.startswith(controlnet_units.CACHE_PREFIX) for name in engine.loaded_models())
-    engine.unload()
-    assert engine.cache.keys_by_age() == []
-    assert entry.pipeline is None  # type: ignore[union-attr]
-
-
 # --- what a unit does ------------------------------------------------------------------------------
 
 
@@ -399,3 +384,74 @@ def test_controlled_hook_modes_on_the_cfg_halves() -> None:
     progress = StepProgress(4)
     progress.step = 1  # 0.25: outside a [0.5, 1] window
     assert torch.equal(call([ControlHint(net, image, start=0.5)], progress, guided=0), plain)
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M", "Heun", "DDIM"])
+def test_every_sampler_is_guided_inside_the_window(
+    engine: DiffusersEngine, sampler: str, guided_calls: list[int]
+) -> None:
+    plain = _run(engine, sampler=sampler)
+    late = _run(engine, (_unit(guidance_start=0.5),), sampler=sampler)
+    assert _differ(late, plain)
+    assert 0 < guided_calls[-1] < (7 if sampler == "Heun" else 4)  # Heun evaluates twice a step
+
+
+@pytest.mark.parametrize("mode", list(ControlMode))
+def test_batches_and_guidance_variants_run(engine: DiffusersEngine, mode: ControlMode) -> None:
+    """Two images a batch, AND prompts (extra UNet calls on the cond half), NGMS (calls of the
+    cond half alone) and no CFG at all: each image guided, and weight 0 still the plain image."""
+    for fields in (
+        {"batch_size": 2, "prompt": "a red circle AND a blue square", "s_min_uncond": 100.0},
+        {"batch_size": 2, "cfg_scale": 1.0},
+    ):
+        plain = _run(engine, **fields)
+        guided = _run(engine, (_unit(control_mode=mode),), **fields)
+        off = _run(engine, (_unit(control_mode=mode, weight=0.0),), **fields)
+        for a, b, c in zip(plain.images, guided.images, off.images, strict=True):
+            assert int(np.abs(np.asarray(a.image, dtype=int) - np.asarray(b.image, dtype=int)).max()) > 2
+            assert np.array_equal(np.asarray(a.image), np.asarray(c.image))
+
+
+def test_controlnets_are_cached_and_unload_drops_them(engine: DiffusersEngine) -> None:
+    fresh = DiffusersEngine(engine.settings, ModelCatalog(engine.settings, builtin_dir=None))  # few to unload
+    _run(fresh, (_unit(),))
+    keys = [k for k in fresh.cache.keys_by_age() if k.startswith(controlnet_units.CACHE_PREFIX)]
+    assert len(keys) == 1
+    entry = fresh.cache.get(keys[0])
+    net = entry.pipeline  # type: ignore[union-attr]
+    _run(fresh, (_unit(),))
+    assert fresh.cache.get(keys[0]).pipeline is net  # type: ignore[union-attr]  # not loaded again
+    assert fresh.loaded_models() == ["tiny-sd15"]  # the ControlNet is not a model to list
+    fresh.unload()
+    assert fresh.cache.keys_by_age() == []
+    assert entry.pipeline is None  # type: ignore[union-attr]
+
+
+def test_the_hook_matches_diffusers_own_controlnet_pipeline() -> None:
+    """The same components, prompt and noise through diffusers' ``StableDiffusionControlNetPipeline``
+    and through the plain pipeline inside ``controlled``: the same image (CFG halves, timesteps and
+    the control image's format all as diffusers' reference has them)."""
+    import torch
+    from diffusers import StableDiffusionControlNetPipeline
+
+    from sdgate.engine.controlnet import scheduler_progress
+    from tests import tinymodels as tm
+
+    pipe = tm.tiny_sd(0)
+    pipe.set_progress_bar_config(disable=True)
+    net = _tiny_controlnet(pipe.unet, seed=11).eval()
+    reference = StableDiffusionControlNetPipeline(**pipe.components, controlnet=net)
+    reference.set_progress_bar_config(disable=True)
+    image = _picture(0)
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    common: dict[str, Any] = {"num_inference_steps": 4, "output_type": "np", "guidance_scale": 6.0}
+    expected = reference(
+        "a red circle", image=image, latents=latents, controlnet_conditioning_scale=0.7, **common
+    ).images
+    hint = ControlHint(net, control_tensor(image), weight=0.7)
+    with controlled(pipe.unet, [hint], scheduler_progress(lambda: pipe.scheduler), batch=1) as hook:
+        got = pipe("a red circle", latents=latents, **common).images
+    plain = pipe("a red circle", latents=latents, **common).images
+    assert hook.calls == 4
+    assert float(np.abs(expected - got).max()) < 1e-4
+    assert float(np.abs(expected - plain).max()) > 1e-2

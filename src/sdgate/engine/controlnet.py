@@ -98,7 +98,7 @@ def scheduler_progress(scheduler_of: Callable[[], Any]) -> Progress:
     """Progress from a diffusers scheduler (``scheduler_of()`` at each call: a job may swap it):
     its ``step_index`` where it keeps one, else the timestep's place in its ``timesteps``; counted
     from where the pass began (img2img starts part-way into the schedule)."""
-    began: dict[int, int] = {}
+    began: list[Any] = [None, 0]  # the scheduler last seen, and the index its pass began at
 
     def progress(timestep: Any) -> float:
         scheduler = scheduler_of()
@@ -108,9 +108,10 @@ def scheduler_progress(scheduler_of: Callable[[], Any]) -> Progress:
         index = getattr(scheduler, "step_index", None)
         if index is None:
             index = _timestep_index(timesteps, timestep, getattr(scheduler, "begin_index", None))
-        start = began.setdefault(id(scheduler), min(int(index), _begin(scheduler, int(index))))
-        total = max(1, len(timesteps) - start)
-        return (int(index) - start) / total
+        if began[0] is not scheduler:
+            began[:] = [scheduler, min(int(index), _begin(scheduler, int(index)))]
+        start = int(began[1])
+        return (int(index) - start) / max(1, len(timesteps) - start)
 
     return progress
 

@@ -16,6 +16,10 @@ Three steps, called by the engine:
    pixel-perfect one), fitted to the pass's size by its resize mode, and applied through
    ``engine.controlnet.controlled`` with the pass's scheduler as the clock. ``infotext_params``
    writes A1111's ``ControlNet i`` entries.
+
+Where it applies: txt2img's pass (with a refiner: until the switch; the refiner's UNet is not
+guided), img2img and inpainting (with "only masked", the control image is fitted to the whole
+processing size, not cropped like the init image). Not in hires fix's second pass.
 """
 
 from __future__ import annotations
@@ -164,34 +168,36 @@ def load(
     kept = list(keep)
     units = []
     for i, ((unit, image, mask), found) in enumerate(zip(inputs.controls(request), files, strict=True)):
-        net, key = _net(engine, i, found, model, kept)
+        net, key = net_for(engine, found, model, kept, field=f"controlnets[{i}].model")
         kept.append(key)
         source = image if image is not None else inputs.init_images[0]
         units.append(LoadedUnit(unit, net, _display_name(engine.catalog, found), source, mask))
     return JobControls(units)
 
 
-def _net(
-    engine: DiffusersEngine, index: int, found: cl.ControlNetFile, model: LoadedModel, keep: list[str]
+def net_for(
+    engine: DiffusersEngine, found: cl.ControlNetFile, model: LoadedModel, keep: Sequence[str], *, field: str
 ) -> tuple[Any, str]:
+    """The ControlNet ``found`` for ``model``'s UNet on the engine's device, and its cache key: from
+    the engine's model cache, or loaded into it now (never evicting ``keep``). One of another family
+    or size is an ``InvalidRequest`` naming ``field``; so is a file that does not load."""
     family = model.loaded.family
     key = f"{CACHE_PREFIX}{found.path}|{family}"
     cached = engine.cache.get(key)
     if cached is not None and cached.pipeline is not None:
         return cached.pipeline, key
-    where = f"controlnets[{index}].model"
     engine.cache.make_room(_file_bytes(found), keep=keep)
     try:
         net = cl.load_controlnet(found.path, model.pipeline.unet.config, family=family, dtype=engine.dtype)
     except cl.FamilyMismatch as exc:
         raise InvalidRequest(
-            f"{where}: ControlNet {found.name!r} does not fit model {model.info.name}: {exc}", field=where
+            f"{field}: ControlNet {found.name!r} does not fit model {model.info.name}: {exc}", field=field
         ) from exc
     except (UnsupportedModel, ValueError, KeyError, StopIteration) as exc:
         raise InvalidRequest(
-            f"{where}: ControlNet {found.name!r} cannot be loaded: {exc}", field=where
+            f"{field}: ControlNet {found.name!r} cannot be loaded: {exc}", field=field
         ) from exc
-    _check_fits(net, model, where, found.name)
+    _check_fits(net, model, field, found.name)
     net.to(engine.device)
     net.requires_grad_(False)
     engine.cache.put(key, _CachedNet(net), cl.net_bytes(net), keep=keep)  # type: ignore[arg-type]
