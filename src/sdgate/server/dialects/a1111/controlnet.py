@@ -131,7 +131,7 @@ def store_images(services: Services, units: list[WireUnit]) -> tuple[ControlNetU
 def _parse_unit(
     raw: dict[str, Any], field: str, services: Services, *, is_img2img: bool, family: str | None
 ) -> WireUnit:
-    _ignored.names(f"{k}" for k in raw if k not in _KNOWN)
+    _ignored.names(k for k in raw if k not in _KNOWN)
     model = _text(raw.get("model", "None"), f"{field}.model")
     if model.strip().lower() in NO_MODEL:
         raise InvalidRequest(f"{field}.model: choose a ControlNet model (GET /controlnet/model_list)",

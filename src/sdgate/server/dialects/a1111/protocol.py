@@ -187,6 +187,7 @@ ALWAYSON_SCHEMA: dict[str, Any] = {
         "type": "object", "properties": {"args": {"type": "array", "items": _UNIT_SCHEMA}},
     }},
     "additionalProperties": False,
+    "maxProperties": 1,
     "description": "always-on scripts: ControlNet's units (the key in any case, as webuiapi's ControlNet)",
 }  # fmt: skip
 
