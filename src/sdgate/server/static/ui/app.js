@@ -68,6 +68,7 @@ async function loadListings() {
   fill($("scheduler"), schedulers.map((s) => [s.name, s.label]), { keep: [""] });
   fill($("lora-pick"), loras.map((l) => [l.name, l.alias && l.alias !== l.name ? `${l.name} (${l.alias})` : l.name]),
     { keep: [""] });
+  $("lora-pick").closest("label").hidden = !loras.length;
   $("styles").hidden = !styles.length;
   $("styles").replaceChildren($("styles").firstElementChild, ...styles.map((s) => {
     const label = document.createElement("label");
