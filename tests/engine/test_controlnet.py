@@ -19,7 +19,14 @@ from sdgate.core.engine import EngineInputs, EngineOutput, NoControl
 from sdgate.core.errors import InvalidRequest, ModelNotFound
 from sdgate.core.infotext import parse_infotext
 from sdgate.core.models import ModelCatalog
-from sdgate.core.requests import ControlMode, ControlNetUnit, ControlResize, GenerationRequest, Mode
+from sdgate.core.requests import (
+    ControlMode,
+    ControlNetUnit,
+    ControlResize,
+    GenerationRequest,
+    HiresSettings,
+    Mode,
+)
 from sdgate.engine import controlnet_units
 from sdgate.engine.controlnet import ControlHint, StepProgress, control_tensor, controlled
 from sdgate.engine.diffusers_engine import DiffusersEngine
@@ -309,6 +316,16 @@ def test_img2img_and_inpaint(engine: DiffusersEngine) -> None:
     own = _run(engine, (_unit(),), images=(init,), init=init)
     borrowed = _run(engine, (ControlNetUnit(model="tiny-cn-sd15"),), init=init)
     assert _same(own, borrowed)
+
+
+def test_hires_fix_guides_both_passes(engine: DiffusersEngine, guided_calls: list[int]) -> None:
+    hr = HiresSettings(scale=1.5, denoising_strength=0.5, second_pass_steps=4)
+    plain = _run(engine, hires=hr)
+    guided = _run(engine, (_unit(),), hires=hr)
+    assert guided.images[0].image.size == (96, 96)
+    assert guided_calls == [4, 2]  # the second pass runs 2 of its 4 steps at strength 0.5
+    assert _differ(guided, plain)
+    assert _same(_run(engine, (_unit(weight=0.0),), hires=hr), plain)
 
 
 def test_infotext_names_each_unit(engine: DiffusersEngine) -> None:

@@ -18,8 +18,9 @@ Three steps, called by the engine:
    writes A1111's ``ControlNet i`` entries.
 
 Where it applies: txt2img's pass (with a refiner: until the switch; the refiner's UNet is not
-guided), img2img and inpainting (with "only masked", the control image is fitted to the whole
-processing size, not cropped like the init image). Not in hires fix's second pass.
+guided), hires fix's second pass on the same checkpoint (the control image fitted to its size,
+the window over its own steps), img2img and inpainting (with "only masked", the control image is
+fitted to the whole processing size, not cropped like the init image).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from sdgate.core.errors import InvalidRequest, ModelNotFound
 from sdgate.core.models import ModelCatalog
 from sdgate.core.requests import ControlMode, ControlNetUnit, ControlResize, GenerationRequest
 from sdgate.engine import controlnet_loading as cl
+from sdgate.engine import hires
+from sdgate.engine.common import JobShape
 from sdgate.engine.controlnet import ControlHint, control_tensor, controlled, mask_tensor, scheduler_progress
 from sdgate.engine.loading import UnsupportedModel
 
@@ -149,6 +152,17 @@ class JobControls:
             return nullcontext()
         hints = [h for h in self.hints(width, height) if h.weight != 0.0]
         return controlled(pipe.unet, hints, scheduler_progress(lambda: pipe.scheduler), batch=batch)
+
+    def hires_applied(
+        self, model: LoadedModel, request: GenerationRequest, shape: JobShape, second: Any = None
+    ) -> Any:
+        """The units on hires fix's second pass over ``model`` (its img2img pipeline, at its final
+        size), as A1111 guides it too; not when the pass runs on another checkpoint (``second``)."""
+        if not self.units or request.hires is None or second is not None:
+            return nullcontext()
+        size = hires.target_size(shape.width, shape.height, request.hires, model.loaded.vae_scale_factor)
+        variant = hires.img2img_pipeline(model.pipeline, model.loaded.family)
+        return self.applied(variant, size.width, size.height, request.batch_size)
 
     def infotext_params(self) -> dict[str, object]:
         return {f"ControlNet {i}": _infotext_value(u) for i, u in enumerate(self.units)}

@@ -500,7 +500,7 @@ class DiffusersEngine:
         with (
             prompts.applied(pipe),
             ngms.maybe_skipping_uncond(pipe, request.s_min_uncond, prompts.batch),
-            job.controls.applied(pipe, shape.width, shape.height, prompts.batch),  # not the hires pass
+            job.controls.applied(pipe, shape.width, shape.height, prompts.batch),
         ):
             latents = pipe(
                 **prompts.kwargs,
@@ -532,13 +532,15 @@ class DiffusersEngine:
         extras: dict[str, object] | None = None
         if request.hires is not None and action == StepAction.CONTINUE:
             runs = hires.second_pass_steps(request, shape.steps)[1]
-            second = hires.second_pass(
-                pipe, family, model.base_scheduler_config, request, latents, draw.seeds,
-                width=shape.width, height=shape.height, steps=shape.steps,
-                factor=model.loaded.vae_scale_factor,
-                tracker=StepTracker(job.control, 2 * it + 1, 2 * request.n_iter, max(1, runs)),
-                catalog=self.catalog, subseeds=draw.subseeds, second=seconds.hires, refiner=seconds.refiner,
-            )  # fmt: skip
+            with job.controls.hires_applied(model, request, shape, seconds.hires):
+                second = hires.second_pass(
+                    pipe, family, model.base_scheduler_config, request, latents, draw.seeds,
+                    width=shape.width, height=shape.height, steps=shape.steps,
+                    factor=model.loaded.vae_scale_factor,
+                    tracker=StepTracker(job.control, 2 * it + 1, 2 * request.n_iter, max(1, runs)),
+                    catalog=self.catalog, subseeds=draw.subseeds, second=seconds.hires,
+                    refiner=seconds.refiner,
+                )  # fmt: skip
             pictures, action = second.pictures, second.action
             extras = hires.infotext_params(request, seconds.hires)
             extras.update(ti_hashes(prompts.used_embeddings, second.used_embeddings))
