@@ -87,6 +87,7 @@ def _tiny_controlnet(unet: Any, seed: int) -> Any:
 
 @pytest.fixture(scope="module")
 def engine(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DiffusersEngine]:
+    from diffusers import UNet2DConditionModel
     from safetensors.torch import save_file
 
     from tests import tinymodels as tm
@@ -104,6 +105,9 @@ def engine(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         tensors = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
         (folder / "diffusers-keys").mkdir(exist_ok=True)
         save_file(tensors, str(folder / "diffusers-keys" / f"tiny-cn-{family}-hf.safetensors"))
+    inpainting = tm.tiny_sd(0)  # an inpainting checkpoint: a 9-channel UNet (latents, mask, masked image)
+    inpainting.unet = UNet2DConditionModel.from_config({**inpainting.unet.config, "in_channels": 9})
+    tm.save_single_file(inpainting, "sd1", checkpoints / "tiny-sd15-inpainting.safetensors")
     second = _tiny_controlnet(tm.tiny_sd(0).unet, seed=12)
     second.save_pretrained(str(root / "controlnet" / "tiny-cn-sd15-b"))  # ComfyUI's folder name
     settings = Settings(data_dir=tmp_path_factory.mktemp("data"), models_dir=root, device="cpu")
@@ -312,6 +316,9 @@ def test_img2img_and_inpaint(engine: DiffusersEngine) -> None:
         guided = _run(engine, (_unit(),), init=init, mask=mask, denoising_strength=1.0)
         assert _differ(guided, plain)
         assert _same(_run(engine, (_unit(weight=0.0),), init=init, mask=mask, denoising_strength=1.0), plain)
+    # An inpainting UNet: the ControlNet sees the latents part of its input.
+    plain = _run(engine, init=init, mask=box, model="tiny-sd15-inpainting")
+    assert _differ(_run(engine, (_unit(),), init=init, mask=box, model="tiny-sd15-inpainting"), plain)
     # A unit with no image of its own uses the init image.
     own = _run(engine, (_unit(),), images=(init,), init=init)
     borrowed = _run(engine, (ControlNetUnit(model="tiny-cn-sd15"),), init=init)
@@ -472,3 +479,39 @@ def test_the_hook_matches_diffusers_own_controlnet_pipeline() -> None:
     assert hook.calls == 4
     assert float(np.abs(expected - got).max()) < 1e-4
     assert float(np.abs(expected - plain).max()) > 1e-2
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+@pytest.mark.parametrize("layout", ["ldm", "diffusers"])
+def test_full_size_configs_come_from_the_shapes(family: str, layout: str) -> None:
+    """A full-size SD 1.5 / SDXL ControlNet (meta tensors: no memory) in either single-file layout
+    gets back exactly its own config, and its keys convert onto the model's, shape for shape."""
+    from accelerate import init_empty_weights
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    from sdgate.engine import controlnet_loading as cl
+    from sdgate.engine.configs import shipped_configs
+
+    unet_config = shipped_configs(family)["unet"]
+    with init_empty_weights(include_buffers=True):
+        net = ControlNetModel.from_unet(
+            UNet2DConditionModel.from_config(unet_config), load_weights_from_unet=False
+        )
+    state = _ldm(net) if layout == "ldm" else dict(net.state_dict())
+    state = {k.removeprefix(cl.LDM_PREFIX): v for k, v in state.items()}
+    assert cl.family_of_state(state) == family
+    if layout == "ldm":
+        config = cl._config_from_ldm_keys(state, unet_config)
+        converted = cl._convert_ldm(state, config)
+    else:
+        config = cl._config_from_diffusers_keys(state, unet_config)
+        converted = state
+    for key, value in config.items():
+        expected = net.config[key]
+        assert (list(value) if isinstance(value, tuple | list) else value) == (
+            list(expected) if isinstance(expected, tuple | list) else expected
+        ), key
+    with init_empty_weights(include_buffers=True):
+        rebuilt = ControlNetModel.from_config(config)
+    wanted = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in converted.items()} == wanted
