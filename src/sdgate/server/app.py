@@ -17,7 +17,7 @@ from starlette.routing import compile_path
 
 import sdgate
 from sdgate.core.engine import Engine
-from sdgate.server import health, observability
+from sdgate.server import health, observability, ui
 from sdgate.server.audit import AuditMiddleware
 from sdgate.server.auth import (
     AuthMiddleware,
@@ -34,8 +34,6 @@ from sdgate.server.observability import MetricsMiddleware
 from sdgate.server.ratelimit import RateLimitMiddleware
 from sdgate.server.runtime import ServerRuntime
 from sdgate.server.services import Services
-from sdgate.server.ui import install_ui
-from sdgate.server.ui import public_paths as ui_paths
 from sdgate.settings import Settings
 
 try:  # FastAPI >= 0.16x keeps included routers nested; this walks them with their full paths
@@ -85,8 +83,9 @@ def create_app(
     install_log_redaction()  # the access log prints query strings: ?token= stays out of it
     app.add_exception_handler(405, _method_not_allowed)
     install_docs(app)
-    if settings.ui:
-        install_ui(app)
+    if settings.ui:  # the web UI: its page and files (server/ui)
+        app.mount(ui.ASSETS, ui.assets(), name="ui-assets")
+        app.include_router(ui.router)
     for dialect in DIALECTS:
         for router in dialect.routers:
             app.include_router(router)
@@ -98,7 +97,7 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RateLimitMiddleware)  # inside AuthMiddleware: it reads the principal
     app.add_middleware(AuthMiddleware, authenticator=authenticator_for(settings),  # UI files: no data
-                       public=[*settings.public_endpoints, *(ui_paths() if settings.ui else [])])
+                       public=[*settings.public_endpoints, *(ui.public_paths() if settings.ui else [])])
     app.add_middleware(AuditMiddleware, dialects=DIALECTS)  # around auth: records its refusals too
     app.add_middleware(GZipMiddleware, minimum_size=1000)
     if settings.cors_allow_origins:

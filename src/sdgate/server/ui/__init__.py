@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import Response
@@ -40,14 +40,19 @@ def public_paths() -> list[str]:
     return ["/", PAGE, *(f"{ASSETS}/{name}" for name in files if name != "index.html")]
 
 
-def install_ui(app: FastAPI) -> None:
-    """``GET /`` -> 307 ``/ui``; ``GET /ui``: the page; ``/ui/assets/*``: its scripts and styles."""
-    app.mount(ASSETS, _Assets(directory=STATIC_DIR), name="ui-assets")
+def assets() -> StaticFiles:
+    """The page's scripts and styles, mounted at ``ASSETS``."""
+    return _Assets(directory=STATIC_DIR)
 
-    @app.get("/", include_in_schema=False)
-    async def root(request: Request) -> RedirectResponse:
-        return RedirectResponse(request.scope.get("root_path", "") + PAGE, status_code=307)
 
-    @app.get(PAGE, include_in_schema=False)
-    async def page() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=_REVALIDATE)
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/")
+async def root(request: Request) -> RedirectResponse:
+    return RedirectResponse(request.scope.get("root_path", "") + PAGE, status_code=307)
+
+
+@router.get(PAGE)
+async def page() -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=_REVALIDATE)
