@@ -106,3 +106,32 @@ def eval_(
         typer.echo("targets met" if report.passed() else "targets missed")
     if check and not report.passed():
         raise typer.Exit(1)
+
+
+@app.command("train-controlnet")
+def train_controlnet(
+    ckpt_dir: Annotated[
+        Path | None, typer.Option(help="Checkpoint folder; resumed if present. [default: .train/controlnet]")
+    ] = None,
+    export: Annotated[
+        Path | None, typer.Option(help="Write the ControlNet folder here at each checkpoint. [default: none]")
+    ] = None,
+    smoke: Annotated[bool, typer.Option("--smoke", help="A tiny end-to-end run for CI.")] = False,
+    seed: Annotated[int, typer.Option(help="Seeds data, noise and initial weights.")] = 0,
+    minutes: Annotated[float | None, typer.Option(help="Stop after this long. [default: 25]")] = None,
+    steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
+    batch: Annotated[int | None, typer.Option(help="Scenes per step. [default: 8]")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate. [default: 5e-4]")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads. [default: 2]")] = None,
+) -> None:
+    """Train (or resume) the demo canny ControlNet on CPU, the demo model frozen."""
+    import dataclasses
+
+    from sdgate.demo import controlnet_train as ct
+
+    base = ct.SMOKE if smoke else ct.ControlTrainConfig()
+    overrides = {"minutes": minutes, "steps": steps, "batch": batch, "lr": lr, "threads": threads}
+    cfg = dataclasses.replace(base, seed=seed, **{k: v for k, v in overrides.items() if v is not None})
+    folder = ckpt_dir or Path(".train/smoke-controlnet" if smoke else ".train/controlnet")
+    state = ct.train(folder, cfg, export_to=export, log=typer.echo)
+    typer.echo(json.dumps({"step": state["step"], "seconds": round(state["seconds"], 1)}))

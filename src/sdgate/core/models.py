@@ -39,6 +39,10 @@ Shapes = Mapping[str, tuple[int, ...]]
 CHECKPOINT_DIRS = ("Stable-diffusion", "checkpoints")
 CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt")
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "demo" / "weights" / "sdgate-demo-shapes"
+# The demo's canny ControlNet (a diffusers folder), listed among the ControlNets under this name
+# whenever the built-in model is (demo/controlnet_train.py trains it; demo/RESULTS.md).
+BUILTIN_CONTROLNET_DIR = BUILTIN_DIR.parent / "sdgate-demo-canny"
+BUILTIN_CONTROLNET_NAME = "control_sdgate_demo_canny"
 DEFAULT_STEPS = 20
 NATIVE_SIZES: dict[str, int] = {"sd1": 512, "sd2": 512, "sd2-v": 768, "sdxl": 1024}
 # The demo's size when a request leaves size out: trained at 256 and 512, its published evaluation
@@ -589,7 +593,12 @@ class ModelCatalog:
     def list_files(self, kind: str) -> builtins.list[AssetFile]:
         if kind == "vae":
             return self.vaes()
-        return list_files(self.settings.resolved_models_dir, kind)
+        found = list_files(self.settings.resolved_models_dir, kind)
+        builtin = BUILTIN_CONTROLNET_DIR
+        if kind == "controlnet" and self.builtin_dir is not None and (builtin / "config.json").is_file():
+            name = BUILTIN_CONTROLNET_NAME
+            found.append(AssetFile("controlnet", name, name, builtin))
+        return found
 
     def vaes(self) -> builtins.list[AssetFile]:
         """Every VAE file, scanned on each call (cheap), so ``/refresh-vae`` has nothing to reset."""
