@@ -87,6 +87,7 @@ def _tiny_controlnet(unet: Any, seed: int) -> Any:
 
 @pytest.fixture(scope="module")
 def engine(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DiffusersEngine]:
+    import torch
     from diffusers import UNet2DConditionModel
     from safetensors.torch import save_file
 
@@ -108,6 +109,10 @@ def engine(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     inpainting = tm.tiny_sd(0)  # an inpainting checkpoint: a 9-channel UNet (latents, mask, masked image)
     inpainting.unet = UNet2DConditionModel.from_config({**inpainting.unet.config, "in_channels": 9})
     tm.save_single_file(inpainting, "sd1", checkpoints / "tiny-sd15-inpainting.safetensors")
+    (folder / "broken.safetensors").write_bytes(b"not a safetensors file")
+    torch.save(
+        {"weights": types.SimpleNamespace(code="print")}, folder / "pickled-code.pth"
+    )  # more than tensors
     second = _tiny_controlnet(tm.tiny_sd(0).unet, seed=12)
     second.save_pretrained(str(root / "controlnet" / "tiny-cn-sd15-b"))  # ComfyUI's folder name
     settings = Settings(data_dir=tmp_path_factory.mktemp("data"), models_dir=root, device="cpu")
@@ -222,6 +227,14 @@ def test_a_missing_controlnet_is_a_404_naming_it(engine: DiffusersEngine) -> Non
     assert caught.value.status_code == 404
     assert caught.value.field == "controlnets[0].model"
     assert "no-such-controlnet" in caught.value.message
+
+
+@pytest.mark.parametrize("name", ["broken", "pickled-code"])
+def test_a_file_that_does_not_load_is_refused_naming_the_unit(engine: DiffusersEngine, name: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        _run(engine, (_unit(name),))
+    assert caught.value.field == "controlnets[0].model"
+    assert "cannot be loaded" in caught.value.message
 
 
 def test_a_unit_without_an_image_needs_an_init_image(engine: DiffusersEngine) -> None:

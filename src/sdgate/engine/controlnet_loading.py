@@ -126,7 +126,7 @@ def load_controlnet(path: Path, unet_config: Any, *, family: Family | None, dtyp
     if path.is_dir():
         config = ControlNetModel.load_config(str(path), local_files_only=True)
         _check_family(family_of_config(config), family)
-        net = ControlNetModel.from_pretrained(str(path), local_files_only=True, torch_dtype=dtype)
+        net = ControlNetModel.from_pretrained(str(path), local_files_only=True, dtype=dtype)
         return net.eval()
     state = read_state_dict(path)
     state = {k.removeprefix(LDM_PREFIX): v for k, v in state.items()}

@@ -207,7 +207,7 @@ def net_for(
         raise InvalidRequest(
             f"{field}: ControlNet {found.name!r} does not fit model {model.info.name}: {exc}", field=field
         ) from exc
-    except (UnsupportedModel, ValueError, KeyError, StopIteration) as exc:
+    except (UnsupportedModel, OSError, ValueError, KeyError, StopIteration) as exc:  # a broken file or folder
         raise InvalidRequest(
             f"{field}: ControlNet {found.name!r} cannot be loaded: {exc}", field=field
         ) from exc
