@@ -19,7 +19,7 @@ URL = "/sdapi/v1/txt2img"
         ({"enable_hr": True, "hr_checkpoint_name": "other"}, "hr_checkpoint_name"),
         ({"enable_hr": True, "hr_sampler_name": "No Such Sampler"}, "hr_sampler_name"),
         ({"script_name": "x/y/z plot"}, "script_name"),
-        ({"alwayson_scripts": {"controlnet": {"args": []}}}, "alwayson_scripts"),
+        ({"alwayson_scripts": {"adetailer": {"args": []}}}, "alwayson_scripts"),
         ({"override_settings": {"sd_model_checkpoint": "nope"}}, "override_settings.sd_model_checkpoint"),
     ],
 )

@@ -116,7 +116,7 @@ def test_the_schema_states_the_limits() -> None:
     assert txt["width"]["maximum"] == MAX_SIDE and txt["width"]["multipleOf"] == 8
     assert txt["steps"]["minimum"] == 1 and txt["steps"]["maximum"] >= 1
     assert txt["hr_scale"]["maximum"] == 8.0
-    assert txt["alwayson_scripts"]["maxProperties"] == 0
+    assert txt["alwayson_scripts"]["maxProperties"] == 1  # controlnet, the one always-on script
     assert txt["prompt"]["maxLength"] > 0
     img = Img2ImgRequest.model_json_schema()["properties"]
     assert img["init_images"]["anyOf"][0]["maxItems"] > 0

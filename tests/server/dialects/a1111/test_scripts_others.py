@@ -33,11 +33,15 @@ def png_b64(size: tuple[int, int], colour: str = "red") -> str:
 async def test_listing_and_script_info(client: httpx.AsyncClient) -> None:
     scripts = (await client.get("/sdapi/v1/scripts")).json()
     assert scripts == {
-        "txt2img": ["prompt matrix", "prompts from file or textbox", "x/y/z plot"],
-        "img2img": ["prompt matrix", "prompts from file or textbox", "sd upscale", "x/y/z plot"],
+        "txt2img": ["prompt matrix", "prompts from file or textbox", "x/y/z plot", "controlnet"],
+        "img2img": [
+            "prompt matrix", "prompts from file or textbox", "sd upscale", "x/y/z plot", "controlnet"
+        ],
     }
     info = (await client.get("/sdapi/v1/script-info")).json()
-    assert len(info) == 7
+    assert len(info) == 9  # the seven selectable scripts, and controlnet (always on) on both tabs
+    controlnet = {(s["name"], s["is_alwayson"]) for s in info if s["name"] == "controlnet"}
+    assert controlnet == {("controlnet", True)}
     xyz = next(s for s in info if s["name"] == "x/y/z plot" and not s["is_img2img"])
     assert set(xyz) == {"name", "is_alwayson", "is_img2img", "args"}
     assert len(xyz["args"]) == 18
