@@ -46,10 +46,6 @@ class ControlNetFile:
     relpath: str
     path: Path
 
-    @property
-    def is_folder(self) -> bool:
-        return self.path.is_dir()
-
 
 # --- finding ----------------------------------------------------------------------------------------
 
