@@ -12,8 +12,8 @@ The API (no request type needed)::
     with controlled(unet, hints, progress, batch=rows_per_half):
         ...  # every UNet call inside gets the hints' residuals
 
-- ``net``: a diffusers ``ControlNetModel`` on the UNet's device and dtype (``engine.controlnet_loading``
-  loads one by catalog name).
+- ``net``: a diffusers ``ControlNetModel`` on the UNet's device and dtype (``controlnet_units.net_for``
+  gives one from the engine's model cache; ``controlnet_loading`` finds and builds them).
 - ``image``: the control map as a float tensor ``(1, C, H, W)`` in [0, 1] (``control_tensor`` makes
   one from a PIL image), at the pass's pixel size; it is resized to the latents' size times the
   ControlNet's own downsampling when they differ (models whose VAE does not downsample by 8).
