@@ -138,6 +138,8 @@ $("gen-form").addEventListener("submit", async (e) => {
   try {
     const job = await api("jobs", { method: "POST", json: await buildRequest() });
     show(job);
+    // One column on a phone: the progress is below the form, so bring it into view.
+    if (matchMedia("(max-width: 760px)").matches) $("progress").scrollIntoView({ behavior: "smooth" });
   } catch (err) {
     showError(err);
     $("generate-btn").disabled = false;
