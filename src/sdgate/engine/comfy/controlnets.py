@@ -25,14 +25,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from sdgate.core.errors import InvalidRequest
 from sdgate.core.infotext import format_value
 from sdgate.core.models import ASSET_DIRS
 from sdgate.core.requests import ControlMode
@@ -40,8 +39,7 @@ from sdgate.engine import controlnet_units as units
 from sdgate.engine.comfy.executor import RunContext
 from sdgate.engine.comfy.values import CondEntry, Conditioning, ControlNetHandle, ControlUse, Pixels
 from sdgate.engine.controlnet import ControlHint, controlled, embedding_factor
-from sdgate.engine.controlnet_loading import load_controlnet, net_bytes
-from sdgate.engine.loading import UnsupportedModel
+from sdgate.engine.controlnet_loading import ControlNetFile
 
 # --- the nodes -----------------------------------------------------------------------------------
 
@@ -199,49 +197,13 @@ def weights_path(file: Any) -> Path:
     return path
 
 
-@dataclass
-class _CachedNet:
-    """A ControlNet as an entry of the engine's model cache (evicting drops ``pipeline``)."""
-
-    pipeline: Any
-
-    @property
-    def loaded(self) -> _CachedNet:
-        return self
-
-
 def load_net(ctx: RunContext, handle: ControlNetHandle, model: Any, keep: list[str]) -> Any:
-    """The net of ``handle`` on the engine's device: from the engine's model cache (under the key
-    A1111 jobs use, so both share a loaded net), or loaded into it now, never evicting ``keep``
-    (and added to it). A net made for another model family or size is refused naming both."""
-    engine, family = ctx.engine, model.loaded.family
+    """The net of ``handle`` on the engine's device, through the engine's own ControlNet cache
+    (``controlnet_units.net_for``: the key A1111 jobs use, so both share a loaded net; loaded now if
+    absent, never evicting ``keep``, and added to it). A net made for another model family or size
+    is refused naming both; the executor names the sampler node."""
     path = weights_path(handle.file)
-    key = f"{units.CACHE_PREFIX}{path}|{family}"
-    cached = engine.cache.get(key)
-    if cached is not None and cached.pipeline is not None:
-        keep.append(key)
-        return cached.pipeline
-    size = (
-        path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*.safetensors"))
-    )
-    engine.cache.make_room(size, keep=keep)
-    where = "prompt"  # the executor names the sampler node
-    try:
-        net = load_controlnet(path, model.pipeline.unet.config, family=family, dtype=engine.dtype)
-    except (UnsupportedModel, ValueError, KeyError, StopIteration) as exc:
-        raise InvalidRequest(
-            f"ControlNet '{handle.name}' cannot guide model {model.info.name}: {exc}", field=where
-        ) from exc
-    unet = model.pipeline.unet.config
-    ours = (list(net.config.block_out_channels), net.config.layers_per_block, net.config.cross_attention_dim)
-    if ours != (list(unet.block_out_channels), unet.layers_per_block, unet.cross_attention_dim):
-        raise InvalidRequest(
-            f"ControlNet '{handle.name}' cannot guide model {model.info.name}: its blocks, widths or "
-            "context width differ",
-            field=where,
-        )
-    net.to(engine.device)
-    net.requires_grad_(False)
-    engine.cache.put(key, _CachedNet(net), net_bytes(net), keep=keep)
+    found = ControlNetFile(name=handle.name, relpath=str(handle.name), path=path)
+    net, key = units.net_for(ctx.engine, found, model, keep, field="prompt")
     keep.append(key)
     return net
