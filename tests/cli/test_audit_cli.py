@@ -24,6 +24,8 @@ from tests.harness import serve
 from tests.jobs.conftest import db_url, pg_server  # noqa: F401 - fixtures: SQLite and PostgreSQL
 
 runner = CliRunner()
+# When ``filled`` wrote its records (set by it): "--since 1h" and "--until 5m" are read against the
+# wall clock, so the records are timed from the test's own start, not from when this module loaded.
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
@@ -31,6 +33,8 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 def filled(db_url: str) -> Iterator[tuple[str, str, str]]:  # noqa: F811
     """A database with one API key (app1) and five records: the key's three (2 h, 30 min and 1 min
     ago), a Basic user's and a refusal; yields (url, the key's id, its prefix)."""
+    global NOW
+    NOW = datetime.now(UTC).replace(microsecond=0)
     engine = create_db_engine(db_url)
     try:
         ensure_schema(engine)
