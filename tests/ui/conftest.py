@@ -66,7 +66,7 @@ class Server:
     def start(self) -> None:
         data = self.data_dir
         data.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "SDGATE_PREVIEW_EVERY_N_STEPS": "1", "SDGATE_WORKER_POLL_S": "0.05",
+        env = {**os.environ, "SDGATE_WORKER_POLL_S": "0.05",
                "OMP_NUM_THREADS": "1"}
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(

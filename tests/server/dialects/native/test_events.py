@@ -120,6 +120,22 @@ async def test_progress_carries_previews_every_n_steps(native_settings, engine) 
     assert previews and previews[0].startswith("data:image/webp;base64,")
 
 
+async def test_a_stream_may_ask_for_previews_itself(native_settings, engine) -> None:
+    """``?previews=N`` (the web UI's) on a server whose default is none; out of range is a 400."""
+    async with serve(native_settings, engine) as api:
+        assert (await api.get("/api/v1/jobs/x/events?previews=0")).status_code in (400, 422)
+        job = (await api.post("/api/v1/jobs", json={"prompt": "slow", "steps": 60})).json()
+        plain = await read_sse(api, job["id"], {"Last-Event-ID": "0"})
+        job = (await api.post("/api/v1/jobs", json={"prompt": "slow", "steps": 60})).json()
+        async with asyncio.timeout(20):
+            response = await api.get(f"/api/v1/jobs/{job['id']}/events?previews=1",
+                                     headers={"Last-Event-ID": "0"})
+        asked = parse_sse(response.text)
+    assert not any("preview" in e["data"] for e in plain if e["event"] == "progress")
+    previews = [e["data"]["preview"] for e in asked if e["event"] == "progress" and "preview" in e["data"]]
+    assert previews and previews[0].startswith("data:image/webp;base64,")
+
+
 @pytest.mark.parametrize(("value", "expected"), [(None, None), ("", None), ("12", 12)])
 def test_parse_last_event_id(value: str | None, expected: int | None) -> None:
     assert parse_last_event_id(value) == expected

@@ -139,13 +139,16 @@ class _Shown:
 
 
 async def job_stream(runtime: ServerRuntime, job: Job, last_event_id: int | None,
-                     *, poll_s: float | None = None, max_s: float = MAX_STREAM_S) -> AsyncIterator[str]:
-    """The SSE body for one job (the caller checked the job exists and is theirs)."""
+                     *, poll_s: float | None = None, max_s: float = MAX_STREAM_S,
+                     previews: int | None = None) -> AsyncIterator[str]:
+    """The SSE body for one job (the caller checked the job exists and is theirs); ``previews``: a
+    preview every that many steps (None: the server's ``preview_every_n_steps``)."""
     poll_s = POLL_S if poll_s is None else poll_s
     events = runtime.events
     shown = _Shown()
     close_at = asyncio.get_running_loop().time() + max_s
-    previews = _Previews(runtime, job.id, runtime.services.settings.preview_every_n_steps)
+    every = runtime.services.settings.preview_every_n_steps if previews is None else previews
+    preview = _Previews(runtime, job.id, every)
     with events.subscribe(job_id=job.id) as doorbell:
         yield "retry: 2000\n\n"
         if last_event_id is None:
@@ -163,7 +166,7 @@ async def job_stream(runtime: ServerRuntime, job: Job, last_event_id: int | None
                 if shown.repeats(event):
                     continue
                 shown.update(event)
-                yield sse_message(event.kind, await previews.attach(event), event.seq or None)
+                yield sse_message(event.kind, await preview.attach(event), event.seq or None)
                 if event.terminal:
                     return
             if asyncio.get_running_loop().time() > close_at:

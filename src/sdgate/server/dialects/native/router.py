@@ -181,6 +181,11 @@ async def job_events(
     principal: CurrentPrincipal,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
     include: Include = [],  # noqa: B006
+    previews: Annotated[
+        int | None,
+        Query(ge=1, le=1000, description="a small live preview on progress events every N steps "
+              "(default: the server's preview_every_n_steps, 0: none)"),
+    ] = None,
 ) -> StreamingResponse:
     """Server-Sent Events: ``queued``, ``started``, ``progress``, ``succeeded``, ``failed``,
     ``cancelled``. Starts with the job's current state (or, with ``Last-Event-ID``, every event after
@@ -194,7 +199,7 @@ async def job_events(
     ``{"id", "event", "data"}`` with the same events."""
     after = native_events.parse_last_event_id(last_event_id)
     job = await run_in_threadpool(native_jobs.get, runtime.services, job_id, principal)
-    stream = native_events.job_stream(runtime, job, after)
+    stream = native_events.job_stream(runtime, job, after, previews=previews)
     if "images" in include:
         stream = native_jobs.with_inline_images(runtime, stream)
     return StreamingResponse(

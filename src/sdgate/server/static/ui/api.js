@@ -72,7 +72,9 @@ export async function followJob(jobId, { onEvent, onStatus = () => {}, signal } 
     try {
       const h = headers({ Accept: "text/event-stream" });
       if (lastId !== null) h["Last-Event-ID"] = lastId;
-      const res = await fetch(`${BASE}jobs/${encodeURIComponent(jobId)}/events`, { headers: h, signal });
+      // previews=1: a live preview with each progress event (they come a few times a second at most).
+      const url = `${BASE}jobs/${encodeURIComponent(jobId)}/events?previews=1`;
+      const res = await fetch(url, { headers: h, signal });
       if (res.status === 404 || res.status === 401 || res.status === 403) await fail(res);
       if (!res.ok) throw new Error(`${res.status}`);
       onStatus("");
