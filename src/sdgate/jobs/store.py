@@ -165,6 +165,25 @@ def _modelable(name: str | None) -> bool:
     return bool(name) and len(name or "") <= _MODEL_CHARS and "\x00" not in (name or "")
 
 
+def _new_row(request: GenerationRequest | PostprocessRequest | GraphRequest, dialect: str, owner: str | None,
+             priority: int, metadata: dict[str, Any] | None, now: datetime) -> dict[str, Any]:
+    """A new queued job's column values (its turn is computed by the INSERT)."""
+    return {
+        "id": new_job_id(),
+        "state": JobState.QUEUED.value,
+        "dialect": dialect,
+        "owner": owner,
+        "priority": priority,
+        "request": request.model_dump(mode="json"),
+        "model": _job_model(request),
+        "batch_key": batch_key(request),
+        "meta": metadata or {},
+        "created_at": now,
+        "updated_at": now,
+        "attempts": 0,
+    }
+
+
 def _job_model(request: GenerationRequest | PostprocessRequest | GraphRequest) -> str | None:
     """What a claim's model affinity matches: the model a generation names (dialects store the
     catalog's name), None for the default model and for extras."""
@@ -369,20 +388,7 @@ class SqlJobStore:
         the key records the job in the same transaction, so a job never exists without its key (a
         retry after a lost answer finds the job instead of making a second one)."""
         now = _now()
-        values = {
-            "id": new_job_id(),
-            "state": JobState.QUEUED.value,
-            "dialect": dialect,
-            "owner": owner,
-            "priority": priority,
-            "request": request.model_dump(mode="json"),
-            "model": _job_model(request),
-            "batch_key": batch_key(request),
-            "meta": metadata or {},
-            "created_at": now,
-            "updated_at": now,
-            "attempts": 0,
-        }
+        values = _new_row(request, dialect, owner, priority, metadata, now)
         params = {f"v_{name}": values[name] for name in queries.SUBMIT_COLUMNS}
         params.update(p_owner=owner, p_priority=priority)
         unlimited = self._max_queue is None and max_owner_jobs is None and idempotency_key is None
@@ -435,23 +441,7 @@ class SqlJobStore:
         if not requests:
             return []
         now = _now()
-        rows = [
-            {
-                "id": new_job_id(),
-                "state": JobState.QUEUED.value,
-                "dialect": dialect,
-                "owner": owner,
-                "priority": priority,
-                "request": request.model_dump(mode="json"),
-                "model": _job_model(request),
-                "batch_key": batch_key(request),
-                "meta": metadata or {},
-                "created_at": now,
-                "updated_at": now,
-                "attempts": 0,
-            }
-            for request in requests
-        ]
+        rows = [_new_row(request, dialect, owner, priority, metadata, now) for request in requests]
         count = len(rows)
         with self._tx(write=True) as conn:
             if self._max_queue is not None or max_owner_jobs is not None:
