@@ -153,7 +153,8 @@ def test_the_demo_controlnet_through_webuiapi(tmp_path: Path) -> None:
             unit = webuiapi.ControlNetUnit(image=scene, module="canny", model=ct.CATALOG_NAME,
                                            processor_res=256, threshold_a=100, threshold_b=200)
             result = api.txt2img(prompt=sample.caption, width=256, height=256, cfg_scale=4.0,
-                                 seed=sample.seed, controlnet_units=[unit])
+                                 seed=sample.seed, controlnet_units=[unit],
+                                 alwayson_scripts={})  # not webuiapi's shared default dict
             assert result.images[0].size == (256, 256)
             assert "ControlNet" in result.info["infotexts"][0]
             ious.append(ec.edge_iou(edges, ec.image_edges(result.images[0])))

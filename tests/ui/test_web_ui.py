@@ -334,6 +334,8 @@ def test_the_page_resumes_the_job_after_a_server_restart(tmp_path: Path, driver:
         server.restart()
         wait_for(lambda: progress_state(driver) == "succeeded", timeout=180, what="the job after the restart")
         assert js(driver, "return document.getElementById('progress').dataset.job") == job
+        # The images are fetched after the terminal event (retried while the server comes back).
+        wait_for(lambda: len(cards(driver)) > 0, timeout=60, what="the gallery after the restart")
         assert cards(driver)[0]["seed"] == "13"
         # A reload while a job runs shows that job again.
         driver.find_element("id", "generate-btn").click()

@@ -298,7 +298,10 @@ def test_webuiapi_controlnet_unit(webui: Any, engine: FakeEngine) -> None:
     assert "canny" in webui.controlnet_module_list()
     unit = webuiapi.ControlNetUnit(image=square(), module="canny", model=webui.controlnet_model_list()[0],
                                    weight=0.8, guidance_end=0.9, control_mode=1)
-    result = webui.txt2img(prompt="a house", width=64, height=64, seed=1, controlnet_units=[unit])
+    # A fresh alwayson_scripts each call: webuiapi writes the units into its shared default dict,
+    # which would send them with every later call of the process (other tests') otherwise.
+    result = webui.txt2img(prompt="a house", width=64, height=64, seed=1, controlnet_units=[unit],
+                           alwayson_scripts={})
     assert len(result.images) == 1
     (got,) = engine.calls[-1].controlnets
     assert got.model_dump(exclude={"image"}) == {
@@ -307,7 +310,8 @@ def test_webuiapi_controlnet_unit(webui: Any, engine: FakeEngine) -> None:
         "processor_res": 512, "threshold_a": 64.0, "threshold_b": 64.0, "pixel_perfect": False,
     }  # fmt: skip
     result = webui.img2img(images=[square()], prompt="a house", width=64, height=64, seed=1,
-                           controlnet_units=[webuiapi.ControlNetUnit(module="none", model="control_canny")])
+                           controlnet_units=[webuiapi.ControlNetUnit(module="none", model="control_canny")],
+                           alwayson_scripts={})
     assert len(result.images) == 1
     assert engine.calls[-1].controlnets[0].image is None  # "": the init image
     detected = webui.controlnet_detect([square()], module="canny", processor_res=64)
