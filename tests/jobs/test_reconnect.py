@@ -5,6 +5,7 @@ call after the drop succeeds instead of failing once per pooled connection."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -23,16 +24,25 @@ def pg_url(pg_server) -> object:  # type: ignore[no-untyped-def]
 
 
 def _terminate_others(url: str, application_name: str = "sdgate") -> int:
-    """Terminates every backend of ``url``'s database opened by ``application_name``."""
+    """Terminates every backend of ``url``'s database opened by ``application_name``, and returns
+    once they are gone (``pg_terminate_backend`` only signals them: until a backend has exited, its
+    socket still looks open to the client, which is not what a dropped server looks like)."""
     admin = sa.create_engine(sa.make_url(url).set(drivername="postgresql+psycopg"), poolclass=sa.NullPool)
+    others = ("FROM pg_stat_activity WHERE datname = current_database() AND application_name = :app "
+              "AND pid <> pg_backend_pid()")
     try:
         with admin.connect() as conn:
-            return len(conn.execute(
-                sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = current_database() AND application_name = :app "
-                        "AND pid <> pg_backend_pid()"),
-                {"app": application_name},
-            ).all())
+            pids = [row.pid for row in conn.execute(
+                sa.text(f"SELECT pid, pg_terminate_backend(pid) {others}"), {"app": application_name})]
+            deadline = time.monotonic() + 10
+            gone = "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(:pids)"
+            conn.commit()  # pg_stat_activity is a snapshot per transaction: a fresh one each look
+            while pids and conn.execute(sa.text(gone), {"pids": pids}).scalar():
+                conn.commit()
+                assert time.monotonic() < deadline, "terminated backends did not exit"
+                time.sleep(0.02)
+            time.sleep(0.05)  # their sockets' close reaches this process
+            return len(pids)
     finally:
         admin.dispose()
 
