@@ -112,6 +112,10 @@ def test_strict_unknown_repo_is_404(settings: Settings, tmp_path: Path) -> None:
         r = httpx.post(f"{url}/models/someone/unknown-model", json={"inputs": "a"})
         assert r.status_code == 404 and "unknown-model" in r.json()["error"]
         assert httpx.post(f"{url}/models/{REPO}", json={"inputs": "a"}).status_code == 200
+        # a newline or other control character in the id still reaches this route (Starlette's
+        # ``path`` stops at a newline; ComfyUI's GET /models/{folder} would have answered 405)
+        r = httpx.post(f"{url}/models/some%0Aone/un%0Dknown", json={"inputs": "a"})
+        assert r.status_code == 404 and "error" in r.json(), r.text
 
 
 def test_unknown_parameters_are_accepted_and_logged(live: str, caplog: pytest.LogCaptureFixture) -> None:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import PathConvertor, register_url_convertor
 
 from sdgate.core.errors import GenerationFailed, SdgateError
 from sdgate.server import content, imaging, jobflow
@@ -48,6 +49,17 @@ class HfRoute(DialectRoute):
 router = APIRouter(route_class=HfRoute, tags=["Hugging Face"])
 
 
+class _AnyPathConvertor(PathConvertor):
+    """Starlette's ``path`` (``.*``) stops at a newline, so ``/models/a%0Ab`` would fall through to
+    ComfyUI's ``GET /models/{folder}`` and answer 405; this one takes every character, so any
+    model id reaches the Hugging Face route and gets its own error shape."""
+
+    regex = "(?s:.*)"
+
+
+register_url_convertor("hf_model_id", _AnyPathConvertor())
+
+
 def _log_unknown(body: TextToImageRequest) -> None:
     names = [f"parameters.{k}" for k in sorted(body.parameters.model_extra or {})]
     names += sorted(body.model_extra or {})
@@ -68,7 +80,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("/models/{model_id:path}", response_class=Response, responses=RESPONSES)
+@router.post("/models/{model_id:hf_model_id}", response_class=Response, responses=RESPONSES)
 async def text_to_image(
     model_id: str,
     request: Request,
