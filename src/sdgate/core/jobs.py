@@ -7,15 +7,16 @@ always replace, so API processes and workers may live on different machines.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdgate.core.errors import StorageUnavailable
-from sdgate.core.requests import GenerationRequest, JobRequest, PostprocessRequest
+from sdgate.core.errors import Conflict, NotFound, StorageUnavailable
+from sdgate.core.requests import GenerationRequest, GraphRequest, JobRequest, PostprocessRequest
 from sdgate.core.results import GenerationResult
 
 
@@ -106,6 +107,17 @@ class WorkerInfo(BaseModel):
     stale: bool = False
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """One job's end for ``JobStore.finish_many``: ``state`` succeeded (with ``result``), failed
+    (with ``error``) or cancelled (a ``result`` optional, as ``cancelled``)."""
+
+    job_id: str
+    state: JobState
+    result: GenerationResult | None = None
+    error: dict[str, str] | None = None
+
+
 class JobStore(Protocol):
     """Durable jobs: the one port every process goes through (API nodes submit and read, workers
     claim with a lease, heartbeat and finish). Every method is synchronous and thread-safe; async
@@ -130,6 +142,20 @@ class JobStore(Protocol):
         """Raises ``QueueFull`` over the queue limit, ``TooManyJobs`` when ``owner`` already holds
         ``max_owner_jobs`` queued or running jobs; the job's ``queued`` event is in the same
         transaction as its row."""
+        ...
+
+    def submit_many(
+        self,
+        requests: Sequence[GenerationRequest | PostprocessRequest | GraphRequest],
+        *,
+        dialect: str = "native",
+        owner: str | None = None,
+        priority: int = 0,
+        metadata: dict[str, Any] | None = None,
+        max_owner_jobs: int | None = None,
+    ) -> list[Job]:
+        """Several jobs of one caller in one transaction, in order, as ``submit`` one after the
+        other would queue them; all or none (``QueueFull``, ``TooManyJobs``); no idempotency key."""
         ...
 
     def get(self, job_id: str) -> Job:
@@ -235,6 +261,13 @@ class JobStore(Protocol):
     def cancelled(
         self, job_id: str, result: GenerationResult | None = None, *, worker_id: str | None = None
     ) -> Job: ...
+
+    def finish_many(self, outcomes: Sequence[Outcome], *, worker_id: str) -> list[Job | Conflict | NotFound]:
+        """The outcomes of jobs ``worker_id`` holds, recorded in one transaction as ``succeed`` /
+        ``fail`` / ``cancelled`` each would; per outcome, in order, the finished job or the error
+        that job's single call would raise (the others are still recorded). A store that cannot be
+        written raises, as the single calls do, and records none."""
+        ...
 
     # -- the worker registry: who runs, where, with which models -----------------------------------
 

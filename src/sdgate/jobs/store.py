@@ -51,7 +51,6 @@ import threading
 import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -59,7 +58,7 @@ import sqlalchemy as sa
 
 from sdgate.core.batching import batch_key
 from sdgate.core.errors import Conflict, NotFound, QueueFull, StorageUnavailable, TooManyJobs
-from sdgate.core.jobs import ControlAction, Job, JobEventKind, JobState, Progress, WorkerInfo
+from sdgate.core.jobs import ControlAction, Job, JobEventKind, JobState, Outcome, Progress, WorkerInfo
 from sdgate.core.requests import GenerationRequest, GraphRequest, PostprocessRequest, parse_job_request
 from sdgate.core.results import GenerationResult
 from sdgate.jobs import queries
@@ -218,17 +217,6 @@ def _to_job(row: sa.Row[Any]) -> Job:
         result=GenerationResult.model_validate(result) if result else None,
         error=_readable(m["error"]),
     )
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """One job's end for ``SqlJobStore.finish_many``: ``state`` succeeded (with ``result``), failed
-    (with ``error``) or cancelled (a ``result`` optional, as ``cancelled``)."""
-
-    job_id: str
-    state: JobState
-    result: GenerationResult | None = None
-    error: dict[str, str] | None = None
 
 
 class SqlJobStore:
