@@ -126,7 +126,7 @@ GENERATIONS: list[tuple[str, str, str, dict[str, Any], int]] = [
      {"prompt": "a red fox", "size": "256x256", "n": 2}, 2),
     ("stability", "/v1/generation/alpha/text-to-image", "/v1/generation/{engine_id}/text-to-image",
      {"text_prompts": [{"text": "a red fox"}], "width": 512, "height": 512, "steps": 10, "samples": 2}, 2),
-    ("hf", "/models/alpha", "/models/{model_id:path}",
+    ("hf", "/models/alpha", "/models/{model_id}",
      {"inputs": "a red fox", "parameters": {"width": 64, "height": 64, "num_inference_steps": 2,
                                             "num_images_per_prompt": 2}}, 1),
 ]

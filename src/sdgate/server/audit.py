@@ -40,6 +40,7 @@ from sdgate.server.auth import _SCOPE_KEY as PRINCIPAL_KEY
 from sdgate.server.auth import Principal
 from sdgate.server.dialect import Dialect
 from sdgate.server.health import HealthRoute
+from sdgate.server.observability import route_template
 from sdgate.server.refusals import matched_route
 from sdgate.server.runtime import ServerRuntime
 from sdgate.server.services import Services
@@ -102,7 +103,7 @@ class AuditMiddleware:
     def __init__(self, app: ASGIApp, dialects: Iterable[Dialect] = ()) -> None:
         self.app = app
         self.websockets = {
-            route.path: dialect.name
+            route_template(route): dialect.name
             for dialect in dialects
             for router in dialect.routers
             for route in router.routes
@@ -157,8 +158,7 @@ class AuditMiddleware:
         principal = state.get(PRINCIPAL_KEY)
         if not isinstance(principal, Principal):
             principal = None
-        template = getattr(route, "path", None)
-        template = template if isinstance(template, str) else UNMATCHED_ROUTE
+        template = route_template(route) or UNMATCHED_ROUTE
         dialect = getattr(route, "dialect", None) or self.websockets.get(template)
         request_id = state.get("request_id")
         audit.record(AuditRecord(

@@ -28,11 +28,18 @@ async def metrics(request: Request) -> Response:
     return Response(services.metrics.render(), media_type=CONTENT_TYPE)
 
 
+def route_template(route: object) -> str | None:
+    """The route's public template, as the OpenAPI document writes it: ``/models/{model_id}``,
+    without a convertor's name (``{model_id:path}``); None when ``route`` has no path."""
+    template = getattr(route, "path_format", None) or getattr(route, "path", None)
+    return template if isinstance(template, str) else None
+
+
 def route_labels(scope: Scope) -> tuple[str, str]:
     """``(dialect, route template)`` of the route that answered, from the scope routing left."""
     route = scope.get("route")
-    template = getattr(route, "path", None)
-    if not isinstance(template, str):
+    template = route_template(route)
+    if template is None:
         return "none", UNMATCHED_ROUTE
     dialect = getattr(route, "dialect", None)  # HealthRoute's is "server"; the docs' routes have none
     return (dialect if isinstance(dialect, str) else "server"), template
