@@ -73,7 +73,7 @@ from sdgate.core.errors import (
     StorageUnavailable,
 )
 from sdgate.core.images import encode_png
-from sdgate.core.jobs import Job, JobEventKind, JobState, Outcome
+from sdgate.core.jobs import Job, JobEventKind
 from sdgate.core.requests import GenerationRequest, GraphRequest, ImageRef, PostprocessRequest
 from sdgate.core.results import GenerationResult, NodeOutput, StoredImage
 from sdgate.jobs.events import JobEvents
@@ -84,7 +84,6 @@ from sdgate.settings import Settings
 from sdgate.worker.batching import BatchPolicy, detached, generation, run_together
 from sdgate.worker.control import PROGRESS_INTERVAL_S, Heartbeat, JobControl, WorkerJobStore
 from sdgate.worker.oom import release_memory
-from sdgate.worker.recording import GroupCommit
 from sdgate.worker.registration import Registration
 
 if TYPE_CHECKING:
@@ -126,8 +125,6 @@ class _InHand:
     generate_s: float = 0.0  # the engine call (a batch's whole call for each of its jobs)
     output: EngineOutput | None = None
     outcome: tuple[str, str | None] | None = None  # (state, error code) once recorded
-    deferred: bool = False  # its outcome went to the group commit, which releases it once written
-    released: bool = False
 
 
 class Worker:
@@ -161,11 +158,8 @@ class Worker:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._remove_listener: Callable[[], None] | None = None
-        # The jobs in hand (several while a batch runs, or a group's outcomes are being written),
-        # replaced whole under the lock so other threads read a snapshot.
+        # The jobs in hand (several while a batch runs), replaced whole so other threads read a snapshot.
         self._in_hand: dict[str, JobControl] = {}
-        self._hand_lock = threading.Lock()
-        self._commit: GroupCommit[tuple[_InHand, Outcome]] | None = None  # while a group runs
         self._metrics = metrics
         self._batches = BatchPolicy(store, engine, settings, self.worker_id, wake=self._wake,
                                     stopping=self._stopping)
@@ -232,21 +226,6 @@ class Worker:
             claimed = self._store.claim_group(self.worker_id, prefer_models=models, limit=self._group_size)
         if not claimed:
             return False
-        if len(claimed) == 1:
-            self._run_claimed(claimed, claimed_at)
-            return True
-        # A group: its outcomes are written beside it, several per transaction (``recording``);
-        # leaving the block waits for the last of them.
-        with GroupCommit(self._record_group, name=f"sdgate-record-{self.worker_id}",
-                         max_pending=MAX_GROUP) as commit:
-            self._commit = commit
-            try:
-                self._run_claimed(claimed, claimed_at)
-            finally:
-                self._commit = None
-        return True
-
-    def _run_claimed(self, claimed: list[Job], claimed_at: float) -> None:
         while claimed:
             batch = self._batches.gather(claimed.pop(0), claimed, claimed_at)
             started = time.perf_counter()
@@ -256,6 +235,7 @@ class Worker:
                 self._run_batch(batch)
             quick = time.perf_counter() - started < QUICK_JOB_S
             self._group_size = min(self._group_size * 2, MAX_GROUP) if quick else 1
+        return True
 
     def requeue_expired(self) -> None:
         """Hands back jobs whose worker's lease ran out (due every ``lease_s / 2``)."""
@@ -366,24 +346,16 @@ class Worker:
         """The job is in hand: its control handle made, the registry told."""
         on_renew = (lambda: self._metrics.heartbeat(self.worker_id)) if self._metrics is not None else None
         control = JobControl(self._store, job.id, interval_s=self._progress_interval_s, on_renew=on_renew)
-        with self._hand_lock:
-            self._in_hand = {**self._in_hand, job.id: control}
+        self._in_hand = {**self._in_hand, job.id: control}
         self._registration.changed()
         run = _InHand(job, control, _JobLog(logger, {"job_id": job.id}))
         with self._job_context(run):
             run.log.info("started on %s (attempt %d)", self.worker_id, job.attempts)
         return run
 
-    def _release(self, run: _InHand, *, recorded: bool = False) -> None:
-        """The job is out of hand (its outcome recorded, or left to the lease): counted in the metrics.
-        A job whose outcome went to the group commit stays in hand until written (``recorded``)."""
-        if run.deferred and not recorded:
-            return
-        with self._hand_lock:
-            if run.released:
-                return
-            run.released = True
-            self._in_hand = {k: v for k, v in self._in_hand.items() if k != run.job.id}
+    def _release(self, run: _InHand) -> None:
+        """The job is out of hand (its outcome recorded, or left to the lease): counted in the metrics."""
+        self._in_hand = {k: v for k, v in self._in_hand.items() if k != run.job.id}
         self._registration.changed()  # no job in hand; maybe another model loaded
         if self._metrics is None or run.outcome is None:
             return
@@ -430,18 +402,18 @@ class Worker:
         log = run.log
         if isinstance(outcome, JobCancelled):
             log.info("cancelled")
-            self._finish(run, Outcome(run.job.id, JobState.CANCELLED))
+            self._finish(run, self._store.cancelled)
         elif isinstance(outcome, OutOfMemory):
             release_memory()  # what the failed call held (its traceback is gone: see ``detached``)
             log.warning("failed: %s", outcome.message)
-            self._finish(run, _failed(run, outcome.to_dict()))
+            self._finish(run, self._store.fail, outcome.to_dict())
         elif isinstance(outcome, SdgateError):
             log.warning("failed: %s: %s", outcome.code, outcome.message)
-            self._finish(run, _failed(run, outcome.to_dict()))
+            self._finish(run, self._store.fail, outcome.to_dict())
         else:
             log.error("failed with an unexpected error", exc_info=outcome)
             error = {"code": "internal_error", "message": str(outcome) or type(outcome).__name__}
-            self._finish(run, _failed(run, error))
+            self._finish(run, self._store.fail, error)
 
     def _succeed(self, run: _InHand, output: EngineOutput) -> None:
         job, control = run.job, run.control
@@ -456,84 +428,41 @@ class Worker:
             "store_s": time.perf_counter() - generated,
         }
         result = _result(job.request, output, stored, control, timings)
-        self._finish(run, Outcome(job.id, JobState.SUCCEEDED, result=result))
+        self._finish(run, self._store.succeed, result)
         run.log.info("succeeded: %d image(s)%s", len(stored), " (interrupted)" if result.interrupted else "")
 
-    def _finish(self, run: _InHand, outcome: Outcome) -> None:
-        """Records the job's outcome now, or hands it to the group commit while a group runs."""
+    def _finish(self, run: _InHand, record: Callable[..., Job], *args: Any) -> None:
+        log, job_id = run.log, run.job.id
         if run.control.lost:  # another worker may run it now: its outcome is theirs to record
-            run.log.warning("stopped without recording an outcome: the lease was lost")
+            log.warning("stopped without recording an outcome: the lease was lost")
             return
-        commit = self._commit
-        if commit is None:
-            self._record(run, outcome)
-            return
-        run.deferred = True
-        commit.put((run, outcome))
-
-    def _record_group(self, pending: list[tuple[_InHand, Outcome]]) -> None:
-        """The group commit's write: the outcomes gathered so far in one transaction; if the store
-        refuses the transaction as a whole, each job's own way (``_record``: retried while the disk
-        is full or the database away)."""
         try:
-            results = self._store.finish_many([outcome for _, outcome in pending], worker_id=self.worker_id)
-        except Exception as exc:
-            logger.warning("worker %s: recording %d outcomes together failed (%s); one at a time",
-                           self.worker_id, len(pending), exc)
-            results = None
-        for i, (run, outcome) in enumerate(pending):
-            with self._job_context(run):
-                try:
-                    if results is None:
-                        self._record(run, outcome)
-                    else:
-                        self._recorded(run, results[i])
-                finally:
-                    self._release(run, recorded=True)
-
-    def _recorded(self, run: _InHand, result: Job | SdgateError) -> None:
-        if isinstance(result, Job):
-            run.outcome = (result.state.value, _error_code(result))
-        else:  # finished meanwhile, or handed to another worker: theirs to record
-            run.log.warning("could not record the outcome: %s", result.message)
-
-    def _record(self, run: _InHand, outcome: Outcome) -> None:
-        log = run.log
-        try:
-            self._recorded(run, self._record_one(outcome))
+            finished = record(job_id, *args, worker_id=self.worker_id)
+            run.outcome = (finished.state.value, _error_code(finished))
             return
         except StorageFull as exc:
             fault = exc
         except StorageUnavailable as exc:  # the database is away, not full: the outcome stands
             log.warning("could not record the outcome yet: %s", exc.message)
-            self._record_until_taken(run, outcome)
+            self._record_until_taken(run, record, *args)
             return
         except Conflict as exc:  # finished meanwhile, or handed to another worker: theirs to record
-            self._recorded(run, exc)
+            log.warning("could not record the outcome: %s", exc.message)
             return
         except Exception:  # the loop goes on
             log.exception("could not record the outcome")
             return
         log.warning("could not record the outcome: %s", fault.message)
-        self._record_until_taken(run, _failed(run, fault.to_dict()))
+        self._record_until_taken(run, self._store.fail, fault.to_dict())
 
-    def _record_one(self, outcome: Outcome) -> Job:
-        store, job_id, worker_id = self._store, outcome.job_id, self.worker_id
-        if outcome.state is JobState.SUCCEEDED:
-            assert outcome.result is not None
-            return store.succeed(job_id, outcome.result, worker_id=worker_id)
-        if outcome.state is JobState.FAILED:
-            return store.fail(job_id, outcome.error or {}, worker_id=worker_id)
-        return store.cancelled(job_id, outcome.result, worker_id=worker_id)
-
-    def _record_until_taken(self, run: _InHand, outcome: Outcome) -> None:
+    def _record_until_taken(self, run: _InHand, record: Callable[..., Job], *args: Any) -> None:
         """Records the outcome, retrying while the store refuses, so the job is never left running.
         A worker told to stop gives up (the job's lease runs out and it runs again elsewhere)."""
-        log = run.log
+        log, job_id = run.log, run.job.id
         delay = self._poll_s
         while True:
             try:
-                finished = self._record_one(outcome)
+                finished = record(job_id, *args, worker_id=self.worker_id)
                 run.outcome = (finished.state.value, _error_code(finished))
                 if finished.error:
                     log.warning("failed: %s", finished.error.get("message"))
@@ -637,10 +566,6 @@ def _result(
             for node, images in output.node_outputs.items()
         },
     )
-
-
-def _failed(run: _InHand, error: dict[str, str]) -> Outcome:
-    return Outcome(run.job.id, JobState.FAILED, error=error)
 
 
 def _error_code(job: Job) -> str | None:
