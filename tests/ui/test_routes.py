@@ -30,7 +30,7 @@ async def test_root_redirects_to_the_page_and_its_files_are_served(tmp_path: Pat
         page = await c.get("/ui")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         assert page.headers["cache-control"] == "no-cache"
-        for name in ("app.js", "api.js", "png.js", "mask.js", "views.js", "style.css"):
+        for name in ("app.js", "api.js", "controlnet.js", "png.js", "mask.js", "views.js", "style.css"):
             asset = await c.get(f"/ui/assets/{name}")
             assert asset.status_code == 200, name
             assert asset.headers["cache-control"] == "no-cache" and asset.headers["etag"]

@@ -223,6 +223,57 @@ def test_parameters_load_from_a_png(server: Server, driver: Any, tmp_path: Path)
     assert generate(driver)[0]["id"] == job["result"]["images"][0]["id"]
 
 
+def test_controlnet_panel_shows_the_map_and_guides_the_job(
+    server: Server, driver: Any, artifacts: Path, tmp_path: Path
+) -> None:
+    """A fresh install lists the demo ControlNet: the panel shows, a dropped image gets its canny map
+    from the server, and Generate sends the unit (ticked) or none (unticked)."""
+    import base64
+
+    from PIL import ImageDraw
+    from selenium.webdriver.support.select import Select
+
+    outline = Image.new("RGB", (SIZE, SIZE), "black")
+    ImageDraw.Draw(outline).ellipse((64, 64, 192, 192), outline="white", width=3)
+    png = tmp_path / "outline.png"
+    outline.save(png)
+    open_ui(driver, server.url)
+    assert driver.find_element("id", "controlnet").is_displayed()
+    driver.find_element("css selector", "#controlnet summary").click()
+    assert driver.find_element("id", "control-model").get_attribute("value") == "control_sdgate_demo_canny"
+    js(driver, "document.getElementById('control-file').hidden = false")
+    driver.find_element("id", "control-file").send_keys(str(png))
+    wait_for(lambda: js(driver, "return document.getElementById('control-map').dataset.module") == "canny",
+             what="the canny map")
+    src = driver.find_element("id", "control-map").get_attribute("src")
+    edges = np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("L"))
+    assert edges.max() == 255 and edges[SIZE // 2, SIZE // 2] == 0  # the ring's edges, not its inside
+    # Another preprocessor: the map follows the choice.
+    Select(driver.find_element("id", "control-module")).select_by_value("invert")
+    wait_for(lambda: js(driver, "return document.getElementById('control-map').dataset.module") == "invert",
+             what="the inverted map")
+    Select(driver.find_element("id", "control-module")).select_by_value("canny")
+    wait_for(lambda: js(driver, "return document.getElementById('control-map').dataset.module") == "canny",
+             what="the canny map again")
+    fill(driver, {"control-weight": 0.8})
+    setup_form(driver, "a red circle on a blue background", steps=4, seed=31)
+    shot(driver, artifacts, "controlnet")
+    generate(driver)
+    job_id = js(driver, "return document.getElementById('progress').dataset.job")
+    job = httpx.get(f"{server.url}/api/v1/jobs/{job_id}", timeout=30).json()
+    assert job["state"] == "succeeded", job
+    (unit,) = job["request"]["controlnets"]
+    assert (unit["model"], unit["module"], unit["weight"]) == ("control_sdgate_demo_canny", "canny", 0.8)
+    assert unit["image"].startswith("img_")
+    # Unticked: the next job goes without it.
+    driver.find_element("id", "control-enabled").click()
+    wait_for(lambda: not driver.find_element("id", "generate-btn").get_attribute("disabled"), what="idle")
+    generate(driver)
+    job_id = js(driver, "return document.getElementById('progress').dataset.job")
+    assert httpx.get(f"{server.url}/api/v1/jobs/{job_id}", timeout=30).json()["request"]["controlnets"] == []
+    no_page_errors(driver)
+
+
 def test_history_and_queue(server: Server, driver: Any, artifacts: Path) -> None:
     for prompt in ("a blue square for history", "a green ring for history"):
         httpx.post(f"{server.url}/api/v1/jobs?wait=60", json={"prompt": prompt, "width": SIZE, "height": SIZE,

@@ -5,6 +5,7 @@ field with nothing queued, and the field in the OpenAPI document."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import struct
 from pathlib import Path
@@ -119,3 +120,71 @@ async def test_openapi_documents_the_field(api: httpx.AsyncClient) -> None:
     assert {"model", "image", "mask", "module", "weight", "guidance_start", "guidance_end", "control_mode",
             "resize_mode", "processor_res", "threshold_a", "threshold_b", "pixel_perfect"} == set(unit)
     assert unit["weight"]["maximum"] == 2
+
+
+def _square_png(side: int = 128) -> bytes:
+    from PIL import Image, ImageDraw
+
+    picture = Image.new("RGB", (side, side), "black")
+    ImageDraw.Draw(picture).rectangle((side // 4, side // 4, 3 * side // 4, 3 * side // 4), fill="white")
+    out = io.BytesIO()
+    picture.save(out, format="PNG")
+    return out.getvalue()
+
+
+def _map(body: dict[str, Any]) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    prefix = "data:image/png;base64,"
+    assert body["image"].startswith(prefix)
+    picture = Image.open(io.BytesIO(base64.b64decode(body["image"][len(prefix):])))
+    assert picture.size == (body["width"], body["height"])
+    return np.asarray(picture.convert("L"))
+
+
+async def test_the_listings_name_what_a_unit_may_use(api: httpx.AsyncClient) -> None:
+    names = [c["name"] for c in (await api.get("/api/v1/controlnets")).json()]
+    assert {"control_canny", "control_scribble"} <= set(names)
+    found = {p["name"]: p for p in (await api.get("/api/v1/controlnet/preprocessors")).json()}
+    assert {"none", "canny", "invert"} <= set(found)
+    assert found["canny"]["sliders"] == [
+        {"name": "Canny Low Threshold", "value": 100, "min": 1, "max": 255, "step": 1},
+        {"name": "Canny High Threshold", "value": 200, "min": 1, "max": 255, "step": 1},
+    ]
+    assert found["invert"]["label"] == "invert (from white bg & black line)"
+    assert found["canny"]["uses_resolution"] and not found["none"]["uses_resolution"]
+
+
+async def test_detect_shows_the_control_map_and_stores_nothing(
+    api: httpx.AsyncClient, native_settings: Any
+) -> None:
+    png = _square_png()
+    stored_before = sorted(p.name for p in native_settings.images_dir.rglob("*") if p.is_file())
+    r = await api.post("/api/v1/controlnet/detect", json={
+        "module": "canny", "image": base64.b64encode(png).decode(), "processor_res": 128})
+    assert r.status_code == 200, r.text
+    edges = _map(r.json())
+    assert r.json()["module"] == "canny" and edges.shape == (128, 128)
+    assert edges[30:35, 40:88].max() == 255 and edges[64, 64] == 0 and edges[5, 5] == 0  # its outline
+    assert sorted(p.name for p in native_settings.images_dir.rglob("*") if p.is_file()) == stored_before
+    # An upload id does as well; "invert" turns the picture over.
+    upload = (await api.post("/api/v1/uploads", content=png, headers={"Content-Type": "image/png"})).json()
+    r = await api.post("/api/v1/controlnet/detect", json={"module": "invert", "image": upload["id"]})
+    inverted = _map(r.json())
+    assert inverted[64, 64] == 0 and inverted[5, 5] == 255
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"module": "no_such_module", "image": IMAGE}, "module"),
+    ({"module": "canny", "image": "not base64 at all!"}, "image"),
+    ({"module": "canny", "image": "img_" + "0" * 64}, "image"),
+    ({"module": "canny", "image": IMAGE, "processor_res": 10**9}, "processor_res"),
+    ({"module": "canny", "image": IMAGE, "threshold_a": "NaN"}, "threshold_a"),
+])  # fmt: skip
+async def test_detect_refuses_bad_input_naming_the_field(
+    api: httpx.AsyncClient, body: dict[str, Any], field: str
+) -> None:
+    r = await api.post("/api/v1/controlnet/detect", json=body)
+    assert 400 <= r.status_code < 500 and r.status_code != 405, r.text
+    assert field in json.dumps(r.json()), r.text

@@ -43,6 +43,8 @@ RUNTIME_REFUSALS: dict[str, frozenset[str]] = {
     }),
     "GET /api/v1/jobs": frozenset({"cursor"}),  # a cursor this server returned
     "POST /api/v1/uploads": frozenset({"file"}),  # the bytes must be an image
+    # a preprocessor this server runs; the image must decode
+    "POST /api/v1/controlnet/detect": frozenset({"module", "image"}),
     "GET /api/v1/jobs/{job_id}/events": frozenset({"Last-Event-ID"}),  # an id the stream sent
 }
 # ``?wait=`` long polls up to 60 s; the fuzzer's waits are cut to this.

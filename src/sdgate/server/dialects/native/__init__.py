@@ -11,7 +11,7 @@ from typing import Any
 
 from sdgate.core.jobs import Job, JobEventKind
 from sdgate.server.dialect import Dialect
-from sdgate.server.dialects.native import audit, cluster, keys, router, translate, usage
+from sdgate.server.dialects.native import audit, cluster, controlnet, keys, router, translate, usage
 
 
 class NativePayloads:
@@ -26,6 +26,6 @@ class NativePayloads:
 
 DIALECT = Dialect(
     name="native",
-    routers=(router.router, cluster.router, keys.router, audit.router, usage.router),
+    routers=(router.router, cluster.router, keys.router, audit.router, usage.router, controlnet.router),
     job_payloads=NativePayloads(),
 )

@@ -60,6 +60,14 @@ def store_job_input(images: ImageStore, value: str, *, field: str, limits: core_
     """A job's init image or mask (base64, ``data:`` URI, or an upload id) as the id of the
     normalized PNG the engine will read. An id ``visible`` refuses (another caller's image) is the
     same 404 as an id the store does not have."""
+    image = read_input(images, value, field=field, limits=limits, mode=mode, visible=visible)
+    return images.put(core_images.encode_png(image), content_type="image/png")
+
+
+def read_input(images: ImageStore, value: str, *, field: str, limits: core_images.ImageLimits,
+               mode: Literal["RGB", "L"], visible: Callable[[str], bool]) -> Image.Image:
+    """The image ``value`` gives (base64, ``data:`` URI, or an upload id ``visible`` allows),
+    decoded and bounded, stored nowhere."""
     if UPLOAD_ID.fullmatch(value.strip()):
         image_id = value.strip()
         try:
@@ -70,8 +78,7 @@ def store_job_input(images: ImageStore, value: str, *, field: str, limits: core_
             raise NotFound(f"{field}: no upload {image_id}", field=field) from None
     else:
         data = core_images.decode_base64_bytes(value, field=field, limits=limits)
-    image = core_images.decode_image_bytes(data, field=field, limits=limits, mode=mode)
-    return images.put(core_images.encode_png(image), content_type="image/png")
+    return core_images.decode_image_bytes(data, field=field, limits=limits, mode=mode)
 
 
 def convert(data: bytes, *, to: OutputFormat, quality: int) -> bytes:

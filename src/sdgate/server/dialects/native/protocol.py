@@ -149,14 +149,14 @@ class ControlNetIn(_Strict):
     """One ControlNet unit: a model this server has, its control image, the preprocessor run on
     that image first, and how strongly and when it guides."""
 
-    model: _Name = Field(description="a ControlNet this server has (GET /controlnet/model_list); "
+    model: _Name = Field(description="a ControlNet this server has (GET /api/v1/controlnets); "
                          "the ' [hash]' suffix is optional")
     image: str | None = Field(None, max_length=MAX_IMAGE_CHARS, description="base64, a data: URI, or an "
                               "upload id (img_...); null: the init image (img2img and inpaint only)")
     mask: str | None = Field(None, max_length=MAX_IMAGE_CHARS,
                              description="where this unit guides (white); base64, data: URI or upload id")
     module: _Name = Field("none", description="the preprocessor run on the image first "
-                          "(GET /controlnet/module_list); none: the image already is a control map")
+                          "(GET /api/v1/controlnet/preprocessors); none: the image already is a control map")
     weight: _Float = Field(1.0, ge=0.0, le=2.0)
     guidance_start: _Fraction = Field(0.0, description="the share of the steps before it starts guiding")
     guidance_end: _Fraction = Field(1.0, description="... after which it stops; at least guidance_start")

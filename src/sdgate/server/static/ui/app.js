@@ -3,6 +3,7 @@
 // localStorage so a reload, or a server restart, picks it up again.
 
 import { ApiError, api, auth, followJob, imageBlob, upload } from "./api.js";
+import { controlUnits, initControlNet, loadControlNets } from "./controlnet.js";
 import { MaskPainter } from "./mask.js";
 import { fieldsFromInfotext, parseInfotext, pngTexts } from "./png.js";
 import { hooks, renderHistory, startQueue, stopQueue } from "./views.js";
@@ -70,6 +71,7 @@ async function loadListings() {
     { keep: [""] });
   $("lora-pick").closest("label").hidden = !loras.length;
   $("styles").hidden = !styles.length;
+  await loadControlNets();
   $("styles").replaceChildren($("styles").firstElementChild, ...styles.map((s) => {
     const label = document.createElement("label");
     label.innerHTML = `<input type="checkbox" name="style"> <span></span>`;
@@ -118,6 +120,8 @@ async function buildRequest() {
     body.denoising_strength = num("denoising_strength");
     if (painter.painted) body.mask = await upload(await painter.maskBlob());
   }
+  const units = await controlUnits();
+  if (units.length) body.controlnets = units;
   return body;
 }
 
@@ -324,6 +328,7 @@ function dropZone(zone, input, onFile) {
 }
 
 dropZone($("drop-init"), $("init-file"), loadInit);
+initControlNet(dropZone, showError);
 $("brush").addEventListener("input", () => { painter.brush = num("brush"); });
 $("eraser").addEventListener("change", () => { painter.erasing = $("eraser").checked; });
 $("mask-invert").addEventListener("click", () => painter.invert());
