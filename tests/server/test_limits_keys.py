@@ -7,6 +7,7 @@ a fake one. The limits across two API processes on one PostgreSQL: ``test_limits
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -259,6 +260,40 @@ async def test_a_submit_refused_afterwards_gives_its_images_back(
         assert metric(text, "sdgate_refusals_total", reason="too_many_jobs") == 3
         assert (await client.post(f"/api/v1/jobs/{held.json()['id']}/cancel",
                                   headers=bearer("held"))).status_code in (200, 202)
+
+
+async def test_images_a_job_did_not_make_are_given_back(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job that fails on the worker, or is cancelled, does not spend the images it reserved: the
+    day's quota is whole again for the next request. A succeeded job's images stay counted."""
+    small = {"steps": 1, "width": 64, "height": 64}
+    async with running(settings, monkeypatch) as (client, services, _):
+        quotas = services.state.get(Quotas)
+
+        async def ended(job: httpx.Response) -> dict[str, Any]:
+            assert job.status_code == 202, job.text
+            for _ in range(500):
+                body = (await client.get(f"/api/v1/jobs/{job.json()['id']}", headers=bearer("imgs"))).json()
+                if body["state"] in ("succeeded", "failed", "cancelled"):
+                    return body
+                await asyncio.sleep(0.02)
+            raise AssertionError(body)
+
+        async def post(prompt: str, images: int, **more: Any) -> httpx.Response:
+            body = {**small, "prompt": prompt, "batch_size": images, **more}
+            return await client.post("/api/v1/jobs", json=body, headers=bearer("imgs"))
+
+        failed = await ended(await post("boom", 3))
+        assert failed["state"] == "failed" and quotas.usage("key_imgs", TODAY).images == 0
+        slow = await post("slow", 3, steps=500)
+        cancel = await client.post(f"/api/v1/jobs/{slow.json()['id']}/cancel", headers=bearer("imgs"))
+        assert cancel.status_code in (200, 202), cancel.text
+        assert (await ended(slow))["state"] == "cancelled" and quotas.usage("key_imgs", TODAY).images == 0
+        done = await ended(await post("x", 2))
+        assert done["state"] == "succeeded" and quotas.usage("key_imgs", TODAY).images == 2
+        r = await post("x", 2)
+        assert r.status_code == 429 and "2 of 3" in r.json()["error"]["message"]
 
 
 async def test_spent_gpu_seconds_refuse_until_the_next_day(

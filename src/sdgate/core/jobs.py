@@ -118,6 +118,15 @@ class Outcome:
     error: dict[str, str] | None = None
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """Images of its owner's daily quota a submit reserved for the job, on a UTC day
+    (``YYYY-MM-DD``): the store gives back the ones the job does not make when it ends."""
+
+    images: int
+    day: str
+
+
 class JobStore(Protocol):
     """Durable jobs: the one port every process goes through (API nodes submit and read, workers
     claim with a lease, heartbeat and finish). Every method is synchronous and thread-safe; async
@@ -138,10 +147,12 @@ class JobStore(Protocol):
         metadata: dict[str, Any] | None = None,
         max_owner_jobs: int | None = None,
         idempotency_key: tuple[str, str] | None = None,
+        reservation: Reservation | None = None,
     ) -> Job:
         """Raises ``QueueFull`` over the queue limit, ``TooManyJobs`` when ``owner`` already holds
         ``max_owner_jobs`` queued or running jobs; the job's ``queued`` event is in the same
-        transaction as its row."""
+        transaction as its row. ``reservation``: the images the caller's quota reserved for it,
+        recorded with the job so that the ones it does not make go back when it ends."""
         ...
 
     def submit_many(

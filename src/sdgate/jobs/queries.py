@@ -134,7 +134,7 @@ def _turn_for(anonymous: bool) -> sa.ColumnElement[int]:
 
 
 SUBMIT_COLUMNS = ("id", "state", "dialect", "owner", "priority", "request", "model", "batch_key", "meta",
-                  "created_at", "updated_at", "attempts")
+                  "created_at", "updated_at", "attempts", "reserved_images", "reserved_day")
 
 
 @cache

@@ -85,6 +85,10 @@ jobs = sa.Table(
     # Cross-request batching (migration 0008): ``core.batching.batch_key(request)``, given at submit;
     # None: the job runs alone. A batched claim takes queued jobs of the head's priority and key.
     sa.Column("batch_key", sa.String(64), nullable=True),
+    # Images per day reserved at submit (migration 0010) and the UTC day they count on: what the job
+    # does not make is given back when it ends (``usage.refund_unused``).
+    sa.Column("reserved_images", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("reserved_day", sa.String(10), nullable=True),
     # Listing a caller's jobs newest first.
     sa.Index("ix_jobs_owner_seq", "owner", "seq"),
     sa.Index("ix_jobs_dialect_seq", "dialect", "seq"),

@@ -58,7 +58,16 @@ import sqlalchemy as sa
 
 from sdgate.core.batching import batch_key
 from sdgate.core.errors import Conflict, NotFound, QueueFull, StorageUnavailable, TooManyJobs
-from sdgate.core.jobs import ControlAction, Job, JobEventKind, JobState, Outcome, Progress, WorkerInfo
+from sdgate.core.jobs import (
+    ControlAction,
+    Job,
+    JobEventKind,
+    JobState,
+    Outcome,
+    Progress,
+    Reservation,
+    WorkerInfo,
+)
 from sdgate.core.requests import GenerationRequest, GraphRequest, PostprocessRequest, parse_job_request
 from sdgate.core.results import GenerationResult
 from sdgate.jobs import queries
@@ -74,7 +83,7 @@ from sdgate.jobs.database import (
 from sdgate.jobs.events import JobEvents
 from sdgate.jobs.outbox import append_events, write_event, write_events
 from sdgate.jobs.schema import idempotency_keys, job_previews, jobs
-from sdgate.jobs.usage import charge_run
+from sdgate.jobs.usage import charge_run, refund_unused
 from sdgate.jobs.workers import WORKER_TTL_S, WorkerRegistry
 
 logger = logging.getLogger(__name__)
@@ -165,7 +174,8 @@ def _modelable(name: str | None) -> bool:
 
 
 def _new_row(request: GenerationRequest | PostprocessRequest | GraphRequest, dialect: str, owner: str | None,
-             priority: int, metadata: dict[str, Any] | None, now: datetime) -> dict[str, Any]:
+             priority: int, metadata: dict[str, Any] | None, now: datetime,
+             reservation: Reservation | None = None) -> dict[str, Any]:
     """A new queued job's column values (its turn is computed by the INSERT)."""
     return {
         "id": new_job_id(),
@@ -180,6 +190,8 @@ def _new_row(request: GenerationRequest | PostprocessRequest | GraphRequest, dia
         "created_at": now,
         "updated_at": now,
         "attempts": 0,
+        "reserved_images": reservation.images if reservation is not None else 0,
+        "reserved_day": reservation.day if reservation is not None else None,
     }
 
 
@@ -368,6 +380,7 @@ class SqlJobStore:
         metadata: dict[str, Any] | None = None,
         max_owner_jobs: int | None = None,
         idempotency_key: tuple[str, str] | None = None,
+        reservation: Reservation | None = None,
     ) -> Job:
         """Queues a job. ``QueueFull`` when ``max_queue`` jobs wait; ``TooManyJobs`` when ``owner``
         (``None``: the anonymous owner) already has ``max_owner_jobs`` jobs queued or running,
@@ -376,7 +389,7 @@ class SqlJobStore:
         the key records the job in the same transaction, so a job never exists without its key (a
         retry after a lost answer finds the job instead of making a second one)."""
         now = _now()
-        values = _new_row(request, dialect, owner, priority, metadata, now)
+        values = _new_row(request, dialect, owner, priority, metadata, now, reservation)
         params = {f"v_{name}": values[name] for name in queries.SUBMIT_COLUMNS}
         params.update(p_owner=owner, p_priority=priority)
         unlimited = self._max_queue is None and max_owner_jobs is None and idempotency_key is None
@@ -617,6 +630,7 @@ class SqlJobStore:
             ).one()
             job = _to_job(row)
             if job.state is not state:
+                refund_unused(conn, row)
                 self._append_event(conn, _STATE_EVENT[job.state], job)
         if job.state is not state:
             self._announced(job)
@@ -693,6 +707,7 @@ class SqlJobStore:
                 if not ending_pg:
                     conn.execute(queries.DROP_PREVIEW, {"job_id": outcome.job_id})
                 charge_run(conn, row.owner, row.started_at, row.finished_at)
+                refund_unused(conn, row)
                 done[outcome.job_id] = _to_job(row)
             changes = [(_STATE_EVENT[job.state], job) for job in done.values()]
             append_events(conn, changes, self.origin)
@@ -760,6 +775,7 @@ class SqlJobStore:
                 conn.execute(sa.delete(job_previews).where(job_previews.c.job_id == job_id))
                 if JobState(row.state).terminal:  # it ran until its worker was lost
                     charge_run(conn, row.owner, row.started_at, row.finished_at)
+                    refund_unused(conn, row)
                 changed.append(self._record(conn, row))
         requeued: builtins.list[str] = []
         for job in changed:
@@ -906,6 +922,7 @@ class SqlJobStore:
                 return None
             if ending:
                 charge_run(conn, row.owner, row.started_at, row.finished_at)
+                refund_unused(conn, row)
             return self._record(conn, row, kind)
 
     def _update_pg(self, params: dict[str, Any], states: tuple[str, ...], keys: tuple[str, ...],
@@ -916,6 +933,8 @@ class SqlJobStore:
         params.update(self._event_params(kind or _STATE_EVENT[JobState(params["v_state"])], _now()))
         with self._tx(write=True, single=True) as conn:
             row = conn.execute(queries.change_announced(keys, states, held, ending), params).one_or_none()
+            if ending and row is not None:  # images reserved and not made: a second statement, only
+                refund_unused(conn, row)    # for a job that reserved some (a quota on its owner)
             note_written(conn)
         return None if row is None else _to_job(row)
 

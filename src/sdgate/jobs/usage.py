@@ -2,6 +2,7 @@
 
     add_gpu_seconds(conn, principal, "2026-12-05", 3.2)   # inside the store's write transaction
     charge_run(conn, owner, started_at, finished_at)      # the same, from a finished job's row
+    refund_unused(conn, row)                              # images reserved and not made, given back
 
 The ``daily_usage`` table (migration 0006) holds, per principal and UTC day, the images reserved
 at submit (``quotas.py`` writes and reads those) and the GPU seconds its jobs ran. The store adds a
@@ -15,11 +16,13 @@ and an existing row's ``images`` are left alone.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from sdgate.jobs.quotas import principal_key
 from sdgate.jobs.schema import daily_usage
 
 
@@ -49,3 +52,26 @@ def charge_run(conn: sa.Connection, owner: str | None, started_at: datetime | No
         return
     seconds = max(0.0, (finished_at - started_at).total_seconds())
     add_gpu_seconds(conn, owner, usage_day(finished_at), seconds)
+
+
+def refund_unused(conn: sa.Connection, row: Any) -> None:
+    """A job that just ended (its written row): the images reserved for it at submit that it did
+    not make go back to its owner's count of the day they were reserved on, never below zero, in
+    the caller's transaction. A job keeps what it delivered (a succeeded or cancelled job's result
+    images); a failed one keeps none."""
+    reserved = getattr(row, "reserved_images", 0) or 0
+    day = getattr(row, "reserved_day", None)
+    if reserved <= 0 or day is None:
+        return
+    delivered = 0
+    if row.state in ("succeeded", "cancelled") and isinstance(row.result, dict):
+        delivered = len(row.result.get("images") or ())
+    unused = reserved - delivered
+    if unused <= 0:
+        return
+    images = daily_usage.c.images
+    conn.execute(
+        sa.update(daily_usage)
+        .where(daily_usage.c.principal == principal_key(row.owner), daily_usage.c.day == day)
+        .values(images=sa.case((images >= unused, images - unused), else_=0))
+    )

@@ -2,12 +2,14 @@
 filter on its prompts and the caller's quotas. ``jobflow.submit`` runs ``admit`` in the thread
 that submits, around ``JobStore.submit``:
 
-    with admit(services, principal, request):
-        job = store.submit(...)
+    with admit(services, principal, request) as reservation:
+        job = store.submit(..., reservation=reservation)
 
 ``admit`` raises ``ContentFiltered`` (a blocked prompt) or ``QuotaExceeded`` (429 with
 ``Retry-After``: until the next UTC day) before anything is written; what it reserved (images of
 the day) is given back when the block raises, so a refused request leaves nothing behind. The
+block gets the ``Reservation`` (None: nothing reserved) to record with the job: the store gives back
+the images the job does not make when it ends (failed, cancelled, interrupted). The
 quotas live in the job database (``jobs/quotas.py``), so they hold across API nodes. The request
 rate is not checked here but on every call (``server/ratelimit.py``).
 
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sdgate.core.errors import QueueFull, QuotaExceeded, TooManyJobs
+from sdgate.core.jobs import Reservation
 from sdgate.core.requests import GenerationRequest, GraphRequest, PostprocessRequest
 from sdgate.jobs.quotas import DailyUsage, Quotas, principal_key, seconds_to_next_day, utc_day
 from sdgate.metrics import REFUSAL_REASONS
@@ -39,12 +42,12 @@ log = logging.getLogger("sdgate.server")
 @contextmanager
 def admit(
     services: Services, principal: Principal, request: GenerationRequest | PostprocessRequest | GraphRequest
-) -> Iterator[None]:
+) -> Iterator[Reservation | None]:
     content.check_request(services, request)
     try:
-        release = reserve(services, principal, request.image_count)
+        release, reservation = reserve(services, principal, request.image_count)
         try:
-            yield
+            yield reservation
         except BaseException:
             release()
             raise
@@ -63,13 +66,14 @@ def count_refusal(services: Services, err: QueueFull) -> None:
         services.metrics.refusals.labels(err.code).inc()
 
 
-def reserve(services: Services, principal: Principal, images: int) -> Callable[[], None]:
+def reserve(services: Services, principal: Principal, images: int
+            ) -> tuple[Callable[[], None], Reservation | None]:
     """Checks ``principal``'s GPU seconds of the day and reserves ``images`` of its images of the
-    day; the function that gives them back. ``QuotaExceeded`` naming the limit when either is
-    spent."""
+    day: the function that gives them back, and what was reserved (None: nothing, no limit).
+    ``QuotaExceeded`` naming the limit when either is spent."""
     limits = principal.limits
     if limits.images_per_day is None and limits.gpu_seconds_per_day is None:
-        return _nothing
+        return _nothing, None
     quotas = quotas_of(services)
     now = quotas.now()
     day, key = utc_day(now), principal_key(principal.id)
@@ -84,7 +88,7 @@ def reserve(services: Services, principal: Principal, images: int) -> Callable[[
             )
     limit = limits.images_per_day
     if limit is None or images <= 0:
-        return _nothing
+        return _nothing, None
     if images > limit:  # no day will take it: say so rather than "try tomorrow"
         raise QuotaExceeded(f"images per day: this request makes {images}, more than the limit of {limit} "
                             "a day; ask for fewer", retry_after=math.ceil(until_tomorrow))
@@ -103,7 +107,7 @@ def reserve(services: Services, principal: Principal, images: int) -> Callable[[
             log.warning("could not give back %d image(s) of %s's quota for %s", images, key, day,
                         exc_info=True)
 
-    return release
+    return release, Reservation(images, day)
 
 
 def _nothing() -> None:

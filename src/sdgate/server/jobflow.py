@@ -49,7 +49,7 @@ async def submit(
 
     def create() -> Job:
         check_submission(services, request, metadata)
-        with admit(services, principal, request):
+        with admit(services, principal, request) as reservation:
             return services.store.submit(
                 request,
                 dialect=dialect,
@@ -58,6 +58,7 @@ async def submit(
                 metadata=metadata,
                 max_owner_jobs=principal.limits.max_queued_jobs,
                 idempotency_key=idempotency_key,
+                reservation=reservation,
             )
 
     try:
