@@ -18,6 +18,7 @@ import struct
 import threading
 import time
 import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from PIL import Image
@@ -189,3 +190,16 @@ class FakeEngine:
     def _mark(self, what: str, request: GenerationRequest) -> None:
         if self.done_dir is not None:
             (self.done_dir / f"{what}-{request.prompt}-{uuid.uuid4().hex}").touch()
+
+
+class FakeWallClock:
+    """An aware UTC ``datetime`` clock that moves only when told (quotas, retention)."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)

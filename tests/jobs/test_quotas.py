@@ -14,18 +14,7 @@ import sqlalchemy as sa
 from sdgate.jobs.quotas import Quotas, seconds_to_next_day, utc_day
 from sdgate.jobs.schema import daily_usage, rate_buckets
 from sdgate.jobs.store import SqlJobStore
-
-
-class FakeClock:
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
+from tests.fakes import FakeWallClock as FakeClock
 
 NOON = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -30,6 +30,7 @@ from sdgate.server.services import Services
 from sdgate.settings import Settings
 from tests.cluster_services import metric
 from tests.fakes import FakeEngine
+from tests.fakes import FakeWallClock as FakeClock
 
 # 22:00 UTC: the day's quotas start over in two hours.
 # Today (UTC) at 22:00: the fake clock stays near the wall clock, which the server's retention pass
@@ -39,17 +40,6 @@ TODAY = EVENING.date().isoformat()
 TOMORROW = (EVENING + timedelta(days=1)).date().isoformat()
 UNTIL_MIDNIGHT = 2 * 3600
 GENERATE = frozenset({"generate", "read"})
-
-
-class FakeClock:
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 class TokenAuth(Authenticator):
