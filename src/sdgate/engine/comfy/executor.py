@@ -34,7 +34,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -85,6 +85,24 @@ class Backend(Protocol):
     def run(self, ctx: RunContext, class_type: str, args: dict[str, Any]) -> tuple[Any, ...]: ...
 
     def usable(self, value: tuple[Any, ...]) -> bool: ...
+
+
+def run_node(nodes: Mapping[str, Callable[..., tuple[Any, ...]]], class_type: str,
+             *args: Any) -> tuple[Any, ...]:
+    """A backend's ``run``: ``class_type``'s function in the backend's table, called with ``args``;
+    a type the table lacks is refused naming the prompt."""
+    impl = nodes.get(class_type)
+    if impl is None:
+        raise InvalidRequest(f"node type {class_type} is not supported", field="prompt")
+    return impl(*args)
+
+
+def image_token(ctx: RunContext, class_type: str, inputs: Mapping[str, Any]) -> str:
+    """A backend's ``token`` for the nodes that read an input image: the image's id (a new image
+    is a new output); "" for the others."""
+    if class_type in ("LoadImage", "LoadImageMask"):
+        return ctx.image_id(str(inputs.get("image")))
+    return ""
 
 
 @dataclass

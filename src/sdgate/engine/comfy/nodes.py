@@ -33,7 +33,7 @@ from PIL import Image, ImageOps
 from sdgate.core.errors import InvalidRequest, NotFound
 from sdgate.engine import embeddings, lora, vae
 from sdgate.engine.comfy import controlnets, ksampler
-from sdgate.engine.comfy.executor import RunContext
+from sdgate.engine.comfy.executor import RunContext, image_token, run_node
 from sdgate.engine.comfy.values import (
     ClipHandle,
     CondEntry,
@@ -86,18 +86,13 @@ class TorchBackend:
                 return _stat(controlnets.controlnet_file(catalog, str(inputs.get("control_net_name"))).path)
         except (NotFound, OSError):
             return ""
-        if class_type in ("LoadImage", "LoadImageMask"):
-            return ctx.image_id(str(inputs.get("image")))
-        return ""
+        return image_token(ctx, class_type, inputs)
 
     def usable(self, value: tuple[Any, ...]) -> bool:
         return True
 
     def run(self, ctx: RunContext, class_type: str, args: dict[str, Any]) -> tuple[Any, ...]:
-        impl = NODES.get(class_type)
-        if impl is None:
-            raise InvalidRequest(f"node type {class_type} is not supported", field="prompt")
-        return impl(self, ctx, args)  # type: ignore[no-any-return]
+        return run_node(NODES, class_type, self, ctx, args)
 
     # --- helpers the nodes share ---------------------------------------------------------------
 

@@ -14,8 +14,8 @@ from typing import Any
 from PIL import Image
 
 from sdgate.core.comfy.nodes import sampler_for
-from sdgate.core.errors import InvalidRequest, ModelNotFound
-from sdgate.engine.comfy.executor import RunContext
+from sdgate.core.errors import ModelNotFound
+from sdgate.engine.comfy.executor import RunContext, image_token, run_node
 from sdgate.engine.comfy.values import Latent, Pixels, SampleInfo
 
 _HANDLE = ("null",)
@@ -26,18 +26,13 @@ class ShapeBackend:
         return _nothing()
 
     def token(self, ctx: RunContext, class_type: str, inputs: Mapping[str, Any]) -> str:
-        if class_type in ("LoadImage", "LoadImageMask"):
-            return ctx.image_id(str(inputs.get("image")))
-        return ""
+        return image_token(ctx, class_type, inputs)
 
     def usable(self, value: tuple[Any, ...]) -> bool:
         return True
 
     def run(self, ctx: RunContext, class_type: str, args: dict[str, Any]) -> tuple[Any, ...]:
-        impl = _NODES.get(class_type)
-        if impl is None:
-            raise InvalidRequest(f"node type {class_type} is not supported", field="prompt")
-        return impl(ctx, args)
+        return run_node(_NODES, class_type, ctx, args)
 
 
 @contextmanager
