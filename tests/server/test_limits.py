@@ -264,6 +264,29 @@ async def test_a_job_over_the_memory_budget_is_refused(small_memory_server: Serv
     assert server.job_count() == before + 1
 
 
+async def test_a_controlnets_weights_count_towards_the_memory_budget(settings: Settings) -> None:
+    """A job that fits alone but not with the ControlNet it names is refused naming controlnets."""
+    from tests.server.dialects.native.test_controlnet import write_controlnet
+
+    big = settings.resolved_models_dir / "ControlNet" / "control_big.safetensors"
+    write_controlnet(big)
+    with big.open("r+b") as f:
+        f.truncate(96 * 2**20)  # 96 MiB of weights, sparse on disk
+    write_controlnet(settings.resolved_models_dir / "ControlNet" / "control_small.safetensors")
+    image = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+    small_job = {"prompt": "x", "steps": 2, "width": 64, "height": 64}
+    async for server in _serve(settings.model_copy(update={"max_job_memory_bytes": 64 * 2**20})):
+        before = server.job_count()
+        r = await server.client.post("/api/v1/jobs", json={
+            **small_job, "controlnets": [{"model": "control_big", "image": image}]})
+        _assert_refused(r, "max_job_memory_bytes")
+        assert r.json()["error"]["field"] == "controlnets"
+        assert server.job_count() == before
+        r = await server.client.post("/api/v1/jobs", json={
+            **small_job, "controlnets": [{"model": "control_small", "image": image}]})
+        assert r.status_code == 202, r.text[:300]
+
+
 # -- queries and error rendering -------------------------------------------------------------------
 
 

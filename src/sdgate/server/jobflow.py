@@ -105,6 +105,7 @@ def check_submission(
         settings,
         family=info.family if info is not None else None,
         weights=_weights(services, request, info),
+        controlnet_weights=_controlnet_weights(services, request),
         budget=memory_budget(services.engine),
     )
 
@@ -195,6 +196,15 @@ def _weights(services: Services, request: GenerationRequest, info: ModelInfo | N
         except ModelNotFound:
             continue  # the engine refuses it by name when the job runs
     return sum(weights_bytes(path) for path in files)
+
+
+def _controlnet_weights(services: Services, request: GenerationRequest) -> int:
+    """Bytes of the ControlNets a job's units load beside its model (each file once)."""
+    if not request.controlnets:
+        return 0
+    files = services.catalog.list_files("controlnet")
+    paths = {found.path for unit in request.controlnets if (found := find_controlnet(files, unit.model))}
+    return sum(weights_bytes(path) for path in paths)
 
 
 async def wait_for(services: Services, job: Job, http_request: Request | None = None) -> Job:

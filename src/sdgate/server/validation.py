@@ -114,11 +114,13 @@ def check_request(
     *,
     family: str | None = None,
     weights: int = 0,
+    controlnet_weights: int = 0,
     budget: MemoryBudget | None = None,
 ) -> Passes:
     """Refuse ``request`` unless it and every value derived from it is within ``settings``; the
-    passes it will run. ``family``/``weights``: its model's, for the memory estimate; ``budget``:
-    what the engine says a job may use (``max_job_memory_bytes`` wins when set)."""
+    passes it will run. ``family``/``weights``: its model's, for the memory estimate (with
+    ``controlnet_weights``, its ControlNets' files); ``budget``: what the engine says a job may use
+    (``max_job_memory_bytes`` wins when set)."""
     # 1. Text: the prompts' sizes before anything reads them whole, then every text field.
     for field in _PROMPTS:
         check_prompt(_get(request, field), field=field, settings=settings)
@@ -146,7 +148,8 @@ def check_request(
     _check_steps(shape, settings)
     _check_loras(request, settings)
     # 5. Memory.
-    _check_memory(request, shape, settings, family=family, weights=weights, budget=budget)
+    _check_memory(request, shape, settings, family=family, weights=weights,
+                  controlnet_weights=controlnet_weights, budget=budget)
     return shape
 
 
@@ -285,6 +288,7 @@ def _check_memory(
     *,
     family: str | None,
     weights: int,
+    controlnet_weights: int = 0,
     budget: MemoryBudget | None,
 ) -> None:
     value_bytes = budget.value_bytes if budget is not None else 2
@@ -294,10 +298,18 @@ def _check_memory(
         limit, where = budget.bytes, f"{budget.where}; max_job_memory_bytes"
     else:
         return
-    need = estimate_job_memory(request, shape, family=family, weights=weights, value_bytes=value_bytes)
+    need = estimate_job_memory(request, shape, family=family, weights=weights + controlnet_weights,
+                               value_bytes=value_bytes)
     if need <= limit:
         return
     largest = shape.largest
+    if controlnet_weights and need - controlnet_weights <= limit:  # it fits without its ControlNets
+        raise InvalidRequest(
+            f"controlnets: this job needs about {need / GIB:.1f} GiB, {controlnet_weights / GIB:.1f} GiB of "
+            f"them its ControlNets' weights, more than the {limit / GIB:.1f} GiB one job may use ({where}): "
+            "use fewer or smaller ControlNets",
+            field="controlnets",
+        )
     field = "batch_size" if request.batch_size > 1 else _size_field(shape, largest)
     raise InvalidRequest(
         f"{field}: this job needs about {need / GIB:.1f} GiB ({request.batch_size} x {largest}), more than "
