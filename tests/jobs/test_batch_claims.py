@@ -4,12 +4,11 @@ and priority up to a number of image rows. Each job is claimed once, with its ow
 
 from __future__ import annotations
 
-import threading
-
 from sdgate.core.batching import batch_key
 from sdgate.core.jobs import Job, JobEventKind, JobState
 from sdgate.core.requests import GenerationRequest
 from sdgate.jobs.store import SqlJobStore
+from tests.jobs.claiming import claim_concurrently
 
 
 def _request(*, size: int = 64, batch_size: int = 1, n_iter: int = 1, alone: bool = False,
@@ -92,23 +91,13 @@ def test_concurrent_batched_claims_take_each_job_once(db_url: str) -> None:
     assert KEY_64 is not None and KEY_128 is not None
     with SqlJobStore(db_url) as store:
         ids = {_submit(store, size=64 if i % 3 else 128, batch_size=1 + i % 2) for i in range(60)}
-        claimed: list[str] = []
-        lock = threading.Lock()
 
-        def claim(worker: str) -> None:
-            while True:
-                group = store.claim_group(worker, limit=4, batched=True)
-                for key in (KEY_64, KEY_128):
-                    group += store.claim_batch_mates(worker, batch_key=key, priority=0, max_rows=3)
-                if not group:
-                    return
-                with lock:
-                    claimed.extend(j.id for j in group)
+        def take(worker: str) -> list[Job]:
+            group = store.claim_group(worker, limit=4, batched=True)
+            for key in (KEY_64, KEY_128):
+                group += store.claim_batch_mates(worker, batch_key=key, priority=0, max_rows=3)
+            return group
 
-        threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        claimed = claim_concurrently(take)
         assert sorted(claimed) == sorted(ids)
         assert all(store.get(job_id).attempts == 1 for job_id in ids)

@@ -4,11 +4,10 @@ its own ``started`` event."""
 
 from __future__ import annotations
 
-import threading
-
 from sdgate.core.jobs import Job, JobEventKind, JobState
 from sdgate.core.requests import GenerationRequest
 from sdgate.jobs.store import SqlJobStore
+from tests.jobs.claiming import claim_concurrently
 
 
 def _submit(store: SqlJobStore, *, model: str | None = None, priority: int = 0,
@@ -50,17 +49,5 @@ def test_a_group_starts_with_the_job_of_a_loaded_model(store: SqlJobStore) -> No
 def test_concurrent_group_claims_take_each_job_once(db_url: str) -> None:
     with SqlJobStore(db_url) as store:
         ids = {_submit(store) for _ in range(60)}
-        claimed: list[str] = []
-        lock = threading.Lock()
-
-        def claim(worker: str) -> None:
-            while batch := store.claim_group(worker, limit=5):
-                with lock:
-                    claimed.extend(j.id for j in batch)
-
-        threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        claimed = claim_concurrently(lambda worker: store.claim_group(worker, limit=5))
         assert sorted(claimed) == sorted(ids)
