@@ -122,3 +122,32 @@ async def test_a_full_image_disk_fails_the_job_and_refuses_uploads(server: Serve
     assert (await client.get("/readyz")).status_code == 200
     upload = await client.post("/api/v1/uploads", content=_png(), headers={"content-type": "image/png"})
     assert upload.status_code == 201
+
+
+async def test_comfyui_uploads_and_prompts_on_a_full_disk(server: Server, images_full: Any,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """ComfyUI's routes answer a full disk as the others do: a 507 in its error shape naming what is
+    full, nothing recorded, and uploads work again once there is room."""
+    from tests import comfy_graphs
+
+    client = server.client
+    upload = {"image": ("full.png", _png(), "image/png")}
+    images_full()
+    r = await client.post("/upload/image", files=upload)
+    assert r.status_code == 507, r.text
+    assert r.json()["error"]["type"] == "storage_full" and r.json()["error"]["message"] == IMAGES_FULL
+    monkeypatch.undo()
+
+    server.disk.on = True
+    r = await client.post("/upload/image", files=upload)  # the bytes fit; the file's row does not
+    assert r.status_code == 507 and r.json()["error"]["message"] == DB_FULL, r.text
+    graph = comfy_graphs.txt2img("alpha.safetensors", width=64, height=64, steps=2)
+    r = await client.post("/prompt", json={"prompt": graph})
+    assert r.status_code == 507 and r.json()["error"]["message"] == DB_FULL, r.text
+    server.disk.on = False
+
+    assert (await client.get("/view", params={"filename": "full.png", "type": "input"})).status_code == 404
+    r = await client.post("/upload/image", files=upload)
+    assert r.status_code == 200 and r.json()["name"] == "full.png", r.text
+    assert (await client.get("/view", params={"filename": "full.png", "type": "input"})).status_code == 200
+    assert (await client.post("/prompt", json={"prompt": graph})).status_code == 200
