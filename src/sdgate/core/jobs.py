@@ -49,6 +49,9 @@ class Progress(BaseModel):
     steps: int = 0
     eta_s: float | None = None
     node: str | None = None  # a graph job's (ComfyUI) node running now
+    # A graph job's nodes its executor serves from its cache, told before the first node runs
+    # (ComfyUI's execution_cached); None: not told (not a graph job, or not yet).
+    cached: tuple[str, ...] | None = None
 
     @property
     def fraction(self) -> float:

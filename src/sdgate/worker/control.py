@@ -17,7 +17,7 @@ import io
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from sdgate.core.engine import StepAction, StepReport
@@ -65,6 +65,7 @@ class JobControl:
         self._clock = clock
         self._last_write: float | None = None
         self._last_node: str | None = None  # the graph node of the last progress written
+        self._cached: tuple[str, ...] | None = None  # a graph's nodes served from the cache (on_cached)
         self._control_read_at: float | None = None  # the clock at the last successful control read
         self._step_read_at: float | None = None  # ... of those made at a step
         self._origin: tuple[float, float] | None = None  # (time, fraction) at the first step
@@ -84,6 +85,13 @@ class JobControl:
                 self._preview_key = (report.iteration, report.step)
         self._report_progress(report, now)
         return self._action()
+
+    def on_cached(self, node_ids: Sequence[str]) -> None:
+        """A graph job's nodes the executor will serve from its cache, told before the first node
+        runs: written at once (ComfyUI sends ``execution_cached`` before any node executes), and
+        carried by every progress written after."""
+        self._cached = tuple(str(node_id) for node_id in node_ids)
+        self._write(Progress(cached=self._cached))
 
     def preview(self) -> Image | None:
         """The latest step's preview, rendered on the caller's thread and at most once per step."""
@@ -146,10 +154,13 @@ class JobControl:
         self._last_node = report.node
         progress = Progress(
             iteration=report.iteration, iterations=report.iterations, step=report.step, steps=report.steps,
-            node=report.node,
+            node=report.node, cached=self._cached,
         )
         progress = progress.model_copy(update={"eta_s": self._eta(progress.fraction, now)})
         self._last_write = now
+        self._write(progress)
+
+    def _write(self, progress: Progress) -> None:
         try:
             self._store.update_progress(self.job_id, progress)
         except Exception:  # progress is informative; a failed write must not fail the job

@@ -38,7 +38,8 @@ def test_the_websocket_example_script_runs(null_server: str, prefix: str) -> Non
         ws.close()
     types = run.types()
     assert types[0] == "status" and run.messages[0]["data"]["sid"] == script.client_id
-    assert types.index("execution_start") < types.index("execution_cached") < types.index("executed")
+    assert types.index("execution_start") < types.index("execution_cached") < types.index("executing")
+    assert types.count("execution_cached") == 1 and types.index("executing") < types.index("executed")
     assert types[-2:] == ["execution_success", "executing"]
     executing = [d["node"] for d in run.of("executing")]
     assert executing[-1] is None and {"3", "9"} <= set(executing)

@@ -77,8 +77,9 @@ def test_txt2img_img2img_inpaint_lora_and_hires(server: str) -> None:
     [same], again = run(script, comfy_graphs.txt2img(CKPT, width=64, height=64, steps=3, seed=5))
     assert np.array_equal(pixels(base), pixels(same))  # same seed, same device: the same pixels
     # The executor served the unchanged nodes from its cache: said on /ws and in the history.
-    cached = again.of("execution_cached")[-1]["nodes"]
-    assert "3" in cached
+    (cached,) = [d["nodes"] for d in again.of("execution_cached")]  # one, before the first node ran
+    assert "3" in cached and again.types().index("execution_cached") < again.types().index("executing")
+    assert len(done.of("execution_cached")) == 1
     messages = script.history(again.prompt_id)[again.prompt_id]["status"]["messages"]
     assert dict(messages)["execution_cached"]["nodes"] == cached
 

@@ -5,12 +5,14 @@ One ``ComfySockets`` per server process listens to the job event bus while a soc
 of ComfyUI jobs into ComfyUI messages:
 
     queued                 status (the owner's queue_remaining)
-    started                execution_start, execution_cached {nodes: []}, status
-    progress               executing {node} when the node changes; progress {value, max, node};
+    started                execution_start, status
+    progress               execution_cached {nodes} at the first one heard (the executor tells the
+                           nodes it serves from its cache before the first node runs);
+                           executing {node} when the node changes; progress {value, max, node};
                            a binary preview frame (throttled) when the worker has one
-    succeeded              execution_cached {nodes} when the executor served some from its cache
-                           (it tells at the end), executed {node, output} per output node,
-                           execution_success, executing {node: null}, status
+    succeeded              execution_cached {nodes} if no progress was heard, executed {node,
+                           output} per output node, execution_success, executing {node: null},
+                           status
     failed                 execution_error, executing {node: null}, status
     cancelled (had run)    execution_interrupted, executing {node: null}, status
 
@@ -96,6 +98,7 @@ class _Seen:
     node: str | None = None
     previewed_at: float = 0.0
     started: bool = False
+    cached_sent: bool = False  # execution_cached: once a prompt, before its first executing
 
 
 class ComfySockets:
@@ -160,13 +163,25 @@ class ComfySockets:
         at = translate.timestamp(job.started_at)
         for conn in targets:
             conn.push(translate.message("execution_start", {"prompt_id": prompt_id, "timestamp": at}))
-            conn.push(translate.message("execution_cached", {"nodes": [], "prompt_id": prompt_id,
-                                                             "timestamp": at}))
+
+    @staticmethod
+    def _cached(seen: _Seen, nodes: list[str], job: Job, prompt_id: str) -> list[dict[str, Any]]:
+        """``execution_cached`` with ``nodes``, unless this prompt's was sent already."""
+        if seen.cached_sent:
+            return []
+        seen.cached_sent = True
+        data = {"nodes": nodes, "prompt_id": prompt_id, "timestamp": translate.timestamp(job.started_at)}
+        return [translate.message("execution_cached", data)]
 
     def _progress(self, seen: _Seen, job: Job, prompt_id: str, targets: list[Connection]) -> None:
         progress = job.progress
         if progress is None or not targets:
             return
+        # The executor tells its cached nodes before the first node runs; every later progress
+        # carries them too, so the first progress heard here has them (an older worker: none).
+        for message in self._cached(seen, list(progress.cached or ()), job, prompt_id):
+            for conn in targets:
+                conn.push(message)
         if progress.node and progress.node != seen.node:
             seen.node = progress.node
             for conn in targets:
@@ -187,20 +202,22 @@ class ComfySockets:
         if kind is JobEventKind.SUCCEEDED:
             if not seen.started:  # its start was not heard here (another node, or a quick job)
                 self._start(seen, job, prompt_id, targets)
-            cached = translate.cached_nodes(job)
-            if cached:
-                at = translate.timestamp(job.started_at)
-                messages.append(translate.message("execution_cached",
-                                                  {"nodes": cached, "prompt_id": prompt_id, "timestamp": at}))
+            messages += self._cached(seen, translate.cached_nodes(job), job, prompt_id)
             for node, output in translate.node_outputs(job).items():
                 messages.append(translate.executed(node, output, prompt_id))
             at = translate.timestamp(job.finished_at)
             messages.append(translate.message("execution_success", {"prompt_id": prompt_id, "timestamp": at}))
         elif kind is JobEventKind.FAILED:
+            if seen.started:
+                messages += self._cached(seen, list(job.progress.cached or ()) if job.progress else [], job,
+                                         prompt_id)
             messages.append(translate.message("execution_error", translate.execution_error(job, prompt_id)))
         elif kind is JobEventKind.CANCELLED:
             if job.started_at is None:  # deleted from the queue before it ran: only the status changes
                 return
+            if seen.started:
+                messages += self._cached(seen, list(job.progress.cached or ()) if job.progress else [], job,
+                                         prompt_id)
             messages.append(translate.message("execution_interrupted",
                                               translate.execution_interrupted(job, prompt_id)))
         else:
