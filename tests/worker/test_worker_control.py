@@ -147,3 +147,17 @@ def test_preview_is_lazy_cached_per_step_and_never_raises(control: JobControl) -
     assert control.preview() is image
     control.on_step(preview_of(3))
     assert control.preview() is None
+
+
+def test_the_executors_cached_nodes_are_written_at_once_and_once(control: JobControl,
+                                                                 store: RecordingStore) -> None:
+    control.on_cached(["4", "6"])
+    assert store.progress == [Progress(cached=("4", "6"))]
+    control.on_step(report(1))
+    assert len(store.progress) == 2 and store.progress[1].cached is None and store.progress[1].step == 1
+
+    def away(job_id: str, progress: Progress) -> None:
+        raise StorageUnavailable("storage unavailable: could not reach the job database")
+
+    store.update_progress = away  # type: ignore[method-assign]
+    control.on_cached([])  # a failed write does not fail the job

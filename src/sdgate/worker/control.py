@@ -65,7 +65,6 @@ class JobControl:
         self._clock = clock
         self._last_write: float | None = None
         self._last_node: str | None = None  # the graph node of the last progress written
-        self._cached: tuple[str, ...] | None = None  # a graph's nodes served from the cache (on_cached)
         self._control_read_at: float | None = None  # the clock at the last successful control read
         self._step_read_at: float | None = None  # ... of those made at a step
         self._origin: tuple[float, float] | None = None  # (time, fraction) at the first step
@@ -88,10 +87,9 @@ class JobControl:
 
     def on_cached(self, node_ids: Sequence[str]) -> None:
         """A graph job's nodes the executor will serve from its cache, told before the first node
-        runs: written at once (ComfyUI sends ``execution_cached`` before any node executes), and
-        carried by every progress written after."""
-        self._cached = tuple(str(node_id) for node_id in node_ids)
-        self._write(Progress(cached=self._cached))
+        runs: written at once, as a progress of its own (ComfyUI sends ``execution_cached`` before
+        any node executes); later progress does not repeat them."""
+        self._write(Progress(cached=tuple(str(node_id) for node_id in node_ids)))
 
     def preview(self) -> Image | None:
         """The latest step's preview, rendered on the caller's thread and at most once per step."""
@@ -154,7 +152,7 @@ class JobControl:
         self._last_node = report.node
         progress = Progress(
             iteration=report.iteration, iterations=report.iterations, step=report.step, steps=report.steps,
-            node=report.node, cached=self._cached,
+            node=report.node,
         )
         progress = progress.model_copy(update={"eta_s": self._eta(progress.fraction, now)})
         self._last_write = now

@@ -177,8 +177,8 @@ class ComfySockets:
         progress = job.progress
         if progress is None or not targets:
             return
-        # The executor tells its cached nodes before the first node runs; every later progress
-        # carries them too, so the first progress heard here has them (an older worker: none).
+        # The executor tells its cached nodes in a progress of their own before the first node
+        # runs, so the first progress heard here has them (heard from mid-job on: none).
         for message in self._cached(seen, list(progress.cached or ()), job, prompt_id):
             for conn in targets:
                 conn.push(message)
