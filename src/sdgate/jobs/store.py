@@ -83,7 +83,7 @@ from sdgate.jobs.database import (
 from sdgate.jobs.events import JobEvents
 from sdgate.jobs.outbox import append_events, write_event, write_events
 from sdgate.jobs.schema import idempotency_keys, job_previews, jobs
-from sdgate.jobs.usage import charge_run, refund_unused
+from sdgate.jobs.usage import refund_unused, settle
 from sdgate.jobs.workers import WORKER_TTL_S, WorkerRegistry
 
 logger = logging.getLogger(__name__)
@@ -630,7 +630,7 @@ class SqlJobStore:
             ).one()
             job = _to_job(row)
             if job.state is not state:
-                refund_unused(conn, row)
+                settle(conn, row)
                 self._append_event(conn, _STATE_EVENT[job.state], job)
         if job.state is not state:
             self._announced(job)
@@ -706,8 +706,7 @@ class SqlJobStore:
                     continue
                 if not ending_pg:
                     conn.execute(queries.DROP_PREVIEW, {"job_id": outcome.job_id})
-                charge_run(conn, row.owner, row.started_at, row.finished_at)
-                refund_unused(conn, row)
+                settle(conn, row)
                 done[outcome.job_id] = _to_job(row)
             changes = [(_STATE_EVENT[job.state], job) for job in done.values()]
             append_events(conn, changes, self.origin)
@@ -774,8 +773,7 @@ class SqlJobStore:
                     continue
                 conn.execute(sa.delete(job_previews).where(job_previews.c.job_id == job_id))
                 if JobState(row.state).terminal:  # it ran until its worker was lost
-                    charge_run(conn, row.owner, row.started_at, row.finished_at)
-                    refund_unused(conn, row)
+                    settle(conn, row)
                 changed.append(self._record(conn, row))
         requeued: builtins.list[str] = []
         for job in changed:
@@ -921,8 +919,7 @@ class SqlJobStore:
             if row is None:
                 return None
             if ending:
-                charge_run(conn, row.owner, row.started_at, row.finished_at)
-                refund_unused(conn, row)
+                settle(conn, row)
             return self._record(conn, row, kind)
 
     def _update_pg(self, params: dict[str, Any], states: tuple[str, ...], keys: tuple[str, ...],
@@ -933,8 +930,8 @@ class SqlJobStore:
         params.update(self._event_params(kind or _STATE_EVENT[JobState(params["v_state"])], _now()))
         with self._tx(write=True, single=True) as conn:
             row = conn.execute(queries.change_announced(keys, states, held, ending), params).one_or_none()
-            if ending and row is not None:  # images reserved and not made: a second statement, only
-                refund_unused(conn, row)    # for a job that reserved some (a quota on its owner)
+            if ending and row is not None:  # the statement charged the run; images reserved and not
+                refund_unused(conn, row)    # made: a second one, only for a job that reserved some
             note_written(conn)
         return None if row is None else _to_job(row)
 

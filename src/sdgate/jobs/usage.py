@@ -3,6 +3,7 @@
     add_gpu_seconds(conn, principal, "2026-12-05", 3.2)   # inside the store's write transaction
     charge_run(conn, owner, started_at, finished_at)      # the same, from a finished job's row
     refund_unused(conn, row)                              # images reserved and not made, given back
+    settle(conn, row)                                     # both, for a job that just ended
 
 The ``daily_usage`` table (migration 0006) holds, per principal and UTC day, the images reserved
 at submit (``quotas.py`` writes and reads those) and the GPU seconds its jobs ran. The store adds a
@@ -59,8 +60,7 @@ def refund_unused(conn: sa.Connection, row: Any) -> None:
     not make go back to its owner's count of the day they were reserved on, never below zero, in
     the caller's transaction. A job keeps what it delivered (a succeeded or cancelled job's result
     images); a failed one keeps none."""
-    reserved = getattr(row, "reserved_images", 0) or 0
-    day = getattr(row, "reserved_day", None)
+    reserved, day = row.reserved_images, row.reserved_day
     if reserved <= 0 or day is None:
         return
     delivered = 0
@@ -75,3 +75,11 @@ def refund_unused(conn: sa.Connection, row: Any) -> None:
         .where(daily_usage.c.principal == principal_key(row.owner), daily_usage.c.day == day)
         .values(images=sa.case((images >= unused, images - unused), else_=0))
     )
+
+
+def settle(conn: sa.Connection, row: Any) -> None:
+    """A job that just ended (its written row), in the transaction that ended it: its run charged
+    to its owner's day (``charge_run``) and the images it reserved and did not make given back
+    (``refund_unused``). Nothing for a job that never ran and reserved nothing."""
+    charge_run(conn, row.owner, row.started_at, row.finished_at)
+    refund_unused(conn, row)
