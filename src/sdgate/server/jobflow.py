@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -15,7 +17,7 @@ from sdgate.core.engine import memory_budget
 from sdgate.core.errors import ContentFiltered, InvalidRequest, ModelNotFound, error_from_dict
 from sdgate.core.jobs import ControlAction, Job, JobState
 from sdgate.core.limits import weights_bytes
-from sdgate.core.models import ModelInfo
+from sdgate.core.models import AssetFile, ModelInfo
 from sdgate.core.requests import GenerationRequest, GraphRequest, PostprocessRequest
 from sdgate.core.upscalers import check_upscaler
 from sdgate.server.admission import admit
@@ -98,30 +100,34 @@ def check_submission(
         defaults = services.engine.model_defaults(request.model)
     if request.hires is not None:
         check_upscaler(request.hires.upscaler, services.catalog, field="hr_upscaler", latent=True)
-    check_controlnets(services, request, family=info.family if info is not None else None)
+    family = info.family if info is not None else None
+    controlnet_weights = check_controlnets(services, request, family=family)
     check_request(
         request,
         defaults,
         settings,
-        family=info.family if info is not None else None,
+        family=family,
         weights=_weights(services, request, info),
-        controlnet_weights=_controlnet_weights(services, request),
+        controlnet_weights=controlnet_weights,
         budget=memory_budget(services.engine),
     )
 
 
-def check_controlnets(services: Services, request: GenerationRequest, *, family: str | None) -> None:
+def check_controlnets(services: Services, request: GenerationRequest, *, family: str | None) -> int:
     """Each ControlNet unit as the engine will run it (every dialect checked them under its own
     field names first): within ``max_controlnets``, a model this server has (of the request's
     model's family where both are known), a preprocessor that runs here, a control image (its
-    own, or on img2img the init image)."""
+    own, or on img2img the init image). Returns the bytes of the ControlNet files the units load
+    (each file once), for the job's memory estimate."""
     units = request.controlnets
     if not units:
-        return
+        return 0
     check_controlnet_count(len(units), services.settings, field="controlnets")
+    files = services.catalog.list_files("controlnet")
+    paths: set[Path] = set()
     for i, unit in enumerate(units):
         field = f"controlnets[{i}]"
-        resolve_controlnet(services, unit.model, field=f"{field}.model", family=family)
+        paths.add(_controlnet_file(files, unit.model, field=f"{field}.model", family=family).path)
         resolve_preprocessor(services, unit.module, field=f"{field}.module")
         if unit.image is None and not request.init_images:
             raise InvalidRequest(f"{field}.image: a control image is required (txt2img has no init "
@@ -130,13 +136,18 @@ def check_controlnets(services: Services, request: GenerationRequest, *, family:
             raise InvalidRequest(f"{field}.guidance_start: must be at most guidance_end "
                                  f"({unit.guidance_start} > {unit.guidance_end})",
                                  field=f"{field}.guidance_start")
+    return sum(weights_bytes(path) for path in paths)
 
 
 def resolve_controlnet(services: Services, name: str, *, field: str, family: str | None = None) -> str:
     """The catalog's name of the ControlNet ``name`` means (with or without a `` [hash]``): a 404
     naming ``field`` when the server has none such (never another one in its place); a 400 when
     it was made for another family than the request's model."""
-    found = find_controlnet(services.catalog.list_files("controlnet"), name)
+    return _controlnet_file(services.catalog.list_files("controlnet"), name, field=field, family=family).name
+
+
+def _controlnet_file(files: Sequence[AssetFile], name: str, *, field: str, family: str | None) -> AssetFile:
+    found = find_controlnet(files, name)
     if found is None:
         raise ModelNotFound(
             f"{field}: ControlNet model {name!r} not found (GET /controlnet/model_list lists them)",
@@ -149,7 +160,7 @@ def resolve_controlnet(services: Services, name: str, *, field: str, family: str
                 f"{field}: ControlNet model {found.name!r} is for {made_for} models, not {family}",
                 field=field,
             )
-    return found.name
+    return found
 
 
 def resolve_preprocessor(services: Services, name: str, *, field: str) -> str:
@@ -196,15 +207,6 @@ def _weights(services: Services, request: GenerationRequest, info: ModelInfo | N
         except ModelNotFound:
             continue  # the engine refuses it by name when the job runs
     return sum(weights_bytes(path) for path in files)
-
-
-def _controlnet_weights(services: Services, request: GenerationRequest) -> int:
-    """Bytes of the ControlNets a job's units load beside its model (each file once)."""
-    if not request.controlnets:
-        return 0
-    files = services.catalog.list_files("controlnet")
-    paths = {found.path for unit in request.controlnets if (found := find_controlnet(files, unit.model))}
-    return sum(weights_bytes(path) for path in paths)
 
 
 async def wait_for(services: Services, job: Job, http_request: Request | None = None) -> Job:
