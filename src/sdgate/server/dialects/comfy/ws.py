@@ -101,6 +101,11 @@ class _Seen:
     cached_sent: bool = False  # execution_cached: once a prompt, before its first executing
 
 
+def _told_cached(job: Job) -> list[str]:
+    """The cached nodes the executor told before the job ended without a result (none heard)."""
+    return list(job.progress.cached or ()) if job.progress is not None else []
+
+
 class ComfySockets:
     def __init__(self, services: Services) -> None:
         self.services = services
@@ -209,15 +214,13 @@ class ComfySockets:
             messages.append(translate.message("execution_success", {"prompt_id": prompt_id, "timestamp": at}))
         elif kind is JobEventKind.FAILED:
             if seen.started:
-                messages += self._cached(seen, list(job.progress.cached or ()) if job.progress else [], job,
-                                         prompt_id)
+                messages += self._cached(seen, _told_cached(job), job, prompt_id)
             messages.append(translate.message("execution_error", translate.execution_error(job, prompt_id)))
         elif kind is JobEventKind.CANCELLED:
             if job.started_at is None:  # deleted from the queue before it ran: only the status changes
                 return
             if seen.started:
-                messages += self._cached(seen, list(job.progress.cached or ()) if job.progress else [], job,
-                                         prompt_id)
+                messages += self._cached(seen, _told_cached(job), job, prompt_id)
             messages.append(translate.message("execution_interrupted",
                                               translate.execution_interrupted(job, prompt_id)))
         else:
