@@ -3,7 +3,7 @@
 // localStorage so a reload, or a server restart, picks it up again.
 
 import { ApiError, api, auth, followJob, imageBlob, upload } from "./api.js";
-import { controlUnits, initControlNet, loadControlNets } from "./controlnet.js";
+import { controlUnits, initControlNet, listControlNets } from "./controlnet.js";
 import { MaskPainter } from "./mask.js";
 import { fieldsFromInfotext, parseInfotext, pngTexts } from "./png.js";
 import { hooks, renderHistory, startQueue, stopQueue } from "./views.js";
@@ -54,8 +54,9 @@ function fill(select, items, { keep = [] } = {}) {
 }
 
 async function loadListings() {
-  const [models, samplers, schedulers, loras, styles] = await Promise.all(
-    ["models", "samplers", "schedulers", "loras", "styles"].map((p) => api(p).catch(() => [])),
+  const [models, samplers, schedulers, loras, styles, controlnets, preprocessors] = await Promise.all(
+    ["models", "samplers", "schedulers", "loras", "styles", "controlnets", "controlnet/preprocessors"]
+      .map((p) => api(p).catch(() => [])),
   );
   fill($("model"), models.map((m) => [m.name, m.title || m.name]));
   const dflt = models.find((m) => m.default);
@@ -71,7 +72,7 @@ async function loadListings() {
     { keep: [""] });
   $("lora-pick").closest("label").hidden = !loras.length;
   $("styles").hidden = !styles.length;
-  await loadControlNets();
+  listControlNets(controlnets, preprocessors, fill);
   $("styles").replaceChildren($("styles").firstElementChild, ...styles.map((s) => {
     const label = document.createElement("label");
     label.innerHTML = `<input type="checkbox" name="style"> <span></span>`;

@@ -7,18 +7,13 @@ import { api, upload } from "./api.js";
 const $ = (id) => document.getElementById(id);
 const panel = { blob: null, detecting: 0 };
 
-function options(select, items) {
-  select.replaceChildren(...items.map(([value, text]) => new Option(text, value)));
-}
-
-export async function loadControlNets() {
-  const [models, modules] = await Promise.all([
-    api("controlnets").catch(() => []), api("controlnet/preprocessors").catch(() => []),
-  ]);
+// The server's ControlNets and preprocessors (GET controlnets, controlnet/preprocessors, which
+// app.js reads with its other listings) into the panel's selects, with ``fill`` (app.js's).
+export function listControlNets(models, modules, fill) {
   $("controlnet").hidden = !models.length;
   const keep = [$("control-model").value, $("control-module").value];
-  options($("control-model"), models.map((m) => [m.name, m.name]));
-  options($("control-module"), modules.map((p) => [p.name, p.label === p.name ? p.name : `${p.name} (${p.label})`]));
+  fill($("control-model"), models.map((m) => [m.name, m.name]));
+  fill($("control-module"), modules.map((p) => [p.name, p.label === p.name ? p.name : `${p.name} (${p.label})`]));
   if (keep[0] && models.some((m) => m.name === keep[0])) $("control-model").value = keep[0];
   const module = keep[1] || (modules.some((p) => p.name === "canny") ? "canny" : "none");
   if (modules.some((p) => p.name === module)) $("control-module").value = module;
