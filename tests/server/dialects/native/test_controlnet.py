@@ -181,10 +181,17 @@ async def test_detect_shows_the_control_map_and_stores_nothing(
     ({"module": "canny", "image": "img_" + "0" * 64}, "image"),
     ({"module": "canny", "image": IMAGE, "processor_res": 10**9}, "processor_res"),
     ({"module": "canny", "image": IMAGE, "threshold_a": "NaN"}, "threshold_a"),
+    (b'{"module": "can\\ud800ny", "image": "aGk="}', "module"),  # a lone surrogate, sent as written
+    ({"module": "canny", "image": "A" * (50 << 20)}, "image"),  # 50 MB that is no image
+    ({"module": "canny", "image": IMAGE, "processor_res": 1e308}, "processor_res"),
 ])  # fmt: skip
 async def test_detect_refuses_bad_input_naming_the_field(
-    api: httpx.AsyncClient, body: dict[str, Any], field: str
+    api: httpx.AsyncClient, body: dict[str, Any] | bytes, field: str
 ) -> None:
-    r = await api.post("/api/v1/controlnet/detect", json=body)
+    if isinstance(body, bytes):  # httpx's encoder refuses a lone surrogate
+        r = await api.post("/api/v1/controlnet/detect", content=body,
+                           headers={"Content-Type": "application/json"})
+    else:
+        r = await api.post("/api/v1/controlnet/detect", json=body)
     assert 400 <= r.status_code < 500 and r.status_code != 405, r.text
     assert field in json.dumps(r.json()), r.text
