@@ -59,40 +59,77 @@ def report(step: int, steps: int = 10, iteration: int = 0, iterations: int = 1) 
     return StepReport(iteration=iteration, iterations=iterations, step=step, steps=steps)
 
 
-def test_progress_is_written_first_last_and_at_most_every_interval(
+def test_progress_is_written_every_interval_from_the_start_and_at_the_last_step(
     control: JobControl, store: RecordingStore, clock: Clock
 ) -> None:
     for step in range(1, 11):
-        control.on_step(report(step))
         clock.now += 0.0625  # exact in binary: the 4th step after a write is the first past 0.2 s
-    assert [p.step for p in store.progress] == [1, 5, 9, 10]
-    assert store.control_reads == 10  # the control flag is read at every step
+        control.on_step(report(step))
+    assert [p.step for p in store.progress] == [4, 8, 10]
+    assert store.control_reads == 10  # steps further apart than CONTROL_FRESH_S: each one reads
+
+
+def test_a_job_that_ends_within_the_interval_writes_no_progress(
+    control: JobControl, store: RecordingStore, clock: Clock
+) -> None:
+    """Its outcome follows at once and says everything a progress write would."""
+    for step in range(1, 4):
+        clock.now += 0.06
+        control.on_step(report(step, steps=3))
+    assert store.progress == []
+
+
+def test_a_graph_job_writes_each_node_it_reaches(control: JobControl, store: RecordingStore) -> None:
+    """ComfyUI's ``executing`` message comes from these writes: never throttled away."""
+    for node, step in (("3", 1), ("3", 2), ("8", 1)):
+        control.on_step(StepReport(iteration=0, iterations=1, step=step, steps=10, node=node))
+    assert [p.node for p in store.progress] == ["3", "8"]
 
 
 def test_eta_comes_from_the_rate_since_the_first_step(
     control: JobControl, store: RecordingStore, clock: Clock
 ) -> None:
+    clock.now += 3.0  # the model loading: not part of the rate
     control.on_step(report(1))
     clock.now += 4.0  # 4 more steps of 10, 1 s each
     control.on_step(report(5))
     first, second = store.progress
-    assert first.eta_s is None
+    assert first.eta_s is None  # no rate known at the first step
     assert second.eta_s == pytest.approx(5.0)
     assert second.fraction == pytest.approx(0.5)
 
 
-def test_actions_map_to_step_actions(control: JobControl, store: RecordingStore) -> None:
-    assert control.on_step(report(1)) is StepAction.CONTINUE
+def test_actions_map_to_step_actions(control: JobControl, store: RecordingStore, clock: Clock) -> None:
+    def step(n: int) -> StepAction:
+        return control.on_step(report(n))
+
+    assert step(1) is StepAction.CONTINUE
     store.control = ControlAction.SKIP
-    assert control.on_step(report(2)) is StepAction.SKIP
+    assert step(2) is StepAction.SKIP
     assert store.control is None  # a skip is consumed: the next iteration runs
-    assert control.on_step(report(3)) is StepAction.CONTINUE
+    assert step(3) is StepAction.CONTINUE
     store.control = ControlAction.INTERRUPT
-    assert control.on_step(report(4)) is StepAction.INTERRUPT
+    assert step(4) is StepAction.INTERRUPT
     assert control.interrupted and not control.cancelled
     store.control = ControlAction.CANCEL
-    assert control.on_step(report(5)) is StepAction.CANCEL
+    assert step(5) is StepAction.CANCEL
     assert control.cancelled
+
+
+def test_the_claim_that_found_no_request_counts_as_a_read(store: RecordingStore, clock: Clock) -> None:
+    """A job of a few milliseconds reads its control not at all: its claim just did."""
+    control = JobControl(store, "job_1", clock=clock, claimed_at=clock.now)  # type: ignore[arg-type]
+    clock.now += CONTROL_FRESH_S / 4
+    assert control.on_step(report(1, steps=2)) is StepAction.CONTINUE
+    assert not control.cancel_requested()  # as if the job ended here
+    assert store.control_reads == 0
+    clock.now += 2 * CONTROL_FRESH_S
+    assert control.on_step(report(2, steps=2)) is StepAction.CONTINUE  # every later step reads
+    assert store.control_reads == 1
+    store.control = ControlAction.CANCEL
+    clock.now += 2 * CONTROL_FRESH_S  # a decode after the step took a while: read again
+    assert control.cancel_requested()
+    assert store.control_reads == 2
 
 
 def test_cancel_requested_reads_the_store_once_more(control: JobControl, store: RecordingStore) -> None:
@@ -121,7 +158,7 @@ def test_a_control_read_that_fails_does_not_stop_the_job(control: JobControl, st
     assert control.on_step(report(1)) is StepAction.CONTINUE
     assert not control.cancel_requested()
     store.unreachable, store.control = False, ControlAction.CANCEL
-    assert control.on_step(report(2)) is StepAction.CANCEL
+    assert control.on_step(report(2)) is StepAction.CANCEL  # the failed read counted for nothing
 
 
 def test_preview_is_lazy_cached_per_step_and_never_raises(control: JobControl) -> None:
@@ -153,8 +190,8 @@ def test_the_executors_cached_nodes_are_written_at_once_and_once(control: JobCon
                                                                  store: RecordingStore) -> None:
     control.on_cached(["4", "6"])
     assert store.progress == [Progress(cached=("4", "6"))]
-    control.on_step(report(1))
-    assert len(store.progress) == 2 and store.progress[1].cached is None and store.progress[1].step == 1
+    control.on_step(StepReport(iteration=0, iterations=1, step=1, steps=10, node="8"))
+    assert len(store.progress) == 2 and store.progress[1].cached is None and store.progress[1].node == "8"
 
     def away(job_id: str, progress: Progress) -> None:
         raise StorageUnavailable("storage unavailable: could not reach the job database")

@@ -15,6 +15,7 @@ from sdgate.core.requests import MAX_SEED, GenerationRequest, Mode
 from sdgate.jobs.events import JobEvents
 from sdgate.jobs.images import LocalImageStore
 from sdgate.jobs.store import SqlJobStore
+from sdgate.worker.control import PROGRESS_INTERVAL_S
 from sdgate.worker.runner import Worker
 from tests.fakes import FakeEngine
 
@@ -222,14 +223,27 @@ def test_progress_events_are_throttled(
 ) -> None:
     kinds: list[JobEventKind] = []
     events.add_listener(lambda kind, job: kinds.append(kind))
-    make_worker(FakeEngine(steps=500))  # 500 instant steps: well under one throttle interval
+    make_worker(FakeEngine(steps=500, step_s=0.002))  # 500 steps of at least 2 ms: a second or more
     job = store.submit(GenerationRequest())
 
     done = finished(store, job.id)
     assert done.progress is not None and done.progress.step == 500  # the last step is always written
     assert kinds[:2] == [JobEventKind.QUEUED, JobEventKind.STARTED]
     assert kinds[-1] is JobEventKind.SUCCEEDED
-    assert 2 <= kinds.count(JobEventKind.PROGRESS) < 50
+    assert 2 <= kinds.count(JobEventKind.PROGRESS) <= 500 * 0.002 / PROGRESS_INTERVAL_S * 2
+
+
+def test_a_job_quicker_than_the_interval_writes_its_progress_with_its_end(
+    store: SqlJobStore, events: JobEvents, make_worker: MakeWorker
+) -> None:
+    kinds: list[JobEventKind] = []
+    events.add_listener(lambda kind, job: kinds.append(kind))
+    make_worker(FakeEngine(steps=5))  # 5 instant steps
+    job = store.submit(GenerationRequest())
+
+    done = finished(store, job.id)
+    assert kinds == [JobEventKind.QUEUED, JobEventKind.STARTED, JobEventKind.SUCCEEDED]
+    assert done.progress is not None and (done.progress.step, done.progress.steps) == (5, 5)
 
 
 class FlakyStore:

@@ -268,12 +268,18 @@ class JobStore(Protocol):
 
     # -- finishing: exactly one terminal state per job -----------------------------------------
 
-    def succeed(self, job_id: str, result: GenerationResult, *, worker_id: str | None = None) -> Job: ...
+    # The ends: ``progress``, the job's last step, is written with its end (a job quicker than the
+    # worker's progress interval wrote none while it ran).
 
-    def fail(self, job_id: str, error: dict[str, str], *, worker_id: str | None = None) -> Job: ...
+    def succeed(self, job_id: str, result: GenerationResult, *, worker_id: str | None = None,
+                progress: Progress | None = None) -> Job: ...
+
+    def fail(self, job_id: str, error: dict[str, str], *, worker_id: str | None = None,
+             progress: Progress | None = None) -> Job: ...
 
     def cancelled(
-        self, job_id: str, result: GenerationResult | None = None, *, worker_id: str | None = None
+        self, job_id: str, result: GenerationResult | None = None, *, worker_id: str | None = None,
+        progress: Progress | None = None,
     ) -> Job: ...
 
     def finish_many(self, outcomes: Sequence[Outcome], *, worker_id: str) -> list[Job | Conflict | NotFound]:

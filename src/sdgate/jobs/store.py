@@ -649,26 +649,23 @@ class SqlJobStore:
     # ``worker_id``: the worker recording its job's outcome; a job it no longer holds (its lease
     # expired and another worker claimed it) raises ``Conflict`` and is left to its new holder.
 
-    def succeed(self, job_id: str, result: GenerationResult, *, worker_id: str | None = None) -> Job:
-        return self._finish(
-            job_id, JobState.SUCCEEDED, (JobState.RUNNING,), worker_id, result=result.model_dump(mode="json")
-        )
+    def succeed(self, job_id: str, result: GenerationResult, *, worker_id: str | None = None,
+                progress: Progress | None = None) -> Job:
+        return self._finish(job_id, JobState.SUCCEEDED, (JobState.RUNNING,), worker_id, progress,
+                            result=result.model_dump(mode="json"))
 
-    def fail(self, job_id: str, error: dict[str, str], *, worker_id: str | None = None) -> Job:
+    def fail(self, job_id: str, error: dict[str, str], *, worker_id: str | None = None,
+             progress: Progress | None = None) -> Job:
         states = (JobState.RUNNING,) if worker_id is not None else (JobState.QUEUED, JobState.RUNNING)
-        return self._finish(job_id, JobState.FAILED, states, worker_id, error=error)
+        return self._finish(job_id, JobState.FAILED, states, worker_id, progress, error=error)
 
     def cancelled(
-        self, job_id: str, result: GenerationResult | None = None, *, worker_id: str | None = None
+        self, job_id: str, result: GenerationResult | None = None, *, worker_id: str | None = None,
+        progress: Progress | None = None,
     ) -> Job:
         states = (JobState.RUNNING,) if worker_id is not None else (JobState.QUEUED, JobState.RUNNING)
-        return self._finish(
-            job_id,
-            JobState.CANCELLED,
-            states,
-            worker_id,
-            result=result.model_dump(mode="json") if result is not None else None,
-        )
+        return self._finish(job_id, JobState.CANCELLED, states, worker_id, progress,
+                            result=result.model_dump(mode="json") if result is not None else None)
 
     def finish_many(self, outcomes: Sequence[Outcome], *, worker_id: str
                     ) -> builtins.list[Job | Conflict | NotFound]:
@@ -936,8 +933,10 @@ class SqlJobStore:
         return None if row is None else _to_job(row)
 
     def _finish(self, job_id: str, state: JobState, from_states: tuple[JobState, ...],
-                worker_id: str | None, **values: Any) -> Job:
+                worker_id: str | None, progress: Progress | None, **values: Any) -> Job:
         values = {**values, "state": state.value, "finished_at": _now(), "lease_expires_at": None}
+        if progress is not None:  # the last step, where the job wrote none as it ran (a quick one)
+            values["progress"] = progress.model_dump(mode="json")
         job = self._update(job_id, from_states, values, worker_id=worker_id)
         if job is None:
             raise self._refusal(job_id, state, worker_id)

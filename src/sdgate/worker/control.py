@@ -1,9 +1,13 @@
 """``JobControl``: the ``GenerationControl`` the worker hands the engine for one job.
 
-At every step it reads the job's pending control request (one indexed read; once more after the
-engine returns unless the last read is fresh), writes progress to
-the store (throttled: the first step, the last, and at most every ``interval_s`` between, each with
-an ETA; a progress write renews the job's lease), and keeps the step's preview callable.
+At every step it reads the job's pending control request (one indexed read; at the first step only
+when the claim that found none is over ``CONTROL_FRESH_S`` old; once more after the engine returns
+unless the last read, or that claim, is fresh), writes progress to the store (at most every
+``interval_s`` counted from the claim, and at the last step once any was written, each with an ETA; a
+progress write renews the job's lease), and keeps the step's preview callable. A job that ends
+within ``interval_s`` of its claim so writes no progress and reads its control once at most: the
+outcome that follows at once says all a progress would, and a queue of quick jobs pays for no
+round trip that tells nobody anything.
 
 ``Heartbeat`` is the thread beside the engine while a job runs: it renews the lease when no
 progress did (a step that runs long), and stores the latest preview as a PNG about once a second,
@@ -30,7 +34,8 @@ logger = logging.getLogger("sdgate.worker")
 
 PROGRESS_INTERVAL_S = 0.2
 PREVIEW_INTERVAL_S = 1.0
-# A control read this recent still holds when the engine returns (``cancel_requested``).
+# A control read (or a claim) this recent still holds when the engine returns (and, a claim, at the
+# first step).
 CONTROL_FRESH_S = 0.05
 
 _STEP_ACTIONS = {
@@ -53,7 +58,10 @@ class JobControl:
         interval_s: float = PROGRESS_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
         on_renew: Callable[[], None] | None = None,
+        claimed_at: float | None = None,
     ) -> None:
+        """``claimed_at``: the ``clock`` time of the claim that found the job with no control request
+        pending: it stands as a control read (None: the first step reads)."""
         self.job_id = job_id
         self.steps_done = 0  # steps the engine reported (all iterations and passes)
         self._on_renew = on_renew  # after each renewed lease (the worker's heartbeat metric)
@@ -63,10 +71,13 @@ class JobControl:
         self._store = store
         self._interval_s = interval_s
         self._clock = clock
+        self._started = clock() if claimed_at is None else claimed_at  # progress is timed from here
         self._last_write: float | None = None
+        self.last_progress: Progress | None = None  # the latest step's, written or not
         self._last_node: str | None = None  # the graph node of the last progress written
-        self._control_read_at: float | None = None  # the clock at the last successful control read
-        self._step_read_at: float | None = None  # ... of those made at a step
+        self._claimed_at = claimed_at
+        self._control_read_at = claimed_at  # the clock at the last successful control read
+        self._step_read_at = claimed_at  # ... of those made at a step (or the claim's)
         self._origin: tuple[float, float] | None = None  # (time, fraction) at the first step
         self._state_lock = threading.Lock()
         self._render_lock = threading.Lock()
@@ -144,16 +155,20 @@ class JobControl:
         return self.cancelled
 
     def _report_progress(self, report: StepReport, now: float) -> None:
-        last = report.iteration >= report.iterations - 1 and report.step >= report.steps
-        due = self._last_write is None or now - self._last_write >= self._interval_s
-        moved = report.node != self._last_node  # a graph's next node: always written (ComfyUI's executing)
-        if not (due or last or moved):
-            return
-        self._last_node = report.node
         progress = Progress(
             iteration=report.iteration, iterations=report.iterations, step=report.step, steps=report.steps,
             node=report.node,
         )
+        self.last_progress = progress
+        if self._origin is None:  # the rate is measured from the first step on (model loading aside)
+            self._origin = (now, progress.fraction)
+        last = report.iteration >= report.iterations - 1 and report.step >= report.steps
+        since = self._last_write if self._last_write is not None else self._started
+        due = now - since >= self._interval_s
+        moved = report.node != self._last_node  # a graph's next node: always written (ComfyUI's executing)
+        if not (due or moved or (last and self._last_write is not None)):
+            return
+        self._last_node = report.node
         progress = progress.model_copy(update={"eta_s": self._eta(progress.fraction, now)})
         self._last_write = now
         self._write(progress)
@@ -165,10 +180,7 @@ class JobControl:
             logger.warning("job %s: progress update failed", self.job_id, exc_info=True)
 
     def _eta(self, fraction: float, now: float) -> float | None:
-        # Rate measured from the first step on, so model loading does not skew it.
-        if self._origin is None:
-            self._origin = (now, fraction)
-            return None
+        assert self._origin is not None  # set at the first step
         start, start_fraction = self._origin
         if fraction <= start_fraction or now <= start:
             return None
@@ -178,6 +190,9 @@ class JobControl:
     def _action(self) -> StepAction:
         if self.lost:
             return StepAction.CANCEL
+        claimed = self._claimed_at
+        if self.steps_done == 1 and claimed is not None and self._clock() - claimed < CONTROL_FRESH_S:
+            return StepAction.CONTINUE  # the claim just found no request: a later one is seen at step 2
         pending = self._pending()
         self._step_read_at = self._control_read_at
         if pending is None:

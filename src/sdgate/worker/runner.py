@@ -153,6 +153,7 @@ class Worker:
         self._max_attempts = settings.job_max_attempts
         self._next_recovery = 0.0  # monotonic time of the next look for expired leases
         self._group_size = 1  # how many jobs the next claim asks for (see QUICK_JOB_S)
+        self._claimed_at: float | None = None  # the monotonic time of the last claim (a control read)
         self._progress_interval_s = progress_interval_s
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -218,7 +219,7 @@ class Worker:
         one with the compatible jobs ``worker.batching`` gathers for it."""
         self._wake.clear()  # before the claim: a submission after this point wakes the next wait
         models = loaded_models(self._engine)
-        claimed_at = time.monotonic()
+        claimed_at = self._claimed_at = time.monotonic()
         if self._group_size <= 1:
             job = self._store.claim_next(self.worker_id, prefer_models=models)
             claimed = [job] if job is not None else []
@@ -345,7 +346,8 @@ class Worker:
     def _take(self, job: Job) -> _InHand:
         """The job is in hand: its control handle made, the registry told."""
         on_renew = (lambda: self._metrics.heartbeat(self.worker_id)) if self._metrics is not None else None
-        control = JobControl(self._store, job.id, interval_s=self._progress_interval_s, on_renew=on_renew)
+        control = JobControl(self._store, job.id, interval_s=self._progress_interval_s, on_renew=on_renew,
+                             claimed_at=self._claimed_at if job.control is None else None)
         self._in_hand = {**self._in_hand, job.id: control}
         self._registration.changed()
         run = _InHand(job, control, _JobLog(logger, {"job_id": job.id}))
@@ -437,7 +439,7 @@ class Worker:
             log.warning("stopped without recording an outcome: the lease was lost")
             return
         try:
-            finished = record(job_id, *args, worker_id=self.worker_id)
+            finished = record(job_id, *args, worker_id=self.worker_id, progress=run.control.last_progress)
             run.outcome = (finished.state.value, _error_code(finished))
             return
         except StorageFull as exc:
@@ -462,7 +464,8 @@ class Worker:
         delay = self._poll_s
         while True:
             try:
-                finished = record(job_id, *args, worker_id=self.worker_id)
+                finished = record(job_id, *args, worker_id=self.worker_id,
+                                  progress=run.control.last_progress)
                 run.outcome = (finished.state.value, _error_code(finished))
                 if finished.error:
                     log.warning("failed: %s", finished.error.get("message"))
