@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import tempfile
+import uuid
 from contextlib import suppress
 from pathlib import Path
 from typing import Protocol
@@ -87,8 +88,11 @@ class LocalImageStore:
             return new_id
         target = self._shard(new_id) / f"{new_id}{extension}"
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self._write_file(target, data)
+            try:
+                self._write_file(target, data)
+            except FileNotFoundError:  # the shard's first image (or its folder was removed)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._write_file(target, data)
         except OSError as exc:
             fault = self._fault(exc)
             if fault is None:
@@ -119,7 +123,9 @@ class LocalImageStore:
     @staticmethod
     def _write_file(target: Path, data: bytes) -> None:
         # Write a temporary file beside the target, then rename: readers never see half an image.
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
+        # A fresh random name opened exclusively, as ``tempfile.mkstemp`` does, in one system call.
+        tmp_name = str(target.parent / f".tmp-{uuid.uuid4().hex}{target.suffix}")
+        fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
         try:
             with os.fdopen(fd, "wb") as tmp:
                 tmp.write(data)

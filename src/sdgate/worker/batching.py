@@ -75,11 +75,12 @@ class BatchPolicy:
     def _fill(self, batch: list[Job], held: list[Job], claimed_at: float) -> None:
         head = batch[0]
         assert isinstance(head.request, GenerationRequest)
+        rows, budget = job_rows(head), self.rows_for(head.request)
+        if rows >= budget:  # full alone (or B is 1 now): no key to work out
+            return
         key = batch_key(head.request)
-        rows = job_rows(head)
         if key is None:
             return
-        budget = self.rows_for(head.request)
         for job in [job for job in held if job.priority == head.priority]:
             need = job_rows(job)
             if rows + need <= budget and batch_key(job.request) == key:
