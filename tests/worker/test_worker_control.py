@@ -8,7 +8,7 @@ from PIL import Image
 from sdgate.core.engine import StepAction, StepReport
 from sdgate.core.errors import StorageUnavailable
 from sdgate.core.jobs import ControlAction, Progress
-from sdgate.worker.control import CONTROL_FRESH_S, JobControl
+from sdgate.worker.control import CLAIM_FRESH_S, CONTROL_FRESH_S, JobControl
 
 
 class RecordingStore:
@@ -119,7 +119,7 @@ def test_actions_map_to_step_actions(control: JobControl, store: RecordingStore,
 def test_the_claim_that_found_no_request_counts_as_a_read(store: RecordingStore, clock: Clock) -> None:
     """A job of a few milliseconds reads its control not at all: its claim just did."""
     control = JobControl(store, "job_1", clock=clock, claimed_at=clock.now)  # type: ignore[arg-type]
-    clock.now += CONTROL_FRESH_S / 4
+    clock.now += CLAIM_FRESH_S / 2  # claimed in a group: the jobs before it ran meanwhile
     assert control.on_step(report(1, steps=2)) is StepAction.CONTINUE
     assert not control.cancel_requested()  # as if the job ended here
     assert store.control_reads == 0
@@ -130,6 +130,14 @@ def test_the_claim_that_found_no_request_counts_as_a_read(store: RecordingStore,
     clock.now += 2 * CONTROL_FRESH_S  # a decode after the step took a while: read again
     assert control.cancel_requested()
     assert store.control_reads == 2
+
+
+def test_a_claim_too_old_stands_for_no_read(store: RecordingStore, clock: Clock) -> None:
+    control = JobControl(store, "job_1", clock=clock, claimed_at=clock.now)  # type: ignore[arg-type]
+    store.control = ControlAction.CANCEL
+    clock.now += 2 * CLAIM_FRESH_S
+    assert control.on_step(report(1)) is StepAction.CANCEL
+    assert store.control_reads == 1
 
 
 def test_cancel_requested_reads_the_store_once_more(control: JobControl, store: RecordingStore) -> None:

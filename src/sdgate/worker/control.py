@@ -1,7 +1,7 @@
 """``JobControl``: the ``GenerationControl`` the worker hands the engine for one job.
 
 At every step it reads the job's pending control request (one indexed read; at the first step only
-when the claim that found none is over ``CONTROL_FRESH_S`` old; once more after the engine returns
+when the claim that found none is over ``CLAIM_FRESH_S`` old; once more after the engine returns
 unless the last read, or that claim, is fresh), writes progress to the store (at most every
 ``interval_s`` counted from the claim, and at the last step once any was written, each with an ETA; a
 progress write renews the job's lease), and keeps the step's preview callable. A job that ends
@@ -34,9 +34,14 @@ logger = logging.getLogger("sdgate.worker")
 
 PROGRESS_INTERVAL_S = 0.2
 PREVIEW_INTERVAL_S = 1.0
-# A control read (or a claim) this recent still holds when the engine returns (and, a claim, at the
-# first step).
+# A control read this recent still holds when the engine returns.
 CONTROL_FRESH_S = 0.05
+# A claim that found no control request this recent stands for a read at the first step and, when
+# no step read since, when the engine returns. A claim may take a group of quick jobs (each under
+# 50 ms, see ``runner.QUICK_JOB_S``) that then run one after the other: a request made for one of
+# them meanwhile is seen at its second step, and a job of one step that ends within this time of its
+# claim runs to its end (as a request a moment after its end would find it ended).
+CLAIM_FRESH_S = 0.25
 
 _STEP_ACTIONS = {
     ControlAction.SKIP: StepAction.SKIP,
@@ -76,8 +81,8 @@ class JobControl:
         self.last_progress: Progress | None = None  # the latest step's, written or not
         self._last_node: str | None = None  # the graph node of the last progress written
         self._claimed_at = claimed_at
-        self._control_read_at = claimed_at  # the clock at the last successful control read
-        self._step_read_at = claimed_at  # ... of those made at a step (or the claim's)
+        self._control_read_at: float | None = None  # the clock at the last successful control read
+        self._step_read_at: float | None = None  # ... of those made at a step
         self._origin: tuple[float, float] | None = None  # (time, fraction) at the first step
         self._state_lock = threading.Lock()
         self._render_lock = threading.Lock()
@@ -145,12 +150,15 @@ class JobControl:
     def cancel_requested(self) -> bool:
         """A last look after the engine returned (an engine with no steps never asked, and a decode
         after the last step may take a while). A read at a step less than ``CONTROL_FRESH_S`` ago
-        stands: nothing ran since that a cancel could still save, and a round trip is spared."""
+        stands (with none, a claim less than ``CLAIM_FRESH_S`` ago): nothing ran since that a cancel
+        could still save, and a round trip is spared."""
         if self.cancelled:
             return True
-        read_at = self._step_read_at
-        if read_at is not None and self._clock() - read_at < CONTROL_FRESH_S:
+        now, read_at, claimed = self._clock(), self._step_read_at, self._claimed_at
+        if read_at is not None and now - read_at < CONTROL_FRESH_S:
             return False
+        if read_at is None and claimed is not None and now - claimed < CLAIM_FRESH_S:
+            return False  # no step read: the claim's stands
         self.cancelled = self._pending() is ControlAction.CANCEL
         return self.cancelled
 
@@ -191,7 +199,7 @@ class JobControl:
         if self.lost:
             return StepAction.CANCEL
         claimed = self._claimed_at
-        if self.steps_done == 1 and claimed is not None and self._clock() - claimed < CONTROL_FRESH_S:
+        if self.steps_done == 1 and claimed is not None and self._clock() - claimed < CLAIM_FRESH_S:
             return StepAction.CONTINUE  # the claim just found no request: a later one is seen at step 2
         pending = self._pending()
         self._step_read_at = self._control_read_at
