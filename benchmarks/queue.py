@@ -205,7 +205,7 @@ def worker_node(database: str, tmp: str, worker_id: str, ready: Any, stop: Any) 
     stores = open_stores(database, Path(tmp) / "images")
     worker = Worker(stores.jobs, _engine(settings), stores.images, stores.events, settings,
                     worker_id=worker_id)
-    stores.outbox.start()
+    stores.outbox.start(queued_only=True)  # as sdgate worker does
     worker.start()
     ready.set()
     parent = multiprocessing.parent_process()

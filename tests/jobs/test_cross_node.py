@@ -32,7 +32,7 @@ SLOW_POLL_S = 10.0  # a follower that only polled would see nothing within the t
 class Node:
     store: SqlJobStore
     events: JobEvents
-    outbox: OutboxFollower
+    outbox: HearingFollower
     seen: list[tuple[JobEventKind, str]]
 
     def wait_for(self, kind: JobEventKind, job_id: str, timeout: float) -> float:
@@ -45,6 +45,18 @@ class Node:
         pytest.fail(f"{kind.value} of {job_id} not published within {timeout} s")
 
 
+class HearingFollower(OutboxFollower):
+    """Records the payloads of the notifications its listener hears."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.heard: list[str] = []
+
+    def notified(self, payloads: frozenset[str] | None) -> None:
+        self.heard.extend(payloads or ())
+        super().notified(payloads)
+
+
 @contextmanager
 def node(url: str, *, listen_all: bool = True) -> Iterator[Node]:
     """What ``open_stores`` wires, with a follower that polls only every SLOW_POLL_S. ``seen``
@@ -52,12 +64,12 @@ def node(url: str, *, listen_all: bool = True) -> Iterator[Node]:
     bus of a worker node)."""
     events = JobEvents()
     store = SqlJobStore(url, events=events)
-    outbox = OutboxFollower(store.database, origin=store.origin, bus=events, poll_s=SLOW_POLL_S)
+    outbox = HearingFollower(store.database, origin=store.origin, bus=events, poll_s=SLOW_POLL_S)
     store.on_commit(outbox.wake)
     seen: list[tuple[JobEventKind, str]] = []
     kinds = None if listen_all else (JobEventKind.QUEUED,)
     events.add_listener(lambda kind, job: seen.append((kind, job.id)), kinds=kinds)
-    outbox.start()
+    outbox.start(queued_only=not listen_all)  # a worker node LISTENs for submissions alone
     try:
         assert outbox.notifications is not None
         assert outbox.notifications.listening.wait(5), "the follower never LISTENed"
@@ -82,6 +94,21 @@ def test_an_event_of_one_node_reaches_the_other_by_notify(pg_url: str) -> None:
             claimed = b.store.claim_next("worker-on-b")
             assert claimed is not None and claimed.id == job.id
             assert a.wait_for(JobEventKind.STARTED, job.id, timeout=0.5) < 0.5
+
+
+def test_a_worker_node_hears_submissions_and_no_other_kind(pg_url: str) -> None:
+    """Claims and outcomes ring on another channel than submissions: a worker node's listener does
+    not wake for every other worker's jobs, an API node's hears everything."""
+    with node(pg_url) as api, node(pg_url, listen_all=False) as worker:
+        time.sleep(0.2)
+        job = api.store.submit(GenerationRequest(prompt="heard"))
+        assert worker.wait_for(JobEventKind.QUEUED, job.id, timeout=0.5) < 0.5  # by its NOTIFY
+        claimed = api.store.claim_next("worker-elsewhere")
+        assert claimed is not None
+        api.store.succeed(job.id, GenerationResult(), worker_id="worker-elsewhere")
+        time.sleep(0.3)  # long enough for a notification to arrive
+        assert {payload.split()[1] for payload in worker.outbox.heard} == {"queued"}
+        assert {payload.split()[1] for payload in api.outbox.heard} >= {"started", "succeeded"}
 
 
 def test_the_follower_survives_the_loss_of_its_listen_connection(pg_url: str) -> None:

@@ -4,15 +4,17 @@
     listener = NotifyListener(engine, on_notify=follower.notified)  # on_notify(payloads or None)
     listener.start(); listener.listening.wait(5); listener.stop()
 
-The store appends an outbox row with ``NOTIFY sdgate_jobs, '<origin> <kind>'`` in the same
+The store appends an outbox row with ``NOTIFY <channel>, '<origin> <kind>'`` in the same
 statement, so the notification is delivered exactly when the row commits, and never for a
-rolled-back one. The payload is the writing process's ``origin`` and the event's kind only: a
-notification is a doorbell (a follower need not read at once for its own process's rows, nor for
-kinds nobody in its process listens to: a worker node wakes for ``queued`` alone), the follower
-reads the row itself (progress previews are stored and referenced, never pushed through NOTIFY's
-8 KB payload). ``on_notify`` gets the payloads of a batch of notifications (``parse_payload``), or
-None after a (re)connection: then
-anything may have committed unseen.
+rolled-back one. Submissions (``queued``) ring on ``sdgate_jobs_queued``, every other kind on
+``sdgate_jobs``: an API node listens on both, a worker node on the first alone (it wakes for
+nothing else), so the claims and outcomes of the others do not wake every worker's listener in vain
+(all nodes of a cluster run one version: an older node listens on ``sdgate_jobs`` alone). The
+payload is the writing process's ``origin`` and the event's kind only: a notification is a doorbell
+(a follower need not read at once for its own process's rows, nor for kinds nobody in its process
+listens to), the follower reads the row itself (progress previews are stored and referenced, never
+pushed through NOTIFY's 8 KB payload). ``on_notify`` gets the payloads of a batch of notifications
+(``parse_payload``), or None after a (re)connection: then anything may have committed unseen.
 
 The listener holds one dedicated psycopg connection in autocommit mode (outside the pool: a LISTEN
 belongs to its session) and waits on its socket. The follower's poll stays as the fallback: a
@@ -39,17 +41,28 @@ from sdgate.jobs.database import PG_CONNECT_TIMEOUT_S, describe
 
 logger = logging.getLogger(__name__)
 
-CHANNEL = "sdgate_jobs"
+CHANNEL = "sdgate_jobs"  # every kind but ``queued``
+QUEUE_CHANNEL = "sdgate_jobs_queued"  # submissions and re-queues: what a worker node wakes for
+CHANNELS = (CHANNEL, QUEUE_CHANNEL)
 KEEPALIVE_S = 5.0
 MIN_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 5.0
 
 
-def notifying(insert: sa.Insert, seq: sa.Column[Any], payload: sa.ColumnElement[str]) -> sa.Select[Any]:
-    """``insert ... RETURNING seq`` that also sends ``NOTIFY CHANNEL, payload`` (the outbox sends
-    ``'<origin> <kind>'``): one round trip."""
+def notice(origin: str, kind: str) -> dict[str, str]:
+    """The ``channel`` and ``payload`` parameters of the NOTIFY of one event (``pg_notify_call``)."""
+    return {"channel": QUEUE_CHANNEL if kind == "queued" else CHANNEL, "payload": f"{origin} {kind}"}
+
+
+def pg_notify_call() -> sa.ColumnElement[Any]:
+    """``pg_notify(:channel, :payload)``, the parameters from ``notice``."""
+    return sa.func.pg_notify(sa.bindparam("channel", type_=sa.Text), sa.bindparam("payload", type_=sa.Text))
+
+
+def notifying(insert: sa.Insert, seq: sa.Column[Any]) -> sa.Select[Any]:
+    """``insert ... RETURNING seq`` that also sends the NOTIFY of ``notice``: one round trip."""
     appended = insert.returning(seq).cte("appended")
-    return sa.select(appended.c[seq.name], sa.func.pg_notify(CHANNEL, payload))
+    return sa.select(appended.c[seq.name], pg_notify_call())
 
 
 def parse_payload(payload: str) -> tuple[str, str | None]:
@@ -60,16 +73,16 @@ def parse_payload(payload: str) -> tuple[str, str | None]:
 
 
 class NotifyListener:
-    """One thread LISTENing on ``channel``; ``on_notify(payloads)`` after each batch of
+    """One thread LISTENing on ``channels``; ``on_notify(payloads)`` after each batch of
     notifications, ``on_notify(None)`` after each (re)connection. ``listening`` is set while the
     LISTEN is in place."""
 
     def __init__(self, engine: sa.Engine, on_notify: Callable[[frozenset[str] | None], None], *,
-                 channel: str = CHANNEL,
+                 channels: tuple[str, ...] = CHANNELS,
                  keepalive_s: float = KEEPALIVE_S) -> None:
         self._engine = engine
         self._on_notify = on_notify
-        self._channel = channel
+        self._channels = channels
         self._keepalive_s = keepalive_s
         self.listening = threading.Event()
         self._stopping = threading.Event()
@@ -101,7 +114,8 @@ class NotifyListener:
         cparams.setdefault("connect_timeout", PG_CONNECT_TIMEOUT_S)
         cparams["application_name"] = "sdgate-listen"
         conn = psycopg.connect(*cargs, **cparams, autocommit=True)
-        conn.execute(f'LISTEN "{self._channel}"')
+        for channel in self._channels:
+            conn.execute(f'LISTEN "{channel}"')
         return conn
 
     def _loop(self) -> None:

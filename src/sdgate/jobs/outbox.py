@@ -43,7 +43,15 @@ import sqlalchemy as sa
 from sdgate.core.jobs import Job, JobEventKind
 from sdgate.jobs.database import transaction
 from sdgate.jobs.events import JobEvents, Listeners
-from sdgate.jobs.notify import CHANNEL, NotifyListener, notifying, parse_payload
+from sdgate.jobs.notify import (
+    CHANNELS,
+    QUEUE_CHANNEL,
+    NotifyListener,
+    notice,
+    notifying,
+    parse_payload,
+    pg_notify_call,
+)
 from sdgate.jobs.schema import job_events
 
 logger = logging.getLogger(__name__)
@@ -78,7 +86,7 @@ def _append_statement(postgresql: bool) -> sa.Executable:
     )
     if not postgresql:
         return insert.returning(job_events.c.seq)
-    return notifying(insert, job_events.c.seq, sa.bindparam("payload", type_=sa.Text))
+    return notifying(insert, job_events.c.seq)
 
 
 _APPEND = {False: _append_statement(False), True: _append_statement(True)}
@@ -97,11 +105,11 @@ def write_event(conn: sa.Connection, kind: JobEventKind, job: Job, origin: str) 
     }
     postgresql = conn.dialect.name == "postgresql"
     if postgresql:
-        params["payload"] = f"{origin} {kind.value}"
+        params.update(notice(origin, kind.value))
     return int(conn.execute(_APPEND[postgresql], params).scalar_one())
 
 
-_NOTIFY = sa.select(sa.func.pg_notify(CHANNEL, sa.bindparam("payload", type_=sa.Text)))
+_NOTIFY = sa.select(pg_notify_call())
 
 
 def write_events(conn: sa.Connection, kind: JobEventKind, changed: list[Job], origin: str) -> None:
@@ -125,7 +133,7 @@ def append_events(conn: sa.Connection, changes: list[tuple[JobEventKind, Job]], 
     conn.execute(_APPEND_MANY, rows)
     if conn.dialect.name == "postgresql":
         for kind in dict.fromkeys(kind for kind, _ in changes):
-            conn.execute(_NOTIFY, {"payload": f"{origin} {kind.value}"})
+            conn.execute(_NOTIFY, notice(origin, kind.value))
 
 
 @dataclass(frozen=True)
@@ -234,8 +242,10 @@ class OutboxFollower:
 
         return remover
 
-    def start(self) -> None:
-        """Follows from the newest row on: what happened before is read from the table itself."""
+    def start(self, *, queued_only: bool = False) -> None:
+        """Follows from the newest row on: what happened before is read from the table itself.
+        ``queued_only`` (a worker node, which wakes for submissions alone): on PostgreSQL, LISTEN
+        for submissions only; the other kinds' rows are read all the same, at the next poll."""
         if self._thread is not None:
             return
         with transaction(self._engine, write=False) as conn:
@@ -244,7 +254,8 @@ class OutboxFollower:
         self._thread = threading.Thread(target=self._loop, name="sdgate-outbox", daemon=True)
         self._thread.start()
         if self._engine.dialect.name == "postgresql":
-            self.notifications = NotifyListener(self._engine, self.notified)
+            channels = (QUEUE_CHANNEL,) if queued_only else CHANNELS
+            self.notifications = NotifyListener(self._engine, self.notified, channels=channels)
             self.notifications.start()
 
     def stop(self) -> None:

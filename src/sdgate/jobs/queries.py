@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from sdgate.core.jobs import JobState
-from sdgate.jobs.notify import CHANNEL
+from sdgate.jobs.notify import pg_notify_call
 from sdgate.jobs.schema import daily_usage, job_events, job_previews, jobs
 
 QUEUED = jobs.c.state == JobState.QUEUED.value
@@ -264,7 +264,7 @@ def _announcing(done: Any, ctes: list[Any]) -> sa.Executable:
         sa.insert(job_events).from_select(["job_id", "kind", "data", "job", "origin", "created_at"], event)
         .returning(job_events.c.seq).cte("appended")
     )
-    notify = sa.func.pg_notify(CHANNEL, sa.bindparam("payload", type_=sa.Text)).label("notified")
+    notify = pg_notify_call().label("notified")
     return sa.select(done, notify).add_cte(*ctes, appended)
 
 

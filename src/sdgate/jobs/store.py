@@ -81,6 +81,7 @@ from sdgate.jobs.database import (
     transaction,
 )
 from sdgate.jobs.events import JobEvents
+from sdgate.jobs.notify import notice
 from sdgate.jobs.outbox import append_events, write_event, write_events
 from sdgate.jobs.schema import idempotency_keys, job_previews, jobs
 from sdgate.jobs.usage import refund_unused, settle
@@ -553,7 +554,7 @@ class SqlJobStore:
     def _event_params(self, kind: JobEventKind, now: datetime) -> dict[str, Any]:
         """The parameters of the outbox row a PostgreSQL ``*_announced`` statement appends."""
         return {"e_kind": kind.value, "e_origin": self.origin, "e_created_at": now,
-                "payload": f"{self.origin} {kind.value}"}
+                **notice(self.origin, kind.value)}
 
     def _claim_values(self, worker_id: str, now: datetime) -> dict[str, Any]:
         return {"v_worker_id": worker_id, "v_started_at": now, "v_updated_at": now,

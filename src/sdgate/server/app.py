@@ -126,7 +126,7 @@ def create_worker_app(settings: Settings, *, engine: Engine | None = None) -> Fa
             raise RuntimeError("a worker node needs workers (--workers 1 or more)")
         app.state.services = services
         app.state.authenticator = start_authenticator(settings, services)
-        services.start()
+        services.start(worker_node=True)
         try:
             yield
         finally:

@@ -119,11 +119,12 @@ class Services:
         webhooks, uploads); opaque here: nothing outside ``jobs/`` runs SQL on it."""
         return self.stores.database
 
-    def start(self) -> None:
+    def start(self, *, worker_node: bool = False) -> None:
         """Follow the outbox, hand back jobs whose worker's lease expired (each is re-queued until
         it has been started ``job_max_attempts`` times, then failed: a job that kills its process
-        must not crash-loop the server), then start the workers, which keep doing so."""
-        self.outbox.start()
+        must not crash-loop the server), then start the workers, which keep doing so.
+        ``worker_node``: no dialect here, so only submissions need to wake the follower."""
+        self.outbox.start(queued_only=worker_node)
         self.metrics.watch_queue(self.store.count_by_state)
         stats = getattr(self.engine, "memory_stats", None)
         if callable(stats):
