@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from PIL import Image
 
 from sdgate.core.engine import StepAction, StepReport
 from sdgate.core.errors import StorageUnavailable
 from sdgate.core.jobs import ControlAction, Progress
-from sdgate.worker.control import CLAIM_FRESH_S, CONTROL_FRESH_S, JobControl
+from sdgate.worker.control import CLAIM_FRESH_S, CONTROL_FRESH_S, Heartbeats, JobControl
 
 
 class RecordingStore:
@@ -206,3 +209,42 @@ def test_the_executors_cached_nodes_are_written_at_once_and_once(control: JobCon
 
     store.update_progress = away  # type: ignore[method-assign]
     control.on_cached([])  # a failed write does not fail the job
+
+
+class BeatingControl:
+    """What ``Heartbeats`` calls on a job's control, recorded."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.renewals = 0
+        self.previews = 0
+
+    def renew(self, worker_id: str) -> None:
+        self.renewals += 1
+
+    def store_preview(self) -> None:
+        self.previews += 1
+
+
+def test_one_heartbeat_thread_keeps_every_job_in_hand_and_none_after() -> None:
+    beats = Heartbeats("w1", lease_s=0.06, preview_interval_s=0.01)  # renew every 20 ms, tick 10 ms
+    first, second = BeatingControl("job_1"), BeatingControl("job_2")
+
+    def beating_threads() -> int:
+        return sum(thread.name == "sdgate-heartbeat-w1" for thread in threading.enumerate())
+
+    with beats.beating(first):  # type: ignore[arg-type]
+        with beats.beating(second):  # type: ignore[arg-type]
+            assert beating_threads() == 1  # one thread for both jobs
+            time.sleep(0.2)
+        kept = second.renewals
+        assert kept >= 3 and first.renewals >= 3 and second.previews >= 5
+        time.sleep(0.1)
+        assert second.renewals == kept  # out of hand: never touched again
+        assert first.renewals > kept - 1
+    time.sleep(0.1)  # a tick with no job in hand ends the thread
+    assert beating_threads() == 0
+    with beats.beating(first):  # type: ignore[arg-type]
+        assert beating_threads() == 1  # started again
+    beats.stop()
+    assert beating_threads() == 0

@@ -9,8 +9,8 @@ within ``interval_s`` of its claim so writes no progress and reads its control o
 outcome that follows at once says all a progress would, and a queue of quick jobs pays for no
 round trip that tells nobody anything.
 
-``Heartbeat`` is the thread beside the engine while a job runs: it renews the lease when no
-progress did (a step that runs long), and stores the latest preview as a PNG about once a second,
+``Heartbeats`` is the thread beside a worker's engine while jobs run: it renews each job's lease
+(a step may run long), and stores each job's latest preview as a PNG about once a second,
 so any process's ``/progress`` and event streams can show it. A lease found lost (the job was
 handed to another worker) stops the job at its next step, and its outcome is not recorded.
 """
@@ -21,7 +21,8 @@ import io
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from sdgate.core.engine import StepAction, StepReport
@@ -226,35 +227,58 @@ class JobControl:
             return None
 
 
-class Heartbeat:
-    """The thread that keeps one running job's lease and preview fresh; a ``with`` block."""
+class Heartbeats:
+    """The thread beside a worker's engine that keeps the leases and previews of its jobs in hand
+    fresh (one per worker, not one per job: a queue of quick jobs starts no thread per job). A job
+    is watched for the length of a ``with beating(control)`` block; no tick touches it after the
+    block ends. The thread ends after a tick with no job in hand and starts again with the next."""
 
-    def __init__(self, control: JobControl, worker_id: str, *, lease_s: float,
-                 preview_interval_s: float = PREVIEW_INTERVAL_S) -> None:
-        self._control = control
+    def __init__(self, worker_id: str, *, lease_s: float, preview_interval_s: float = PREVIEW_INTERVAL_S
+                 ) -> None:
         self._worker_id = worker_id
         # Three renewals per lease: one lost write (a busy database) does not lose the job.
         self._renew_s = lease_s / 3
         self._tick_s = min(self._renew_s, preview_interval_s)
+        self._watched: dict[str, tuple[JobControl, list[float]]] = {}  # job id: (control, [renewed at])
+        self._lock = threading.Lock()  # held by a tick while it works: a job leaves between ticks
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"sdgate-heartbeat-{control.job_id}",
-                                        daemon=True)
+        self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
+    @contextmanager
+    def beating(self, control: JobControl) -> Iterator[None]:
+        with self._lock:
+            self._watched[control.job_id] = (control, [time.monotonic()])
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(target=self._loop, name=f"sdgate-heartbeat-{self._worker_id}",
+                                                daemon=True)
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._watched.pop(control.job_id, None)
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join()
 
     def _loop(self) -> None:
-        renewed = time.monotonic()
         while not self._stop.wait(self._tick_s):
-            try:
-                if time.monotonic() - renewed >= self._renew_s:
-                    self._control.renew(self._worker_id)
-                    renewed = time.monotonic()
-                self._control.store_preview()
-            except Exception:  # the next tick tries again; three misses lose the lease
-                logger.warning("job %s: heartbeat failed", self._control.job_id, exc_info=True)
+            with self._lock:
+                if not self._watched:
+                    self._thread = None  # the next job starts another
+                    return
+                for control, renewed in list(self._watched.values()):
+                    self._beat(control, renewed)
+
+    def _beat(self, control: JobControl, renewed: list[float]) -> None:
+        try:
+            if time.monotonic() - renewed[0] >= self._renew_s:
+                control.renew(self._worker_id)
+                renewed[0] = time.monotonic()
+            control.store_preview()
+        except Exception:  # the next tick tries again; three misses lose the lease
+            logger.warning("job %s: heartbeat failed", control.job_id, exc_info=True)

@@ -33,7 +33,7 @@ A claim prefers the jobs of the models the engine holds loaded (``engine.loaded_
 never lets that starve another job). The worker keeps its row in the worker registry while it runs
 (``registration.Registration``: device, engine, loaded models, free memory, the job in hand).
 
-A claim is a lease the worker renews while the job runs (``control.Heartbeat``). Between jobs, every
+A claim is a lease the worker renews while the job runs (``control.Heartbeats``). Between jobs, every
 ``lease_s / 2``, the worker also hands back jobs whose lease expired (whichever process held them):
 a process that runs workers recovers dead workers' jobs, at start and while it runs.
 """
@@ -82,7 +82,7 @@ from sdgate.logs import log_context
 from sdgate.metrics import Metrics
 from sdgate.settings import Settings
 from sdgate.worker.batching import BatchPolicy, detached, generation, run_together
-from sdgate.worker.control import PROGRESS_INTERVAL_S, Heartbeat, JobControl, WorkerJobStore
+from sdgate.worker.control import PROGRESS_INTERVAL_S, Heartbeats, JobControl, WorkerJobStore
 from sdgate.worker.oom import release_memory
 from sdgate.worker.registration import Registration
 
@@ -154,6 +154,7 @@ class Worker:
         self._next_recovery = 0.0  # monotonic time of the next look for expired leases
         self._group_size = 1  # how many jobs the next claim asks for (see QUICK_JOB_S)
         self._claimed_at: float | None = None  # the monotonic time of the last claim (a control read)
+        self._heartbeats = Heartbeats(self.worker_id, lease_s=self._lease_s)
         self._progress_interval_s = progress_interval_s
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -254,6 +255,7 @@ class Worker:
                 self._preload()
             self._claim_and_run()
         finally:
+            self._heartbeats.stop()
             self._registration.stop()  # once the job in hand is done: the row leaves with the worker
 
     def _preload(self) -> None:
@@ -296,7 +298,7 @@ class Worker:
     def _run(self, job: Job) -> None:
         run = self._take(job)
         try:
-            with self._job_context(run), Heartbeat(run.control, self.worker_id, lease_s=self._lease_s):
+            with self._job_context(run), self._heartbeats.beating(run.control):
                 try:
                     inputs = self._load_inputs(job.request)  # 1. decode the inputs the request refers to
                     outcome: EngineOutput | BaseException = self._generate(run, inputs)  # 2. generate
@@ -321,7 +323,7 @@ class Worker:
     def _run_held(self, runs: list[_InHand], beats: dict[str, ExitStack]) -> None:
         ready: list[tuple[_InHand, EngineInputs]] = []
         for run in runs:  # 1. each job's inputs: a job whose inputs fail ends now, alone
-            beats[run.job.id].enter_context(Heartbeat(run.control, self.worker_id, lease_s=self._lease_s))
+            beats[run.job.id].enter_context(self._heartbeats.beating(run.control))
             with self._job_context(run):
                 try:
                     ready.append((run, self._load_inputs(run.job.request)))
