@@ -104,23 +104,33 @@ class Notified:
         self.at: dict[str, float] = {}
         self.failed = 0
         self._cond = threading.Condition()
+        self._order: list[str] = []  # the ids of ``at`` in the order they ended
 
     def __call__(self, kind: JobEventKind, job: Job) -> None:
         if kind in TERMINAL_EVENTS:
             now = time.time()
             with self._cond:
-                self.at.setdefault(job.id, now)
+                if job.id not in self.at:
+                    self.at[job.id] = now
+                    self._order.append(job.id)
                 self.failed += kind is not JobEventKind.SUCCEEDED
                 self._cond.notify_all()
 
     def wait(self, ids: list[str], timeout: float) -> None:
+        """Until every job of ``ids`` ended: each wake-up looks only at the jobs that ended since
+        the last (the benchmark's own bookkeeping must not cost O(jobs) per event)."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while not all(i in self.at for i in ids):
+            missing = {i for i in ids if i not in self.at}
+            seen = len(self._order)
+            while missing:
+                if len(self._order) != seen:
+                    missing.difference_update(self._order[seen:])
+                    seen = len(self._order)
+                    continue
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    missing = sum(i not in self.at for i in ids)
-                    raise TimeoutError(f"{missing} job(s) not finished within {timeout} s")
+                    raise TimeoutError(f"{len(missing)} job(s) not finished within {timeout} s")
                 self._cond.wait(left)
 
 

@@ -1,0 +1,31 @@
+"""``benchmarks/queue.py`` runs end to end: every set-up's jobs succeed and its table prints (its
+figures are not judged here: the machines that run tests are too noisy for a timed test)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.jobs.conftest import PgServer
+
+pytestmark = pytest.mark.cluster
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "queue.py"
+
+
+def test_the_queue_benchmark_runs_every_set_up(pg_server: PgServer) -> None:
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--jobs", "60", "--latency-jobs", "3", "--configs", "sqlite,pg1,pg4",
+         "--database-url", pg_server.url.render_as_string(hide_password=False)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = done.stdout
+    assert "SQLite embedded, 1 worker" in table and "PostgreSQL, 4 workers" in table
+    throughput = re.search(r"throughput, jobs/s\s+(\d+)\s+(\d+)\s+(\d+)", table)
+    assert throughput is not None and all(int(v) > 0 for v in throughput.groups())
+    assert re.search(r"jobs not succeeded\s+0\s+0\s+0\s*$", table, re.MULTILINE), table
