@@ -36,7 +36,8 @@ async def test_async_every_method(asgi_transport: httpx.ASGITransport) -> None:
         )
         assert inp.seeds == [2]
         assert "alpha" in [m.name for m in await client.models.list()]
-        events = [e async for e in client.stream("a slow circle", steps=3, width=64, height=64)]
+        # 10 steps of 10 ms: long enough for progress (a job under PROGRESS_FIRST_S writes none)
+        events = [e async for e in client.stream("a slow circle", steps=10, width=64, height=64)]
         assert [e.kind for e in events][-1] == "succeeded" and any(e.kind == "progress" for e in events)
         job = await client.jobs.submit(
             "a slow circle", steps=200, width=64, height=64, metadata={"user": "abc"}

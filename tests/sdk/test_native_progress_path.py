@@ -113,7 +113,7 @@ async def test_against_the_real_app(sd_settings: Settings) -> None:
             stream_opened.wait(30)
             return super().generate(*args, **kwargs)
 
-    app = create_app(sd_settings, engine=GatedEngine(step_s=0.05))
+    app = create_app(sd_settings, engine=GatedEngine(slow_step_s=0.05))  # "a slow circle": 50 ms a step
     seen: list[str] = []
 
     class Counting(httpx.ASGITransport):

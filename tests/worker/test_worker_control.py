@@ -11,7 +11,7 @@ from PIL import Image
 from sdgate.core.engine import StepAction, StepReport
 from sdgate.core.errors import StorageUnavailable
 from sdgate.core.jobs import ControlAction, Progress
-from sdgate.worker.control import CLAIM_FRESH_S, CONTROL_FRESH_S, Heartbeats, JobControl
+from sdgate.worker.control import CLAIM_FRESH_S, CONTROL_FRESH_S, PROGRESS_FIRST_S, Heartbeats, JobControl
 
 
 class RecordingStore:
@@ -62,22 +62,22 @@ def report(step: int, steps: int = 10, iteration: int = 0, iterations: int = 1) 
     return StepReport(iteration=iteration, iterations=iterations, step=step, steps=steps)
 
 
-def test_progress_is_written_every_interval_from_the_start_and_at_the_last_step(
+def test_progress_is_written_first_last_and_at_most_every_interval(
     control: JobControl, store: RecordingStore, clock: Clock
 ) -> None:
     for step in range(1, 11):
         clock.now += 0.0625  # exact in binary: the 4th step after a write is the first past 0.2 s
         control.on_step(report(step))
-    assert [p.step for p in store.progress] == [4, 8, 10]
-    assert store.control_reads == 10  # steps further apart than CONTROL_FRESH_S: each one reads
+    assert [p.step for p in store.progress] == [1, 5, 9, 10]  # step 1 came PROGRESS_FIRST_S in
+    assert store.control_reads == 10  # the control flag is read at every step
 
 
-def test_a_job_that_ends_within_the_interval_writes_no_progress(
+def test_a_job_that_ends_within_progress_first_s_writes_no_progress(
     control: JobControl, store: RecordingStore, clock: Clock
 ) -> None:
     """Its outcome follows at once and says everything a progress write would."""
     for step in range(1, 4):
-        clock.now += 0.06
+        clock.now += PROGRESS_FIRST_S / 4
         control.on_step(report(step, steps=3))
     assert store.progress == []
 

@@ -2,12 +2,12 @@
 
 At every step it reads the job's pending control request (one indexed read; at the first step only
 when the claim that found none is over ``CLAIM_FRESH_S`` old; once more after the engine returns
-unless the last read, or that claim, is fresh), writes progress to the store (at most every
-``interval_s`` counted from the claim, and at the last step once any was written, each with an ETA; a
-progress write renews the job's lease), and keeps the step's preview callable. A job that ends
-within ``interval_s`` of its claim so writes no progress and reads its control once at most: the
-outcome that follows at once says all a progress would, and a queue of quick jobs pays for no
-round trip that tells nobody anything.
+unless the last read, or that claim, is fresh), writes progress to the store (the first once the
+job has run ``PROGRESS_FIRST_S``, then at most every ``interval_s``, and the last step once any was
+written, each with an ETA; a progress write renews the job's lease), and keeps the step's preview
+callable. A job that ends within ``PROGRESS_FIRST_S`` so writes no progress and reads no control
+(its end records its last step): a queue of quick jobs pays for no round trip that tells nobody
+anything.
 
 ``Heartbeats`` is the thread beside a worker's engine while jobs run: it renews each job's lease
 (a step may run long), and stores each job's latest preview as a PNG about once a second,
@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("sdgate.worker")
 
 PROGRESS_INTERVAL_S = 0.2
+# A job's first progress is written once it has run this long: the outcome of a quicker job follows
+# at once and says all a progress would (a queue of such jobs then pays for no write that informs
+# nobody), while a job a person watches shows its first step within a glance.
+PROGRESS_FIRST_S = 0.05
 PREVIEW_INTERVAL_S = 1.0
 # A control read this recent still holds when the engine returns.
 CONTROL_FRESH_S = 0.05
@@ -77,7 +81,7 @@ class JobControl:
         self._store = store
         self._interval_s = interval_s
         self._clock = clock
-        self._started = clock() if claimed_at is None else claimed_at  # progress is timed from here
+        self._started = clock()  # when the job began to run here: its first progress is timed from it
         self._last_write: float | None = None
         self.last_progress: Progress | None = None  # the latest step's, written or not
         self._last_node: str | None = None  # the graph node of the last progress written
@@ -172,8 +176,10 @@ class JobControl:
         if self._origin is None:  # the rate is measured from the first step on (model loading aside)
             self._origin = (now, progress.fraction)
         last = report.iteration >= report.iterations - 1 and report.step >= report.steps
-        since = self._last_write if self._last_write is not None else self._started
-        due = now - since >= self._interval_s
+        if self._last_write is None:
+            due = now - self._started >= min(PROGRESS_FIRST_S, self._interval_s)
+        else:
+            due = now - self._last_write >= self._interval_s
         moved = report.node != self._last_node  # a graph's next node: always written (ComfyUI's executing)
         if not (due or moved or (last and self._last_write is not None)):
             return
