@@ -239,7 +239,9 @@ def run_setup(setup: Setup, database: str, tmp: Path, args: argparse.Namespace) 
     settings = _settings(tmp)
     api = open_stores(database, tmp / "images")
     notified = Notified()
-    api.events.add_listener(notified)
+    # The waiting client hears the ends, as a caller of ?wait= or a webhook does: the node decodes
+    # the documents of no other kind (a node streaming SSE to someone would decode those too).
+    api.events.add_listener(notified, kinds=tuple(TERMINAL_EVENTS))
     workers: list[Worker | GroupRunner] = []
     nodes: list[Any] = []
     context = multiprocessing.get_context("spawn")

@@ -102,7 +102,7 @@ STORAGE_RETRY_MAX_S = 10.0
 QUICK_JOB_S = 0.05
 # PNG text chunks a picture's ``info`` may carry into the stored file (ComfyUI's, for graph jobs).
 COMFY_PNG_CHUNKS = ("prompt", "workflow")
-MAX_GROUP = 8
+MAX_GROUP = 16
 
 
 class _JobLog(logging.LoggerAdapter[logging.Logger]):
