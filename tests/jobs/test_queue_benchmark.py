@@ -29,3 +29,18 @@ def test_the_queue_benchmark_runs_every_set_up(pg_server: PgServer) -> None:
     throughput = re.search(r"throughput, jobs/s\s+(\d+)\s+(\d+)\s+(\d+)", table)
     assert throughput is not None and all(int(v) > 0 for v in throughput.groups())
     assert re.search(r"jobs not succeeded\s+0\s+0\s+0\s*$", table, re.MULTILINE), table
+
+
+CPU_SCRIPT = SCRIPT.with_name("queue_cpu.py")
+
+
+def test_the_cpu_per_job_script_prints_its_figures(pg_server: PgServer) -> None:
+    done = subprocess.run(
+        [sys.executable, str(CPU_SCRIPT), "--configs", "pg1", "--small", "20", "--large", "80",
+         "--repeat", "1", "--database-url", pg_server.url.render_as_string(hide_password=False)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = re.search(r"benchmark processes ([\d.]+) ms/job, PostgreSQL (-?[\d.]+) ms/job", done.stdout)
+    assert found is not None, done.stdout
+    assert 0 < float(found.group(1)) < 1000  # 60 jobs' worth of CPU, per job
