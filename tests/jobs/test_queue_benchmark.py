@@ -44,3 +44,14 @@ def test_the_cpu_per_job_script_prints_its_figures(pg_server: PgServer) -> None:
     found = re.search(r"benchmark processes ([\d.]+) ms/job, PostgreSQL (-?[\d.]+) ms/job", done.stdout)
     assert found is not None, done.stdout
     assert 0 < float(found.group(1)) < 1000  # 60 jobs' worth of CPU, per job
+
+
+def test_the_floor_script_runs_its_jobs(pg_server: PgServer) -> None:
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT.with_name("queue_floor.py")), "--jobs", "60", "--workers", "2",
+         "--database-url", pg_server.url.render_as_string(hide_password=False)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = re.search(r"60 jobs, 2 worker processes: (\d+) jobs/s", done.stdout)
+    assert found is not None and int(found.group(1)) > 0, done.stdout
