@@ -27,9 +27,16 @@ STEPPING = "return /^step [1-9]/.test(document.getElementById('progress-step').t
 
 
 def wait_for(check: Callable[[], Any], timeout: float = WAIT_S, what: str = "the page") -> Any:
+    """Polls ``check`` until it is true. An element the page re-rendered between finding and reading
+    it (Selenium's stale element) is a "not yet": the next look finds the new one."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while True:
-        value = check()
+        try:
+            value = check()
+        except StaleElementReferenceException:
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:
