@@ -13,19 +13,16 @@ for everything: 4 ms at 500 jobs/s. Linux only.
 
 from __future__ import annotations
 
+# Nothing here imports the standard library's queue, so queue.py beside it (first on sys.path when
+# run as a script) shadows nothing: unlike queue.py and queue_floor.py, no sys.path repair.
+import argparse
+import os
+import re
+import resource
+import subprocess
 import sys
+import time
 from pathlib import Path
-
-# As in queue.py: this folder first on sys.path would let queue.py shadow the standard library's queue.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
-import argparse  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import resource  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
 
 QUEUE = Path(__file__).resolve().parent / "queue.py"
 TICKS = os.sysconf("SC_CLK_TCK")

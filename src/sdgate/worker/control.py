@@ -83,7 +83,7 @@ class JobControl:
         self._clock = clock
         self._started = clock()  # when the job began to run here: its first progress is timed from it
         self._last_write: float | None = None
-        self.last_progress: Progress | None = None  # the latest step's, written or not
+        self._last_report: StepReport | None = None  # the latest step's, written or not
         self._last_node: str | None = None  # the graph node of the last progress written
         self._claimed_at = claimed_at
         self._control_read_at: float | None = None  # the clock at the last successful control read
@@ -167,14 +167,17 @@ class JobControl:
         self.cancelled = self._pending() is ControlAction.CANCEL
         return self.cancelled
 
+    @property
+    def last_progress(self) -> Progress | None:
+        """The latest step's progress, written or not: a job's end records it (a job quicker than
+        ``PROGRESS_FIRST_S`` wrote none as it ran)."""
+        report = self._last_report
+        return None if report is None else _progress(report)
+
     def _report_progress(self, report: StepReport, now: float) -> None:
-        progress = Progress(
-            iteration=report.iteration, iterations=report.iterations, step=report.step, steps=report.steps,
-            node=report.node,
-        )
-        self.last_progress = progress
+        self._last_report = report
         if self._origin is None:  # the rate is measured from the first step on (model loading aside)
-            self._origin = (now, progress.fraction)
+            self._origin = (now, _progress(report).fraction)
         last = report.iteration >= report.iterations - 1 and report.step >= report.steps
         if self._last_write is None:
             due = now - self._started >= min(PROGRESS_FIRST_S, self._interval_s)
@@ -184,9 +187,9 @@ class JobControl:
         if not (due or moved or (last and self._last_write is not None)):
             return
         self._last_node = report.node
-        progress = progress.model_copy(update={"eta_s": self._eta(progress.fraction, now)})
+        progress = _progress(report)
         self._last_write = now
-        self._write(progress)
+        self._write(progress.model_copy(update={"eta_s": self._eta(progress.fraction, now)}))
 
     def _write(self, progress: Progress) -> None:
         try:
@@ -231,6 +234,11 @@ class JobControl:
         except Exception:
             logger.warning("job %s: reading its control request failed", self.job_id, exc_info=True)
             return None
+
+
+def _progress(report: StepReport) -> Progress:
+    return Progress(iteration=report.iteration, iterations=report.iterations, step=report.step,
+                    steps=report.steps, node=report.node)
 
 
 class Heartbeats:
