@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from sdgate.core.errors import Conflict, NotFound, QueueFull, TooManyJobs
-from sdgate.core.jobs import Job, JobEventKind, JobState
+from sdgate.core.jobs import ControlAction, Job, JobEventKind, JobState, Progress
 from sdgate.core.requests import GenerationRequest
 from sdgate.core.results import GenerationResult
 from sdgate.jobs.database import transaction
@@ -160,6 +160,35 @@ def test_finish_many_refuses_only_the_jobs_the_worker_does_not_hold(store: SqlJo
     with pytest.raises(ValueError):
         store.finish_many([Outcome(mine, JobState.RUNNING)], worker_id="w")
     assert store.finish_many([], worker_id="w") == []
+
+
+def test_finish_many_with_the_held_jobs_answers_what_a_read_finds(
+    store: SqlJobStore, published: list[tuple[JobEventKind, Job]]
+) -> None:
+    """An outcome that carries its worker's copy of the job (``held``) is not read back on
+    PostgreSQL: the answer, the event published and the outbox's document must still be exactly the
+    row's, including what changed since the claim (a cancel requested) and the last step given."""
+    ids = [j.id for j in store.submit_many(_requests(3), owner="key-a", metadata={"k": "v"})]
+    held = store.claim_group("w", limit=3)
+    store.request_control(ids[1], ControlAction.CANCEL)
+    progress = Progress(step=3, steps=3, eta_s=0.0)
+    result = GenerationResult(model_name="m", steps=3, timings={"generate_s": 0.25})
+    published.clear()
+    answers = store.finish_many([
+        Outcome(ids[0], JobState.SUCCEEDED, result=result, progress=progress, held=held[0]),
+        Outcome(ids[1], JobState.CANCELLED, progress=progress, held=held[1]),
+        Outcome(ids[2], JobState.FAILED, error={"code": "boom", "message": "it broke"}, held=held[2]),
+    ], worker_id="w")
+    read = [store.get(i) for i in ids]
+    assert answers == read
+    assert [job for _, job in published] == read
+    assert read[0].progress == progress and read[0].result == result and read[0].metadata == {"k": "v"}
+    assert read[1].control is ControlAction.CANCEL and read[1].result is None
+    assert read[2].progress is None and read[2].error == {"code": "boom", "message": "it broke"}
+    with transaction(store.database, write=False) as conn:
+        documents = conn.execute(sa.select(job_events.c.job).where(job_events.c.job_id.in_(ids))
+                                 .order_by(job_events.c.seq)).scalars().all()
+    assert [Job.model_validate(d) for d in documents[-3:]] == read
 
 
 def test_another_node_hears_every_bulk_event(db_url: str) -> None:

@@ -113,12 +113,17 @@ class WorkerInfo(BaseModel):
 @dataclass(frozen=True)
 class Outcome:
     """One job's end for ``JobStore.finish_many``: ``state`` succeeded (with ``result``), failed
-    (with ``error``) or cancelled (a ``result`` optional, as ``cancelled``)."""
+    (with ``error``) or cancelled (a ``result`` optional, as ``cancelled``). ``progress``: the
+    job's last step, as the single calls take it. ``held``: the job as its worker claimed it; a
+    store may build the finished job from it and the few columns that can change meanwhile instead
+    of reading the whole row back (its request, metadata and creation are the claim's)."""
 
     job_id: str
     state: JobState
     result: GenerationResult | None = None
     error: dict[str, str] | None = None
+    progress: Progress | None = None
+    held: Job | None = None
 
 
 @dataclass(frozen=True)

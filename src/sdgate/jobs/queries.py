@@ -14,7 +14,7 @@ from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from sdgate.core.jobs import JobState
@@ -32,6 +32,7 @@ def _bind(column: str, name: str | None = None) -> sa.BindParameter[Any]:
 
 
 GET = sa.select(jobs).where(jobs.c.id == sa.bindparam("job_id"))
+GET_MANY = sa.select(jobs).where(jobs.c.id.in_(sa.bindparam("ids", expanding=True)))
 CONTROL = sa.select(jobs.c.control).where(jobs.c.id == sa.bindparam("job_id"))
 HEARTBEAT = (
     sa.update(jobs)
@@ -283,3 +284,83 @@ BATCH_CANDIDATES = (
     .limit(sa.bindparam("limit"))
     .with_for_update(skip_locked=True)
 )
+
+
+# The columns ``finish_many`` reads back on PostgreSQL: what may have changed since the claim, and
+# what the refund of unused images needs; the rest of the job is the worker's own copy.
+FINISHED_COLUMNS = ("id", "state", "owner", "priority", "started_at", "finished_at", "attempts", "worker_id",
+                    "control", "reserved_images", "reserved_day")
+
+
+def _finish_many_announced() -> sa.Executable:
+    """PostgreSQL: ``finish_many``'s outcomes in ONE statement (one round trip for a whole group):
+    the outcomes come as arrays (``:o_ids``, ``:o_states``, ``:o_results``, ``:o_errors``,
+    ``:o_progress``: JSON text, NULL for none; a NULL progress keeps the row's), each row updated
+    from running and held by ``:w_worker_id``, previews dropped, runs charged to their owners' days
+    (summed per owner and day: one statement may not change a row twice), one outbox row per job in
+    the outcomes' order (kind = the new state's, job document built from the row), and one NOTIFY
+    per kind (``:channel``; payload ``'<:e_origin> <kind>'``). Returns ``FINISHED_COLUMNS``, the
+    number of images the result holds (``delivered``) and the outcome's position (``n``)."""
+    text_array = ARRAY(sa.Text)
+    given = sa.func.unnest(
+        sa.bindparam("o_ids", type_=text_array), sa.bindparam("o_states", type_=text_array),
+        sa.bindparam("o_results", type_=text_array), sa.bindparam("o_errors", type_=text_array),
+        sa.bindparam("o_progress", type_=text_array),
+    ).table_valued("id", "state", "result", "error", "progress", with_ordinality="n").render_derived(name="o")
+    now = sa.bindparam("v_now", type_=jobs.c.finished_at.type)
+    update = (
+        sa.update(jobs)
+        .where(jobs.c.id == given.c.id, jobs.c.state == JobState.RUNNING.value,
+               jobs.c.worker_id == sa.bindparam("w_worker_id"))
+        .values(
+            state=given.c.state,
+            result=sa.cast(given.c.result, JSONB),
+            error=sa.cast(given.c.error, JSONB),
+            progress=sa.func.coalesce(sa.cast(given.c.progress, JSONB), jobs.c.progress),
+            finished_at=now,
+            updated_at=now,
+            lease_expires_at=None,
+        )
+        .returning(*jobs.c, given.c.n)
+    )
+    done = update.cte("done")
+    gone = (
+        sa.delete(job_previews).where(job_previews.c.job_id.in_(sa.select(done.c.id)))
+        .returning(job_previews.c.job_id).cte("gone")
+    )
+    ran_for = sa.extract("epoch", done.c.finished_at - done.c.started_at)
+    seconds = sa.func.greatest(0.0, sa.cast(ran_for, sa.Float))
+    day = sa.func.to_char(sa.func.timezone("UTC", done.c.finished_at), sa.literal_column("'YYYY-MM-DD'"))
+    ran = (
+        sa.select(done.c.owner, day, sa.literal_column("0"), sa.func.sum(seconds))
+        .where(done.c.owner.is_not(None), done.c.started_at.is_not(None))
+        .group_by(done.c.owner, day)
+    )
+    upsert = pg_insert(daily_usage).from_select(["principal", "day", "images", "gpu_seconds"], ran)
+    charged = upsert.on_conflict_do_update(
+        index_elements=[daily_usage.c.principal, daily_usage.c.day],
+        set_={"gpu_seconds": daily_usage.c.gpu_seconds + upsert.excluded.gpu_seconds},
+    ).returning(daily_usage.c.principal).cte("charged")
+    event = sa.select(
+        done.c.id, done.c.state, sa.cast(sa.literal_column("'{}'"), JSONB), _snapshot(done),
+        sa.bindparam("e_origin", type_=sa.String), now,
+    ).order_by(done.c.n)
+    appended = (
+        sa.insert(job_events).from_select(["job_id", "kind", "data", "job", "origin", "created_at"], event)
+        .returning(job_events.c.seq).cte("appended")
+    )
+    kinds = sa.select(done.c.state.label("kind")).distinct().subquery("kinds")
+    notified = sa.select(
+        sa.func.count(sa.func.pg_notify(sa.bindparam("channel", type_=sa.Text),
+                                        sa.bindparam("e_origin", type_=sa.String) + " " + kinds.c.kind))
+    ).scalar_subquery()
+    delivered = sa.func.coalesce(sa.func.jsonb_array_length(done.c.result["images"]), 0)
+    return (
+        sa.select(*(done.c[name] for name in FINISHED_COLUMNS), delivered.label("delivered"), done.c.n,
+                  notified.label("notified"))
+        .add_cte(gone, charged, appended)
+        .order_by(done.c.n)
+    )
+
+
+FINISH_MANY_ANNOUNCED = _finish_many_announced()

@@ -84,7 +84,7 @@ from sdgate.jobs.events import JobEvents
 from sdgate.jobs.notify import notice
 from sdgate.jobs.outbox import append_events, write_event, write_events
 from sdgate.jobs.schema import idempotency_keys, job_previews, jobs
-from sdgate.jobs.usage import refund_unused, settle
+from sdgate.jobs.usage import refund_images, refund_unused, settle
 from sdgate.jobs.workers import WORKER_TTL_S, WorkerRegistry
 
 logger = logging.getLogger(__name__)
@@ -672,10 +672,13 @@ class SqlJobStore:
                     ) -> builtins.list[Job | Conflict | NotFound]:
         """Records the outcomes of jobs ``worker_id`` holds (a claimed group run one after the
         other, or one batch) in one transaction, each as ``succeed`` / ``fail`` / ``cancelled``
-        would: its terminal state, its preview dropped, its run charged to its owner's day, one
-        outbox row each (one INSERT, one NOTIFY per kind). One job's refusal is its own: per
-        outcome, in order, the finished job or the error the single call would raise (``Conflict``:
-        no longer held by ``worker_id``, or already ended; ``NotFound``); the others are recorded."""
+        would: its terminal state, its last step (``progress``), its preview dropped, its run
+        charged to its owner's day, one outbox row each (one INSERT, one NOTIFY per kind). One
+        job's refusal is its own: per outcome, in order, the finished job or the error the single
+        call would raise (``Conflict``: no longer held by ``worker_id``, or already ended;
+        ``NotFound``); the others are recorded. On PostgreSQL the whole group is one statement
+        (``queries.FINISH_MANY_ANNOUNCED``), and an outcome that carries its ``held`` job is not
+        read back: its finished job is that one with what the statement returns."""
         if not outcomes:
             return []
         ends = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
@@ -683,33 +686,89 @@ class SqlJobStore:
             raise ValueError("an outcome's state is succeeded, failed or cancelled")
         if len({outcome.job_id for outcome in outcomes}) != len(outcomes):
             raise ValueError("one outcome per job")
+        given = [outcome for outcome in outcomes if "\x00" not in outcome.job_id]
+        if self._engine.dialect.name == "postgresql":
+            done = self._finish_many_pg(given, worker_id) if given else {}
+            changes = [(_STATE_EVENT[job.state], job) for job in done.values()]
+        else:
+            done, changes = self._finish_many_sql(given, worker_id)
+        self._announced_all(changes)
+        return [done.get(o.job_id) or self._refusal(o.job_id, o.state, worker_id) for o in outcomes]
+
+    def _finish_many_sql(self, outcomes: Sequence[Outcome], worker_id: str
+                         ) -> tuple[dict[str, Job], builtins.list[tuple[JobEventKind, Job]]]:
+        """``finish_many`` as one statement per outcome in one transaction (SQLite)."""
         now = _now()
         done: dict[str, Job] = {}
         with self._tx(write=True) as conn:
-            ending_pg = conn.dialect.name == "postgresql"
             for outcome in outcomes:
-                if "\x00" in outcome.job_id:
-                    continue
                 values = {"state": outcome.state.value, "finished_at": now, "lease_expires_at": None,
                           "updated_at": now}
                 if outcome.state is JobState.FAILED:
                     values["error"] = outcome.error or {}
                 else:
                     values["result"] = outcome.result.model_dump(mode="json") if outcome.result else None
+                if outcome.progress is not None:
+                    values["progress"] = outcome.progress.model_dump(mode="json")
                 params = {f"v_{key}": value for key, value in values.items()}
                 params.update(job_id=outcome.job_id, w_worker_id=worker_id)
-                statement = queries.change(tuple(values), (JobState.RUNNING.value,), True, ending_pg)
+                statement = queries.change(tuple(values), (JobState.RUNNING.value,), True, False)
                 row = conn.execute(statement, params).one_or_none()
                 if row is None:
                     continue
-                if not ending_pg:
-                    conn.execute(queries.DROP_PREVIEW, {"job_id": outcome.job_id})
+                conn.execute(queries.DROP_PREVIEW, {"job_id": outcome.job_id})
                 settle(conn, row)
                 done[outcome.job_id] = _to_job(row)
             changes = [(_STATE_EVENT[job.state], job) for job in done.values()]
             append_events(conn, changes, self.origin)
-        self._announced_all(changes)
-        return [done.get(o.job_id) or self._refusal(o.job_id, o.state, worker_id) for o in outcomes]
+        return done, changes
+
+    def _finish_many_pg(self, outcomes: Sequence[Outcome], worker_id: str) -> dict[str, Job]:
+        """``finish_many`` on PostgreSQL: one statement for every outcome (in autocommit: it is its
+        own transaction), then the refunds of images reserved and not made, for the jobs that
+        reserved some (a second statement each, as ``_update_pg``)."""
+        now = _now()
+
+        def text(value: Any) -> str | None:
+            return None if value is None else json.dumps(value)
+
+        params = {
+            "o_ids": [o.job_id for o in outcomes],
+            "o_states": [o.state.value for o in outcomes],
+            "o_results": [text(o.result.model_dump(mode="json")) if o.result is not None
+                          and o.state is not JobState.FAILED else None for o in outcomes],
+            "o_errors": [text(o.error or {}) if o.state is JobState.FAILED else None for o in outcomes],
+            "o_progress": [text(o.progress.model_dump(mode="json")) if o.progress is not None else None
+                           for o in outcomes],
+            "v_now": now, "w_worker_id": worker_id, "e_origin": self.origin,
+            "channel": notice(self.origin, JobEventKind.SUCCEEDED.value)["channel"],
+        }
+        with self._tx(write=True, single=True) as conn:
+            rows = conn.execute(queries.FINISH_MANY_ANNOUNCED, params).all()
+            for row in rows:
+                unused = row.reserved_images - (row.delivered if row.state != JobState.FAILED.value else 0)
+                refund_images(conn, row.owner, row.reserved_day, unused)
+            if rows:
+                note_written(conn)
+            unheld = [row.id for row in rows if outcomes[row.n - 1].held is None]
+            read = {}
+            if unheld:
+                read = {row.id: _to_job(row) for row in conn.execute(queries.GET_MANY, {"ids": unheld})}
+        done: dict[str, Job] = {}
+        for row in rows:
+            outcome = outcomes[row.n - 1]
+            if outcome.held is None:
+                done[row.id] = read[row.id]
+                continue
+            done[row.id] = outcome.held.model_copy(update={
+                "state": JobState(row.state), "owner": row.owner, "priority": row.priority,
+                "started_at": row.started_at, "finished_at": row.finished_at, "attempts": row.attempts,
+                "worker_id": row.worker_id, "control": ControlAction(row.control) if row.control else None,
+                "progress": outcome.progress if outcome.progress is not None else outcome.held.progress,
+                "result": outcome.result if outcome.state is not JobState.FAILED else None,
+                "error": outcome.error or {} if outcome.state is JobState.FAILED else None,
+            })
+        return done
 
     def _refusal(self, job_id: str, state: JobState, worker_id: str | None) -> Conflict | NotFound:
         """Why a job's end was not recorded, the error ``_finish`` raises for it."""

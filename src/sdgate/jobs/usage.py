@@ -60,19 +60,23 @@ def refund_unused(conn: sa.Connection, row: Any) -> None:
     not make go back to its owner's count of the day they were reserved on, never below zero, in
     the caller's transaction. A job keeps what it delivered (a succeeded or cancelled job's result
     images); a failed one keeps none."""
-    reserved, day = row.reserved_images, row.reserved_day
-    if reserved <= 0 or day is None:
+    if row.reserved_images <= 0 or row.reserved_day is None:
         return
     delivered = 0
     if row.state in ("succeeded", "cancelled") and isinstance(row.result, dict):
         delivered = len(row.result.get("images") or ())
-    unused = reserved - delivered
-    if unused <= 0:
+    refund_images(conn, row.owner, row.reserved_day, row.reserved_images - delivered)
+
+
+def refund_images(conn: sa.Connection, owner: str | None, day: str | None, unused: int) -> None:
+    """``unused`` images reserved on ``day`` go back to ``owner``'s count of that day, never below
+    zero, in the caller's transaction (``refund_unused``, from what a job reserved and made)."""
+    if unused <= 0 or day is None:
         return
     images = daily_usage.c.images
     conn.execute(
         sa.update(daily_usage)
-        .where(daily_usage.c.principal == principal_key(row.owner), daily_usage.c.day == day)
+        .where(daily_usage.c.principal == principal_key(owner), daily_usage.c.day == day)
         .values(images=sa.case((images >= unused, images - unused), else_=0))
     )
 

@@ -73,7 +73,7 @@ from sdgate.core.errors import (
     StorageUnavailable,
 )
 from sdgate.core.images import encode_png
-from sdgate.core.jobs import Job, JobEventKind
+from sdgate.core.jobs import Job, JobEventKind, JobState, Outcome
 from sdgate.core.requests import GenerationRequest, GraphRequest, ImageRef, PostprocessRequest
 from sdgate.core.results import GenerationResult, NodeOutput, StoredImage
 from sdgate.jobs.events import JobEvents
@@ -84,6 +84,7 @@ from sdgate.settings import Settings
 from sdgate.worker.batching import BatchPolicy, detached, generation, run_together
 from sdgate.worker.control import PROGRESS_INTERVAL_S, Heartbeats, JobControl, WorkerJobStore
 from sdgate.worker.oom import release_memory
+from sdgate.worker.outcomes import OutcomeRecorder
 from sdgate.worker.registration import Registration
 
 if TYPE_CHECKING:
@@ -125,6 +126,18 @@ class _InHand:
     generate_s: float = 0.0  # the engine call (a batch's whole call for each of its jobs)
     output: EngineOutput | None = None
     outcome: tuple[str, str | None] | None = None  # (state, error code) once recorded
+    deferred: bool = False  # its end waits in the outcome recorder: released once recorded
+
+
+@dataclass(frozen=True)
+class _End:
+    """A job's end waiting in the outcome recorder: what to record, and the single call that
+    records it alone if the group's record fails as a whole."""
+
+    run: _InHand
+    outcome: Outcome
+    record: Callable[..., Job]
+    args: tuple[Any, ...]
 
 
 class Worker:
@@ -160,8 +173,14 @@ class Worker:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._remove_listener: Callable[[], None] | None = None
-        # The jobs in hand (several while a batch runs), replaced whole so other threads read a snapshot.
+        # The jobs in hand (several while a batch runs, or while a group's ends wait to be recorded),
+        # replaced whole so other threads read a snapshot; changed under the lock (two threads release).
         self._in_hand: dict[str, JobControl] = {}
+        self._in_hand_lock = threading.Lock()
+        # A claimed group's ends, recorded together (``worker.outcomes``); used while ``_grouped``.
+        self._outcomes: OutcomeRecorder[_End] = OutcomeRecorder(self._record_ends,
+                                                                name=f"sdgate-{self.worker_id}-outcomes")
+        self._grouped = False
         self._metrics = metrics
         self._batches = BatchPolicy(store, engine, settings, self.worker_id, wake=self._wake,
                                     stopping=self._stopping)
@@ -228,15 +247,22 @@ class Worker:
             claimed = self._store.claim_group(self.worker_id, prefer_models=models, limit=self._group_size)
         if not claimed:
             return False
-        while claimed:
-            batch = self._batches.gather(claimed.pop(0), claimed, claimed_at)
-            started = time.perf_counter()
-            if len(batch) == 1:
-                self._run(batch[0])
-            else:
-                self._run_batch(batch)
-            quick = time.perf_counter() - started < QUICK_JOB_S
-            self._group_size = min(self._group_size * 2, MAX_GROUP) if quick else 1
+        # The ends of a group are recorded together (within OUTCOME_WINDOW_S, and all before this
+        # returns); a job claimed alone records its end at once, as before.
+        self._grouped = len(claimed) > 1
+        try:
+            while claimed:
+                batch = self._batches.gather(claimed.pop(0), claimed, claimed_at)
+                started = time.perf_counter()
+                if len(batch) == 1:
+                    self._run(batch[0])
+                else:
+                    self._run_batch(batch)
+                quick = time.perf_counter() - started < QUICK_JOB_S
+                self._group_size = min(self._group_size * 2, MAX_GROUP) if quick else 1
+        finally:
+            self._grouped = False
+            self._outcomes.flush()
         return True
 
     def requeue_expired(self) -> None:
@@ -255,6 +281,7 @@ class Worker:
                 self._preload()
             self._claim_and_run()
         finally:
+            self._outcomes.stop()
             self._heartbeats.stop()
             self._registration.stop()  # once the job in hand is done: the row leaves with the worker
 
@@ -317,7 +344,7 @@ class Worker:
                 self._run_held(runs, {run.job.id: leases.enter_context(ExitStack()) for run in runs})
         finally:  # after an unexpected error, what is left in hand is left to its lease
             for run in runs:
-                if run.job.id in self._in_hand:
+                if run.job.id in self._in_hand and not run.deferred:
                     self._release(run)
 
     def _run_held(self, runs: list[_InHand], beats: dict[str, ExitStack]) -> None:
@@ -350,7 +377,8 @@ class Worker:
         on_renew = (lambda: self._metrics.heartbeat(self.worker_id)) if self._metrics is not None else None
         control = JobControl(self._store, job.id, interval_s=self._progress_interval_s, on_renew=on_renew,
                              claimed_at=self._claimed_at if job.control is None else None)
-        self._in_hand = {**self._in_hand, job.id: control}
+        with self._in_hand_lock:
+            self._in_hand = {**self._in_hand, job.id: control}
         self._registration.changed()
         run = _InHand(job, control, _JobLog(logger, {"job_id": job.id}))
         with self._job_context(run):
@@ -358,8 +386,12 @@ class Worker:
         return run
 
     def _release(self, run: _InHand) -> None:
-        """The job is out of hand (its outcome recorded, or left to the lease): counted in the metrics."""
-        self._in_hand = {k: v for k, v in self._in_hand.items() if k != run.job.id}
+        """The job is out of hand (its outcome recorded, or left to the lease): counted in the metrics.
+        A job whose end waits in the outcome recorder stays in hand until it is recorded."""
+        if run.deferred:
+            return
+        with self._in_hand_lock:
+            self._in_hand = {k: v for k, v in self._in_hand.items() if k != run.job.id}
         self._registration.changed()  # no job in hand; maybe another model loaded
         if self._metrics is None or run.outcome is None:
             return
@@ -436,10 +468,55 @@ class Worker:
         run.log.info("succeeded: %d image(s)%s", len(stored), " (interrupted)" if result.interrupted else "")
 
     def _finish(self, run: _InHand, record: Callable[..., Job], *args: Any) -> None:
-        log, job_id = run.log, run.job.id
         if run.control.lost:  # another worker may run it now: its outcome is theirs to record
-            log.warning("stopped without recording an outcome: the lease was lost")
+            run.log.warning("stopped without recording an outcome: the lease was lost")
             return
+        if self._grouped:  # recorded with the rest of the group's ends
+            run.deferred = True
+            self._outcomes.put(_End(run, self._outcome(run, record, args), record, args))
+            return
+        self._finish_alone(run, record, *args)
+
+    def _outcome(self, run: _InHand, record: Callable[..., Job], args: tuple[Any, ...]) -> Outcome:
+        """The ``Outcome`` of the single call ``record(job_id, *args)``."""
+        progress = run.control.last_progress
+        if record == self._store.succeed:
+            return Outcome(run.job.id, JobState.SUCCEEDED, result=args[0], progress=progress, held=run.job)
+        if record == self._store.fail:
+            return Outcome(run.job.id, JobState.FAILED, error=args[0], progress=progress, held=run.job)
+        if record == self._store.cancelled:
+            result = args[0] if args else None
+            return Outcome(run.job.id, JobState.CANCELLED, result=result, progress=progress, held=run.job)
+        raise ValueError(f"not an outcome: {record!r}")
+
+    def _record_ends(self, ends: list[_End]) -> None:
+        """The outcome recorder's write: the ends of a group in one ``finish_many``; when that fails
+        as a whole (nothing of it is recorded), each alone, as a job claimed alone records its end
+        (a full disk fails it, an unreachable database is waited for)."""
+        try:
+            answers: list[Job | Conflict | NotFound] | None = self._store.finish_many(
+                [end.outcome for end in ends], worker_id=self.worker_id)
+        except Exception as exc:
+            logger.warning("worker %s: recording %d outcome(s) together failed (%s); recording each alone",
+                           self.worker_id, len(ends), exc)
+            answers = None
+        for i, end in enumerate(ends):
+            run = end.run
+            try:
+                with self._job_context(run):
+                    if answers is None:
+                        self._finish_alone(run, end.record, *end.args)
+                    elif isinstance(answers[i], Job):
+                        finished = answers[i]
+                        run.outcome = (finished.state.value, _error_code(finished))
+                    else:  # finished meanwhile, handed to another worker, or deleted: not ours
+                        run.log.warning("could not record the outcome: %s", answers[i].message)
+            finally:
+                run.deferred = False
+                self._release(run)
+
+    def _finish_alone(self, run: _InHand, record: Callable[..., Job], *args: Any) -> None:
+        log, job_id = run.log, run.job.id
         try:
             finished = record(job_id, *args, worker_id=self.worker_id, progress=run.control.last_progress)
             run.outcome = (finished.state.value, _error_code(finished))
