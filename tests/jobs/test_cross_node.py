@@ -4,6 +4,7 @@ runs."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,12 +57,16 @@ class HearingFollower(OutboxFollower):
         self.heard.extend(payloads or ())
         super().notified(payloads)
 
+    def _submitted(self, payloads: frozenset[str] | None) -> None:  # a worker node's (queued_only)
+        self.heard.extend(payloads or ())
+        super()._submitted(payloads)
+
 
 @contextmanager
-def node(url: str, *, listen_all: bool = True) -> Iterator[Node]:
+def node(url: str, *, listen_all: bool = True, queued_only: bool | None = None) -> Iterator[Node]:
     """What ``open_stores`` wires, with a follower that polls only every SLOW_POLL_S. ``seen``
-    records every event the bus publishes, and with ``listen_all=False`` only ``queued`` ones (the
-    bus of a worker node)."""
+    records every event the bus publishes, and with ``listen_all=False`` only ``queued`` ones;
+    ``queued_only`` (by default ``not listen_all``): the follower of a worker node."""
     events = JobEvents()
     store = SqlJobStore(url, events=events)
     outbox = HearingFollower(store.database, origin=store.origin, bus=events, poll_s=SLOW_POLL_S)
@@ -69,7 +74,7 @@ def node(url: str, *, listen_all: bool = True) -> Iterator[Node]:
     seen: list[tuple[JobEventKind, str]] = []
     kinds = None if listen_all else (JobEventKind.QUEUED,)
     events.add_listener(lambda kind, job: seen.append((kind, job.id)), kinds=kinds)
-    outbox.start(queued_only=not listen_all)  # a worker node LISTENs for submissions alone
+    outbox.start(queued_only=not listen_all if queued_only is None else queued_only)
     try:
         assert outbox.notifications is not None
         assert outbox.notifications.listening.wait(5), "the follower never LISTENed"
@@ -96,19 +101,38 @@ def test_an_event_of_one_node_reaches_the_other_by_notify(pg_url: str) -> None:
             assert a.wait_for(JobEventKind.STARTED, job.id, timeout=0.5) < 0.5
 
 
-def test_a_worker_node_hears_submissions_and_no_other_kind(pg_url: str) -> None:
-    """Claims and outcomes ring on another channel than submissions: a worker node's listener does
-    not wake for every other worker's jobs, an API node's hears everything."""
+def test_a_worker_node_is_woken_by_submissions_and_reads_no_row(pg_url: str) -> None:
+    """A worker node's follower LISTENs on the submissions' channel alone and reads no outbox row:
+    another node's submission signals its bus (what wakes its workers), and claims and outcomes
+    ring on another channel, which it does not hear; an API node's hears everything."""
     with node(pg_url) as api, node(pg_url, listen_all=False) as worker:
+        woken = threading.Event()
+        worker.events.add_signal(JobEventKind.QUEUED, woken.set)
         time.sleep(0.2)
+        woken.clear()  # the signal of the LISTEN's start
         job = api.store.submit(GenerationRequest(prompt="heard"))
-        assert worker.wait_for(JobEventKind.QUEUED, job.id, timeout=0.5) < 0.5  # by its NOTIFY
+        assert woken.wait(0.5)  # by its NOTIFY
         claimed = api.store.claim_next("worker-elsewhere")
         assert claimed is not None
         api.store.succeed(job.id, GenerationResult(), worker_id="worker-elsewhere")
         time.sleep(0.3)  # long enough for a notification to arrive
         assert {payload.split()[1] for payload in worker.outbox.heard} == {"queued"}
+        assert worker.seen == []  # no row read: its bus published no event
         assert {payload.split()[1] for payload in api.outbox.heard} >= {"started", "succeeded"}
+
+
+def test_a_worker_node_is_signalled_after_its_listen_connection_comes_back(pg_url: str) -> None:
+    """What was submitted while the LISTEN was down is not lost: the reconnection signals."""
+    with node(pg_url) as api, node(pg_url, listen_all=False) as worker:
+        listener = worker.outbox.notifications
+        assert listener is not None
+        woken = threading.Event()
+        worker.events.add_signal(JobEventKind.QUEUED, woken.set)
+        time.sleep(0.2)
+        woken.clear()
+        _terminate(pg_url, listener.backend_pid)
+        api.store.submit(GenerationRequest(prompt="in the gap"))
+        assert woken.wait(10)
 
 
 def test_the_follower_survives_the_loss_of_its_listen_connection(pg_url: str) -> None:
@@ -161,11 +185,11 @@ def _terminate(url: str, pid: int | None) -> None:
 
 
 
-def test_a_node_that_listens_for_submissions_alone_wakes_for_those_alone(pg_url: str) -> None:
-    """A worker node's bus wants ``queued`` events only: other nodes' progress and outcomes do not
-    wake its follower, and their rows are read without their job snapshots; a submission wakes it
-    at once."""
-    with node(pg_url) as a, node(pg_url, listen_all=False) as b:
+def test_a_follower_whose_bus_wants_submissions_alone_wakes_for_those_alone(pg_url: str) -> None:
+    """A follower that reads rows wakes and decodes by what its bus wants: with listeners of
+    ``queued`` events only, other nodes' progress and outcomes do not wake it, and their rows are
+    read without their job snapshots; a submission wakes it at once."""
+    with node(pg_url) as a, node(pg_url, listen_all=False, queued_only=False) as b:
         heard: list[tuple[JobEventKind, str]] = []
         b.events.add_listener(lambda kind, job: heard.append((kind, job.id)), kinds=(JobEventKind.QUEUED,))
         assert b.events.wants(JobEventKind.QUEUED) and not b.events.wants(JobEventKind.SUCCEEDED)

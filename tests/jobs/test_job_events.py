@@ -122,3 +122,28 @@ def test_a_subscription_whose_loop_closed_is_dropped(store: SqlJobStore, events:
     asyncio.run(subscribe_and_leave())
     store.submit(GenerationRequest())  # must not raise
     assert events._subscriptions == set()
+
+
+def test_signals_are_called_on_their_kind_published_or_signalled(
+    store: SqlJobStore, events: JobEvents
+) -> None:
+    """``add_signal``: a callback with no job, for a kind published here or ``signal``led from
+    another process (which the listeners, who need the job, do not hear); counted by ``wants``."""
+    woken: list[str] = []
+    heard: list[JobEventKind] = []
+    events.add_listener(lambda kind, job: heard.append(kind), kinds=(JobEventKind.STARTED,))
+    assert not events.wants(JobEventKind.QUEUED)
+    remove = events.add_signal(JobEventKind.QUEUED, lambda: woken.append("queued"))
+    events.add_signal(JobEventKind.QUEUED, lambda: 1 / 0)  # a failing one spoils nothing
+    assert events.wants(JobEventKind.QUEUED)
+    job = store.submit(GenerationRequest(prompt="x"))
+    assert woken == ["queued"]
+    store.claim_next("w")  # another kind: no signal
+    events.signal(JobEventKind.QUEUED)
+    events.signal(JobEventKind.STARTED)  # nobody signals on it; the listener is not called
+    assert woken == ["queued", "queued"] and heard == [JobEventKind.STARTED]
+    remove()
+    remove()  # twice is harmless
+    events.signal(JobEventKind.QUEUED)
+    store.submit(GenerationRequest(prompt="y"))
+    assert woken == ["queued", "queued"] and job.state is JobState.QUEUED

@@ -8,6 +8,7 @@ this process's ``OutboxFollower`` (a poll behind), so ``wait_terminal`` also pol
     events = JobEvents()
     store = SqlJobStore(url, events=events)          # the store publishes every change
     events.add_listener(fn)                          # fn(kind, job) on the publishing thread
+    events.add_signal(JobEventKind.QUEUED, fn)       # fn() for a submission, here or signalled
     job = await events.wait_terminal(store, job_id)  # asyncio: wakes on an event or a poll
     with events.subscribe(job_id) as sub:            # asyncio: an event stream (SSE)
         async for kind, job in sub: ...
@@ -76,14 +77,44 @@ class JobEvents:
         # What the listeners want: how many want every kind, and how many want each kind.
         self._every_kind = 0
         self._wanted: Counter[JobEventKind] = Counter()
+        self._signals: dict[JobEventKind, Listeners[[]]] = {k: Listeners("signal") for k in JobEventKind}
+        self._signalled: Counter[JobEventKind] = Counter()  # how many signal callbacks per kind
 
     def publish(self, kind: JobEventKind, job: Job) -> None:
         """Thread-safe; returns at once (listeners are expected to be quick)."""
         with self._lock:
             subscriptions = [s for s in self._subscriptions if s.job_id in (None, job.id)]
+            signalled = self._signalled[kind] > 0
         self._listeners.call(job.id, kind, job)
         for subscription in subscriptions:
             subscription.deliver(kind, job)
+        if signalled:
+            self._signals[kind].call(job.id)
+
+    def add_signal(self, kind: JobEventKind, callback: Callable[[], None]) -> Callable[[], None]:
+        """``callback()`` whenever an event of ``kind`` is published here, or ``signal``led: the
+        callers that only need to know that something of ``kind`` happened (a worker woken by a
+        submission), which a worker node's outbox follower serves without reading any row (see
+        ``OutboxFollower.start``). Returns the function that removes it."""
+        remove = self._signals[kind].add(callback)
+        with self._lock:
+            self._signalled[kind] += 1
+        removed = False
+
+        def remover() -> None:
+            nonlocal removed
+            remove()
+            with self._lock:
+                if not removed:
+                    removed = True
+                    self._signalled[kind] -= 1
+
+        return remover
+
+    def signal(self, kind: JobEventKind) -> None:
+        """Another process made a change of ``kind`` that this one does not read: the ``add_signal``
+        callbacks of ``kind`` run (the listeners and subscriptions, which need the job, do not)."""
+        self._signals[kind].call("-")
 
     def add_listener(self, listener: Listener, *, kinds: Collection[JobEventKind] | None = None
                      ) -> Callable[[], None]:
@@ -118,9 +149,10 @@ class JobEvents:
 
     def wants(self, kind: JobEventKind) -> bool:
         """Whether anyone here would hear an event of ``kind``: a listener of every kind or of this
-        one, or an open subscription."""
+        one, a signal callback of this one, or an open subscription."""
         with self._lock:
-            return bool(self._every_kind or self._wanted[kind] > 0 or self._subscriptions)
+            return bool(self._every_kind or self._wanted[kind] > 0 or self._signalled[kind] > 0
+                        or self._subscriptions)
 
     def subscribe(self, job_id: str | None = None) -> Subscription:
         """Events for one job (the iteration ends after its terminal event) or, with ``None``, for

@@ -244,9 +244,18 @@ class OutboxFollower:
 
     def start(self, *, queued_only: bool = False) -> None:
         """Follows from the newest row on: what happened before is read from the table itself.
-        ``queued_only`` (a worker node, which wakes for submissions alone): on PostgreSQL, LISTEN
-        for submissions only; the other kinds' rows are read all the same, at the next poll."""
-        if self._thread is not None:
+
+        ``queued_only`` (a worker node: its workers only wake for submissions, and read the jobs
+        they claim from the store): on PostgreSQL no row is read at all; a LISTEN on the
+        submissions' channel ``signal``s each submission of another process to the bus
+        (``JobEvents.add_signal``, what a worker waits on), and every (re)connection signals one
+        too (what was submitted while no LISTEN was in place). A worker's own poll of the queue
+        stays the fallback. Elsewhere (SQLite, which has no NOTIFY) the rows are read as usual."""
+        if self._thread is not None or self.notifications is not None:
+            return
+        if queued_only and self._engine.dialect.name == "postgresql":
+            self.notifications = NotifyListener(self._engine, self._submitted, channels=(QUEUE_CHANNEL,))
+            self.notifications.start()
             return
         with transaction(self._engine, write=False) as conn:
             self._cursor, self._skip = start_cursor(conn)
@@ -288,6 +297,14 @@ class OutboxFollower:
             if origin != self._origin and (kind is None or self._bus_wants(kind)):
                 self._wake.set()
                 return
+
+    def _submitted(self, payloads: frozenset[str] | None) -> None:
+        """``start(queued_only=True)``: a submission's NOTIFY (another process's, or any after a
+        reconnection) wakes this process's workers, no row read."""
+        if self._bus is None:
+            return
+        if payloads is None or any(parse_payload(p)[0] != self._origin for p in payloads):
+            self._bus.signal(JobEventKind.QUEUED)
 
     def _bus_wants(self, kind: str) -> bool:
         try:

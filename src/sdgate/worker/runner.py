@@ -193,8 +193,8 @@ class Worker:
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError(f"worker {self.worker_id} already started")
-        # Submissions only: a worker node's outbox follower then leaves other events unread.
-        self._remove_listener = self._events.add_listener(self._on_event, kinds=(JobEventKind.QUEUED,))
+        # A submission wakes it, nothing else: a worker node's outbox follower then reads no row.
+        self._remove_listener = self._events.add_signal(JobEventKind.QUEUED, self._wake.set)
         self._registration.start()
         self._thread = threading.Thread(target=self._loop, name=f"sdgate-{self.worker_id}", daemon=True)
         self._thread.start()
@@ -315,10 +315,6 @@ class Worker:
             except Exception:  # the store is unreachable or locked: wait and try again
                 logger.exception("worker %s: claiming a job failed", self.worker_id)
             self._wake.wait(self._poll_s)
-
-    def _on_event(self, kind: JobEventKind, job: Job) -> None:
-        if kind is JobEventKind.QUEUED:
-            self._wake.set()
 
     # -- one job -----------------------------------------------------------------------------
 
