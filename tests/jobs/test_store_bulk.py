@@ -171,6 +171,7 @@ def test_finish_many_with_the_held_jobs_answers_what_a_read_finds(
     ids = [j.id for j in store.submit_many(_requests(3), owner="key-a", metadata={"k": "v"})]
     held = store.claim_group("w", limit=3)
     store.request_control(ids[1], ControlAction.CANCEL)
+    store.update_progress(ids[2], Progress(step=1, steps=3))  # written as it ran; its end gives none
     progress = Progress(step=3, steps=3, eta_s=0.0)
     result = GenerationResult(model_name="m", steps=3, timings={"generate_s": 0.25})
     published.clear()
@@ -184,7 +185,8 @@ def test_finish_many_with_the_held_jobs_answers_what_a_read_finds(
     assert [job for _, job in published] == read
     assert read[0].progress == progress and read[0].result == result and read[0].metadata == {"k": "v"}
     assert read[1].control is ControlAction.CANCEL and read[1].result is None
-    assert read[2].progress is None and read[2].error == {"code": "boom", "message": "it broke"}
+    assert read[2].progress == Progress(step=1, steps=3)
+    assert read[2].error == {"code": "boom", "message": "it broke"}
     with transaction(store.database, write=False) as conn:
         documents = conn.execute(sa.select(job_events.c.job).where(job_events.c.job_id.in_(ids))
                                  .order_by(job_events.c.seq)).scalars().all()

@@ -27,6 +27,10 @@ When does the follower read? At once after ``wake`` (the store calls it after ea
 commits), every ``poll_s`` regardless, and on PostgreSQL also at once when any process commits a row:
 each append sends ``NOTIFY sdgate_jobs, '<origin> <kind>'`` in its INSERT, and the follower keeps a
 ``notify.NotifyListener`` LISTENing (the poll remains the fallback while that connection is down).
+
+A worker node (``start(queued_only=True)`` on PostgreSQL) reads no row at all: its workers only
+need to wake for submissions, so its LISTEN on the submissions' channel signals them
+(``JobEvents.signal``) and they read what they claim from the store.
 """
 
 from __future__ import annotations

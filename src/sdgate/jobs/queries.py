@@ -289,7 +289,7 @@ BATCH_CANDIDATES = (
 # The columns ``finish_many`` reads back on PostgreSQL: what may have changed since the claim, and
 # what the refund of unused images needs; the rest of the job is the worker's own copy.
 FINISHED_COLUMNS = ("id", "state", "owner", "priority", "started_at", "finished_at", "attempts", "worker_id",
-                    "control", "reserved_images", "reserved_day")
+                    "control", "progress", "reserved_images", "reserved_day")
 
 
 def _finish_many_announced() -> sa.Executable:

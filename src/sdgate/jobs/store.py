@@ -764,7 +764,8 @@ class SqlJobStore:
                 "state": JobState(row.state), "owner": row.owner, "priority": row.priority,
                 "started_at": row.started_at, "finished_at": row.finished_at, "attempts": row.attempts,
                 "worker_id": row.worker_id, "control": ControlAction(row.control) if row.control else None,
-                "progress": outcome.progress if outcome.progress is not None else outcome.held.progress,
+                "progress": outcome.progress if outcome.progress is not None or not row.progress
+                else Progress.model_validate(_readable(row.progress)),
                 "result": outcome.result if outcome.state is not JobState.FAILED else None,
                 "error": outcome.error or {} if outcome.state is JobState.FAILED else None,
             })

@@ -123,7 +123,8 @@ class Services:
         """Follow the outbox, hand back jobs whose worker's lease expired (each is re-queued until
         it has been started ``job_max_attempts`` times, then failed: a job that kills its process
         must not crash-loop the server), then start the workers, which keep doing so.
-        ``worker_node``: no dialect here, so only submissions need to wake the follower."""
+        ``worker_node``: no dialect here, so the follower reads no row: submissions' NOTIFYs wake
+        the workers (``OutboxFollower.start(queued_only=True)``)."""
         self.outbox.start(queued_only=worker_node)
         self.metrics.watch_queue(self.store.count_by_state)
         stats = getattr(self.engine, "memory_stats", None)

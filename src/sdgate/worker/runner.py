@@ -21,7 +21,10 @@ publishes every change to the ``JobEvents`` it was built with, so pass the worke
 While jobs take milliseconds (the null engine, tiny models), the worker claims them in groups of
 the same priority and model (``JobStore.claim_group``, one transaction for up to ``MAX_GROUP``),
 which is where a queue of quick jobs spends its time; one slow job and it claims one at a time
-again, so a job never waits long in a worker's hands while other workers idle.
+again, so a job never waits long in a worker's hands while other workers idle. The ends of such a
+group are recorded together too (``worker.outcomes.OutcomeRecorder``: one ``finish_many`` when the
+group is done, or as soon as an end has waited ``OUTCOME_WINDOW_S``, so a quick job's end does not
+wait for a slow one after it); a job claimed alone records its end at once.
 
 On an engine that runs batches (``generate_batch``), a job joins compatible jobs (the same batch
 key and priority) as rows of one engine call (``worker.batching``: how many, and how long to wait
