@@ -67,6 +67,7 @@ class ImageStore(Protocol):
 class LocalImageStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._root = str(self.root)
         self._health = StorageHealth()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -84,15 +85,20 @@ class LocalImageStore:
     def put(self, data: bytes, *, content_type: str = "image/png") -> str:
         extension = extension_for(content_type)
         new_id = image_id(data)
-        if self._find(new_id) is not None:
+        # Plain strings and os calls: this runs once per image made, where pathlib's objects cost
+        # more than the system calls. The same bytes have the same id and the same type, so the
+        # target's own name is all there is to look for.
+        digest = new_id[4:]
+        shard = f"{self._root}{os.sep}{digest[:2]}{os.sep}{digest[2:4]}"
+        target = f"{shard}{os.sep}{new_id}{extension}"
+        if os.path.isfile(target):
             return new_id
-        target = self._shard(new_id) / f"{new_id}{extension}"
         try:
             try:
-                self._write_file(target, data)
+                self._write_file(shard, target, data)
             except FileNotFoundError:  # the shard's first image (or its folder was removed)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                self._write_file(target, data)
+                os.makedirs(shard, exist_ok=True)
+                self._write_file(shard, target, data)
         except OSError as exc:
             fault = self._fault(exc)
             if fault is None:
@@ -121,10 +127,10 @@ class LocalImageStore:
         self._health.succeeded()
 
     @staticmethod
-    def _write_file(target: Path, data: bytes) -> None:
+    def _write_file(folder: str, target: str, data: bytes) -> None:
         # Write a temporary file beside the target, then rename: readers never see half an image.
         # A fresh random name opened exclusively, as ``tempfile.mkstemp`` does, in one system call.
-        tmp_name = str(target.parent / f".tmp-{uuid.uuid4().hex}{target.suffix}")
+        tmp_name = f"{folder}{os.sep}.tmp-{uuid.uuid4().hex}{os.path.splitext(target)[1]}"
         fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
         try:
             with os.fdopen(fd, "wb") as tmp:
