@@ -2,7 +2,7 @@
 
     python benchmarks/queue.py [--jobs 2000] [--latency-jobs 200] [--submitters 4] [--steps 1]
                                [--database-url postgresql://sdgate@127.0.0.1:55432/sdgate_test]
-                               [--configs sqlite,pg1,pg4]
+                               [--configs sqlite,pg1,pg4] [--settle-s 0]
 
 Three set-ups, printed side by side:
 
@@ -372,6 +372,9 @@ def main() -> None:
                         default=os.environ.get("SDGATE_TEST_DATABASE_URL") or DEFAULT_PG_URL,
                         help="a PostgreSQL server where a scratch database may be made")
     parser.add_argument("--configs", default="sqlite,pg1,pg4", help="which of sqlite, pg1, pg4")
+    parser.add_argument("--settle-s", type=float, default=0.0,
+                        help="seconds idle before each set-up: on a machine that throttles a busy CPU "
+                             "(a shared VM), the set-up run last would otherwise pay for the ones before")
     parser.add_argument("--worker-mode", choices=("processes", "threads"), default="processes",
                         help="PostgreSQL rows: a process per worker (as sdgate worker nodes), or one "
                              "worker node with N Worker threads in the benchmark's own process")
@@ -392,12 +395,14 @@ def main() -> None:
           f"{platform.python_version()}, {os.cpu_count()} CPUs; {args.jobs} jobs for throughput, "
           f"{args.latency_jobs} one at a time for latency; null engine, {args.steps} step(s), 64x64; "
           f"PostgreSQL workers as {args.worker_mode}"
+          + (f"; {args.settle_s:g} s idle before each set-up" if args.settle_s > 0 else "")
           + ("; NOT the real worker: claim_group + finish_many loops (--outcomes many)"
              if args.outcomes == "many" else ""))
     print("  load average (1, 5, 15 min) at the start: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
     results: dict[str, Figures] = {}
     for key in keys:
         setup = SETUPS[key]
+        time.sleep(max(0.0, args.settle_s))
         with tempfile.TemporaryDirectory() as tmp_dir:
             tmp = Path(tmp_dir)
             if setup.cluster:
