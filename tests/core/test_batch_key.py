@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from sdgate.core import batching
 from sdgate.core.batching import KEY_CHARS, MAX_ROWS_PER_JOB, batch_key
 from sdgate.core.requests import GenerationRequest, HiresSettings, LoraRef, Mode, PostprocessRequest
 
@@ -88,3 +89,19 @@ def test_what_cannot_be_split_into_rows_runs_alone(changes: dict[str, object]) -
 
 def test_a_postprocess_job_runs_alone() -> None:
     assert batch_key(PostprocessRequest(init_images=("img_1",))) is None
+
+
+@pytest.mark.parametrize("prompt", [
+    "a red circle", "(a cat:1.3), masterpiece", "a cat <lora:ink:0.5>", "a [cat:dog:5]", "a [cat|dog]",
+    "a cat AND a dog", "ANDROID on a table", "a <lora:x:1> [cat:dog:0.5]", "a cat :1.2 AND a dog :0.5",
+    "BRAND new [logo]", "", "[]", "<>", "a (b:[c:d:3])",
+])
+def test_the_quick_look_at_a_prompt_agrees_with_its_parse(prompt: str) -> None:
+    """``_plain_prompt`` answers a prompt with no ``[`` and no ``AND`` without parsing it, and
+    ``_networks`` one with no ``<``: the answer must be the full parse's."""
+    from sdgate.core.prompts import extract_networks, parse_prompt, split_and
+
+    text, networks = extract_networks(prompt)
+    plain = len(split_and(text)) == 1 and all(len(s) <= 1 for s, _ in parse_prompt(text, 1000).parts)
+    assert batching._plain_prompt(prompt) is plain
+    assert bool(batching._networks(prompt)) is bool(networks)

@@ -15,6 +15,7 @@ from sdgate.core.requests import GenerationRequest
 from sdgate.jobs.events import JobEvents
 from sdgate.jobs.images import LocalImageStore
 from sdgate.jobs.store import SqlJobStore
+from sdgate.metrics import Metrics
 from sdgate.worker.outcomes import OutcomeRecorder
 from sdgate.worker.runner import Worker
 from tests.fakes import FakeEngine
@@ -166,3 +167,31 @@ def test_a_failing_write_does_not_stop_the_recorder() -> None:
     recorder.put("good")
     assert second.wait(10) and writes == [["good"]]
     recorder.stop()
+
+
+def test_a_group_s_jobs_are_counted_once_each_with_their_own_state(
+    store: SqlJobStore, images: LocalImageStore, events: JobEvents, settings: object
+) -> None:
+    """The metrics of jobs whose ends were recorded together: one count per job, by the state
+    recorded (a failing job of the group too), its images, its run time."""
+    metrics = Metrics()
+    recording = RecordingStore(store)
+    prompts = ["quick 0", "quick 1", "boom", "quick 2", "quick 3"]  # "boom": the fake engine raises
+    ids = [store.submit(GenerationRequest(prompt=p, steps=1)).id for p in prompts]
+    engine = FakeEngine(size=8)
+    worker = Worker(recording, engine, images, events, settings, metrics=metrics)  # type: ignore[arg-type]
+    worker.start()
+    try:
+        states = [finished(store, job_id).state for job_id in ids]
+    finally:
+        assert worker.stop(timeout=10)
+    assert states == [JobState.SUCCEEDED] * 2 + [JobState.FAILED] + [JobState.SUCCEEDED] * 2
+    assert max(recording.groups) > 1
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in metrics.registry.collect() for s in family.samples}
+    finished_total = {labels: value for (name, labels), value in samples.items()
+                      if name == "sdgate_jobs_finished_total"}
+    assert finished_total == {(("error", ""), ("state", "succeeded")): 4,
+                              (("error", "internal_error"), ("state", "failed")): 1}
+    assert samples[("sdgate_images_generated_total", (("model", "fake"),))] == 4
+    assert sum(v for (name, _), v in samples.items() if name == "sdgate_job_run_seconds_count") == 5

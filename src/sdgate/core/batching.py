@@ -77,6 +77,8 @@ def batchable(request: GenerationRequest) -> bool:
 
 def _plain_prompt(prompt: str) -> bool:
     """No AND parts and no prompt editing or alternation: one text for every step."""
+    if "[" not in prompt and "AND" not in prompt:  # the common prompt, told without parsing it
+        return True
     text, _ = extract_networks(prompt)
     if len(split_and(text)) > 1:
         return False
@@ -85,5 +87,7 @@ def _plain_prompt(prompt: str) -> bool:
 
 
 def _networks(prompt: str) -> list[str]:
+    if "<" not in prompt:  # every network tag opens with one
+        return []
     _, networks = extract_networks(prompt)
     return [f"{n.kind}:{':'.join(n.positional)}:{sorted(n.named.items())}" for n in networks]

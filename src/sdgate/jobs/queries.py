@@ -154,9 +154,9 @@ def base_turn(anonymous: bool) -> sa.Executable:
     return sa.select(_turn_for(anonymous))
 
 
-# ``submit_many``'s multi-row INSERT (``SUBMIT_COLUMNS`` and ``turn``, one parameter set per job):
-# the rows come back in the order given, so their ``seq`` keeps the caller's order (FIFO).
-SUBMIT_MANY = sa.insert(jobs).returning(*jobs.c, sort_by_parameter_order=True)
+# ``submit_many``'s INSERT (``SUBMIT_COLUMNS`` and ``turn``, one parameter set per job), run in the
+# order given, so the rows' ``seq`` keeps the caller's order (FIFO). Nothing is read back.
+SUBMIT_MANY = sa.insert(jobs)
 
 
 @cache

@@ -459,8 +459,14 @@ class SqlJobStore:
                                  {"p_owner": owner, "p_priority": priority}).scalar_one()
             for turn, row in enumerate(rows, start=int(first)):
                 row["turn"] = turn
-            inserted = conn.execute(queries.SUBMIT_MANY, rows).all()
-            submitted = [_to_job(row) for row in inserted]
+            conn.execute(queries.SUBMIT_MANY, rows)
+            # Nothing of a new row is the database's own but its seq: the jobs are made from what
+            # was written, the requests as given (not read back and parsed again).
+            submitted = [
+                Job(id=row["id"], state=JobState.QUEUED, request=request, dialect=dialect, owner=owner,
+                    priority=priority, metadata=row["meta"], created_at=now, attempts=0)
+                for row, request in zip(rows, requests, strict=True)
+            ]
             append_events(conn, [(JobEventKind.QUEUED, job) for job in submitted], self.origin)
         self._announced_all([(JobEventKind.QUEUED, job) for job in submitted])
         return submitted

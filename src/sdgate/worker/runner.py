@@ -130,6 +130,7 @@ class _InHand:
     output: EngineOutput | None = None
     outcome: tuple[str, str | None] | None = None  # (state, error code) once recorded
     deferred: bool = False  # its end waits in the outcome recorder: released once recorded
+    ended: float | None = None  # perf_counter when its end went to the recorder (its run time's end)
 
 
 @dataclass(frozen=True)
@@ -402,7 +403,7 @@ class Worker:
             width=output.width if output is not None else 0,
             height=output.height if output is not None else 0,
             waited_s=_seconds_between(job.created_at, job.started_at) if job.started_at else None,
-            ran_s=time.perf_counter() - run.started, steps=run.control.steps_done,
+            ran_s=(run.ended or time.perf_counter()) - run.started, steps=run.control.steps_done,
             images=len(output.images) if output is not None and state == "succeeded" else 0,
             worker=self.worker_id,
         )
@@ -471,7 +472,7 @@ class Worker:
             run.log.warning("stopped without recording an outcome: the lease was lost")
             return
         if self._grouped:  # recorded with the rest of the group's ends
-            run.deferred = True
+            run.deferred, run.ended = True, time.perf_counter()
             self._outcomes.put(_End(run, self._outcome(run, record, args), record, args))
             return
         self._finish_alone(run, record, *args)
