@@ -28,6 +28,9 @@ Every job runs the real worker path: claim (with its lease), the null engine (``
   publishing the terminal event, minus ``finished_at``) and *end to end* (``submit()`` called to
   notified: everything the queue adds, the null engine's own few milliseconds included). Median and
   95th percentile.
+
+``--settle-s S`` waits S seconds idle before each set-up: on a machine that slows a CPU busy for a
+while (a shared VM), the set-up run last would otherwise pay for the ones before it.
 """
 
 from __future__ import annotations
@@ -167,8 +170,9 @@ def _settings(tmp: Path) -> Settings:
 class GroupRunner:
     """``--outcomes many``: NOT the real worker, the store's own ceiling. A thread that claims up to
     8 jobs (``claim_group``), runs each on the null engine with no control reads and no progress
-    writes, stores its PNG, and records the group's outcomes in one transaction (``finish_many``):
-    what a worker that records a claimed group's outcomes together would leave of the queue's cost."""
+    writes, stores its PNG, and records the group's outcomes in one call (``finish_many``, as the
+    worker records a quick group's ends): what the queue costs without the worker's own bookkeeping
+    (its control handles, leases, logs, metrics and registry)."""
 
     def __init__(self, stores: Stores, engine: NullEngine, worker_id: str) -> None:
         self._stores, self._engine, self.worker_id = stores, engine, worker_id
