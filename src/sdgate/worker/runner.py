@@ -43,7 +43,6 @@ a process that runs workers recovers dead workers' jobs, at start and while it r
 
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 import os
@@ -67,7 +66,6 @@ from sdgate.core.engine import (
 )
 from sdgate.core.errors import (
     Conflict,
-    InvalidRequest,
     JobCancelled,
     NotFound,
     OutOfMemory,
@@ -75,10 +73,8 @@ from sdgate.core.errors import (
     StorageFull,
     StorageUnavailable,
 )
-from sdgate.core.images import encode_png
 from sdgate.core.jobs import Job, JobEventKind, JobState, Outcome
-from sdgate.core.requests import GenerationRequest, GraphRequest, ImageRef, PostprocessRequest
-from sdgate.core.results import GenerationResult, NodeOutput, StoredImage
+from sdgate.core.requests import GraphRequest, PostprocessRequest
 from sdgate.jobs.events import JobEvents
 from sdgate.jobs.images import ImageStore
 from sdgate.logs import log_context
@@ -89,6 +85,7 @@ from sdgate.worker.control import PROGRESS_INTERVAL_S, Heartbeats, JobControl, W
 from sdgate.worker.oom import release_memory
 from sdgate.worker.outcomes import OutcomeRecorder
 from sdgate.worker.registration import Registration
+from sdgate.worker.results import build_result, load_inputs, store_images
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -104,8 +101,6 @@ STORAGE_RETRY_MAX_S = 10.0
 # claimed job waits at most about MAX_GROUP * QUICK_JOB_S in the worker's hands; one slower job
 # brings the worker back to claiming one at a time.
 QUICK_JOB_S = 0.05
-# PNG text chunks a picture's ``info`` may carry into the stored file (ComfyUI's, for graph jobs).
-COMFY_PNG_CHUNKS = ("prompt", "workflow")
 MAX_GROUP = 16
 
 
@@ -327,7 +322,8 @@ class Worker:
         try:
             with self._job_context(run), self._heartbeats.beating(run.control):
                 try:
-                    inputs = self._load_inputs(job.request)  # 1. decode the inputs the request refers to
+                    # 1. decode the inputs the request refers to
+                    inputs = load_inputs(self._images, job.request)
                     outcome: EngineOutput | BaseException = self._generate(run, inputs)  # 2. generate
                 except Exception as exc:
                     outcome = detached(exc)
@@ -353,7 +349,7 @@ class Worker:
             beats[run.job.id].enter_context(self._heartbeats.beating(run.control))
             with self._job_context(run):
                 try:
-                    ready.append((run, self._load_inputs(run.job.request)))
+                    ready.append((run, load_inputs(self._images, run.job.request)))
                     continue
                 except Exception as exc:
                     self._settle(run, detached(exc))
@@ -456,14 +452,15 @@ class Worker:
         if control.cancelled or control.cancel_requested():
             raise JobCancelled(f"job {job.id} was cancelled")
         generated = time.perf_counter()
-        stored = self._store_images(output, with_infotext=not isinstance(job.request, PostprocessRequest))
+        with_infotext = not isinstance(job.request, PostprocessRequest)
+        stored = store_images(self._images, output, with_infotext=with_infotext)
         timings = {
             **output.timings,
             "queued_s": _seconds_between(job.created_at, job.started_at),
             "generate_s": run.generate_s,
             "store_s": time.perf_counter() - generated,
         }
-        result = _result(job.request, output, stored, control, timings)
+        result = build_result(job.request, output, stored, control, timings)
         self._finish(run, self._store.succeed, result)
         run.log.info("succeeded: %d image(s)%s", len(stored), " (interrupted)" if result.interrupted else "")
 
@@ -579,75 +576,6 @@ class Worker:
             self._postprocessor = postprocessor_for(self._engine, catalog)
         return self._postprocessor
 
-    def _load_inputs(self, request: GenerationRequest | PostprocessRequest | GraphRequest) -> EngineInputs:
-        refs = request.image_refs()
-        if not refs:
-            return EngineInputs()
-        return EngineInputs.from_refs((ref, self._open_image(ref)) for ref in refs)
-
-    def _open_image(self, ref: ImageRef) -> Image:
-        from PIL import Image as PILImage
-
-        try:
-            data = self._images.get(ref.id)
-        except NotFound as exc:
-            raise NotFound(exc.message, field=ref.field) from exc
-        try:
-            image = PILImage.open(io.BytesIO(data))
-            image.load()
-        except (OSError, ValueError, PILImage.DecompressionBombError) as exc:
-            raise InvalidRequest(f"image {ref.id} cannot be decoded: {exc}", field=ref.field) from exc
-        return image
-
-    def _store_images(self, output: EngineOutput, *, with_infotext: bool = True) -> tuple[StoredImage, ...]:
-        stored = []
-        for generated in output.images:
-            # A graph job's pictures carry ComfyUI's own chunks (the prompt and the workflow JSON).
-            comfy = {k: v for k in COMFY_PNG_CHUNKS if isinstance(v := generated.image.info.get(k), str)}
-            png = encode_png(generated.image, generated.infotext if with_infotext else None, extra_info=comfy)
-            stored.append(
-                StoredImage(
-                    id=self._images.put(png, content_type="image/png"),
-                    seed=generated.seed,
-                    subseed=generated.subseed,
-                    width=generated.image.width,
-                    height=generated.image.height,
-                    infotext=generated.infotext,
-                    filtered=generated.filtered,
-                )
-            )
-        return tuple(stored)
-
-
-def _result(
-    request: GenerationRequest | PostprocessRequest | GraphRequest,
-    output: EngineOutput,
-    stored: tuple[StoredImage, ...],
-    control: JobControl,
-    timings: dict[str, float],
-) -> GenerationResult:
-    # Interrupted means "fewer images than asked for": an interrupt on the very last step that still
-    # let every image finish is not reported.
-    interrupted = output.interrupted or (control.interrupted and len(stored) < request.image_count)
-    return GenerationResult(
-        images=stored,
-        prompts=tuple(g.prompt for g in output.images),
-        negative_prompts=tuple(g.negative_prompt for g in output.images),
-        model_name=output.model_name,
-        model_hash=output.model_hash,
-        sampler=output.sampler,
-        scheduler=output.scheduler,
-        width=output.width,
-        height=output.height,
-        steps=output.steps,
-        interrupted=interrupted,
-        notes=tuple(output.notes),
-        timings=timings,
-        node_outputs={
-            node: NodeOutput(images=images.indices, kind=images.kind, filename_prefix=images.filename_prefix)
-            for node, images in output.node_outputs.items()
-        },
-    )
 
 
 def _error_code(job: Job) -> str | None:
