@@ -99,17 +99,7 @@ class JobEvents:
         remove = self._signals[kind].add(callback)
         with self._lock:
             self._signalled[kind] += 1
-        removed = False
-
-        def remover() -> None:
-            nonlocal removed
-            remove()
-            with self._lock:
-                if not removed:
-                    removed = True
-                    self._signalled[kind] -= 1
-
-        return remover
+        return self._remover(remove, lambda: self._signalled.subtract((kind,)))
 
     def signal(self, kind: JobEventKind) -> None:
         """Another process made a change of ``kind`` that this one does not read: the ``add_signal``
@@ -131,19 +121,27 @@ class JobEvents:
                 self._every_kind += 1
             else:
                 self._wanted.update(wanted)
+
+        def uncount() -> None:
+            if wanted is None:
+                self._every_kind -= 1
+            else:
+                self._wanted.subtract(wanted)
+
+        return self._remover(remove, uncount)
+
+    def _remover(self, remove: Callable[[], None], uncount: Callable[[], None]) -> Callable[[], None]:
+        """What ``add_listener`` / ``add_signal`` return: removes the callback and, under the lock and
+        only the first time it is called, takes it out of the counts ``wants`` reads."""
         removed = False
 
         def remover() -> None:
             nonlocal removed
             remove()
             with self._lock:
-                if removed:
-                    return
-                removed = True
-                if wanted is None:
-                    self._every_kind -= 1
-                else:
-                    self._wanted.subtract(wanted)
+                if not removed:
+                    removed = True
+                    uncount()
 
         return remover
 

@@ -88,8 +88,7 @@ class LocalImageStore:
         # Plain strings and os calls: this runs once per image made, where pathlib's objects cost
         # more than the system calls. The same bytes have the same id and the same type, so the
         # target's own name is all there is to look for.
-        digest = new_id[4:]
-        shard = f"{self._root}{os.sep}{digest[:2]}{os.sep}{digest[2:4]}"
+        shard = self._shard_dir(new_id)
         target = f"{shard}{os.sep}{new_id}{extension}"
         if os.path.isfile(target):
             return new_id
@@ -177,9 +176,13 @@ class LocalImageStore:
                     raise
                 raise fault from exc
 
-    def _shard(self, image_id: str) -> Path:
+    def _shard_dir(self, image_id: str) -> str:
+        """The folder of an image: two levels named by its digest's first four hex digits."""
         digest = image_id[4:]
-        return self.root / digest[:2] / digest[2:4]
+        return f"{self._root}{os.sep}{digest[:2]}{os.sep}{digest[2:4]}"
+
+    def _shard(self, image_id: str) -> Path:
+        return Path(self._shard_dir(image_id))
 
     def _find(self, image_id: str) -> Path | None:
         if not _ID.fullmatch(image_id):  # ids come from clients: nothing else may reach the file system

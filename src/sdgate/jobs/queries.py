@@ -219,27 +219,31 @@ def change_announced(keys: tuple[str, ...], from_states: tuple[str, ...], held: 
     if held:
         where.append(jobs.c.worker_id == sa.bindparam("w_worker_id"))
     done = sa.update(jobs).where(*where).values({k: _bind(k) for k in keys}).returning(*jobs.c).cte("done")
-    ctes = []
-    if ending:
-        ctes.append(
-            sa.delete(job_previews).where(job_previews.c.job_id.in_(sa.select(done.c.id)))
-            .returning(job_previews.c.job_id).cte("gone")
-        )
-        seconds = sa.func.greatest(
-            0.0, sa.cast(sa.extract("epoch", done.c.finished_at - done.c.started_at), sa.Float)
-        )
-        day = sa.func.to_char(sa.func.timezone("UTC", done.c.finished_at), sa.literal_column("'YYYY-MM-DD'"))
-        ran = sa.select(done.c.owner, day, sa.literal_column("0"), seconds).where(
-            done.c.owner.is_not(None), done.c.started_at.is_not(None), done.c.finished_at.is_not(None)
-        )
-        upsert = pg_insert(daily_usage).from_select(["principal", "day", "images", "gpu_seconds"], ran)
-        ctes.append(
-            upsert.on_conflict_do_update(
-                index_elements=[daily_usage.c.principal, daily_usage.c.day],
-                set_={"gpu_seconds": daily_usage.c.gpu_seconds + upsert.excluded.gpu_seconds},
-            ).returning(daily_usage.c.principal).cte("charged")
-        )
-    return _announcing(done, ctes)
+    return _announcing(done, _ended(done) if ending else [])
+
+
+def _ended(done: Any) -> list[Any]:
+    """The CTEs that go with rows a statement just ended (``done``): their previews dropped, and
+    their runs charged to their owners' days (``usage.charge_run``'s rule), summed per owner and day
+    (one statement may not change a ``daily_usage`` row twice)."""
+    gone = (
+        sa.delete(job_previews).where(job_previews.c.job_id.in_(sa.select(done.c.id)))
+        .returning(job_previews.c.job_id).cte("gone")
+    )
+    ran_for = sa.extract("epoch", done.c.finished_at - done.c.started_at)
+    seconds = sa.func.greatest(0.0, sa.cast(ran_for, sa.Float))
+    day = sa.func.to_char(sa.func.timezone("UTC", done.c.finished_at), sa.literal_column("'YYYY-MM-DD'"))
+    ran = (
+        sa.select(done.c.owner, day, sa.literal_column("0"), sa.func.sum(seconds))
+        .where(done.c.owner.is_not(None), done.c.started_at.is_not(None), done.c.finished_at.is_not(None))
+        .group_by(done.c.owner, day)
+    )
+    upsert = pg_insert(daily_usage).from_select(["principal", "day", "images", "gpu_seconds"], ran)
+    charged = upsert.on_conflict_do_update(
+        index_elements=[daily_usage.c.principal, daily_usage.c.day],
+        set_={"gpu_seconds": daily_usage.c.gpu_seconds + upsert.excluded.gpu_seconds},
+    ).returning(daily_usage.c.principal).cte("charged")
+    return [gone, charged]
 
 
 @cache
@@ -296,11 +300,11 @@ def _finish_many_announced() -> sa.Executable:
     """PostgreSQL: ``finish_many``'s outcomes in ONE statement (one round trip for a whole group):
     the outcomes come as arrays (``:o_ids``, ``:o_states``, ``:o_results``, ``:o_errors``,
     ``:o_progress``: JSON text, NULL for none; a NULL progress keeps the row's), each row updated
-    from running and held by ``:w_worker_id``, previews dropped, runs charged to their owners' days
-    (summed per owner and day: one statement may not change a row twice), one outbox row per job in
-    the outcomes' order (kind = the new state's, job document built from the row), and one NOTIFY
-    per kind (``:channel``; payload ``'<:e_origin> <kind>'``). Returns ``FINISHED_COLUMNS``, the
-    number of images the result holds (``delivered``) and the outcome's position (``n``)."""
+    from running and held by ``:w_worker_id``, previews dropped and runs charged (``_ended``), one
+    outbox row per job in the outcomes' order (kind = the new state's, job document built from the
+    row), and one NOTIFY per kind (``:channel``; payload ``'<:e_origin> <kind>'``). Returns
+    ``FINISHED_COLUMNS``, the number of images the result holds (``delivered``) and the outcome's
+    position (``n``)."""
     text_array = ARRAY(sa.Text)
     given = sa.func.unnest(
         sa.bindparam("o_ids", type_=text_array), sa.bindparam("o_states", type_=text_array),
@@ -324,23 +328,6 @@ def _finish_many_announced() -> sa.Executable:
         .returning(*jobs.c, given.c.n)
     )
     done = update.cte("done")
-    gone = (
-        sa.delete(job_previews).where(job_previews.c.job_id.in_(sa.select(done.c.id)))
-        .returning(job_previews.c.job_id).cte("gone")
-    )
-    ran_for = sa.extract("epoch", done.c.finished_at - done.c.started_at)
-    seconds = sa.func.greatest(0.0, sa.cast(ran_for, sa.Float))
-    day = sa.func.to_char(sa.func.timezone("UTC", done.c.finished_at), sa.literal_column("'YYYY-MM-DD'"))
-    ran = (
-        sa.select(done.c.owner, day, sa.literal_column("0"), sa.func.sum(seconds))
-        .where(done.c.owner.is_not(None), done.c.started_at.is_not(None))
-        .group_by(done.c.owner, day)
-    )
-    upsert = pg_insert(daily_usage).from_select(["principal", "day", "images", "gpu_seconds"], ran)
-    charged = upsert.on_conflict_do_update(
-        index_elements=[daily_usage.c.principal, daily_usage.c.day],
-        set_={"gpu_seconds": daily_usage.c.gpu_seconds + upsert.excluded.gpu_seconds},
-    ).returning(daily_usage.c.principal).cte("charged")
     event = sa.select(
         done.c.id, done.c.state, sa.cast(sa.literal_column("'{}'"), JSONB), _snapshot(done),
         sa.bindparam("e_origin", type_=sa.String), now,
@@ -358,7 +345,7 @@ def _finish_many_announced() -> sa.Executable:
     return (
         sa.select(*(done.c[name] for name in FINISHED_COLUMNS), delivered.label("delivered"), done.c.n,
                   notified.label("notified"))
-        .add_cte(gone, charged, appended)
+        .add_cte(*_ended(done), appended)
         .order_by(done.c.n)
     )
 

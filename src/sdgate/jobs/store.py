@@ -81,7 +81,7 @@ from sdgate.jobs.database import (
     transaction,
 )
 from sdgate.jobs.events import JobEvents
-from sdgate.jobs.notify import notice
+from sdgate.jobs.notify import CHANNEL, notice
 from sdgate.jobs.outbox import append_events, write_event, write_events
 from sdgate.jobs.schema import idempotency_keys, job_previews, jobs
 from sdgate.jobs.usage import refund_images, refund_unused, settle
@@ -695,14 +695,12 @@ class SqlJobStore:
         given = [outcome for outcome in outcomes if "\x00" not in outcome.job_id]
         if self._engine.dialect.name == "postgresql":
             done = self._finish_many_pg(given, worker_id) if given else {}
-            changes = [(_STATE_EVENT[job.state], job) for job in done.values()]
         else:
-            done, changes = self._finish_many_sql(given, worker_id)
-        self._announced_all(changes)
+            done = self._finish_many_sql(given, worker_id)
+        self._announced_all([(_STATE_EVENT[job.state], job) for job in done.values()])
         return [done.get(o.job_id) or self._refusal(o.job_id, o.state, worker_id) for o in outcomes]
 
-    def _finish_many_sql(self, outcomes: Sequence[Outcome], worker_id: str
-                         ) -> tuple[dict[str, Job], builtins.list[tuple[JobEventKind, Job]]]:
+    def _finish_many_sql(self, outcomes: Sequence[Outcome], worker_id: str) -> dict[str, Job]:
         """``finish_many`` as one statement per outcome in one transaction (SQLite)."""
         now = _now()
         done: dict[str, Job] = {}
@@ -725,9 +723,8 @@ class SqlJobStore:
                 conn.execute(queries.DROP_PREVIEW, {"job_id": outcome.job_id})
                 settle(conn, row)
                 done[outcome.job_id] = _to_job(row)
-            changes = [(_STATE_EVENT[job.state], job) for job in done.values()]
-            append_events(conn, changes, self.origin)
-        return done, changes
+            append_events(conn, [(_STATE_EVENT[job.state], job) for job in done.values()], self.origin)
+        return done
 
     def _finish_many_pg(self, outcomes: Sequence[Outcome], worker_id: str) -> dict[str, Job]:
         """``finish_many`` on PostgreSQL: one statement for every outcome (in autocommit: it is its
@@ -747,7 +744,7 @@ class SqlJobStore:
             "o_progress": [text(o.progress.model_dump(mode="json")) if o.progress is not None else None
                            for o in outcomes],
             "v_now": now, "w_worker_id": worker_id, "e_origin": self.origin,
-            "channel": notice(self.origin, JobEventKind.SUCCEEDED.value)["channel"],
+            "channel": CHANNEL,  # every end's kind rings there
         }
         with self._tx(write=True, single=True) as conn:
             rows = conn.execute(queries.FINISH_MANY_ANNOUNCED, params).all()

@@ -130,11 +130,10 @@ class _InHand:
 
 @dataclass(frozen=True)
 class _End:
-    """A job's end waiting in the outcome recorder: what to record, and the single call that
-    records it alone if the group's record fails as a whole."""
+    """A job's end waiting in the outcome recorder: the single call that records it alone
+    (``record(job_id, *args)``), which its ``Outcome`` in the group's record is made from."""
 
     run: _InHand
-    outcome: Outcome
     record: Callable[..., Job]
     args: tuple[Any, ...]
 
@@ -470,7 +469,7 @@ class Worker:
             return
         if self._grouped:  # recorded with the rest of the group's ends
             run.deferred, run.ended = True, time.perf_counter()
-            self._outcomes.put(_End(run, self._outcome(run, record, args), record, args))
+            self._outcomes.put(_End(run, record, args))
             return
         self._finish_alone(run, record, *args)
 
@@ -492,7 +491,7 @@ class Worker:
         (a full disk fails it, an unreachable database is waited for)."""
         try:
             answers: list[Job | Conflict | NotFound] | None = self._store.finish_many(
-                [end.outcome for end in ends], worker_id=self.worker_id)
+                [self._outcome(end.run, end.record, end.args) for end in ends], worker_id=self.worker_id)
         except Exception as exc:
             logger.warning("worker %s: recording %d outcome(s) together failed (%s); recording each alone",
                            self.worker_id, len(ends), exc)
