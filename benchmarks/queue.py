@@ -389,6 +389,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.outcomes == "many" and args.worker_mode != "threads":
         parser.error("--outcomes many runs in this process: add --worker-mode threads")
+    if not 0 <= args.settle_s <= 3600:  # NaN fails this too
+        parser.error("--settle-s: seconds from 0 to 3600")
     keys = [k.strip() for k in args.configs.split(",") if k.strip()]
     unknown = [k for k in keys if k not in SETUPS]
     if unknown:
@@ -406,7 +408,7 @@ def main() -> None:
     results: dict[str, Figures] = {}
     for key in keys:
         setup = SETUPS[key]
-        time.sleep(max(0.0, args.settle_s))
+        time.sleep(args.settle_s)
         with tempfile.TemporaryDirectory() as tmp_dir:
             tmp = Path(tmp_dir)
             if setup.cluster:
